@@ -1,0 +1,88 @@
+"""fairopt: train PyTorch models under group-fairness constraints, framed as constrained optimization.
+
+The data path (see the README): ``scores, labels, groups`` → :func:`group_stats` (a ``(G, K)`` table of additive
+per-group statistics) → rates (:mod:`fairopt.rates`) → constraints (:mod:`fairopt.constraints`).
+"""
+
+from fairopt._validation import set_validation, validation
+from fairopt.constraints import (
+    BoundedGroupLoss,
+    Constraint,
+    ConstraintValue,
+    DemographicParity,
+    DisparateImpact,
+    EqualizedOdds,
+    EqualOpportunity,
+    ErrorRateParity,
+    FalsePositiveRateParity,
+    FunctionConstraint,
+    PredictiveParity,
+    RateBound,
+    RateRef,
+    concat,
+    maximum,
+    minimum,
+    pairwise,
+)
+from fairopt.groups import Groups
+from fairopt.proxies import Proxy
+from fairopt.rates import RateValue, compute_rate, rate_table
+from fairopt.stats import COLUMNS, GroupStats, RunningGroupStats, group_stats
+
+__version__ = "0.1.0"
+
+# Rate references for the expression algebra: tpr(1) - tpr(0) <= 0.05, abs(tpr.per_group() - tpr()) <= 0.05.
+selection_rate = RateRef("selection_rate")
+tpr = RateRef("true_positive_rate")
+fpr = RateRef("false_positive_rate")
+tnr = RateRef("true_negative_rate")
+fnr = RateRef("false_negative_rate")
+error_rate = RateRef("error_rate")
+accuracy = RateRef("accuracy")
+precision = RateRef("precision")
+npv = RateRef("negative_predictive_value")
+base_rate = RateRef("base_rate")
+mean_loss = RateRef("mean_loss")
+
+__all__ = [
+    "COLUMNS",
+    "BoundedGroupLoss",
+    "Constraint",
+    "ConstraintValue",
+    "DemographicParity",
+    "DisparateImpact",
+    "EqualOpportunity",
+    "EqualizedOdds",
+    "ErrorRateParity",
+    "FalsePositiveRateParity",
+    "FunctionConstraint",
+    "GroupStats",
+    "Groups",
+    "PredictiveParity",
+    "Proxy",
+    "RateBound",
+    "RateRef",
+    "RateValue",
+    "RunningGroupStats",
+    "__version__",
+    "accuracy",
+    "base_rate",
+    "compute_rate",
+    "concat",
+    "error_rate",
+    "fnr",
+    "fpr",
+    "group_stats",
+    "maximum",
+    "mean_loss",
+    "minimum",
+    "npv",
+    "pairwise",
+    "precision",
+    "rate_table",
+    "selection_rate",
+    "set_validation",
+    "tnr",
+    "tpr",
+    "validation",
+]

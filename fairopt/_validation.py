@@ -1,0 +1,79 @@
+"""Input checks shared by the data path, and the switch that turns them off.
+
+Checks of *values* (ids in range, labels in {0, 1}, finite scores) need one device-to-host copy, so they can be
+switched off where that sync matters (e.g. a CUDA training loop): pass ``validate=False`` to a call, or switch
+the default with :func:`set_validation` or the environment variable ``FAIROPT_VALIDATE=0``. Checks of shapes,
+dtypes and devices are free and always run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+__all__ = ["set_validation", "validation", "validation_enabled"]
+
+_VALIDATE = os.environ.get("FAIROPT_VALIDATE", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn the value checks of every fairopt call on or off by default (they are on unless
+    ``FAIROPT_VALIDATE=0``). A call's own ``validate=`` argument takes precedence."""
+    global _VALIDATE
+    _VALIDATE = bool(enabled)
+
+
+def validation_enabled(validate: bool | None = None) -> bool:
+    """Resolve a call's ``validate`` argument against the global default."""
+    return _VALIDATE if validate is None else bool(validate)
+
+
+@contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_validation`; restores the previous default on exit."""
+    global _VALIDATE
+    previous = _VALIDATE
+    _VALIDATE = bool(enabled)
+    try:
+        yield
+    finally:
+        _VALIDATE = previous
+
+
+def require_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor({name})"
+        )
+    return value
+
+
+def require_1d(name: str, value: Tensor, n: int | None, hint: str = "") -> None:
+    if value.dim() != 1:
+        fix = (
+            f"; if it is {tuple(value.shape)} with a trailing 1, pass {name}.squeeze(-1)"
+            if (value.dim() == 2 and value.shape[-1] == 1)
+            else ""
+        )
+        raise ValueError(f"{name} must have shape (N,), got {tuple(value.shape)}{fix}{hint}")
+    if n is not None and value.shape[0] != n:
+        raise ValueError(f"{name} has {value.shape[0]} entries but scores has {n}; pass one entry per example")
+
+
+def require_device(name: str, value: Tensor, device: torch.device) -> None:
+    if value.device != device:
+        raise ValueError(
+            f"{name} is on {value.device} but scores is on {device}; move it with {name}.to(scores.device)"
+        )
+
+
+def describe_bad_values(values: Tensor, bad: Tensor, limit: int = 5) -> str:
+    """A short readable list of the offending values and their first positions (host sync: error path only)."""
+    idx = bad.nonzero().flatten()
+    shown = ", ".join(f"[{i}]={values[i].item()!r}" for i in idx[:limit].tolist())
+    more = f" (and {idx.numel() - limit} more)" if idx.numel() > limit else ""
+    return f"{idx.numel()} bad value(s): {shown}{more}"

@@ -1,0 +1,43 @@
+"""Constraints: a rate-expression algebra, the constraint object, and the built-in fairness definitions."""
+
+from fairopt.constraints.base import Constraint, ConstraintValue, FunctionConstraint, RateView
+from fairopt.constraints.builtin import (
+    CONVENTIONS,
+    BoundedGroupLoss,
+    DemographicParity,
+    DisparateImpact,
+    EqualizedOdds,
+    EqualOpportunity,
+    ErrorRateParity,
+    FalsePositiveRateParity,
+    PredictiveParity,
+    RateBound,
+    rate_parity,
+)
+from fairopt.constraints.expressions import Bounds, Const, Expr, RateRef, concat, maximum, minimum, pairwise
+
+__all__ = [
+    "CONVENTIONS",
+    "BoundedGroupLoss",
+    "Bounds",
+    "Const",
+    "Constraint",
+    "ConstraintValue",
+    "DemographicParity",
+    "DisparateImpact",
+    "EqualOpportunity",
+    "EqualizedOdds",
+    "ErrorRateParity",
+    "Expr",
+    "FalsePositiveRateParity",
+    "FunctionConstraint",
+    "PredictiveParity",
+    "RateBound",
+    "RateRef",
+    "RateView",
+    "concat",
+    "maximum",
+    "minimum",
+    "pairwise",
+    "rate_parity",
+]

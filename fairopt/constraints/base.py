@@ -1,0 +1,198 @@
+r"""A constraint maps a :class:`~fairopt.stats.GroupStats` table to a vector ``g`` with ``g <= 0`` wanted.
+
+Each entry has a hard value (the true rate expression minus its tolerance: what is actually constrained and what
+the dual player reads) and a differentiable proxy value (what the primal player descends on), following the
+proxy-constraint formulation of Cotter et al., "Optimization with Non-Differentiable Constraints with
+Applications to Fairness, Recall, Churn, and Other Goals", JMLR 20(172), 2019.
+
+**Undefined entries.** An entry that needs a rate with a zero denominator (e.g. a TPR of a group with no positive
+labels in the table) is *skipped*: ``defined`` is False, its hard and proxy values are 0 with zero gradient, so
+it neither pushes the model nor moves a multiplier; reports list it as undefined. It is never NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fairopt.constraints.expressions import Expr
+from fairopt.rates import RateValue, compute_rate
+from fairopt.stats import GroupStats
+
+__all__ = ["Constraint", "ConstraintValue", "FunctionConstraint", "RateView"]
+
+
+@dataclass(frozen=True)
+class ConstraintValue:
+    """Values of one constraint's ``m`` entries, ``g <= 0`` wanted.
+
+    Attributes:
+        hard: ``(m,)`` true values ``expr - tolerance`` (no gradient); > 0 means violated.
+        proxy: ``(m,)`` differentiable surrogate of ``hard`` (for upper-bounding proxies, >= ``hard``).
+        defined: ``(m,)`` bool; False entries are skipped (value 0, no gradient).
+    """
+
+    hard: Tensor
+    proxy: Tensor
+    defined: Tensor
+
+    @property
+    def violation(self) -> Tensor:
+        """``(m,)`` ``max(0, hard)``: how far each entry is from satisfied (0 when undefined)."""
+        return self.hard.clamp(min=0)
+
+    @property
+    def max_violation(self) -> Tensor:
+        """Scalar: the largest violation over defined entries (0 when all are satisfied or undefined)."""
+        return self.violation.max() if self.hard.numel() else self.hard.new_zeros(())
+
+
+class Constraint:
+    r"""A vector constraint ``expr - tolerance <= 0`` over group rates.
+
+    Built by comparing a rate expression (``tpr(1) - tpr(0) <= 0.05``), by the built-in classes
+    (:class:`~fairopt.constraints.builtin.EqualizedOdds` ...), or directly.
+
+    Args:
+        expr: a rate expression (:mod:`fairopt.constraints.expressions`).
+        tolerance: the bound, in the units of ``expr`` (rate units, e.g. 0.05 = 5 percentage points).
+        name: readable name, default ``str(expr) <= tolerance``.
+
+    Raises:
+        TypeError: if ``expr`` is not an expression. ValueError: if ``tolerance`` is not finite.
+    """
+
+    def __init__(self, expr: Expr, tolerance: float = 0.0, name: str | None = None) -> None:
+        if not isinstance(expr, Expr):
+            raise TypeError(f"expr must be a fairopt rate expression, got {type(expr).__name__}")
+        tolerance = float(tolerance)
+        if not torch.isfinite(torch.tensor(tolerance)):
+            raise ValueError(f"tolerance must be finite, got {tolerance}")
+        self.expr, self.tolerance = expr, tolerance
+        self.name = name or (f"{expr} <= {tolerance:g}")
+
+    def evaluate(self, stats: GroupStats) -> ConstraintValue:
+        """Evaluate every entry on a ``(G, K)`` table (one batch, a running table, or a held-out table)."""
+        bounds = self.expr.evaluate(stats)
+        zero = torch.zeros_like(bounds.hard)
+        hard = torch.where(bounds.defined, bounds.hard - self.tolerance, zero)
+        proxy = torch.where(bounds.defined, bounds.upper - self.tolerance, zero)
+        return ConstraintValue(hard.detach(), proxy, bounds.defined)
+
+    def num_entries(self, num_groups: int) -> int:
+        """m, the number of entries for G = ``num_groups`` groups."""
+        return self.expr.size(num_groups)
+
+    def entry_names(self, group_names: Sequence[str] | int) -> list[str]:
+        """A readable name for each entry; ``group_names`` may be G (ids are used as names)."""
+        names = [str(i) for i in range(group_names)] if isinstance(group_names, int) else list(group_names)
+        return self.expr.entry_names(names)
+
+    def check_num_groups(self, num_groups: int) -> None:
+        """Raise ValueError if the constraint refers to a group id ``>= num_groups``."""
+        top = self.expr.max_group()
+        if top >= num_groups:
+            raise ValueError(
+                f"constraint {self.name!r} refers to group {top}, but there are only {num_groups} groups "
+                f"(ids 0..{num_groups - 1}); fix the group id or num_groups"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class RateView:
+    """Rates of a table in one mode (``"hard"`` or ``"proxy"``), for :class:`FunctionConstraint` functions.
+
+    ``view.rate("tpr")`` (or ``view.tpr``) is a ``(G,)`` tensor (0 where undefined; see ``view.defined("tpr")``),
+    ``view.overall("tpr")`` a ``(1,)`` tensor.
+    """
+
+    def __init__(self, stats: GroupStats, proxy: bool) -> None:
+        self.stats, self.proxy = stats, proxy
+        self._cache: dict[tuple[str, bool], RateValue] = {}
+
+    def _rv(self, name: str, overall: bool) -> RateValue:
+        key = (name, overall)
+        if key not in self._cache:
+            self._cache[key] = compute_rate(self.stats.overall() if overall else self.stats, name)
+        return self._cache[key]
+
+    def rate(self, name: str) -> Tensor:
+        rv = self._rv(name, False)
+        return rv.upper if self.proxy else rv.value
+
+    def overall(self, name: str) -> Tensor:
+        rv = self._rv(name, True)
+        return rv.upper if self.proxy else rv.value
+
+    def defined(self, name: str) -> Tensor:
+        return self._rv(name, False).defined
+
+    def __getattr__(self, name: str) -> Tensor:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.rate(name)
+
+
+class FunctionConstraint(Constraint):
+    """Escape hatch: any function of the table, ``fn(view) -> (m,) tensor`` with ``g <= tolerance`` wanted.
+
+    ``fn`` is called twice per evaluation, with a hard :class:`RateView` and with a proxy one (proxy rates use the
+    ``upper`` bound of :mod:`fairopt.rates`). It may return ``(values, defined)`` to mark entries undefined;
+    non-finite values are treated as undefined.
+
+    Args:
+        fn: the function. num_entries: m (an int, or a callable of G). tolerance, name: as :class:`Constraint`.
+        names: optional entry names (a list, or a callable of the group names).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[RateView], Tensor | tuple[Tensor, Tensor]],
+        num_entries: int | Callable[[int], int],
+        tolerance: float = 0.0,
+        name: str | None = None,
+        names: Sequence[str] | Callable[[Sequence[str]], list[str]] | None = None,
+    ) -> None:
+        self.fn, self._num_entries, self._names = fn, num_entries, names
+        self.tolerance = float(tolerance)
+        self.name = name or getattr(fn, "__name__", "custom")
+
+    def _call(self, stats: GroupStats, proxy: bool) -> tuple[Tensor, Tensor]:
+        out = self.fn(RateView(stats, proxy))
+        values, defined = out if isinstance(out, tuple) else (out, None)
+        values = torch.as_tensor(values, device=stats.device).reshape(-1)
+        finite = torch.isfinite(values)
+        defined = finite if defined is None else defined.reshape(-1).to(torch.bool) & finite
+        return torch.where(defined, values, torch.zeros_like(values)), defined
+
+    def evaluate(self, stats: GroupStats) -> ConstraintValue:
+        hard, defined = self._call(stats, proxy=False)
+        proxy, proxy_defined = self._call(stats, proxy=True)
+        if hard.shape != proxy.shape:
+            raise ValueError(f"{self.name}: fn returned {hard.numel()} hard but {proxy.numel()} proxy entries")
+        zero = torch.zeros_like(hard)
+        defined = defined & proxy_defined
+        return ConstraintValue(
+            torch.where(defined, hard - self.tolerance, zero).detach(),
+            torch.where(defined, proxy - self.tolerance, zero),
+            defined,
+        )
+
+    def num_entries(self, num_groups: int) -> int:
+        return self._num_entries(num_groups) if callable(self._num_entries) else int(self._num_entries)
+
+    def entry_names(self, group_names: Sequence[str] | int) -> list[str]:
+        names = [str(i) for i in range(group_names)] if isinstance(group_names, int) else list(group_names)
+        if callable(self._names):
+            return list(self._names(names))
+        if self._names is not None:
+            return list(self._names)
+        return [f"{self.name}[{i}]" for i in range(self.num_entries(len(names)))]
+
+    def check_num_groups(self, num_groups: int) -> None:
+        return None

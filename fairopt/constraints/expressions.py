@@ -1,0 +1,485 @@
+r"""An expression algebra over group rates, for writing custom constraints.
+
+Rate references are built from the names of :mod:`fairopt.rates`::
+
+    from fairopt import tpr, fpr, selection_rate
+    tpr(1) - tpr(0) <= 0.05                   # one entry: TPR gap between group 1 and group 0
+    abs(tpr.per_group() - tpr()) <= 0.05      # G entries: each group's TPR within 5 points of the overall TPR
+    tpr.per_group().max() - tpr.per_group().min() <= 0.05
+    selection_rate.per_group() >= 0.8 * selection_rate()      # p%-rule against the overall rate
+
+``rate(g)`` is group ``g``'s rate (one entry), ``rate()`` the overall (pooled) rate, ``rate.per_group()`` a
+vector with one entry per group. Arithmetic broadcasts one-entry expressions against vectors; ``.max()`` and
+``.min()`` reduce a vector to one entry; ``maximum``/``minimum`` are elementwise; :func:`pairwise` forms
+``a[i] - b[j]`` for every ordered pair ``i != j``. Comparing with ``<=``/``>=`` gives a
+:class:`~fairopt.constraints.base.Constraint` ``g <= 0``.
+
+**Evaluation.** An expression evaluates a :class:`~fairopt.stats.GroupStats` table to :class:`Bounds`: the hard
+value, differentiable proxy ``upper``/``lower`` bounds, and a ``defined`` mask, all ``(m,)``. Bounds are
+propagated by interval arithmetic (a rate entering with a minus sign contributes its ``lower`` proxy to the upper
+bound, ``abs``/``max``/``min`` act on the interval), so for an upper-bounding proxy (hinge, softplus) the upper
+bound of a linear, ``abs``, ``max`` or ``min`` expression is >= its hard value: the relaxation used by the
+primal player is conservative (Cotter et al., JMLR 2019, Section 5).
+
+**Undefined entries.** An entry that uses an undefined rate (zero denominator) is undefined; ``max``/``min``
+reduce over the defined entries only and are undefined when none is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from fairopt.rates import canonical_rate_name, compute_rate
+from fairopt.stats import GroupStats
+
+if TYPE_CHECKING:
+    from fairopt.constraints.base import Constraint
+
+__all__ = ["Bounds", "Const", "Expr", "RateRef", "as_expr", "concat", "maximum", "minimum", "pairwise"]
+
+Number = int | float
+_Cache = dict
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The value of an expression: ``(m,)`` tensors.
+
+    Attributes:
+        hard: the true value (no gradient).
+        upper: differentiable proxy upper bound (used by the primal player).
+        lower: differentiable proxy lower bound.
+        defined: bool; False where a rate in the entry had a zero denominator.
+    """
+
+    hard: Tensor
+    upper: Tensor
+    lower: Tensor
+    defined: Tensor
+
+
+def _where_defined(defined: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+    return tuple(torch.where(defined, v, torch.zeros_like(v)) for v in values)
+
+
+class Expr:
+    """Base class of rate expressions; subclasses implement ``_evaluate``, ``size``, ``entry_names``."""
+
+    def evaluate(self, stats: GroupStats) -> Bounds:
+        """Evaluate on a ``(G, K)`` table. Undefined entries hold 0 with zero gradient."""
+        bounds = self._evaluate(stats, {})
+        h, u, lo = _where_defined(bounds.defined, bounds.hard, bounds.upper, bounds.lower)
+        return Bounds(h, u, lo, bounds.defined)
+
+    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        raise NotImplementedError
+
+    def size(self, num_groups: int) -> int:
+        """Number of entries m for a table with ``num_groups`` rows."""
+        raise NotImplementedError
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        """A readable name for each entry, e.g. ``"tpr[sex=F] - tpr[overall]"``."""
+        raise NotImplementedError
+
+    def max_group(self) -> int:
+        """The largest explicit group id referenced (-1 if none), to validate against G."""
+        return max((c.max_group() for c in self._children()), default=-1)
+
+    def _children(self) -> tuple[Expr, ...]:
+        return ()
+
+    # arithmetic ---------------------------------------------------------------------------------------------
+    def __add__(self, other: Expr | Number) -> Expr:
+        return _BinOp("+", self, as_expr(other))
+
+    def __radd__(self, other: Number) -> Expr:
+        return _BinOp("+", as_expr(other), self)
+
+    def __sub__(self, other: Expr | Number) -> Expr:
+        return _BinOp("-", self, as_expr(other))
+
+    def __rsub__(self, other: Number) -> Expr:
+        return _BinOp("-", as_expr(other), self)
+
+    def __mul__(self, other: Expr | Number) -> Expr:
+        return _BinOp("*", self, as_expr(other))
+
+    def __rmul__(self, other: Number) -> Expr:
+        return _BinOp("*", as_expr(other), self)
+
+    def __truediv__(self, other: Expr | Number) -> Expr:
+        return _BinOp("/", self, as_expr(other))
+
+    def __rtruediv__(self, other: Number) -> Expr:
+        return _BinOp("/", as_expr(other), self)
+
+    def __neg__(self) -> Expr:
+        return _BinOp("-", Const(0.0), self)
+
+    def __abs__(self) -> Expr:
+        return _Abs(self)
+
+    def max(self) -> Expr:
+        """Largest defined entry (one entry)."""
+        return _Reduce("max", self)
+
+    def min(self) -> Expr:
+        """Smallest defined entry (one entry)."""
+        return _Reduce("min", self)
+
+    # comparisons give constraints ---------------------------------------------------------------------------
+    def __le__(self, other: Expr | Number) -> Constraint:  # type: ignore[override]
+        from fairopt.constraints.base import Constraint
+
+        if isinstance(other, (int, float)):
+            return Constraint(self, tolerance=float(other), name=f"{self} <= {other:g}")
+        return Constraint(self - as_expr(other), name=f"{self} <= {other}")
+
+    def __ge__(self, other: Expr | Number) -> Constraint:  # type: ignore[override]
+        from fairopt.constraints.base import Constraint
+
+        other_expr = as_expr(other)
+        shown = f"{other:g}" if isinstance(other, (int, float)) else str(other)
+        return Constraint(other_expr - self, name=f"{self} >= {shown}")
+
+    __hash__ = object.__hash__
+
+
+def as_expr(value: Expr | Number) -> Expr:
+    """Wrap a number as a constant expression; pass expressions through."""
+    if isinstance(value, Expr):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Const(float(value))
+    raise TypeError(f"expected a rate expression or a number, got {type(value).__name__}")
+
+
+class Const(Expr):
+    """A constant (one entry, always defined)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        t = torch.full((1,), self.value, dtype=stats.dtype, device=stats.device)
+        return Bounds(t, t, t, torch.ones(1, dtype=torch.bool, device=stats.device))
+
+    def size(self, num_groups: int) -> int:
+        return 1
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        return [f"{self.value:g}"]
+
+    def __str__(self) -> str:
+        return f"{self.value:g}"
+
+
+_SHORT = {
+    "selection_rate": "selection_rate",
+    "true_positive_rate": "tpr",
+    "false_positive_rate": "fpr",
+    "true_negative_rate": "tnr",
+    "false_negative_rate": "fnr",
+    "error_rate": "error_rate",
+    "accuracy": "accuracy",
+    "precision": "precision",
+    "negative_predictive_value": "npv",
+    "base_rate": "base_rate",
+    "mean_loss": "mean_loss",
+}
+
+_PER_GROUP = "per_group"
+
+
+class RateRef(Expr):
+    """A reference to one rate: ``RateRef("tpr")(g)`` is group g, ``()`` the overall rate, ``.per_group()`` all.
+
+    Calling it returns a new reference; the module-level objects ``fairopt.tpr`` etc. are rate references to
+    the overall rate that can also be called.
+    """
+
+    def __init__(self, rate: str, group: int | str | None = None) -> None:
+        self.rate = canonical_rate_name(rate)
+        if group not in (None, _PER_GROUP) and (isinstance(group, bool) or not isinstance(group, int) or group < 0):
+            raise ValueError(f"group must be a non-negative int id (or None for overall), got {group!r}")
+        self.group = group
+
+    def __call__(self, group: int | None = None) -> RateRef:
+        return RateRef(self.rate, group)
+
+    def per_group(self) -> RateRef:
+        """This rate for every group (``G`` entries)."""
+        return RateRef(self.rate, _PER_GROUP)
+
+    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        overall = self.group is None
+        key = (self.rate, overall)
+        if key not in cache:
+            cache[key] = compute_rate(stats.overall() if overall else stats, self.rate)
+        rv = cache[key]
+        if isinstance(self.group, int):
+            if self.group >= stats.num_groups:
+                raise ValueError(
+                    f"{self} refers to group {self.group} but the statistics have {stats.num_groups} groups"
+                )
+            idx = slice(self.group, self.group + 1)
+            return Bounds(rv.value[idx], rv.upper[idx], rv.lower[idx], rv.defined[idx])
+        return Bounds(rv.value, rv.upper, rv.lower, rv.defined)
+
+    def size(self, num_groups: int) -> int:
+        return num_groups if self.group == _PER_GROUP else 1
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        short = _SHORT[self.rate]
+        if self.group is None:
+            return [f"{short}[overall]"]
+        if self.group == _PER_GROUP:
+            return [f"{short}[{n}]" for n in group_names]
+        name = group_names[self.group] if self.group < len(group_names) else str(self.group)
+        return [f"{short}[{name}]"]
+
+    def max_group(self) -> int:
+        return self.group if isinstance(self.group, int) else -1
+
+    def __str__(self) -> str:
+        short = _SHORT[self.rate]
+        return {None: f"{short}[overall]", _PER_GROUP: f"{short}[g]"}.get(self.group, f"{short}[{self.group}]")  # type: ignore[arg-type]
+
+
+def _broadcast_sizes(a: int, b: int, what: str) -> int:
+    if a == b or b == 1:
+        return a
+    if a == 1:
+        return b
+    raise ValueError(f"cannot combine expressions with {a} and {b} entries in {what}; use .max()/.min() or pairwise()")
+
+
+def _broadcast_names(na: list[str], nb: list[str]) -> tuple[list[str], list[str]]:
+    m = max(len(na), len(nb))
+    return (na * m if len(na) == 1 else na), (nb * m if len(nb) == 1 else nb)
+
+
+def _safe_div(num: Tensor, den: Tensor, ok: Tensor) -> Tensor:
+    return num / torch.where(ok, den, torch.ones_like(den))
+
+
+class _BinOp(Expr):
+    def __init__(self, op: str, a: Expr, b: Expr) -> None:
+        self.op, self.a, self.b = op, a, b
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a, self.b)
+
+    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        a, b = self.a._evaluate(stats, cache), self.b._evaluate(stats, cache)
+        _broadcast_sizes(a.hard.numel(), b.hard.numel(), str(self))
+        defined = a.defined & b.defined
+        if self.op == "+":
+            return Bounds(a.hard + b.hard, a.upper + b.upper, a.lower + b.lower, defined)
+        if self.op == "-":
+            return Bounds(a.hard - b.hard, a.upper - b.lower, a.lower - b.upper, defined)
+        if self.op == "*":
+            products = torch.stack(
+                torch.broadcast_tensors(a.upper * b.upper, a.upper * b.lower, a.lower * b.upper, a.lower * b.lower)
+            )
+            return Bounds(a.hard * b.hard, products.amax(0), products.amin(0), defined)
+        # Division: interval quotient when the proxy denominator is surely positive, else divide by the hard value.
+        nonzero = b.hard != 0
+        defined = defined & nonzero
+        hard = _safe_div(a.hard, b.hard, nonzero)
+        positive = b.lower > 0
+        den_hi = torch.where(positive, b.upper, b.hard)
+        den_lo = torch.where(positive, b.lower, b.hard)
+        ok = positive | nonzero
+        quotients = torch.stack(
+            torch.broadcast_tensors(
+                _safe_div(a.upper, den_hi, ok),
+                _safe_div(a.upper, den_lo, ok),
+                _safe_div(a.lower, den_hi, ok),
+                _safe_div(a.lower, den_lo, ok),
+            )
+        )
+        return Bounds(hard, quotients.amax(0), quotients.amin(0), defined)
+
+    def size(self, num_groups: int) -> int:
+        return _broadcast_sizes(self.a.size(num_groups), self.b.size(num_groups), str(self))
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        na, nb = _broadcast_names(self.a.entry_names(group_names), self.b.entry_names(group_names))
+        if isinstance(self.a, Const) and self.a.value == 0.0 and self.op == "-":
+            return [f"-({y})" for y in nb]
+        return [f"{_paren(x, self.a)} {self.op} {_paren(y, self.b, right=True)}" for x, y in zip(na, nb)]
+
+    def __str__(self) -> str:
+        if isinstance(self.a, Const) and self.a.value == 0.0 and self.op == "-":
+            return f"-({self.b})"
+        return f"{_paren(str(self.a), self.a)} {self.op} {_paren(str(self.b), self.b, right=True)}"
+
+
+def _paren(text: str, node: Expr, right: bool = False) -> str:
+    return (
+        f"({text})" if isinstance(node, _BinOp) and (right or node.op in "+-") and not text.startswith("-(") else text
+    )
+
+
+class _Abs(Expr):
+    def __init__(self, a: Expr) -> None:
+        self.a = a
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a,)
+
+    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        a = self.a._evaluate(stats, cache)
+        upper = torch.maximum(a.upper, -a.lower)
+        lower = torch.where(a.lower >= 0, a.lower, torch.where(a.upper <= 0, -a.upper, torch.zeros_like(a.upper)))
+        return Bounds(a.hard.abs(), upper, lower, a.defined)
+
+    def size(self, num_groups: int) -> int:
+        return self.a.size(num_groups)
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        return [f"|{n}|" for n in self.a.entry_names(group_names)]
+
+    def __str__(self) -> str:
+        return f"|{self.a}|"
+
+
+class _Reduce(Expr):
+    def __init__(self, how: str, a: Expr) -> None:
+        self.how, self.a = how, a
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a,)
+
+    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        a = self.a._evaluate(stats, cache)
+        fill = float("-inf") if self.how == "max" else float("inf")
+        reduce = torch.amax if self.how == "max" else torch.amin
+        any_defined = a.defined.any().reshape(1)
+
+        def red(v: Tensor) -> Tensor:
+            masked = torch.where(a.defined, v, torch.full_like(v, fill))
+            out = reduce(masked, dim=0, keepdim=True)
+            return torch.where(any_defined, out, torch.zeros_like(out))
+
+        return Bounds(red(a.hard), red(a.upper), red(a.lower), any_defined)
+
+    def size(self, num_groups: int) -> int:
+        return 1
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        return [str(self)]
+
+    def __str__(self) -> str:
+        return f"{self.how}_g {self.a}" if "[g]" in str(self.a) else f"{self.how}({self.a})"
+
+
+class _Elementwise(Expr):
+    def __init__(self, how: str, a: Expr, b: Expr) -> None:
+        self.how, self.a, self.b = how, a, b
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a, self.b)
+
+    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        a, b = self.a._evaluate(stats, cache), self.b._evaluate(stats, cache)
+        f = torch.maximum if self.how == "maximum" else torch.minimum
+        return Bounds(f(a.hard, b.hard), f(a.upper, b.upper), f(a.lower, b.lower), a.defined & b.defined)
+
+    def size(self, num_groups: int) -> int:
+        return _broadcast_sizes(self.a.size(num_groups), self.b.size(num_groups), str(self))
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        na, nb = _broadcast_names(self.a.entry_names(group_names), self.b.entry_names(group_names))
+        return [f"{self.how}({x}, {y})" for x, y in zip(na, nb)]
+
+    def __str__(self) -> str:
+        return f"{self.how}({self.a}, {self.b})"
+
+
+def maximum(a: Expr | Number, b: Expr | Number) -> Expr:
+    """Elementwise maximum of two expressions (broadcasting one-entry expressions)."""
+    return _Elementwise("maximum", as_expr(a), as_expr(b))
+
+
+def minimum(a: Expr | Number, b: Expr | Number) -> Expr:
+    """Elementwise minimum of two expressions (broadcasting one-entry expressions)."""
+    return _Elementwise("minimum", as_expr(a), as_expr(b))
+
+
+class _Pairwise(Expr):
+    def __init__(self, a: Expr, b: Expr, symmetric: bool) -> None:
+        self.a, self.b, self.symmetric = a, b, symmetric
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a, self.b)
+
+    def _pairs(self, n: int) -> tuple[Tensor, Tensor]:
+        i, j = torch.triu_indices(n, n, offset=1) if self.symmetric else (~torch.eye(n, dtype=torch.bool)).nonzero().T
+        return i, j
+
+    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        a, b = self.a._evaluate(stats, cache), self.b._evaluate(stats, cache)
+        if a.hard.numel() != b.hard.numel():
+            raise ValueError(f"pairwise() needs two expressions with the same number of entries, in {self}")
+        i, j = (t.to(stats.device) for t in self._pairs(a.hard.numel()))
+        return Bounds(
+            a.hard[i] - b.hard[j], a.upper[i] - b.lower[j], a.lower[i] - b.upper[j], a.defined[i] & b.defined[j]
+        )
+
+    def size(self, num_groups: int) -> int:
+        n = self.a.size(num_groups)
+        return n * (n - 1) // (2 if self.symmetric else 1)
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        na, nb = self.a.entry_names(group_names), self.b.entry_names(group_names)
+        i, j = self._pairs(len(na))
+        return [
+            f"{_paren(na[x], self.a)} - {_paren(nb[y], self.b, right=True)}" for x, y in zip(i.tolist(), j.tolist())
+        ]
+
+    def __str__(self) -> str:
+        return f"pairwise({self.a}, {self.b})"
+
+
+def pairwise(a: Expr, b: Expr | None = None, *, symmetric: bool = False) -> Expr:
+    """``a[i] - b[j]`` for every ordered pair of entries ``i != j`` (``b`` defaults to ``a``).
+
+    With ``symmetric=True`` only pairs ``i < j`` are formed (use with ``abs``).
+    """
+    return _Pairwise(a, a if b is None else b, symmetric)
+
+
+class _Concat(Expr):
+    def __init__(self, parts: Sequence[Expr]) -> None:
+        if not parts:
+            raise ValueError("concat() needs at least one expression")
+        self.parts = tuple(parts)
+
+    def _children(self) -> tuple[Expr, ...]:
+        return self.parts
+
+    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        bs = [p._evaluate(stats, cache) for p in self.parts]
+        return Bounds(*(torch.cat([getattr(b, f) for b in bs]) for f in ("hard", "upper", "lower", "defined")))
+
+    def size(self, num_groups: int) -> int:
+        return sum(p.size(num_groups) for p in self.parts)
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        return [n for p in self.parts for n in p.entry_names(group_names)]
+
+    def __str__(self) -> str:
+        return "[" + ", ".join(str(p) for p in self.parts) + "]"
+
+
+def concat(*parts: Expr) -> Expr:
+    """Stack the entries of several expressions into one vector."""
+    return _Concat(parts)

@@ -1,0 +1,210 @@
+"""Loading a user's own CSV file or DataFrame."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._groups import sorted_categories
+from ._tabular import (
+    TabularDataset,
+    assemble,
+    check_fractions,
+    group_label_strata,
+    normalize_names,
+    select_features,
+    stratified_split,
+)
+
+__all__ = ["load_csv"]
+
+
+def load_csv(
+    path_or_dataframe: str | os.PathLike[str] | pd.DataFrame,
+    target: str,
+    sensitive: str | Sequence[str],
+    features: Sequence[str] | None = None,
+    positive_label: Any = None,
+    *,
+    include_sensitive: bool = False,
+    categorical: Sequence[str] = (),
+    sensitive_categories: Mapping[str, Sequence[Hashable]] | None = None,
+    validation_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int | None = 0,
+    stratify: bool = True,
+    name: str | None = None,
+    read_csv_kwargs: Mapping[str, Any] | None = None,
+) -> TabularDataset:
+    """Load a CSV file or a DataFrame as a split, preprocessed fairness dataset.
+
+    Preprocessing, fitted on the training split only: numeric columns are
+    imputed with the training median and standardized; other columns (strings,
+    booleans, pandas categoricals, and those named in ``categorical``) are
+    one-hot encoded over the training categories (unseen or missing: all zeros).
+
+    Parameters
+    ----------
+    path_or_dataframe:
+        A CSV path (read with ``pandas.read_csv(path, **read_csv_kwargs)``) or
+        a DataFrame (not modified).
+    target:
+        The label column. Without ``positive_label`` it must hold only 0/1 (or
+        ``False``/``True``) values.
+    sensitive:
+        One sensitive attribute column or a sequence; intersectional group ids
+        enumerate every combination of their categories (first attribute = most
+        significant digit), names like ``"sex=F|race=B"``. Missing values are an
+        error.
+    features:
+        Feature columns (default: every column but ``target`` and, unless
+        ``include_sensitive``, the sensitive ones).
+    positive_label:
+        Target value (or collection of values) that means ``y = 1``; every other
+        value means ``y = 0``.
+    include_sensitive:
+        Also use the sensitive columns as features (default ``False``).
+    categorical:
+        Numeric-looking columns to one-hot encode instead of standardizing.
+    sensitive_categories:
+        Per sensitive attribute, the full list of its categories in id order
+        (default: a pandas categorical column's declared categories, otherwise
+        the values found, sorted). Use it to keep ids stable across files where
+        some category is absent.
+    validation_fraction, test_fraction:
+        Shares of the rows for the held-out splits (to within one row); the
+        rest is ``train``.
+    seed:
+        Seed of the split (``None``: fresh entropy).
+    stratify:
+        Stratify the split by (group, label).
+    name:
+        ``TabularDataset.name`` (default: the file's stem, or ``"dataframe"``).
+    read_csv_kwargs:
+        Extra arguments of ``pandas.read_csv``.
+
+    Returns
+    -------
+    TabularDataset
+        ``X`` float32 ``(N, D)``, ``y`` float32 ``(N,)`` in {0, 1}, ``groups``
+        int64 ``(N,)`` in ``[0, G)`` per split.
+
+    Raises
+    ------
+    ValueError
+        A column is missing (naming it, the source and the available
+        columns); the target is not binary and no ``positive_label`` is given;
+        ``positive_label`` does not occur; the target or a sensitive attribute
+        has missing values; fractions are out of range.
+    """
+    if isinstance(path_or_dataframe, pd.DataFrame):
+        source = "<DataFrame>"
+        raw = path_or_dataframe.reset_index(drop=True)
+        default_name = "dataframe"
+    else:
+        source = str(path_or_dataframe)
+        raw = pd.read_csv(path_or_dataframe, **dict(read_csv_kwargs or {}))
+        default_name = Path(path_or_dataframe).stem
+    sensitive = normalize_names(sensitive, "sensitive")
+    check_fractions(validation_fraction, test_fraction)
+
+    available = [str(c) for c in raw.columns]
+    named = {"target": [target], "sensitive": list(sensitive)}
+    named["categorical"] = list(categorical)
+    if features is not None:
+        named["features"] = list(features)
+    if sensitive_categories is not None:
+        named["sensitive_categories"] = list(sensitive_categories)
+    for role, columns in named.items():
+        for column in columns:
+            if column not in raw.columns:
+                raise ValueError(f"{role} column {column!r} not found in {source}; available columns: {available}")
+    if target in sensitive:
+        raise ValueError(f"the target {target!r} cannot be a sensitive attribute")
+
+    labels = _binary_labels(raw[target], target, positive_label, source)
+    columns = select_features(
+        requested=features,
+        default=[c for c in raw.columns if c != target],
+        available=list(raw.columns),
+        sensitive=sensitive,
+        sources={a: (a,) for a in sensitive},
+        include_sensitive=include_sensitive,
+        target=target,
+        where=source,
+    )
+    numeric = frozenset(
+        c
+        for c in columns
+        if c not in set(categorical)
+        and pd.api.types.is_numeric_dtype(raw[c])
+        and not pd.api.types.is_bool_dtype(raw[c])
+    )
+
+    categories: dict[str, tuple[Hashable, ...]] = {}
+    for attribute in sensitive:
+        if sensitive_categories is not None and attribute in sensitive_categories:
+            categories[attribute] = tuple(sensitive_categories[attribute])
+        elif isinstance(raw[attribute].dtype, pd.CategoricalDtype):
+            categories[attribute] = tuple(raw[attribute].cat.categories)
+        else:
+            categories[attribute] = sorted_categories(raw[attribute])
+    group_frame = pd.DataFrame({a: raw[a].to_numpy() for a in sensitive})
+    if stratify:
+        strata = group_label_strata(group_frame, labels, sensitive, categories)
+    else:
+        strata = np.zeros(len(raw), dtype=np.int64)
+    train, validation, test = stratified_split(
+        strata,
+        (1.0 - validation_fraction - test_fraction, validation_fraction, test_fraction),
+        seed,
+    )
+    return assemble(
+        name=name if name is not None else default_name,
+        frame=raw,
+        group_frame=group_frame,
+        labels=labels,
+        target=target,
+        sensitive=sensitive,
+        categories=categories,
+        features=columns,
+        numeric=numeric,
+        split_index={"train": train, "validation": validation, "test": test},
+    )
+
+
+def _binary_labels(column: pd.Series, target: str, positive_label: Any, source: str) -> np.ndarray:
+    """``(N,)`` int64 0/1 labels of ``column``."""
+    if column.isna().any():
+        raise ValueError(
+            f"target column {target!r} in {source} has "
+            f"{int(column.isna().sum())} missing value(s); drop those rows first"
+        )
+    values = sorted_categories(column)
+    if positive_label is None:
+        if set(values) <= {0, 1}:  # also matches False/True and 0.0/1.0
+            return column.astype(np.int64).to_numpy()
+        shown = list(values[:10]) + (["..."] if len(values) > 10 else [])
+        raise ValueError(
+            f"target column {target!r} in {source} is not binary 0/1: found "
+            f"{len(values)} distinct values {shown}; pass positive_label= the "
+            "value (or collection of values) that means y = 1, e.g. "
+            f"positive_label={values[-1]!r}"
+        )
+    if isinstance(positive_label, Collection) and not isinstance(positive_label, (str, bytes)):
+        positives = list(positive_label)
+    else:
+        positives = [positive_label]
+    absent = [p for p in positives if p not in set(values)]
+    if absent:
+        raise ValueError(
+            f"positive_label {absent if len(positives) > 1 else absent[0]!r} does "
+            f"not occur in target column {target!r} in {source}; values found: "
+            f"{list(values)}"
+        )
+    return column.isin(positives).to_numpy(dtype=np.int64)

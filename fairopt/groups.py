@@ -1,0 +1,190 @@
+"""Encode sensitive attributes as int64 group ids with stable, readable names.
+
+The data path needs ``groups (N,)`` int64 ids in ``[0, G)`` with G fixed up front (an absent group is a zero
+row, never a shifted id). :class:`Groups` produces them from one or several sensitive attributes given as ints,
+bools, strings or pandas categoricals. Several attributes give *intersectional* groups: every combination of
+categories gets an id (mixed radix, first attribute most significant), whether or not it occurs in the data,
+named like ``"sex=Female|race=Black"``.
+
+Categories are ordered stably: a pandas categorical keeps its declared order, bools are ``False, True``,
+other values are sorted. Fit on the training data (or pass ``categories=``) and reuse the same object to encode
+held-out and test data, so ids mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import product
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Groups"]
+
+
+def _as_columns(data: Any, name: str | None) -> dict[str, np.ndarray | Any]:
+    """Split input into named 1-D columns: DataFrame/dict → its columns; anything 1-D → one column."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        pd = None
+    if pd is not None and isinstance(data, pd.DataFrame):
+        return {str(c): data[c] for c in data.columns}
+    if isinstance(data, Mapping):
+        return {str(k): v for k, v in data.items()}
+    if pd is not None and isinstance(data, pd.Series):
+        return {name or (str(data.name) if data.name is not None else "group"): data}
+    if isinstance(data, Tensor):
+        data = data.detach().cpu().numpy()
+    arr = np.asarray(data)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"a sensitive attribute must be 1-D (N,), got shape {arr.shape}; pass several attributes as a "
+            "pandas DataFrame or a dict of name -> (N,) values"
+        )
+    return {name or "group": arr}
+
+
+def _values(column: Any) -> np.ndarray:
+    if isinstance(column, Tensor):
+        return column.detach().cpu().numpy()
+    return np.asarray(column, dtype=object if getattr(column, "dtype", None) == "category" else None)
+
+
+def _categories(column: Any) -> list[Any]:
+    dtype = getattr(column, "dtype", None)
+    if dtype is not None and str(dtype) == "category":
+        return list(column.cat.categories)
+    values = _values(column)
+    if values.dtype == bool:
+        return [False, True]
+    missing = [v for v in values if v is None or (isinstance(v, float) and np.isnan(v))]
+    if missing:
+        raise ValueError("a sensitive attribute has missing values (None/NaN); fill or drop them before encoding")
+    uniques = set(values.tolist())
+    try:
+        return sorted(uniques)
+    except TypeError:
+        return sorted(uniques, key=str)
+
+
+class Groups:
+    """Sensitive attributes → int64 group ids in ``[0, num_groups)`` and readable names.
+
+    Args:
+        categories: mapping attribute name → list of its categories, in id order. Use :meth:`fit` to infer it.
+
+    Attributes:
+        attributes: tuple of attribute names. num_groups: G = product of the category counts.
+        names: tuple of G readable names (``"sex=F|race=Black"``; a single unnamed attribute: ``"F"``).
+
+    Example:
+        >>> groups = Groups.fit(train_df[["sex", "race"]])
+        >>> ids = groups.encode(test_df[["sex", "race"]])  # (N,) int64
+    """
+
+    def __init__(self, categories: Mapping[str, Sequence[Any]]) -> None:
+        if not categories:
+            raise ValueError("Groups needs at least one sensitive attribute")
+        self.categories: dict[str, list[Any]] = {str(k): list(v) for k, v in categories.items()}
+        for attr, cats in self.categories.items():
+            if not cats:
+                raise ValueError(f"attribute {attr!r} has no categories")
+            if len(set(map(repr, cats))) != len(cats):
+                raise ValueError(f"attribute {attr!r} has duplicate categories: {cats}")
+        self.attributes = tuple(self.categories)
+        self._sizes = [len(c) for c in self.categories.values()]
+        self.num_groups = int(np.prod(self._sizes))
+        unnamed = self.attributes == ("group",)
+        self.names: tuple[str, ...] = tuple(
+            str(combo[0]) if unnamed else "|".join(f"{a}={v}" for a, v in zip(self.attributes, combo))
+            for combo in product(*self.categories.values())
+        )
+
+    @classmethod
+    def fit(
+        cls, data: Any, *, name: str | None = None, categories: Mapping[str, Sequence[Any]] | None = None
+    ) -> Groups:
+        """Infer categories from data.
+
+        Args:
+            data: one attribute (list, numpy array, tensor, pandas Series) or several (pandas DataFrame, or dict
+                of name → values).
+            name: the name of a single attribute (default: the Series name, else ``"group"``).
+            categories: categories to use for some attributes instead of inferring them (fixes their order and
+                includes categories absent from ``data``).
+
+        Raises:
+            ValueError: missing values, or a non 1-D attribute.
+        """
+        columns = _as_columns(data, name)
+        given = dict(categories or {})
+        return cls({attr: given.get(attr) or _categories(col) for attr, col in columns.items()})
+
+    def encode(self, data: Any, *, name: str | None = None, device: torch.device | str | None = None) -> Tensor:
+        """Map attribute values to group ids.
+
+        Returns:
+            ``(N,)`` int64 tensor of ids in ``[0, num_groups)``.
+
+        Raises:
+            ValueError: a missing attribute, attributes of different lengths, or a value not among the fitted
+                categories (the message lists them).
+        """
+        columns = _as_columns(
+            data, name if name is not None else (self.attributes[0] if len(self.attributes) == 1 else None)
+        )
+        if len(columns) == 1 and len(self.attributes) == 1:
+            columns = {self.attributes[0]: next(iter(columns.values()))}
+        missing = [a for a in self.attributes if a not in columns]
+        if missing:
+            raise ValueError(
+                f"missing sensitive attribute(s) {missing}; got {list(columns)}, expected {list(self.attributes)}"
+            )
+        ids: np.ndarray | None = None
+        for attr, size in zip(self.attributes, self._sizes):
+            values = _values(columns[attr])
+            lookup = {_key(c): i for i, c in enumerate(self.categories[attr])}
+            codes = np.fromiter((lookup.get(_key(v), -1) for v in values.tolist()), dtype=np.int64, count=len(values))
+            if (codes < 0).any():
+                unknown = sorted({repr(v) for v, c in zip(values.tolist(), codes) if c < 0})[:5]
+                raise ValueError(
+                    f"attribute {attr!r} has value(s) {', '.join(unknown)} not among its categories "
+                    f"{self.categories[attr]}; fit Groups on data that contains them or pass categories="
+                )
+            if ids is not None and len(codes) != len(ids):
+                raise ValueError(f"attribute {attr!r} has {len(codes)} values but the first attribute has {len(ids)}")
+            ids = codes if ids is None else ids * size + codes
+        assert ids is not None
+        return torch.as_tensor(ids, dtype=torch.int64, device=device)
+
+    def id(self, name: str) -> int:
+        """The id of a group from its name (``"sex=F|race=Black"``)."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ValueError(f"unknown group name {name!r}; names are {list(self.names)}") from None
+
+    def decode(self, ids: Tensor | Sequence[int]) -> list[str]:
+        """Names of the given ids."""
+        values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        return [self.names[int(i)] for i in values]
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """Plain categories (JSON-friendly for str/int/bool categories); ``Groups(d)`` restores it."""
+        return {a: list(c) for a, c in self.categories.items()}
+
+    def __len__(self) -> int:
+        return self.num_groups
+
+    def __repr__(self) -> str:
+        return (
+            f"Groups({', '.join(f'{a}: {len(c)}' for a, c in self.categories.items())}; num_groups={self.num_groups})"
+        )
+
+
+def _key(value: Any) -> Any:
+    # numpy scalars and Python scalars of equal value must match (np.int64(1) == 1, np.str_('F') == 'F').
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,443 @@
+r"""Per-group sufficient statistics of a binary classifier: the one table everything else is computed from.
+
+A batch of ``scores (N,)`` (logits), ``labels (N,)`` and ``groups (N,)`` is reduced in one pass to a
+``(G, K)`` table of *additive* weighted counts: for each group the four cells of the confusion matrix counted
+with the hard prediction ``score > threshold``, the same four cells counted with a differentiable proxy (see
+:mod:`fairopt.proxies`), and the sum of a per-example loss. Because every column is a sum over examples,
+
+* the table of a union of batches is the sum of their tables (streaming evaluation, DDP all-reduce),
+* a running estimate is an exponential moving average or a window sum of tables (:class:`RunningGroupStats`),
+* every rate of :mod:`fairopt.rates` is a ratio of column sums, so a group absent from a batch is a zero row
+  at its own index and contributes nothing.
+
+Columns, in order (``GroupStats.COLUMNS``); "weighted" means each example counts ``weights[i]`` (default 1):
+
+=============  =====================================================================
+``tn``         weighted count of ``label == 0`` and ``score <= threshold``
+``fp``         weighted count of ``label == 0`` and ``score >  threshold``
+``fn``         weighted count of ``label == 1`` and ``score <= threshold``
+``tp``         weighted count of ``label == 1`` and ``score >  threshold``
+``tn_proxy``   ``sum w * negative(score - threshold)`` over ``label == 0``
+``fp_proxy``   ``sum w * positive(score - threshold)`` over ``label == 0``
+``fn_proxy``   ``sum w * negative(score - threshold)`` over ``label == 1``
+``tp_proxy``   ``sum w * positive(score - threshold)`` over ``label == 1``
+``loss``       ``sum w * loss`` (0 when no loss is given)
+=============  =====================================================================
+
+Hard columns carry no gradient; proxy columns are differentiable w.r.t. ``scores`` and the loss column
+w.r.t. ``loss``. Derived counts (``count``, ``label_pos``, ``pred_pos``, ``errors``, ...) are properties.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fairopt._validation import (
+    describe_bad_values,
+    require_1d,
+    require_device,
+    require_tensor,
+    validation_enabled,
+)
+from fairopt.proxies import Proxy, as_proxy
+
+__all__ = ["COLUMNS", "GroupStats", "RunningGroupStats", "group_stats"]
+
+COLUMNS: tuple[str, ...] = ("tn", "fp", "fn", "tp", "tn_proxy", "fp_proxy", "fn_proxy", "tp_proxy", "loss")
+_INDEX = {name: i for i, name in enumerate(COLUMNS)}
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """A ``(G, K)`` table of additive per-group statistics (see the module docstring for the columns).
+
+    Build one with :func:`group_stats` (or :meth:`GroupStats.from_batch`). Supports ``a + b`` (exact: the table
+    of the union of the two batches), ``c * a`` for a number ``c`` (used by moving averages), :meth:`overall`
+    (the ``(1, K)`` table of all groups pooled), :meth:`detach`, :meth:`to`.
+
+    Attributes:
+        table: ``(G, K)`` floating tensor, ``K = len(COLUMNS) = 9``; weighted counts in examples (or weight units).
+    """
+
+    table: Tensor
+
+    COLUMNS = COLUMNS
+
+    def __post_init__(self) -> None:
+        table = require_tensor("table", self.table)
+        if table.dim() != 2 or table.shape[1] != len(COLUMNS):
+            raise ValueError(f"GroupStats.table must have shape (G, {len(COLUMNS)}), got {tuple(table.shape)}")
+        if not table.is_floating_point():
+            raise TypeError(f"GroupStats.table must be floating point, got {table.dtype}")
+
+    # construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def zeros(
+        cls, num_groups: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64
+    ) -> GroupStats:
+        """An empty table: the identity of ``+``."""
+        _check_num_groups(num_groups)
+        return cls(torch.zeros(num_groups, len(COLUMNS), device=device, dtype=dtype))
+
+    @staticmethod
+    def from_batch(*args: Any, **kwargs: Any) -> GroupStats:
+        """Same as :func:`group_stats`."""
+        return group_stats(*args, **kwargs)
+
+    # shape --------------------------------------------------------------------------------------------------
+    @property
+    def num_groups(self) -> int:
+        """G, the number of groups (rows)."""
+        return self.table.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.table.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.table.dtype
+
+    def column(self, name: str) -> Tensor:
+        """The ``(G,)`` column ``name`` (one of ``COLUMNS``)."""
+        try:
+            return self.table[:, _INDEX[name]]
+        except KeyError:
+            raise ValueError(f"unknown column {name!r}; columns are {list(COLUMNS)}") from None
+
+    # algebra ------------------------------------------------------------------------------------------------
+    def __add__(self, other: GroupStats) -> GroupStats:
+        if not isinstance(other, GroupStats):
+            return NotImplemented
+        if other.num_groups != self.num_groups:
+            raise ValueError(
+                f"cannot add GroupStats with {self.num_groups} and {other.num_groups} groups; "
+                "build both with the same num_groups"
+            )
+        return GroupStats(self.table + other.table.to(device=self.device, dtype=self.dtype))
+
+    def __mul__(self, factor: float) -> GroupStats:
+        if not isinstance(factor, (int, float)):
+            return NotImplemented
+        return GroupStats(self.table * factor)
+
+    __rmul__ = __mul__
+
+    def overall(self) -> GroupStats:
+        """All groups pooled: a ``(1, K)`` table (rates computed from it are the overall rates)."""
+        return GroupStats(self.table.sum(dim=0, keepdim=True))
+
+    def detach(self) -> GroupStats:
+        return GroupStats(self.table.detach())
+
+    def to(self, *args: Any, **kwargs: Any) -> GroupStats:
+        return GroupStats(self.table.to(*args, **kwargs))
+
+    # derived counts (all (G,), weighted) --------------------------------------------------------------------
+    @property
+    def count(self) -> Tensor:
+        """Weighted number of examples per group."""
+        return self.table[:, :4].sum(dim=1)
+
+    @property
+    def label_pos(self) -> Tensor:
+        """Weighted number of examples with ``label == 1``."""
+        return self.column("fn") + self.column("tp")
+
+    @property
+    def label_neg(self) -> Tensor:
+        """Weighted number of examples with ``label == 0``."""
+        return self.column("tn") + self.column("fp")
+
+    @property
+    def pred_pos(self) -> Tensor:
+        """Weighted number of hard positive predictions (``score > threshold``)."""
+        return self.column("fp") + self.column("tp")
+
+    @property
+    def true_pos(self) -> Tensor:
+        return self.column("tp")
+
+    @property
+    def false_pos(self) -> Tensor:
+        return self.column("fp")
+
+    @property
+    def errors(self) -> Tensor:
+        """Weighted number of misclassified examples (``fp + fn``)."""
+        return self.column("fp") + self.column("fn")
+
+    @property
+    def pred_pos_proxy(self) -> Tensor:
+        """Proxy number of positive predictions (``fp_proxy + tp_proxy``); differentiable."""
+        return self.column("fp_proxy") + self.column("tp_proxy")
+
+    @property
+    def errors_proxy(self) -> Tensor:
+        """Proxy number of errors (``fp_proxy + fn_proxy``); differentiable."""
+        return self.column("fp_proxy") + self.column("fn_proxy")
+
+    def __repr__(self) -> str:
+        return f"GroupStats(num_groups={self.num_groups}, dtype={self.dtype}, device={self.device})"
+
+
+def _check_num_groups(num_groups: int) -> None:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(
+            f"num_groups must be a positive int (the number of groups G, fixed up front), got {num_groups!r}"
+        )
+
+
+def _segment_sum(index: Tensor, values: Tensor | None, bins: int, dtype: torch.dtype) -> Tensor:
+    """``out[b] = sum(values[index == b])`` (count when ``values`` is None), ``out: (bins,)``, in one pass.
+
+    A 1-D ``scatter_add`` with no host sync (unlike ``torch.bincount`` on CUDA, which reads ``index.max()``);
+    differentiable w.r.t. ``values`` (its backward is a gather). Unweighted counts on CPU use ``bincount``,
+    measured faster there.
+    """
+    if values is None:
+        if index.device.type == "cpu":
+            return torch.bincount(index, minlength=bins).to(dtype)
+        values = torch.ones((), device=index.device, dtype=dtype).expand(index.shape[0])
+    return torch.zeros(bins, device=index.device, dtype=dtype).scatter_add(0, index, values.to(dtype))
+
+
+def group_stats(
+    scores: Tensor,
+    labels: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    *,
+    weights: Tensor | None = None,
+    loss: Tensor | None = None,
+    proxy: str | Proxy | Callable[[Tensor], Tensor] = "sigmoid",
+    threshold: float = 0.0,
+    dtype: torch.dtype = torch.float64,
+    validate: bool | None = None,
+) -> GroupStats:
+    """Reduce one batch to its ``(G, K)`` :class:`GroupStats` table in one pass (no loop over groups).
+
+    Args:
+        scores: ``(N,)`` floating logits. A positive prediction is ``score > threshold``.
+        labels: ``(N,)`` in {0, 1}: bool, integer, or floating holding exactly 0.0/1.0.
+        groups: ``(N,)`` integer group ids in ``[0, num_groups)`` (any integer dtype; used as int64).
+        num_groups: G, fixed up front, so an absent group is a zero row at its own index.
+        weights: optional ``(N,)`` non-negative floating example weights (an integer weight k counts like k
+            copies of the example).
+        loss: optional ``(N,)`` per-example loss (e.g. ``F.binary_cross_entropy_with_logits(..., reduction="none")``);
+            summed into the differentiable ``loss`` column (needed by mean-loss rates and BoundedGroupLoss).
+        proxy: surrogate for the proxy columns: ``"sigmoid"`` (default), ``"hinge"``, ``"softplus"``, ``"hard"``,
+            a :class:`~fairopt.proxies.Proxy` or an elementwise callable (see :mod:`fairopt.proxies`).
+        threshold: decision threshold in logit units (default 0, i.e. probability 0.5).
+        dtype: floating dtype of the table; float64 (default) keeps counts exact up to 2**53.
+        validate: run the value checks (one host sync). ``None`` uses the global default
+            (:func:`fairopt.set_validation`, env ``FAIROPT_VALIDATE``). Shape/dtype/device checks always run.
+
+    Returns:
+        :class:`GroupStats` with a ``(num_groups, 9)`` table on ``scores.device``.
+
+    Raises:
+        TypeError: a non-tensor input, non-floating scores/weights/loss, non-integer groups, labels of another dtype.
+        ValueError: mismatched shapes or devices; group ids negative or ``>= num_groups``; labels not in {0, 1};
+            NaN/inf scores, weights or loss; negative weights.
+    """
+    proxy_obj = as_proxy(proxy)
+    _check_num_groups(num_groups)
+    scores, labels, groups, weights, loss = _check_inputs(
+        scores, labels, groups, num_groups, weights, loss, validation_enabled(validate)
+    )
+    g = num_groups
+    label_int = (
+        labels.to(torch.int64)
+        if labels.dtype == torch.bool or not labels.is_floating_point()
+        else (labels != 0).to(torch.int64)
+    )
+    # code2 = 2*group + label indexes the (group, label) cells; code4 adds the hard prediction bit.
+    code2 = groups.to(torch.int64) * 2 + label_int
+    margin = scores - threshold
+    code4 = code2 * 2 + (margin > 0)
+    hard = _segment_sum(code4, None if weights is None else weights.detach(), 4 * g, dtype).view(g, 4)
+
+    positive = proxy_obj.positive(margin)
+    negative = proxy_obj.negative_fn(margin)
+    if weights is not None:
+        positive, negative = positive * weights, negative * weights
+    pos = _segment_sum(code2, positive, 2 * g, dtype).view(g, 2)  # [fp_proxy, tp_proxy]
+    neg = _segment_sum(code2, negative, 2 * g, dtype).view(g, 2)  # [tn_proxy, fn_proxy]
+    if loss is None:
+        loss_col = torch.zeros(g, 1, device=scores.device, dtype=dtype)
+    else:
+        weighted_loss = loss if weights is None else loss * weights
+        loss_col = _segment_sum(groups.to(torch.int64), weighted_loss, g, dtype).view(g, 1)
+    table = torch.cat([hard, neg[:, :1], pos[:, :1], neg[:, 1:], pos[:, 1:], loss_col], dim=1)
+    return GroupStats(table)
+
+
+def _check_inputs(
+    scores: Tensor,
+    labels: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    weights: Tensor | None,
+    loss: Tensor | None,
+    check_values: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    scores = require_tensor("scores", scores)
+    labels = require_tensor("labels", labels)
+    groups = require_tensor("groups", groups)
+    require_1d("scores", scores, None)
+    n, device = scores.shape[0], scores.device
+    if not scores.is_floating_point():
+        raise TypeError(f"scores must be floating point logits, got {scores.dtype}; pass scores.float()")
+    require_1d("labels", labels, n)
+    require_1d("groups", groups, n)
+    if labels.is_complex():
+        raise TypeError(f"labels must be bool, integer or floating 0/1, got {labels.dtype}")
+    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
+        raise TypeError(
+            f"groups must hold integer group ids, got {groups.dtype}; pass groups.long() "
+            "(or encode attributes with fairopt.Groups)"
+        )
+    require_device("labels", labels, device)
+    require_device("groups", groups, device)
+    for name, extra in (("weights", weights), ("loss", loss)):
+        if extra is not None:
+            require_tensor(name, extra)
+            require_1d(name, extra, n)
+            require_device(name, extra, device)
+            if not extra.is_floating_point():
+                raise TypeError(f"{name} must be floating point, got {extra.dtype}; pass {name}.float()")
+    if check_values and n > 0:
+        _check_values(scores, labels, groups, num_groups, weights, loss)
+    return scores, labels, groups, weights, loss
+
+
+def _check_values(
+    scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int, weights: Tensor | None, loss: Tensor | None
+) -> None:
+    # All checks reduce to one bool vector and a single host sync; details are computed only on failure.
+    with torch.no_grad():
+        bad_scores = ~torch.isfinite(scores)
+        bad_groups = (groups < 0) | (groups >= num_groups)
+        bad_labels = (
+            torch.zeros_like(labels, dtype=torch.bool) if labels.dtype == torch.bool else (labels != 0) & (labels != 1)
+        )
+        bad_weights = (~torch.isfinite(weights)) | (weights < 0) if weights is not None else None
+        bad_loss = ~torch.isfinite(loss) if loss is not None else None
+        checks = [bad_scores, bad_groups, bad_labels] + [b for b in (bad_weights, bad_loss) if b is not None]
+        flags = torch.stack([b.any() for b in checks]).tolist()
+    if not any(flags):
+        return
+    if flags[0]:
+        raise ValueError(
+            f"scores contain NaN or inf: {describe_bad_values(scores, bad_scores)}; "
+            "check the model output (e.g. a diverged loss) before computing fairness statistics"
+        )
+    if flags[1]:
+        raise ValueError(
+            f"groups must be ids in [0, {num_groups}) (num_groups={num_groups}): "
+            f"{describe_bad_values(groups, bad_groups)}; pass a larger num_groups or re-encode the sensitive "
+            "attribute with fairopt.Groups"
+        )
+    if flags[2]:
+        raise ValueError(
+            f"labels must be 0 or 1: {describe_bad_values(labels, bad_labels)}; map {{-1, 1}} labels with "
+            "(labels > 0), and threshold soft labels before computing rates"
+        )
+    rest = [("weights", bad_weights, weights), ("loss", bad_loss, loss)]
+    rest = [r for r in rest if r[1] is not None]
+    for (name, bad, values), flag in zip(rest, flags[3:]):
+        if flag:
+            what = "finite and >= 0" if name == "weights" else "finite"
+            raise ValueError(f"{name} must be {what}: {describe_bad_values(values, bad)}")
+
+
+class RunningGroupStats:
+    """A running estimate of a :class:`GroupStats` table over training steps, for the dual player.
+
+    Two modes, both exact for additive tables (a rate is a ratio of sums, so scaling all rows alike changes
+    nothing and no bias correction is needed):
+
+    * ``"ema"``: ``running = decay * running + batch`` (a geometrically weighted sum; effective window
+      ``1 / (1 - decay)`` batches),
+    * ``"window"``: the sum of the last ``window`` batch tables.
+
+    A group absent from a batch adds a zero row: it keeps its earlier statistics and never produces a fake
+    violation. Updates are detached (the running table carries no autograd graph).
+
+    Args:
+        num_groups: G.
+        mode: ``"ema"`` or ``"window"``.
+        decay: EMA factor in ``[0, 1)`` (mode ``"ema"``).
+        window: number of batches (mode ``"window"``), >= 1.
+
+    Raises:
+        ValueError: an unknown mode, ``decay`` outside ``[0, 1)``, ``window < 1``, or an update whose table has
+            another number of groups (the running state is left unchanged).
+    """
+
+    def __init__(self, num_groups: int, *, mode: str = "ema", decay: float = 0.9, window: int = 10) -> None:
+        _check_num_groups(num_groups)
+        if mode not in ("ema", "window"):
+            raise ValueError(f"mode must be 'ema' or 'window', got {mode!r}")
+        if mode == "ema" and not (0.0 <= decay < 1.0):
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+        if mode == "window" and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        self.num_groups, self.mode, self.decay, self.window = num_groups, mode, float(decay), int(window)
+        self._ema: Tensor | None = None
+        self._tables: deque[Tensor] = deque(maxlen=self.window)
+        self.num_updates = 0
+
+    def update(self, stats: GroupStats) -> GroupStats:
+        """Fold one batch's table in and return the current running table."""
+        if stats.num_groups != self.num_groups:
+            raise ValueError(f"expected a GroupStats with {self.num_groups} groups, got {stats.num_groups}")
+        table = stats.table.detach()
+        if self.mode == "ema":
+            self._ema = table.clone() if self._ema is None else self._ema.to(table) * self.decay + table
+        else:
+            self._tables.append(table.clone())
+        self.num_updates += 1
+        return self.value
+
+    @property
+    def value(self) -> GroupStats:
+        """The running ``(G, K)`` table (zeros before the first update)."""
+        if self.mode == "ema":
+            table = self._ema
+        else:
+            table = torch.stack(list(self._tables)).sum(dim=0) if self._tables else None
+        if table is None:
+            return GroupStats.zeros(self.num_groups)
+        return GroupStats(table)
+
+    def reset(self) -> None:
+        self._ema, self.num_updates = None, 0
+        self._tables.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "num_groups": self.num_groups,
+            "mode": self.mode,
+            "decay": self.decay,
+            "window": self.window,
+            "ema": self._ema,
+            "tables": list(self._tables),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key in ("num_groups", "mode"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"state_dict has {key}={state[key]!r} but this object has {getattr(self, key)!r}")
+        self.decay, self.window = float(state["decay"]), int(state["window"])
+        self._ema = state["ema"]
+        self._tables = deque(state["tables"], maxlen=self.window)
+        self.num_updates = int(state["num_updates"])
