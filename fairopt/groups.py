@@ -133,11 +133,11 @@ class Groups:
             ValueError: a missing attribute, attributes of different lengths, or a value not among the fitted
                 categories (the message lists them).
         """
-        columns = _as_columns(
-            data, name if name is not None else (self.attributes[0] if len(self.attributes) == 1 else None)
-        )
-        if len(columns) == 1 and len(self.attributes) == 1:
-            columns = {self.attributes[0]: next(iter(columns.values()))}
+        single = self.attributes[0] if len(self.attributes) == 1 else None
+        if single is not None and not isinstance(data, Mapping) and not hasattr(data, "columns"):
+            columns = {single: data}  # one unnamed (or differently named) 1-D attribute
+        else:
+            columns = _as_columns(data, name)
         missing = [a for a in self.attributes if a not in columns]
         if missing:
             raise ValueError(

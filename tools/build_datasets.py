@@ -60,9 +60,7 @@ FILES: dict[str, tuple[str, str]] = {
 def compress(raw: bytes) -> bytes:
     """Gzip ``raw`` deterministically (level 9, empty file name, mtime 0)."""
     buffer = io.BytesIO()
-    with gzip.GzipFile(
-        filename="", mode="wb", compresslevel=9, fileobj=buffer, mtime=0
-    ) as stream:
+    with gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=buffer, mtime=0) as stream:
         stream.write(raw)
     return buffer.getvalue()
 
@@ -76,13 +74,11 @@ def render_checksums(checksums: dict[str, str]) -> str:
         '"""',
         "",
         "# packaged file name -> SHA-256 (hex) of its decompressed contents",
-        "# fmt: off",
         "SHA256: dict[str, str] = {",
     ]
     for name in sorted(checksums):
         lines.append(f'    "{name}": "{checksums[name]}",')
     lines.append("}")
-    lines.append("# fmt: on")
     return "\n".join(lines) + "\n"
 
 
@@ -97,9 +93,7 @@ def build(source: Path) -> dict[Path, bytes]:
         raw = path.read_bytes()
         actual = hashlib.sha256(raw).hexdigest()
         if actual != expected:
-            raise ValueError(
-                f"SHA-256 mismatch for {path}: expected {expected}, got {actual}"
-            )
+            raise ValueError(f"SHA-256 mismatch for {path}: expected {expected}, got {actual}")
         compressed = compress(raw)
         if gzip.decompress(compressed) != raw:  # pragma: no cover - sanity check
             raise RuntimeError(f"gzip round trip failed for {raw_name}")
@@ -127,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     outputs = build(args.source)
     if args.check:
-        stale = [
-            path
-            for path, content in outputs.items()
-            if not path.is_file() or path.read_bytes() != content
-        ]
+        stale = [path for path, content in outputs.items() if not path.is_file() or path.read_bytes() != content]
         for path in stale:
             print(f"out of date: {path.relative_to(REPO_ROOT)}", file=sys.stderr)
         if not stale:

@@ -506,9 +506,6 @@ def _german_spec(age_threshold: int) -> _Spec:
     )
 
 
-_GERMAN = _german_spec(25)
-
-
 def load_german(
     sensitive: str | Sequence[str] = ("sex",),
     *,

@@ -11,7 +11,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["encode_groups", "sorted_categories"]
+__all__ = ["category_codes", "encode_groups", "sorted_categories"]
 
 
 def sorted_categories(values: Iterable[Hashable]) -> tuple[Hashable, ...]:
@@ -22,6 +22,14 @@ def sorted_categories(values: Iterable[Hashable]) -> tuple[Hashable, ...]:
         return tuple(sorted(distinct))
     except TypeError:
         return tuple(sorted(distinct, key=lambda v: (type(v).__name__, str(v))))
+
+
+def category_codes(values: pd.Series, categories: Sequence[Hashable]) -> np.ndarray:
+    """``(N,)`` int64 position of each value in ``categories``; -1 if absent/missing."""
+    index = pd.Index(list(categories))
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype(object)
+    return np.asarray(index.get_indexer(values), dtype=np.int64)
 
 
 def encode_groups(
@@ -59,7 +67,7 @@ def encode_groups(
                 f"{int(column.isna().sum())} missing value(s); drop or fill "
                 "those rows before loading"
             )
-        codes = pd.Categorical(column, categories=cats).codes.astype(np.int64)
+        codes = category_codes(column, cats)
         if (codes < 0).any():
             unknown = sorted_categories(column[codes < 0])
             raise ValueError(

@@ -17,7 +17,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from ._groups import encode_groups, sorted_categories
+from ._groups import category_codes, encode_groups, sorted_categories
 
 __all__ = [
     "SPLIT_NAMES",
@@ -214,7 +214,7 @@ class TabularPreprocessor:
                 blocks.append(values[:, None])
             else:
                 cats = self.categories[column]
-                codes = pd.Categorical(frame[column], categories=list(cats)).codes
+                codes = category_codes(frame[column], cats)
                 onehot = np.zeros((len(frame), len(cats)), dtype=np.float64)
                 seen = codes >= 0
                 onehot[np.flatnonzero(seen), codes[seen]] = 1.0
