@@ -9,7 +9,7 @@ from __future__ import annotations
 RATIO_BASELINES = ("bincount_floor", "sum_floor", "plain_step")
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return

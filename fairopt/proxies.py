@@ -56,6 +56,8 @@ class Proxy:
             ``1{m > 0}``. Must map a ``(N,)`` floating tensor to a ``(N,)`` tensor of the same dtype.
         negative: Elementwise function approximating ``1{m <= 0}``. If ``None``, ``positive(-m)`` is used.
         upper_bound: Whether both functions upper-bound their indicators (documents the guarantee; not checked).
+        normalized: Whether ``positive(m) + negative(m) == 1`` for every ``m`` (sigmoid, hard). Then the negative
+            proxy counts are derived from the positive ones and the label counts, saving a pass over the batch.
 
     Use :meth:`from_function` to wrap a user function and the module-level names (``"sigmoid"``, ``"hinge"``,
     ``"softplus"``, ``"hard"``) for the built-ins; :func:`as_proxy` accepts either.
@@ -65,6 +67,7 @@ class Proxy:
     positive: ElementwiseFn
     negative: ElementwiseFn | None = None
     upper_bound: bool = False
+    normalized: bool = False
 
     def negative_fn(self, margin: Tensor) -> Tensor:
         """Proxy of ``1{margin <= 0}``: ``negative(margin)``, or ``positive(-margin)`` when unset."""
@@ -85,6 +88,7 @@ class Proxy:
             name=f"sigmoid(T={temperature:g})" if temperature != 1.0 else "sigmoid",
             positive=partial(_sigmoid, sign=1.0, temperature=temperature),
             negative=partial(_sigmoid, sign=-1.0, temperature=temperature),
+            normalized=True,
         )
 
     @classmethod
@@ -117,6 +121,7 @@ class Proxy:
             positive=_hard_positive,
             negative=_hard_negative,
             upper_bound=True,
+            normalized=True,
         )
 
 

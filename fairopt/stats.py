@@ -235,7 +235,9 @@ def group_stats(
         proxy: surrogate for the proxy columns: ``"sigmoid"`` (default), ``"hinge"``, ``"softplus"``, ``"hard"``,
             a :class:`~fairopt.proxies.Proxy` or an elementwise callable (see :mod:`fairopt.proxies`).
         threshold: decision threshold in logit units (default 0, i.e. probability 0.5).
-        dtype: floating dtype of the table; float64 (default) keeps counts exact up to 2**53.
+        dtype: floating dtype of the returned table (default float64). Unweighted hard counts are exact integer
+            counts (up to 2**53). Weighted counts, proxy sums and the loss sum accumulate in the dtype of
+            ``weights``/``scores``/``loss`` (pass float64 tensors for float64 accumulation) and are then cast.
         validate: run the value checks (one host sync). ``None`` uses the global default
             (:func:`fairopt.set_validation`, env ``FAIROPT_VALIDATE``). Shape/dtype/device checks always run.
 
@@ -262,19 +264,30 @@ def group_stats(
     code2 = groups.to(torch.int64) * 2 + label_int
     margin = scores - threshold
     code4 = code2 * 2 + (margin > 0)
-    hard = _segment_sum(code4, None if weights is None else weights.detach(), 4 * g, dtype).view(g, 4)
+    if weights is None:
+        hard = _segment_sum(code4, None, 4 * g, dtype).view(g, 4)
+    else:
+        hard = _segment_sum(code4, weights.detach(), 4 * g, weights.dtype).to(dtype).view(g, 4)
 
+    # Proxy sums accumulate in the scores' dtype (a float64 copy of the batch would cost more than the whole
+    # scatter); the small table is then cast. Hard counts above are exact integer counts when unweighted.
     positive = proxy_obj.positive(margin)
-    negative = proxy_obj.negative_fn(margin)
     if weights is not None:
-        positive, negative = positive * weights, negative * weights
-    pos = _segment_sum(code2, positive, 2 * g, dtype).view(g, 2)  # [fp_proxy, tp_proxy]
-    neg = _segment_sum(code2, negative, 2 * g, dtype).view(g, 2)  # [tn_proxy, fn_proxy]
+        positive = positive * weights
+    pos = _segment_sum(code2, positive, 2 * g, positive.dtype).to(dtype).view(g, 2)  # [fp_proxy, tp_proxy]
+    if proxy_obj.normalized and (weights is None or not weights.requires_grad):
+        # negative = 1 - positive per example, so its sums follow from the (weighted) label counts.
+        neg = torch.stack([hard[:, 0] + hard[:, 1], hard[:, 2] + hard[:, 3]], dim=1) - pos
+    else:
+        negative = proxy_obj.negative_fn(margin)
+        if weights is not None:
+            negative = negative * weights
+        neg = _segment_sum(code2, negative, 2 * g, negative.dtype).to(dtype).view(g, 2)  # [tn_proxy, fn_proxy]
     if loss is None:
         loss_col = torch.zeros(g, 1, device=scores.device, dtype=dtype)
     else:
         weighted_loss = loss if weights is None else loss * weights
-        loss_col = _segment_sum(groups.to(torch.int64), weighted_loss, g, dtype).view(g, 1)
+        loss_col = _segment_sum(groups.to(torch.int64), weighted_loss, g, weighted_loss.dtype).to(dtype).view(g, 1)
     table = torch.cat([hard, neg[:, :1], pos[:, :1], neg[:, 1:], pos[:, 1:], loss_col], dim=1)
     return GroupStats(table)
 

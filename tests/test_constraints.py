@@ -63,7 +63,9 @@ def test_constraint_on_only_undefined_rates_is_skipped_not_nan():
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_difference_and_ratio_match_fairlearn(seed):
     scores, labels, groups, weights = _random_data(seed, n=600, num_groups=4)
-    stats = group_stats(torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 4, weights=torch.tensor(weights))
+    stats = group_stats(
+        torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 4, weights=torch.tensor(weights)
+    )
     pred = (scores > 0).astype(int)
     kw = {"sensitive_features": groups, "sample_weight": weights}
     assert fo.DemographicParity(0).evaluate(stats).hard.item() == pytest.approx(
@@ -89,12 +91,16 @@ def test_vs_overall_matches_fairlearn_moment_convention():
     stats = group_stats(torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 3)
     pred = scores > 0
     expected = [abs(pred[groups == g].mean() - pred.mean()) - 0.02 for g in range(3)]
-    np.testing.assert_allclose(fo.DemographicParity(0.02, convention="vs_overall").evaluate(stats).hard.numpy(), expected)
+    np.testing.assert_allclose(
+        fo.DemographicParity(0.02, convention="vs_overall").evaluate(stats).hard.numpy(), expected
+    )
 
 
 def test_disparate_impact_conventions():
     di = fo.DisparateImpact(0.8, convention="vs_overall")
-    torch.testing.assert_close(di.evaluate(HAND).hard[:3], torch.tensor([0.4 - 2 / 3, 0.4 - 1 / 3, 0.4 - 0.5], dtype=F64))
+    torch.testing.assert_close(
+        di.evaluate(HAND).hard[:3], torch.tensor([0.4 - 2 / 3, 0.4 - 1 / 3, 0.4 - 0.5], dtype=F64)
+    )
     pw = fo.DisparateImpact(0.8, convention="pairwise")
     assert pw.num_entries(3) == 6
     with pytest.raises(ValueError, match="p"):
@@ -108,7 +114,7 @@ def test_rate_bound_and_bounded_group_loss():
     assert both.num_entries(4) == 8
     stats = group_stats(SCORES, LABELS, GROUPS, 3, loss=torch.arange(8.0, dtype=F64))
     torch.testing.assert_close(fo.BoundedGroupLoss(4.0).evaluate(stats).hard, torch.tensor([-3.0, 0.0, 2.5], dtype=F64))
-    with pytest.raises(ValueError, match="min=0.9 is larger than max=0.1"):
+    with pytest.raises(ValueError, match=r"min=0\.9 is larger than max=0\.1"):
         fo.RateBound("tpr", min=0.9, max=0.1)
 
 
@@ -116,7 +122,10 @@ def test_expression_algebra_by_hand():
     c = fo.tpr(1) - fo.tpr(0) <= 0.05
     assert _hard(c) == [0.45] and c.entry_names(["A", "B", "C", "D"]) == ["tpr[B] - tpr[A]"]
     c = abs(fo.selection_rate.per_group() - fo.selection_rate()) <= 0.1
-    assert c.num_entries(4) == 4 and c.entry_names(["A", "B", "C", "D"])[1] == "|selection_rate[B] - selection_rate[overall]|"
+    assert (
+        c.num_entries(4) == 4
+        and c.entry_names(["A", "B", "C", "D"])[1] == "|selection_rate[B] - selection_rate[overall]|"
+    )
     c = fo.fpr.per_group().max() - fo.fpr.per_group().min() <= 0
     assert _hard(c) == [1.0]
     c = fo.selection_rate.per_group() >= 0.8 * fo.selection_rate()
@@ -207,7 +216,9 @@ def test_hinge_relaxation_of_a_floor_is_conservative():
     # "selection rate >= 0.55" under the hinge: the proxy uses the lower bound 1 - E[max(0, 1 - s)], so a model
     # whose hard rate is exactly 0.55 still reports a proxy violation (Cotter et al. JMLR 2019, Section 5).
     scores = torch.tensor([0.5] * 55 + [-0.5] * 45, dtype=F64)
-    stats = group_stats(scores, torch.zeros(100, dtype=torch.long), torch.zeros(100, dtype=torch.long), 1, proxy="hinge")
+    stats = group_stats(
+        scores, torch.zeros(100, dtype=torch.long), torch.zeros(100, dtype=torch.long), 1, proxy="hinge"
+    )
     value = (fo.selection_rate() >= 0.55).evaluate(stats)
     assert value.hard.item() == pytest.approx(0.0)
     assert value.proxy.item() == pytest.approx(0.55 - (1 - (55 * 0.5 + 45 * 1.5) / 100))

@@ -82,14 +82,17 @@ def _random_data(seed: int, n: int = 400, num_groups: int = 5):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_sklearn_confusion_matrix_per_group(seed):
     scores, labels, groups, weights = _random_data(seed)
-    stats = group_stats(torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 5, weights=torch.tensor(weights))
+    stats = group_stats(
+        torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 5, weights=torch.tensor(weights)
+    )
     pred = (scores > 0).astype(int)
     for g in range(5):
         m = groups == g
         cm = confusion_matrix(labels[m], pred[m], labels=[0, 1], sample_weight=weights[m]).ravel()  # tn fp fn tp
         np.testing.assert_allclose(stats.table[g, :4].numpy(), cm)
         np.testing.assert_allclose(
-            compute_rate(stats, "accuracy").value[g].item(), accuracy_score(labels[m], pred[m], sample_weight=weights[m])
+            compute_rate(stats, "accuracy").value[g].item(),
+            accuracy_score(labels[m], pred[m], sample_weight=weights[m]),
         )
         np.testing.assert_allclose(
             compute_rate(stats, "precision").value[g].item(),
@@ -100,7 +103,9 @@ def test_matches_sklearn_confusion_matrix_per_group(seed):
 @pytest.mark.parametrize("seed", [3, 4])
 def test_matches_fairlearn_metricframe_with_weights(seed):
     scores, labels, groups, weights = _random_data(seed)
-    stats = group_stats(torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 5, weights=torch.tensor(weights))
+    stats = group_stats(
+        torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 5, weights=torch.tensor(weights)
+    )
     pred = (scores > 0).astype(int)
     frame = MetricFrame(
         metrics={"selection_rate": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate},
@@ -116,7 +121,9 @@ def test_matches_fairlearn_metricframe_with_weights(seed):
 
 @settings(max_examples=50, deadline=None)
 @given(
-    st.lists(st.tuples(st.floats(-4, 4, allow_nan=False), st.integers(0, 1), st.integers(0, 2)), min_size=1, max_size=30),
+    st.lists(
+        st.tuples(st.floats(-4, 4, allow_nan=False), st.integers(0, 1), st.integers(0, 2)), min_size=1, max_size=30
+    ),
     st.sampled_from(["hinge", "softplus", "hard"]),
 )
 def test_upper_bounding_proxies_bracket_the_hard_rate(rows, proxy):

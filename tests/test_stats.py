@@ -37,10 +37,12 @@ def test_hand_computed_hard_cells_and_absent_group():
 
 def test_hand_computed_proxy_columns_sigmoid_and_hinge():
     sig = group_stats(SCORES, LABELS, GROUPS, 3, proxy="sigmoid")
-    s = torch.sigmoid
-    # g0: tp_proxy = σ(2) + σ(-1) over label 1; fn_proxy = σ(-2) + σ(1); fp_proxy = σ(0.5); tn_proxy = σ(-0.5)
-    expected_g0 = torch.stack([s(torch.tensor(-0.5)), s(torch.tensor(0.5)), s(torch.tensor(-2.0)) + s(torch.tensor(1.0)),
-                               s(torch.tensor(2.0)) + s(torch.tensor(-1.0))]).double()  # fmt: skip
+
+    def s(x: float) -> float:
+        return torch.sigmoid(torch.tensor(x, dtype=torch.float64)).item()
+
+    # g0: tn_proxy = σ(-0.5), fp_proxy = σ(0.5) (label 0); fn_proxy = σ(-2) + σ(1), tp_proxy = σ(2) + σ(-1) (label 1)
+    expected_g0 = torch.tensor([s(-0.5), s(0.5), s(-2.0) + s(1.0), s(2.0) + s(-1.0)], dtype=torch.float64)
     torch.testing.assert_close(sig.table[0, 4:8], expected_g0)
     hinge = group_stats(SCORES, LABELS, GROUPS, 3, proxy="hinge")
     # g1 label 0: s = -0.5, 0.0 → fp_proxy = relu(0.5) + relu(1) = 1.5; tn_proxy = relu(1.5) + relu(1) = 2.5
@@ -82,7 +84,9 @@ def test_integer_weights_equal_duplicated_rows():
 
 def test_split_batches_sum_to_one_batch():
     whole = group_stats(SCORES, LABELS, GROUPS, 3, proxy="softplus")
-    parts = [group_stats(SCORES[i : i + 3], LABELS[i : i + 3], GROUPS[i : i + 3], 3, proxy="softplus") for i in (0, 3, 6)]
+    parts = [
+        group_stats(SCORES[i : i + 3], LABELS[i : i + 3], GROUPS[i : i + 3], 3, proxy="softplus") for i in (0, 3, 6)
+    ]
     torch.testing.assert_close((parts[0] + parts[1] + parts[2]).table, whole.table)
     torch.testing.assert_close(sum(parts[1:], parts[0]).overall().table, whole.table.sum(0, keepdim=True))
 
