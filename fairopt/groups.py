@@ -18,6 +18,7 @@ from itertools import product
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -26,15 +27,11 @@ __all__ = ["Groups"]
 
 def _as_columns(data: Any, name: str | None) -> dict[str, np.ndarray | Any]:
     """Split input into named 1-D columns: DataFrame/dict → its columns; anything 1-D → one column."""
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pd = None
-    if pd is not None and isinstance(data, pd.DataFrame):
+    if isinstance(data, pd.DataFrame):
         return {str(c): data[c] for c in data.columns}
     if isinstance(data, Mapping):
         return {str(k): v for k, v in data.items()}
-    if pd is not None and isinstance(data, pd.Series):
+    if isinstance(data, pd.Series):
         return {name or (str(data.name) if data.name is not None else "group"): data}
     if isinstance(data, Tensor):
         data = data.detach().cpu().numpy()
@@ -53,16 +50,22 @@ def _values(column: Any) -> np.ndarray:
     return np.asarray(column, dtype=object if getattr(column, "dtype", None) == "category" else None)
 
 
-def _categories(column: Any) -> list[Any]:
+def _check_missing(attr: str, values: np.ndarray) -> None:
+    missing = int(pd.isna(values).sum())
+    if missing:
+        raise ValueError(
+            f"sensitive attribute {attr!r} has {missing} missing value(s) (None/NaN); fill or drop those rows first"
+        )
+
+
+def _categories(name: str, column: Any) -> list[Any]:
     dtype = getattr(column, "dtype", None)
     if dtype is not None and str(dtype) == "category":
         return list(column.cat.categories)
     values = _values(column)
     if values.dtype == bool:
         return [False, True]
-    missing = [v for v in values if v is None or (isinstance(v, float) and np.isnan(v))]
-    if missing:
-        raise ValueError("a sensitive attribute has missing values (None/NaN); fill or drop them before encoding")
+    _check_missing(name, values)
     uniques = set(values.tolist())
     try:
         return sorted(uniques)
@@ -121,7 +124,7 @@ class Groups:
         """
         columns = _as_columns(data, name)
         given = dict(categories or {})
-        return cls({attr: given.get(attr) or _categories(col) for attr, col in columns.items()})
+        return cls({attr: given.get(attr) or _categories(attr, col) for attr, col in columns.items()})
 
     def encode(self, data: Any, *, name: str | None = None, device: torch.device | str | None = None) -> Tensor:
         """Map attribute values to group ids.
@@ -146,17 +149,17 @@ class Groups:
         ids: np.ndarray | None = None
         for attr, size in zip(self.attributes, self._sizes):
             values = _values(columns[attr])
-            lookup = {_key(c): i for i, c in enumerate(self.categories[attr])}
-            codes = np.fromiter((lookup.get(_key(v), -1) for v in values.tolist()), dtype=np.int64, count=len(values))
+            _check_missing(attr, values)
+            codes = np.asarray(pd.Index(self.categories[attr], dtype=object).get_indexer(values.astype(object)))
             if (codes < 0).any():
-                unknown = sorted({repr(v) for v, c in zip(values.tolist(), codes) if c < 0})[:5]
+                unknown = sorted({repr(_key(v)) for v in values[codes < 0].tolist()})[:5]
                 raise ValueError(
                     f"attribute {attr!r} has value(s) {', '.join(unknown)} not among its categories "
                     f"{self.categories[attr]}; fit Groups on data that contains them or pass categories="
                 )
             if ids is not None and len(codes) != len(ids):
                 raise ValueError(f"attribute {attr!r} has {len(codes)} values but the first attribute has {len(ids)}")
-            ids = codes if ids is None else ids * size + codes
+            ids = codes.astype(np.int64) if ids is None else ids * size + codes
         assert ids is not None
         return torch.as_tensor(ids, dtype=torch.int64, device=device)
 

@@ -46,7 +46,7 @@ def test_errors_name_the_problem():
         groups.encode(pd.DataFrame({"sex": ["X"]}))
     with pytest.raises(ValueError, match="missing sensitive attribute"):
         groups.encode(pd.DataFrame({"race": ["A"]}))
-    with pytest.raises(ValueError, match="missing values"):
+    with pytest.raises(ValueError, match="has 1 missing value"):
         Groups.fit(pd.Series(["F", None], name="sex"))
     with pytest.raises(ValueError, match="unknown group name"):
         groups.id("sex=Q")

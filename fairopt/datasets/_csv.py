@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._groups import sorted_categories
+from ._categories import sorted_categories
 from ._tabular import (
     TabularDataset,
     assemble,

@@ -17,7 +17,9 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from ._groups import category_codes, encode_groups, sorted_categories
+from fairopt.groups import Groups
+
+from ._categories import category_codes, sorted_categories
 
 __all__ = [
     "SPLIT_NAMES",
@@ -401,7 +403,8 @@ def assemble(
     sensitive attribute (same rows); ``labels`` is ``(len(frame),)`` 0/1;
     ``split_index`` maps each split name to row positions.
     """
-    group_ids, group_names = encode_groups(group_frame, sensitive, categories)
+    groups = Groups({a: categories[a] for a in sensitive})
+    group_ids, group_names = groups.encode(group_frame[list(sensitive)]).numpy(), groups.names
     preprocessor = TabularPreprocessor.fit(frame.iloc[split_index["train"]], features, numeric)
     y_all = np.asarray(labels, dtype=np.float32)
     parts = {}
@@ -488,5 +491,5 @@ def group_label_strata(
     categories: Mapping[str, Sequence[Hashable]],
 ) -> np.ndarray:
     """Stratum id per row: (group id, label) combined."""
-    ids, _ = encode_groups(frame, sensitive, categories)
+    ids = Groups({a: categories[a] for a in sensitive}).encode(frame[list(sensitive)]).numpy()
     return ids * 2 + np.asarray(labels, dtype=np.int64)
