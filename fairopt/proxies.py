@@ -126,16 +126,21 @@ class Proxy:
 
 
 # Module-level functions (not lambdas) so that a Proxy pickles with a checkpoint.
+def _scaled(margin: Tensor, factor: float) -> Tensor:
+    # Skip the multiply for the common factor 1 (a full pass over the batch).
+    return margin if factor == 1.0 else (-margin if factor == -1.0 else margin * factor)
+
+
 def _sigmoid(margin: Tensor, sign: float, temperature: float) -> Tensor:
-    return torch.sigmoid(margin * (sign / temperature))
+    return torch.sigmoid(_scaled(margin, sign / temperature))
 
 
 def _hinge(margin: Tensor, sign: float, temperature: float) -> Tensor:
-    return torch.relu(1.0 + margin * (sign / temperature))
+    return torch.relu(_scaled(margin, sign / temperature) + 1.0)
 
 
 def _softplus(margin: Tensor, sign: float, temperature: float) -> Tensor:
-    return F.softplus(margin * (sign / temperature)) * (1.0 / math.log(2.0))
+    return F.softplus(_scaled(margin, sign / temperature)) * (1.0 / math.log(2.0))
 
 
 def _hard_positive(margin: Tensor) -> Tensor:

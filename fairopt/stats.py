@@ -194,18 +194,35 @@ def _check_num_groups(num_groups: int) -> None:
         )
 
 
-def _segment_sum(index: Tensor, values: Tensor | None, bins: int, dtype: torch.dtype) -> Tensor:
-    """``out[b] = sum(values[index == b])`` (count when ``values`` is None), ``out: (bins,)``, in one pass.
+class _ScatterSum(torch.autograd.Function):
+    """``zeros(bins).scatter_add(0, index, values)`` whose backward is an ``index_select`` (a gather),
+    measured about 3x faster on CPU than the generic ``scatter_add`` backward."""
 
-    A 1-D ``scatter_add`` with no host sync (unlike ``torch.bincount`` on CUDA, which reads ``index.max()``);
-    differentiable w.r.t. ``values`` (its backward is a gather). Unweighted counts on CPU use ``bincount``,
-    measured faster there.
+    @staticmethod
+    def forward(values: Tensor, index: Tensor, bins: int) -> Tensor:
+        return torch.zeros(bins, device=values.device, dtype=values.dtype).scatter_add_(0, index, values)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None
+
+
+def _segment_sum(index: Tensor, values: Tensor | None, bins: int, dtype: torch.dtype) -> Tensor:
+    """``out[b] = sum(values[index == b])`` (a count when ``values`` is None), ``out: (bins,)``, in one pass.
+
+    No host sync (unlike ``torch.bincount`` on CUDA, which reads ``index.max()``). Differentiable w.r.t.
+    ``values``. Unweighted counts on CPU use ``bincount`` (exact int64 counts, measured faster there).
     """
     if values is None:
         if index.device.type == "cpu":
             return torch.bincount(index, minlength=bins).to(dtype)
         values = torch.ones((), device=index.device, dtype=dtype).expand(index.shape[0])
-    return torch.zeros(bins, device=index.device, dtype=dtype).scatter_add(0, index, values.to(dtype))
+    return _ScatterSum.apply(values.to(dtype), index, bins)
 
 
 def group_stats(
@@ -255,15 +272,12 @@ def group_stats(
         scores, labels, groups, num_groups, weights, loss, validation_enabled(validate)
     )
     g = num_groups
-    label_int = (
-        labels.to(torch.int64)
-        if labels.dtype == torch.bool or not labels.is_floating_point()
-        else (labels != 0).to(torch.int64)
-    )
-    # code2 = 2*group + label indexes the (group, label) cells; code4 adds the hard prediction bit.
-    code2 = groups.to(torch.int64) * 2 + label_int
-    margin = scores - threshold
-    code4 = code2 * 2 + (margin > 0)
+    # code2 = 2*group + label indexes the (group, label) cells; code4 adds the hard prediction bit. One fused
+    # add each: index arithmetic dominates the cost of this function on CPU.
+    label_bit = (labels != 0) if labels.is_floating_point() else labels
+    code2 = torch.add(label_bit, groups.to(torch.int64), alpha=2)
+    margin = scores if threshold == 0 else scores - threshold
+    code4 = torch.add(margin > 0, code2, alpha=2)
     if weights is None:
         hard = _segment_sum(code4, None, 4 * g, dtype).view(g, 4)
     else:
