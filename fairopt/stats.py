@@ -136,6 +136,20 @@ class GroupStats:
     def detach(self) -> GroupStats:
         return GroupStats(self.table.detach())
 
+    def all_reduce(self, group: Any = None) -> GroupStats:
+        """Sum the (detached) tables of all ranks of a ``torch.distributed`` process group.
+
+        Every rank then holds the table of the global batch, so rates, constraint values and any multiplier
+        update computed from it are identical on all ranks (ratios are never averaged across ranks). Without
+        an initialized process group this returns the detached table unchanged.
+        """
+        import torch.distributed as dist
+
+        table = self.table.detach().clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(table, op=dist.ReduceOp.SUM, group=group)
+        return GroupStats(table)
+
     def to(self, *args: Any, **kwargs: Any) -> GroupStats:
         return GroupStats(self.table.to(*args, **kwargs))
 

@@ -266,3 +266,27 @@ def test_running_rejects_mismatched_groups_and_keeps_state():
 def test_add_rejects_different_group_counts():
     with pytest.raises(ValueError, match="same num_groups"):
         _ = _stats([[1, 0, 0, 0]]) + _stats([[1, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_all_reduce_sums_tables_across_ranks(tmp_path):
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True)
+    assert not dist.is_initialized()
+    # without a process group the table comes back unchanged (and detached)
+    stats = group_stats(SCORES.clone().requires_grad_(), LABELS, GROUPS, 3)
+    reduced = stats.all_reduce()
+    assert not reduced.table.requires_grad and torch.equal(reduced.table, stats.table.detach())
+
+
+def _all_reduce_worker(rank: int, world: int, store: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        part = slice(0, 4) if rank == 0 else slice(4, 8)
+        local = group_stats(SCORES[part], LABELS[part], GROUPS[part], 3)
+        torch.testing.assert_close(local.all_reduce().table, group_stats(SCORES, LABELS, GROUPS, 3).table)
+    finally:
+        dist.destroy_process_group()
