@@ -12,6 +12,7 @@ it neither pushes the model nor moves a multiplier; reports list it as undefined
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -69,7 +70,7 @@ class Constraint:
         if not isinstance(expr, Expr):
             raise TypeError(f"expr must be a fairopt rate expression, got {type(expr).__name__}")
         tolerance = float(tolerance)
-        if not torch.isfinite(torch.tensor(tolerance)):
+        if not math.isfinite(tolerance):
             raise ValueError(f"tolerance must be finite, got {tolerance}")
         self.expr, self.tolerance = expr, tolerance
         self.name = name or (f"{expr} <= {tolerance:g}")
