@@ -198,19 +198,30 @@ _PER_GROUP = "per_group"
 
 
 class RateRef(Expr):
-    """A reference to one rate: ``RateRef("tpr")(g)`` is group g, ``()`` the overall rate, ``.per_group()`` all.
+    """A reference to one rate.
 
-    Calling it returns a new reference; the module-level objects ``fairopt.tpr`` etc. are rate references to
-    the overall rate that can also be called.
+    ``RateRef("tpr")(g)`` is group ``g``'s rate, ``(g1, g2, ...)`` the rate of those groups pooled (e.g. a
+    marginal group such as "race=Black" out of intersectional ``sex x race`` ids: counts are summed, then the ratio
+    is taken), ``()`` the overall rate, ``.per_group()`` every group. The module-level objects ``fairopt.tpr`` etc.
+    are references to the overall rate that can also be called.
+
+    Raises:
+        ValueError: a negative or non-integer group id, or an empty tuple of ids.
     """
 
-    def __init__(self, rate: str, group: int | str | None = None) -> None:
+    def __init__(self, rate: str, group: int | tuple[int, ...] | str | None = None) -> None:
         self.rate = canonical_rate_name(rate)
-        if group not in (None, _PER_GROUP) and (isinstance(group, bool) or not isinstance(group, int) or group < 0):
-            raise ValueError(f"group must be a non-negative int id (or None for overall), got {group!r}")
+        if isinstance(group, (list, tuple)):
+            group = tuple(group)
+            if not group:
+                raise ValueError("a pooled group needs at least one group id")
+            for g in group:
+                _check_group_id(g)
+        elif group not in (None, _PER_GROUP):
+            _check_group_id(group)
         self.group = group
 
-    def __call__(self, group: int | None = None) -> RateRef:
+    def __call__(self, group: int | tuple[int, ...] | list[int] | None = None) -> RateRef:
         return RateRef(self.rate, group)
 
     def per_group(self) -> RateRef:
@@ -218,16 +229,20 @@ class RateRef(Expr):
         return RateRef(self.rate, _PER_GROUP)
 
     def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
+        if self.max_group() >= stats.num_groups:
+            raise ValueError(
+                f"{self} refers to group {self.max_group()} but the statistics have {stats.num_groups} groups"
+            )
+        if isinstance(self.group, tuple):
+            pooled = GroupStats(stats.table[list(self.group)].sum(dim=0, keepdim=True))
+            rv = compute_rate(pooled, self.rate)
+            return Bounds(rv.value, rv.upper, rv.lower, rv.defined)
         overall = self.group is None
         key = (self.rate, overall)
         if key not in cache:
             cache[key] = compute_rate(stats.overall() if overall else stats, self.rate)
         rv = cache[key]
         if isinstance(self.group, int):
-            if self.group >= stats.num_groups:
-                raise ValueError(
-                    f"{self} refers to group {self.group} but the statistics have {stats.num_groups} groups"
-                )
             idx = slice(self.group, self.group + 1)
             return Bounds(rv.value[idx], rv.upper[idx], rv.lower[idx], rv.defined[idx])
         return Bounds(rv.value, rv.upper, rv.lower, rv.defined)
@@ -241,15 +256,25 @@ class RateRef(Expr):
             return [f"{short}[overall]"]
         if self.group == _PER_GROUP:
             return [f"{short}[{n}]" for n in group_names]
-        name = group_names[self.group] if self.group < len(group_names) else str(self.group)
-        return [f"{short}[{name}]"]
+        ids = self.group if isinstance(self.group, tuple) else (self.group,)
+        names = [group_names[g] if g < len(group_names) else str(g) for g in ids]  # type: ignore[operator]
+        return [f"{short}[{' + '.join(names)}]"]
 
     def max_group(self) -> int:
+        if isinstance(self.group, tuple):
+            return max(self.group)
         return self.group if isinstance(self.group, int) else -1
 
     def __str__(self) -> str:
         short = _SHORT[self.rate]
+        if isinstance(self.group, tuple):
+            return f"{short}[{' + '.join(map(str, self.group))}]"
         return {None: f"{short}[overall]", _PER_GROUP: f"{short}[g]"}.get(self.group, f"{short}[{self.group}]")  # type: ignore[arg-type]
+
+
+def _check_group_id(group: object) -> None:
+    if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+        raise ValueError(f"group must be a non-negative int id, a tuple of ids, or None for overall; got {group!r}")
 
 
 def _broadcast_sizes(a: int, b: int, what: str) -> int:
