@@ -484,3 +484,18 @@ def test_load_csv_bad_values():
         load_csv(frame, target="y", sensitive="s")
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "s": ["a", "b", "a"], "y": [True, False, True]})
     assert int(_all_labels(load_csv(frame, target="y", sensitive="s")).sum()) == 2
+
+
+def test_subsample_train_is_seeded_and_leaves_other_splits():
+    from fairopt.datasets import load_german
+
+    data = load_german()
+    small = data.subsample_train(100, seed=3)
+    assert len(small.train) == 100 and small.validation is data.validation and small.test is data.test
+    again = data.subsample_train(100, seed=3)
+    assert np.array_equal(small.train.index, again.train.index)
+    assert set(small.train.index) <= set(data.train.index)
+    row = int(np.searchsorted(data.train.index, small.train.index[0]))
+    assert torch.equal(small.train.X[0], data.train.X[row])
+    with pytest.raises(ValueError, match="size must be in"):
+        data.subsample_train(10_000)

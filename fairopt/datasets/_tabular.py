@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -345,6 +345,25 @@ class TabularDataset:
         if name not in SPLIT_NAMES:
             raise ValueError(f"unknown split {name!r}; valid choices: {', '.join(SPLIT_NAMES)}")
         return getattr(self, name)
+
+    def subsample_train(self, size: int, *, seed: int = 0) -> TabularDataset:
+        """A copy whose training split keeps ``size`` rows drawn without replacement (seeded).
+
+        Preprocessing stays as fitted on the full training split (no validation or test data involved); the
+        validation and test splits are unchanged. Used to train over-parameterized models to interpolation
+        quickly.
+
+        Raises:
+            ValueError: ``size`` not in ``[1, len(train)]``.
+        """
+        n = len(self.train)
+        if not 1 <= size <= n:
+            raise ValueError(f"size must be in [1, {n}] (the training split's size), got {size}")
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+        t = self.train
+        keep = torch.as_tensor(rows)
+        train = DatasetSplit(t.name, t.X[keep], t.y[keep], t.groups[keep], t.index[rows])
+        return replace(self, train=train)
 
     def splits(self) -> Iterator[DatasetSplit]:
         """Iterate over train, validation and test."""
