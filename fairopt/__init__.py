@@ -4,7 +4,7 @@ The data path (see the README): ``scores, labels, groups`` → :func:`group_stat
 per-group statistics) → rates (:mod:`fairopt.rates`) → constraints (:mod:`fairopt.constraints`).
 """
 
-from fairopt._validation import set_validation, validation
+from fairopt._validation import set_validation
 from fairopt.constraints import (
     BoundedGroupLoss,
     Constraint,
@@ -84,5 +84,4 @@ __all__ = [
     "set_validation",
     "tnr",
     "tpr",
-    "validation",
 ]

@@ -2,46 +2,45 @@
 
 Checks of *values* (ids in range, labels in {0, 1}, finite scores) need one device-to-host copy, so they can be
 switched off where that sync matters (e.g. a CUDA training loop): pass ``validate=False`` to a call, or switch
-the default with :func:`set_validation` or the environment variable ``FAIROPT_VALIDATE=0``. Checks of shapes,
+the default with :class:`set_validation` or the environment variable ``FAIROPT_VALIDATE=0``. Checks of shapes,
 dtypes and devices are free and always run.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-__all__ = ["set_validation", "validation", "validation_enabled"]
+__all__ = ["set_validation", "validation_enabled"]
 
 _VALIDATE = os.environ.get("FAIROPT_VALIDATE", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def set_validation(enabled: bool) -> None:
-    """Turn the value checks of every fairopt call on or off by default (they are on unless
-    ``FAIROPT_VALIDATE=0``). A call's own ``validate=`` argument takes precedence."""
-    global _VALIDATE
-    _VALIDATE = bool(enabled)
+class set_validation:  # a function-like name, as torch.set_grad_enabled
+    """Turn the value checks of every fairopt call on or off (they are on unless ``FAIROPT_VALIDATE=0``).
+
+    Works as a call (``fairopt.set_validation(False)``) and as a context manager that restores the previous
+    default on exit (``with fairopt.set_validation(False): ...``), like ``torch.set_grad_enabled``. A call's own
+    ``validate=`` argument takes precedence.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        global _VALIDATE
+        self.previous, _VALIDATE = _VALIDATE, bool(enabled)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        global _VALIDATE
+        _VALIDATE = self.previous
 
 
 def validation_enabled(validate: bool | None = None) -> bool:
     """Resolve a call's ``validate`` argument against the global default."""
     return _VALIDATE if validate is None else bool(validate)
-
-
-@contextmanager
-def validation(enabled: bool) -> Iterator[None]:
-    """Context manager form of :func:`set_validation`; restores the previous default on exit."""
-    global _VALIDATE
-    previous = _VALIDATE
-    _VALIDATE = bool(enabled)
-    try:
-        yield
-    finally:
-        _VALIDATE = previous
 
 
 def require_tensor(name: str, value: object) -> Tensor:

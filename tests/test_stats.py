@@ -181,9 +181,16 @@ def test_bad_input_raises_clear_error(kwargs, error, match):
 
 def test_value_checks_can_be_switched_off():
     bad_labels = torch.tensor([2, 0, 0, 0, 1, 0, 0, 0])
-    with fo.validation(False):
+    with fo.set_validation(False):
         group_stats(SCORES, bad_labels, GROUPS, 3)  # no check, no host sync
     group_stats(SCORES, bad_labels, GROUPS, 3, validate=False)
+    with pytest.raises(ValueError):
+        group_stats(SCORES, bad_labels, GROUPS, 3)
+    fo.set_validation(False)
+    try:
+        group_stats(SCORES, bad_labels, GROUPS, 3)
+    finally:
+        fo.set_validation(True)
     with pytest.raises(ValueError):
         group_stats(SCORES, bad_labels, GROUPS, 3)
 

@@ -91,6 +91,10 @@ class Expr:
         """The largest explicit group id referenced (-1 if none), to validate against G."""
         return max((c.max_group() for c in self._children()), default=-1)
 
+    def rate_names(self) -> frozenset[str]:
+        """The canonical names of the rates the expression reads (e.g. to tell error-based constraints apart)."""
+        return frozenset().union(*(c.rate_names() for c in self._children()))
+
     def _children(self) -> tuple[Expr, ...]:
         return ()
 
@@ -264,6 +268,9 @@ class RateRef(Expr):
         if isinstance(self.group, tuple):
             return max(self.group)
         return self.group if isinstance(self.group, int) else -1
+
+    def rate_names(self) -> frozenset[str]:
+        return frozenset((self.rate,))
 
     def __str__(self) -> str:
         short = _SHORT[self.rate]

@@ -1,0 +1,82 @@
+"""Held-out validation of fairness constraints: streaming evaluation, intervals, verdicts, diagnostics, reports.
+
+Large models overfit fairness constraints: a constraint met on the training set says little about new data
+(Cherepanova et al., arXiv:2102.06764). This package measures constraints on any dataset with honest uncertainty
+and puts the answer in the tools people read:
+
+==========================  ==============================================================================
+job                         entry point
+==========================  ==========================================================================
+evaluate a model            :func:`evaluate` → :class:`FairnessReport` (per-group rates with intervals,
+                            constraint entries with intervals and satisfied / violated / cannot-tell)
+from a table you have       :meth:`FairnessReport.from_stats`
+train / held-out / test     :func:`generalization_gap` → :class:`GeneralizationGap`
+leveling down               :func:`leveling_down` (vs a reference report)
+during training             :class:`FairnessMonitor` (every k steps on held-out data)
+output                      ``report.group_table()`` / ``constraint_table()`` (pandas), ``to_markdown()``,
+                            ``to_json()`` / ``from_json()`` (versioned schema), :mod:`.plots` (PNG)
+interval math               :func:`wilson_interval`, :func:`clopper_pearson_interval`,
+                            :func:`newcombe_interval`, :func:`mover_interval`
+==========================  ==========================================================================
+
+Plots live in :mod:`fairopt.validation.plots` (needs ``pip install fairopt[plots]``); they are not imported here
+so that matplotlib stays optional.
+"""
+
+from fairopt.validation.assess import assess_constraint
+from fairopt.validation.bootstrap import bootstrap_constraint_interval
+from fairopt.validation.estimates import RateEstimates, rate_estimates
+from fairopt.validation.evaluate import collect_stats, evaluate, log_loss
+from fairopt.validation.gap import GeneralizationGap, generalization_gap
+from fairopt.validation.illusion import ILLUSION_FLAG, flag_illusion
+from fairopt.validation.intervals import (
+    clopper_pearson_interval,
+    effective_counts,
+    mean_interval,
+    mover_interval,
+    newcombe_interval,
+    wilson_interval,
+)
+from fairopt.validation.leveling import LevelingDownReport, LevelingFinding, RateChange, leveling_down
+from fairopt.validation.moments import SecondMoments, second_moments
+from fairopt.validation.monitor import FairnessMonitor, multiplier_values
+from fairopt.validation.options import ReportOptions
+from fairopt.validation.report import DEFAULT_RATES, SCHEMA_VERSION, FairnessReport
+from fairopt.validation.results import ConstraintResult, EntryResult, Estimate, GroupRow, Verdict
+
+__all__ = [
+    "DEFAULT_RATES",
+    "ILLUSION_FLAG",
+    "SCHEMA_VERSION",
+    "ConstraintResult",
+    "EntryResult",
+    "Estimate",
+    "FairnessMonitor",
+    "FairnessReport",
+    "GeneralizationGap",
+    "GroupRow",
+    "LevelingDownReport",
+    "LevelingFinding",
+    "RateChange",
+    "RateEstimates",
+    "ReportOptions",
+    "SecondMoments",
+    "Verdict",
+    "assess_constraint",
+    "bootstrap_constraint_interval",
+    "clopper_pearson_interval",
+    "collect_stats",
+    "effective_counts",
+    "evaluate",
+    "flag_illusion",
+    "generalization_gap",
+    "leveling_down",
+    "log_loss",
+    "mean_interval",
+    "mover_interval",
+    "multiplier_values",
+    "newcombe_interval",
+    "rate_estimates",
+    "second_moments",
+    "wilson_interval",
+]
