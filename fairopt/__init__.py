@@ -1,7 +1,8 @@
 """fairopt: train PyTorch models under group-fairness constraints, framed as constrained optimization.
 
 The data path (see the README): ``scores, labels, groups`` → :func:`group_stats` (a ``(G, K)`` table of additive
-per-group statistics) → rates (:mod:`fairopt.rates`) → constraints (:mod:`fairopt.constraints`).
+per-group statistics) → rates (:mod:`fairopt.rates`) → constraints (:mod:`fairopt.constraints`) → constrained
+optimizers (:mod:`fairopt.optim`) → held-out validation and reports (:mod:`fairopt.validation`).
 """
 
 from fairopt._validation import set_validation
@@ -25,9 +26,20 @@ from fairopt.constraints import (
     pairwise,
 )
 from fairopt.groups import Groups
+from fairopt.models import create_model
+from fairopt.optim import ConstrainedOptimizer, FairnessCMP, IterateRecords, StochasticClassifier
 from fairopt.proxies import Proxy
 from fairopt.rates import RateValue, compute_rate, rate_table
 from fairopt.stats import COLUMNS, GroupStats, RunningGroupStats, group_stats
+from fairopt.validation import (
+    FairnessMonitor,
+    FairnessReport,
+    ReportOptions,
+    Verdict,
+    evaluate,
+    generalization_gap,
+    leveling_down,
+)
 
 __version__ = "0.1.0"
 
@@ -47,6 +59,7 @@ mean_loss = RateRef("mean_loss")
 __all__ = [
     "COLUMNS",
     "BoundedGroupLoss",
+    "ConstrainedOptimizer",
     "Constraint",
     "ConstraintValue",
     "DemographicParity",
@@ -54,25 +67,36 @@ __all__ = [
     "EqualOpportunity",
     "EqualizedOdds",
     "ErrorRateParity",
+    "FairnessCMP",
+    "FairnessMonitor",
+    "FairnessReport",
     "FalsePositiveRateParity",
     "FunctionConstraint",
     "GroupStats",
     "Groups",
+    "IterateRecords",
     "PredictiveParity",
     "Proxy",
     "RateBound",
     "RateRef",
     "RateValue",
+    "ReportOptions",
     "RunningGroupStats",
+    "StochasticClassifier",
+    "Verdict",
     "__version__",
     "accuracy",
     "base_rate",
     "compute_rate",
     "concat",
+    "create_model",
     "error_rate",
+    "evaluate",
     "fnr",
     "fpr",
+    "generalization_gap",
     "group_stats",
+    "leveling_down",
     "maximum",
     "mean_loss",
     "minimum",

@@ -1,0 +1,155 @@
+"""Cost of one constrained training step vs one plain step of the same model, in the same run.
+
+Run::
+
+    python -m pytest benchmarks/bench_step_overhead.py --benchmark-only
+
+For each model, pytest-benchmark times a plain step (``zero_grad``, forward, BCE, ``backward``, Adam ``step``) and the
+same step through :class:`fairopt.optim.ConstrainedOptimizer` with an equalized-odds constraint over 2 groups and a
+dual update on *every* step (the worst case; ``dual_every=k`` amortizes it). Its table groups the variants of one
+model, with ratios to the fastest in parentheses, and ``benchmarks/conftest.py`` prints each median as a ratio of the
+same-run ``plain_step``. A last table reports the overhead measured by interleaving plain and constrained blocks (the
+minimum over blocks of each; robust to load drifting during the run).
+
+Models: the 50-unit MLP of Cotter et al. (ICML 2019) and two wider MLPs on Adult-sized input (100 features, batch
+512), and a small conv net (3x32x32 input, batch 128). ``FAIROPT_BENCH_THREADS`` sets torch's thread count
+(default 1: on a shared 2-core machine, 2 OpenMP threads make small-op timings swing by 10x).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import fairopt
+from fairopt.models import MLP
+from fairopt.optim import ConstrainedOptimizer
+
+VARIANTS = {
+    "plain": None,
+    "lagrangian": {"method": "lagrangian"},
+    "proxy_lagrangian": {"method": "proxy_lagrangian"},
+    "lagrangian+compile": {"method": "lagrangian", "compile": True},
+}
+
+
+class ConvNet(nn.Module):
+    """Two conv blocks and a linear head: ``(N, 3, 32, 32) -> (N,)`` logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Linear(32 * 8 * 8, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).flatten(1)).squeeze(-1)
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "mlp-50 (Cotter et al.)": (lambda: MLP(100, (50,)), (512, 100)),
+    "mlp-256x2": (lambda: MLP(100, (256, 256)), (512, 100)),
+    "mlp-512x3 (over-parameterized)": (lambda: MLP(100, (512, 512, 512)), (512, 100)),
+    "conv-16-32": (ConvNet, (128, 3, 32, 32)),
+}
+
+
+def make_step(model_name: str, variant: str) -> Callable[[], None]:
+    factory, shape = MODELS[model_name]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen)
+    y = (torch.rand(shape[0], generator=gen) < 0.3).float()
+    a = torch.randint(0, 2, (shape[0],), generator=gen)
+    torch.manual_seed(0)
+    model = factory()
+    base = torch.optim.Adam(model.parameters(), lr=1e-3)
+    options = VARIANTS[variant]
+    if options is None:
+
+        def plain() -> None:
+            base.zero_grad()
+            F.binary_cross_entropy_with_logits(model(x), y).backward()
+            base.step()
+
+        return plain
+    opt = ConstrainedOptimizer(base, [fairopt.EqualizedOdds(0.05)], 2, dual_lr=0.01, **options)
+
+    def constrained() -> None:
+        scores = model(x)
+        opt.zero_grad()
+        opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, labels=y, groups=a)
+
+    return constrained
+
+
+def interleaved_ms(first: Callable[[], None], second: Callable[[], None], budget_s: float = 3.0) -> tuple[float, float]:
+    """Minimum per-step time of each function over alternating blocks (ms)."""
+    start = time.perf_counter()
+    first()
+    second()
+    per_step = time.perf_counter() - start
+    n = max(2, int(0.05 / per_step))
+    best = [float("inf"), float("inf")]
+    deadline = time.perf_counter() + budget_s
+    while time.perf_counter() < deadline or min(best) == float("inf"):
+        for i, fn in enumerate((first, second)):
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t) / n)
+    return best[0] * 1e3, best[1] * 1e3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def threads() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("FAIROPT_BENCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def summary(request: pytest.FixtureRequest) -> Iterator[dict[tuple[str, str], tuple[float, float]]]:
+    rows: dict[tuple[str, str], tuple[float, float]] = {}
+    yield rows
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not rows:
+        return
+    with capture.global_and_fixture_disabled():  # teardown output is captured otherwise
+        reporter.write_sep("-", f"constrained vs plain step (interleaved minima, {torch.get_num_threads()} thread(s))")
+        reporter.write_line(
+            f"{'model':32s} {'variant':20s} {'plain ms':>9s} {'step ms':>9s} {'overhead ms':>12s} {'ratio':>6s}"
+        )
+        for (model_name, variant), (plain, step) in rows.items():
+            reporter.write_line(
+                f"{model_name:32s} {variant:20s} {plain:9.3f} {step:9.3f} {step - plain:12.3f} {step / plain:6.2f}"
+            )
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_step_time(benchmark, summary, model_name: str, variant: str) -> None:
+    benchmark.group = model_name
+    benchmark.extra_info["impl"] = "plain_step" if variant == "plain" else variant  # see benchmarks/conftest.py
+    step = make_step(model_name, variant)
+    for _ in range(3):  # warm-up (and, for +compile, the one-time compilation)
+        step()
+    start = time.perf_counter()
+    step()
+    rounds = int(min(300, max(20, 1.5 / (time.perf_counter() - start))))
+    benchmark.pedantic(step, rounds=rounds, warmup_rounds=3)
+    if variant != "plain":
+        summary[(model_name, variant)] = interleaved_ms(make_step(model_name, "plain"), step)

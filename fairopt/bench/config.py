@@ -1,0 +1,190 @@
+"""What a constraint-satisfaction study runs: methods, models, constraint, data, and the named presets.
+
+A study trains every (model, method, seed) combination on one dataset under one fairness constraint and
+reports the constraint on train, held-out (validation) and test data side by side.
+
+Methods (``--methods``):
+
+==============================  ===================================================================================
+``unconstrained``               the task loss only (reference point)
+``penalty``                     fixed-weight hinge penalty on the proxy constraint, the "regularizer" baseline
+``lagrangian``                  gradient descent-ascent, proxy constraints (primal: hinge proxy; dual: true rates),
+                                last iterate (Cotter et al., JMLR 2019, Algorithm 2 without randomization)
+``proxy-lagrangian``            swap-regret proxy-Lagrangian game on the training set; final model: a distribution
+                                over recorded iterates by the shrinking LP on training data (one dataset)
+``proxy-lagrangian-heldout``    the same game with the λ-player reading held-out (validation) batches, and the
+                                shrinking LP on validation data (two datasets: Cotter et al., ICML 2019)
+==============================  ===================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from fairopt.constraints import (
+    Constraint,
+    DemographicParity,
+    DisparateImpact,
+    EqualizedOdds,
+    EqualOpportunity,
+    ErrorRateParity,
+    FalsePositiveRateParity,
+)
+from fairopt.models import MODELS
+
+__all__ = ["CONSTRAINTS", "DATASETS", "METHODS", "PRESETS", "PublishedResult", "StudyConfig", "make_constraint"]
+
+METHODS = ("unconstrained", "penalty", "lagrangian", "proxy-lagrangian", "proxy-lagrangian-heldout")
+DATASETS = ("adult", "compas", "german")
+
+# name -> (factory(tolerance), what the tolerance means)
+CONSTRAINTS: dict[str, tuple[Callable[[float], Constraint], str]] = {
+    "equalized_odds": (lambda t: EqualizedOdds(t), "max TPR gap and max FPR gap <= tolerance"),
+    "equal_opportunity": (lambda t: EqualOpportunity(t), "max TPR gap <= tolerance"),
+    "demographic_parity": (lambda t: DemographicParity(t), "max selection-rate gap <= tolerance"),
+    "fpr_parity": (lambda t: FalsePositiveRateParity(t), "max FPR gap <= tolerance"),
+    "error_rate_parity": (lambda t: ErrorRateParity(t), "max error-rate gap <= tolerance"),
+    "p_rule": (lambda p: DisparateImpact(p), "min/max selection-rate ratio >= tolerance (p)"),
+}
+
+DEFAULT_SENSITIVE = {"adult": ("sex",), "compas": ("race",), "german": ("sex",)}
+
+
+def make_constraint(name: str, tolerance: float) -> Constraint:
+    """Build the study's constraint; raises ValueError listing the choices for an unknown name."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in CONSTRAINTS:
+        raise ValueError(f"unknown constraint {name!r}; choose one of {sorted(CONSTRAINTS)}")
+    return CONSTRAINTS[key][0](tolerance)
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    """A published (test error, test violation) pair to compare with."""
+
+    method: str
+    test_error: float
+    test_violation: float
+    source: str
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything that defines a study (all fields are CLI options; see ``fairopt bench --help``).
+
+    Units: ``tolerance`` in rate units (0.05 = 5 percentage points; for ``p_rule`` it is the ratio p);
+    ``lr``/``dual_lr`` are step sizes; ``epochs`` passes over the training split (per model: ``epochs_large`` for
+    ``mlp-large``); ``train_size`` caps the training split (None = all of it).
+    """
+
+    dataset: str = "adult"
+    csv_target: str | None = None
+    csv_sensitive: tuple[str, ...] = ()
+    sensitive: tuple[str, ...] | None = None
+    constraint: str = "equalized_odds"
+    tolerance: float = 0.05
+    methods: tuple[str, ...] = METHODS
+    models: tuple[str, ...] = ("logistic", "mlp", "mlp-large")
+    epochs: int = 8
+    epochs_large: int = 60
+    seeds: tuple[int, ...] = (0,)
+    batch_size: int = 128
+    lr: float = 1e-3
+    dual_lr: float = 0.05
+    penalty: float = 1.0
+    proxy: str = "hinge"
+    train_size: int | None = 3000
+    validation_fraction: float = 0.5
+    records_per_run: int = 20
+    device: str = "cpu"
+    preset: str | None = None
+    published: tuple[PublishedResult, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for m in self.methods:
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        for m in self.models:
+            if m not in MODELS:
+                raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+        if not (self.dataset in DATASETS or self.dataset.startswith("csv:")):
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)} or csv:PATH")
+        make_constraint(self.constraint, self.tolerance)
+        checks = [
+            ("epochs", self.epochs >= 1),
+            ("epochs_large", self.epochs_large >= 1),
+            ("batch_size", self.batch_size >= 1),
+            ("lr", self.lr > 0),
+            ("dual_lr", self.dual_lr > 0),
+            ("records_per_run", self.records_per_run >= 1),
+            ("validation_fraction", 0 < self.validation_fraction < 1),
+            ("seeds", len(self.seeds) >= 1),
+            ("methods", len(self.methods) >= 1),
+            ("models", len(self.models) >= 1),
+            ("train_size", self.train_size is None or self.train_size >= 10),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
+
+    def epochs_for(self, model: str) -> int:
+        return self.epochs_large if model == "mlp-large" else self.epochs
+
+    def sensitive_attributes(self) -> tuple[str, ...]:
+        if self.sensitive:
+            return self.sensitive
+        if self.dataset.startswith("csv:"):
+            return self.csv_sensitive
+        return DEFAULT_SENSITIVE[self.dataset]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def updated(self, **changes: Any) -> StudyConfig:
+        return replace(self, **changes)
+
+
+_COTTER = "Cotter et al., ICML 2019, Table 2 (50-unit net, hinge proxies, shrinking)"
+
+PRESETS: dict[str, StudyConfig] = {
+    # The default: a ~5 minute study on 2 CPU cores showing capacity vs generalization of the constraint.
+    "default": StudyConfig(),
+    # The complete study: three seeds, all the training data, longer training.
+    "full": StudyConfig(seeds=(0, 1, 2), train_size=None, epochs=20, epochs_large=40, validation_fraction=0.2),
+    "cotter2019-compas": StudyConfig(
+        dataset="compas",
+        sensitive=("race",),
+        constraint="equal_opportunity",
+        tolerance=0.05,
+        methods=("proxy-lagrangian", "proxy-lagrangian-heldout"),
+        models=("mlp",),
+        seeds=(0, 1, 2),
+        train_size=None,
+        epochs=40,
+        validation_fraction=0.5,
+        preset="cotter2019-compas",
+        published=(
+            PublishedResult("proxy-lagrangian", 0.353, 0.038, _COTTER),
+            PublishedResult("proxy-lagrangian-heldout", 0.378, 0.004, _COTTER),
+        ),
+    ),
+    "cotter2019-adult": StudyConfig(
+        dataset="adult",
+        sensitive=("sex",),
+        constraint="p_rule",
+        tolerance=0.8,
+        methods=("proxy-lagrangian", "proxy-lagrangian-heldout"),
+        models=("mlp",),
+        seeds=(0, 1, 2),
+        train_size=None,
+        epochs=10,
+        validation_fraction=0.5,
+        preset="cotter2019-adult",
+        published=(
+            PublishedResult("proxy-lagrangian", 0.156, 0.011, _COTTER),
+            PublishedResult("proxy-lagrangian-heldout", 0.169, 0.005, _COTTER),
+        ),
+    ),
+}

@@ -1,0 +1,201 @@
+"""Study outputs: the console table, Markdown, JSON and PNG plots, and the comparison with published numbers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .study import StudyResult, summarize, write_json
+
+__all__ = ["format_table", "plot_histories", "plot_tradeoff", "published_comparison", "to_markdown", "write_outputs"]
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _with_std(row: pd.Series, column: str) -> str:
+    std = row.get(f"{column}_std")
+    text = _num(row[column])
+    return text if std is None or (isinstance(std, float) and math.isnan(std)) else f"{text}±{_num(std)}"
+
+
+def _rows(result: StudyResult) -> tuple[list[str], list[list[str]]]:
+    summary = summarize(result)
+    groups = [c for c in summary.columns if c.startswith("test_accuracy[")]
+    short = [c[len("test_accuracy[") : -1] for c in groups]
+    header = [
+        "model",
+        "method",
+        "train acc",
+        "test acc",
+        "acc by group (" + " / ".join(short) + ")",
+        "train",
+        "held-out",
+        "test [95% CI]",
+        "test verdict",
+        "time s",
+    ]
+    rows = []
+    for _, r in summary.iterrows():
+        interval = f" [{_num(r['test_lower'])}, {_num(r['test_upper'])}]" if r["seeds"] == 1 else ""
+        train = _num(r["train_value"]) + (" (illusion)" if "illusion" in str(r["train_flags"]) else "")
+        rows.append(
+            [
+                r["model"],
+                r["method"],
+                _num(r["train_accuracy"]),
+                _with_std(r, "test_accuracy"),
+                " / ".join(_num(r[c]) for c in groups),
+                train,
+                _num(r["held-out_value"]),
+                _with_std(r, "test_value") + interval,
+                r["test_verdict"],
+                f"{r['wall_time_s']:.1f}",
+            ]
+        )
+    return header, rows
+
+
+def _caption(result: StudyResult) -> str:
+    c = result.config
+    sizes = ", ".join(f"{k} {v:,}" for k, v in result.split_sizes.items())
+    return (
+        f"{c.dataset}: {result.constraint}; groups {', '.join(result.group_names)}; {sizes} rows; "
+        f"seeds {list(c.seeds)}. Columns train / held-out / test: the constraint's largest value (max over entries "
+        f"of the rate gap, to compare with the tolerance {c.tolerance:g}); test verdict at 95% confidence."
+    )
+
+
+def format_table(result: StudyResult) -> str:
+    """A fixed-width console table of :func:`~fairopt.bench.study.summarize`."""
+    header, rows = _rows(result)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    out = [_caption(result), "", line, "-" * len(line)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    comparison = published_comparison(result)
+    if comparison is not None:
+        out += ["", "Published (test error / test violation) vs ours (mean ± std over seeds):"]
+        out += [f"  {line}" for line in comparison.to_string(index=False).splitlines()]
+    return "\n".join(out)
+
+
+def to_markdown(result: StudyResult) -> str:
+    header, rows = _rows(result)
+    lines = [_caption(result), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    comparison = published_comparison(result)
+    if comparison is not None:
+        lines += ["", "Published vs ours:", ""]
+        cols = list(comparison.columns)
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in comparison.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def published_comparison(result: StudyResult) -> pd.DataFrame | None:
+    """Our test error and test violation (mean ± std over seeds) next to the preset's published numbers."""
+    if not result.config.published:
+        return None
+    table = result.table()
+    rows = []
+    for pub in result.config.published:
+        ours = table[table["method"] == pub.method]
+        error = 1.0 - ours["test_accuracy"]
+        violation = ours["test_violation"].astype(float)
+        rows.append(
+            {
+                "method": pub.method,
+                "published error": f"{pub.test_error:.3f}",
+                "published violation": f"{pub.test_violation:.3f}",
+                "our error": f"{error.mean():.3f} ± {error.std(ddof=1) if len(ours) > 1 else 0:.3f}",
+                "our violation": f"{violation.mean():.3f} ± {violation.std(ddof=1) if len(ours) > 1 else 0:.3f}",
+                "source": pub.source,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_histories(result: StudyResult, path: Path) -> None:
+    """Constraint value vs epoch on train / held-out / test, one panel per (model, method) (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models, methods = list(result.config.models), list(result.config.methods)
+    fig, axes = plt.subplots(len(models), len(methods), figsize=(3.2 * len(methods), 2.6 * len(models)), squeeze=False)
+    first = {(r.model, r.method): r for r in reversed(result.runs)}
+    for i, model in enumerate(models):
+        for j, method in enumerate(methods):
+            ax = axes[i][j]
+            run = first.get((model, method))
+            if run is None or not run.history:
+                ax.set_axis_off()
+                continue
+            epochs = [p["epoch"] for p in run.history]
+            for split, style in (("train", "-"), ("held-out", "--"), ("test", ":")):
+                ax.plot(epochs, [p[split] for p in run.history], style, label=split)
+            ax.axhline(result.config.tolerance, color="black", linewidth=0.8, alpha=0.6)
+            ax.set_title(f"{model} / {method}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if i == len(models) - 1:
+                ax.set_xlabel("epoch", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("constraint value", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{result.constraint} (line: tolerance)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_tradeoff(result: StudyResult, path: Path) -> None:
+    """Test accuracy vs test constraint value for every run; marker = model, colour = method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = result.table()
+    markers = dict(zip(table["model"].unique(), "osD^v<>"))
+    colors = dict(zip(table["method"].unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for _, r in table.iterrows():
+        ax.scatter(r["test_value"], r["test_accuracy"], marker=markers[r["model"]], color=colors[r["method"]], s=40)
+    for method, color in colors.items():
+        ax.scatter([], [], color=color, label=method)
+    for model, marker in markers.items():
+        ax.scatter([], [], color="gray", marker=marker, label=model)
+    ax.axvline(result.config.tolerance, color="black", linewidth=0.8, alpha=0.6)
+    ax.set_xlabel("test constraint value (line: tolerance)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(result.constraint, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(result: StudyResult, out: Path, *, plots: bool = True) -> list[Path]:
+    """Write ``study.json``, ``study.md``, ``runs.csv`` and (if matplotlib is installed) two PNGs into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "study.json", out / "study.md", out / "runs.csv"]
+    write_json(result, written[0])
+    written[1].write_text(to_markdown(result))
+    result.table().to_csv(written[2], index=False)
+    if plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return written
+        plot_histories(result, out / "violation_vs_step.png")
+        plot_tradeoff(result, out / "accuracy_vs_violation.png")
+        written += [out / "violation_vs_step.png", out / "accuracy_vs_violation.png"]
+    return written

@@ -1,0 +1,145 @@
+"""Peers run on the same splits and constraint as the study (``fairopt bench --peers``).
+
+* ``fairlearn-expgrad``: fairlearn's ExponentiatedGradient (Agarwal et al., ICML 2018) around scikit-learn's
+  LogisticRegression, with fairlearn's moment for the study's constraint. fairlearn's moments compare each group
+  with the overall rate (``difference_bound`` = the study's tolerance), our evaluation reports the max-min gap:
+  the same tolerance is somewhat looser there for two groups. Its randomized classifier is evaluated exactly in
+  expectation (``_pmf_predict``), like our stochastic models.
+* ``cooper-sigmoid``: cooper used directly as a user would without fairopt: a plain Lagrangian whose rates are
+  made differentiable by a sigmoid, the *same* relaxed value for both players (no proxy constraints), simultaneous
+  gradient descent-ascent, the study's model and optimizer settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from fairopt.datasets import DatasetSplit, TabularDataset
+from fairopt.models import create_model
+from fairopt.stats import GroupStats, group_stats
+from fairopt.validation import FairnessReport
+
+from .config import StudyConfig, make_constraint
+from .runner import SPLITS, RunResult, split_stats
+from .study import StudyResult, load_study_data
+
+__all__ = ["expected_stats", "run_peers"]
+
+_SPLIT = {"train": "train", "held-out": "validation", "test": "test"}
+
+
+def expected_stats(positive_probability: torch.Tensor, split: DatasetSplit, num_groups: int) -> GroupStats:
+    """Exact expected table of a randomized classifier predicting positive with probability ``p_i``: the table of
+    "always positive" weighted by ``p`` plus "always negative" weighted by ``1 - p``."""
+    p = positive_probability.double()
+    ones = torch.ones_like(p)
+    return group_stats(ones, split.y, split.groups, num_groups, weights=p) + group_stats(
+        -ones, split.y, split.groups, num_groups, weights=1.0 - p
+    )
+
+
+def _reports(
+    data: TabularDataset, stats_of: Callable[[DatasetSplit], GroupStats], config: StudyConfig, method: str, seed: int
+) -> dict[str, FairnessReport]:
+    constraint = make_constraint(config.constraint, config.tolerance)
+    return {
+        name: FairnessReport.from_stats(
+            stats_of(data.split(_SPLIT[name])),
+            [constraint],
+            group_names=data.group_names,
+            split=name,
+            metadata={"model": "logistic", "method": method, "seed": seed},
+        )
+        for name in SPLITS
+    }
+
+
+def _fairlearn(config: StudyConfig, data: TabularDataset, seed: int) -> RunResult:
+    from fairlearn import reductions
+    from sklearn.linear_model import LogisticRegression
+
+    moments = {
+        "equalized_odds": lambda t: reductions.EqualizedOdds(difference_bound=t),
+        "equal_opportunity": lambda t: reductions.TruePositiveRateParity(difference_bound=t),
+        "demographic_parity": lambda t: reductions.DemographicParity(difference_bound=t),
+        "fpr_parity": lambda t: reductions.FalsePositiveRateParity(difference_bound=t),
+        "error_rate_parity": lambda t: reductions.ErrorRateParity(difference_bound=t),
+        "p_rule": lambda p: reductions.DemographicParity(ratio_bound=p),
+    }
+    start = time.perf_counter()
+    mitigator = reductions.ExponentiatedGradient(
+        LogisticRegression(max_iter=1000), constraints=moments[config.constraint](config.tolerance)
+    )
+    train = data.train
+    mitigator.fit(train.X.numpy(), train.y.numpy().astype(int), sensitive_features=train.groups.numpy())
+    wall = time.perf_counter() - start
+
+    def stats_of(split: DatasetSplit) -> GroupStats:
+        p = torch.as_tensor(np.asarray(mitigator._pmf_predict(split.X.numpy()))[:, 1])
+        return expected_stats(p, split, data.num_groups)
+
+    support = int((np.asarray(mitigator.weights_) > 0).sum())
+    return RunResult(
+        "logistic", "fairlearn-expgrad", seed, _reports(data, stats_of, config, "fairlearn-expgrad", seed), [],
+        f"ExponentiatedGradient mixture ({support} classifiers)", support, [], wall,
+    )  # fmt: skip
+
+
+def _cooper(config: StudyConfig, data: TabularDataset, seed: int, model_name: str) -> RunResult:
+    import cooper
+
+    constraint = make_constraint(config.constraint, config.tolerance)
+    torch.manual_seed(seed)
+    model = create_model(model_name, data.num_features, seed=seed)
+    num_groups = data.num_groups
+
+    class SigmoidFairness(cooper.ConstrainedMinimizationProblem):
+        def __init__(self, m: int) -> None:
+            super().__init__()
+            self.fairness = cooper.Constraint(
+                constraint_type=cooper.ConstraintType.INEQUALITY,
+                formulation_type=cooper.formulations.Lagrangian,
+                multiplier=cooper.multipliers.DenseMultiplier(num_constraints=m),
+            )
+
+        def compute_cmp_state(self, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor) -> cooper.CMPState:
+            logits = model(x)
+            stats = group_stats(logits, y, a, num_groups, proxy="sigmoid", dtype=torch.float32, validate=False)
+            violation = constraint.evaluate(stats).proxy  # the sigmoid-relaxed value, for both players
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+            return cooper.CMPState(loss=loss, observed_constraints={self.fairness: cooper.ConstraintState(violation)})
+
+    cmp = SigmoidFairness(constraint.num_entries(num_groups))
+    primal = torch.optim.Adam(model.parameters(), lr=config.lr)
+    dual = torch.optim.SGD(cmp.dual_parameters(), lr=config.dual_lr, maximize=True)
+    coop = cooper.optim.SimultaneousOptimizer(cmp, primal_optimizers=primal, dual_optimizers=dual)
+    start = time.perf_counter()
+    for epoch in range(config.epochs_for(model_name)):
+        for x, y, a in data.train.loader(batch_size=config.batch_size, shuffle=True, seed=seed * 1000 + epoch):
+            coop.roll(compute_cmp_state_kwargs={"x": x, "y": y, "a": a})
+    wall = time.perf_counter() - start
+    method = "cooper-sigmoid"
+    return RunResult(
+        model_name, method, seed, _reports(data, lambda s: split_stats(model, s, num_groups), config, method, seed),
+        [], "last iterate", 1, cmp.fairness.multiplier.weight.detach().tolist(), wall,
+    )  # fmt: skip
+
+
+def run_peers(
+    config: StudyConfig, result: StudyResult | None = None, *, log: Callable[[str], None] | None = None
+) -> list[RunResult]:
+    """Run the peers for every seed of ``config`` (cooper with each of the study's models)."""
+    runs: list[RunResult] = []
+    for seed in config.seeds:
+        data = load_study_data(config, seed)
+        runs.append(_fairlearn(config, data, seed))
+        runs += [_cooper(config, data, seed, model) for model in config.models]
+        if log is not None:
+            for run in runs[-1 - len(config.models) :]:
+                log(f"  {run.model:<10} {run.method:<26} seed {seed}: done ({run.wall_time:.1f} s)")
+    return runs

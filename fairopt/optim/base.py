@@ -1,0 +1,91 @@
+r"""The dual (λ) player: what every constrained method has in common.
+
+A constrained method is a two-player game between the model parameters θ (the primal player, which minimizes)
+and weights λ on the constraints (the dual player). Each method answers two questions:
+
+* :meth:`DualPlayer.primal_objective`: which scalar does θ descend on? It is built from the objective ``f``
+  and the *proxy* constraint values ``g̃`` (differentiable). E.g. the Lagrangian ``f + Σ_i λ_i g̃_i``.
+* :meth:`DualPlayer.update`: how does λ move? It reads only the *hard* constraint values ``g`` and the
+  ``defined`` mask (Cotter, Jiang, Gupta, Wang, Narayan, You, Sridharan, JMLR 2019, "proxy constraints":
+  the dual player must see the true rates, the primal player their surrogate).
+
+``update`` is a deterministic function of ``(g, defined)``, which are a function of one ``(G, K)`` table: under DDP,
+all-reduce the table, then every rank applies the same update and holds the same λ.
+
+Undefined entries (a rate with a zero denominator) carry ``defined=False``; :func:`observed_values` also treats a
+non-finite hard value as undefined. An undefined entry never moves its multiplier.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fairopt.constraints import ConstraintValue
+
+__all__ = ["DualPlayer", "check_positive", "observed_values"]
+
+
+def check_positive(name: str, value: float) -> float:
+    """``float(value)`` if it is a finite number > 0, else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def observed_values(value: ConstraintValue) -> tuple[Tensor, Tensor]:
+    """``(hard, defined)`` for the dual player: detached, with non-finite entries marked undefined and zeroed.
+
+    Returns:
+        ``hard (m,)`` with 0 at undefined entries, ``defined (m,)`` bool. No host synchronization.
+    """
+    hard = value.hard.detach()
+    defined = value.defined.to(torch.bool) & torch.isfinite(hard)
+    return torch.where(defined, hard, torch.zeros_like(hard)), defined
+
+
+class DualPlayer(abc.ABC):
+    """Base class of the λ-players (:class:`~fairopt.optim.LagrangianPlayer`,
+    :class:`~fairopt.optim.ProxyLagrangianPlayer`, :class:`~fairopt.optim.PenaltyPlayer`).
+
+    Attributes:
+        num_constraints: m, the number of constraint entries.
+    """
+
+    num_constraints: int
+
+    @abc.abstractmethod
+    def primal_objective(self, loss: Tensor, value: ConstraintValue) -> Tensor:
+        """The scalar the primal player minimizes at the current λ (λ carries no gradient).
+
+        Args:
+            loss: scalar objective ``f`` (differentiable w.r.t. θ).
+            value: the batch's constraint values; only ``value.proxy (m,)`` enters (differentiable).
+        """
+
+    @abc.abstractmethod
+    def update(self, value: ConstraintValue) -> None:
+        """One dual step from the hard values ``value.hard (m,)`` and ``value.defined (m,)`` only."""
+
+    @property
+    @abc.abstractmethod
+    def multipliers(self) -> Tensor:
+        """``(m,)`` current weights of the constraints (a detached copy)."""
+
+    @property
+    def objective_weight(self) -> Tensor:
+        """Weight of the objective in :meth:`primal_objective` (1 except for the proxy-Lagrangian's λ_0)."""
+        return torch.ones((), dtype=self.multipliers.dtype)
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`load_state_dict` needs to continue bit for bit."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""

@@ -1,0 +1,490 @@
+r"""The user-facing constrained optimizer: wrap any torch optimizer with fairness constraints.
+
+.. code-block:: python
+
+    opt = fairopt.ConstrainedOptimizer(
+        torch.optim.Adam(model.parameters(), lr=1e-3),
+        constraints=[fairopt.EqualizedOdds(tolerance=0.05)],
+        num_groups=2,
+        method="proxy_lagrangian",
+        dual_lr=0.05,
+    )
+    for x, y, a in train_loader:
+        logits = model(x).squeeze(-1)
+        opt.zero_grad()
+        opt.step(loss=F.binary_cross_entropy_with_logits(logits, y), scores=logits, labels=y, groups=a)
+
+One :meth:`ConstrainedOptimizer.step` follows one batch along the data path:
+
+1. ``scores, labels, groups`` → a ``(G, K)`` table (:meth:`~fairopt.optim.ConstraintSet.measure`)
+   → constraint values: hard ``g`` and proxy ``g̃`` (:meth:`~fairopt.optim.ConstraintSet.evaluate`);
+2. the primal player descends on the method's objective, e.g. the Lagrangian ``f + λᵀ g̃``
+   (:meth:`~fairopt.optim.DualPlayer.primal_objective`), with the user's optimizer;
+3. every ``dual_every`` steps the dual player steps on the hard values ``g`` of the dual table: this batch, the
+   batches since the last dual step, or held-out statistics (:mod:`fairopt.optim.dual_stats`), before the primal
+   step (``dual_update="alternating"``) or after it (``"simultaneous"``).
+
+Methods: ``"lagrangian"`` and ``"augmented_lagrangian"`` (cooper formulations; SGD or nuPI multiplier updates),
+``"proxy_lagrangian"`` (swap- or external-regret λ-player, Cotter, Jiang, Sridharan, ALT 2019), ``"penalty"``
+(fixed weights, a baseline). The user's optimizer, scheduler and model stay theirs: LR schedulers are attached to
+the wrapped optimizer as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fairopt._validation import validation_enabled
+from fairopt.constraints import Constraint, ConstraintValue
+from fairopt.optim.base import check_positive
+from fairopt.optim.constraint_set import ConstraintSet
+from fairopt.optim.dual_stats import DualStatistics
+from fairopt.optim.lagrangian import DualOptimizerFactory, LagrangianPlayer
+from fairopt.optim.methods import METHODS, build_player, canonical_method, check_options
+from fairopt.optim.records import IterateRecords
+from fairopt.proxies import Proxy
+from fairopt.rates import compute_rate
+from fairopt.stats import GroupStats, RunningGroupStats
+
+__all__ = ["DUAL_UPDATES", "DUAL_VALUES", "METHODS", "ConstrainedOptimizer", "StepResult"]
+
+DUAL_UPDATES = ("simultaneous", "alternating")
+DUAL_VALUES = ("hard", "proxy")
+_STATE_FORMAT = 1
+
+HeldoutFn = Callable[[], "GroupStats | Mapping[str, Tensor]"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one :meth:`ConstrainedOptimizer.step` did (all tensors detached).
+
+    Attributes:
+        loss: ``()`` the objective ``f`` of the batch.
+        objective: ``()`` the scalar the primal player descended on (e.g. the Lagrangian).
+        value: the batch's constraint values, ``(m,)`` hard / proxy / defined.
+        multipliers: ``(m,)`` constraint weights after the step.
+        dual_value: the values the dual step read, or None when no dual step was taken.
+    """
+
+    loss: Tensor
+    objective: Tensor
+    value: ConstraintValue
+    multipliers: Tensor
+    dual_value: ConstraintValue | None
+
+
+def _detached(value: ConstraintValue) -> ConstraintValue:
+    return ConstraintValue(value.hard.detach(), value.proxy.detach(), value.defined)
+
+
+class ConstrainedOptimizer:
+    r"""Wrap a torch optimizer so that each step trains under group-fairness constraints.
+
+    Solves ``min_θ f(θ)`` s.t. ``g_i(θ) <= 0`` (``g`` the stacked entries of ``constraints``, e.g. equalized-odds
+    gaps minus their tolerance) as a two-player game: the wrapped optimizer moves θ on the method's primal
+    objective built from proxy rates ``g̃``; a dual player moves constraint weights λ from the hard rates ``g``:
+
+    ============================  =================================================  ===========================
+    method                        primal objective                                   dual update (reads ``g``)
+    ============================  =================================================  ===========================
+    ``"lagrangian"``              ``f + Σ λ_i g̃_i``                                   ``λ ← [λ + η g]_+`` (SGD/nuPI)
+    ``"augmented_lagrangian"``    ``f + Σ (relu(λ_i + ρ g̃_i)² − λ_i²)/(2ρ)``           same
+    ``"proxy_lagrangian"``        ``λ_0 f + Σ λ_i g̃_i``, λ on the simplex             swap/external regret
+    ``"penalty"``                 ``f + Σ c_i max(0, g̃_i)``                           none (fixed ``c``)
+    ============================  =================================================  ===========================
+
+    Sources: Cotter, Jiang, Gupta, Wang, Narayan, You, Sridharan, JMLR 20(172), 2019 (proxy constraints, Lagrangian
+    Algorithm 2); Cotter, Jiang, Sridharan, ALT 2019 (proxy-Lagrangian, Algorithm 2); Cotter, Gupta, Jiang, Srebro,
+    Sridharan, Wang, Woodworth, You, ICML 2019 (held-out dual updates); cooper-optim for the Lagrangian methods.
+
+    Args:
+        optimizer: the user's torch optimizer over the model parameters (stepped here; its scheduler stays theirs).
+        constraints: fairopt constraint(s), e.g. ``[fairopt.EqualizedOdds(0.05)]``; m entries in total.
+        num_groups: G. Constraints are checked against it here.
+        method: one of ``"lagrangian"`` (default), ``"augmented_lagrangian"``, ``"proxy_lagrangian"``,
+            ``"penalty"`` (hyphens accepted).
+        dual_lr: the dual step size η > 0 (multiplier learning rate, or the proxy-Lagrangian's step). Default 0.01.
+        dual_update: ``"simultaneous"`` (default: the dual steps on the same measurement after the primal step) or
+            ``"alternating"`` (the dual steps first; the primal step then uses the new λ; same cost).
+        dual_optimizer: Lagrangian methods: ``"sgd"`` (default), ``"nupi"`` (cooper's nuPI controller) or a
+            callable ``params -> torch.optim.Optimizer`` with ``maximize=True``.
+        dual_optimizer_kwargs: extra arguments for SGD / nuPI (e.g. ``{"Kp": 1.0}``).
+        penalty: augmented Lagrangian: the penalty coefficient ρ > 0 (default ``dual_lr``, the method of
+            multipliers); penalty method: the weight(s) ``c`` (default 1.0).
+        penalty_growth: augmented Lagrangian: multiply ρ by this factor (> 1) whenever an entry stays violated
+            (cooper's ``MultiplicativePenaltyCoefficientUpdater``).
+        regret: proxy-Lagrangian: ``"swap"`` (default) or ``"external"``.
+        regret_update: proxy-Lagrangian: ``"multiplicative"`` (default) or ``"additive"``.
+        multiplier_bound: Lagrangian methods: optional upper bound on every multiplier.
+        proxy: the primal surrogate: ``"hinge"`` (default; TFCO's default, an upper bound, so the relaxed
+            constraint is conservative), ``"sigmoid"``, ``"softplus"``, or a :class:`~fairopt.Proxy`.
+        threshold: decision threshold in logit units (a positive prediction is ``score > threshold``).
+        dual_value: what the dual player reads: ``"hard"`` (default, the true rates: proxy constraints) or
+            ``"proxy"`` (the surrogate, as a plain Lagrangian would; over-constrains with an upper-bounding proxy,
+            Cotter et al., JMLR 2019, Section 6).
+        dual_source: ``"train"`` (default) or ``"heldout"`` (the dual reads only statistics given by ``heldout``,
+            :meth:`observe_heldout` or :meth:`update_duals`).
+        dual_every: take a dual step every k primal steps (>= 1) on the tables pending since the last one.
+        heldout: with ``dual_source="heldout"``: a callable returning a :class:`~fairopt.GroupStats` or a mapping
+            of :meth:`observe_heldout` arguments (e.g. the next validation batch's ``scores/labels/groups``),
+            called under ``torch.no_grad`` at each step that takes a dual step, before the primal update (switch
+            the model to eval mode inside it if it has dropout or batch norm).
+        running: optional :class:`~fairopt.RunningGroupStats` (EMA or window) the dual table is folded into.
+        sync: optional ``fn(stats) -> stats`` applied to the dual table first; under DDP pass
+            ``fairopt.GroupStats.all_reduce`` (a sum over ranks): every rank then takes the same dual step and keeps
+            identical multipliers.
+        records: optional :class:`~fairopt.optim.IterateRecords` filled by :meth:`record` (saved in state_dict).
+        grad_scaler: optional ``torch.amp.GradScaler`` for float16 mixed precision: the primal objective is scaled
+            before ``backward`` and the step goes through ``scaler.step``/``scaler.update`` (bfloat16 autocast
+            needs none). The scaler's state is the user's to save, like a scheduler's.
+        max_grad_norm: optional clipping of the total gradient norm of the wrapped optimizer's parameters before
+            its step (``torch.nn.utils.clip_grad_norm_``; after unscaling when a ``grad_scaler`` is given).
+        dtype: dtype of the statistics and of the dual state (float64 default).
+        compile: evaluate the constraints through ``torch.compile`` (lower per-step overhead, slower first step).
+        validate: value checks (labels, group ids, finite scores and loss); None uses the global default
+            (:func:`fairopt.set_validation`); each check costs one host synchronization.
+
+    Raises:
+        ValueError: unknown method / option names, ``dual_lr <= 0`` (or not finite), ``dual_every < 1``, an option
+            that does not apply to the chosen method, ``heldout`` without ``dual_source="heldout"``, a constraint
+            referring to a group ``>= num_groups``, a dual optimizer without ``maximize=True``.
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, a constraint is not a fairopt constraint.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        constraints: Constraint | Sequence[Constraint],
+        num_groups: int,
+        *,
+        method: str = "lagrangian",
+        dual_lr: float = 0.01,
+        dual_update: str = "simultaneous",
+        dual_optimizer: str | DualOptimizerFactory | None = None,
+        dual_optimizer_kwargs: Mapping[str, Any] | None = None,
+        penalty: float | Sequence[float] | None = None,
+        penalty_growth: float | None = None,
+        regret: str | None = None,
+        regret_update: str | None = None,
+        multiplier_bound: float | None = None,
+        proxy: str | Proxy | Callable[[Tensor], Tensor] = "hinge",
+        threshold: float = 0.0,
+        dual_value: str = "hard",
+        dual_source: str = "train",
+        dual_every: int = 1,
+        heldout: HeldoutFn | None = None,
+        running: RunningGroupStats | None = None,
+        sync: Callable[[GroupStats], GroupStats] | None = None,
+        records: IterateRecords | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
+        max_grad_norm: float | None = None,
+        dtype: torch.dtype = torch.float64,
+        compile: bool = False,
+        validate: bool | None = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        method = canonical_method(method)
+        self.dual_lr = check_positive("dual_lr", dual_lr)
+        for name, given, allowed in (
+            ("dual_update", dual_update, DUAL_UPDATES),
+            ("dual_value", dual_value, DUAL_VALUES),
+        ):
+            if given not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {given!r}")
+        options = {
+            "dual_optimizer": dual_optimizer,
+            "dual_optimizer_kwargs": dual_optimizer_kwargs,
+            "penalty": penalty,
+            "penalty_growth": penalty_growth,
+            "regret": regret,
+            "regret_update": regret_update,
+            "multiplier_bound": multiplier_bound,
+        }
+        check_options(method, dual_source=dual_source, heldout=heldout, **options)
+        if heldout is not None and dual_source != "heldout":
+            raise ValueError("heldout= feeds the dual player; it needs dual_source='heldout'")
+        self.optimizer = optimizer
+        self.method, self.dual_update, self.dual_value = method, dual_update, dual_value
+        self.validate, self.heldout, self.records = validate, heldout, records
+        self.grad_scaler = grad_scaler
+        self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
+        self.constraint_set = ConstraintSet(
+            constraints, num_groups, proxy=proxy, threshold=threshold, dtype=dtype, compile=compile
+        )
+        self.dual_statistics = DualStatistics(
+            num_groups, source=dual_source, every=dual_every, running=running, sync=sync
+        )
+        self.player, self.problem = build_player(method, self.constraint_set, optimizer, self.dual_lr, **options)
+        self.num_steps = 0
+
+    # properties ---------------------------------------------------------------------------------------------
+    @property
+    def num_constraints(self) -> int:
+        """m, the number of constraint entries (and multipliers)."""
+        return self.constraint_set.num_constraints
+
+    @property
+    def multipliers(self) -> Tensor:
+        """``(m,)`` current constraint weights (λ; for the proxy-Lagrangian the constraint part of the simplex)."""
+        return self.player.multipliers
+
+    @property
+    def objective_weight(self) -> Tensor:
+        """Weight of the objective in the primal objective (1, or the proxy-Lagrangian's λ_0)."""
+        return self.player.objective_weight
+
+    @property
+    def dual_optimizer(self) -> torch.optim.Optimizer | None:
+        """The multipliers' torch optimizer (Lagrangian methods), e.g. to attach an LR scheduler; else None."""
+        return self.player.dual_optimizer if isinstance(self.player, LagrangianPlayer) else None
+
+    def entry_names(self, group_names: Sequence[str] | None = None) -> list[str]:
+        """One readable name per constraint entry (the order of :attr:`multipliers`)."""
+        return self.constraint_set.entry_names(group_names)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients of the wrapped optimizer's parameters."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    # the step -----------------------------------------------------------------------------------------------
+    def step(
+        self,
+        *,
+        loss: Tensor,
+        scores: Tensor,
+        groups: Tensor,
+        labels: Tensor | None = None,
+        weights: Tensor | None = None,
+        example_losses: Tensor | None = None,
+    ) -> StepResult:
+        """One constrained training step: measure, (dual step,) primal backward + step, (dual step).
+
+        Calls ``backward`` itself (then clips and steps, see ``grad_scaler`` / ``max_grad_norm``): do not call
+        ``loss.backward()`` before. Gradients already in ``.grad`` are accumulated into, as with a plain
+        ``loss.backward(); optimizer.step()``.
+
+        Args:
+            loss: scalar objective ``f`` (e.g. mean cross-entropy), differentiable.
+            scores: ``(N,)`` logits of the same batch (keep the graph: the proxies are differentiable).
+            groups: ``(N,)`` integer group ids in ``[0, G)``.
+            labels: ``(N,)`` 0/1 labels (optional only when every constraint is label-free, e.g. demographic parity).
+            weights: optional ``(N,)`` example weights for the rates.
+            example_losses: ``(N,)`` per-example losses, required by loss-based constraints (``BoundedGroupLoss``).
+
+        Returns:
+            :class:`StepResult`.
+
+        Raises:
+            TypeError: ``loss`` is not a tensor. ValueError: ``loss`` is not a scalar, does not require grad, or is
+                NaN/inf (when validation is on); a tensor a constraint needs is missing; invalid scores, labels or
+                group ids (see :func:`fairopt.group_stats`).
+        """
+        self._check_loss(loss)
+        cs = self.constraint_set
+        stats = cs.measure(
+            scores, groups=groups, labels=labels, weights=weights, example_losses=example_losses, validate=self.validate
+        )
+        value = cs.evaluate(stats)
+        self.num_steps += 1
+        dual_stats = self.dual_statistics
+        if dual_stats.source == "train" and not dual_stats.passthrough:
+            dual_stats.observe(stats)
+        due = self.method != "penalty" and dual_stats.due(self.num_steps)
+        if due and self.heldout is not None:  # measured at the same θ as the batch, before the primal step
+            with torch.no_grad():
+                self._observe(self.heldout())
+        dual_value = self._dual_step(value) if due and self.dual_update == "alternating" else None
+        objective = self.player.primal_objective(loss, value)
+        self._primal_step(objective)
+        if due and self.dual_update == "simultaneous":
+            dual_value = self._dual_step(value)
+        return StepResult(loss.detach(), objective.detach(), _detached(value), self.player.multipliers, dual_value)
+
+    def _primal_step(self, objective: Tensor) -> None:
+        """``backward`` on the primal objective, optional clipping, the wrapped optimizer's step."""
+        scaler = self.grad_scaler
+        (objective if scaler is None else scaler.scale(objective)).backward()
+        if self.max_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
+
+    def _check_loss(self, loss: Tensor) -> None:
+        if not isinstance(loss, Tensor):
+            raise TypeError(
+                f"loss must be a scalar torch.Tensor (the objective f), got {type(loss).__name__}; "
+                "pass the tensor itself, not loss.item()"
+            )
+        if loss.dim() != 0:
+            raise ValueError(f"loss must be a scalar, got shape {tuple(loss.shape)}; reduce it, e.g. loss.mean()")
+        if not loss.requires_grad:
+            raise ValueError("loss does not require grad: compute it from the model's output, outside torch.no_grad()")
+        if validation_enabled(self.validate) and not bool(torch.isfinite(loss.detach())):
+            raise ValueError(
+                f"loss is {loss.item()} (NaN or inf): training diverged or the inputs are invalid; lower the learning "
+                "rate or check the data"
+            )
+
+    def _dual_step(self, batch_value: ConstraintValue) -> ConstraintValue | None:
+        """One scheduled dual step; returns the values read (None if nothing was pending)."""
+        if self.dual_statistics.passthrough:
+            return self._apply_dual(_detached(batch_value))
+        return self._update_from_pending()
+
+    def _update_from_pending(self) -> ConstraintValue | None:
+        stats = self.dual_statistics.collect()
+        if stats is None:
+            return None
+        with torch.no_grad():
+            dual = self.constraint_set.evaluate(stats.detach())
+        return self._apply_dual(dual)
+
+    def _apply_dual(self, dual: ConstraintValue) -> ConstraintValue:
+        if self.dual_value == "proxy":
+            dual = ConstraintValue(dual.proxy.detach(), dual.proxy.detach(), dual.defined)
+        self.player.update(dual)
+        return dual
+
+    # held-out statistics --------------------------------------------------------------------------------------
+    def observe_heldout(
+        self,
+        *,
+        scores: Tensor,
+        groups: Tensor,
+        labels: Tensor | None = None,
+        weights: Tensor | None = None,
+        example_losses: Tensor | None = None,
+    ) -> GroupStats:
+        """Add one held-out batch to the statistics the next dual step reads (``dual_source="heldout"``).
+
+        Call it e.g. with a validation batch every few steps; the dual steps (every ``dual_every`` primal steps)
+        read the sum of the tables observed since the previous dual step. Returns the batch's table.
+
+        Raises:
+            ValueError: the optimizer was built with ``dual_source="train"``; invalid inputs.
+        """
+        if self.dual_statistics.source != "heldout":
+            raise ValueError("observe_heldout() needs dual_source='heldout' (the dual player reads training batches)")
+        with torch.no_grad():
+            stats = self.constraint_set.measure(
+                scores,
+                groups=groups,
+                labels=labels,
+                weights=weights,
+                example_losses=example_losses,
+                validate=self.validate,
+            )
+        self.dual_statistics.observe(stats)
+        return stats
+
+    def _observe(self, data: GroupStats | Mapping[str, Tensor]) -> None:
+        if isinstance(data, GroupStats):
+            self.dual_statistics.observe(data)
+        elif isinstance(data, Mapping):
+            self.observe_heldout(**data)
+        else:
+            raise TypeError(
+                "heldout() must return a fairopt.GroupStats or a mapping with scores/groups/labels, "
+                f"got {type(data).__name__}"
+            )
+
+    def update_duals(self, stats: GroupStats | None = None) -> ConstraintValue | None:
+        """Take one dual step now, on ``stats`` plus anything pending (e.g. a full validation pass).
+
+        The step is a function of the table only (after ``sync`` and the running estimate), so under DDP every
+        rank computes the same multipliers. Returns the constraint values read, or None if there was nothing.
+
+        Raises:
+            ValueError: the method has no dual player (``"penalty"``).
+        """
+        if self.method == "penalty":
+            raise ValueError("method='penalty' has fixed weights and no dual player to update")
+        if stats is not None:
+            self.dual_statistics.observe(stats)
+        return self._update_from_pending()
+
+    # evaluation and records -----------------------------------------------------------------------------------
+    def evaluate(self, stats: GroupStats) -> ConstraintValue:
+        """Constraint values ``(m,)`` on any table (e.g. held-out or test statistics), without gradient."""
+        with torch.no_grad():
+            return _detached(self.constraint_set.evaluate(stats.detach()))
+
+    def record(
+        self, stats: GroupStats, *, model: nn.Module | None = None, objective: float | Tensor | None = None
+    ) -> None:
+        """Record the current iterate in :attr:`records` with its held-out constraint values.
+
+        Args:
+            stats: held-out statistics of the current model.
+            model: the model (its state is copied when the records keep states).
+            objective: the iterate's objective; default the overall error rate of ``stats`` (hard, 0-1 loss).
+
+        Raises:
+            ValueError: no ``records`` were given at construction.
+        """
+        if self.records is None:
+            raise ValueError("pass records=fairopt.optim.IterateRecords() to the optimizer to record iterates")
+        value = self.evaluate(stats)
+        if objective is None:
+            objective = compute_rate(stats.detach().overall(), "error_rate").value[0]
+        self.records.record(self.num_steps, objective, value.hard, defined=value.defined, model=model)
+
+    # state ----------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit for bit: the wrapped optimizer, the dual player (multipliers, dual
+        optimizer, penalty coefficients, or the proxy-Lagrangian state), pending and running statistics, records
+        and the step counter. (The model and LR schedulers are saved by the user, as usual.)"""
+        return {
+            "format": _STATE_FORMAT,
+            "method": self.method,
+            "constraints": self.constraint_set.describe(),
+            "num_steps": self.num_steps,
+            "optimizer": self.optimizer.state_dict(),
+            "player": self.player.state_dict(),
+            "dual_statistics": self.dual_statistics.state_dict(),
+            "records": None if self.records is None else self.records.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`.
+
+        Raises:
+            ValueError: the state is for another method or another set of constraints.
+        """
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"unknown state_dict format {state.get('format')!r}")
+        if state["method"] != self.method:
+            raise ValueError(f"state_dict is for method={state['method']!r}, this optimizer uses {self.method!r}")
+        mine = self.constraint_set.describe()
+        for key in ("num_constraints", "num_groups"):
+            if state["constraints"][key] != mine[key]:
+                raise ValueError(f"state_dict has {key}={state['constraints'][key]}, this optimizer has {mine[key]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.player.load_state_dict(state["player"])
+        self.dual_statistics.load_state_dict(state["dual_statistics"])
+        if state["records"] is not None:
+            if self.records is None:
+                self.records = IterateRecords()
+            self.records.load_state_dict(state["records"])
+        self.num_steps = int(state["num_steps"])
+
+    def __repr__(self) -> str:
+        return (
+            f"ConstrainedOptimizer(method={self.method!r}, m={self.num_constraints}, "
+            f"G={self.constraint_set.num_groups}, dual_lr={self.dual_lr:g}, dual_update={self.dual_update!r}, "
+            f"dual_source={self.dual_statistics.source!r}, dual_every={self.dual_statistics.every}, "
+            f"optimizer={type(self.optimizer).__name__})"
+        )

@@ -1,0 +1,233 @@
+r"""The constraints of one problem, measured on one batch: ``scores, labels, groups`` → ``g`` (m entries).
+
+A :class:`ConstraintSet` stacks the entries of several :class:`~fairopt.constraints.Constraint`\ s into one vector
+
+.. math::
+    g(T) = \big(g^{(1)}(T), \dots, g^{(c)}(T)\big) \in \mathbb{R}^m, \qquad g \le 0 \text{ wanted},
+
+where ``T`` is a ``(G, K)`` :class:`~fairopt.stats.GroupStats` table. It is the only place where the optimizers
+turn tensors into constraint values, so every player (primal or dual) sees the same numbers: the hard values
+``g`` for the dual player and the differentiable proxies ``g̃`` for the primal player (Cotter et al., JMLR 2019,
+Section 2). Because ``g`` is a function of the table alone, a DDP run can all-reduce ``T`` first and every rank
+computes identical values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fairopt.constraints import Constraint, ConstraintValue, FunctionConstraint, RateRef
+from fairopt.constraints.expressions import Expr
+from fairopt.proxies import Proxy, as_proxy
+from fairopt.stats import GroupStats, group_stats
+
+__all__ = ["ConstraintSet"]
+
+# Rates that are computed without labels (a selection rate counts predictions only) or from the loss column.
+_LABEL_FREE_RATES = frozenset({"selection_rate", "mean_loss"})
+
+
+def _referenced_rates(constraint: Constraint) -> frozenset[str] | None:
+    """The canonical rate names a constraint reads, or None when it cannot be known (a FunctionConstraint)."""
+    if isinstance(constraint, FunctionConstraint) or not isinstance(getattr(constraint, "expr", None), Expr):
+        return None
+    found: set[str] = set()
+    stack: list[Expr] = [constraint.expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, RateRef):
+            found.add(node.rate)
+        stack.extend(node._children())
+    return frozenset(found)
+
+
+class ConstraintSet:
+    r"""Several constraints over G groups, stacked into one vector of ``m`` entries.
+
+    Args:
+        constraints: one :class:`~fairopt.constraints.Constraint` or a sequence of them (e.g.
+            ``[fairopt.EqualizedOdds(0.05)]``). Entries are stacked in order.
+        num_groups: G, fixed up front. Every constraint is checked against it here
+            (:meth:`~fairopt.constraints.Constraint.check_num_groups`).
+        proxy: surrogate for the proxy columns used by the primal player: ``"hinge"`` (default, TFCO's choice; an
+            upper bound of the indicator, so the relaxed constraint is conservative), ``"sigmoid"``,
+            ``"softplus"``, or a :class:`~fairopt.proxies.Proxy` (see :mod:`fairopt.proxies`).
+        threshold: decision threshold in logit units; a positive prediction is ``score > threshold``.
+        dtype: floating dtype of the statistics table and of every constraint value (float64 by default).
+        compile: evaluate the constraints through :func:`torch.compile` (one compilation for the fixed
+            ``(G, K)`` table shape: several seconds at the first call; then the evaluation's forward + backward is
+            about 3x cheaper on CPU, e.g. ~0.75 ms → ~0.25 ms for equalized odds over 2 groups).
+
+    Attributes:
+        num_constraints: m, the total number of entries.
+        slices: one ``slice`` of the m entries per constraint.
+        needs_labels: False only when every constraint reads label-free rates (selection rate, mean loss).
+        needs_example_losses: True when a constraint reads the per-group mean loss (e.g. ``BoundedGroupLoss``).
+
+    Raises:
+        TypeError: an element is not a :class:`~fairopt.constraints.Constraint`.
+        ValueError: no constraints; a constraint refers to a group ``>= num_groups``; bad ``num_groups``.
+    """
+
+    def __init__(
+        self,
+        constraints: Constraint | Sequence[Constraint],
+        num_groups: int,
+        *,
+        proxy: str | Proxy | Callable[[Tensor], Tensor] = "hinge",
+        threshold: float = 0.0,
+        dtype: torch.dtype = torch.float64,
+        compile: bool = False,
+    ) -> None:
+        items = (constraints,) if isinstance(constraints, Constraint) else tuple(constraints)
+        if not items:
+            raise ValueError("constraints is empty; pass at least one fairopt constraint, e.g. fairopt.EqualizedOdds()")
+        for c in items:
+            if not isinstance(c, Constraint):
+                raise TypeError(
+                    f"constraints must be fairopt.Constraint objects, got {type(c).__name__}; build one with e.g. "
+                    "fairopt.DemographicParity(0.05) or fairopt.tpr(1) - fairopt.tpr(0) <= 0.05"
+                )
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"num_groups must be a positive int (G, fixed up front), got {num_groups!r}")
+        for c in items:
+            c.check_num_groups(num_groups)
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        self.constraints: tuple[Constraint, ...] = items
+        self.num_groups = num_groups
+        self.proxy = as_proxy(proxy)
+        self.threshold = float(threshold)
+        self.dtype = dtype
+        sizes = [c.num_entries(num_groups) for c in items]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.slices: tuple[slice, ...] = tuple(slice(s, s + n) for s, n in zip(starts, sizes))
+        self.num_constraints = sum(sizes)
+        rates = [_referenced_rates(c) for c in items]
+        self.needs_labels = any(r is None or not r <= _LABEL_FREE_RATES for r in rates)
+        self.needs_example_losses = any(r is not None and "mean_loss" in r for r in rates)
+        self._evaluate_table: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] = self._evaluate_eager
+        if compile:
+            self._evaluate_table = torch.compile(self._evaluate_eager, dynamic=False)
+
+    def __len__(self) -> int:
+        return self.num_constraints
+
+    def entry_names(self, group_names: Sequence[str] | None = None) -> list[str]:
+        """One readable name per entry, ``"<constraint name>: <entry>"`` (group ids are used when no names)."""
+        names = self.num_groups if group_names is None else list(group_names)
+        return [f"{c.name}: {e}" for c in self.constraints for e in c.entry_names(names)]
+
+    # measurement --------------------------------------------------------------------------------------------
+    def measure(
+        self,
+        scores: Tensor,
+        *,
+        groups: Tensor,
+        labels: Tensor | None = None,
+        weights: Tensor | None = None,
+        example_losses: Tensor | None = None,
+        validate: bool | None = None,
+    ) -> GroupStats:
+        """Reduce one batch to its ``(G, K)`` table with this set's proxy, threshold and dtype.
+
+        Args:
+            scores: ``(N,)`` logits (the graph is kept: the proxy columns are differentiable).
+            groups: ``(N,)`` integer group ids in ``[0, G)``.
+            labels: ``(N,)`` 0/1 labels; may be omitted only when :attr:`needs_labels` is False.
+            weights: optional ``(N,)`` example weights. example_losses: optional ``(N,)`` per-example losses
+                (required when :attr:`needs_example_losses`).
+            validate: value checks of :func:`fairopt.group_stats` (None: the global default).
+
+        Raises:
+            ValueError: a tensor that a constraint needs is missing (the message names the constraint), plus
+                everything :func:`fairopt.group_stats` raises.
+        """
+        if scores is None or groups is None:
+            missing = "scores" if scores is None else "groups"
+            raise ValueError(f"{missing} is required to measure fairness constraints; pass {missing}=... to step()")
+        if labels is None:
+            if self.needs_labels:
+                raise ValueError(
+                    f"labels are required by {self._names_needing('labels')}; pass labels=... (0/1, shape (N,))"
+                )
+            labels = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+        if example_losses is None and self.needs_example_losses:
+            raise ValueError(
+                f"{self._names_needing('loss')} reads per-group mean losses; pass example_losses="
+                "F.binary_cross_entropy_with_logits(scores, labels, reduction='none') (shape (N,))"
+            )
+        return group_stats(
+            scores,
+            labels,
+            groups,
+            self.num_groups,
+            weights=weights,
+            loss=example_losses,
+            proxy=self.proxy,
+            threshold=self.threshold,
+            dtype=self.dtype,
+            validate=validate,
+        )
+
+    def _names_needing(self, what: str) -> str:
+        names = []
+        for c in self.constraints:
+            rates = _referenced_rates(c)
+            if what == "loss" and rates is not None and "mean_loss" in rates:
+                names.append(c.name)
+            if what == "labels" and (rates is None or not rates <= _LABEL_FREE_RATES):
+                names.append(c.name)
+        return ", ".join(repr(n) for n in names)
+
+    # evaluation ---------------------------------------------------------------------------------------------
+    def evaluate(self, stats: GroupStats) -> ConstraintValue:
+        """All m entries on one table: ``hard (m,)`` (no gradient), ``proxy (m,)`` (differentiable), ``defined``.
+
+        Raises:
+            ValueError: the table has another number of groups than G.
+        """
+        if not isinstance(stats, GroupStats):
+            raise TypeError(f"expected a fairopt.GroupStats table, got {type(stats).__name__}")
+        if stats.num_groups != self.num_groups:
+            raise ValueError(
+                f"the statistics have {stats.num_groups} groups but the constraints use G={self.num_groups}"
+            )
+        hard, proxy, defined = self._evaluate_table(stats.table.to(self.dtype))
+        return ConstraintValue(hard, proxy, defined)
+
+    def _evaluate_eager(self, table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        stats = GroupStats(table)
+        values = [c.evaluate(stats) for c in self.constraints]
+        if len(values) == 1:
+            v = values[0]
+            return v.hard, v.proxy, v.defined
+        return (
+            torch.cat([v.hard for v in values]),
+            torch.cat([v.proxy for v in values]),
+            torch.cat([v.defined for v in values]),
+        )
+
+    def split(self, values: Tensor) -> list[Tensor]:
+        """Cut an ``(m,)`` tensor into one piece per constraint."""
+        return [values[s] for s in self.slices]
+
+    def __repr__(self) -> str:
+        names = ", ".join(c.name for c in self.constraints)
+        return (
+            f"ConstraintSet([{names}], num_groups={self.num_groups}, m={self.num_constraints}, proxy={self.proxy.name})"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """A plain summary (constraint names, m, G, proxy, threshold), e.g. to store next to a checkpoint."""
+        return {
+            "constraints": [c.name for c in self.constraints],
+            "num_constraints": self.num_constraints,
+            "num_groups": self.num_groups,
+            "proxy": self.proxy.name,
+            "threshold": self.threshold,
+        }

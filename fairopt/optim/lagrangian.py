@@ -1,0 +1,128 @@
+r"""The Lagrangian and augmented-Lagrangian λ-players, built on cooper-optim.
+
+Lagrangian (gradient descent–ascent with proxy constraints; Cotter et al., JMLR 2019, Algorithm 2):
+
+.. math::
+    \mathcal{L}_{\text{primal}}(θ, λ) = f(θ) + \sum_{i=1}^m λ_i\, \tilde g_i(θ), \qquad
+    λ \leftarrow \Pi_{[0, λ_{\max}]}\big(λ + η\, g(θ)\big),
+
+where ``g̃`` are proxy (differentiable) constraint values and ``g`` the hard ones. With
+``formulation="augmented_lagrangian"`` the primal term of each entry is cooper's
+``(relu(λ_i + ρ g̃_i)² − λ_i²) / (2ρ)`` (Nocedal & Wright, *Numerical Optimization*, 2006, eq. 17.65) and the
+multiplier step is the same ascent on ``λᵀ g``; ``ρ = η`` gives the classical method of multipliers
+(Bertsekas 1982). The dual optimizer is any ``maximize=True`` torch optimizer: plain SGD (the update above) or
+cooper's nuPI controller (Sohrabi, Ramirez, Zhang, Lacoste-Julien, Gallego-Posada, ICML 2024), which damps the
+oscillation of multipliers.
+
+cooper supplies the formulations (the Lagrangian terms), the multipliers and their projection
+(:class:`~fairopt.optim.multipliers.FairnessMultiplier`), the penalty-coefficient updater, nuPI, and the dual step
+(:meth:`cooper.optim.ConstrainedOptimizer.dual_step`); this module only decides which table the dual step reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import cooper
+import torch
+from cooper import CMPState
+from cooper.penalty_coefficients import PenaltyCoefficientUpdater
+from torch import Tensor
+
+from fairopt.constraints import ConstraintValue
+from fairopt.optim.base import DualPlayer
+from fairopt.optim.cooper_problem import FairnessCMP
+
+__all__ = ["DUAL_OPTIMIZERS", "LagrangianPlayer", "make_dual_optimizer"]
+
+DualOptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+DUAL_OPTIMIZERS = ("sgd", "nupi")
+
+
+def make_dual_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    kind: str | DualOptimizerFactory,
+    lr: float,
+    options: Mapping[str, Any] | None = None,
+) -> torch.optim.Optimizer:
+    """Build the optimizer of the multipliers.
+
+    Args:
+        params: the multipliers' parameters (``cmp.dual_parameters()``).
+        kind: ``"sgd"`` (projected gradient ascent), ``"nupi"`` (cooper's nuPI; pass e.g. ``{"Kp": 1.0}`` in
+            ``options``), or a callable ``params -> torch.optim.Optimizer`` that builds one with ``maximize=True``.
+        lr: the dual learning rate η (ignored by a callable).
+        options: extra keyword arguments for SGD / nuPI (e.g. ``momentum``, ``Kp``, ``Ki``, ``ema_nu``).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    options = dict(options or {})
+    if callable(kind):
+        return kind(params)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, maximize=True, **options)
+    if kind == "nupi":
+        return cooper.optim.nuPI(params, lr=lr, maximize=True, **options)
+    raise ValueError(f"dual_optimizer must be one of {DUAL_OPTIMIZERS} or a callable params -> optimizer, got {kind!r}")
+
+
+class LagrangianPlayer(DualPlayer):
+    """λ-player of the (augmented) Lagrangian: cooper formulation + multipliers + dual optimizer.
+
+    Args:
+        problem: the :class:`~fairopt.optim.FairnessCMP` holding the multipliers (its formulation must use them).
+        primal_optimizer: the user's optimizer (cooper's constrained optimizer holds it; this player never steps it).
+        dual_optimizer: an optimizer over ``problem.dual_parameters()`` with ``maximize=True``.
+        penalty_updater: optional cooper penalty-coefficient updater (augmented Lagrangian), stepped after each
+            dual update with the hard values.
+
+    Raises:
+        ValueError: the formulation has no multipliers, or the dual optimizer does not maximize (cooper's check).
+    """
+
+    def __init__(
+        self,
+        problem: FairnessCMP,
+        primal_optimizer: torch.optim.Optimizer,
+        dual_optimizer: torch.optim.Optimizer,
+        *,
+        penalty_updater: PenaltyCoefficientUpdater | None = None,
+    ) -> None:
+        if not problem.has_multipliers:
+            raise ValueError("LagrangianPlayer needs a formulation with multipliers (Lagrangian, AugmentedLagrangian)")
+        self.problem = problem
+        self.dual_optimizer = dual_optimizer
+        self.penalty_updater = penalty_updater
+        # cooper checks maximize=True here and owns the dual step (optimizer step + multiplier projection).
+        self._cooper = cooper.optim.SimultaneousOptimizer(
+            problem, primal_optimizers=primal_optimizer, dual_optimizers=dual_optimizer
+        )
+        self.num_constraints = problem.constraint_set.num_constraints
+
+    def primal_objective(self, loss: Tensor, value: ConstraintValue) -> Tensor:
+        r""":math:`f + \sum_i λ_i \tilde g_i` (or the augmented form), from cooper's primal Lagrangian."""
+        states = self.problem.constraint_states(value, dual=False)
+        return CMPState(loss=loss, observed_constraints=states).compute_primal_lagrangian().lagrangian
+
+    def update(self, value: ConstraintValue) -> None:
+        """One ascent step on cooper's dual Lagrangian ``λᵀ g`` (hard values), then cooper's projection."""
+        states = self.problem.constraint_states(value, primal=False)
+        store = CMPState(observed_constraints=states).compute_dual_lagrangian()
+        self.dual_optimizer.zero_grad(set_to_none=True)
+        store.backward()
+        self._cooper.dual_step()
+        if self.penalty_updater is not None:
+            self.penalty_updater.step(states)
+
+    @property
+    def multipliers(self) -> Tensor:
+        return self.problem.multiplier_values()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"problem": self.problem.state_dict(), "dual_optimizer": self.dual_optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.problem.load_state_dict(state["problem"])
+        self.dual_optimizer.load_state_dict(state["dual_optimizer"])

@@ -1,0 +1,86 @@
+r"""Lagrange multipliers for fairness constraints: cooper's dense multiplier with a safe projection.
+
+After each dual optimizer step, cooper calls :meth:`~cooper.multipliers.Multiplier.post_step_` to project the
+multipliers (for inequality constraints onto ``λ >= 0``). :class:`FairnessMultiplier` extends that projection:
+
+.. math::
+    λ \leftarrow \min\big(\max(λ, 0),\ λ_{\max}\big) \quad\text{on observed, finite entries;}\qquad
+    λ \leftarrow λ_{\text{before the step}} \quad\text{elsewhere.}
+
+so a multiplier never becomes negative, NaN or infinite, stays below an optional bound, and an entry that was
+undefined in the statistics the dual read (a zero-denominator rate) does not move, whatever the dual optimizer's
+internal state (momentum, nuPI's error average) would otherwise do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from cooper.multipliers import DenseMultiplier
+from cooper.utils import ConstraintType
+from torch import Tensor
+
+__all__ = ["FairnessMultiplier"]
+
+
+class FairnessMultiplier(DenseMultiplier):
+    """A :class:`cooper.multipliers.DenseMultiplier` that is non-negative, finite, optionally bounded, and frozen
+    at entries that were not observed.
+
+    Args:
+        num_constraints: m, the number of entries.
+        init: optional ``(m,)`` non-negative initial values (default zeros).
+        bound: optional upper bound ``λ_max > 0`` on every entry (e.g. TFCO's ``maximum_multiplier_radius``
+            bounds the l1 norm instead; a per-entry bound keeps entries independent).
+        device, dtype: of the weight (``(m,)``).
+
+    Raises:
+        ValueError: ``bound`` not a finite number > 0; negative or non-finite ``init``.
+    """
+
+    def __init__(
+        self,
+        num_constraints: int | None = None,
+        init: Tensor | None = None,
+        *,
+        bound: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        if bound is not None and not (isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0):
+            raise ValueError(f"multiplier bound must be a finite number > 0, got {bound!r}")
+        if init is not None and not bool(torch.isfinite(init).all() and (init >= 0).all()):
+            raise ValueError("initial multipliers must be finite and >= 0")
+        super().__init__(num_constraints=num_constraints, init=init, device=device, dtype=dtype)
+        self.bound = None if bound is None else float(bound)
+        self._before: Tensor | None = None
+        self._observed: Tensor | None = None
+
+    def mask_next_update(self, observed: Tensor) -> None:
+        """Remember the current values; the next :meth:`post_step_` restores entries where ``observed`` is False.
+
+        Args:
+            observed: ``(m,)`` bool, True for entries the coming dual step may move.
+        """
+        self._before = self.weight.detach().clone()
+        self._observed = observed.detach().to(device=self.weight.device, dtype=torch.bool)
+
+    @torch.no_grad()
+    def post_step_(self) -> None:
+        """Project after a dual step: unobserved or non-finite entries keep their previous value; then clamp to
+        ``[0, bound]`` for inequality constraints (cooper's projection, plus the bound)."""
+        new = self.weight.data
+        keep = ~torch.isfinite(new)
+        if self._observed is not None:
+            keep = keep | ~self._observed
+        if self._before is not None:
+            new = torch.where(keep, self._before, new)
+        else:
+            new = torch.where(keep, torch.zeros_like(new), new)
+        if self.constraint_type == ConstraintType.INEQUALITY:
+            new = new.clamp(min=0.0, max=self.bound)
+        elif self.bound is not None:
+            new = new.clamp(min=-self.bound, max=self.bound)
+        self.weight.data = new
+        self._before = self._observed = None

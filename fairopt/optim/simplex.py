@@ -1,0 +1,129 @@
+r"""Column-stochastic matrices and distributions: the numerical kernels of the proxy-Lagrangian λ-player.
+
+Every function acts on the columns of an ``(n, k)`` tensor (a distribution is an ``(n, 1)`` column) and takes a
+``(n,)`` bool ``mask`` of the rows that may change: rows outside the mask keep their values, and the masked rows of
+each column are renormalized to the mass the column has left (``1 − Σ`` of the frozen entries). This is how an
+undefined constraint (a rate with a zero denominator) is kept from moving the λ-player's state.
+
+No function synchronizes with the host; all are deterministic for a given input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["additive_step", "multiplicative_step", "project_simplex", "stationary_distribution"]
+
+
+def project_simplex(values: Tensor, mass: Tensor | float = 1.0, mask: Tensor | None = None) -> Tensor:
+    r"""Euclidean projection of each column onto ``{x >= 0, Σ_i x_i = mass}`` (over the rows in ``mask``).
+
+    Sort-based algorithm of Duchi, Shalev-Shwartz, Singer, Chandra, "Efficient Projections onto the l1-Ball for
+    Learning in High Dimensions", ICML 2008, Figure 1, vectorized over columns. Rows outside ``mask`` are set to
+    ``-inf`` so they sort last and never enter the support (their comparisons are NaN, i.e. False); they get 0 and
+    the caller restores them. The result is rescaled to the exact ``mass`` against rounding.
+
+    Args:
+        values: ``(n, k)`` finite floating.
+        mass: scalar or ``(k,)`` target sum per column (>= 0).
+        mask: optional ``(n,)`` bool rows to project (at least one True).
+
+    Returns:
+        ``(n, k)`` projected columns (0 at rows outside ``mask``).
+    """
+    n = values.shape[0]
+    mass_t = torch.as_tensor(mass, dtype=values.dtype, device=values.device).expand(values.shape[1])
+    if mask is not None:
+        values = torch.where(mask[:, None], values, -math.inf)
+    ordered = torch.sort(values, dim=0, descending=True).values
+    excess = ordered.cumsum(dim=0) - mass_t
+    k = torch.arange(1, n + 1, dtype=values.dtype, device=values.device)[:, None]
+    in_support = ordered - excess / k > 0
+    rho = (in_support * k).amax(dim=0).clamp(min=1)  # largest index in the support (1-based)
+    theta = excess.gather(0, (rho - 1).long()[None, :]) / rho
+    projected = (values - theta).clamp(min=0)
+    total = projected.sum(dim=0)
+    return projected * torch.where(total > 0, mass_t / total, torch.zeros_like(total))
+
+
+def multiplicative_step(log_state: Tensor, gradient: Tensor, lr: float, mask: Tensor, floor: float) -> Tensor:
+    r"""Exponentiated-gradient (Hedge) ascent on the columns of a log-stochastic matrix, in log space.
+
+    .. math::
+        M_{ij} \leftarrow \frac{M_{ij}\, e^{η G_{ij}}}{\sum_{l} M_{lj}\, e^{η G_{lj}}}
+        \quad\text{then}\quad M_{ij} \leftarrow (1-γ) M_{ij} + γ\, \frac{s_j}{|D|},
+
+    over the masked rows ``D``, whose columns sum to ``s_j`` (the mass left by the frozen rows). The mixing with
+    ``γ = floor`` keeps every entry ``>= γ s_j/|D|`` (like TFCO's ``minimum_multiplier_radius``), so ``M`` stays
+    positive and its stationary distribution unique (Cotter, Jiang, Sridharan, ALT 2019, Algorithm 2).
+
+    Args:
+        log_state: ``(n, k)`` element-wise log of a column-stochastic matrix.
+        gradient: ``(n, k)`` ascent direction ``G`` (``Δ λᵀ`` for swap regret, ``Δ`` for external regret).
+        lr: step size η > 0. mask: ``(n,)`` bool rows that move. floor: γ in [0, 1).
+
+    Returns:
+        ``(n, k)`` the new log-state; frozen rows unchanged, every column sums to 1 (to rounding).
+    """
+    frozen = ~mask[:, None]
+    free_mass = 1.0 - torch.where(frozen, log_state.exp(), torch.zeros_like(log_state)).sum(dim=0)
+    log_free = torch.log(free_mass.clamp(min=torch.finfo(log_state.dtype).tiny))
+    logits = torch.where(frozen, torch.full_like(log_state, -math.inf), log_state + lr * gradient)
+    # Shift by the column maximum first and normalize the O(1) values: logsumexp would add the (possibly huge)
+    # maximum back and lose the low digits of every entry.
+    shifted = logits - logits.amax(dim=0)
+    new = shifted - torch.log(torch.exp(shifted).sum(dim=0)) + log_free
+    if floor > 0:
+        log_share = log_free - torch.log(mask.sum().to(log_state.dtype)) + math.log(floor)
+        new = torch.logaddexp(new + math.log1p(-floor), log_share.expand_as(new))
+    return torch.where(frozen, log_state, new)
+
+
+def additive_step(state: Tensor, gradient: Tensor, lr: float, mask: Tensor) -> Tensor:
+    r"""Projected gradient ascent on the columns of a column-stochastic matrix:
+    ``M ← Π(M + η G)``, each column's masked rows projected onto the simplex of their free mass
+    (Euclidean projection, :func:`project_simplex`; TFCO's "additive" update).
+
+    Args:
+        state: ``(n, k)`` column-stochastic. gradient: ``(n, k)``. lr: η > 0. mask: ``(n,)`` bool.
+    """
+    frozen = ~mask[:, None]
+    free_mass = (1.0 - torch.where(frozen, state, torch.zeros_like(state)).sum(dim=0)).clamp(min=0)
+    projected = project_simplex(state + lr * gradient, free_mass, mask)
+    return torch.where(frozen, state, projected)
+
+
+def stationary_distribution(matrix: Tensor, init: Tensor | None = None, squarings: int = 24) -> Tensor:
+    r"""A stationary distribution ``λ = M λ`` of a column-stochastic ``(n, n)`` matrix ``M``.
+
+    Two ways, both without host synchronization and bitwise reproducible:
+
+    * ``init=None``: solve ``(I − M + 1 1ᵀ) λ = 1`` (one ``n × n`` solve). Exact when the stationary distribution
+      is unique (e.g. every entry of ``M`` positive, as with multiplicative updates and a floor): summing the
+      equations gives ``1ᵀλ = 1``, and then ``(I − M) λ = 0``.
+    * ``init`` given: repeated squaring of the lazy chain ``P = (M + I)/2`` (same stationary distributions,
+      aperiodic), ``λ = P^{2^s} init`` with ``s = squarings``; columns are renormalized after each product. Use it
+      when ``M`` may be reducible (additive updates): the result is the limit reached from ``init`` (pass the
+      previous λ for continuity). TFCO uses the power method for the same eigenvector.
+
+    Args:
+        matrix: ``(n, n)`` column-stochastic. init: optional ``(n,)`` distribution. squarings: see above.
+
+    Returns:
+        ``(n,)`` non-negative, summing to 1.
+    """
+    n = matrix.shape[0]
+    eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
+    if init is None:
+        lam = torch.linalg.solve(eye - matrix + 1.0, torch.ones(n, dtype=matrix.dtype, device=matrix.device))
+    else:
+        power = 0.5 * (matrix + eye)
+        for _ in range(squarings):
+            power = power @ power
+            power = power / power.sum(dim=0, keepdim=True)
+        lam = power @ init
+    lam = lam.clamp(min=0)
+    return lam / lam.sum()

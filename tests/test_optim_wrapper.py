@@ -1,0 +1,447 @@
+"""fairopt.optim.ConstrainedOptimizer: construction errors, step semantics, dual schedules, ecosystem."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fairopt
+from fairopt.optim import ConstrainedOptimizer, IterateRecords
+from fairopt.stats import GroupStats, RunningGroupStats, group_stats
+from tests.optim_data import (
+    mlp,
+    single_thread,  # noqa: F401
+    tabular,
+    train,
+    train_step,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+DP = fairopt.DemographicParity(0.0)
+
+
+def make_opt(params, constraints=None, num_groups=2, **kwargs):
+    optimizer = torch.optim.SGD(params, lr=kwargs.pop("lr", 0.1))
+    return ConstrainedOptimizer(optimizer, [DP] if constraints is None else constraints, num_groups, **kwargs)
+
+
+def dp_hinge(scores, groups, tolerance):
+    """Demographic parity (max - min over 2 groups) with the hinge proxy, written out independently."""
+    upper, lower, rate = [], [], []
+    for g in (0, 1):
+        s = scores[groups == g].double()
+        upper.append(torch.relu(1 + s).mean())
+        lower.append(1 - torch.relu(1 - s).mean())
+        rate.append((s > 0).double().mean())
+    proxy = torch.stack(upper).max() - torch.stack(lower).min() - tolerance
+    hard = torch.stack(rate).max() - torch.stack(rate).min() - tolerance
+    return hard, proxy
+
+
+# construction ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dual_lr", [0.0, -0.1, math.nan, math.inf])
+def test_nonpositive_dual_lr_is_refused_at_construction(dual_lr):
+    with pytest.raises(ValueError, match="dual_lr"):
+        make_opt([nn.Parameter(torch.zeros(1))], dual_lr=dual_lr)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "sgda"}, "method must be one of"),
+        ({"dual_update": "extragradient"}, "dual_update"),
+        ({"dual_value": "soft"}, "dual_value"),
+        ({"method": "lagrangian", "regret": "swap"}, "regret= does not apply"),
+        ({"method": "proxy_lagrangian", "dual_optimizer": "nupi"}, "dual_optimizer= does not apply"),
+        ({"method": "proxy_lagrangian", "multiplier_bound": 1.0}, "multiplier_bound= does not apply"),
+        ({"method": "lagrangian", "penalty": 2.0}, "penalty= does not apply"),
+        ({"method": "penalty", "dual_source": "heldout"}, "no dual player"),
+        ({"heldout": lambda: None}, "dual_source='heldout'"),
+        ({"dual_every": 0}, "dual_every"),
+        ({"method": "augmented_lagrangian", "penalty_growth": 0.5}, "penalty_growth"),
+        ({"dual_optimizer": "adagrad"}, "dual_optimizer must be one of"),
+        ({"dual_optimizer": lambda p: torch.optim.SGD(p, lr=0.1)}, "maximization"),
+        ({"multiplier_bound": -1.0}, "bound"),
+        ({"method": "proxy_lagrangian", "regret": "internal"}, "regret must be one of"),
+    ],
+)
+def test_bad_options_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_opt([nn.Parameter(torch.zeros(1))], **kwargs)
+
+
+def test_constraints_are_checked_against_num_groups():
+    with pytest.raises(ValueError, match="refers to group 3"):
+        make_opt([nn.Parameter(torch.zeros(1))], [fairopt.tpr(3) - fairopt.tpr(0) <= 0.05], num_groups=3)
+    with pytest.raises(ValueError, match="num_groups"):
+        make_opt([nn.Parameter(torch.zeros(1))], num_groups=0)
+    with pytest.raises(TypeError, match=r"fairopt\.Constraint"):
+        make_opt([nn.Parameter(torch.zeros(1))], ["demographic_parity"])
+    with pytest.raises(ValueError, match="empty"):
+        make_opt([nn.Parameter(torch.zeros(1))], [])
+    with pytest.raises(TypeError, match=r"torch\.optim\.Optimizer"):
+        ConstrainedOptimizer(nn.Linear(2, 1), [DP], 2)
+
+
+def test_method_names_accept_hyphens_and_report_themselves():
+    opt = make_opt([nn.Parameter(torch.zeros(1))], method="proxy-lagrangian")
+    assert opt.method == "proxy_lagrangian"
+    assert "proxy_lagrangian" in repr(opt) and opt.num_constraints == 1
+    assert opt.entry_names(["men", "women"]) == [
+        "DemographicParity(tolerance=0, max_min): max_g selection_rate[g] - min_g selection_rate[g]"
+    ]
+
+
+# step errors ----------------------------------------------------------------------------------------------------
+def test_step_refuses_bad_losses():
+    x, y, a = tabular(64, seed=0)
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters())
+    scores = model(x).squeeze(-1)
+    with pytest.raises(TypeError, match=r"not loss.item\(\)"):
+        opt.step(loss=1.0, scores=scores, labels=y, groups=a)
+    with pytest.raises(ValueError, match="scalar"):
+        opt.step(
+            loss=F.binary_cross_entropy_with_logits(scores, y, reduction="none"), scores=scores, labels=y, groups=a
+        )
+    with pytest.raises(ValueError, match="does not require grad"):
+        opt.step(loss=torch.tensor(0.5), scores=scores, labels=y, groups=a)
+    nan_loss = F.binary_cross_entropy_with_logits(scores, y) * math.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        opt.step(loss=nan_loss, scores=scores, labels=y, groups=a)
+    assert opt.num_steps == 0
+
+
+def test_step_names_the_missing_tensor_and_the_constraint_that_needs_it():
+    x, y, a = tabular(64, seed=0)
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
+    scores = model(x).squeeze(-1)
+    loss = F.binary_cross_entropy_with_logits(scores, y)
+    with pytest.raises(ValueError, match=r"labels are required by 'EqualizedOdds"):
+        opt.step(loss=loss, scores=scores, groups=a)
+    with pytest.raises(ValueError, match="groups is required"):
+        opt.step(loss=loss, scores=scores, labels=y, groups=None)
+    with pytest.raises(ValueError, match=r"groups must be ids in \[0, 2\)"):
+        opt.step(loss=loss, scores=scores, labels=y, groups=a + 1)
+    bounded = make_opt(model.parameters(), [fairopt.BoundedGroupLoss(0.3)])
+    with pytest.raises(ValueError, match="example_losses"):
+        bounded.step(loss=loss, scores=scores, labels=y, groups=a)
+
+
+def test_label_free_constraints_need_no_labels_and_loss_constraints_use_example_losses():
+    x, y, a = tabular(256, seed=1)
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters(), dual_lr=0.5)
+    scores = model(x).squeeze(-1)
+    result = opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, groups=a)
+    hard, _ = dp_hinge(scores.detach(), a, 0.0)
+    assert result.value.hard.item() == pytest.approx(hard.item(), abs=1e-12)
+
+    bounded = make_opt(model.parameters(), [fairopt.BoundedGroupLoss(0.1)], dual_lr=1.0)
+    scores = model(x).squeeze(-1)
+    losses = F.binary_cross_entropy_with_logits(scores, y, reduction="none")
+    result = bounded.step(loss=losses.mean(), scores=scores, labels=y, groups=a, example_losses=losses)
+    expected = torch.stack([losses[a == g].mean() for g in (0, 1)]).double().detach() - 0.1
+    torch.testing.assert_close(result.value.hard, expected)
+    torch.testing.assert_close(result.multipliers, expected.clamp(min=0))
+
+
+# the step: primal on proxies, dual on hard values ----------------------------------------------------------------
+@pytest.mark.parametrize("dual_update", ["simultaneous", "alternating"])
+def test_one_step_descends_on_the_proxy_lagrangian_and_ascends_on_hard_values(dual_update):
+    x, y, a = tabular(128, seed=2)
+    model = mlp(x.shape[1], seed=3)
+    reference = mlp(x.shape[1], seed=3)
+    lr, eta, tolerance = 0.1, 0.7, 0.0
+    opt = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=lr), [DP], 2, dual_lr=eta, dual_update=dual_update
+    )
+    result = train_step(opt, model, x, y, a)
+
+    scores = reference(x).squeeze(-1)
+    hard, proxy = dp_hinge(scores, a, tolerance)
+    lam = max(0.0, eta * hard.item())  # projected gradient ascent on the hard violation
+    lam_in_primal = lam if dual_update == "alternating" else 0.0
+    objective = F.binary_cross_entropy_with_logits(scores, y) + lam_in_primal * proxy
+    objective.backward()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= lr * p.grad
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert result.multipliers.item() == pytest.approx(lam, abs=1e-12)
+    assert result.value.hard.item() == pytest.approx(hard.item(), abs=1e-12)
+    assert result.value.proxy.item() == pytest.approx(proxy.item(), abs=1e-6)
+    assert result.dual_value is not None and result.objective.item() == pytest.approx(objective.item(), rel=1e-5)
+
+
+def test_dual_every_k_reads_the_sum_of_the_pending_batches():
+    x, y, a = tabular(300, seed=3)
+    model = mlp(x.shape[1])
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [DP], 2, dual_lr=0.5, dual_every=3)
+    results = [
+        train_step(opt, model, x[i * 100 : (i + 1) * 100], y[i * 100 : (i + 1) * 100], a[i * 100 : (i + 1) * 100])
+        for i in range(3)
+    ]
+    assert [r.dual_value is None for r in results] == [True, True, False]
+    assert results[0].multipliers.item() == results[1].multipliers.item() == 0.0
+    with torch.no_grad():
+        table = group_stats(model(x).squeeze(-1), y, a, 2, proxy="hinge")
+    expected = max(0.0, 0.5 * DP.evaluate(table).hard.item())
+    assert expected > 0
+    assert results[2].multipliers.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_running_ema_feeds_the_dual():
+    x, y, a = tabular(200, seed=4)
+    model = mlp(x.shape[1])
+    running = RunningGroupStats(2, mode="ema", decay=0.5)
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [DP], 2, dual_lr=0.5, running=running)
+    halves = [(x[:100], y[:100], a[:100]), (x[100:], y[100:], a[100:])]
+    for batch in halves:
+        result = train_step(opt, model, *batch)
+    with torch.no_grad():
+        t1, t2 = (group_stats(model(b[0]).squeeze(-1), b[1], b[2], 2, proxy="hinge") for b in halves)
+    lam1 = max(0.0, 0.5 * DP.evaluate(t1).hard.item())
+    lam2 = max(0.0, lam1 + 0.5 * DP.evaluate(GroupStats(0.5 * t1.table + t2.table)).hard.item())
+    assert result.multipliers.item() == pytest.approx(lam2, abs=1e-12)
+    assert running.num_updates == 2
+
+
+def test_heldout_callable_is_read_every_k_steps_and_train_batches_never_reach_the_dual():
+    x, y, a = tabular(400, seed=5)
+    xv, yv, av = tabular(200, seed=6)
+    model = mlp(x.shape[1])
+    calls = []
+
+    def heldout():
+        calls.append(opt.num_steps)
+        return {"scores": model(xv).squeeze(-1), "labels": yv, "groups": av}
+
+    opt = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        [DP],
+        2,
+        dual_lr=0.5,
+        dual_source="heldout",
+        dual_every=2,
+        heldout=heldout,
+    )
+    results = [train_step(opt, model, x, y, a) for _ in range(4)]
+    assert calls == [2, 4]
+    with torch.no_grad():
+        g_val = DP.evaluate(group_stats(model(xv).squeeze(-1), yv, av, 2, proxy="hinge")).hard.item()
+    assert results[1].multipliers.item() == pytest.approx(max(0.0, 0.5 * g_val), abs=1e-12)
+    assert results[3].multipliers.item() == pytest.approx(max(0.0, 1.0 * g_val), abs=1e-12)
+    assert results[3].dual_value.hard.item() == pytest.approx(g_val, abs=1e-12)
+
+
+def test_observe_heldout_then_update_duals():
+    x, y, a = tabular(200, seed=7)
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters(), dual_lr=0.5, dual_source="heldout")
+    train_opt = make_opt(model.parameters())
+    with pytest.raises(ValueError, match="dual_source='heldout'"):
+        train_opt.observe_heldout(scores=model(x).squeeze(-1), labels=y, groups=a)
+    assert opt.update_duals() is None
+    train_step(opt, model, x, y, a)  # primal only: no held-out statistics yet
+    assert opt.multipliers.item() == 0.0
+    with torch.no_grad():
+        s = model(x).squeeze(-1)
+    opt.observe_heldout(scores=s[:100], labels=y[:100], groups=a[:100])
+    opt.observe_heldout(scores=s[100:], labels=y[100:], groups=a[100:])
+    value = opt.update_duals()
+    expected = DP.evaluate(group_stats(s, y, a, 2, proxy="hinge")).hard.item()
+    assert value.hard.item() == pytest.approx(expected, abs=1e-12)
+    assert opt.multipliers.item() == pytest.approx(max(0.0, 0.5 * expected), abs=1e-12)
+    stats = group_stats(s, y, a, 2, proxy="hinge")
+    opt.update_duals(stats)  # explicit table, e.g. a full validation pass
+    assert opt.multipliers.item() == pytest.approx(max(0.0, 1.0 * expected), abs=1e-12)
+
+
+def test_sync_hook_receives_the_dual_table_and_all_reduce_works_without_a_process_group():
+    x, y, a = tabular(200, seed=8)
+    model = mlp(x.shape[1])
+    seen = []
+
+    def sync(stats):
+        seen.append(stats)
+        return GroupStats.all_reduce(stats)
+
+    opt = make_opt(model.parameters(), dual_lr=0.5, sync=sync)
+    result = train_step(opt, model, x, y, a)
+    assert len(seen) == 1 and isinstance(seen[0], GroupStats)
+    assert result.multipliers.item() == pytest.approx(max(0.0, 0.5 * result.value.hard.item()), abs=1e-12)
+
+
+# undefined entries, bounds ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("lagrangian", {"dual_optimizer_kwargs": {"momentum": 0.9}}),
+        ("lagrangian", {"dual_optimizer": "nupi", "dual_optimizer_kwargs": {"Kp": 2.0}}),
+        ("augmented_lagrangian", {}),
+        ("proxy_lagrangian", {}),
+        ("proxy_lagrangian", {"regret": "external", "regret_update": "additive"}),
+    ],
+)
+def test_an_absent_group_does_not_move_its_multipliers(method, kwargs):
+    x, y, a = tabular(300, seed=9)
+    a = a + (torch.arange(300) % 3 == 0).long() * (2 - a)  # three groups
+    equal_opportunity = fairopt.EqualOpportunity(0.0, convention="vs_overall")  # entries: |tpr_g - tpr|
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters(), [equal_opportunity], num_groups=3, method=method, dual_lr=0.5, **kwargs)
+    for _ in range(3):
+        train_step(opt, model, x, y, a)
+    before = opt.multipliers
+    state_before = getattr(opt.player, "matrix", None)
+    present = a != 2
+    for _ in range(3):
+        result = train_step(opt, model, x[present], y[present], a[present])
+        assert not result.value.defined[2] and result.value.defined[:2].all()
+    after = opt.multipliers
+    if method == "proxy_lagrangian":
+        # the frozen row of the λ-player's state is untouched; λ_2 is a fixed point of the whole matrix
+        assert torch.equal(opt.player.matrix[3], state_before[3])
+    else:
+        assert after[2] == before[2] and before[2] > 0
+    assert not torch.equal(after[:2], before[:2])
+
+
+def test_multiplier_bound_caps_multipliers():
+    x, y, a = tabular(200, seed=10)
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters(), [fairopt.DemographicParity(0.0)], dual_lr=10.0, multiplier_bound=0.3, lr=0.0)
+    result = train(opt, model, x, y, a, steps=3)
+    assert result.multipliers.item() == 0.3
+
+
+# penalty baseline ---------------------------------------------------------------------------------------------------
+def test_penalty_adds_fixed_weights_on_the_positive_part_of_the_proxy():
+    x, y, a = tabular(128, seed=11)
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters(), method="penalty", penalty=3.0)
+    result = train_step(opt, model, x, y, a)
+    expected = result.loss + 3.0 * result.value.proxy.clamp(min=0).sum()
+    assert result.objective.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert result.multipliers.item() == 3.0 and result.dual_value is None
+    with pytest.raises(ValueError, match="no dual player"):
+        opt.update_duals()
+
+
+# ecosystem -----------------------------------------------------------------------------------------------------------
+def test_lr_scheduler_on_the_wrapped_optimizer():
+    x, y, a = tabular(128, seed=12)
+    model = mlp(x.shape[1])
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(base, step_size=2, gamma=0.1)
+    opt = ConstrainedOptimizer(base, [DP], 2, dual_lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        for _ in range(4):
+            train_step(opt, model, x, y, a)
+            scheduler.step()
+    assert base.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert opt.dual_optimizer is not None and opt.dual_optimizer.param_groups[0]["maximize"]
+
+
+def test_grad_scaler_and_clipping_match_the_unscaled_unclipped_reference():
+    x, y, a = tabular(128, seed=17)
+    runs = []
+    for options in ({}, {"grad_scaler": torch.amp.GradScaler("cpu", init_scale=1024.0)}):
+        model = mlp(x.shape[1], seed=4)
+        opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [DP], 2, dual_lr=0.5, **options)
+        train(opt, model, x, y, a, steps=3)
+        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(runs[0], runs[1])  # power-of-two scaling is exact
+
+    model = mlp(x.shape[1], seed=4)
+    opt = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        [DP],
+        2,
+        max_grad_norm=1e-3,
+        grad_scaler=torch.amp.GradScaler("cpu"),
+    )
+    train_step(opt, model, x, y, a)
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert norm.item() == pytest.approx(1e-3, rel=1e-4)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        make_opt(model.parameters(), max_grad_norm=0.0)
+
+
+def test_autocast_bf16_on_cpu_trains_under_the_constraint():
+    x, y, a = tabular(512, seed=13)
+    gaps = {}
+    for method in ("penalty", "lagrangian"):  # penalty with weight 0: unconstrained training, same loop
+        model = mlp(x.shape[1], hidden=32)
+        kwargs = {"penalty": 0.0} if method == "penalty" else {"dual_lr": 0.5}
+        opt = ConstrainedOptimizer(torch.optim.Adam(model.parameters(), lr=0.02), [DP], 2, method=method, **kwargs)
+        for _ in range(60):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                scores = model(x).squeeze(-1)
+                loss = F.binary_cross_entropy_with_logits(scores.float(), y)
+            assert scores.dtype == torch.bfloat16
+            opt.zero_grad()
+            result = opt.step(loss=loss, scores=scores, labels=y, groups=a)
+        assert torch.isfinite(result.multipliers).all() and (result.multipliers >= 0).all()
+        gaps[method] = result.value.hard.item()
+    assert gaps["penalty"] > 0.2 and gaps["lagrangian"] < 0.05
+
+
+def test_compiled_model_trains_like_the_eager_model():
+    x, y, a = tabular(128, seed=14)
+    eager, compiled = mlp(x.shape[1], seed=1), mlp(x.shape[1], seed=1)
+    runs = []
+    for model, forward in ((eager, eager), (compiled, torch.compile(compiled, backend="aot_eager"))):
+        opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [DP], 2, dual_lr=0.5)
+        for _ in range(4):
+            scores = forward(x).squeeze(-1)
+            opt.zero_grad()
+            result = opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, labels=y, groups=a)
+        runs.append(result)
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(p, q)
+    torch.testing.assert_close(runs[0].multipliers, runs[1].multipliers)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")
+def test_inductor_compiled_model_and_compiled_constraints():
+    """torch.compile with the inductor backend builds C++ kernels: ~10-20 s on a 2-core CPU, hence marked slow."""
+    x, y, a = tabular(128, seed=15)
+    eager, compiled = mlp(x.shape[1], seed=1), mlp(x.shape[1], seed=1)
+    runs = []
+    for model, forward, fast in ((eager, eager, False), (compiled, torch.compile(compiled), True)):
+        opt = ConstrainedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.EqualizedOdds(0.02)], 2, dual_lr=0.5, compile=fast
+        )
+        runs.append(train(opt, forward, x, y, a, steps=4))
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(runs[0].multipliers, runs[1].multipliers, rtol=1e-4, atol=1e-6)
+
+
+def test_record_uses_the_heldout_error_rate_by_default():
+    x, y, a = tabular(200, seed=16)
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters(), records=IterateRecords())
+    train_step(opt, model, x, y, a)
+    with torch.no_grad():
+        scores = model(x).squeeze(-1)
+        stats = group_stats(scores, y, a, 2)
+    opt.record(stats, model=model)
+    record = opt.records[0]
+    assert record.step == 1
+    assert record.objective == pytest.approx(((scores > 0).float() != y).double().mean().item(), abs=1e-12)
+    assert record.violations.tolist() == pytest.approx(opt.evaluate(stats).hard.tolist(), abs=1e-12)
+    with pytest.raises(ValueError, match="records="):
+        make_opt(model.parameters()).record(stats, model=model)
