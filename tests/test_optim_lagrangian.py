@@ -58,7 +58,7 @@ def test_cooper_state_can_read_heldout_statistics_for_the_dual():
     x, y, a = tabular(200, seed=1)
     xv, yv, av = tabular(200, seed=2)
     model = mlp(x.shape[1])
-    cmp = FairnessCMP([DP], num_groups=2)
+    cmp = FairnessCMP([DP], num_groups=2, proxy="hinge")
     with torch.no_grad():
         heldout = group_stats(model(xv).squeeze(-1), yv, av, 2, proxy="hinge")
     scores = model(x).squeeze(-1)

@@ -162,7 +162,7 @@ def test_one_step_descends_on_the_proxy_lagrangian_and_ascends_on_hard_values(du
     reference = mlp(x.shape[1], seed=3)
     lr, eta, tolerance = 0.1, 0.7, 0.0
     opt = ConstrainedOptimizer(
-        torch.optim.SGD(model.parameters(), lr=lr), [DP], 2, dual_lr=eta, dual_update=dual_update
+        torch.optim.SGD(model.parameters(), lr=lr), [DP], 2, dual_lr=eta, dual_update=dual_update, proxy="hinge"
     )
     result = train_step(opt, model, x, y, a)
 

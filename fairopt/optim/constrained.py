@@ -122,8 +122,13 @@ class ConstrainedOptimizer:
         regret: proxy-Lagrangian: ``"swap"`` (default) or ``"external"``.
         regret_update: proxy-Lagrangian: ``"multiplicative"`` (default) or ``"additive"``.
         multiplier_bound: Lagrangian methods: optional upper bound on every multiplier.
-        proxy: the primal surrogate: ``"hinge"`` (default; TFCO's default, an upper bound, so the relaxed
-            constraint is conservative), ``"sigmoid"``, ``"softplus"``, or a :class:`~fairopt.Proxy`.
+        proxy: the primal surrogate: ``"sigmoid"`` (default), ``"hinge"`` (TFCO's default, an upper bound),
+            ``"softplus"``, or a :class:`~fairopt.Proxy`. Why not hinge by default: the conservative hinge
+            relaxation of a rate is ``upper - lower = mean max(1, |s|) >= 1`` wide, so a two-sided constraint's
+            proxy value (e.g. a parity gap) is always >= 1 - tolerance. Its gradient points the right way, which is
+            all a (proxy-)Lagrangian with hard duals uses; but ``"penalty"``, ``"augmented_lagrangian"`` and
+            ``dual_value="proxy"`` read the proxy value itself and would see every such constraint as violated.
+            The sigmoid is normalized (``upper == lower``), so its value tracks the true rate.
         threshold: decision threshold in logit units (a positive prediction is ``score > threshold``).
         dual_value: what the dual player reads: ``"hard"`` (default, the true rates: proxy constraints) or
             ``"proxy"`` (the surrogate, as a plain Lagrangian would; over-constrains with an upper-bounding proxy,
@@ -173,7 +178,7 @@ class ConstrainedOptimizer:
         regret: str | None = None,
         regret_update: str | None = None,
         multiplier_bound: float | None = None,
-        proxy: str | Proxy | Callable[[Tensor], Tensor] = "hinge",
+        proxy: str | Proxy | Callable[[Tensor], Tensor] = "sigmoid",
         threshold: float = 0.0,
         dual_value: str = "hard",
         dual_source: str = "train",

@@ -53,9 +53,10 @@ class ConstraintSet:
             ``[fairopt.EqualizedOdds(0.05)]``). Entries are stacked in order.
         num_groups: G, fixed up front. Every constraint is checked against it here
             (:meth:`~fairopt.constraints.Constraint.check_num_groups`).
-        proxy: surrogate for the proxy columns used by the primal player: ``"hinge"`` (default, TFCO's choice; an
-            upper bound of the indicator, so the relaxed constraint is conservative), ``"sigmoid"``,
-            ``"softplus"``, or a :class:`~fairopt.proxies.Proxy` (see :mod:`fairopt.proxies`).
+        proxy: surrogate for the proxy columns used by the primal player: ``"sigmoid"`` (default; see
+            :class:`~fairopt.optim.ConstrainedOptimizer` for why not the hinge), ``"hinge"`` (TFCO's choice; an
+            upper bound of the indicator, so the relaxed constraint is conservative), ``"softplus"``, or a
+            :class:`~fairopt.proxies.Proxy` (see :mod:`fairopt.proxies`).
         threshold: decision threshold in logit units; a positive prediction is ``score > threshold``.
         dtype: floating dtype of the statistics table and of every constraint value (float64 by default).
         compile: evaluate the constraints through :func:`torch.compile` (one compilation for the fixed
@@ -78,7 +79,7 @@ class ConstraintSet:
         constraints: Constraint | Sequence[Constraint],
         num_groups: int,
         *,
-        proxy: str | Proxy | Callable[[Tensor], Tensor] = "hinge",
+        proxy: str | Proxy | Callable[[Tensor], Tensor] = "sigmoid",
         threshold: float = 0.0,
         dtype: torch.dtype = torch.float64,
         compile: bool = False,

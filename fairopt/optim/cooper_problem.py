@@ -76,7 +76,7 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
         num_groups: int | None = None,
         *,
         formulation_type: type[Formulation] = Lagrangian,
-        proxy: str | Proxy | Callable[[Tensor], Tensor] = "hinge",
+        proxy: str | Proxy | Callable[[Tensor], Tensor] = "sigmoid",
         threshold: float = 0.0,
         multiplier_bound: float | None = None,
         penalty_coefficient: float | None = None,
