@@ -5,7 +5,7 @@ training data shrinks while the held-out and test gaps stay (Cherepanova et al. 
 the constraint on held-out and training data during training; at the end a generalization-gap table, a test
 report with intervals, and three PNG figures are written to --out.
 
-    python examples/heldout_report.py [--epochs N] [--out DIR]
+    python examples/heldout_report.py [--epochs N] [--every K] [--out DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("fairopt-runs/heldout-report"))
+    parser.add_argument("--every", type=int, default=200, help="monitor every k training steps")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     data = load_adult(sensitive=("sex",)).subsample_train(2000, seed=0)
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     constraint = fairopt.EqualOpportunity(tolerance=0.05)
     monitor = FairnessMonitor(
-        [constraint], {"held-out": data.tensors("validation")}, group_names=data.group_names, every=200
+        [constraint], {"held-out": data.tensors("validation")}, group_names=data.group_names, every=args.every
     )
     step = 0
     for epoch in range(args.epochs):

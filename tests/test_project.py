@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import subprocess
 import sys
@@ -25,12 +26,32 @@ def test_ci_runs_the_readme_test_command():
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_quickstart_example_runs_on_real_data():
+def _example(name: str):
     sys.path.insert(0, str(ROOT / "examples"))
     try:
-        import quickstart
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    gaps = quickstart.main(["--epochs", "1"])
+
+
+def test_quickstart_example_runs_on_real_data():
+    gaps = _example("quickstart").main(["--epochs", "1"])
     assert set(gaps) == {"train", "validation", "test"}
     assert all(0.0 <= g <= 1.0 for g in gaps.values())
+
+
+def test_wrap_optimizer_example_runs():
+    values = _example("wrap_optimizer").main(["--epochs", "1"])
+    assert set(values) == {"train", "held-out", "test"} and all(0.0 <= v <= 1.0 for v in values.values())
+
+
+def test_custom_constraint_example_runs():
+    out = _example("custom_constraint").main(["--epochs", "2"])
+    assert -1.0 <= out["max_value"] <= 1.0 and out["multipliers"] >= 0.0
+
+
+def test_heldout_report_example_writes_its_figures(tmp_path):
+    values = _example("heldout_report").main(["--epochs", "2", "--every", "20", "--out", str(tmp_path)])
+    assert set(values) == {"train", "held-out", "test"}
+    for name in ("test_group_rates.png", "violation_vs_step.png", "generalization_gap.png", "test_report.json"):
+        assert (tmp_path / name).stat().st_size > 500

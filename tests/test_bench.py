@@ -1,0 +1,131 @@
+"""fairopt bench: the CLI's options and errors, a tiny real study end to end, exact expected tables of peers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fairopt.bench import PRESETS, StudyConfig, run_study
+from fairopt.bench.output import format_table, published_comparison, write_outputs
+from fairopt.bench.peers import expected_stats
+from fairopt.cli import main
+from fairopt.datasets import load_german
+from fairopt.rates import compute_rate
+
+TINY = {
+    "dataset": "german",
+    "models": ("logistic",),
+    "methods": ("unconstrained", "lagrangian", "proxy-lagrangian-heldout"),
+    "epochs": 2,
+    "train_size": None,
+    "records_per_run": 4,
+}
+
+
+def test_help_is_complete_and_exits_zero(capsys):
+    for argv in (["--help"], ["bench", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--dataset", "--constraint", "--tolerance", "--methods", "--models", "--epochs", "--seeds",
+                   "--device", "--out", "--full", "--preset", "--peers"):  # fmt: skip
+        assert option in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--methods", "sgd"], "unknown method 'sgd'"),
+        (["bench", "--models", "resnet"], "unknown model 'resnet'"),
+        (["bench", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["bench", "--constraint", "fairness"], "invalid choice"),
+        (["bench", "--seeds", "a,b"], "comma-separated integers"),
+        (["bench", "--epochs", "0"], "invalid epochs"),
+        (["bench", "--dataset", "csv:/nonexistent.csv", "--target", "y", "--sensitive", "s"], "no such file"),
+        (["bench", "--preset", "nope"], "invalid choice"),
+    ],
+)
+def test_invalid_options_exit_2_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_entry_point_reports_errors_without_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "fairopt.cli", "bench", "--tolerance", "nan-ish"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--tolerance" in result.stderr
+
+
+def test_tiny_study_end_to_end(tmp_path):
+    result = run_study(StudyConfig(**TINY), progress=False)
+    assert [(r.model, r.method) for r in result.runs] == [("logistic", m) for m in TINY["methods"]]
+    table = result.table()
+    for split in ("train", "held-out", "test"):
+        assert table[f"{split}_value"].between(0, 1).all()
+    heldout = result.runs[-1]
+    assert heldout.selection.startswith("shrinking LP on validation") and 1 <= heldout.support <= 3
+    assert result.runs[0].selection == "last iterate" and result.runs[0].multipliers == []
+    # the test accuracy in the table is 1 - the report's overall error rate, exactly
+    test_stats = result.runs[0].reports["test"].stats
+    assert table["test_accuracy"][0] == pytest.approx(compute_rate(test_stats.overall(), "accuracy").value.item())
+    text = format_table(result)
+    assert "proxy-lagrangian-heldout" in text and "test [95% CI]" in text
+    written = write_outputs(result, tmp_path)
+    assert {p.name for p in written} == {
+        "study.json", "study.md", "runs.csv", "violation_vs_step.png", "accuracy_vs_violation.png"
+    }  # fmt: skip
+    data = json.loads((tmp_path / "study.json").read_text())
+    assert data["schema_version"] == "1.0" and len(data["runs"]) == 3
+    assert all(
+        (tmp_path / name).stat().st_size > 1000 for name in ("violation_vs_step.png", "accuracy_vs_violation.png")
+    )
+
+
+def test_cli_runs_a_tiny_study_and_names_the_output_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["bench", "--dataset", "german", "--models", "logistic", "--methods", "unconstrained,penalty",
+                 "--epochs", "1", "--train-size", "0", "--out", str(out), "--quiet", "--no-plots"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "penalty" in printed
+    assert (out / "study.md").read_text().startswith("german: DemographicParity") is False  # equalized odds default
+    assert "EqualizedOdds" in (out / "study.md").read_text()
+
+
+def test_presets_are_valid_and_carry_published_numbers():
+    compas, adult = PRESETS["cotter2019-compas"], PRESETS["cotter2019-adult"]
+    assert {p.test_error for p in compas.published} == {0.353, 0.378}
+    assert {p.test_violation for p in adult.published} == {0.011, 0.005}
+    assert compas.validation_fraction == 0.5 and compas.models == ("mlp",)
+
+
+def test_published_comparison_lines_up_with_our_runs():
+    config = StudyConfig(**TINY).updated(
+        methods=("proxy-lagrangian", "proxy-lagrangian-heldout"), published=PRESETS["cotter2019-adult"].published
+    )
+    comparison = published_comparison(run_study(config, progress=False))
+    assert list(comparison["method"]) == ["proxy-lagrangian", "proxy-lagrangian-heldout"]
+    assert list(comparison["published error"]) == ["0.156", "0.169"]
+
+
+def test_expected_stats_of_a_randomized_classifier_are_exact():
+    split = load_german().test
+    p = torch.linspace(0, 1, len(split.y), dtype=torch.float64)
+    stats = expected_stats(p, split, 2)
+    # expected true positives of group g = sum of p over its positive examples, and so on for every cell
+    for g in range(2):
+        pos = (split.groups == g) & (split.y == 1)
+        neg = (split.groups == g) & (split.y == 0)
+        torch.testing.assert_close(stats.column("tp")[g], p[pos].sum())
+        torch.testing.assert_close(stats.column("fn")[g], (1 - p[pos]).sum())
+        torch.testing.assert_close(stats.column("fp")[g], p[neg].sum())
+        torch.testing.assert_close(stats.column("tn")[g], (1 - p[neg]).sum())
