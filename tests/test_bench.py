@@ -23,6 +23,7 @@ TINY = {
     "epochs": 2,
     "train_size": None,
     "records_per_run": 4,
+    "seeds": (0,),
 }
 
 
@@ -93,7 +94,7 @@ def test_tiny_study_end_to_end(tmp_path):
 def test_cli_runs_a_tiny_study_and_names_the_output_folder(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["bench", "--dataset", "german", "--models", "logistic", "--methods", "unconstrained,penalty",
-                 "--epochs", "1", "--train-size", "0", "--out", str(out), "--quiet", "--no-plots"])  # fmt: skip
+                 "--epochs", "1", "--seeds", "0", "--train-size", "0", "--out", str(out), "--quiet", "--no-plots"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "penalty" in printed
@@ -105,7 +106,7 @@ def test_presets_are_valid_and_carry_published_numbers():
     compas, adult = PRESETS["cotter2019-compas"], PRESETS["cotter2019-adult"]
     assert {p.test_error for p in compas.published} == {0.353, 0.378}
     assert {p.test_violation for p in adult.published} == {0.011, 0.005}
-    assert compas.validation_fraction == 0.5 and compas.models == ("mlp",)
+    assert compas.validation_fraction == 0.4 and compas.models == ("mlp",)
 
 
 def test_published_comparison_lines_up_with_our_runs():

@@ -19,7 +19,7 @@ Methods (``--methods``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -32,9 +32,19 @@ from fairopt.constraints import (
     ErrorRateParity,
     FalsePositiveRateParity,
 )
+from fairopt.constraints.expressions import RateRef, concat
 from fairopt.models import MODELS
 
-__all__ = ["CONSTRAINTS", "DATASETS", "METHODS", "PRESETS", "PublishedResult", "StudyConfig", "make_constraint"]
+__all__ = [
+    "CONSTRAINTS",
+    "DATASETS",
+    "METHODS",
+    "PRESETS",
+    "PublishedResult",
+    "StudyConfig",
+    "class_constraint",
+    "make_constraint",
+]
 
 METHODS = ("unconstrained", "penalty", "lagrangian", "proxy-lagrangian", "proxy-lagrangian-heldout")
 DATASETS = ("adult", "compas", "german")
@@ -52,12 +62,48 @@ CONSTRAINTS: dict[str, tuple[Callable[[float], Constraint], str]] = {
 DEFAULT_SENSITIVE = {"adult": ("sex",), "compas": ("race",), "german": ("sex",)}
 
 
+_CLASS_RATES = {
+    "equalized_odds": ("tpr", "fpr"),
+    "equal_opportunity": ("tpr",),
+    "demographic_parity": ("selection_rate",),
+    "fpr_parity": ("fpr",),
+    "error_rate_parity": ("error_rate",),
+    "p_rule": ("selection_rate",),
+}
+
+
 def make_constraint(name: str, tolerance: float) -> Constraint:
     """Build the study's constraint; raises ValueError listing the choices for an unknown name."""
     key = name.strip().lower().replace("-", "_")
     if key not in CONSTRAINTS:
         raise ValueError(f"unknown constraint {name!r}; choose one of {sorted(CONSTRAINTS)}")
     return CONSTRAINTS[key][0](tolerance)
+
+
+def class_constraint(
+    name: str, tolerance: float, group_names: Sequence[str], classes: Sequence[tuple[str, str]]
+) -> Constraint:
+    """The constraint over possibly overlapping protected classes (e.g. race=Black, sex=Female), each compared
+    with the overall rate, as in Cotter et al., ICML 2019, Section 6: a class's rate pools the intersectional
+    groups that belong to it. Parity: ``|r_c - r| <= tolerance`` per class; ``p_rule``: ``r_c >= p * r``.
+
+    Raises:
+        ValueError: a class that matches no group (the message lists the group names).
+    """
+    key = name.strip().lower().replace("-", "_")
+    make_constraint(key, tolerance)
+    parts = []
+    for attribute, value in classes:
+        label = f"{attribute}={value}"
+        ids = tuple(i for i, g in enumerate(group_names) if label in g.split("|"))
+        if not ids:
+            raise ValueError(f"protected class {label!r} matches no group; groups are {list(group_names)}")
+        for rate in _CLASS_RATES[key]:
+            ref = RateRef(rate)
+            parts.append(tolerance * ref() - ref(ids) if key == "p_rule" else abs(ref(ids) - ref()) - tolerance)
+    classes_text = ", ".join(f"{a}={v}" for a, v in classes)
+    bound = f"p={tolerance:g}" if key == "p_rule" else f"tolerance={tolerance:g}"
+    return Constraint(concat(*parts), 0.0, name=f"{key}({bound}) per class vs overall [{classes_text}]")
 
 
 @dataclass(frozen=True)
@@ -87,18 +133,19 @@ class StudyConfig:
     tolerance: float = 0.05
     methods: tuple[str, ...] = METHODS
     models: tuple[str, ...] = ("logistic", "mlp", "mlp-large")
-    epochs: int = 8
-    epochs_large: int = 60
-    seeds: tuple[int, ...] = (0,)
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int = 20
+    epochs_large: int = 100
+    seeds: tuple[int, ...] = (0, 1, 2)
+    batch_size: int = 64
+    lr: float = 3e-3
     dual_lr: float = 0.05
     penalty: float = 1.0
-    proxy: str = "hinge"
-    train_size: int | None = 3000
-    validation_fraction: float = 0.5
+    proxy: str = "sigmoid"
+    train_size: int | None = 2000
+    validation_fraction: float = 0.2
     records_per_run: int = 20
     device: str = "cpu"
+    classes: tuple[tuple[str, str], ...] = ()
     preset: str | None = None
     published: tuple[PublishedResult, ...] = field(default=())
 
@@ -129,6 +176,12 @@ class StudyConfig:
             if not ok:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
 
+    def build_constraint(self, group_names: Sequence[str]) -> Constraint:
+        """The study's constraint: over the groups, or over ``classes`` when given (:func:`class_constraint`)."""
+        if self.classes:
+            return class_constraint(self.constraint, self.tolerance, group_names, self.classes)
+        return make_constraint(self.constraint, self.tolerance)
+
     def epochs_for(self, model: str) -> int:
         return self.epochs_large if model == "mlp-large" else self.epochs
 
@@ -155,7 +208,8 @@ PRESETS: dict[str, StudyConfig] = {
     "full": StudyConfig(seeds=(0, 1, 2), train_size=None, epochs=20, epochs_large=40, validation_fraction=0.2),
     "cotter2019-compas": StudyConfig(
         dataset="compas",
-        sensitive=("race",),
+        sensitive=("sex", "race"),
+        classes=(("race", "African-American"), ("race", "Caucasian"), ("sex", "Female"), ("sex", "Male")),
         constraint="equal_opportunity",
         tolerance=0.05,
         methods=("proxy-lagrangian", "proxy-lagrangian-heldout"),
@@ -163,7 +217,7 @@ PRESETS: dict[str, StudyConfig] = {
         seeds=(0, 1, 2),
         train_size=None,
         epochs=40,
-        validation_fraction=0.5,
+        validation_fraction=0.4,  # of all rows: train 40%, validation 40%, test 20%
         preset="cotter2019-compas",
         published=(
             PublishedResult("proxy-lagrangian", 0.353, 0.038, _COTTER),
@@ -172,7 +226,8 @@ PRESETS: dict[str, StudyConfig] = {
     ),
     "cotter2019-adult": StudyConfig(
         dataset="adult",
-        sensitive=("sex",),
+        sensitive=("sex", "race"),
+        classes=(("race", "Black"), ("race", "White"), ("sex", "Female"), ("sex", "Male")),
         constraint="p_rule",
         tolerance=0.8,
         methods=("proxy-lagrangian", "proxy-lagrangian-heldout"),
@@ -180,7 +235,7 @@ PRESETS: dict[str, StudyConfig] = {
         seeds=(0, 1, 2),
         train_size=None,
         epochs=10,
-        validation_fraction=0.5,
+        validation_fraction=0.5,  # of the published training file (50/50), test = the published test file
         preset="cotter2019-adult",
         published=(
             PublishedResult("proxy-lagrangian", 0.156, 0.011, _COTTER),

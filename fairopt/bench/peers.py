@@ -24,7 +24,7 @@ from fairopt.models import create_model
 from fairopt.stats import GroupStats, group_stats
 from fairopt.validation import FairnessReport
 
-from .config import StudyConfig, make_constraint
+from .config import StudyConfig
 from .runner import SPLITS, RunResult, split_stats
 from .study import StudyResult, load_study_data
 
@@ -46,7 +46,7 @@ def expected_stats(positive_probability: torch.Tensor, split: DatasetSplit, num_
 def _reports(
     data: TabularDataset, stats_of: Callable[[DatasetSplit], GroupStats], config: StudyConfig, method: str, seed: int
 ) -> dict[str, FairnessReport]:
-    constraint = make_constraint(config.constraint, config.tolerance)
+    constraint = config.build_constraint(data.group_names)
     return {
         name: FairnessReport.from_stats(
             stats_of(data.split(_SPLIT[name])),
@@ -93,7 +93,7 @@ def _fairlearn(config: StudyConfig, data: TabularDataset, seed: int) -> RunResul
 def _cooper(config: StudyConfig, data: TabularDataset, seed: int, model_name: str) -> RunResult:
     import cooper
 
-    constraint = make_constraint(config.constraint, config.tolerance)
+    constraint = config.build_constraint(data.group_names)
     torch.manual_seed(seed)
     model = create_model(model_name, data.num_features, seed=seed)
     num_groups = data.num_groups

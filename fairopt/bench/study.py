@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from fairopt.constraints import Constraint
 from fairopt.datasets import TabularDataset, load_csv, load_dataset
 
-from .config import StudyConfig, make_constraint
+from .config import StudyConfig
 from .runner import SPLITS, RunResult, run_one
 
 __all__ = ["STUDY_SCHEMA_VERSION", "StudyResult", "load_study_data", "run_study", "summarize"]
@@ -153,7 +153,6 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    constraint: Constraint = make_constraint(config.constraint, config.tolerance)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     runs: list[RunResult] = []
     combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
@@ -162,6 +161,7 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
     for seed, model, method in combos:
         if seed not in data_by_seed:
             data_by_seed[seed] = load_study_data(config, seed)
+        constraint: Constraint = config.build_constraint(data_by_seed[seed].group_names)
         bar.set_postfix_str(f"{model} / {method} / seed {seed}")
         run = run_one(config, data_by_seed[seed], constraint, model, method, seed)
         runs.append(run)
