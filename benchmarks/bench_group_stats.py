@@ -11,6 +11,11 @@ Implementations (each produces per-group confusion counts plus differentiable pr
 * ``sum_floor``: one ``torch.sum`` over the same input bytes (scores, labels, groups): the streaming floor.
 
 Run: ``python -m pytest benchmarks/bench_group_stats.py --benchmark-only`` (add ``-k "1048576"`` for the large N).
+
+On glibc, every fresh multi-megabyte temporary is mmapped and page-faulted in, which at N = 1M costs more than
+the arithmetic of every implementation here; to measure compute rather than page faults, run with
+``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296`` (or jemalloc/tcmalloc). The README gives
+both.
 """
 
 from __future__ import annotations

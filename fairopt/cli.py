@@ -131,6 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             tqdm.write(line, file=sys.stderr)
 
+    if args.peers:
+        try:
+            import fairlearn  # noqa: F401
+            import sklearn  # noqa: F401
+        except ImportError:
+            parser.error("--peers needs fairlearn and scikit-learn: pip install 'fairopt[peers]'")
     try:
         result = run_study(config, progress=not args.quiet, log=log)
         if args.peers:
@@ -142,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_table(result))
     written = write_outputs(result, out, plots=not args.no_plots)
+    if not args.no_plots and not any(p.suffix == ".png" for p in written):
+        print("(no PNG plots: matplotlib is not installed; pip install 'fairopt[plots]')")
     print(
         f"\nwrote {len(written)} files to {out}/ ({', '.join(p.name for p in written)}); total {result.wall_time:.0f} s"
     )

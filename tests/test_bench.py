@@ -93,8 +93,9 @@ def test_tiny_study_end_to_end(tmp_path):
 
 def test_cli_runs_a_tiny_study_and_names_the_output_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["bench", "--dataset", "german", "--models", "logistic", "--methods", "unconstrained,penalty",
-                 "--epochs", "1", "--seeds", "0", "--train-size", "0", "--out", str(out), "--quiet", "--no-plots"])  # fmt: skip
+    argv = ["bench", "--dataset", "german", "--models", "logistic", "--methods", "unconstrained,penalty"]
+    argv += ["--epochs", "1", "--seeds", "0", "--train-size", "0", "--out", str(out), "--quiet", "--no-plots"]
+    code = main(argv)
     assert code == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "penalty" in printed

@@ -218,6 +218,7 @@ PRESETS: dict[str, StudyConfig] = {
         train_size=None,
         epochs=40,
         validation_fraction=0.4,  # of all rows: train 40%, validation 40%, test 20%
+        proxy="hinge",
         preset="cotter2019-compas",
         published=(
             PublishedResult("proxy-lagrangian", 0.353, 0.038, _COTTER),
@@ -236,6 +237,7 @@ PRESETS: dict[str, StudyConfig] = {
         train_size=None,
         epochs=10,
         validation_fraction=0.5,  # of the published training file (50/50), test = the published test file
+        proxy="hinge",
         preset="cotter2019-adult",
         published=(
             PublishedResult("proxy-lagrangian", 0.156, 0.011, _COTTER),

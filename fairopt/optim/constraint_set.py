@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fairopt.constraints import Constraint, ConstraintValue, FunctionConstraint, RateRef
+from fairopt.constraints import Constraint, ConstraintValue, FunctionConstraint
 from fairopt.constraints.expressions import Expr
 from fairopt.proxies import Proxy, as_proxy
 from fairopt.stats import GroupStats, group_stats
@@ -35,14 +35,7 @@ def _referenced_rates(constraint: Constraint) -> frozenset[str] | None:
     """The canonical rate names a constraint reads, or None when it cannot be known (a FunctionConstraint)."""
     if isinstance(constraint, FunctionConstraint) or not isinstance(getattr(constraint, "expr", None), Expr):
         return None
-    found: set[str] = set()
-    stack: list[Expr] = [constraint.expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, RateRef):
-            found.add(node.rate)
-        stack.extend(node._children())
-    return frozenset(found)
+    return constraint.expr.rate_names()
 
 
 class ConstraintSet:
