@@ -112,11 +112,16 @@ def test_presets_are_valid_and_carry_published_numbers():
 
 def test_published_comparison_lines_up_with_our_runs():
     config = StudyConfig(**TINY).updated(
-        methods=("proxy-lagrangian", "proxy-lagrangian-heldout"), published=PRESETS["cotter2019-adult"].published
+        models=("mlp",),
+        methods=("proxy-lagrangian", "proxy-lagrangian-heldout"),
+        published=PRESETS["cotter2019-adult"].published,
     )
     comparison = published_comparison(run_study(config, progress=False))
-    assert list(comparison["method"]) == ["proxy-lagrangian", "proxy-lagrangian-heldout"]
+    assert list(comparison["method"]) == ["proxy-lagrangian (mlp)", "proxy-lagrangian-heldout (mlp)"]
     assert list(comparison["published error"]) == ["0.156", "0.169"]
+    # published numbers are for the 50-unit net: other models are not compared with them
+    other = run_study(config.updated(models=("logistic",), methods=("proxy-lagrangian",)), progress=False)
+    assert published_comparison(other) is None
 
 
 def test_expected_stats_of_a_randomized_classifier_are_exact():

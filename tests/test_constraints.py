@@ -234,3 +234,30 @@ def test_pooled_groups_sum_counts_before_the_ratio():
         (fo.tpr((0, 7)) <= 1).check_num_groups(4)
     with pytest.raises(ValueError, match="at least one group id"):
         fo.tpr(())
+
+
+@pytest.mark.parametrize("proxy", ["hinge", "softplus", "sigmoid"])
+@pytest.mark.parametrize("convention", ["max_min", "vs_overall", "pairwise"])
+def test_parity_gradient_closes_the_true_gap(proxy, convention):
+    # Group 0 has the higher TPR (0.9 vs 0.7): descending on the proxy must lower group 0's positive scores and
+    # raise group 1's, whatever the proxy (a regression test: the loosest proxy must not pick the branch).
+    scores = torch.tensor([2.0] * 9 + [-0.5] + [0.3] * 7 + [-3.0] * 3, dtype=F64, requires_grad=True)
+    labels = torch.ones(20, dtype=torch.long)
+    groups = torch.tensor([0] * 10 + [1] * 10)
+    value = fo.EqualOpportunity(0.0, convention=convention).evaluate(
+        group_stats(scores, labels, groups, 2, proxy=proxy)
+    )
+    assert value.hard.max().item() == pytest.approx(0.2 if convention != "vs_overall" else 0.1)
+    value.proxy.max().backward()
+    grad = scores.grad
+    assert grad[:10].sum() > 0 and grad[10:].sum() < 0  # descent lowers group 0's scores, raises group 1's
+
+
+def test_function_constraint_skips_undefined_rates_and_checks_its_size():
+    # group 2 has no positive labels: its TPR is undefined, so an entry built from it is skipped, not 0 - x
+    gap = FunctionConstraint(lambda v: v.tpr[2:3] - v.tpr[0:1], num_entries=1)
+    out = gap.evaluate(HAND)
+    assert out.defined.tolist() == [False] and out.hard.tolist() == [0.0]
+    wrong = FunctionConstraint(lambda v: v.tpr[1:] - v.tpr[:1], num_entries=1)
+    with pytest.raises(ValueError, match="returned 3 hard and 3 proxy entries for G = 4, but num_entries says 1"):
+        wrong.evaluate(HAND)

@@ -51,7 +51,7 @@ def _rows(result: StudyResult) -> tuple[list[str], list[list[str]]]:
         ("acc by group (" + " / ".join(short) + ")") if by_group else "worst-group test acc",
         "train",
         "held-out",
-        "test [95% CI]",
+        "test [95% CI]" if len(result.config.seeds) == 1 else "test (mean±std over seeds)",
         "test verdict",
         "time s",
     ]
@@ -120,12 +120,14 @@ def published_comparison(result: StudyResult) -> pd.DataFrame | None:
     table = result.table()
     rows = []
     for pub in result.config.published:
-        ours = table[table["method"] == pub.method]
+        ours = table[(table["method"] == pub.method) & (table["model"] == pub.model)]
+        if ours.empty:
+            continue
         error = 1.0 - ours["test_accuracy"]
         violation = ours["test_violation"].astype(float)
         rows.append(
             {
-                "method": pub.method,
+                "method": f"{pub.method} ({pub.model})",
                 "published error": f"{pub.test_error:.3f}",
                 "published violation": f"{pub.test_violation:.3f}",
                 "our error": f"{error.mean():.3f} ± {error.std(ddof=1) if len(ours) > 1 else 0:.3f}",
@@ -133,7 +135,7 @@ def published_comparison(result: StudyResult) -> pd.DataFrame | None:
                 "source": pub.source,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else None
 
 
 def plot_histories(result: StudyResult, path: Path) -> None:

@@ -25,12 +25,10 @@ from fairopt.stats import GroupStats, group_stats
 from fairopt.validation import FairnessReport
 
 from .config import StudyConfig
-from .runner import SPLITS, RunResult, split_stats
+from .runner import DATA_SPLIT, SPLITS, RunResult, split_stats
 from .study import StudyResult, load_study_data
 
 __all__ = ["expected_stats", "run_peers"]
-
-_SPLIT = {"train": "train", "held-out": "validation", "test": "test"}
 
 
 def expected_stats(positive_probability: torch.Tensor, split: DatasetSplit, num_groups: int) -> GroupStats:
@@ -49,7 +47,7 @@ def _reports(
     constraint = config.build_constraint(data.group_names)
     return {
         name: FairnessReport.from_stats(
-            stats_of(data.split(_SPLIT[name])),
+            stats_of(data.split(DATA_SPLIT[name])),
             [constraint],
             group_names=data.group_names,
             split=name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,10 +28,11 @@ from fairopt.validation.evaluate import collect_stats
 
 from .config import StudyConfig
 
-__all__ = ["SPLITS", "RunResult", "run_one", "split_stats"]
+__all__ = ["DATA_SPLIT", "SPLITS", "RunResult", "run_one", "split_stats"]
 
 SPLITS = ("train", "held-out", "test")
-_DATA_SPLIT = {"train": "train", "held-out": "validation", "test": "test"}
+# Report split name -> dataset split name (the held-out split is the dataset's validation split).
+DATA_SPLIT = {"train": "train", "held-out": "validation", "test": "test"}
 
 
 @dataclass
@@ -57,23 +58,31 @@ class RunResult:
     support: int
     multipliers: list[float]
     wall_time: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def split_stats(model: nn.Module, split: DatasetSplit, num_groups: int) -> GroupStats:
-    """Hard/proxy table of ``model`` on a whole split (no gradient, float64)."""
+    """Hard/proxy table of ``model`` on a whole split (no gradient, float64), for the per-step history and the
+    iterate records (the final reports use :func:`fairopt.validation.collect_stats`, which adds the moments)."""
+    device = next(model.parameters()).device
     with torch.no_grad():
         was_training = model.training
         model.eval()
-        scores = model(split.X).double()
+        scores = model(split.X.to(device)).double()
         model.train(was_training)
-    return group_stats(scores, split.y, split.groups, num_groups, validate=False)
+    return group_stats(scores, split.y.to(device), split.groups.to(device), num_groups, validate=False)
 
 
-def _cycle(split: DatasetSplit, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+def _batches(
+    split: DatasetSplit, batch_size: int, seed: int, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    for x, y, a in split.loader(batch_size=batch_size, shuffle=True, seed=seed):
+        yield x.to(device), y.to(device), a.to(device)
+
+
+def _cycle(split: DatasetSplit, batch_size: int, seed: int, device: torch.device) -> Iterator[tuple[Tensor, ...]]:
     epoch = 0
     while True:
-        yield from split.loader(batch_size=batch_size, shuffle=True, seed=seed * 1000 + epoch)
+        yield from _batches(split, batch_size, seed * 1000 + epoch, device)
         epoch += 1
 
 
@@ -98,7 +107,7 @@ def _make_optimizer(
             base, [constraint], data.num_groups, method="proxy_lagrangian", dual_lr=config.dual_lr, records=records,
             **common,
         )  # fmt: skip
-    heldout_batches = _cycle(data.validation, config.batch_size, seed)
+    heldout_batches = _cycle(data.validation, config.batch_size, seed, torch.device(config.device))
 
     def heldout() -> Mapping[str, Tensor]:
         x, y, a = next(heldout_batches)
@@ -122,10 +131,12 @@ def _mixture_stats(
 ) -> GroupStats:
     """Expected table of the randomized classifier: the weighted sum of its candidates' tables (exact)."""
     total: GroupStats | None = None
+    device = next(model.parameters()).device
     for state, p in zip(states, weights.tolist()):
+        on_device = {k: v.to(device) for k, v in state.items()}
 
-        def candidate(x: Tensor, state: dict[str, Tensor] = state) -> Tensor:
-            return functional_call(model, state, (x,))
+        def candidate(x: Tensor, state: dict[str, Tensor] = on_device) -> Tensor:
+            return functional_call(model, state, (x.to(device),))
 
         stats, _ = collect_stats(candidate, (split.X, split.y, split.groups), num_groups, progress=False)
         total = stats * p if total is None else total + stats * p
@@ -138,7 +149,8 @@ def run_one(
 ) -> RunResult:
     """Train one configuration and evaluate it; see the module docstring for how the final model is chosen."""
     torch.manual_seed(seed)
-    model = create_model(model_name, data.num_features, seed=seed)
+    device = torch.device(config.device)
+    model = create_model(model_name, data.num_features, seed=seed).to(device)
     optimizer, constrained = _make_optimizer(config, method, model, constraint, data, seed)
     epochs = config.epochs_for(model_name)
     steps_per_epoch = max(1, -(-len(data.train.y) // config.batch_size))
@@ -151,7 +163,7 @@ def run_one(
     start = time.perf_counter()
     evaluation_time = 0.0
     for epoch in range(epochs):
-        for x, y, a in data.train.loader(batch_size=config.batch_size, shuffle=True, seed=seed * 1000 + epoch):
+        for x, y, a in _batches(data.train, config.batch_size, seed * 1000 + epoch, device):
             scores = model(x)
             loss = F.binary_cross_entropy_with_logits(scores, y)
             if constrained is None:
@@ -164,9 +176,9 @@ def run_one(
             step += 1
             if step % record_every == 0 or step == total_steps:
                 t0 = time.perf_counter()
-                point: dict[str, float] = {"step": float(step), "epoch": epoch + step / total_steps}
+                point: dict[str, float] = {"step": float(step), "epoch": step / steps_per_epoch}
                 for name in SPLITS:
-                    split = data.split(_DATA_SPLIT[name])
+                    split = data.split(DATA_SPLIT[name])
                     point[name] = _largest_value(constraint, split_stats(model, split, data.num_groups))
                 history.append(point)
                 evaluation_time += time.perf_counter() - t0
@@ -187,7 +199,7 @@ def run_one(
     wall_time = time.perf_counter() - start - evaluation_time
     reports = {}
     for name in SPLITS:
-        split = data.split(_DATA_SPLIT[name])
+        split = data.split(DATA_SPLIT[name])
         if states:  # intervals then treat the expected counts as counts of N examples
             stats, moments = _mixture_stats(model, states, probabilities, split, data.num_groups), None  # type: ignore[arg-type]
         else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from fairopt.constraints import Constraint
 from fairopt.datasets import TabularDataset, load_csv, load_dataset
 
 from .config import StudyConfig
-from .runner import SPLITS, RunResult, run_one
+from .runner import DATA_SPLIT, SPLITS, RunResult, run_one
 
 __all__ = ["STUDY_SCHEMA_VERSION", "StudyResult", "load_study_data", "run_study", "summarize"]
 
@@ -153,7 +152,6 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     runs: list[RunResult] = []
     combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
     bar = tqdm(total=len(combos), desc="fairopt bench", unit="run", disable=not progress)
@@ -176,16 +174,12 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
         config=config,
         runs=runs,
         group_names=tuple(data.group_names),
-        split_sizes={s: len(data.split(n).y) for s, n in zip(SPLITS, ("train", "validation", "test"))},
+        split_sizes={s: len(data.split(DATA_SPLIT[s]).y) for s in SPLITS},
         constraint=constraint.name,
         wall_time=time.perf_counter() - t0,
         started=started,
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     )
-
-
-def finite(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def write_json(result: StudyResult, path: Path) -> None:

@@ -87,6 +87,10 @@ class Constraint:
         """m, the number of entries for G = ``num_groups`` groups."""
         return self.expr.size(num_groups)
 
+    def rate_names(self) -> frozenset[str] | None:
+        """Canonical names of the rates the constraint reads (``None`` when unknown, e.g. a FunctionConstraint)."""
+        return self.expr.rate_names()
+
     def entry_names(self, group_names: Sequence[str] | int) -> list[str]:
         """A readable name for each entry; ``group_names`` may be G (ids are used as names)."""
         names = [str(i) for i in range(group_names)] if isinstance(group_names, int) else list(group_names)
@@ -108,8 +112,9 @@ class Constraint:
 class RateView:
     """Rates of a table in one mode (``"hard"`` or ``"proxy"``), for :class:`FunctionConstraint` functions.
 
-    ``view.rate("tpr")`` (or ``view.tpr``) is a ``(G,)`` tensor (0 where undefined; see ``view.defined("tpr")``),
-    ``view.overall("tpr")`` a ``(1,)`` tensor.
+    ``view.rate("tpr")`` (or ``view.tpr``) is a ``(G,)`` tensor, NaN where undefined (zero denominator; see
+    ``view.defined("tpr")``), so any entry computed from an undefined rate is NaN and then skipped by
+    :class:`FunctionConstraint`; ``view.overall("tpr")`` is a ``(1,)`` tensor.
     """
 
     def __init__(self, stats: GroupStats, proxy: bool) -> None:
@@ -122,13 +127,15 @@ class RateView:
             self._cache[key] = compute_rate(self.stats.overall() if overall else self.stats, name)
         return self._cache[key]
 
+    def _pick(self, rv: RateValue) -> Tensor:
+        value = rv.upper if self.proxy else rv.value
+        return torch.where(rv.defined, value, torch.full_like(value, float("nan")))
+
     def rate(self, name: str) -> Tensor:
-        rv = self._rv(name, False)
-        return rv.upper if self.proxy else rv.value
+        return self._pick(self._rv(name, False))
 
     def overall(self, name: str) -> Tensor:
-        rv = self._rv(name, True)
-        return rv.upper if self.proxy else rv.value
+        return self._pick(self._rv(name, True))
 
     def defined(self, name: str) -> Tensor:
         return self._rv(name, False).defined
@@ -143,8 +150,11 @@ class FunctionConstraint(Constraint):
     """Escape hatch: any function of the table, ``fn(view) -> (m,) tensor`` with ``g <= tolerance`` wanted.
 
     ``fn`` is called twice per evaluation, with a hard :class:`RateView` and with a proxy one (proxy rates use the
-    ``upper`` bound of :mod:`fairopt.rates`). It may return ``(values, defined)`` to mark entries undefined;
-    non-finite values are treated as undefined.
+    ``upper`` bound of :mod:`fairopt.rates`). Undefined rates are NaN in the view; entries that come out
+    non-finite are undefined (skipped), and ``fn`` may also return ``(values, defined)``.
+
+    Raises:
+        ValueError: at evaluation, when ``fn`` returns another number of entries than ``num_entries``.
 
     Args:
         fn: the function. num_entries: m (an int, or a callable of G). tolerance, name: as :class:`Constraint`.
@@ -174,8 +184,12 @@ class FunctionConstraint(Constraint):
     def evaluate(self, stats: GroupStats) -> ConstraintValue:
         hard, defined = self._call(stats, proxy=False)
         proxy, proxy_defined = self._call(stats, proxy=True)
-        if hard.shape != proxy.shape:
-            raise ValueError(f"{self.name}: fn returned {hard.numel()} hard but {proxy.numel()} proxy entries")
+        expected = self.num_entries(stats.num_groups)
+        if hard.numel() != expected or proxy.numel() != expected:
+            raise ValueError(
+                f"{self.name}: fn returned {hard.numel()} hard and {proxy.numel()} proxy entries for G = "
+                f"{stats.num_groups}, but num_entries says {expected}; fix fn or pass num_entries=lambda G: ..."
+            )
         zero = torch.zeros_like(hard)
         defined = defined & proxy_defined
         return ConstraintValue(
@@ -196,4 +210,7 @@ class FunctionConstraint(Constraint):
         return [f"{self.name}[{i}]" for i in range(self.num_entries(len(names)))]
 
     def check_num_groups(self, num_groups: int) -> None:
+        return None
+
+    def rate_names(self) -> frozenset[str] | None:
         return None

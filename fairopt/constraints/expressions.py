@@ -17,9 +17,10 @@ vector with one entry per group. Arithmetic broadcasts one-entry expressions aga
 **Evaluation.** An expression evaluates a :class:`~fairopt.stats.GroupStats` table to :class:`Bounds`: the hard
 value, differentiable proxy ``upper``/``lower`` bounds, and a ``defined`` mask, all ``(m,)``. Bounds are
 propagated by interval arithmetic (a rate entering with a minus sign contributes its ``lower`` proxy to the upper
-bound, ``abs``/``max``/``min`` act on the interval), so for an upper-bounding proxy (hinge, softplus) the upper
-bound of a linear, ``abs``, ``max`` or ``min`` expression is >= its hard value: the relaxation used by the
-primal player is conservative (Cotter et al., JMLR 2019, Section 5).
+bound; ``abs``, ``max`` and ``min`` take the branch or entry that is active for the *true* values and keep its
+bounds), so for an upper-bounding proxy (hinge, softplus) the upper bound of a linear, ``abs``, ``max`` or ``min``
+expression is >= its hard value: the relaxation used by the primal player is conservative (Cotter et al., JMLR
+2019, Section 5), and its gradient acts on the side of the constraint that is actually binding.
 
 **Undefined entries.** An entry that uses an undefined rate (zero denominator) is undefined; ``max``/``min``
 reduce over the defined entries only and are undefined when none is.
@@ -219,6 +220,8 @@ class RateRef(Expr):
             group = tuple(group)
             if not group:
                 raise ValueError("a pooled group needs at least one group id")
+            if len(set(group)) != len(group):
+                raise ValueError(f"a pooled group lists an id twice (it would be counted twice): {group}")
             for g in group:
                 _check_group_id(g)
         elif group not in (None, _PER_GROUP):
@@ -369,9 +372,12 @@ class _Abs(Expr):
 
     def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
         a = self.a._evaluate(stats, cache)
-        upper = torch.maximum(a.upper, -a.lower)
-        lower = torch.where(a.lower >= 0, a.lower, torch.where(a.upper <= 0, -a.upper, torch.zeros_like(a.upper)))
-        return Bounds(a.hard.abs(), upper, lower, a.defined)
+        # The branch is chosen by the sign of the true value, so the primal descends on the active side; the bounds
+        # stay valid: |h| = h <= upper(a) where h >= 0, and |h| = -h <= -lower(a) where h < 0.
+        positive = a.hard >= 0
+        return Bounds(
+            a.hard.abs(), torch.where(positive, a.upper, -a.lower), torch.where(positive, a.lower, -a.upper), a.defined
+        )
 
     def size(self, num_groups: int) -> int:
         return self.a.size(num_groups)
@@ -393,15 +399,16 @@ class _Reduce(Expr):
     def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
         a = self.a._evaluate(stats, cache)
         fill = float("-inf") if self.how == "max" else float("inf")
-        reduce = torch.amax if self.how == "max" else torch.amin
+        masked = torch.where(a.defined, a.hard, torch.full_like(a.hard, fill))
+        # The entry is chosen by the true values (its proxies then bound the true max/min from both sides), so the
+        # primal pushes on the group that is actually extreme, not on the one with the loosest proxy.
+        index = (masked.argmax() if self.how == "max" else masked.argmin()).reshape(1)
         any_defined = a.defined.any().reshape(1)
 
-        def red(v: Tensor) -> Tensor:
-            masked = torch.where(a.defined, v, torch.full_like(v, fill))
-            out = reduce(masked, dim=0, keepdim=True)
-            return torch.where(any_defined, out, torch.zeros_like(out))
+        def pick(v: Tensor) -> Tensor:
+            return torch.where(any_defined, v.index_select(0, index), torch.zeros_like(v[:1]))
 
-        return Bounds(red(a.hard), red(a.upper), red(a.lower), any_defined)
+        return Bounds(pick(a.hard), pick(a.upper), pick(a.lower), any_defined)
 
     def size(self, num_groups: int) -> int:
         return 1
@@ -422,8 +429,13 @@ class _Elementwise(Expr):
 
     def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
         a, b = self.a._evaluate(stats, cache), self.b._evaluate(stats, cache)
-        f = torch.maximum if self.how == "maximum" else torch.minimum
-        return Bounds(f(a.hard, b.hard), f(a.upper, b.upper), f(a.lower, b.lower), a.defined & b.defined)
+        take_a = a.hard >= b.hard if self.how == "maximum" else a.hard <= b.hard  # chosen by the true values
+        return Bounds(
+            torch.where(take_a, a.hard, b.hard),
+            torch.where(take_a, a.upper, b.upper),
+            torch.where(take_a, a.lower, b.lower),
+            a.defined & b.defined,
+        )
 
     def size(self, num_groups: int) -> int:
         return _broadcast_sizes(self.a.size(num_groups), self.b.size(num_groups), str(self))

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fairopt.constraints import Constraint, ConstraintValue, FunctionConstraint
-from fairopt.constraints.expressions import Expr
+from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.proxies import Proxy, as_proxy
 from fairopt.stats import GroupStats, group_stats
 
@@ -29,13 +28,6 @@ __all__ = ["ConstraintSet"]
 
 # Rates that are computed without labels (a selection rate counts predictions only) or from the loss column.
 _LABEL_FREE_RATES = frozenset({"selection_rate", "mean_loss"})
-
-
-def _referenced_rates(constraint: Constraint) -> frozenset[str] | None:
-    """The canonical rate names a constraint reads, or None when it cannot be known (a FunctionConstraint)."""
-    if isinstance(constraint, FunctionConstraint) or not isinstance(getattr(constraint, "expr", None), Expr):
-        return None
-    return constraint.expr.rate_names()
 
 
 class ConstraintSet:
@@ -101,7 +93,7 @@ class ConstraintSet:
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         self.slices: tuple[slice, ...] = tuple(slice(s, s + n) for s, n in zip(starts, sizes))
         self.num_constraints = sum(sizes)
-        rates = [_referenced_rates(c) for c in items]
+        rates = [c.rate_names() for c in items]
         self.needs_labels = any(r is None or not r <= _LABEL_FREE_RATES for r in rates)
         self.needs_example_losses = any(r is not None and "mean_loss" in r for r in rates)
         self._evaluate_table: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] = self._evaluate_eager
@@ -171,7 +163,7 @@ class ConstraintSet:
     def _names_needing(self, what: str) -> str:
         names = []
         for c in self.constraints:
-            rates = _referenced_rates(c)
+            rates = c.rate_names()
             if what == "loss" and rates is not None and "mean_loss" in rates:
                 names.append(c.name)
             if what == "labels" and (rates is None or not rates <= _LABEL_FREE_RATES):

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from fairopt.constraints.base import Constraint
-from fairopt.constraints.expressions import Expr
 from fairopt.rates import RATES, compute_rate
 from fairopt.stats import GroupStats
 from fairopt.validation.results import ConstraintResult, EntryResult, Verdict
@@ -31,11 +30,11 @@ ERROR_BASED_RATES = frozenset(RATES) - {"selection_rate", "base_rate"}
 
 
 def referenced_rates(constraint: Constraint) -> frozenset[str] | None:
-    """The canonical names of the rates a constraint's expression uses; ``None`` if it has no expression."""
-    expr = getattr(constraint, "expr", None)
-    if not isinstance(expr, Expr) or type(constraint).evaluate is not Constraint.evaluate:
+    """The canonical names of the rates a constraint uses; ``None`` when unknown (a function of the table, or a
+    subclass that evaluates something else than its expression)."""
+    if type(constraint).evaluate is not Constraint.evaluate:
         return None
-    return expr.rate_names()
+    return constraint.rate_names()
 
 
 def _flag(entry: EntryResult, errors: dict[str, float], max_train_error: float) -> EntryResult:
