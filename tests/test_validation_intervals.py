@@ -53,7 +53,7 @@ def test_newcombe_reproduces_published_values(counts, expected):
 
 
 def test_mover_reduces_to_the_term_interval_and_to_newcombe():
-    lo, hi = wilson_interval(30, 80)
+    lo, hi = (float(v) for v in wilson_interval(30, 80))
     assert mover_interval([30 / 80], [lo], [hi], [1.0]) == pytest.approx((lo, hi))
     # a negative coefficient flips the interval; a constant shifts it
     assert mover_interval([30 / 80], [lo], [hi], [-1.0], 1.0) == pytest.approx((1 - hi, 1 - lo))
