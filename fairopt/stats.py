@@ -267,8 +267,9 @@ def group_stats(
             a :class:`~fairopt.proxies.Proxy` or an elementwise callable (see :mod:`fairopt.proxies`).
         threshold: decision threshold in logit units (default 0, i.e. probability 0.5).
         dtype: floating dtype of the returned table (default float64). Unweighted hard counts are exact integer
-            counts (up to 2**53). Weighted counts, proxy sums and the loss sum accumulate in the dtype of
-            ``weights``/``scores``/``loss`` (pass float64 tensors for float64 accumulation) and are then cast.
+            counts (up to 2**53 in float64, 2**24 in float32). Weighted counts, proxy sums and the loss sum
+            accumulate in the dtype of ``weights``/``scores``/``loss`` (pass float64 tensors for float64
+            accumulation) and are then cast.
         validate: run the value checks (one host sync). ``None`` uses the global default
             (:func:`fairopt.set_validation`, env ``FAIROPT_VALIDATE``). Shape/dtype/device checks always run.
 
@@ -456,7 +457,7 @@ class RunningGroupStats:
         else:
             table = torch.stack(list(self._tables)).sum(dim=0) if self._tables else None
         if table is None:
-            return GroupStats.zeros(self.num_groups)
+            return GroupStats.zeros(self.num_groups)  # on the CPU: no table has been seen yet
         return GroupStats(table)
 
     def reset(self) -> None:
