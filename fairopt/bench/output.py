@@ -82,7 +82,8 @@ def _caption(result: StudyResult) -> str:
     return (
         f"{c.dataset}: {result.constraint}; groups {', '.join(result.group_names)}; {sizes} rows; "
         f"seeds {list(c.seeds)}. Columns train / held-out / test: the constraint's largest entry (e.g. a rate gap), "
-        f"to compare with its bound {bound(result):g}; test verdict at 95% confidence."
+        f"to compare with its bound {bound(result):g}; test verdict at 95% confidence, for the whole constraint "
+        "(violated if any entry is, satisfied if all are)."
     )
 
 
