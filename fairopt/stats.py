@@ -30,6 +30,7 @@ w.r.t. ``loss``. Derived counts (``count``, ``label_pos``, ``pred_pos``, ``error
 
 from __future__ import annotations
 
+import numbers
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -123,9 +124,11 @@ class GroupStats:
         return GroupStats(self.table + other.table.to(device=self.device, dtype=self.dtype))
 
     def __mul__(self, factor: float) -> GroupStats:
-        if not isinstance(factor, (int, float)):
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
             return NotImplemented
-        return GroupStats(self.table * factor)
+        if not factor >= 0:
+            raise ValueError(f"a GroupStats table holds counts; scale it by a factor >= 0, got {factor}")
+        return GroupStats(self.table * float(factor))
 
     __rmul__ = __mul__
 

@@ -82,12 +82,12 @@ def test_tiny_study_end_to_end(tmp_path):
     assert "proxy-lagrangian-heldout" in text and "test [95% CI]" in text
     written = write_outputs(result, tmp_path)
     assert {p.name for p in written} == {
-        "study.json", "study.md", "runs.csv", "violation_vs_step.png", "accuracy_vs_violation.png"
+        "study.json", "study.md", "runs.csv", "constraint_vs_epoch.png", "accuracy_vs_constraint.png"
     }  # fmt: skip
     data = json.loads((tmp_path / "study.json").read_text())
     assert data["schema_version"] == "1.0" and len(data["runs"]) == 3
     assert all(
-        (tmp_path / name).stat().st_size > 1000 for name in ("violation_vs_step.png", "accuracy_vs_violation.png")
+        (tmp_path / name).stat().st_size > 1000 for name in ("constraint_vs_epoch.png", "accuracy_vs_constraint.png")
     )
 
 

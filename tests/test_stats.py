@@ -297,3 +297,12 @@ def _all_reduce_worker(rank: int, world: int, store: str) -> None:
         torch.testing.assert_close(local.all_reduce().table, group_stats(SCORES, LABELS, GROUPS, 3).table)
     finally:
         dist.destroy_process_group()
+
+
+def test_scaling_accepts_real_numbers_and_refuses_negative_factors():
+    import numpy as np
+
+    stats = _stats([[1, 0, 0, 1]])
+    torch.testing.assert_close((np.float32(0.5) * stats).table, 0.5 * stats.table)
+    with pytest.raises(ValueError, match="factor >= 0"):
+        _ = stats * -1.0

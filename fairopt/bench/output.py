@@ -212,7 +212,7 @@ def write_outputs(result: StudyResult, out: Path, *, plots: bool = True) -> list
             import matplotlib  # noqa: F401
         except ImportError:
             return written
-        plot_histories(result, out / "violation_vs_step.png")
-        plot_tradeoff(result, out / "accuracy_vs_violation.png")
-        written += [out / "violation_vs_step.png", out / "accuracy_vs_violation.png"]
+        plot_histories(result, out / "constraint_vs_epoch.png")
+        plot_tradeoff(result, out / "accuracy_vs_constraint.png")
+        written += [out / "constraint_vs_epoch.png", out / "accuracy_vs_constraint.png"]
     return written

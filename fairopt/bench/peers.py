@@ -133,11 +133,14 @@ def run_peers(
 ) -> list[RunResult]:
     """Run the peers for every seed of ``config`` (cooper with each of the study's models)."""
     runs: list[RunResult] = []
+    if config.classes and log is not None:
+        log("  fairlearn-expgrad skipped: its moments take disjoint groups, not the study's overlapping classes")
     for seed in config.seeds:
         data = load_study_data(config, seed)
-        runs.append(_fairlearn(config, data, seed))
-        runs += [_cooper(config, data, seed, model) for model in config.models]
+        new = [] if config.classes else [_fairlearn(config, data, seed)]
+        new += [_cooper(config, data, seed, model) for model in config.models]
         if log is not None:
-            for run in runs[-1 - len(config.models) :]:
+            for run in new:
                 log(f"  {run.model:<10} {run.method:<26} seed {seed}: done ({run.wall_time:.1f} s)")
+        runs += new
     return runs
