@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.peers:
             from fairopt.bench.peers import run_peers
 
-            result.runs.extend(run_peers(config, result, log=log))
+            result.runs.extend(run_peers(config, log=log))
     except (ValueError, FileNotFoundError) as err:
         print(f"fairopt bench: error: {err}", file=sys.stderr)
         return 2

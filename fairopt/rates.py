@@ -182,7 +182,7 @@ def compute_rate(stats: GroupStats, name: str) -> RateValue:
     if spec.numerator == ("loss",):
         value = _safe_ratio(col("loss"), den, defined)
         return RateValue(value.detach(), value, value, defined, den)
-    if set(spec.numerator) == {"fn", "tp"}:  # base rate: depends on labels only, no proxy involved
+    if spec.numerator == ("fn", "tp"):  # base rate: depends on labels only, no proxy involved
         hard = _safe_ratio(col("fn") + col("tp"), den, defined).detach()
         return RateValue(hard, hard, hard, defined, den)
     hard = _safe_ratio(sum(col(c) for c in spec.numerator), den, defined).detach()

@@ -26,7 +26,7 @@ from fairopt.validation import FairnessReport
 
 from .config import StudyConfig
 from .runner import DATA_SPLIT, SPLITS, RunResult, split_stats
-from .study import StudyResult, load_study_data
+from .study import load_study_data
 
 __all__ = ["expected_stats", "run_peers"]
 
@@ -128,9 +128,7 @@ def _cooper(config: StudyConfig, data: TabularDataset, seed: int, model_name: st
     )  # fmt: skip
 
 
-def run_peers(
-    config: StudyConfig, result: StudyResult | None = None, *, log: Callable[[str], None] | None = None
-) -> list[RunResult]:
+def run_peers(config: StudyConfig, *, log: Callable[[str], None] | None = None) -> list[RunResult]:
     """Run the peers for every seed of ``config`` (cooper with each of the study's models)."""
     runs: list[RunResult] = []
     if config.classes and log is not None:

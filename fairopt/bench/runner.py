@@ -92,31 +92,22 @@ def _make_optimizer(
     base = torch.optim.Adam(model.parameters(), lr=config.lr)
     if method == "unconstrained":
         return base, None
-    common: dict[str, Any] = {"proxy": config.proxy, "validate": False}
+    options: dict[str, Any] = {"proxy": config.proxy, "validate": False}
     if method == "penalty":
-        return base, ConstrainedOptimizer(
-            base, [constraint], data.num_groups, method="penalty", penalty=config.penalty, **common
-        )
-    if method == "lagrangian":
-        return base, ConstrainedOptimizer(
-            base, [constraint], data.num_groups, method="lagrangian", dual_lr=config.dual_lr, **common
-        )
-    records = IterateRecords()
-    if method == "proxy-lagrangian":
-        return base, ConstrainedOptimizer(
-            base, [constraint], data.num_groups, method="proxy_lagrangian", dual_lr=config.dual_lr, records=records,
-            **common,
-        )  # fmt: skip
-    heldout_batches = _cycle(data.validation, config.batch_size, seed, torch.device(config.device))
+        options.update(method="penalty", penalty=config.penalty)
+    elif method == "lagrangian":
+        options.update(method="lagrangian", dual_lr=config.dual_lr)
+    else:  # the proxy-Lagrangian methods keep iterate records for the shrinking LP
+        options.update(method="proxy_lagrangian", dual_lr=config.dual_lr, records=IterateRecords())
+    if method == "proxy-lagrangian-heldout":
+        heldout_batches = _cycle(data.validation, config.batch_size, seed, torch.device(config.device))
 
-    def heldout() -> Mapping[str, Tensor]:
-        x, y, a = next(heldout_batches)
-        return {"scores": model(x), "labels": y, "groups": a}
+        def heldout() -> Mapping[str, Tensor]:
+            x, y, a = next(heldout_batches)
+            return {"scores": model(x), "labels": y, "groups": a}
 
-    return base, ConstrainedOptimizer(
-        base, [constraint], data.num_groups, method="proxy_lagrangian", dual_lr=config.dual_lr, records=records,
-        dual_source="heldout", heldout=heldout, **common,
-    )  # fmt: skip
+        options.update(dual_source="heldout", heldout=heldout)
+    return base, ConstrainedOptimizer(base, [constraint], data.num_groups, **options)
 
 
 def _largest_value(constraint: Constraint, stats: GroupStats) -> float:
