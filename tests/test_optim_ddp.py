@@ -47,6 +47,9 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
                 first = result.dual_value.hard if first is None else first
             results[method] = {"multipliers": opt.multipliers, "first_dual_value": first}
         torch.save(results, f"{out}/rank{rank}.pt")
+        # both ranks finish before gloo tears down (a rank exiting early aborts the other at exit); only on
+        # success, so that a failing rank cannot leave the other waiting in the barrier
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

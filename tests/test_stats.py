@@ -295,6 +295,9 @@ def _all_reduce_worker(rank: int, world: int, store: str) -> None:
         part = slice(0, 4) if rank == 0 else slice(4, 8)
         local = group_stats(SCORES[part], LABELS[part], GROUPS[part], 3)
         torch.testing.assert_close(local.all_reduce().table, group_stats(SCORES, LABELS, GROUPS, 3).table)
+        # both ranks finish before gloo tears down (a rank exiting early aborts the other at exit); only on
+        # success, so that a failing rank cannot leave the other waiting in the barrier
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

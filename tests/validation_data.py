@@ -89,5 +89,8 @@ def all_reduce_worker(rank: int, world: int, store: str, out: str) -> None:
         shard = tuple(t[rank::world] for t in data)
         report = evaluate(elementwise_model, shard, fo.EqualOpportunity(0.05), num_groups=3, all_reduce=True)
         report.to_json(f"{out}/rank{rank}.json")
+        # both ranks finish before gloo tears down (a rank exiting early aborts the other at exit); only on
+        # success, so that a failing rank cannot leave the other waiting in the barrier
+        dist.barrier()
     finally:
         dist.destroy_process_group()
