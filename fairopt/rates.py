@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -131,20 +132,37 @@ def _safe_ratio(num: Tensor, den: Tensor, defined: Tensor) -> Tensor:
 _MIXERS: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
 
 
+def mixer_matrix(spec: _RateSpec) -> np.ndarray:
+    """``(K, 5)`` 0/1 matrix of a rate's column sums: ``table @ W`` gives [hard denominator, hard numerator, proxy
+    numerator, proxy count of the complementary event (same labels, other prediction), proxy denominator].
+
+    The proxy columns are only meaningful for rates with a proxy (not the base rate or mean loss)."""
+    index = {name: i for i, name in enumerate(GroupStats.COLUMNS)}
+    w = np.zeros((len(GroupStats.COLUMNS), 5))
+    for c in spec.denominator:
+        w[index[c], 0] = 1.0
+        w[index[f"{c}_proxy"], 4] = 1.0
+    for c in spec.numerator:
+        if c == "loss":
+            continue
+        w[index[c], 1] = 1.0
+        w[index[f"{c}_proxy"], 2] = 1.0
+        w[index[f"{_FLIP[c]}_proxy"], 3] = 1.0
+    return w
+
+
+def is_label_conditioned(spec: _RateSpec) -> bool:
+    """True for rates whose denominator counts labels only and that have a proxy (the bounds of the module
+    docstring apply): selection rate, TPR, FPR, TNR, FNR, error rate, accuracy."""
+    return spec.numerator not in (("loss",), ("fn", "tp")) and frozenset(spec.denominator) in _LABEL_ONLY
+
+
 def _mixer(spec: _RateSpec, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(K, 4)`` 0/1 matrix: ``table @ W`` gives [denominator, hard numerator, proxy numerator, proxy count of the
-    complementary event] in one product (a handful of tensor ops per rate instead of ~25; this runs every step)."""
+    """:func:`mixer_matrix` as a cached tensor: a handful of tensor ops per rate instead of ~25 (this runs every
+    step)."""
     key = (spec.description, dtype, device)
     if key not in _MIXERS:
-        index = {name: i for i, name in enumerate(GroupStats.COLUMNS)}
-        w = torch.zeros(len(GroupStats.COLUMNS), 4, dtype=dtype)
-        for c in spec.denominator:
-            w[index[c], 0] = 1.0
-        for c in spec.numerator:
-            w[index[c], 1] = 1.0
-            w[index[f"{c}_proxy"], 2] = 1.0
-            w[index[f"{_FLIP[c]}_proxy"], 3] = 1.0
-        _MIXERS[key] = w.to(device)
+        _MIXERS[key] = torch.from_numpy(mixer_matrix(spec)[:, :4]).to(dtype=dtype, device=device)
     return _MIXERS[key]
 
 
@@ -174,7 +192,7 @@ def compute_rate(stats: GroupStats, name: str) -> RateValue:
         ValueError: unknown rate name.
     """
     spec = RATES[canonical_rate_name(name)]
-    if spec.numerator not in (("loss",), ("fn", "tp")) and frozenset(spec.denominator) in _LABEL_ONLY:
+    if is_label_conditioned(spec):
         return _label_conditioned(stats, spec)
     col = stats.column
     den = sum(col(c) for c in spec.denominator).detach()

@@ -16,9 +16,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt.constraints.evaluation import Linearization, host_table, linearize, to_tensors
 from fairopt.constraints.expressions import Expr
 from fairopt.rates import RateValue, compute_rate
 from fairopt.stats import GroupStats
@@ -75,13 +77,26 @@ class Constraint:
         self.expr, self.tolerance = expr, tolerance
         self.name = name or (f"{expr} <= {tolerance:g}")
 
+    #: True when :meth:`linearize` is available (expression constraints; not :class:`FunctionConstraint`).
+    linearizable = True
+
     def evaluate(self, stats: GroupStats) -> ConstraintValue:
-        """Evaluate every entry on a ``(G, K)`` table (one batch, a running table, or a held-out table)."""
-        bounds = self.expr.evaluate(stats)
-        zero = torch.zeros_like(bounds.hard)
-        hard = torch.where(bounds.defined, bounds.hard - self.tolerance, zero)
-        proxy = torch.where(bounds.defined, bounds.upper - self.tolerance, zero)
-        return ConstraintValue(hard.detach(), proxy, bounds.defined)
+        """Evaluate every entry on a ``(G, K)`` table (one batch, a running table, or a held-out table).
+
+        The proxy values are differentiable w.r.t. ``stats.table`` (first order; see
+        :mod:`fairopt.constraints.evaluation`)."""
+        hard, proxy, _, defined = to_tensors(self.linearize(host_table(stats)), stats.table)
+        return ConstraintValue(hard, proxy, defined)
+
+    def linearize(self, table: np.ndarray, *, jacobians: bool = True) -> Linearization:
+        """Entries ``expr - tolerance`` at a ``(G, K)`` float64 table, with the Jacobians of their proxy bounds
+        (:func:`fairopt.constraints.evaluation.linearize`). With ``jacobians=False``, ``table`` may also be a
+        ``(B, G, K)`` stack (values ``(B, m)``, e.g. for bootstrap resamples).
+
+        Raises:
+            ValueError: the expression refers to a group ``>= G``.
+        """
+        return linearize(self.expr, table, jacobians=jacobians).shifted(self.tolerance)
 
     def num_entries(self, num_groups: int) -> int:
         """m, the number of entries for G = ``num_groups`` groups."""
@@ -208,6 +223,11 @@ class FunctionConstraint(Constraint):
         if self._names is not None:
             return list(self._names)
         return [f"{self.name}[{i}]" for i in range(self.num_entries(len(names)))]
+
+    linearizable = False
+
+    def linearize(self, table: np.ndarray, *, jacobians: bool = True) -> Linearization:
+        raise TypeError(f"{self.name!r} is a FunctionConstraint: evaluate it on a GroupStats table instead")
 
     def check_num_groups(self, num_groups: int) -> None:
         return None

@@ -14,8 +14,9 @@ vector with one entry per group. Arithmetic broadcasts one-entry expressions aga
 ``a[i] - b[j]`` for every ordered pair ``i != j``. Comparing with ``<=``/``>=`` gives a
 :class:`~fairopt.constraints.base.Constraint` ``g <= 0``.
 
-**Evaluation.** An expression evaluates a :class:`~fairopt.stats.GroupStats` table to :class:`Bounds`: the hard
-value, differentiable proxy ``upper``/``lower`` bounds, and a ``defined`` mask, all ``(m,)``. Bounds are
+**Evaluation** (:mod:`fairopt.constraints.evaluation`). An expression evaluates a :class:`~fairopt.stats.GroupStats`
+table to :class:`Bounds`: the hard value, differentiable proxy ``upper``/``lower`` bounds, and a ``defined`` mask, all
+``(m,)``. Bounds are
 propagated by interval arithmetic (a rate entering with a minus sign contributes its ``lower`` proxy to the upper
 bound; ``abs``, ``max`` and ``min`` take the branch or entry that is active for the *true* values and keep its
 bounds), so for an upper-bounding proxy (hinge, softplus) the upper bound of a linear, ``abs``, ``max`` or ``min``
@@ -32,10 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from torch import Tensor
 
-from fairopt.rates import canonical_rate_name, compute_rate
+from fairopt.rates import canonical_rate_name
 from fairopt.stats import GroupStats
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["Bounds", "Const", "Expr", "RateRef", "as_expr", "concat", "maximum", "minimum", "pairwise"]
 
 Number = int | float
-_Cache = dict
 
 
 @dataclass(frozen=True)
@@ -64,21 +64,16 @@ class Bounds:
     defined: Tensor
 
 
-def _where_defined(defined: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
-    return tuple(torch.where(defined, v, torch.zeros_like(v)) for v in values)
-
-
 class Expr:
-    """Base class of rate expressions; subclasses implement ``_evaluate``, ``size``, ``entry_names``."""
+    """Base class of rate expressions; subclasses implement ``size`` and ``entry_names`` (evaluation:
+    :mod:`fairopt.constraints.evaluation`)."""
 
     def evaluate(self, stats: GroupStats) -> Bounds:
-        """Evaluate on a ``(G, K)`` table. Undefined entries hold 0 with zero gradient."""
-        bounds = self._evaluate(stats, {})
-        h, u, lo = _where_defined(bounds.defined, bounds.hard, bounds.upper, bounds.lower)
-        return Bounds(h, u, lo, bounds.defined)
+        """Evaluate on a ``(G, K)`` table (:func:`fairopt.constraints.evaluation.evaluate_expr`). Undefined entries
+        hold 0 with zero gradient."""
+        from fairopt.constraints.evaluation import evaluate_expr  # the evaluator walks these classes
 
-    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
-        raise NotImplementedError
+        return evaluate_expr(self, stats)
 
     def size(self, num_groups: int) -> int:
         """Number of entries m for a table with ``num_groups`` rows."""
@@ -171,10 +166,6 @@ class Const(Expr):
     def __init__(self, value: float) -> None:
         self.value = float(value)
 
-    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
-        t = torch.full((1,), self.value, dtype=stats.dtype, device=stats.device)
-        return Bounds(t, t, t, torch.ones(1, dtype=torch.bool, device=stats.device))
-
     def size(self, num_groups: int) -> int:
         return 1
 
@@ -235,25 +226,6 @@ class RateRef(Expr):
         """This rate for every group (``G`` entries)."""
         return RateRef(self.rate, _PER_GROUP)
 
-    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
-        if self.max_group() >= stats.num_groups:
-            raise ValueError(
-                f"{self} refers to group {self.max_group()} but the statistics have {stats.num_groups} groups"
-            )
-        if isinstance(self.group, tuple):
-            pooled = GroupStats(stats.table[list(self.group)].sum(dim=0, keepdim=True))
-            rv = compute_rate(pooled, self.rate)
-            return Bounds(rv.value, rv.upper, rv.lower, rv.defined)
-        overall = self.group is None
-        key = (self.rate, overall)
-        if key not in cache:
-            cache[key] = compute_rate(stats.overall() if overall else stats, self.rate)
-        rv = cache[key]
-        if isinstance(self.group, int):
-            idx = slice(self.group, self.group + 1)
-            return Bounds(rv.value[idx], rv.upper[idx], rv.lower[idx], rv.defined[idx])
-        return Bounds(rv.value, rv.upper, rv.lower, rv.defined)
-
     def size(self, num_groups: int) -> int:
         return num_groups if self.group == _PER_GROUP else 1
 
@@ -300,47 +272,12 @@ def _broadcast_names(na: list[str], nb: list[str]) -> tuple[list[str], list[str]
     return (na * m if len(na) == 1 else na), (nb * m if len(nb) == 1 else nb)
 
 
-def _safe_div(num: Tensor, den: Tensor, ok: Tensor) -> Tensor:
-    return num / torch.where(ok, den, torch.ones_like(den))
-
-
 class _BinOp(Expr):
     def __init__(self, op: str, a: Expr, b: Expr) -> None:
         self.op, self.a, self.b = op, a, b
 
     def _children(self) -> tuple[Expr, ...]:
         return (self.a, self.b)
-
-    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
-        a, b = self.a._evaluate(stats, cache), self.b._evaluate(stats, cache)
-        _broadcast_sizes(a.hard.numel(), b.hard.numel(), str(self))
-        defined = a.defined & b.defined
-        if self.op == "+":
-            return Bounds(a.hard + b.hard, a.upper + b.upper, a.lower + b.lower, defined)
-        if self.op == "-":
-            return Bounds(a.hard - b.hard, a.upper - b.lower, a.lower - b.upper, defined)
-        if self.op == "*":
-            products = torch.stack(
-                torch.broadcast_tensors(a.upper * b.upper, a.upper * b.lower, a.lower * b.upper, a.lower * b.lower)
-            )
-            return Bounds(a.hard * b.hard, products.amax(0), products.amin(0), defined)
-        # Division: interval quotient when the proxy denominator is surely positive, else divide by the hard value.
-        nonzero = b.hard != 0
-        defined = defined & nonzero
-        hard = _safe_div(a.hard, b.hard, nonzero)
-        positive = b.lower > 0
-        den_hi = torch.where(positive, b.upper, b.hard)
-        den_lo = torch.where(positive, b.lower, b.hard)
-        ok = positive | nonzero
-        quotients = torch.stack(
-            torch.broadcast_tensors(
-                _safe_div(a.upper, den_hi, ok),
-                _safe_div(a.upper, den_lo, ok),
-                _safe_div(a.lower, den_hi, ok),
-                _safe_div(a.lower, den_lo, ok),
-            )
-        )
-        return Bounds(hard, quotients.amax(0), quotients.amin(0), defined)
 
     def size(self, num_groups: int) -> int:
         return _broadcast_sizes(self.a.size(num_groups), self.b.size(num_groups), str(self))
@@ -370,15 +307,6 @@ class _Abs(Expr):
     def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
-    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
-        a = self.a._evaluate(stats, cache)
-        # The branch is chosen by the sign of the true value, so the primal descends on the active side; the bounds
-        # stay valid: |h| = h <= upper(a) where h >= 0, and |h| = -h <= -lower(a) where h < 0.
-        positive = a.hard >= 0
-        return Bounds(
-            a.hard.abs(), torch.where(positive, a.upper, -a.lower), torch.where(positive, a.lower, -a.upper), a.defined
-        )
-
     def size(self, num_groups: int) -> int:
         return self.a.size(num_groups)
 
@@ -396,20 +324,6 @@ class _Reduce(Expr):
     def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
-    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
-        a = self.a._evaluate(stats, cache)
-        fill = float("-inf") if self.how == "max" else float("inf")
-        masked = torch.where(a.defined, a.hard, torch.full_like(a.hard, fill))
-        # The entry is chosen by the true values (its proxies then bound the true max/min from both sides), so the
-        # primal pushes on the group that is actually extreme, not on the one with the loosest proxy.
-        index = (masked.argmax() if self.how == "max" else masked.argmin()).reshape(1)
-        any_defined = a.defined.any().reshape(1)
-
-        def pick(v: Tensor) -> Tensor:
-            return torch.where(any_defined, v.index_select(0, index), torch.zeros_like(v[:1]))
-
-        return Bounds(pick(a.hard), pick(a.upper), pick(a.lower), any_defined)
-
     def size(self, num_groups: int) -> int:
         return 1
 
@@ -426,16 +340,6 @@ class _Elementwise(Expr):
 
     def _children(self) -> tuple[Expr, ...]:
         return (self.a, self.b)
-
-    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
-        a, b = self.a._evaluate(stats, cache), self.b._evaluate(stats, cache)
-        take_a = a.hard >= b.hard if self.how == "maximum" else a.hard <= b.hard  # chosen by the true values
-        return Bounds(
-            torch.where(take_a, a.hard, b.hard),
-            torch.where(take_a, a.upper, b.upper),
-            torch.where(take_a, a.lower, b.lower),
-            a.defined & b.defined,
-        )
 
     def size(self, num_groups: int) -> int:
         return _broadcast_sizes(self.a.size(num_groups), self.b.size(num_groups), str(self))
@@ -465,18 +369,11 @@ class _Pairwise(Expr):
     def _children(self) -> tuple[Expr, ...]:
         return (self.a, self.b)
 
-    def _pairs(self, n: int) -> tuple[Tensor, Tensor]:
-        i, j = torch.triu_indices(n, n, offset=1) if self.symmetric else (~torch.eye(n, dtype=torch.bool)).nonzero().T
-        return i, j
-
-    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
-        a, b = self.a._evaluate(stats, cache), self.b._evaluate(stats, cache)
-        if a.hard.numel() != b.hard.numel():
-            raise ValueError(f"pairwise() needs two expressions with the same number of entries, in {self}")
-        i, j = (t.to(stats.device) for t in self._pairs(a.hard.numel()))
-        return Bounds(
-            a.hard[i] - b.hard[j], a.upper[i] - b.lower[j], a.lower[i] - b.upper[j], a.defined[i] & b.defined[j]
-        )
+    def _pairs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices ``(i, j)`` of the pairs, in entry order (row-major over ``i``)."""
+        if self.symmetric:
+            return np.triu_indices(n, k=1)
+        return np.nonzero(~np.eye(n, dtype=bool))
 
     def size(self, num_groups: int) -> int:
         n = self.a.size(num_groups)
@@ -509,10 +406,6 @@ class _Concat(Expr):
 
     def _children(self) -> tuple[Expr, ...]:
         return self.parts
-
-    def _evaluate(self, stats: GroupStats, cache: _Cache) -> Bounds:
-        bs = [p._evaluate(stats, cache) for p in self.parts]
-        return Bounds(*(torch.cat([getattr(b, f) for b in bs]) for f in ("hard", "upper", "lower", "defined")))
 
     def size(self, num_groups: int) -> int:
         return sum(p.size(num_groups) for p in self.parts)
