@@ -52,6 +52,17 @@ __all__ = ["Linearization", "attach", "evaluate_expr", "host_table", "linearize"
 _K = len(COLUMNS)
 _LOSS = COLUMNS.index("loss")
 _MIXERS = {name: mixer_matrix(spec) for name, spec in RATES.items()}
+# How each rate's bounds are formed (see fairopt.rates): "label" (label-conditioned), "loss", "base", "ratio".
+_KINDS = {
+    name: "loss"
+    if spec.numerator == ("loss",)
+    else "base"
+    if spec.numerator == ("fn", "tp")
+    else "label"
+    if is_label_conditioned(spec)
+    else "ratio"
+    for name, spec in RATES.items()
+}
 
 
 class Linearization(NamedTuple):
@@ -81,6 +92,8 @@ class Linearization(NamedTuple):
         if offset == 0.0:
             return self
         d = self.defined
+        if d.all():
+            return self._replace(hard=self.hard - offset, upper=self.upper - offset, lower=self.lower - offset)
         return self._replace(
             hard=np.where(d, self.hard - offset, 0.0),
             upper=np.where(d, self.upper - offset, 0.0),
@@ -102,27 +115,23 @@ def linearize(expr: Expr, table: np.ndarray, *, jacobians: bool = True) -> Linea
     Args:
         expr: a rate expression.
         table: ``(..., G, K)`` float64 array (:func:`host_table`).
-        jacobians: also compute ``d_upper``/``d_lower`` (otherwise they are None).
+        jacobians: also compute ``d_upper``/``d_lower`` (otherwise they are None; required for a stack).
 
     Returns:
         :class:`Linearization` with ``k = expr.size(G)`` entries; undefined entries are 0 with zero derivative.
 
     Raises:
-        ValueError: the expression refers to a group ``>= G``; ``pairwise`` of expressions of different sizes.
+        ValueError: the expression refers to a group ``>= G``; ``pairwise`` of expressions of different sizes;
+            Jacobians asked for a stack of tables.
     """
-    lin = _Evaluator(table, jacobians).run(expr)
-    d = lin.defined
-    if d.all():
-        return lin
-    dj = d[..., None]
-    return Linearization(
-        np.where(d, lin.hard, 0.0),
-        np.where(d, lin.upper, 0.0),
-        np.where(d, lin.lower, 0.0),
-        d,
-        None if lin.d_upper is None else np.where(dj, lin.d_upper, 0.0),
-        None if lin.d_lower is None else np.where(dj, lin.d_lower, 0.0),
-    )
+    node = _Evaluator(table, jacobians).run(expr)
+    v, d, j = node
+    if not d.all():
+        v = np.where(d, v, 0.0)
+        j = None if j is None else np.where(d[..., None], j, 0.0)
+    if v.shape[1:] != d.shape:  # a constant expression has one entry for the whole stack
+        v = np.broadcast_to(v, (3, *d.shape)).copy()
+    return Linearization(v[0], v[1], v[2], d, None if j is None else j[0], None if j is None else j[1])
 
 
 def attach(value: np.ndarray, jacobian: np.ndarray, table: Tensor) -> Tensor:
@@ -157,9 +166,28 @@ def evaluate_expr(expr: Expr, stats: GroupStats) -> Bounds:
     return Bounds(*to_tensors(linearize(expr, host_table(stats)), stats.table))
 
 
+class _Node(NamedTuple):
+    """An expression's value inside the evaluator: ``v (3, ..., k)`` stacks [hard, upper, lower], ``d (..., k)`` the
+    defined mask, ``j (2, k, G*K)`` the Jacobians of [upper, lower] (or None). Stacking the three values makes each
+    operator one NumPy call instead of three: this runs every training step."""
+
+    v: np.ndarray
+    d: np.ndarray
+    j: np.ndarray | None
+
+
+# Negating an interval swaps its bounds: the rows of -x are -x[[hard, lower, upper]] (values), -x[[lower, upper]]
+# (Jacobians, a reversed view).
+_SWAP_V = np.array([0, 2, 1])
+
+
+def _swapped(v: np.ndarray) -> np.ndarray:
+    return v.take(_SWAP_V, axis=0)
+
+
 class _Evaluator:
     """One pass over an expression tree on one table or a stack of tables (each rate computed once per group
-    selection). Values are ``(..., k)``; Jacobians ``(..., k, G*K)`` or None."""
+    selection)."""
 
     def __init__(self, table: np.ndarray, jacobians: bool) -> None:
         self.table = table
@@ -169,8 +197,8 @@ class _Evaluator:
         if jacobians and self.batch:
             raise ValueError("Jacobians are computed for one (G, K) table, not a stack; pass jacobians=False")
         self.jacobians = jacobians
-        self.cache: dict[tuple[str, object], Linearization] = {}
-        self.rules: dict[type, Callable[[Any], Linearization]] = {
+        self.cache: dict[tuple[str, object], _Node] = {}
+        self.rules: dict[type, Callable[[Any], _Node]] = {
             Const: self._const,
             RateRef: self._rate,
             _BinOp: self._binop,
@@ -181,22 +209,19 @@ class _Evaluator:
             _Concat: self._concat,
         }
 
-    def run(self, expr: Expr) -> Linearization:
+    def run(self, expr: Expr) -> _Node:
         rule = self.rules.get(type(expr))
         if rule is None:
             raise TypeError(f"cannot evaluate expression type {type(expr).__name__}")
         return rule(expr)
 
-    def _zero_jacobian(self, k: int) -> np.ndarray | None:
-        return np.zeros((k, self.width)) if self.jacobians else None
-
     # leaves -------------------------------------------------------------------------------------------------
-    def _const(self, expr: Const) -> Linearization:
-        v = np.full(1, expr.value)
-        j = self._zero_jacobian(1)
-        return Linearization(v, v, v, np.ones(1, dtype=bool), j, j)
+    def _const(self, expr: Const) -> _Node:
+        j = np.zeros((2, 1, self.width)) if self.jacobians else None
+        ones = (1,) * len(self.batch)  # broadcasts against a stack of tables
+        return _Node(np.full((3, *ones, 1), expr.value), np.ones((*ones, 1), dtype=bool), j)
 
-    def _rate(self, expr: RateRef) -> Linearization:
+    def _rate(self, expr: RateRef) -> _Node:
         if expr.max_group() >= self.num_groups:
             raise ValueError(
                 f"{expr} refers to group {expr.max_group()} but the statistics have {self.num_groups} groups"
@@ -206,186 +231,164 @@ class _Evaluator:
             self.cache[key] = self._rate_rows(expr.rate, expr.group)
         return self.cache[key]
 
-    def _rate_rows(self, name: str, group: object) -> Linearization:
+    def _rate_rows(self, name: str, group: object) -> _Node:
         """One rate on the rows ``select @ table`` (each row a group, a pooled set of groups, or all), as
         :func:`fairopt.rates.compute_rate` computes it."""
-        spec, w = RATES[name], _MIXERS[name]
+        kind, w = _KINDS[name], _MIXERS[name]
         g = self.num_groups
         if group == _PER_GROUP:
-            select = np.eye(g)
+            select = None
             sums = self.table @ w
         else:
             select = np.zeros((1, g))
             select[0, slice(None) if group is None else list(group) if isinstance(group, tuple) else [group]] = 1.0
             sums = (select @ self.table) @ w
         # sums[..., r, :] = den, hard numerator, proxy numerator, complementary proxy, proxy denominator
-        den = sums[..., 0]
+        sums = np.moveaxis(sums, -1, 0) if self.batch else sums.T
+        den = sums[0]
         defined = den > 0
-        safe_den = np.where(defined, den, 1.0)
-        jacobians = self.jacobians
+        all_defined = defined.all()
+        safe_den = den if all_defined else np.where(defined, den, 1.0)
+        k = den.shape[-1]
 
-        def jac(column: np.ndarray, scale: np.ndarray) -> np.ndarray | None:  # ∂ (select @ table @ column) / ∂ table
-            if not jacobians:
-                return None
-            return (select[:, :, None] * (scale[:, None, None] * column)).reshape(len(den), -1)
+        def jac(upper: np.ndarray, lower: np.ndarray, scale: np.ndarray) -> np.ndarray:
+            """``(2, k, G*K)``: ∂ (select @ table @ column) / ∂ table, times ``scale``, for the two columns."""
+            columns = np.stack([upper, lower])[:, None, :] * scale[None, :, None]  # (2, k, K)
+            if select is None:  # one row per group: block diagonal
+                out = np.zeros((2, k, g, _K))
+                rows = np.arange(g)
+                out[:, rows, rows] = columns
+                return out.reshape(2, k, -1)
+            return (select[None, :, :, None] * columns[:, :, None, :]).reshape(2, k, -1)
 
-        inv = np.where(defined, 1.0 / safe_den, 0.0)
-        if spec.numerator == ("loss",):
-            value = np.where(defined, (self.table[..., _LOSS] @ select.T) / safe_den, 0.0)
-            d = jac(np.eye(_K)[_LOSS], inv)
-            return Linearization(value, value, value, defined, d, d)
-        hard = np.where(defined, sums[..., 1] / safe_den, 0.0)  # divided, not multiplied by 1/den: ties break alike
-        if spec.numerator == ("fn", "tp"):  # base rate: no proxy
-            d = self._zero_jacobian(den.shape[-1])
-            return Linearization(hard, hard, hard, defined, d, d)
-        if is_label_conditioned(spec):
-            upper = np.where(defined, sums[..., 2] / safe_den, 0.0)
-            lower = np.where(defined, 1.0 - sums[..., 3] / safe_den, 0.0)
-            return Linearization(hard, upper, lower, defined, jac(w[:, 2], inv), jac(w[:, 3], -inv))
-        # Precision / NPV: the plain ratio of proxy counts (its denominator depends on the predictions).
-        ok = defined & (sums[..., 4] > 0)
-        proxy_den = np.where(ok, sums[..., 4], 1.0)
-        value = np.where(ok, sums[..., 2] / proxy_den, 0.0)
-        if not jacobians:
-            return Linearization(hard, value, value, defined, None, None)
-        pinv = np.where(ok, 1.0 / proxy_den, 0.0)
-        d = jac(w[:, 2], pinv) - jac(w[:, 4], value * pinv)
-        return Linearization(hard, value, value, defined, d, d)
+        if kind == "loss":
+            value = (self.table[..., _LOSS] if select is None else self.table[..., _LOSS] @ select.T) / safe_den
+            v = np.stack([value, value, value])
+            column = np.eye(_K)[_LOSS]
+            j = jac(column, column, 1.0 / safe_den) if self.jacobians else None
+        elif kind == "base":  # base rate: no proxy
+            v = np.broadcast_to(sums[1] / safe_den, (3, *den.shape))
+            j = np.zeros((2, k, self.width)) if self.jacobians else None
+        elif kind == "label":
+            v = sums[1:4] / safe_den  # divided, not multiplied by 1/den: ties break as in compute_rate
+            v[2] = 1.0 - v[2]
+            inv = 1.0 / safe_den
+            j = jac(w[:, 2], w[:, 3], inv) * np.array([1.0, -1.0])[:, None, None] if self.jacobians else None
+        else:  # precision / NPV: the plain ratio of proxy counts (its denominator depends on the predictions)
+            ok = defined & (sums[4] > 0)
+            proxy_den = np.where(ok, sums[4], 1.0)
+            value = np.where(ok, sums[2] / proxy_den, 0.0)
+            v = np.stack([sums[1] / safe_den, value, value])
+            j = None
+            if self.jacobians:
+                pinv = np.where(ok, 1.0 / proxy_den, 0.0)
+                d = jac(w[:, 2], w[:, 4], pinv)  # ∂(num/den) = ∂num/den - (num/den) ∂den/den
+                d = d[0] - d[1] * value[:, None]
+                j = np.stack([d, d])
+        if not all_defined:
+            v = np.where(defined, v, 0.0)
+            j = None if j is None else np.where(defined[:, None], j, 0.0)
+        return _Node(v, defined, j)
 
     # operators ----------------------------------------------------------------------------------------------
-    def _binop(self, expr: _BinOp) -> Linearization:
+    def _binop(self, expr: _BinOp) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)
-        _broadcast_sizes(a.hard.shape[-1], b.hard.shape[-1], str(expr))
-        defined = a.defined & b.defined
+        _check_sizes(a, b, expr)
+        defined = a.d & b.d
         jac = self.jacobians
         if expr.op == "+":
-            return Linearization(
-                a.hard + b.hard,
-                a.upper + b.upper,
-                a.lower + b.lower,
-                defined,
-                a.d_upper + b.d_upper if jac else None,
-                a.d_lower + b.d_lower if jac else None,
-            )
+            return _Node(a.v + b.v, defined, a.j + b.j if jac else None)
         if expr.op == "-":  # the upper bound of a - b uses the lower bound of b
-            return Linearization(
-                a.hard - b.hard,
-                a.upper - b.lower,
-                a.lower - b.upper,
-                defined,
-                a.d_upper - b.d_lower if jac else None,
-                a.d_lower - b.d_upper if jac else None,
-            )
+            return _Node(a.v - _swapped(b.v), defined, a.j - b.j[::-1] if jac else None)
+        (ah, au, al), (bh, bu, bl) = a.v, b.v
         if expr.op == "*":  # the four corner products of the two intervals
-            corners = [
-                (x, dx, y, dy)
-                for x, dx in ((a.upper, a.d_upper), (a.lower, a.d_lower))
-                for y, dy in ((b.upper, b.d_upper), (b.lower, b.d_lower))
-            ]
-            values = [x * y for x, _, y, _ in corners]
-            grads = [x[:, None] * dy + y[:, None] * dx for x, dx, y, dy in corners] if jac else None
-            return _extreme_corners(a.hard * b.hard, defined, values, grads)
+            values = [au * bu, au * bl, al * bu, al * bl]
+            grads = None
+            if jac:
+                (dau, dal), (dbu, dbl) = a.j, b.j
+                grads = [
+                    x[:, None] * dy + y[:, None] * dx
+                    for x, dx in ((au, dau), (al, dal))
+                    for y, dy in ((bu, dbu), (bl, dbl))
+                ]
+            return _extreme_corners(ah * bh, defined, values, grads)
         # Division: interval quotient when the proxy denominator is surely positive, else by the hard value.
-        nonzero = b.hard != 0
+        nonzero = bh != 0
         defined = defined & nonzero
-        positive = b.lower > 0
+        positive = bl > 0
         safe = positive | nonzero
-        dens = [np.where(safe, np.where(positive, bound, b.hard), 1.0) for bound in (b.upper, b.lower)]
-        values = [num / den for num in (a.upper, a.lower) for den in dens]
+        dens = [np.where(safe, np.where(positive, bound, bh), 1.0) for bound in (bu, bl)]
+        values = [num / den for num in (au, al) for den in dens]
         grads = None
         if jac:
             pos_j = positive[:, None]
-            d_dens = [np.where(pos_j, b.d_upper, 0.0), np.where(pos_j, b.d_lower, 0.0)]
+            d_dens = [np.where(pos_j, dj, 0.0) for dj in b.j]
             grads = [
                 (d_num - (num / den)[:, None] * d_den) / den[:, None]
-                for num, d_num in ((a.upper, a.d_upper), (a.lower, a.d_lower))
+                for num, d_num in zip((au, al), a.j)
                 for den, d_den in zip(dens, d_dens)
             ]
-        hard = a.hard / np.where(nonzero, b.hard, 1.0)
-        return _extreme_corners(hard, defined, values, grads)
+        return _extreme_corners(ah / np.where(nonzero, bh, 1.0), defined, values, grads)
 
-    def _abs(self, expr: _Abs) -> Linearization:
+    def _abs(self, expr: _Abs) -> _Node:
+        # The branch follows the sign of the true value; |x| = -x on the negative side (hard row included).
         a = self.run(expr.a)
-        pos = a.hard >= 0
-        d_upper = d_lower = None
-        if self.jacobians:
-            pos_j = pos[:, None]
-            d_upper = np.where(pos_j, a.d_upper, -a.d_lower)
-            d_lower = np.where(pos_j, a.d_lower, -a.d_upper)
-        upper = np.where(pos, a.upper, -a.lower)
-        lower = np.where(pos, a.lower, -a.upper)
-        return Linearization(np.abs(a.hard), upper, lower, a.defined, d_upper, d_lower)
+        pos = a.v[0] >= 0
+        j = np.where(pos[:, None], a.j, -a.j[::-1]) if self.jacobians else None
+        return _Node(np.where(pos, a.v, -_swapped(a.v)), a.d, j)
 
-    def _reduce(self, expr: _Reduce) -> Linearization:
+    def _reduce(self, expr: _Reduce) -> _Node:
         # The entry is chosen among the defined ones by its true value; none defined: undefined (zeroed later).
         a = self.run(expr.a)
-        fill = -np.inf if expr.how == "max" else np.inf
-        masked = a.hard if a.defined.all() else np.where(a.defined, a.hard, fill)
+        hard = a.v[0]
+        masked = hard if a.d.all() else np.where(a.d, hard, -np.inf if expr.how == "max" else np.inf)
+        index = masked.argmax(-1) if expr.how == "max" else masked.argmin(-1)
         if not self.batch:
-            i = int(masked.argmax() if expr.how == "max" else masked.argmin())
-            s = slice(i, i + 1)
-            any_defined = a.defined.any(keepdims=True)
-            pick = (a.d_upper[s], a.d_lower[s]) if self.jacobians else (None, None)
-            return Linearization(a.hard[s], a.upper[s], a.lower[s], any_defined, *pick)
-        index = (masked.argmax(-1) if expr.how == "max" else masked.argmin(-1))[..., None]
+            s = slice(int(index), int(index) + 1)
+            return _Node(a.v[:, s], a.d.any(keepdims=True), a.j[:, s] if self.jacobians else None)
+        index = index[..., None]
+        v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None], axis=-1)
+        return _Node(v, a.d.any(-1, keepdims=True), None)
 
-        def take(v: np.ndarray) -> np.ndarray:
-            return np.take_along_axis(np.broadcast_to(v, masked.shape), index, axis=-1)
-
-        return Linearization(take(a.hard), take(a.upper), take(a.lower), a.defined.any(-1, keepdims=True), None, None)
-
-    def _elementwise(self, expr: _Elementwise) -> Linearization:
+    def _elementwise(self, expr: _Elementwise) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)
-        _broadcast_sizes(a.hard.shape[-1], b.hard.shape[-1], str(expr))
-        take_a = a.hard >= b.hard if expr.how == "maximum" else a.hard <= b.hard
-        d_upper = d_lower = None
-        if self.jacobians:
-            t = take_a[:, None]
-            d_upper, d_lower = np.where(t, a.d_upper, b.d_upper), np.where(t, a.d_lower, b.d_lower)
-        return Linearization(
-            np.where(take_a, a.hard, b.hard),
-            np.where(take_a, a.upper, b.upper),
-            np.where(take_a, a.lower, b.lower),
-            a.defined & b.defined,
-            d_upper,
-            d_lower,
-        )
+        _check_sizes(a, b, expr)
+        take_a = a.v[0] >= b.v[0] if expr.how == "maximum" else a.v[0] <= b.v[0]
+        j = np.where(take_a[:, None], a.j, b.j) if self.jacobians else None
+        return _Node(np.where(take_a, a.v, b.v), a.d & b.d, j)
 
-    def _pairwise(self, expr: _Pairwise) -> Linearization:
+    def _pairwise(self, expr: _Pairwise) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)
-        if a.hard.shape[-1] != b.hard.shape[-1]:
+        if a.d.shape[-1] != b.d.shape[-1]:
             raise ValueError(f"pairwise() needs two expressions with the same number of entries, in {expr}")
-        i, j = expr._pairs(a.hard.shape[-1])
-        jac = self.jacobians
-        return Linearization(
-            a.hard[..., i] - b.hard[..., j],
-            a.upper[..., i] - b.lower[..., j],
-            a.lower[..., i] - b.upper[..., j],
-            a.defined[..., i] & b.defined[..., j],
-            a.d_upper[i] - b.d_lower[j] if jac else None,
-            a.d_lower[i] - b.d_upper[j] if jac else None,
-        )
+        i, k = expr._pairs(a.d.shape[-1])
+        j = a.j[:, i] - b.j[::-1][:, k] if self.jacobians else None
+        return _Node(a.v[..., i] - _swapped(b.v)[..., k], a.d[..., i] & b.d[..., k], j)
 
-    def _concat(self, expr: _Concat) -> Linearization:
+    def _concat(self, expr: _Concat) -> _Node:
         parts = [self.run(p) for p in expr.parts]
-        k = sum(p.hard.shape[-1] for p in parts)
+        if self.batch:  # constants are (1,): give every part the batch shape first
+            parts = [
+                _Node(
+                    np.broadcast_to(p.v, (3, *self.batch, p.d.shape[-1])),
+                    np.broadcast_to(p.d, (*self.batch, p.d.shape[-1])),
+                    None,
+                )
+                for p in parts
+            ]
+        j = np.concatenate([p.j for p in parts], axis=1) if self.jacobians else None
+        return _Node(np.concatenate([p.v for p in parts], axis=-1), np.concatenate([p.d for p in parts], axis=-1), j)
 
-        def cat(field: int, jacobian: bool = False) -> np.ndarray | None:
-            if jacobian and not self.jacobians:
-                return None
-            items = [p[field] for p in parts]
-            if not jacobian:  # constants are (1,): give every part the batch shape first
-                items = [np.broadcast_to(x, (*self.batch, x.shape[-1])) for x in items]
-            return np.concatenate(items, axis=-2 if jacobian else -1)
 
-        out = Linearization(cat(0), cat(1), cat(2), cat(3), cat(4, True), cat(5, True))
-        assert out.hard.shape[-1] == k
-        return out
+def _check_sizes(a: _Node, b: _Node, expr: Expr) -> None:
+    n, m = a.d.shape[-1], b.d.shape[-1]
+    if n != m and n != 1 and m != 1:
+        _broadcast_sizes(n, m, str(expr))  # raises with the expression in the message
 
 
 def _extreme_corners(
     hard: np.ndarray, defined: np.ndarray, values: list[np.ndarray], grads: list[np.ndarray] | None
-) -> Linearization:
+) -> _Node:
     """Bounds of an interval product or quotient: the largest and the smallest corner value with their Jacobians
     (the first corner at a tie). One-entry operands are broadcast."""
     shape = np.broadcast_shapes(*(v.shape for v in [*values, hard, defined]))
@@ -393,12 +396,10 @@ def _extreme_corners(
     hi, lo = v.argmax(0), v.argmin(0)
     upper = np.take_along_axis(v, hi[None], 0)[0]
     lower = np.take_along_axis(v, lo[None], 0)[0]
-    d_upper = d_lower = None
+    j = None
     if grads is not None:
         k = shape[-1]
         g = np.stack([np.broadcast_to(x, (k, x.shape[-1])) for x in grads])
         rows = np.arange(k)
-        d_upper, d_lower = g[hi, rows], g[lo, rows]
-    return Linearization(
-        np.broadcast_to(hard, shape).copy(), upper, lower, np.broadcast_to(defined, shape).copy(), d_upper, d_lower
-    )
+        j = np.stack([g[hi, rows], g[lo, rows]])
+    return _Node(np.stack([np.broadcast_to(hard, shape), upper, lower]), np.broadcast_to(defined, shape).copy(), j)
