@@ -35,7 +35,6 @@ VARIANTS = {
     "plain": None,
     "lagrangian": {"method": "lagrangian"},
     "proxy_lagrangian": {"method": "proxy_lagrangian"},
-    "lagrangian+compile": {"method": "lagrangian", "compile": True},
 }
 
 

@@ -23,6 +23,7 @@ A table on a GPU is copied to the host (one synchronization per evaluation).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -124,12 +125,11 @@ def linearize(expr: Expr, table: np.ndarray, *, jacobians: bool = True) -> Linea
         ValueError: the expression refers to a group ``>= G``; ``pairwise`` of expressions of different sizes;
             Jacobians asked for a stack of tables.
     """
-    node = _Evaluator(table, jacobians).run(expr)
-    v, d, j = node
-    if not d.all():
+    v, d, j, full = _Evaluator(table, jacobians).run(expr)
+    if not full:
         v = np.where(d, v, 0.0)
         j = None if j is None else np.where(d[..., None], j, 0.0)
-    if v.shape[1:] != d.shape:  # a constant expression has one entry for the whole stack
+    if v.shape[1:] != d.shape or not v.flags.writeable:  # a constant has one entry for the whole stack
         v = np.broadcast_to(v, (3, *d.shape)).copy()
     return Linearization(v[0], v[1], v[2], d, None if j is None else j[0], None if j is None else j[1])
 
@@ -168,12 +168,13 @@ def evaluate_expr(expr: Expr, stats: GroupStats) -> Bounds:
 
 class _Node(NamedTuple):
     """An expression's value inside the evaluator: ``v (3, ..., k)`` stacks [hard, upper, lower], ``d (..., k)`` the
-    defined mask, ``j (2, k, G*K)`` the Jacobians of [upper, lower] (or None). Stacking the three values makes each
-    operator one NumPy call instead of three: this runs every training step."""
+    defined mask, ``j (2, k, G*K)`` the Jacobians of [upper, lower] (or None), ``full`` whether all are defined.
+    Stacking the three values makes each operator one NumPy call instead of three: this runs every training step."""
 
     v: np.ndarray
     d: np.ndarray
     j: np.ndarray | None
+    full: bool  # every entry defined (skips the masking)
 
 
 # Negating an interval swaps its bounds: the rows of -x are -x[[hard, lower, upper]] (values), -x[[lower, upper]]
@@ -183,6 +184,38 @@ _SWAP_V = np.array([0, 2, 1])
 
 def _swapped(v: np.ndarray) -> np.ndarray:
     return v.take(_SWAP_V, axis=0)
+
+
+def _selection(group: object, num_groups: int) -> np.ndarray | None:
+    """``(1, G)`` 0/1 row pooling the table rows of a group id, a tuple of ids, or all (None); None for per-group."""
+    if group == _PER_GROUP:
+        return None
+    select = np.zeros((1, num_groups))
+    select[0, slice(None) if group is None else list(group) if isinstance(group, tuple) else [group]] = 1.0
+    return select
+
+
+@functools.lru_cache(maxsize=256)
+def _templates(name: str, group: object, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Constant parts of a rate's Jacobians w.r.t. the flattened table, ``(2, k, G*K)`` each, before dividing by
+    the denominator: label-conditioned rates: [∂ proxy numerator, -∂ complementary proxy count] (upper, lower);
+    mean loss: [∂ loss sum] twice; precision / NPV: [∂ proxy numerator] and [∂ proxy denominator]."""
+    w = _MIXERS[name]
+    select = _selection(group, num_groups)
+    rows = np.eye(num_groups) if select is None else select
+
+    def block(column: np.ndarray) -> np.ndarray:  # ∂ (rows @ table @ column) / ∂ table, (k, G*K)
+        return (rows[:, :, None] * column).reshape(rows.shape[0], -1)
+
+    kind = _KINDS[name]
+    if kind == "label":
+        pair = np.stack([block(w[:, 2]), -block(w[:, 3])])
+        return pair, pair
+    if kind == "loss":
+        loss = block(np.eye(_K)[_LOSS])
+        pair = np.stack([loss, loss])
+        return pair, pair
+    return np.stack([block(w[:, 2])] * 2), np.stack([block(w[:, 4])] * 2)
 
 
 class _Evaluator:
@@ -219,7 +252,7 @@ class _Evaluator:
     def _const(self, expr: Const) -> _Node:
         j = np.zeros((2, 1, self.width)) if self.jacobians else None
         ones = (1,) * len(self.batch)  # broadcasts against a stack of tables
-        return _Node(np.full((3, *ones, 1), expr.value), np.ones((*ones, 1), dtype=bool), j)
+        return _Node(np.full((3, *ones, 1), expr.value), np.ones((*ones, 1), dtype=bool), j, True)
 
     def _rate(self, expr: RateRef) -> _Node:
         if expr.max_group() >= self.num_groups:
@@ -235,71 +268,54 @@ class _Evaluator:
         """One rate on the rows ``select @ table`` (each row a group, a pooled set of groups, or all), as
         :func:`fairopt.rates.compute_rate` computes it."""
         kind, w = _KINDS[name], _MIXERS[name]
-        g = self.num_groups
-        if group == _PER_GROUP:
-            select = None
-            sums = self.table @ w
-        else:
-            select = np.zeros((1, g))
-            select[0, slice(None) if group is None else list(group) if isinstance(group, tuple) else [group]] = 1.0
-            sums = (select @ self.table) @ w
-        # sums[..., r, :] = den, hard numerator, proxy numerator, complementary proxy, proxy denominator
+        select = _selection(group, self.num_groups)
+        sums = self.table @ w if select is None else (select @ self.table) @ w
+        # rows of sums: den, hard numerator, proxy numerator, complementary proxy, proxy denominator
         sums = np.moveaxis(sums, -1, 0) if self.batch else sums.T
         den = sums[0]
         defined = den > 0
-        all_defined = defined.all()
-        safe_den = den if all_defined else np.where(defined, den, 1.0)
-        k = den.shape[-1]
-
-        def jac(upper: np.ndarray, lower: np.ndarray, scale: np.ndarray) -> np.ndarray:
-            """``(2, k, G*K)``: ∂ (select @ table @ column) / ∂ table, times ``scale``, for the two columns."""
-            columns = np.stack([upper, lower])[:, None, :] * scale[None, :, None]  # (2, k, K)
-            if select is None:  # one row per group: block diagonal
-                out = np.zeros((2, k, g, _K))
-                rows = np.arange(g)
-                out[:, rows, rows] = columns
-                return out.reshape(2, k, -1)
-            return (select[None, :, :, None] * columns[:, :, None, :]).reshape(2, k, -1)
-
-        if kind == "loss":
-            value = (self.table[..., _LOSS] if select is None else self.table[..., _LOSS] @ select.T) / safe_den
-            v = np.stack([value, value, value])
-            column = np.eye(_K)[_LOSS]
-            j = jac(column, column, 1.0 / safe_den) if self.jacobians else None
-        elif kind == "base":  # base rate: no proxy
-            v = np.broadcast_to(sums[1] / safe_den, (3, *den.shape))
-            j = np.zeros((2, k, self.width)) if self.jacobians else None
-        elif kind == "label":
+        full = bool(defined.all())
+        safe_den = den if full else np.where(defined, den, 1.0)
+        j = None
+        if kind == "label":
             v = sums[1:4] / safe_den  # divided, not multiplied by 1/den: ties break as in compute_rate
             v[2] = 1.0 - v[2]
-            inv = 1.0 / safe_den
-            j = jac(w[:, 2], w[:, 3], inv) * np.array([1.0, -1.0])[:, None, None] if self.jacobians else None
+            if self.jacobians:
+                j = _templates(name, group, self.num_groups)[0] * (1.0 / safe_den)[:, None]
+        elif kind == "loss":
+            loss = self.table[..., _LOSS] if select is None else self.table[..., _LOSS] @ select.T
+            v = np.broadcast_to(loss / safe_den, (3, *den.shape))
+            if self.jacobians:
+                j = _templates(name, group, self.num_groups)[0] * (1.0 / safe_den)[:, None]
+        elif kind == "base":  # no proxy
+            v = np.broadcast_to(sums[1] / safe_den, (3, *den.shape))
+            if self.jacobians:
+                j = np.zeros((2, den.shape[-1], self.width))
         else:  # precision / NPV: the plain ratio of proxy counts (its denominator depends on the predictions)
             ok = defined & (sums[4] > 0)
             proxy_den = np.where(ok, sums[4], 1.0)
             value = np.where(ok, sums[2] / proxy_den, 0.0)
             v = np.stack([sums[1] / safe_den, value, value])
-            j = None
-            if self.jacobians:
+            if self.jacobians:  # ∂(num/den) = (∂num - (num/den) ∂den) / den
                 pinv = np.where(ok, 1.0 / proxy_den, 0.0)
-                d = jac(w[:, 2], w[:, 4], pinv)  # ∂(num/den) = ∂num/den - (num/den) ∂den/den
-                d = d[0] - d[1] * value[:, None]
+                num, proxy_den_t = _templates(name, group, self.num_groups)
+                d = (num[0] - proxy_den_t[0] * value[:, None]) * pinv[:, None]
                 j = np.stack([d, d])
-        if not all_defined:
+        if not full:
             v = np.where(defined, v, 0.0)
             j = None if j is None else np.where(defined[:, None], j, 0.0)
-        return _Node(v, defined, j)
+        return _Node(v, defined, j, full)
 
     # operators ----------------------------------------------------------------------------------------------
     def _binop(self, expr: _BinOp) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)
         _check_sizes(a, b, expr)
-        defined = a.d & b.d
+        defined, full = a.d & b.d, a.full and b.full
         jac = self.jacobians
         if expr.op == "+":
-            return _Node(a.v + b.v, defined, a.j + b.j if jac else None)
+            return _Node(a.v + b.v, defined, a.j + b.j if jac else None, full)
         if expr.op == "-":  # the upper bound of a - b uses the lower bound of b
-            return _Node(a.v - _swapped(b.v), defined, a.j - b.j[::-1] if jac else None)
+            return _Node(a.v - _swapped(b.v), defined, a.j - b.j[::-1] if jac else None, full)
         (ah, au, al), (bh, bu, bl) = a.v, b.v
         if expr.op == "*":  # the four corner products of the two intervals
             values = [au * bu, au * bl, al * bu, al * bl]
@@ -335,27 +351,28 @@ class _Evaluator:
         a = self.run(expr.a)
         pos = a.v[0] >= 0
         j = np.where(pos[:, None], a.j, -a.j[::-1]) if self.jacobians else None
-        return _Node(np.where(pos, a.v, -_swapped(a.v)), a.d, j)
+        return _Node(np.where(pos, a.v, -_swapped(a.v)), a.d, j, a.full)
 
     def _reduce(self, expr: _Reduce) -> _Node:
         # The entry is chosen among the defined ones by its true value; none defined: undefined (zeroed later).
         a = self.run(expr.a)
         hard = a.v[0]
-        masked = hard if a.d.all() else np.where(a.d, hard, -np.inf if expr.how == "max" else np.inf)
+        masked = hard if a.full else np.where(a.d, hard, -np.inf if expr.how == "max" else np.inf)
         index = masked.argmax(-1) if expr.how == "max" else masked.argmin(-1)
+        any_defined = np.ones((*a.d.shape[:-1], 1), dtype=bool) if a.full else a.d.any(-1, keepdims=True)
+        full = a.full or bool(any_defined.all())
         if not self.batch:
             s = slice(int(index), int(index) + 1)
-            return _Node(a.v[:, s], a.d.any(keepdims=True), a.j[:, s] if self.jacobians else None)
-        index = index[..., None]
-        v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None], axis=-1)
-        return _Node(v, a.d.any(-1, keepdims=True), None)
+            return _Node(a.v[:, s], any_defined, a.j[:, s] if self.jacobians else None, full)
+        v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None, ..., None], axis=-1)
+        return _Node(v, any_defined, None, full)
 
     def _elementwise(self, expr: _Elementwise) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)
         _check_sizes(a, b, expr)
         take_a = a.v[0] >= b.v[0] if expr.how == "maximum" else a.v[0] <= b.v[0]
         j = np.where(take_a[:, None], a.j, b.j) if self.jacobians else None
-        return _Node(np.where(take_a, a.v, b.v), a.d & b.d, j)
+        return _Node(np.where(take_a, a.v, b.v), a.d & b.d, j, a.full and b.full)
 
     def _pairwise(self, expr: _Pairwise) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)
@@ -363,7 +380,7 @@ class _Evaluator:
             raise ValueError(f"pairwise() needs two expressions with the same number of entries, in {expr}")
         i, k = expr._pairs(a.d.shape[-1])
         j = a.j[:, i] - b.j[::-1][:, k] if self.jacobians else None
-        return _Node(a.v[..., i] - _swapped(b.v)[..., k], a.d[..., i] & b.d[..., k], j)
+        return _Node(a.v[..., i] - _swapped(b.v)[..., k], a.d[..., i] & b.d[..., k], j, a.full and b.full)
 
     def _concat(self, expr: _Concat) -> _Node:
         parts = [self.run(p) for p in expr.parts]
@@ -373,11 +390,15 @@ class _Evaluator:
                     np.broadcast_to(p.v, (3, *self.batch, p.d.shape[-1])),
                     np.broadcast_to(p.d, (*self.batch, p.d.shape[-1])),
                     None,
+                    p.full,
                 )
                 for p in parts
             ]
         j = np.concatenate([p.j for p in parts], axis=1) if self.jacobians else None
-        return _Node(np.concatenate([p.v for p in parts], axis=-1), np.concatenate([p.d for p in parts], axis=-1), j)
+        full = all(p.full for p in parts)
+        return _Node(
+            np.concatenate([p.v for p in parts], axis=-1), np.concatenate([p.d for p in parts], axis=-1), j, full
+        )
 
 
 def _check_sizes(a: _Node, b: _Node, expr: Expr) -> None:
@@ -402,4 +423,5 @@ def _extreme_corners(
         g = np.stack([np.broadcast_to(x, (k, x.shape[-1])) for x in grads])
         rows = np.arange(k)
         j = np.stack([g[hi, rows], g[lo, rows]])
-    return _Node(np.stack([np.broadcast_to(hard, shape), upper, lower]), np.broadcast_to(defined, shape).copy(), j)
+    defined = np.broadcast_to(defined, shape).copy()
+    return _Node(np.stack([np.broadcast_to(hard, shape), upper, lower]), defined, j, bool(defined.all()))

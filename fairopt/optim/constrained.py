@@ -151,7 +151,6 @@ class ConstrainedOptimizer:
         max_grad_norm: optional clipping of the total gradient norm of the wrapped optimizer's parameters before
             its step (``torch.nn.utils.clip_grad_norm_``; after unscaling when a ``grad_scaler`` is given).
         dtype: dtype of the statistics and of the dual state (float64 default).
-        compile: evaluate the constraints through ``torch.compile`` (lower per-step overhead, slower first step).
         validate: value checks (labels, group ids, finite scores and loss); None uses the global default
             (:func:`fairopt.set_validation`); each check costs one host synchronization.
 
@@ -190,7 +189,6 @@ class ConstrainedOptimizer:
         grad_scaler: torch.amp.GradScaler | None = None,
         max_grad_norm: float | None = None,
         dtype: torch.dtype = torch.float64,
-        compile: bool = False,
         validate: bool | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -220,9 +218,7 @@ class ConstrainedOptimizer:
         self.validate, self.heldout, self.records = validate, heldout, records
         self.grad_scaler = grad_scaler
         self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
-        self.constraint_set = ConstraintSet(
-            constraints, num_groups, proxy=proxy, threshold=threshold, dtype=dtype, compile=compile
-        )
+        self.constraint_set = ConstraintSet(constraints, num_groups, proxy=proxy, threshold=threshold, dtype=dtype)
         self.dual_statistics = DualStatistics(
             num_groups, source=dual_source, every=dual_every, running=running, sync=sync
         )

@@ -58,7 +58,7 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
         num_groups: G (ignored when a ConstraintSet is given, except that it must agree).
         formulation_type: a cooper formulation class: ``cooper.formulations.Lagrangian`` (default),
             ``AugmentedLagrangian`` or ``QuadraticPenalty``.
-        proxy, threshold, compile: as :class:`~fairopt.optim.ConstraintSet` (only when constraints are given).
+        proxy, threshold: as :class:`~fairopt.optim.ConstraintSet` (only when constraints are given).
         multiplier_bound: optional upper bound on every multiplier.
         penalty_coefficient: ρ > 0 for formulations with a penalty coefficient (default 1.0).
         device: device of the multipliers (and penalty coefficients). Their dtype is the constraint set's.
@@ -81,7 +81,6 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
         multiplier_bound: float | None = None,
         penalty_coefficient: float | None = None,
         device: torch.device | str | None = None,
-        compile: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(constraints, ConstraintSet):
@@ -91,7 +90,7 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
         else:
             if num_groups is None:
                 raise ValueError("num_groups is required when passing constraints (G, fixed up front)")
-            constraint_set = ConstraintSet(constraints, num_groups, proxy=proxy, threshold=threshold, compile=compile)
+            constraint_set = ConstraintSet(constraints, num_groups, proxy=proxy, threshold=threshold)
         rho = 1.0 if penalty_coefficient is None else float(penalty_coefficient)
         if not rho > 0:
             raise ValueError(f"penalty_coefficient must be > 0, got {penalty_coefficient!r}")
