@@ -211,35 +211,69 @@ def _check_num_groups(num_groups: int) -> None:
         )
 
 
-class _ScatterSum(torch.autograd.Function):
-    """``zeros(bins).scatter_add(0, index, values)`` whose backward is an ``index_select`` (a gather),
-    measured about 3x faster on CPU than the generic ``scatter_add`` backward."""
+def _segment_sum(index: Tensor, values: Tensor | None, bins: int) -> Tensor:
+    """``out[b] = sum(values[index == b])`` (a count when ``values`` is None), ``out: (bins,)``, in one pass.
+
+    No host sync: on CUDA a ``scatter_add`` (``torch.bincount`` reads ``index.max()`` there); on the CPU ``bincount``
+    (exact int64 counts when unweighted; measured faster).
+    """
+    if index.device.type == "cpu":
+        if values is not None and values.dtype not in (torch.float32, torch.float64):
+            values = values.float()  # bincount sums float32/float64 weights only (e.g. bfloat16 under autocast)
+        return torch.bincount(index, weights=values, minlength=bins)
+    if values is None:
+        values = torch.ones((), device=index.device, dtype=torch.float64).expand(index.shape[0])
+    return torch.zeros(bins, device=index.device, dtype=values.dtype).scatter_add_(0, index, values)
+
+
+class _Table(torch.autograd.Function):
+    """The ``(G, K)`` table of one batch as a single autograd node: its forward is a few segment sums (no autograd
+    recording inside), its backward one gather per differentiable input (``grad_table[cell of example i]``)."""
 
     @staticmethod
-    def forward(values: Tensor, index: Tensor, bins: int) -> Tensor:
-        return torch.zeros(bins, device=values.device, dtype=values.dtype).scatter_add_(0, index, values)
+    def forward(  # type: ignore[override]
+        positive: Tensor,
+        negative: Tensor | None,
+        loss: Tensor | None,
+        code2: Tensor,
+        code4: Tensor,
+        groups: Tensor,
+        weights: Tensor | None,
+        num_groups: int,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        g = num_groups
+        hard = _segment_sum(code4, weights, 4 * g).to(dtype).view(g, 4)  # tn fp fn tp
+        pos = _segment_sum(code2, positive, 2 * g).to(dtype).view(g, 2)  # [fp, tp]_proxy
+        if negative is None:  # normalized proxy: negative = 1 - positive per example; sums follow from label counts
+            neg = hard.view(g, 2, 2).sum(dim=2) - pos
+        else:
+            neg = _segment_sum(code2, negative, 2 * g).to(dtype).view(g, 2)  # [tn, fn]_proxy
+        proxy = torch.stack([neg, pos], dim=2).view(g, 4)  # tn fp fn tp (proxy)
+        loss_col = hard.new_zeros(g, 1) if loss is None else _segment_sum(groups, loss, g).to(dtype).view(g, 1)
+        return torch.cat([hard, proxy, loss_col], dim=1)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        ctx.save_for_backward(inputs[1])
+        positive, negative, loss, code2, _, groups, *_ = inputs
+        ctx.derived_negative = negative is None
+        ctx.save_for_backward(code2, groups)
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (positive, negative, loss))
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        (index,) = ctx.saved_tensors
-        return grad.index_select(0, index), None, None
-
-
-def _segment_sum(index: Tensor, values: Tensor | None, bins: int, dtype: torch.dtype) -> Tensor:
-    """``out[b] = sum(values[index == b])`` (a count when ``values`` is None), ``out: (bins,)``, in one pass.
-
-    No host sync (unlike ``torch.bincount`` on CUDA, which reads ``index.max()``). Differentiable w.r.t.
-    ``values``. Unweighted counts on CPU use ``bincount`` (exact int64 counts, measured faster there).
-    """
-    if values is None:
-        if index.device.type == "cpu":
-            return torch.bincount(index, minlength=bins).to(dtype)
-        values = torch.ones((), device=index.device, dtype=dtype).expand(index.shape[0])
-    return _ScatterSum.apply(values.to(dtype), index, bins)
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        code2, groups = ctx.saved_tensors
+        d_neg = grad[:, 4:8:2]  # tn_proxy, fn_proxy: one column per label
+        d_pos = grad[:, 5:8:2]  # fp_proxy, tp_proxy
+        if ctx.derived_negative:  # neg = count - pos
+            d_pos = d_pos - d_neg
+        pos_dtype, neg_dtype, loss_dtype = ctx.dtypes
+        grads: list[Tensor | None] = [d_pos.reshape(-1).index_select(0, code2).to(pos_dtype), None, None]
+        if ctx.needs_input_grad[1]:
+            grads[1] = d_neg.reshape(-1).index_select(0, code2).to(neg_dtype)
+        if ctx.needs_input_grad[2]:
+            grads[2] = grad[:, 8].index_select(0, groups).to(loss_dtype)
+        return (*grads, None, None, None, None, None, None)
 
 
 def group_stats(
@@ -289,38 +323,25 @@ def group_stats(
     scores, labels, groups, weights, loss = _check_inputs(
         scores, labels, groups, num_groups, weights, loss, validation_enabled(validate)
     )
-    g = num_groups
     # code2 = 2*group + label indexes the (group, label) cells; code4 adds the hard prediction bit. One fused
     # add each: index arithmetic dominates the cost of this function on CPU.
     label_bit = (labels != 0) if labels.is_floating_point() else labels
-    code2 = torch.add(label_bit, groups.to(torch.int64), alpha=2)
+    groups = groups.to(torch.int64)
+    code2 = torch.add(label_bit, groups, alpha=2)
     margin = scores if threshold == 0 else scores - threshold
-    code4 = torch.add(margin > 0, code2, alpha=2)
-    if weights is None:
-        hard = _segment_sum(code4, None, 4 * g, dtype).view(g, 4)
-    else:
-        hard = _segment_sum(code4, weights.detach(), 4 * g, weights.dtype).to(dtype).view(g, 4)
-
+    code4 = torch.add(margin.detach() > 0, code2, alpha=2)
     # Proxy sums accumulate in the scores' dtype (a float64 copy of the batch would cost more than the whole
-    # scatter); the small table is then cast. Hard counts above are exact integer counts when unweighted.
+    # scatter); the small table is then cast. Hard counts are exact integer counts when unweighted.
+    hard_weights = None if weights is None else weights.detach()
     positive = proxy_obj.positive(margin)
+    negative = None
+    if not proxy_obj.normalized or (weights is not None and weights.requires_grad):
+        negative = proxy_obj.negative_fn(margin)
     if weights is not None:
         positive = positive * weights
-    pos = _segment_sum(code2, positive, 2 * g, positive.dtype).to(dtype).view(g, 2)  # [fp_proxy, tp_proxy]
-    if proxy_obj.normalized and (weights is None or not weights.requires_grad):
-        # negative = 1 - positive per example, so its sums follow from the (weighted) label counts.
-        neg = torch.stack([hard[:, 0] + hard[:, 1], hard[:, 2] + hard[:, 3]], dim=1) - pos
-    else:
-        negative = proxy_obj.negative_fn(margin)
-        if weights is not None:
-            negative = negative * weights
-        neg = _segment_sum(code2, negative, 2 * g, negative.dtype).to(dtype).view(g, 2)  # [tn_proxy, fn_proxy]
-    if loss is None:
-        loss_col = torch.zeros(g, 1, device=scores.device, dtype=dtype)
-    else:
-        weighted_loss = loss if weights is None else loss * weights
-        loss_col = _segment_sum(groups.to(torch.int64), weighted_loss, g, weighted_loss.dtype).to(dtype).view(g, 1)
-    table = torch.cat([hard, neg[:, :1], pos[:, :1], neg[:, 1:], pos[:, 1:], loss_col], dim=1)
+        negative = None if negative is None else negative * weights
+        loss = None if loss is None else loss * weights
+    table = _Table.apply(positive, negative, loss, code2, code4, groups, hard_weights, num_groups, dtype)
     return GroupStats(table)
 
 
