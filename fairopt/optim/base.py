@@ -68,6 +68,12 @@ class DualPlayer(abc.ABC):
             value: the batch's constraint values; only ``value.proxy (m,)`` enters (differentiable).
         """
 
+    def primal_weights(self) -> tuple[Tensor, Tensor] | None:
+        r"""``(w_0, μ)`` when :meth:`primal_objective` is linear in the proxy values, ``w_0 f + Σ_i μ_i g̃_i`` at the
+        current state (``()`` and ``(m,)`` tensors); None otherwise (the default). The optimizer then builds the
+        objective's gradient from ``Σ_i μ_i ∂g̃_i/∂T`` directly (:mod:`fairopt.constraints.evaluation`)."""
+        return None
+
     @abc.abstractmethod
     def update(self, value: ConstraintValue) -> None:
         """One dual step from the hard values ``value.hard (m,)`` and ``value.defined (m,)`` only."""

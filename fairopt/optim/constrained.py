@@ -32,15 +32,18 @@ the wrapped optimizer as usual.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fairopt._validation import validation_enabled
 from fairopt.constraints import Constraint, ConstraintValue
+from fairopt.constraints.evaluation import Linearization, attach, host_table
 from fairopt.optim.base import check_positive
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.dual_stats import DualStatistics
@@ -77,6 +80,15 @@ class StepResult:
     value: ConstraintValue
     multipliers: Tensor
     dual_value: ConstraintValue | None
+
+
+def _constant_value(lin: Linearization, table: Tensor, dtype: torch.dtype) -> ConstraintValue:
+    """The linearization's values as tensors without gradient (``dtype``, on the table's device)."""
+
+    def tensor(a: np.ndarray, to: torch.dtype) -> Tensor:
+        return torch.from_numpy(a).to(device=table.device, dtype=to)
+
+    return ConstraintValue(tensor(lin.hard, dtype), tensor(lin.upper, dtype), tensor(lin.defined, torch.bool))
 
 
 def _detached(value: ConstraintValue) -> ConstraintValue:
@@ -292,7 +304,10 @@ class ConstrainedOptimizer:
         stats = cs.measure(
             scores, groups=groups, labels=labels, weights=weights, example_losses=example_losses, validate=self.validate
         )
-        value = cs.evaluate(stats)
+        # Expression constraints: values and Jacobians in one NumPy pass; the proxy gradient enters the objective
+        # below (see _primal_objective). Function constraints: a differentiable evaluation.
+        lin = cs.linearize(stats) if cs.linearizable else None
+        value = cs.evaluate(stats) if lin is None else _constant_value(lin, stats.table, cs.dtype)
         self.num_steps += 1
         dual_stats = self.dual_statistics
         if dual_stats.source == "train" and not dual_stats.passthrough:
@@ -302,11 +317,36 @@ class ConstrainedOptimizer:
             with torch.no_grad():
                 self._observe(self.heldout())
         dual_value = self._dual_step(value) if due and self.dual_update == "alternating" else None
-        objective = self.player.primal_objective(loss, value)
+        objective = self._primal_objective(loss, stats, value, lin)
         self._primal_step(objective)
         if due and self.dual_update == "simultaneous":
             dual_value = self._dual_step(value)
         return StepResult(loss.detach(), objective.detach(), _detached(value), self.player.multipliers, dual_value)
+
+    def _primal_objective(
+        self, loss: Tensor, stats: GroupStats, value: ConstraintValue, lin: Linearization | None
+    ) -> Tensor:
+        """The method's primal objective, differentiable w.r.t. the model through ``loss`` and ``stats.table``.
+
+        With a linearization and a player whose objective is linear in the proxy values, ``w_0 f + μᵀ g̃(T)``, only
+        ``W = μᵀ ∂g̃/∂T`` (a ``(G, K)`` array) is needed: the objective is ``w_0 f + W · T`` plus the constant that
+        makes its value exact. Same value and gradient as the generic path, two tensor operations instead of a
+        differentiable evaluation.
+        """
+        if lin is None:
+            return self.player.primal_objective(loss, value)
+        table = stats.table
+        weights = self.player.primal_weights()
+        if weights is None:
+            proxy = attach(lin.upper, lin.d_upper, table.to(self.constraint_set.dtype))
+            return self.player.primal_objective(loss, ConstraintValue(value.hard, proxy, value.defined))
+        w0, mu = float(weights[0]), weights[1].detach().cpu().double().numpy()
+        assert lin.d_upper is not None
+        gradient = mu @ lin.d_upper  # (G*K,): ∂(μᵀ g̃)/∂T
+        offset = float(mu @ lin.upper - gradient @ host_table(stats).reshape(-1))
+        flat = table.reshape(-1)
+        term = torch.dot(torch.from_numpy(gradient).to(device=flat.device, dtype=flat.dtype), flat)
+        return (loss if w0 == 1.0 else w0 * loss) + (term + offset).to(loss.dtype)
 
     def _primal_step(self, objective: Tensor) -> None:
         """``backward`` on the primal objective, optional clipping, the wrapped optimizer's step."""
@@ -333,7 +373,7 @@ class ConstrainedOptimizer:
             raise ValueError(f"loss must be a scalar, got shape {tuple(loss.shape)}; reduce it, e.g. loss.mean()")
         if not loss.requires_grad:
             raise ValueError("loss does not require grad: compute it from the model's output, outside torch.no_grad()")
-        if validation_enabled(self.validate) and not bool(torch.isfinite(loss.detach())):
+        if validation_enabled(self.validate) and not math.isfinite(loss.item()):
             raise ValueError(
                 f"loss is {loss.item()} (NaN or inf): training diverged or the inputs are invalid; lower the learning "
                 "rate or check the data"

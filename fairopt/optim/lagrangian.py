@@ -106,10 +106,16 @@ class LagrangianPlayer(DualPlayer):
     def primal_objective(self, loss: Tensor, value: ConstraintValue) -> Tensor:
         r""":math:`f + \sum_i λ_i \tilde g_i` (or cooper's augmented form)."""
         if self._plain_lagrangian:  # cooper's Lagrangian term, λᵀ g̃, without building its CMPState (~100 µs/step)
-            weights = self.problem.multiplier_values().to(value.proxy.dtype)
-            return loss + (weights * value.proxy).sum()
+            return loss + (self.problem.multiplier_values().to(value.proxy.dtype) * value.proxy).sum()
         states = self.problem.constraint_states(value, dual=False)
         return CMPState(loss=loss, observed_constraints=states).compute_primal_lagrangian().lagrangian
+
+    def primal_weights(self) -> tuple[Tensor, Tensor] | None:
+        """``(1, λ)`` for the Lagrangian; None for the augmented Lagrangian (quadratic in ``g̃``)."""
+        if not self._plain_lagrangian:
+            return None
+        weights = self.problem.multiplier_values()
+        return torch.ones((), dtype=weights.dtype, device=weights.device), weights
 
     def update(self, value: ConstraintValue) -> None:
         """One ascent step on cooper's dual Lagrangian ``λᵀ g`` (hard values), then cooper's projection.

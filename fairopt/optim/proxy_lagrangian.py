@@ -113,6 +113,10 @@ class ProxyLagrangianPlayer(DualPlayer):
         lam = self._lam
         return lam[0] * loss + (lam[1:] * value.proxy).sum()
 
+    def primal_weights(self) -> tuple[Tensor, Tensor]:
+        """``(λ_0, λ_{1:})``: the primal objective is linear in the proxy values."""
+        return self._lam[0], self._lam[1:]
+
     def update(self, value: ConstraintValue) -> None:
         """One λ step from ``Δ = (0, g)`` with the hard values (undefined entries frozen)."""
         hard, defined = observed_values(value)
