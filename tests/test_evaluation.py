@@ -1,0 +1,211 @@
+"""The NumPy evaluator: values against fairopt.rates, Jacobians against finite differences, stacks against single
+tables, and the optimizer's linearized objective against the differentiable one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fairopt as fo
+from fairopt.constraints import FunctionConstraint, RateRef, concat, maximum, minimum, pairwise
+from fairopt.constraints.evaluation import attach
+from fairopt.optim import ConstrainedOptimizer, ConstraintSet
+from fairopt.rates import RATES, compute_rate
+from fairopt.stats import GroupStats, group_stats
+
+G = 3
+F64 = torch.float64
+
+CONSTRAINTS = [
+    fo.EqualizedOdds(0.05),
+    fo.EqualizedOdds(0.05, convention="pairwise"),
+    fo.EqualizedOdds(0.0, convention="vs_overall"),
+    fo.DemographicParity(0.1),
+    fo.DisparateImpact(0.8),
+    fo.DisparateImpact(0.8, convention="pairwise"),
+    fo.DisparateImpact(0.8, convention="vs_overall"),
+    fo.PredictiveParity(0.1),
+    fo.BoundedGroupLoss(0.5),
+    fo.RateBound("tpr", min=0.7, max=0.95),
+    fo.ErrorRateParity(0.02),
+    fo.selection_rate(1) / fo.selection_rate(2) >= 0.8,
+    fo.tpr(1) * fo.fpr(2) <= 0.1,
+    abs(fo.tpr((0, 1)) - fo.tpr()) <= 0.02,
+    maximum(fo.tpr.per_group(), fo.fpr.per_group()).max() - minimum(fo.tpr.per_group(), fo.fpr(1)).min() <= 0.3,
+    RateRef("precision")(1) / RateRef("npv")(2) <= 1.2,
+    RateRef("base_rate")(1) * fo.tpr(2) >= 0.1,
+    RateRef("error_rate").per_group() - 0.5 * RateRef("accuracy")() <= 0.1,
+    (fo.fpr(2) - 3.0) * (fo.tpr(0) + 0.5) <= 1.0,
+    (2.0 / (fo.tpr.per_group() + 1.0)).min() >= 0.1,
+    concat(-fo.tpr.per_group(), RateRef("fnr")(0) - RateRef("tnr")()) <= 0.0,
+    abs(pairwise(fo.fpr.per_group(), symmetric=True)) <= 0.1,
+]
+
+
+def random_table(seed: int, *, empty_positives: bool = False, empty_group: bool = False) -> torch.Tensor:
+    """A (G, 9) float64 table: integer hard cells, positive proxy sums (not normalized), a loss column."""
+    g = torch.Generator().manual_seed(seed)
+    hard = torch.randint(1, 20, (G, 4), generator=g).double()
+    if empty_positives:
+        hard[0, 2:4] = 0  # group 0: TPR, FNR, precision-by-label... undefined
+    if empty_group:
+        hard[1] = 0
+    proxy = torch.rand(G, 4, generator=g, dtype=F64) * 10 + 0.1
+    loss = torch.rand(G, 1, generator=g, dtype=F64) * 5
+    return torch.cat([hard, proxy, loss], dim=1)
+
+
+@pytest.mark.parametrize("name", sorted(RATES))
+@pytest.mark.parametrize("group", [None, 1, (0, 2), "per_group"])
+def test_rate_leaves_match_compute_rate(name, group):
+    """Each leaf against the tensor implementation of fairopt.rates (its own tests check it against sklearn)."""
+    table = random_table(3, empty_positives=True)
+    ref = RateRef(name).per_group() if group == "per_group" else RateRef(name)(group)
+    bounds = ref.evaluate(GroupStats(table))
+    if group is None:
+        rows = GroupStats(table).overall()
+    elif group == "per_group":
+        rows = GroupStats(table)
+    else:
+        ids = [group] if isinstance(group, int) else list(group)
+        rows = GroupStats(table[ids].sum(dim=0, keepdim=True))
+    rv = compute_rate(rows, name)
+    torch.testing.assert_close(bounds.hard, rv.value, rtol=0, atol=1e-15)
+    torch.testing.assert_close(bounds.upper, rv.upper, rtol=0, atol=1e-15)
+    torch.testing.assert_close(bounds.lower, rv.lower, rtol=0, atol=1e-15)
+    assert bounds.defined.tolist() == rv.defined.tolist()
+
+
+@pytest.mark.parametrize("index", range(len(CONSTRAINTS)))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_proxy_gradient_matches_finite_differences(index, seed):
+    """gradcheck of the proxy values w.r.t. the proxy and loss columns (the hard columns are counts)."""
+    constraint = CONSTRAINTS[index]
+    table = random_table(seed, empty_positives=seed == 1, empty_group=seed == 2)
+    hard = table[:, :4]
+
+    def proxy(rest: torch.Tensor) -> torch.Tensor:
+        return constraint.evaluate(GroupStats(torch.cat([hard, rest], dim=1))).proxy
+
+    assert torch.autograd.gradcheck(proxy, (table[:, 4:].clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("index", range(len(CONSTRAINTS)))
+def test_lower_bound_gradient_matches_finite_differences(index):
+    expr = CONSTRAINTS[index].expr
+    table = random_table(5)
+
+    def lower(rest: torch.Tensor) -> torch.Tensor:
+        return expr.evaluate(GroupStats(torch.cat([table[:, :4], rest], dim=1))).lower
+
+    assert torch.autograd.gradcheck(lower, (table[:, 4:].clone().requires_grad_(),))
+
+
+def test_a_stack_of_tables_gives_the_values_of_each_table():
+    tables = torch.stack(
+        [random_table(s, empty_positives=s % 3 == 0, empty_group=s % 5 == 0) for s in range(12)]
+    ).numpy()
+    for constraint in CONSTRAINTS:
+        stacked = constraint.linearize(tables, jacobians=False)
+        assert stacked.hard.shape == (12, constraint.num_entries(G)) and stacked.d_upper is None
+        for i, table in enumerate(tables):
+            one = constraint.linearize(table)
+            np.testing.assert_array_equal(stacked.hard[i], one.hard, err_msg=constraint.name)
+            np.testing.assert_array_equal(stacked.upper[i], one.upper, err_msg=constraint.name)
+            np.testing.assert_array_equal(stacked.defined[i], one.defined, err_msg=constraint.name)
+    with pytest.raises(ValueError, match="one \\(G, K\\) table"):
+        CONSTRAINTS[0].linearize(tables)
+
+
+def test_undefined_entries_are_zero_with_zero_jacobian():
+    table = random_table(0, empty_positives=True).numpy()
+    lin = fo.EqualOpportunity(0.0, convention="vs_overall").linearize(table)
+    assert lin.defined.tolist() == [False, True, True]
+    assert lin.hard[0] == lin.upper[0] == 0.0 and not lin.d_upper[0].any()
+    # the max/min reduce over the defined groups only
+    gap = fo.EqualOpportunity(0.0).linearize(table)
+    tpr = table[1:, 3] / table[1:, 2:4].sum(axis=1)
+    assert gap.defined.tolist() == [True] and gap.hard[0] == pytest.approx(float(tpr.max() - tpr.min()))
+
+
+def test_attach_gives_the_value_and_the_jacobian_as_gradient():
+    table = torch.rand(2, 9, dtype=F64, requires_grad=True)
+    jacobian = np.arange(36, dtype=np.float64).reshape(2, 18)
+    out = attach(np.array([0.5, -1.0]), jacobian, table)
+    assert out.tolist() == [0.5, -1.0]
+    (grad,) = torch.autograd.grad(out @ torch.tensor([2.0, 3.0], dtype=F64), table)
+    np.testing.assert_allclose(grad.reshape(-1).numpy(), 2.0 * jacobian[0] + 3.0 * jacobian[1])
+
+
+def test_linearize_is_the_first_order_expansion_of_evaluate():
+    constraint = fo.DisparateImpact(0.8, convention="pairwise")
+    table = random_table(7).numpy()
+    lin = constraint.linearize(table)
+    step = np.zeros_like(table)
+    step[:, 4:] = np.random.default_rng(0).normal(size=(G, 5)) * 1e-6
+    moved = constraint.linearize(table + step)
+    np.testing.assert_allclose(moved.upper, lin.upper + lin.d_upper.reshape(-1, G * 9) @ step.reshape(-1), atol=1e-10)
+
+
+def test_function_constraints_are_evaluated_by_their_function_in_a_mixed_set():
+    custom = FunctionConstraint(lambda view: view.selection_rate - 0.5, num_entries=lambda g: g, name="sr")
+    cs = ConstraintSet([fo.DemographicParity(0.1), custom], G)
+    assert not cs.linearizable and cs.num_constraints == 1 + G
+    stats = GroupStats(random_table(1))
+    value = cs.evaluate(stats)
+    sr = compute_rate(stats, "selection_rate").value
+    torch.testing.assert_close(value.hard[1:], sr - 0.5)
+    torch.testing.assert_close(value.hard[:1], fo.DemographicParity(0.1).evaluate(stats).hard)
+    with pytest.raises(TypeError, match="FunctionConstraint"):
+        cs.linearize(stats)
+
+
+@pytest.mark.parametrize("method", ["lagrangian", "proxy_lagrangian"])
+@pytest.mark.parametrize("proxy", ["sigmoid", "hinge"])
+def test_linearized_objective_has_the_value_and_gradient_of_the_differentiable_one(method, proxy):
+    """The optimizer's W·T objective against player.primal_objective on the differentiable evaluation."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(300, 5, generator=g, dtype=F64)
+    y = (torch.rand(300, generator=g) < 0.4).double()
+    a = torch.randint(0, G, (300,), generator=g)
+    w = torch.rand(300, generator=g, dtype=F64) + 0.5
+    model = torch.nn.Linear(5, 1).double()
+    constraints = [fo.EqualizedOdds(0.02), fo.DisparateImpact(0.9, convention="vs_overall"), fo.BoundedGroupLoss(0.3)]
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), constraints, G, method=method, proxy=proxy)
+    with torch.no_grad():  # non-trivial multipliers
+        scores = model(x).squeeze(-1)
+        losses = F.binary_cross_entropy_with_logits(scores, y, reduction="none")
+        stats = opt.constraint_set.measure(scores, groups=a, labels=y, example_losses=losses)
+    for _ in range(3):
+        opt.player.update(opt.evaluate(stats))
+    assert (opt.multipliers > 0).any()
+    objectives, grads = [], []
+    for linearized in (True, False):
+        model.zero_grad()
+        scores = model(x).squeeze(-1)
+        losses = F.binary_cross_entropy_with_logits(scores, y, reduction="none")
+        cs = opt.constraint_set
+        stats = cs.measure(scores, groups=a, labels=y, weights=w, example_losses=losses)
+        if linearized:
+            lin = cs.linearize(stats)
+            value = opt.evaluate(stats)
+            objective = opt._primal_objective(losses.mean(), stats, value, lin)
+        else:
+            objective = opt.player.primal_objective(losses.mean(), cs.evaluate(stats))
+        objective.backward()
+        objectives.append(objective.item())
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert objectives[0] == pytest.approx(objectives[1], rel=1e-12)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+    assert grads[0].abs().sum() > 0
+
+
+def test_group_stats_gradient_of_the_derived_negative_proxy_columns():
+    """Normalized proxy without weights: tn/fn proxy columns are label counts minus the positive ones."""
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(20, generator=g, dtype=F64, requires_grad=True)
+    labels, groups = torch.randint(0, 2, (20,), generator=g), torch.randint(0, 3, (20,), generator=g)
+    mix = torch.randn(3, 9, generator=g, dtype=F64)
+    assert torch.autograd.gradcheck(lambda s: (group_stats(s, labels, groups, 3).table * mix).sum(), (scores,))
