@@ -12,8 +12,10 @@ normal draw with the mean's standard error), when the loss moments are known.
 
 The interval is the percentile interval (Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13)
 of the constraint value over the ``n_resamples`` tables, per entry over the resamples where the entry is defined.
-All resampled tables are evaluated in one vectorized call (``torch.func.vmap``), falling back to a loop for a
-constraint that cannot be vmapped. Like every percentile bootstrap it is approximate: it can undercover for small
+All resampled tables of an expression constraint are evaluated in one vectorized NumPy pass
+(:meth:`Constraint.linearize <fairopt.constraints.Constraint.linearize>` on a stack); a
+:class:`~fairopt.constraints.FunctionConstraint` is vmapped (``torch.func.vmap``), or looped over when its function
+cannot be. Like every percentile bootstrap it is approximate: it can undercover for small
 groups and for rates at 0 or 1 (a zero cell is never resampled away from zero).
 """
 
