@@ -249,15 +249,20 @@ class _Table(torch.autograd.Function):
         ctx.save_for_backward(code2, groups)
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (positive, negative, loss))
         g = num_groups
-        hard = _segment_sum(code4, weights, 4 * g).to(dtype).view(g, 4)  # tn fp fn tp
-        pos = _segment_sum(code2, positive, 2 * g).to(dtype).view(g, 2)  # [fp, tp]_proxy
+        table = torch.empty(g, len(COLUMNS), dtype=dtype, device=code2.device)
+        hard = table[:, :4]  # tn fp fn tp
+        hard.copy_(_segment_sum(code4, weights, 4 * g).view(g, 4))
+        pos = table[:, 5:8:2]  # fp_proxy, tp_proxy: one column per label
+        pos.copy_(_segment_sum(code2, positive, 2 * g).view(g, 2))
         if negative is None:  # normalized proxy: negative = 1 - positive per example; sums follow from label counts
-            neg = hard.view(g, 2, 2).sum(dim=2) - pos
+            torch.sub(hard.view(g, 2, 2).sum(dim=2), pos, out=table[:, 4:8:2])
         else:
-            neg = _segment_sum(code2, negative, 2 * g).to(dtype).view(g, 2)  # [tn, fn]_proxy
-        proxy = torch.stack([neg, pos], dim=2).view(g, 4)  # tn fp fn tp (proxy)
-        loss_col = hard.new_zeros(g, 1) if loss is None else _segment_sum(groups, loss, g).to(dtype).view(g, 1)
-        return torch.cat([hard, proxy, loss_col], dim=1)
+            table[:, 4:8:2] = _segment_sum(code2, negative, 2 * g).view(g, 2)  # tn_proxy, fn_proxy
+        if loss is None:
+            table[:, 8] = 0.0
+        else:
+            table[:, 8] = _segment_sum(groups, loss, g)
+        return table
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]

@@ -23,6 +23,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -68,10 +69,11 @@ class DualPlayer(abc.ABC):
             value: the batch's constraint values; only ``value.proxy (m,)`` enters (differentiable).
         """
 
-    def primal_weights(self) -> tuple[Tensor, Tensor] | None:
+    def primal_weights(self) -> tuple[float, np.ndarray] | None:
         r"""``(w_0, μ)`` when :meth:`primal_objective` is linear in the proxy values, ``w_0 f + Σ_i μ_i g̃_i`` at the
-        current state (``()`` and ``(m,)`` tensors); None otherwise (the default). The optimizer then builds the
-        objective's gradient from ``Σ_i μ_i ∂g̃_i/∂T`` directly (:mod:`fairopt.constraints.evaluation`)."""
+        current state (a float and an ``(m,)`` float64 array on the host); None otherwise (the default). The
+        optimizer then builds the objective's gradient from ``Σ_i μ_i ∂g̃_i/∂T`` directly
+        (:mod:`fairopt.constraints.evaluation`)."""
         return None
 
     @abc.abstractmethod

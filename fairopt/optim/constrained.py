@@ -340,7 +340,7 @@ class ConstrainedOptimizer:
         if weights is None:
             proxy = attach(lin.upper, lin.d_upper, table.to(self.constraint_set.dtype))
             return self.player.primal_objective(loss, ConstraintValue(value.hard, proxy, value.defined))
-        w0, mu = float(weights[0]), weights[1].detach().cpu().double().numpy()
+        w0, mu = weights
         assert lin.d_upper is not None
         gradient = mu @ lin.d_upper  # (G*K,): ∂(μᵀ g̃)/∂T
         offset = float(mu @ lin.upper - gradient @ host_table(stats).reshape(-1))

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import cooper
+import numpy as np
 import torch
 from cooper import CMPState
 from cooper.formulations import Lagrangian
@@ -110,12 +111,12 @@ class LagrangianPlayer(DualPlayer):
         states = self.problem.constraint_states(value, dual=False)
         return CMPState(loss=loss, observed_constraints=states).compute_primal_lagrangian().lagrangian
 
-    def primal_weights(self) -> tuple[Tensor, Tensor] | None:
+    def primal_weights(self) -> tuple[float, np.ndarray] | None:
         """``(1, λ)`` for the Lagrangian; None for the augmented Lagrangian (quadratic in ``g̃``)."""
         if not self._plain_lagrangian:
             return None
-        weights = self.problem.multiplier_values()
-        return torch.ones((), dtype=weights.dtype, device=weights.device), weights
+        parts = [c.multiplier.weight.detach().cpu().double().numpy() for c in self.problem.constraints()]
+        return 1.0, parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def update(self, value: ConstraintValue) -> None:
         """One ascent step on cooper's dual Lagrangian ``λᵀ g`` (hard values), then cooper's projection.

@@ -71,13 +71,10 @@ class FairnessMultiplier(DenseMultiplier):
         """Project after a dual step: unobserved or non-finite entries keep their previous value; then clamp to
         ``[0, bound]`` for inequality constraints (cooper's projection, plus the bound)."""
         new = self.weight.data
-        keep = ~torch.isfinite(new)
+        ok = torch.isfinite(new)
         if self._observed is not None:
-            keep = keep | ~self._observed
-        if self._before is not None:
-            new = torch.where(keep, self._before, new)
-        else:
-            new = torch.where(keep, torch.zeros_like(new), new)
+            ok = ok & self._observed
+        new = torch.where(ok, new, torch.zeros_like(new) if self._before is None else self._before)
         if self.constraint_type == ConstraintType.INEQUALITY:
             new = new.clamp(min=0.0, max=self.bound)
         elif self.bound is not None:

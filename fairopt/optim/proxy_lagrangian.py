@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -113,9 +114,10 @@ class ProxyLagrangianPlayer(DualPlayer):
         lam = self._lam
         return lam[0] * loss + (lam[1:] * value.proxy).sum()
 
-    def primal_weights(self) -> tuple[Tensor, Tensor]:
+    def primal_weights(self) -> tuple[float, np.ndarray]:
         """``(λ_0, λ_{1:})``: the primal objective is linear in the proxy values."""
-        return self._lam[0], self._lam[1:]
+        lam = self._lam.detach().cpu().double().numpy()
+        return float(lam[0]), lam[1:]
 
     def update(self, value: ConstraintValue) -> None:
         """One λ step from ``Δ = (0, g)`` with the hard values (undefined entries frozen)."""
