@@ -214,14 +214,13 @@ def _check_num_groups(num_groups: int) -> None:
 def _segment_sum(index: Tensor, values: Tensor | None, bins: int) -> Tensor:
     """``out[b] = sum(values[index == b])`` (a count when ``values`` is None), ``out: (bins,)``, in one pass.
 
-    No host sync: on CUDA a ``scatter_add`` (``torch.bincount`` reads ``index.max()`` there); on the CPU ``bincount``
-    (exact int64 counts when unweighted; measured faster).
+    No host sync (``torch.bincount`` reads ``index.max()`` on CUDA). Unweighted counts on the CPU use ``bincount``
+    (exact int64 counts), sums a ``scatter_add`` in the values' dtype (measured 1.5-2x faster than a weighted
+    ``bincount`` at N = 1M).
     """
-    if index.device.type == "cpu":
-        if values is not None and values.dtype not in (torch.float32, torch.float64):
-            values = values.float()  # bincount sums float32/float64 weights only (e.g. bfloat16 under autocast)
-        return torch.bincount(index, weights=values, minlength=bins)
     if values is None:
+        if index.device.type == "cpu":
+            return torch.bincount(index, minlength=bins)
         values = torch.ones((), device=index.device, dtype=torch.float64).expand(index.shape[0])
     return torch.zeros(bins, device=index.device, dtype=values.dtype).scatter_add_(0, index, values)
 
