@@ -211,7 +211,7 @@ def _check_num_groups(num_groups: int) -> None:
         )
 
 
-def _segment_sum(index: Tensor, values: Tensor | None, bins: int) -> Tensor:
+def _segment_sum(index: Tensor, values: Tensor | None, bins: int, count_dtype: torch.dtype) -> Tensor:
     """``out[b] = sum(values[index == b])`` (a count when ``values`` is None), ``out: (bins,)``, in one pass.
 
     No host sync (``torch.bincount`` reads ``index.max()`` on CUDA). Unweighted counts on the CPU use ``bincount``
@@ -221,7 +221,7 @@ def _segment_sum(index: Tensor, values: Tensor | None, bins: int) -> Tensor:
     if values is None:
         if index.device.type == "cpu":
             return torch.bincount(index, minlength=bins)
-        values = torch.ones((), device=index.device, dtype=torch.float64).expand(index.shape[0])
+        values = torch.ones((), device=index.device, dtype=count_dtype).expand(index.shape[0])
     return torch.zeros(bins, device=index.device, dtype=values.dtype).scatter_add_(0, index, values)
 
 
@@ -250,17 +250,17 @@ class _Table(torch.autograd.Function):
         g = num_groups
         table = torch.empty(g, len(COLUMNS), dtype=dtype, device=code2.device)
         hard = table[:, :4]  # tn fp fn tp
-        hard.copy_(_segment_sum(code4, weights, 4 * g).view(g, 4))
+        hard.copy_(_segment_sum(code4, weights, 4 * g, dtype).view(g, 4))
         pos = table[:, 5:8:2]  # fp_proxy, tp_proxy: one column per label
-        pos.copy_(_segment_sum(code2, positive, 2 * g).view(g, 2))
+        pos.copy_(_segment_sum(code2, positive, 2 * g, dtype).view(g, 2))
         if negative is None:  # normalized proxy: negative = 1 - positive per example; sums follow from label counts
             torch.sub(hard.view(g, 2, 2).sum(dim=2), pos, out=table[:, 4:8:2])
         else:
-            table[:, 4:8:2] = _segment_sum(code2, negative, 2 * g).view(g, 2)  # tn_proxy, fn_proxy
+            table[:, 4:8:2] = _segment_sum(code2, negative, 2 * g, dtype).view(g, 2)  # tn_proxy, fn_proxy
         if loss is None:
             table[:, 8] = 0.0
         else:
-            table[:, 8] = _segment_sum(groups, loss, g)
+            table[:, 8] = _segment_sum(groups, loss, g, dtype)
         return table
 
     @staticmethod
@@ -271,7 +271,9 @@ class _Table(torch.autograd.Function):
         if ctx.derived_negative:  # neg = count - pos
             d_pos = d_pos - d_neg
         pos_dtype, neg_dtype, loss_dtype = ctx.dtypes
-        grads: list[Tensor | None] = [d_pos.reshape(-1).index_select(0, code2).to(pos_dtype), None, None]
+        grads: list[Tensor | None] = [None, None, None]
+        if ctx.needs_input_grad[0]:
+            grads[0] = d_pos.reshape(-1).index_select(0, code2).to(pos_dtype)
         if ctx.needs_input_grad[1]:
             grads[1] = d_neg.reshape(-1).index_select(0, code2).to(neg_dtype)
         if ctx.needs_input_grad[2]:

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import fairopt as fo
-from fairopt.constraints import FunctionConstraint, RateRef, concat, maximum, minimum, pairwise
+from fairopt.constraints import Constraint, FunctionConstraint, RateRef, concat, maximum, minimum, pairwise
 from fairopt.constraints.evaluation import attach
+from fairopt.constraints.expressions import as_expr
 from fairopt.optim import ConstrainedOptimizer, ConstraintSet
 from fairopt.rates import RATES, compute_rate
 from fairopt.stats import GroupStats, group_stats
@@ -107,13 +108,15 @@ def test_a_stack_of_tables_gives_the_values_of_each_table():
     tables = torch.stack(
         [random_table(s, empty_positives=s % 3 == 0, empty_group=s % 5 == 0) for s in range(12)]
     ).numpy()
-    for constraint in CONSTRAINTS:
+    constant = Constraint(concat(as_expr(0.25), as_expr(-1.0)), 0.5)  # no rate at all: broadcast over the stack
+    for constraint in [*CONSTRAINTS, constant]:
         stacked = constraint.linearize(tables, jacobians=False)
         assert stacked.hard.shape == (12, constraint.num_entries(G)) and stacked.d_upper is None
         for i, table in enumerate(tables):
             one = constraint.linearize(table)
             np.testing.assert_array_equal(stacked.hard[i], one.hard, err_msg=constraint.name)
             np.testing.assert_array_equal(stacked.upper[i], one.upper, err_msg=constraint.name)
+            np.testing.assert_array_equal(stacked.lower[i], one.lower, err_msg=constraint.name)
             np.testing.assert_array_equal(stacked.defined[i], one.defined, err_msg=constraint.name)
     with pytest.raises(ValueError, match="one \\(G, K\\) table"):
         CONSTRAINTS[0].linearize(tables)
@@ -209,3 +212,116 @@ def test_group_stats_gradient_of_the_derived_negative_proxy_columns():
     labels, groups = torch.randint(0, 2, (20,), generator=g), torch.randint(0, 3, (20,), generator=g)
     mix = torch.randn(3, 9, generator=g, dtype=F64)
     assert torch.autograd.gradcheck(lambda s: (group_stats(s, labels, groups, 3).table * mix).sum(), (scores,))
+
+
+def _bounds(name: str, stats: GroupStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rv = compute_rate(stats, name)
+    return rv.value.numpy(), rv.upper.detach().numpy(), rv.lower.detach().numpy()
+
+
+def test_composite_bounds_follow_interval_arithmetic_on_the_rates():
+    """Independent reference: composite values built by hand from fairopt.rates (hard, upper, lower)."""
+    g = torch.Generator().manual_seed(11)  # hinge: genuine bounds, lower <= hard <= upper
+    labels, groups = torch.randint(0, 2, (400,), generator=g), torch.randint(0, G, (400,), generator=g)
+    stats = group_stats(torch.randn(400, generator=g, dtype=F64), labels, groups, G, proxy="hinge")
+    tpr_h, tpr_u, tpr_l = _bounds("tpr", stats)
+    fpr_h, fpr_u, fpr_l = _bounds("fpr", stats)
+
+    def check(expr, hard, upper, lower):
+        b = expr.evaluate(stats)
+        np.testing.assert_allclose(b.hard.numpy(), hard, rtol=0, atol=1e-14, err_msg=str(expr))
+        np.testing.assert_allclose(b.upper.detach().numpy(), upper, rtol=0, atol=1e-14, err_msg=str(expr))
+        np.testing.assert_allclose(b.lower.detach().numpy(), lower, rtol=0, atol=1e-14, err_msg=str(expr))
+
+    # a - b: the upper bound subtracts b's lower bound
+    check(fo.tpr(1) - fo.fpr(2), [tpr_h[1] - fpr_h[2]], [tpr_u[1] - fpr_l[2]], [tpr_l[1] - fpr_u[2]])
+    # |a - b|: the branch of the true sign
+    d_h, d_u, d_l = tpr_h - fpr_h, tpr_u - fpr_l, tpr_l - fpr_u
+    pos = d_h >= 0
+    check(abs(fo.tpr.per_group() - fo.fpr.per_group()), np.abs(d_h), np.where(pos, d_u, -d_l), np.where(pos, d_l, -d_u))
+    # max_g - min_g: the groups extreme in the true value, with their own bounds
+    hi, lo = tpr_h.argmax(), tpr_h.argmin()
+    check(fo.EqualOpportunity(0.0).expr, [tpr_h[hi] - tpr_h[lo]], [tpr_u[hi] - tpr_l[lo]], [tpr_l[hi] - tpr_u[lo]])
+    # a negative constant factor swaps the bounds; a positive one keeps them
+    check(-2.0 * fo.tpr(0), [-2 * tpr_h[0]], [-2 * tpr_l[0]], [-2 * tpr_u[0]])
+    check(0.5 * fo.fpr(1), [0.5 * fpr_h[1]], [0.5 * fpr_u[1]], [0.5 * fpr_l[1]])
+    # quotient: interval corners when the denominator's lower bound is positive, else divide by its hard value
+    den = (fpr_u[1], fpr_l[1]) if fpr_l[1] > 0 else (fpr_h[1], fpr_h[1])
+    corners = [num / d for num in (tpr_u[0], tpr_l[0]) for d in den]
+    check(fo.tpr(0) / fo.fpr(1), [tpr_h[0] / fpr_h[1]], [max(corners)], [min(corners)])
+    assert fpr_l[1] <= fpr_h[1] <= fpr_u[1] and tpr_l[0] < tpr_u[0]  # genuine, non-degenerate intervals
+    # pairwise(a, b)[i, j] = a_i - b_j over ordered pairs i != j, in row-major order
+    pairs = [(i, j) for i in range(G) for j in range(G) if i != j]
+    check(
+        pairwise(fo.tpr.per_group(), fo.fpr.per_group()),
+        [tpr_h[i] - fpr_h[j] for i, j in pairs],
+        [tpr_u[i] - fpr_l[j] for i, j in pairs],
+        [tpr_l[i] - fpr_u[j] for i, j in pairs],
+    )
+
+
+def test_a_constraint_subclass_with_its_own_evaluate_is_evaluated_by_it():
+    class Shifted(Constraint):
+        def evaluate(self, stats):
+            value = super().evaluate(stats)
+            return type(value)(value.hard + 1.0, value.proxy + 1.0, value.defined)
+
+    constraint = Shifted(fo.tpr(1) - fo.tpr(0), 0.05)
+    assert not constraint.linearizable and fo.EqualizedOdds(0.1).linearizable
+    stats = GroupStats(random_table(2))
+    expected = (fo.tpr(1) - fo.tpr(0) <= 0.05).evaluate(stats).hard + 1.0
+    cs = ConstraintSet([constraint], G)
+    torch.testing.assert_close(cs.evaluate(stats).hard, expected)
+
+
+def test_linearized_lagrangian_objective_matches_cooper_primal_lagrangian():
+    """Reference through cooper: CMPState.compute_primal_lagrangian on the differentiable evaluation."""
+    from cooper import CMPState
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(200, 4, generator=g, dtype=F64)
+    y = (torch.rand(200, generator=g) < 0.5).double()
+    a = torch.randint(0, G, (200,), generator=g)
+    model = torch.nn.Linear(4, 1).double()
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [fo.EqualizedOdds(0.01)], G, dual_lr=0.5)
+    with torch.no_grad():
+        stats = opt.constraint_set.measure(model(x).squeeze(-1), groups=a, labels=y)
+    opt.player.update(opt.evaluate(stats))
+    assert (opt.multipliers > 0).any()
+    objectives, grads = [], []
+    for linearized in (True, False):
+        model.zero_grad()
+        scores = model(x).squeeze(-1)
+        loss = F.binary_cross_entropy_with_logits(scores, y)
+        stats = opt.constraint_set.measure(scores, groups=a, labels=y)
+        if linearized:
+            objective = opt._primal_objective(loss, stats, opt.evaluate(stats), opt.constraint_set.linearize(stats))
+        else:
+            states = opt.problem.constraint_states(opt.constraint_set.evaluate(stats), dual=False)
+            objective = CMPState(loss=loss, observed_constraints=states).compute_primal_lagrangian().lagrangian
+        objective.backward()
+        objectives.append(objective.item())
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert objectives[0] == pytest.approx(objectives[1], rel=1e-12)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("proxy", ["sigmoid", "hinge"])
+def test_group_stats_gradients_in_low_precision_follow_the_float64_ones(dtype, proxy):
+    g = torch.Generator().manual_seed(3)
+    scores64 = torch.randn(64, generator=g, dtype=F64)
+    weights64 = torch.rand(64, generator=g, dtype=F64) + 0.5
+    loss64 = torch.rand(64, generator=g, dtype=F64)
+    labels, groups = torch.randint(0, 2, (64,), generator=g), torch.randint(0, G, (64,), generator=g)
+    mix = torch.randn(G, 9, generator=g, dtype=F64)
+    grads = {}
+    for dt in (F64, dtype):
+        inputs = [t.detach().to(dt).requires_grad_() for t in (scores64, weights64, loss64)]
+        table = group_stats(inputs[0], labels, groups, G, weights=inputs[1], loss=inputs[2], proxy=proxy).table
+        (table * mix).sum().backward()
+        assert all(t.grad.dtype == dt for t in inputs)
+        grads[dt] = [t.grad.double() for t in inputs]
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    for got, want in zip(grads[dtype], grads[F64]):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)

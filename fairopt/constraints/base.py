@@ -77,15 +77,20 @@ class Constraint:
         self.expr, self.tolerance = expr, tolerance
         self.name = name or (f"{expr} <= {tolerance:g}")
 
-    #: True when :meth:`linearize` is available (expression constraints; not :class:`FunctionConstraint`).
-    linearizable = True
+    @property
+    def linearizable(self) -> bool:
+        """True when :meth:`linearize` gives this constraint's values: an expression constraint whose
+        :meth:`evaluate` is not overridden (not a :class:`FunctionConstraint` or a subclass with its own
+        evaluation, which the optimizer and the bootstrap then call instead)."""
+        return type(self).evaluate is Constraint.evaluate
 
     def evaluate(self, stats: GroupStats) -> ConstraintValue:
         """Evaluate every entry on a ``(G, K)`` table (one batch, a running table, or a held-out table).
 
         The proxy values are differentiable w.r.t. ``stats.table`` (first order; see
         :mod:`fairopt.constraints.evaluation`)."""
-        hard, proxy, _, defined = to_tensors(self.linearize(host_table(stats)), stats.table)
+        lin = self.linearize(host_table(stats), jacobians=stats.table.requires_grad)
+        hard, proxy, _, defined = to_tensors(lin._replace(d_lower=None), stats.table)
         return ConstraintValue(hard, proxy, defined)
 
     def linearize(self, table: np.ndarray, *, jacobians: bool = True) -> Linearization:
@@ -223,8 +228,6 @@ class FunctionConstraint(Constraint):
         if self._names is not None:
             return list(self._names)
         return [f"{self.name}[{i}]" for i in range(self.num_entries(len(names)))]
-
-    linearizable = False
 
     def linearize(self, table: np.ndarray, *, jacobians: bool = True) -> Linearization:
         raise TypeError(f"{self.name!r} is a FunctionConstraint: evaluate it on a GroupStats table instead")

@@ -76,9 +76,9 @@ class Linearization(NamedTuple):
         upper: ``(..., k)`` proxy upper bound (the ``proxy`` value of a constraint).
         lower: ``(..., k)`` proxy lower bound.
         defined: ``(..., k)`` bool.
-        d_upper: ``(..., k, G*K)`` ``∂ upper / ∂ table`` (the table flattened row-major: ``G`` rows of ``K``
-            columns), or None when not computed.
-        d_lower: ``(..., k, G*K)`` ``∂ lower / ∂ table``, or None.
+        d_upper: ``(k, G*K)`` ``∂ upper / ∂ table`` (the table flattened row-major: ``G`` rows of ``K``
+            columns), or None when not computed (always None for a stack).
+        d_lower: ``(k, G*K)`` ``∂ lower / ∂ table``, or None.
     """
 
     hard: np.ndarray
@@ -129,23 +129,26 @@ def linearize(expr: Expr, table: np.ndarray, *, jacobians: bool = True) -> Linea
     if not full:
         v = np.where(d, v, 0.0)
         j = None if j is None else np.where(d[..., None], j, 0.0)
-    if v.shape[1:] != d.shape or not v.flags.writeable:  # a constant has one entry for the whole stack
-        v = np.broadcast_to(v, (3, *d.shape)).copy()
+    shape = (*table.shape[:-2], d.shape[-1])
+    if d.shape != shape:  # a constant expression has one value for the whole stack
+        d = np.broadcast_to(d, shape).copy()
+    if v.shape[1:] != shape or not v.flags.writeable:
+        v = np.broadcast_to(v, (3, *shape)).copy()
     return Linearization(v[0], v[1], v[2], d, None if j is None else j[0], None if j is None else j[1])
 
 
-def attach(value: np.ndarray, jacobian: np.ndarray, table: Tensor) -> Tensor:
+def attach(value: np.ndarray, jacobian: np.ndarray | None, table: Tensor) -> Tensor:
     """``value`` as a tensor whose gradient w.r.t. ``table`` is ``jacobian`` (exact value, first order).
 
     Args:
-        value: ``(k,)`` values at ``table``. jacobian: ``(k, G*K)`` their derivatives. table: the ``(G, K)`` tensor
-            they were computed from (when it does not require grad the result is a constant).
+        value: ``(k,)`` values at ``table``. jacobian: ``(k, G*K)`` their derivatives (None: a constant). table: the
+            ``(G, K)`` tensor they were computed from (when it does not require grad the result is a constant).
 
     Returns:
         ``(k,)`` tensor on ``table.device`` in ``table.dtype``.
     """
     out = torch.from_numpy(value).to(device=table.device, dtype=table.dtype)
-    if not table.requires_grad:
+    if jacobian is None or not table.requires_grad:
         return out
     j = torch.from_numpy(jacobian).to(device=table.device, dtype=table.dtype)
     return out + j @ (table - table.detach()).reshape(-1)
@@ -153,10 +156,9 @@ def attach(value: np.ndarray, jacobian: np.ndarray, table: Tensor) -> Tensor:
 
 def to_tensors(lin: Linearization, table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(hard, upper, lower, defined)`` tensors on ``table``'s device and dtype, the bounds differentiable w.r.t.
-    ``table`` (:func:`attach`)."""
+    ``table`` where their Jacobians were computed (:func:`attach`)."""
     hard = torch.from_numpy(lin.hard).to(device=table.device, dtype=table.dtype)
     defined = torch.from_numpy(lin.defined).to(table.device)
-    assert lin.d_upper is not None and lin.d_lower is not None
     return hard, attach(lin.upper, lin.d_upper, table), attach(lin.lower, lin.d_lower, table), defined
 
 
@@ -244,8 +246,14 @@ class _Evaluator:
 
     def run(self, expr: Expr) -> _Node:
         rule = self.rules.get(type(expr))
-        if rule is None:
-            raise TypeError(f"cannot evaluate expression type {type(expr).__name__}")
+        if rule is None:  # a subclass of a node type evaluates as its base
+            base = next((cls for cls in type(expr).__mro__ if cls in self.rules), None)
+            if base is None:
+                raise TypeError(
+                    f"cannot evaluate expression type {type(expr).__name__}: build expressions from rates, numbers "
+                    "and the operators of fairopt.constraints.expressions, or use a FunctionConstraint"
+                )
+            rule = self.rules[base]
         return rule(expr)
 
     # leaves -------------------------------------------------------------------------------------------------

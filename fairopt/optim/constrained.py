@@ -37,13 +37,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fairopt._validation import validation_enabled
 from fairopt.constraints import Constraint, ConstraintValue
-from fairopt.constraints.evaluation import Linearization, attach, host_table
+from fairopt.constraints.evaluation import Linearization, attach, to_tensors
 from fairopt.optim.base import check_positive
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.dual_stats import DualStatistics
@@ -82,13 +81,10 @@ class StepResult:
     dual_value: ConstraintValue | None
 
 
-def _constant_value(lin: Linearization, table: Tensor, dtype: torch.dtype) -> ConstraintValue:
-    """The linearization's values as tensors without gradient (``dtype``, on the table's device)."""
-
-    def tensor(a: np.ndarray, to: torch.dtype) -> Tensor:
-        return torch.from_numpy(a).to(device=table.device, dtype=to)
-
-    return ConstraintValue(tensor(lin.hard, dtype), tensor(lin.upper, dtype), tensor(lin.defined, torch.bool))
+def _values(lin: Linearization, stats: GroupStats, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``(hard, proxy, defined)`` of a linearization as constant tensors (``dtype``, on the table's device)."""
+    hard, proxy, _, defined = to_tensors(lin._replace(d_upper=None, d_lower=None), stats.table.detach().to(dtype))
+    return hard, proxy, defined
 
 
 def _detached(value: ConstraintValue) -> ConstraintValue:
@@ -307,7 +303,7 @@ class ConstrainedOptimizer:
         # Expression constraints: values and Jacobians in one NumPy pass; the proxy gradient enters the objective
         # below (see _primal_objective). Function constraints: a differentiable evaluation.
         lin = cs.linearize(stats) if cs.linearizable else None
-        value = cs.evaluate(stats) if lin is None else _constant_value(lin, stats.table, cs.dtype)
+        value = cs.evaluate(stats) if lin is None else ConstraintValue(*_values(lin, stats, cs.dtype))
         self.num_steps += 1
         dual_stats = self.dual_statistics
         if dual_stats.source == "train" and not dual_stats.passthrough:
@@ -329,9 +325,9 @@ class ConstrainedOptimizer:
         """The method's primal objective, differentiable w.r.t. the model through ``loss`` and ``stats.table``.
 
         With a linearization and a player whose objective is linear in the proxy values, ``w_0 f + μᵀ g̃(T)``, only
-        ``W = μᵀ ∂g̃/∂T`` (a ``(G, K)`` array) is needed: the objective is ``w_0 f + W · T`` plus the constant that
-        makes its value exact. Same value and gradient as the generic path, two tensor operations instead of a
-        differentiable evaluation.
+        ``W = μᵀ ∂g̃/∂T`` (a ``(G, K)`` array) is needed: the objective is ``w_0 f + W · (T - T.detach()) + μᵀg̃``.
+        Same value and gradient as the generic path, three tensor operations instead of a differentiable
+        evaluation.
         """
         if lin is None:
             return self.player.primal_objective(loss, value)
@@ -342,11 +338,10 @@ class ConstrainedOptimizer:
             return self.player.primal_objective(loss, ConstraintValue(value.hard, proxy, value.defined))
         w0, mu = weights
         assert lin.d_upper is not None
-        gradient = mu @ lin.d_upper  # (G*K,): ∂(μᵀ g̃)/∂T
-        offset = float(mu @ lin.upper - gradient @ host_table(stats).reshape(-1))
-        flat = table.reshape(-1)
-        term = torch.dot(torch.from_numpy(gradient).to(device=flat.device, dtype=flat.dtype), flat)
-        return (loss if w0 == 1.0 else w0 * loss) + (term + offset).to(loss.dtype)
+        gradient = torch.from_numpy(mu @ lin.d_upper).to(device=table.device, dtype=table.dtype)  # ∂(μᵀg̃)/∂T
+        # Zero-valued, with gradient W: the term's value is μᵀg̃ exactly, its gradient W·∂T/∂θ.
+        term = torch.dot(gradient, (table - table.detach()).reshape(-1)) + float(mu @ lin.upper)
+        return (loss if w0 == 1.0 else w0 * loss) + term
 
     def _primal_step(self, objective: Tensor) -> None:
         """``backward`` on the primal objective, optional clipping, the wrapped optimizer's step."""

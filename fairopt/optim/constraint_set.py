@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from fairopt.constraints import Constraint, ConstraintValue
-from fairopt.constraints.evaluation import Linearization, attach, host_table
+from fairopt.constraints.evaluation import Linearization, host_table, to_tensors
 from fairopt.proxies import Proxy, as_proxy
 from fairopt.stats import GroupStats, group_stats
 
@@ -179,29 +179,37 @@ class ConstraintSet:
         self._check_table(stats)
         table = stats.table.to(self.dtype)
         if self.linearizable:
-            lin = self.linearize(stats)
-            hard = torch.from_numpy(lin.hard).to(device=table.device, dtype=self.dtype)
-            defined = torch.from_numpy(lin.defined).to(table.device)
-            return ConstraintValue(hard, attach(lin.upper, lin.d_upper, table), defined)
+            lin = self._linearize(host_table(stats), jacobians=table.requires_grad)
+            hard, proxy, _, defined = to_tensors(lin, table)
+            return ConstraintValue(hard, proxy, defined)
         values = [c.evaluate(GroupStats(table)) for c in self.constraints]
         if len(values) == 1:
             return values[0]
         return ConstraintValue(*(torch.cat([getattr(v, f) for v in values]) for f in ("hard", "proxy", "defined")))
 
-    def linearize(self, stats: GroupStats) -> Linearization:
+    def linearize(self, stats: GroupStats, *, jacobians: bool = True) -> Linearization:
         """All m entries at one table in NumPy (float64), with ``d_upper (m, G*K)``, the Jacobian of the proxy values
-        w.r.t. the flattened table (``d_lower`` is None). Only when :attr:`linearizable`.
+        w.r.t. the flattened table (``d_lower`` is None; both None with ``jacobians=False``). Only when
+        :attr:`linearizable`.
 
         Raises:
             TypeError: a constraint is a :class:`~fairopt.constraints.FunctionConstraint`. ValueError: another G.
         """
         self._check_table(stats)
-        table = host_table(stats)
-        parts = [c.linearize(table) for c in self.constraints]
+        return self._linearize(host_table(stats), jacobians)
+
+    def _linearize(self, table: np.ndarray, jacobians: bool) -> Linearization:
+        parts = [c.linearize(table, jacobians=jacobians) for c in self.constraints]
         if len(parts) == 1:
             return parts[0]._replace(d_lower=None)
-        cat = np.concatenate
-        return Linearization(*(cat([p[f] for p in parts]) for f in range(5)), None)  # type: ignore[call-arg]
+        return Linearization(
+            hard=np.concatenate([p.hard for p in parts]),
+            upper=np.concatenate([p.upper for p in parts]),
+            lower=np.concatenate([p.lower for p in parts]),
+            defined=np.concatenate([p.defined for p in parts]),
+            d_upper=np.concatenate([p.d_upper for p in parts]) if jacobians else None,
+            d_lower=None,
+        )
 
     def _check_table(self, stats: GroupStats) -> None:
         if not isinstance(stats, GroupStats):

@@ -129,6 +129,7 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
         dual_value: ConstraintValue | None = None,
         primal: bool = True,
         dual: bool = True,
+        mask_multipliers: bool = True,
     ) -> dict[cooper.Constraint, ConstraintState]:
         """cooper constraint states for one measurement.
 
@@ -137,12 +138,14 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
             dual_value: values the multiplier update reads (e.g. held-out statistics); default ``value``. Its hard
                 entries are the ``strict_violation``; undefined or non-finite entries are masked on the multipliers.
             primal, dual: cooper's ``contributes_to_primal_update`` / ``contributes_to_dual_update``.
+            mask_multipliers: with ``dual``, tell each multiplier which entries the coming dual step may move
+                (:meth:`~fairopt.optim.FairnessMultiplier.mask_next_update`); False once the step is taken.
         """
         dual = dual and self.has_multipliers
         hard, defined = observed_values(value if dual_value is None else dual_value)
         states: dict[cooper.Constraint, ConstraintState] = {}
         for constraint, entries in zip(self.constraints(), self.constraint_set.slices):
-            if dual:
+            if dual and mask_multipliers:
                 constraint.multiplier.mask_next_update(defined[entries])
             states[constraint] = ConstraintState(
                 violation=value.proxy[entries] if primal else hard[entries],

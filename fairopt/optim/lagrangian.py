@@ -132,7 +132,8 @@ class LagrangianPlayer(DualPlayer):
             multiplier.weight.grad = hard[entries].to(multiplier.weight)
         self._cooper.dual_step()
         if self.penalty_updater is not None:
-            self.penalty_updater.step(self.problem.constraint_states(value, primal=False))
+            states = self.problem.constraint_states(value, primal=False, mask_multipliers=False)
+            self.penalty_updater.step(states)
 
     @property
     def multipliers(self) -> Tensor:
