@@ -184,23 +184,29 @@ def test_linearized_objective_has_the_value_and_gradient_of_the_differentiable_o
     for _ in range(3):
         opt.player.update(opt.evaluate(stats))
     assert (opt.multipliers > 0).any()
-    objectives, grads = [], []
-    for linearized in (True, False):
-        model.zero_grad()
+    cs = opt.constraint_set
+
+    def objective(linearized: bool) -> torch.Tensor:
         scores = model(x).squeeze(-1)
         losses = F.binary_cross_entropy_with_logits(scores, y, reduction="none")
-        cs = opt.constraint_set
         stats = cs.measure(scores, groups=a, labels=y, weights=w, example_losses=losses)
         if linearized:
-            lin = cs.linearize(stats)
-            value = opt.evaluate(stats)
-            objective = opt._primal_objective(losses.mean(), stats, value, lin)
-        else:
-            objective = opt.player.primal_objective(losses.mean(), cs.evaluate(stats))
-        objective.backward()
-        objectives.append(objective.item())
+            return opt._primal_objective(losses.mean(), stats, opt.evaluate(stats), cs.linearize(stats))
+        return opt.player.primal_objective(losses.mean(), cs.evaluate(stats))
+
+    _assert_same_value_and_gradient(model, objective)
+
+
+def _assert_same_value_and_gradient(model: torch.nn.Module, objective) -> None:
+    """``objective(True)`` (the optimizer's linearized path) against ``objective(False)`` (a reference)."""
+    values, grads = [], []
+    for linearized in (True, False):
+        model.zero_grad()
+        value = objective(linearized)
+        value.backward()
+        values.append(value.item())
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-    assert objectives[0] == pytest.approx(objectives[1], rel=1e-12)
+    assert values[0] == pytest.approx(values[1], rel=1e-12)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
     assert grads[0].abs().sum() > 0
 
@@ -288,22 +294,18 @@ def test_linearized_lagrangian_objective_matches_cooper_primal_lagrangian():
         stats = opt.constraint_set.measure(model(x).squeeze(-1), groups=a, labels=y)
     opt.player.update(opt.evaluate(stats))
     assert (opt.multipliers > 0).any()
-    objectives, grads = [], []
-    for linearized in (True, False):
-        model.zero_grad()
+    cs = opt.constraint_set
+
+    def objective(linearized: bool) -> torch.Tensor:
         scores = model(x).squeeze(-1)
         loss = F.binary_cross_entropy_with_logits(scores, y)
-        stats = opt.constraint_set.measure(scores, groups=a, labels=y)
+        stats = cs.measure(scores, groups=a, labels=y)
         if linearized:
-            objective = opt._primal_objective(loss, stats, opt.evaluate(stats), opt.constraint_set.linearize(stats))
-        else:
-            states = opt.problem.constraint_states(opt.constraint_set.evaluate(stats), dual=False)
-            objective = CMPState(loss=loss, observed_constraints=states).compute_primal_lagrangian().lagrangian
-        objective.backward()
-        objectives.append(objective.item())
-        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-    assert objectives[0] == pytest.approx(objectives[1], rel=1e-12)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+            return opt._primal_objective(loss, stats, opt.evaluate(stats), cs.linearize(stats))
+        states = opt.problem.constraint_states(cs.evaluate(stats), dual=False)
+        return CMPState(loss=loss, observed_constraints=states).compute_primal_lagrangian().lagrangian
+
+    _assert_same_value_and_gradient(model, objective)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
