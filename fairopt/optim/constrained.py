@@ -17,9 +17,13 @@ r"""The user-facing constrained optimizer: wrap any torch optimizer with fairnes
 One :meth:`ConstrainedOptimizer.step` follows one batch along the data path:
 
 1. ``scores, labels, groups`` → a ``(G, K)`` table (:meth:`~fairopt.optim.ConstraintSet.measure`)
-   → constraint values: hard ``g`` and proxy ``g̃`` (:meth:`~fairopt.optim.ConstraintSet.evaluate`);
+   → constraint values: hard ``g`` and proxy ``g̃``, with the Jacobian ``∂g̃/∂T`` (one NumPy pass,
+   :meth:`~fairopt.optim.ConstraintSet.linearize`; a set with a function constraint uses the differentiable
+   :meth:`~fairopt.optim.ConstraintSet.evaluate`);
 2. the primal player descends on the method's objective, e.g. the Lagrangian ``f + λᵀ g̃``
-   (:meth:`~fairopt.optim.DualPlayer.primal_objective`), with the user's optimizer;
+   (:meth:`~fairopt.optim.DualPlayer.primal_objective`), with the user's optimizer; when the objective is linear in
+   ``g̃`` (Lagrangian, proxy-Lagrangian: :meth:`~fairopt.optim.DualPlayer.primal_weights`) its constraint term is
+   built as ``W · T`` with ``W = μᵀ ∂g̃/∂T``, same value and gradient;
 3. every ``dual_every`` steps the dual player steps on the hard values ``g`` of the dual table: this batch, the
    batches since the last dual step, or held-out statistics (:mod:`fairopt.optim.dual_stats`), before the primal
    step (``dual_update="alternating"``) or after it (``"simultaneous"``).
