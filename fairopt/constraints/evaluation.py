@@ -116,7 +116,7 @@ def linearize(expr: Expr, table: np.ndarray, *, jacobians: bool = True) -> Linea
     Args:
         expr: a rate expression.
         table: ``(..., G, K)`` float64 array (:func:`host_table`).
-        jacobians: also compute ``d_upper``/``d_lower`` (otherwise they are None; required for a stack).
+        jacobians: also compute ``d_upper``/``d_lower`` (otherwise they are None); must be False for a stack.
 
     Returns:
         :class:`Linearization` with ``k = expr.size(G)`` entries; undefined entries are 0 with zero derivative.
