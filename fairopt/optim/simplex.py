@@ -118,7 +118,9 @@ def stationary_distribution(matrix: Tensor, init: Tensor | None = None, squaring
     n = matrix.shape[0]
     eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
     if init is None:
-        lam = torch.linalg.solve(eye - matrix + 1.0, torch.ones(n, dtype=matrix.dtype, device=matrix.device))
+        # solve_ex: no singularity check, which would synchronize with the host on CUDA (the system is regular here).
+        ones = torch.ones(n, dtype=matrix.dtype, device=matrix.device)
+        lam = torch.linalg.solve_ex(eye - matrix + 1.0, ones).result
     else:
         power = 0.5 * (matrix + eye)
         for _ in range(squarings):
