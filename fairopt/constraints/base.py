@@ -89,19 +89,19 @@ class Constraint:
 
         The proxy values are differentiable w.r.t. ``stats.table`` (first order; see
         :mod:`fairopt.constraints.evaluation`)."""
-        lin = self.linearize(host_table(stats), jacobians=stats.table.requires_grad)
-        hard, proxy, _, defined = to_tensors(lin._replace(d_lower=None), stats.table)
+        lin = self.linearize(host_table(stats), gradients=stats.table.requires_grad)
+        hard, proxy, _, defined = to_tensors(lin, stats.table)
         return ConstraintValue(hard, proxy, defined)
 
-    def linearize(self, table: np.ndarray, *, jacobians: bool = True) -> Linearization:
-        """Entries ``expr - tolerance`` at a ``(G, K)`` float64 table, with the Jacobians of their proxy bounds
-        (:func:`fairopt.constraints.evaluation.linearize`). With ``jacobians=False``, ``table`` may also be a
+    def linearize(self, table: np.ndarray, *, gradients: bool = True) -> Linearization:
+        """Entries ``expr - tolerance`` at a ``(G, K)`` float64 table, with the VJP of their proxy bounds
+        (:func:`fairopt.constraints.evaluation.linearize`). With ``gradients=False``, ``table`` may also be a
         ``(B, G, K)`` stack (values ``(B, m)``, e.g. for bootstrap resamples).
 
         Raises:
             ValueError: the expression refers to a group ``>= G``.
         """
-        return linearize(self.expr, table, jacobians=jacobians).shifted(self.tolerance)
+        return linearize(self.expr, table, gradients=gradients).shifted(self.tolerance)
 
     def num_entries(self, num_groups: int) -> int:
         """m, the number of entries for G = ``num_groups`` groups."""
@@ -229,7 +229,7 @@ class FunctionConstraint(Constraint):
             return list(self._names)
         return [f"{self.name}[{i}]" for i in range(self.num_entries(len(names)))]
 
-    def linearize(self, table: np.ndarray, *, jacobians: bool = True) -> Linearization:
+    def linearize(self, table: np.ndarray, *, gradients: bool = True) -> Linearization:
         raise TypeError(f"{self.name!r} is a FunctionConstraint: evaluate it on a GroupStats table instead")
 
     def check_num_groups(self, num_groups: int) -> None:

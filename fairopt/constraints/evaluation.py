@@ -1,29 +1,30 @@
-r"""Evaluation of rate expressions: values, proxy bounds and their first derivatives, on the host in NumPy.
+r"""Evaluation of rate expressions: values, proxy bounds and their gradients, on the host in NumPy.
 
 Everything downstream of a :class:`~fairopt.stats.GroupStats` table is a function of a few dozen numbers
 (``G × K``). Evaluating an expression with tensor operations costs one dispatch (a few µs) per operation and as
 much again in the autograd pass, about 0.7 ms per training step for equalized odds over 2 groups, several times
 the step of a small MLP. Here the tree is walked once in NumPy (float64), carrying for every node its hard value,
-its proxy ``upper``/``lower`` bounds, the ``defined`` mask, and the Jacobians of the bounds w.r.t. the table
-(:class:`Linearization`). :func:`attach` then connects a value to the autograd graph of the table through its
-Jacobian, ``v + J · (T − T.detach())``: the value is exact and so is its gradient (second derivatives are not
-carried).
+its proxy ``upper``/``lower`` bounds and the ``defined`` mask (:class:`Linearization`), and remembering the branch
+each node took. Gradients are vector-Jacobian products in reverse over the same tree
+(:meth:`Linearization.vjp`), so their cost grows with the number of entries, never with entries × table size.
+:func:`attach` connects a value to the autograd graph of the table through that product: the value is exact and
+so is its first derivative (second derivatives are not carried).
 
 The first derivative is all a first-order method needs, and it is what makes the per-step path of
 :class:`~fairopt.optim.ConstrainedOptimizer` cheap: a Lagrangian ``f + Σ μ_i g̃_i`` needs only
-``Σ μ_i ∂g̃_i/∂T``, one ``(G, K)`` array.
+``Σ μ_i ∂g̃_i/∂T = vjp(μ)``, one ``(G, K)`` array.
 
 Semantics (see :mod:`fairopt.constraints.expressions`): rates as :func:`fairopt.rates.compute_rate` defines them;
 interval arithmetic for the bounds; ``abs``, ``max``/``min`` and ``maximum``/``minimum`` choose their branch or
 entry by the *true* values, interval products and quotients by the bound values (the first corner at a tie);
-undefined entries hold 0 with zero derivative. Jacobians w.r.t. the hard columns are 0 (they are counts).
+undefined entries hold 0 with zero derivative. Derivatives w.r.t. the hard columns are 0 (they are counts).
 
 A table on a GPU is copied to the host (one synchronization per evaluation).
 """
 
 from __future__ import annotations
 
-import functools
+import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -66,27 +67,30 @@ _KINDS = {
 }
 
 
+Cotangent = np.ndarray | None
+Vjp = Callable[[Cotangent, Cotangent], np.ndarray]
+
+
 class Linearization(NamedTuple):
     """An expression (or constraint) at one table, as float64 NumPy arrays.
 
-    Leading batch dimensions ``...`` appear when a stack of tables is evaluated (``jacobians=False``).
+    Leading batch dimensions ``...`` appear when a stack of tables is evaluated (``gradients=False``).
 
     Attributes:
         hard: ``(..., k)`` true values.
         upper: ``(..., k)`` proxy upper bound (the ``proxy`` value of a constraint).
         lower: ``(..., k)`` proxy lower bound.
         defined: ``(..., k)`` bool.
-        d_upper: ``(k, G*K)`` ``∂ upper / ∂ table`` (the table flattened row-major: ``G`` rows of ``K``
-            columns), or None when not computed (always None for a stack).
-        d_lower: ``(k, G*K)`` ``∂ lower / ∂ table``, or None.
+        vjp: ``vjp(c_upper, c_lower) -> (G*K,)``, the vector-Jacobian product ``c_upperᵀ ∂upper/∂T +
+            c_lowerᵀ ∂lower/∂T`` w.r.t. the table flattened row-major (``G`` rows of ``K`` columns); either
+            cotangent ``(k,)`` may be None (zero). None when gradients were not asked for (always for a stack).
     """
 
     hard: np.ndarray
     upper: np.ndarray
     lower: np.ndarray
     defined: np.ndarray
-    d_upper: np.ndarray | None
-    d_lower: np.ndarray | None
+    vjp: Vjp | None
 
     def shifted(self, offset: float) -> Linearization:
         """Values minus ``offset`` at defined entries (0 elsewhere), e.g. ``expr - tolerance``."""
@@ -101,6 +105,14 @@ class Linearization(NamedTuple):
             lower=np.where(d, self.lower - offset, 0.0),
         )
 
+    def jacobian(self, bound: str = "upper") -> np.ndarray:
+        """The dense ``(k, G*K)`` Jacobian of one bound (``"upper"`` or ``"lower"``), one VJP per entry: for tests
+        and inspection, not for a training loop."""
+        if self.vjp is None:
+            raise ValueError("this linearization was computed without gradients")
+        eye = np.eye(self.hard.shape[-1])
+        return np.stack([self.vjp(e, None) if bound == "upper" else self.vjp(None, e) for e in eye])
+
 
 def host_table(stats: GroupStats) -> np.ndarray:
     """The table as a ``(G, K)`` float64 NumPy array (a view when it already is one on the CPU)."""
@@ -110,82 +122,130 @@ def host_table(stats: GroupStats) -> np.ndarray:
     return table.double().numpy()
 
 
-def linearize(expr: Expr, table: np.ndarray, *, jacobians: bool = True) -> Linearization:
-    """Evaluate ``expr`` on a ``(G, K)`` float64 table (or a ``(B, G, K)`` stack) with the Jacobians of its bounds.
+def linearize(expr: Expr, table: np.ndarray, *, gradients: bool = True) -> Linearization:
+    """Evaluate ``expr`` on a ``(G, K)`` float64 table (or a ``(B, G, K)`` stack), with its VJP.
 
     Args:
         expr: a rate expression.
         table: ``(..., G, K)`` float64 array (:func:`host_table`).
-        jacobians: also compute ``d_upper``/``d_lower`` (otherwise they are None); must be False for a stack.
+        gradients: keep what :attr:`Linearization.vjp` needs (otherwise it is None); must be False for a stack.
 
     Returns:
         :class:`Linearization` with ``k = expr.size(G)`` entries; undefined entries are 0 with zero derivative.
 
     Raises:
         ValueError: the expression refers to a group ``>= G``; ``pairwise`` of expressions of different sizes;
-            Jacobians asked for a stack of tables.
+            gradients asked for a stack of tables.
     """
-    v, d, j, full = _Evaluator(table, jacobians).run(expr)
-    if not full:
+    evaluator = _Evaluator(table, gradients)
+    node = evaluator.run(expr)
+    v, d = node.v, node.d
+    if not node.full:
         v = np.where(d, v, 0.0)
-        j = None if j is None else np.where(d[..., None], j, 0.0)
     shape = (*table.shape[:-2], d.shape[-1])
     if d.shape != shape:  # a constant expression has one value for the whole stack
         d = np.broadcast_to(d, shape).copy()
     if v.shape[1:] != shape or not v.flags.writeable:
         v = np.broadcast_to(v, (3, *shape)).copy()
-    return Linearization(v[0], v[1], v[2], d, None if j is None else j[0], None if j is None else j[1])
+    vjp = None
+    if gradients:
+        defined, full, back = d, node.full, node.back
+
+        def vjp(c_upper: Cotangent, c_lower: Cotangent) -> np.ndarray:
+            zero = np.zeros(defined.shape)
+            cu = zero if c_upper is None else np.asarray(c_upper, dtype=np.float64)
+            cl = zero if c_lower is None else np.asarray(c_lower, dtype=np.float64)
+            if not full:  # undefined entries have zero derivative
+                cu, cl = np.where(defined, cu, 0.0), np.where(defined, cl, 0.0)
+            evaluator.grad = np.zeros((evaluator.num_groups, _K))
+            back(cu, cl)
+            return evaluator.grad.reshape(-1)
+
+    return Linearization(v[0], v[1], v[2], d, vjp)
 
 
-def attach(value: np.ndarray, jacobian: np.ndarray | None, table: Tensor) -> Tensor:
-    """``value`` as a tensor whose gradient w.r.t. ``table`` is ``jacobian`` (exact value, first order).
+class _Attach(torch.autograd.Function):
+    """``value`` (computed from ``table`` outside autograd) with the gradient ``vjp(grad_output)`` w.r.t. it."""
+
+    # forward(ctx, ...) rather than setup_context: Function.apply then skips inspect.signature (~25 µs a call).
+    @staticmethod
+    def forward(ctx: Any, table: Tensor, value: Tensor, vjp: Callable[[np.ndarray], np.ndarray]) -> Tensor:  # type: ignore[override]
+        ctx.vjp, ctx.shape = vjp, table.shape
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        g = ctx.vjp(grad.detach().cpu().double().numpy())
+        return torch.from_numpy(g).to(device=grad.device, dtype=grad.dtype).view(ctx.shape), None, None
+
+
+def attach(value: np.ndarray, vjp: Callable[[np.ndarray], np.ndarray] | None, table: Tensor) -> Tensor:
+    """``value`` as a tensor whose gradient w.r.t. ``table`` is given by ``vjp`` (exact value, first order).
 
     Args:
-        value: ``(k,)`` values at ``table``. jacobian: ``(k, G*K)`` their derivatives (None: a constant). table: the
-            ``(G, K)`` tensor they were computed from (when it does not require grad the result is a constant).
+        value: ``(k,)`` values at ``table``. vjp: ``cotangent (k,) -> (G*K,)`` gradient of ``cotangentᵀ value``
+            w.r.t. the flattened table (None: a constant). table: the ``(G, K)`` tensor they were computed from
+            (when it does not require grad the result is a constant).
 
     Returns:
         ``(k,)`` tensor on ``table.device`` in ``table.dtype``.
     """
     out = torch.from_numpy(value).to(device=table.device, dtype=table.dtype)
-    if jacobian is None or not table.requires_grad:
+    if vjp is None or not table.requires_grad:
         return out
-    j = torch.from_numpy(jacobian).to(device=table.device, dtype=table.dtype)
-    return out + j @ (table - table.detach()).reshape(-1)
+    return _Attach.apply(table, out, vjp)
 
 
 def to_tensors(lin: Linearization, table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(hard, upper, lower, defined)`` tensors on ``table``'s device and dtype, the bounds differentiable w.r.t.
-    ``table`` where their Jacobians were computed (:func:`attach`)."""
+    ``table`` when the linearization has a VJP (:func:`attach`)."""
     hard = torch.from_numpy(lin.hard).to(device=table.device, dtype=table.dtype)
     defined = torch.from_numpy(lin.defined).to(table.device)
-    return hard, attach(lin.upper, lin.d_upper, table), attach(lin.lower, lin.d_lower, table), defined
+    vjp = lin.vjp
+    upper = attach(lin.upper, None if vjp is None else lambda c: vjp(c, None), table)
+    lower = attach(lin.lower, None if vjp is None else lambda c: vjp(None, c), table)
+    return hard, upper, lower, defined
 
 
 def evaluate_expr(expr: Expr, stats: GroupStats) -> Bounds:
     """:meth:`Expr.evaluate <fairopt.constraints.Expr.evaluate>`: :class:`Bounds` of ``(k,)`` tensors on the table's
     device and dtype; ``upper``/``lower`` are differentiable w.r.t. the table."""
-    return Bounds(*to_tensors(linearize(expr, host_table(stats)), stats.table))
+    return Bounds(*to_tensors(linearize(expr, host_table(stats), gradients=stats.table.requires_grad), stats.table))
+
+
+Back = Callable[[np.ndarray, np.ndarray], None]
+
+
+def _no_back(cu: np.ndarray, cl: np.ndarray) -> None:
+    return None
 
 
 class _Node(NamedTuple):
     """An expression's value inside the evaluator: ``v (3, ..., k)`` stacks [hard, upper, lower], ``d (..., k)`` the
-    defined mask, ``j (2, k, G*K)`` the Jacobians of [upper, lower] (or None), ``full`` whether all are defined.
-    Stacking the three values makes each operator one NumPy call instead of three: this runs every training step."""
+    defined mask, ``full`` whether all are defined, ``back(c_upper, c_lower)`` adds the node's VJP into the
+    evaluator's gradient. Stacking the three values makes each operator one NumPy call instead of three: this runs
+    every training step."""
 
     v: np.ndarray
     d: np.ndarray
-    j: np.ndarray | None
-    full: bool  # every entry defined (skips the masking)
+    full: bool
+    back: Back
 
 
-# Negating an interval swaps its bounds: the rows of -x are -x[[hard, lower, upper]] (values), -x[[lower, upper]]
-# (Jacobians, a reversed view).
+_TRUE = np.ones(1, dtype=bool)
+_TRUE.flags.writeable = False  # shared "defined" of one entry; combined with &, never written
+
+# Negating an interval swaps its bounds: the rows of -x are -x[[hard, lower, upper]].
 _SWAP_V = np.array([0, 2, 1])
 
 
 def _swapped(v: np.ndarray) -> np.ndarray:
     return v.take(_SWAP_V, axis=0)
+
+
+def _sum_to(c: np.ndarray, size: int) -> np.ndarray:
+    """A cotangent of a broadcast operand: summed back to one entry when the operand had one."""
+    return c.sum(keepdims=True) if size == 1 and c.shape[-1] != 1 else c
 
 
 def _selection(group: object, num_groups: int) -> np.ndarray | None:
@@ -197,41 +257,18 @@ def _selection(group: object, num_groups: int) -> np.ndarray | None:
     return select
 
 
-@functools.lru_cache(maxsize=256)
-def _templates(name: str, group: object, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Constant parts of a rate's Jacobians w.r.t. the flattened table, ``(2, k, G*K)`` each, before dividing by
-    the denominator: label-conditioned rates: [∂ proxy numerator, -∂ complementary proxy count] (upper, lower);
-    mean loss: [∂ loss sum] twice; precision / NPV: [∂ proxy numerator] and [∂ proxy denominator]."""
-    w = _MIXERS[name]
-    select = _selection(group, num_groups)
-    rows = np.eye(num_groups) if select is None else select
-
-    def block(column: np.ndarray) -> np.ndarray:  # ∂ (rows @ table @ column) / ∂ table, (k, G*K)
-        return (rows[:, :, None] * column).reshape(rows.shape[0], -1)
-
-    kind = _KINDS[name]
-    if kind == "label":
-        pair = np.stack([block(w[:, 2]), -block(w[:, 3])])
-        return pair, pair
-    if kind == "loss":
-        loss = block(np.eye(_K)[_LOSS])
-        pair = np.stack([loss, loss])
-        return pair, pair
-    return np.stack([block(w[:, 2])] * 2), np.stack([block(w[:, 4])] * 2)
-
-
 class _Evaluator:
     """One pass over an expression tree on one table or a stack of tables (each rate computed once per group
-    selection)."""
+    selection); ``grad`` accumulates the ``(G, K)`` gradient of a reverse pass."""
 
-    def __init__(self, table: np.ndarray, jacobians: bool) -> None:
+    def __init__(self, table: np.ndarray, gradients: bool) -> None:
         self.table = table
         self.batch = table.shape[:-2]
         self.num_groups = table.shape[-2]
-        self.width = self.num_groups * _K
-        if jacobians and self.batch:
-            raise ValueError("Jacobians are computed for one (G, K) table, not a stack; pass jacobians=False")
-        self.jacobians = jacobians
+        if gradients and self.batch:
+            raise ValueError("gradients are computed for one (G, K) table, not a stack; pass gradients=False")
+        self.gradients = gradients
+        self.grad = np.zeros((self.num_groups, _K))
         self.cache: dict[tuple[str, object], _Node] = {}
         self.rules: dict[type, Callable[[Any], _Node]] = {
             Const: self._const,
@@ -258,9 +295,8 @@ class _Evaluator:
 
     # leaves -------------------------------------------------------------------------------------------------
     def _const(self, expr: Const) -> _Node:
-        j = np.zeros((2, 1, self.width)) if self.jacobians else None
         ones = (1,) * len(self.batch)  # broadcasts against a stack of tables
-        return _Node(np.full((3, *ones, 1), expr.value), np.ones((*ones, 1), dtype=bool), j, True)
+        return _Node(np.full((3, *ones, 1), expr.value), np.ones((*ones, 1), dtype=bool), True, _no_back)
 
     def _rate(self, expr: RateRef) -> _Node:
         if expr.max_group() >= self.num_groups:
@@ -284,58 +320,75 @@ class _Evaluator:
         defined = den > 0
         full = bool(defined.all())
         safe_den = den if full else np.where(defined, den, 1.0)
-        j = None
+        inv = np.where(defined, 1.0 / safe_den, 0.0)
+
+        def rows(c: np.ndarray) -> np.ndarray:  # a cotangent per pooled row -> per table row
+            return c if select is None else select[0] * c[0]
+
+        def add(c: np.ndarray, column: np.ndarray) -> None:  # grad += ∂(cᵀ (select @ table @ column)) / ∂ table
+            self.grad += np.outer(rows(c), column)
+
+        back: Back = _no_back
         if kind == "label":
             v = sums[1:4] / safe_den  # divided, not multiplied by 1/den: ties break as in compute_rate
             v[2] = 1.0 - v[2]
-            if self.jacobians:
-                j = _templates(name, group, self.num_groups)[0] * (1.0 / safe_den)[:, None]
+
+            def back(cu: np.ndarray, cl: np.ndarray) -> None:
+                add(cu * inv, w[:, 2])
+                add(-cl * inv, w[:, 3])
+
         elif kind == "loss":
             loss = self.table[..., _LOSS] if select is None else self.table[..., _LOSS] @ select.T
             v = np.broadcast_to(loss / safe_den, (3, *den.shape))
-            if self.jacobians:
-                j = _templates(name, group, self.num_groups)[0] * (1.0 / safe_den)[:, None]
+
+            def back(cu: np.ndarray, cl: np.ndarray) -> None:
+                self.grad[:, _LOSS] += rows((cu + cl) * inv)
+
         elif kind == "base":  # no proxy
             v = np.broadcast_to(sums[1] / safe_den, (3, *den.shape))
-            if self.jacobians:
-                j = np.zeros((2, den.shape[-1], self.width))
         else:  # precision / NPV: the plain ratio of proxy counts (its denominator depends on the predictions)
             ok = defined & (sums[4] > 0)
             proxy_den = np.where(ok, sums[4], 1.0)
             value = np.where(ok, sums[2] / proxy_den, 0.0)
             v = np.stack([sums[1] / safe_den, value, value])
-            if self.jacobians:  # ∂(num/den) = (∂num - (num/den) ∂den) / den
-                pinv = np.where(ok, 1.0 / proxy_den, 0.0)
-                num, proxy_den_t = _templates(name, group, self.num_groups)
-                d = (num[0] - proxy_den_t[0] * value[:, None]) * pinv[:, None]
-                j = np.stack([d, d])
+            pinv = np.where(ok, 1.0 / proxy_den, 0.0)
+
+            def back(cu: np.ndarray, cl: np.ndarray) -> None:  # ∂(num/den) = (∂num - (num/den) ∂den) / den
+                c = (cu + cl) * pinv
+                add(c, w[:, 2])
+                add(-c * value, w[:, 4])
+
         if not full:
             v = np.where(defined, v, 0.0)
-            j = None if j is None else np.where(defined[:, None], j, 0.0)
-        return _Node(v, defined, j, full)
+        return _Node(v, defined, full, back)
 
     # operators ----------------------------------------------------------------------------------------------
     def _binop(self, expr: _BinOp) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)
         _check_sizes(a, b, expr)
         defined, full = a.d & b.d, a.full and b.full
-        jac = self.jacobians
+        ka, kb = a.d.shape[-1], b.d.shape[-1]
         if expr.op == "+":
-            return _Node(a.v + b.v, defined, a.j + b.j if jac else None, full)
+
+            def back(cu: np.ndarray, cl: np.ndarray) -> None:
+                a.back(_sum_to(cu, ka), _sum_to(cl, ka))
+                b.back(_sum_to(cu, kb), _sum_to(cl, kb))
+
+            return _Node(a.v + b.v, defined, full, back)
         if expr.op == "-":  # the upper bound of a - b uses the lower bound of b
-            return _Node(a.v - _swapped(b.v), defined, a.j - b.j[::-1] if jac else None, full)
+
+            def back(cu: np.ndarray, cl: np.ndarray) -> None:
+                a.back(_sum_to(cu, ka), _sum_to(cl, ka))
+                b.back(_sum_to(-cl, kb), _sum_to(-cu, kb))
+
+            return _Node(a.v - _swapped(b.v), defined, full, back)
         (ah, au, al), (bh, bu, bl) = a.v, b.v
         if expr.op == "*":  # the four corner products of the two intervals
-            values = [au * bu, au * bl, al * bu, al * bl]
-            grads = None
-            if jac:
-                (dau, dal), (dbu, dbl) = a.j, b.j
-                grads = [
-                    x[:, None] * dy + y[:, None] * dx
-                    for x, dx in ((au, dau), (al, dal))
-                    for y, dy in ((bu, dbu), (bl, dbl))
-                ]
-            return _extreme_corners(ah * bh, defined, values, grads)
+            xs, ys = (au, au, al, al), (bu, bl, bu, bl)
+            values = [x * y for x, y in zip(xs, ys)]
+            # ∂(x y) = y ∂x + x ∂y: corner i sends its cotangent to bound i // 2 of a and bound i % 2 of b
+            d_a, d_b = ys, xs
+            return _extreme_corners(ah * bh, defined, values, d_a, d_b, a, b)
         # Division: interval quotient when the proxy denominator is surely positive, else by the hard value.
         nonzero = bh != 0
         defined = defined & nonzero
@@ -343,23 +396,20 @@ class _Evaluator:
         safe = positive | nonzero
         dens = [np.where(safe, np.where(positive, bound, bh), 1.0) for bound in (bu, bl)]
         values = [num / den for num in (au, al) for den in dens]
-        grads = None
-        if jac:
-            pos_j = positive[:, None]
-            d_dens = [np.where(pos_j, dj, 0.0) for dj in b.j]
-            grads = [
-                (d_num - (num / den)[:, None] * d_den) / den[:, None]
-                for num, d_num in zip((au, al), a.j)
-                for den, d_den in zip(dens, d_dens)
-            ]
-        return _extreme_corners(ah / np.where(nonzero, bh, 1.0), defined, values, grads)
+        # ∂(n/d) = ∂n / d - (n/d) ∂d / d; the denominator moves only where it is a proxy bound
+        d_a = [1.0 / den for _ in (0, 1) for den in dens]
+        d_b = [np.where(positive, -q / den, 0.0) for q, den in zip(values, dens * 2)]
+        return _extreme_corners(ah / np.where(nonzero, bh, 1.0), defined, values, d_a, d_b, a, b)
 
     def _abs(self, expr: _Abs) -> _Node:
         # The branch follows the sign of the true value; |x| = -x on the negative side (hard row included).
         a = self.run(expr.a)
         pos = a.v[0] >= 0
-        j = np.where(pos[:, None], a.j, -a.j[::-1]) if self.jacobians else None
-        return _Node(np.where(pos, a.v, -_swapped(a.v)), a.d, j, a.full)
+
+        def back(cu: np.ndarray, cl: np.ndarray) -> None:
+            a.back(np.where(pos, cu, -cl), np.where(pos, cl, -cu))
+
+        return _Node(np.where(pos, a.v, -_swapped(a.v)), a.d, a.full, back)
 
     def _reduce(self, expr: _Reduce) -> _Node:
         # The entry is chosen among the defined ones by its true value; none defined: undefined (zeroed later).
@@ -367,46 +417,69 @@ class _Evaluator:
         hard = a.v[0]
         masked = hard if a.full else np.where(a.d, hard, -np.inf if expr.how == "max" else np.inf)
         index = masked.argmax(-1) if expr.how == "max" else masked.argmin(-1)
-        any_defined = np.ones((*a.d.shape[:-1], 1), dtype=bool) if a.full else a.d.any(-1, keepdims=True)
+        any_defined = (
+            (_TRUE if not self.batch else np.ones((*self.batch, 1), dtype=bool))
+            if a.full
+            else a.d.any(-1, keepdims=True)
+        )
         full = a.full or bool(any_defined.all())
-        if not self.batch:
-            s = slice(int(index), int(index) + 1)
-            return _Node(a.v[:, s], any_defined, a.j[:, s] if self.jacobians else None, full)
-        v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None, ..., None], axis=-1)
-        return _Node(v, any_defined, None, full)
+        if self.batch:
+            v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None, ..., None], axis=-1)
+            return _Node(v, any_defined, full, _no_back)
+        i, k = int(index), a.d.shape[-1]
+
+        def back(cu: np.ndarray, cl: np.ndarray) -> None:
+            c = np.zeros((2, k))
+            c[0, i], c[1, i] = cu[0], cl[0]
+            a.back(c[0], c[1])
+
+        return _Node(a.v[:, i : i + 1], any_defined, full, back)
 
     def _elementwise(self, expr: _Elementwise) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)
         _check_sizes(a, b, expr)
         take_a = a.v[0] >= b.v[0] if expr.how == "maximum" else a.v[0] <= b.v[0]
-        j = np.where(take_a[:, None], a.j, b.j) if self.jacobians else None
-        return _Node(np.where(take_a, a.v, b.v), a.d & b.d, j, a.full and b.full)
+        ka, kb = a.d.shape[-1], b.d.shape[-1]
+
+        def back(cu: np.ndarray, cl: np.ndarray) -> None:
+            a.back(_sum_to(np.where(take_a, cu, 0.0), ka), _sum_to(np.where(take_a, cl, 0.0), ka))
+            b.back(_sum_to(np.where(take_a, 0.0, cu), kb), _sum_to(np.where(take_a, 0.0, cl), kb))
+
+        return _Node(np.where(take_a, a.v, b.v), a.d & b.d, a.full and b.full, back)
 
     def _pairwise(self, expr: _Pairwise) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)
-        if a.d.shape[-1] != b.d.shape[-1]:
+        n = a.d.shape[-1]
+        if n != b.d.shape[-1]:
             raise ValueError(f"pairwise() needs two expressions with the same number of entries, in {expr}")
-        i, k = expr._pairs(a.d.shape[-1])
-        j = a.j[:, i] - b.j[::-1][:, k] if self.jacobians else None
-        return _Node(a.v[..., i] - _swapped(b.v)[..., k], a.d[..., i] & b.d[..., k], j, a.full and b.full)
+        i, j = expr._pairs(n)
+
+        def back(cu: np.ndarray, cl: np.ndarray) -> None:  # entry (i, j): upper a_u[i] - b_l[j], lower a_l[i] - b_u[j]
+            a.back(np.bincount(i, cu, n), np.bincount(i, cl, n))
+            b.back(-np.bincount(j, cl, n), -np.bincount(j, cu, n))
+
+        v = a.v[..., i] - _swapped(b.v)[..., j]
+        return _Node(v, a.d[..., i] & b.d[..., j], a.full and b.full, back)
 
     def _concat(self, expr: _Concat) -> _Node:
         parts = [self.run(p) for p in expr.parts]
         if self.batch:  # constants are (1,): give every part the batch shape first
             parts = [
-                _Node(
-                    np.broadcast_to(p.v, (3, *self.batch, p.d.shape[-1])),
-                    np.broadcast_to(p.d, (*self.batch, p.d.shape[-1])),
-                    None,
-                    p.full,
+                p._replace(
+                    v=np.broadcast_to(p.v, (3, *self.batch, p.d.shape[-1])),
+                    d=np.broadcast_to(p.d, (*self.batch, p.d.shape[-1])),
                 )
                 for p in parts
             ]
-        j = np.concatenate([p.j for p in parts], axis=1) if self.jacobians else None
-        full = all(p.full for p in parts)
-        return _Node(
-            np.concatenate([p.v for p in parts], axis=-1), np.concatenate([p.d for p in parts], axis=-1), j, full
-        )
+        bounds = list(itertools.accumulate((p.d.shape[-1] for p in parts), initial=0))
+
+        def back(cu: np.ndarray, cl: np.ndarray) -> None:
+            for p, lo, hi in zip(parts, bounds[:-1], bounds[1:]):
+                p.back(cu[lo:hi], cl[lo:hi])
+
+        v = np.concatenate([p.v for p in parts], axis=-1)
+        d = np.concatenate([p.d for p in parts], axis=-1)
+        return _Node(v, d, all(p.full for p in parts), back)
 
 
 def _check_sizes(a: _Node, b: _Node, expr: Expr) -> None:
@@ -416,20 +489,32 @@ def _check_sizes(a: _Node, b: _Node, expr: Expr) -> None:
 
 
 def _extreme_corners(
-    hard: np.ndarray, defined: np.ndarray, values: list[np.ndarray], grads: list[np.ndarray] | None
+    hard: np.ndarray,
+    defined: np.ndarray,
+    values: list[np.ndarray],
+    d_a: list[np.ndarray] | tuple[np.ndarray, ...],
+    d_b: list[np.ndarray] | tuple[np.ndarray, ...],
+    a: _Node,
+    b: _Node,
 ) -> _Node:
-    """Bounds of an interval product or quotient: the largest and the smallest corner value with their Jacobians
-    (the first corner at a tie). One-entry operands are broadcast."""
+    """Bounds of an interval product or quotient: the largest and the smallest of the corner values (the first
+    corner at a tie). Corner ``c`` combines bound ``c // 2`` of ``a`` (upper, lower) with bound ``c % 2`` of ``b``;
+    ``d_a[c]``/``d_b[c]`` are its partial derivatives w.r.t. those bounds. One-entry operands are broadcast."""
     shape = np.broadcast_shapes(*(v.shape for v in [*values, hard, defined]))
     v = np.stack([np.broadcast_to(x, shape) for x in values])
     hi, lo = v.argmax(0), v.argmin(0)
     upper = np.take_along_axis(v, hi[None], 0)[0]
     lower = np.take_along_axis(v, lo[None], 0)[0]
-    j = None
-    if grads is not None:
-        k = shape[-1]
-        g = np.stack([np.broadcast_to(x, (k, x.shape[-1])) for x in grads])
-        rows = np.arange(k)
-        j = np.stack([g[hi, rows], g[lo, rows]])
+    ka, kb = a.d.shape[-1], b.d.shape[-1]
+
+    def back(cu: np.ndarray, cl: np.ndarray) -> None:
+        ca, cb = [np.zeros(shape), np.zeros(shape)], [np.zeros(shape), np.zeros(shape)]
+        for c in range(4):
+            weight = np.where(hi == c, cu, 0.0) + np.where(lo == c, cl, 0.0)
+            ca[c // 2] += weight * d_a[c]
+            cb[c % 2] += weight * d_b[c]
+        a.back(_sum_to(ca[0], ka), _sum_to(ca[1], ka))
+        b.back(_sum_to(cb[0], kb), _sum_to(cb[1], kb))
+
     defined = np.broadcast_to(defined, shape).copy()
-    return _Node(np.stack([np.broadcast_to(hard, shape), upper, lower]), defined, j, bool(defined.all()))
+    return _Node(np.stack([np.broadcast_to(hard, shape), upper, lower]), defined, bool(defined.all()), back)

@@ -17,7 +17,7 @@ r"""The user-facing constrained optimizer: wrap any torch optimizer with fairnes
 One :meth:`ConstrainedOptimizer.step` follows one batch along the data path:
 
 1. ``scores, labels, groups`` → a ``(G, K)`` table (:meth:`~fairopt.optim.ConstraintSet.measure`)
-   → constraint values: hard ``g`` and proxy ``g̃``, with the Jacobian ``∂g̃/∂T`` (one NumPy pass,
+   → constraint values: hard ``g`` and proxy ``g̃``, with their vector-Jacobian product (one NumPy pass,
    :meth:`~fairopt.optim.ConstraintSet.linearize`; a set with a function constraint uses the differentiable
    :meth:`~fairopt.optim.ConstraintSet.evaluate`);
 2. the primal player descends on the method's objective, e.g. the Lagrangian ``f + λᵀ g̃``
@@ -87,7 +87,7 @@ class StepResult:
 
 def _values(lin: Linearization, stats: GroupStats, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """``(hard, proxy, defined)`` of a linearization as constant tensors (``dtype``, on the table's device)."""
-    hard, proxy, _, defined = to_tensors(lin._replace(d_upper=None, d_lower=None), stats.table.detach().to(dtype))
+    hard, proxy, _, defined = to_tensors(lin._replace(vjp=None), stats.table.detach().to(dtype))
     return hard, proxy, defined
 
 
@@ -304,8 +304,8 @@ class ConstrainedOptimizer:
         stats = cs.measure(
             scores, groups=groups, labels=labels, weights=weights, example_losses=example_losses, validate=self.validate
         )
-        # Expression constraints: values and Jacobians in one NumPy pass; the proxy gradient enters the objective
-        # below (see _primal_objective). Function constraints: a differentiable evaluation.
+        # Expression constraints: values in one NumPy pass, gradients by its reverse pass; the proxy gradient enters
+        # the objective below (see _primal_objective). Function constraints: a differentiable evaluation.
         lin = cs.linearize(stats) if cs.linearizable else None
         value = cs.evaluate(stats) if lin is None else ConstraintValue(*_values(lin, stats, cs.dtype))
         self.num_steps += 1
@@ -329,20 +329,21 @@ class ConstrainedOptimizer:
         """The method's primal objective, differentiable w.r.t. the model through ``loss`` and ``stats.table``.
 
         With a linearization and a player whose objective is linear in the proxy values, ``w_0 f + μᵀ g̃(T)``, only
-        ``W = μᵀ ∂g̃/∂T`` (a ``(G, K)`` array) is needed: the objective is ``w_0 f + W · (T - T.detach()) + μᵀg̃``.
-        Same value and gradient as the generic path, three tensor operations instead of a differentiable
-        evaluation.
+        ``W = μᵀ ∂g̃/∂T`` (a ``(G, K)`` array, one vector-Jacobian product) is needed: the objective is
+        ``w_0 f + W · (T - T.detach()) + μᵀg̃``. Same value and gradient as the generic path, three tensor operations
+        instead of a differentiable evaluation.
         """
         if lin is None:
             return self.player.primal_objective(loss, value)
         table = stats.table
         weights = self.player.primal_weights()
+        vjp = lin.vjp
+        assert vjp is not None
         if weights is None:
-            proxy = attach(lin.upper, lin.d_upper, table.to(self.constraint_set.dtype))
+            proxy = attach(lin.upper, lambda c: vjp(c, None), table.to(self.constraint_set.dtype))
             return self.player.primal_objective(loss, ConstraintValue(value.hard, proxy, value.defined))
         w0, mu = weights
-        assert lin.d_upper is not None
-        gradient = torch.from_numpy(mu @ lin.d_upper).to(device=table.device, dtype=table.dtype)  # ∂(μᵀg̃)/∂T
+        gradient = torch.from_numpy(vjp(mu, None)).to(device=table.device, dtype=table.dtype)  # ∂(μᵀg̃)/∂T
         # Zero-valued, with gradient W: the term's value is μᵀg̃ exactly, its gradient W·∂T/∂θ.
         term = torch.dot(gradient, (table - table.detach()).reshape(-1)) + float(mu @ lin.upper)
         return (loss if w0 == 1.0 else w0 * loss) + term

@@ -179,7 +179,7 @@ class ConstraintSet:
         self._check_table(stats)
         table = stats.table.to(self.dtype)
         if self.linearizable:
-            lin = self._linearize(host_table(stats), jacobians=table.requires_grad)
+            lin = self._linearize(host_table(stats), gradients=table.requires_grad)
             hard, proxy, _, defined = to_tensors(lin, table)
             return ConstraintValue(hard, proxy, defined)
         values = [c.evaluate(GroupStats(table)) for c in self.constraints]
@@ -187,28 +187,37 @@ class ConstraintSet:
             return values[0]
         return ConstraintValue(*(torch.cat([getattr(v, f) for v in values]) for f in ("hard", "proxy", "defined")))
 
-    def linearize(self, stats: GroupStats, *, jacobians: bool = True) -> Linearization:
-        """All m entries at one table in NumPy (float64), with ``d_upper (m, G*K)``, the Jacobian of the proxy values
-        w.r.t. the flattened table (``d_lower`` is None; both None with ``jacobians=False``). Only when
-        :attr:`linearizable`.
+    def linearize(self, stats: GroupStats, *, gradients: bool = True) -> Linearization:
+        """All m entries at one table in NumPy (float64), with the VJP of the proxy values w.r.t. the flattened
+        table (:attr:`Linearization.vjp <fairopt.constraints.evaluation.Linearization>`; None with
+        ``gradients=False``). Only when :attr:`linearizable`.
 
         Raises:
             TypeError: a constraint is a :class:`~fairopt.constraints.FunctionConstraint`. ValueError: another G.
         """
         self._check_table(stats)
-        return self._linearize(host_table(stats), jacobians)
+        return self._linearize(host_table(stats), gradients)
 
-    def _linearize(self, table: np.ndarray, jacobians: bool) -> Linearization:
-        parts = [c.linearize(table, jacobians=jacobians) for c in self.constraints]
+    def _linearize(self, table: np.ndarray, gradients: bool) -> Linearization:
+        parts = [c.linearize(table, gradients=gradients) for c in self.constraints]
         if len(parts) == 1:
-            return parts[0]._replace(d_lower=None)
+            return parts[0]
+        vjp = None
+        if gradients:
+            bounds = np.cumsum([0] + [p.hard.shape[-1] for p in parts])
+
+            def vjp(c_upper: np.ndarray | None, c_lower: np.ndarray | None) -> np.ndarray:
+                return sum(  # type: ignore[return-value]
+                    p.vjp(None if c_upper is None else c_upper[lo:hi], None if c_lower is None else c_lower[lo:hi])
+                    for p, lo, hi in zip(parts, bounds[:-1], bounds[1:])
+                )
+
         return Linearization(
             hard=np.concatenate([p.hard for p in parts]),
             upper=np.concatenate([p.upper for p in parts]),
             lower=np.concatenate([p.lower for p in parts]),
             defined=np.concatenate([p.defined for p in parts]),
-            d_upper=np.concatenate([p.d_upper for p in parts]) if jacobians else None,
-            d_lower=None,
+            vjp=vjp,
         )
 
     def _check_table(self, stats: GroupStats) -> None:

@@ -68,7 +68,7 @@ def _resample_loss(table: Tensor, moments: SecondMoments | None, counts: Tensor,
 
 def _evaluate_all(constraint: Constraint, tables: Tensor) -> tuple[Tensor, Tensor]:
     if constraint.linearizable:  # one vectorized NumPy pass over all resamples
-        lin = constraint.linearize(tables.detach().cpu().double().numpy(), jacobians=False)
+        lin = constraint.linearize(tables.detach().cpu().double().numpy(), gradients=False)
         return torch.from_numpy(lin.hard), torch.from_numpy(lin.defined)
 
     def hard_and_defined(table: Tensor) -> tuple[Tensor, Tensor]:
