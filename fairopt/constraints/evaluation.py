@@ -326,16 +326,17 @@ class _Evaluator:
             return c if select is None else select[0] * c[0]
 
         def add(c: np.ndarray, column: np.ndarray) -> None:  # grad += ∂(cᵀ (select @ table @ column)) / ∂ table
-            self.grad += np.outer(rows(c), column)
+            self.grad += rows(c)[:, None] * column
 
         back: Back = _no_back
         if kind == "label":
             v = sums[1:4] / safe_den  # divided, not multiplied by 1/den: ties break as in compute_rate
             v[2] = 1.0 - v[2]
 
+            w_upper, w_lower = w[:, 2], w[:, 3]
+
             def back(cu: np.ndarray, cl: np.ndarray) -> None:
-                add(cu * inv, w[:, 2])
-                add(-cl * inv, w[:, 3])
+                self.grad += rows(cu * inv)[:, None] * w_upper - rows(cl * inv)[:, None] * w_lower
 
         elif kind == "loss":
             loss = self.table[..., _LOSS] if select is None else self.table[..., _LOSS] @ select.T
