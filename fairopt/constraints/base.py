@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fairopt.constraints.evaluation import Linearization, host_table, linearize, to_tensors
+from fairopt.constraints.evaluation import Linearization, host_table, linearize, value_tensors
 from fairopt.constraints.expressions import Expr
 from fairopt.rates import RateValue, compute_rate
 from fairopt.stats import GroupStats
@@ -90,8 +90,7 @@ class Constraint:
         The proxy values are differentiable w.r.t. ``stats.table`` (first order; see
         :mod:`fairopt.constraints.evaluation`)."""
         lin = self.linearize(host_table(stats), gradients=stats.table.requires_grad)
-        hard, proxy, _, defined = to_tensors(lin, stats.table)
-        return ConstraintValue(hard, proxy, defined)
+        return ConstraintValue(*value_tensors(lin, stats.table))
 
     def linearize(self, table: np.ndarray, *, gradients: bool = True) -> Linearization:
         """Entries ``expr - tolerance`` at a ``(G, K)`` float64 table, with the VJP of their proxy bounds

@@ -49,7 +49,7 @@ from fairopt.constraints.expressions import (
 from fairopt.rates import RATES, is_label_conditioned, mixer_matrix
 from fairopt.stats import COLUMNS, GroupStats
 
-__all__ = ["Linearization", "attach", "evaluate_expr", "host_table", "linearize", "to_tensors"]
+__all__ = ["Linearization", "attach", "evaluate_expr", "host_table", "linearize", "to_tensors", "value_tensors"]
 
 _K = len(COLUMNS)
 _LOSS = COLUMNS.index("loss")
@@ -196,15 +196,20 @@ def attach(value: np.ndarray, vjp: Callable[[np.ndarray], np.ndarray] | None, ta
     return _Attach.apply(table, out, vjp)
 
 
-def to_tensors(lin: Linearization, table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(hard, upper, lower, defined)`` tensors on ``table``'s device and dtype, the bounds differentiable w.r.t.
-    ``table`` when the linearization has a VJP (:func:`attach`)."""
+def value_tensors(lin: Linearization, table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(hard, upper, defined)`` tensors on ``table``'s device and dtype; ``upper`` (a constraint's proxy value) is
+    differentiable w.r.t. ``table`` when the linearization has a VJP (:func:`attach`)."""
     hard = torch.from_numpy(lin.hard).to(device=table.device, dtype=table.dtype)
     defined = torch.from_numpy(lin.defined).to(table.device)
     vjp = lin.vjp
-    upper = attach(lin.upper, None if vjp is None else lambda c: vjp(c, None), table)
-    lower = attach(lin.lower, None if vjp is None else lambda c: vjp(None, c), table)
-    return hard, upper, lower, defined
+    return hard, attach(lin.upper, None if vjp is None else lambda c: vjp(c, None), table), defined
+
+
+def to_tensors(lin: Linearization, table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(hard, upper, lower, defined)``: :func:`value_tensors` and the lower bound, differentiable the same way."""
+    hard, upper, defined = value_tensors(lin, table)
+    vjp = lin.vjp
+    return hard, upper, attach(lin.lower, None if vjp is None else lambda c: vjp(None, c), table), defined
 
 
 def evaluate_expr(expr: Expr, stats: GroupStats) -> Bounds:

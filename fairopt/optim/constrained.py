@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from fairopt._validation import validation_enabled
 from fairopt.constraints import Constraint, ConstraintValue
-from fairopt.constraints.evaluation import Linearization, attach, to_tensors
+from fairopt.constraints.evaluation import Linearization, value_tensors
 from fairopt.optim.base import check_positive
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.dual_stats import DualStatistics
@@ -83,12 +83,6 @@ class StepResult:
     value: ConstraintValue
     multipliers: Tensor
     dual_value: ConstraintValue | None
-
-
-def _values(lin: Linearization, stats: GroupStats, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """``(hard, proxy, defined)`` of a linearization as constant tensors (``dtype``, on the table's device)."""
-    hard, proxy, _, defined = to_tensors(lin._replace(vjp=None), stats.table.detach().to(dtype))
-    return hard, proxy, defined
 
 
 def _detached(value: ConstraintValue) -> ConstraintValue:
@@ -307,7 +301,10 @@ class ConstrainedOptimizer:
         # Expression constraints: values in one NumPy pass, gradients by its reverse pass; the proxy gradient enters
         # the objective below (see _primal_objective). Function constraints: a differentiable evaluation.
         lin = cs.linearize(stats) if cs.linearizable else None
-        value = cs.evaluate(stats) if lin is None else ConstraintValue(*_values(lin, stats, cs.dtype))
+        if lin is None:
+            value = cs.evaluate(stats)
+        else:  # constants: the proxy gradient enters through _primal_objective
+            value = ConstraintValue(*value_tensors(lin._replace(vjp=None), stats.table.detach().to(cs.dtype)))
         self.num_steps += 1
         dual_stats = self.dual_statistics
         if dual_stats.source == "train" and not dual_stats.passthrough:
@@ -340,8 +337,8 @@ class ConstrainedOptimizer:
         vjp = lin.vjp
         assert vjp is not None
         if weights is None:
-            proxy = attach(lin.upper, lambda c: vjp(c, None), table.to(self.constraint_set.dtype))
-            return self.player.primal_objective(loss, ConstraintValue(value.hard, proxy, value.defined))
+            differentiable = value_tensors(lin, table.to(self.constraint_set.dtype))
+            return self.player.primal_objective(loss, ConstraintValue(*differentiable))
         w0, mu = weights
         gradient = torch.from_numpy(vjp(mu, None)).to(device=table.device, dtype=table.dtype)  # ∂(μᵀg̃)/∂T
         # Zero-valued, with gradient W: the term's value is μᵀg̃ exactly, its gradient W·∂T/∂θ.

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from fairopt.constraints import Constraint, ConstraintValue
-from fairopt.constraints.evaluation import Linearization, host_table, to_tensors
+from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
 from fairopt.proxies import Proxy, as_proxy
 from fairopt.stats import GroupStats, group_stats
 
@@ -180,8 +180,7 @@ class ConstraintSet:
         table = stats.table.to(self.dtype)
         if self.linearizable:
             lin = self._linearize(host_table(stats), gradients=table.requires_grad)
-            hard, proxy, _, defined = to_tensors(lin, table)
-            return ConstraintValue(hard, proxy, defined)
+            return ConstraintValue(*value_tensors(lin, table))
         values = [c.evaluate(GroupStats(table)) for c in self.constraints]
         if len(values) == 1:
             return values[0]

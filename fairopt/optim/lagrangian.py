@@ -115,8 +115,7 @@ class LagrangianPlayer(DualPlayer):
         """``(1, λ)`` for the Lagrangian; None for the augmented Lagrangian (quadratic in ``g̃``)."""
         if not self._plain_lagrangian:
             return None
-        parts = [c.multiplier.weight.detach().cpu().double().numpy() for c in self.problem.constraints()]
-        return 1.0, parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return 1.0, self.problem.multiplier_values().cpu().double().numpy()
 
     def update(self, value: ConstraintValue) -> None:
         """One ascent step on cooper's dual Lagrangian ``λᵀ g`` (hard values), then cooper's projection.
