@@ -161,13 +161,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.error("--peers needs fairlearn and scikit-learn: pip install 'fairopt[peers]'")
     try:
         result = run_study(config, progress=not args.quiet, log=log)
-        if args.peers:
-            from fairopt.bench.peers import run_peers
-
-            result.runs.extend(run_peers(config, log=log))
     except (ValueError, FileNotFoundError) as err:
         print(f"fairopt bench: error: {err}", file=sys.stderr)
         return 2
+    status = 0
+    if args.peers:
+        from fairopt.bench.peers import run_peers
+
+        try:
+            result.runs.extend(run_peers(config, log=log))
+        except Exception as err:  # a peer's failure must not lose the study: report it, write what we have
+            print(
+                f"fairopt bench: error: the peers failed ({type(err).__name__}: {err}); "
+                "the study is written without them",
+                file=sys.stderr,
+            )
+            status = 1
     print(format_table(result))
     written = write_outputs(result, out, plots=not args.no_plots)
     if not args.no_plots and not any(p.suffix == ".png" for p in written):
@@ -175,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\nwrote {len(written)} files to {out}/ ({', '.join(p.name for p in written)}); total {result.wall_time:.0f} s"
     )
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -442,38 +442,63 @@ def _check_values(
 class RunningGroupStats:
     """A running estimate of a :class:`GroupStats` table over training steps, for the dual player.
 
-    Two modes, both exact for additive tables (a rate is a ratio of sums, so scaling all rows alike changes
+    Three modes, all exact for additive tables (a rate is a ratio of sums, so scaling all rows alike changes
     nothing and no bias correction is needed):
 
     * ``"ema"``: ``running = decay * running + batch`` (a geometrically weighted sum; effective window
       ``1 / (1 - decay)`` batches),
-    * ``"window"``: the sum of the last ``window`` batch tables.
+    * ``"window"``: the sum of the last ``window`` batch tables,
+    * ``"count"``: the sum of the fewest most recent batch tables (at most ``window``) in which every group holds
+      at least ``min_count`` examples of each label (a group or label that is rarer over the whole kept window
+      counts all it has). The window adapts to the group counts the data has: rare groups get a long window, so
+      every rate the dual player reads has a standard error of at most ``0.5 / sqrt(min_count)`` (0.05 at the
+      default 100) where the data allow it. Why it matters: a constraint such as a max-min gap is a convex
+      function of the rates, so its value on a noisy small-batch table is biased *upward* (Jensen's inequality):
+      a batch of 64 Adult rows holds ~2.4 women with a positive label, its female TPR is mostly 0, 0.5 or 1, and
+      a dual player reading it over-constrains while the true gap is already met. The chosen length is
+      :attr:`last_window` (read it for logging; it is a tensor so that the update never waits for the device).
 
     A group absent from a batch adds a zero row: it keeps its earlier statistics and never produces a fake
     violation. Updates are detached (the running table carries no autograd graph).
 
     Args:
         num_groups: G.
-        mode: ``"ema"`` or ``"window"``.
+        mode: ``"ema"``, ``"window"`` or ``"count"``.
         decay: EMA factor in ``[0, 1)`` (mode ``"ema"``).
-        window: number of batches (mode ``"window"``), >= 1.
+        window: number of batches (mode ``"window"``; the cap for mode ``"count"``), >= 1.
+        min_count: mode ``"count"``: examples per group and label the window must reach (> 0, weighted counts).
 
     Raises:
-        ValueError: an unknown mode, ``decay`` outside ``[0, 1)``, ``window < 1``, or an update whose table has
-            another number of groups (the running state is left unchanged).
+        ValueError: an unknown mode, ``decay`` outside ``[0, 1)``, ``window < 1``, ``min_count <= 0``, or an update
+            whose table has another number of groups (the running state is left unchanged).
     """
 
-    def __init__(self, num_groups: int, *, mode: str = "ema", decay: float = 0.9, window: int = 10) -> None:
+    MODES = ("ema", "window", "count")
+
+    def __init__(
+        self,
+        num_groups: int,
+        *,
+        mode: str = "ema",
+        decay: float = 0.9,
+        window: int = 10,
+        min_count: float = 100.0,
+    ) -> None:
         _check_num_groups(num_groups)
-        if mode not in ("ema", "window"):
-            raise ValueError(f"mode must be 'ema' or 'window', got {mode!r}")
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         if mode == "ema" and not (0.0 <= decay < 1.0):
             raise ValueError(f"decay must be in [0, 1), got {decay!r}")
-        if mode == "window" and (not isinstance(window, int) or window < 1):
+        if mode in ("window", "count") and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if mode == "count" and not (isinstance(min_count, numbers.Real) and min_count > 0):
+            raise ValueError(f"min_count must be a number > 0 (examples per group and label), got {min_count!r}")
         self.num_groups, self.mode, self.decay, self.window = num_groups, mode, float(decay), int(window)
+        self.min_count = float(min_count)
         self._ema: Tensor | None = None
         self._tables: deque[Tensor] = deque(maxlen=self.window)
+        self._value: Tensor | None = None
+        self.last_window: Tensor | None = None
         self.num_updates = 0
 
     def update(self, stats: GroupStats) -> GroupStats:
@@ -485,14 +510,30 @@ class RunningGroupStats:
             self._ema = table.clone() if self._ema is None else self._ema.to(table) * self.decay + table
         else:
             self._tables.append(table.clone())
+            if self.mode == "count":
+                self._value = self._count_window()
         self.num_updates += 1
         return self.value
+
+    def _count_window(self) -> Tensor:
+        """Sum of the shortest suffix of the kept tables meeting ``min_count`` (tensor ops only: no host sync)."""
+        recent = torch.stack(list(self._tables)[::-1])  # (W, G, K), newest first
+        sums = recent.cumsum(dim=0)  # sums[w] = the newest w + 1 tables
+        labels = torch.stack([sums[..., _INDEX["fn"]] + sums[..., _INDEX["tp"]],
+                              sums[..., _INDEX["tn"]] + sums[..., _INDEX["fp"]]], dim=-1)  # (W, G, 2)  # fmt: skip
+        enough = (labels >= self.min_count) | (labels >= labels[-1:])  # rarer over the whole window: take it all
+        done = enough.flatten(1).all(dim=1)  # (W,), True from the first sufficient length on (the last is True)
+        first = torch.argmax(done.to(torch.int8))  # index of the first True
+        self.last_window = first + 1
+        return sums.index_select(0, first.reshape(1))[0]
 
     @property
     def value(self) -> GroupStats:
         """The running ``(G, K)`` table (zeros before the first update)."""
         if self.mode == "ema":
             table = self._ema
+        elif self.mode == "count":
+            table = self._value
         else:
             table = torch.stack(list(self._tables)).sum(dim=0) if self._tables else None
         if table is None:
@@ -500,7 +541,7 @@ class RunningGroupStats:
         return GroupStats(table)
 
     def reset(self) -> None:
-        self._ema, self.num_updates = None, 0
+        self._ema, self._value, self.last_window, self.num_updates = None, None, None, 0
         self._tables.clear()
 
     def state_dict(self) -> dict[str, Any]:
@@ -509,6 +550,7 @@ class RunningGroupStats:
             "mode": self.mode,
             "decay": self.decay,
             "window": self.window,
+            "min_count": self.min_count,
             "ema": self._ema,
             "tables": list(self._tables),
             "num_updates": self.num_updates,
@@ -520,5 +562,7 @@ class RunningGroupStats:
                 raise ValueError(f"state_dict has {key}={state[key]!r} but this object has {getattr(self, key)!r}")
         self.decay, self.window = float(state["decay"]), int(state["window"])
         self._ema = state["ema"]
+        self.min_count = float(state.get("min_count", self.min_count))
         self._tables = deque(state["tables"], maxlen=self.window)
         self.num_updates = int(state["num_updates"])
+        self._value = self._count_window() if self.mode == "count" and self._tables else None

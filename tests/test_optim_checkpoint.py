@@ -98,7 +98,9 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(name):
 
 def test_load_state_dict_refuses_a_state_of_another_problem():
     model = mlp(X.shape[1])
-    lagrangian = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.EqualizedOdds(0.02)], 2)
+    lagrangian = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.EqualizedOdds(0.02)], 2, dual_min_count=None
+    )
     state = lagrangian.state_dict()
     other_method = ConstrainedOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.EqualizedOdds(0.02)], 2, method="proxy_lagrangian"

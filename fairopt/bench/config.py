@@ -10,11 +10,26 @@ Methods (``--methods``):
 ``penalty``                     fixed-weight hinge penalty on the proxy constraint, the "regularizer" baseline
 ``lagrangian``                  gradient descent-ascent, proxy constraints (primal: the study's proxy; dual: true
                                 rates), last iterate (Cotter et al., JMLR 2019, Algorithm 2 without randomization)
+``lagrangian-heldout``          the same with the multipliers reading validation batches and a margin; final model:
+                                the best single iterate on validation data with that margin (deterministic; the
+                                recommended method)
 ``proxy-lagrangian``            swap-regret proxy-Lagrangian game on the training set; final model: a distribution
                                 over recorded iterates by the shrinking LP on training data (one dataset)
-``proxy-lagrangian-heldout``    the same game with the λ-player reading held-out (validation) batches, and the
-                                shrinking LP on validation data (two datasets: Cotter et al., ICML 2019)
+``proxy-lagrangian-heldout``    the same game with the λ-player reading validation batches, and the shrinking LP on
+                                validation data with a margin (two datasets: Cotter et al., ICML 2019)
+``thresholds``                  post-processing: the unconstrained model with randomized group-specific thresholds
+                                fitted on validation data with a margin (Hardt, Price, Srebro 2016;
+                                :class:`fairopt.postprocessing.GroupThresholds`); needs the sensitive attribute at
+                                prediction time
 ==============================  ===================================================================================
+
+Data roles. Each dataset's validation split is cut in two (``audit_fraction``, stratified by group and label): the
+*validation* part drives the held-out duals and chooses the final model; the *audit* part (reported as
+``held-out``) is used for nothing else, so its value is an honest estimate for new data (a model chosen because
+it looks feasible on some data is optimistic there). Every dual player reads a table of at least ``dual_min_count``
+examples per group and label (:class:`~fairopt.RunningGroupStats`, mode ``"count"``). The held-out methods leave a
+margin of ``margin_z`` standard errors of each entry on the validation split
+(:meth:`~fairopt.optim.ConstraintSet.standard_errors`; Cotter et al., JMLR 2019, Section 7.2: "plan to overfit").
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from fairopt.constraints import (
@@ -48,7 +64,15 @@ __all__ = [
     "make_constraint",
 ]
 
-METHODS = ("unconstrained", "penalty", "lagrangian", "proxy-lagrangian", "proxy-lagrangian-heldout")
+METHODS = (
+    "unconstrained",
+    "penalty",
+    "lagrangian",
+    "lagrangian-heldout",
+    "proxy-lagrangian",
+    "proxy-lagrangian-heldout",
+    "thresholds",
+)
 DATASETS = ("adult", "compas", "german")
 
 # name -> (factory(tolerance), what the tolerance means)
@@ -134,7 +158,10 @@ class StudyConfig:
 
     Units: ``tolerance`` in rate units (0.05 = 5 percentage points; for ``p_rule`` it is the ratio p);
     ``lr``/``dual_lr`` are step sizes; ``epochs`` passes over the training split (per model: ``epochs_large`` for
-    ``mlp-large``); ``train_size`` caps the training split (None = all of it).
+    ``mlp-large``); ``train_size`` caps the training split (None = all of it); ``batch_size`` None chooses about 50
+    steps per epoch (:meth:`batch_size_for`); ``audit_fraction`` of the validation split is the audit split;
+    ``margin_z`` standard errors is the held-out methods' margin (0 = none); ``dual_min_count`` examples per group
+    and label in every dual table (None = each batch alone).
     """
 
     dataset: str = "adult"
@@ -148,13 +175,16 @@ class StudyConfig:
     epochs: int = 20
     epochs_large: int = 100
     seeds: tuple[int, ...] = (0, 1, 2)
-    batch_size: int = 64
+    batch_size: int | None = None
     lr: float = 3e-3
-    dual_lr: float = 0.05
+    dual_lr: float = 0.2
     penalty: float = 1.0
     proxy: str = "sigmoid"
     train_size: int | None = 2000
     validation_fraction: float = 0.2
+    audit_fraction: float = 0.5
+    margin_z: float = 1.645
+    dual_min_count: float | None = 100.0
     records_per_run: int = 20
     device: str = "cpu"
     classes: tuple[tuple[str, str], ...] = ()
@@ -174,7 +204,10 @@ class StudyConfig:
         checks = [
             ("epochs", self.epochs >= 1),
             ("epochs_large", self.epochs_large >= 1),
-            ("batch_size", self.batch_size >= 1),
+            ("batch_size", self.batch_size is None or self.batch_size >= 1),
+            ("audit_fraction", 0 < self.audit_fraction < 1),
+            ("margin_z", self.margin_z >= 0),
+            ("dual_min_count", self.dual_min_count is None or self.dual_min_count > 0),
             ("lr", self.lr > 0),
             ("dual_lr", self.dual_lr > 0),
             ("records_per_run", self.records_per_run >= 1),
@@ -200,6 +233,14 @@ class StudyConfig:
         if self.classes:
             return class_constraint(self.constraint, self.tolerance, group_names, self.classes)
         return make_constraint(self.constraint, self.tolerance)
+
+    def batch_size_for(self, num_train: int) -> int:
+        """``batch_size``, or when None the power of two nearest ``num_train / 48`` within [64, 512]: about 50 steps
+        per epoch, so small training sets still get enough steps and large ones are not slowed by tiny batches
+        (the dual player's table does not depend on it: see ``dual_min_count``)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return int(min(512, max(64, 2 ** round(np.log2(max(num_train, 1) / 48)))))
 
     def epochs_for(self, model: str) -> int:
         return self.epochs_large if model == "mlp-large" else self.epochs

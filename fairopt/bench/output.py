@@ -50,6 +50,7 @@ def _rows(result: StudyResult) -> tuple[list[str], list[list[str]]]:
         "test acc",
         ("acc by group (" + " / ".join(short) + ")") if by_group else "worst-group test acc",
         "train",
+        "validation",
         "held-out",
         "test [95% CI]" if len(result.config.seeds) == 1 else "test (mean±std over seeds)",
         "test verdict",
@@ -67,6 +68,7 @@ def _rows(result: StudyResult) -> tuple[list[str], list[list[str]]]:
                 _with_std(r, "test_accuracy"),
                 " / ".join(_num(r[c]) for c in groups) if by_group else _worst(r, groups),
                 train,
+                _num(r["validation_value"]),
                 _num(r["held-out_value"]),
                 _with_std(r, "test_value") + interval,
                 r["test_verdict"],
@@ -81,9 +83,10 @@ def _caption(result: StudyResult) -> str:
     sizes = ", ".join(f"{k} {v:,}" for k, v in result.split_sizes.items())
     return (
         f"{c.dataset}: {result.constraint}; groups {', '.join(result.group_names)}; {sizes} rows; "
-        f"seeds {list(c.seeds)}. Columns train / held-out / test: the constraint's largest entry (e.g. a rate gap), "
-        f"to compare with its bound {bound(result):g}; test verdict at 95% confidence, for the whole constraint "
-        "(violated if any entry is, satisfied if all are)."
+        f"seeds {list(c.seeds)}. Columns train / validation / held-out / test: the constraint's largest entry (e.g. a "
+        f"rate gap), to compare with its bound {bound(result):g}; validation drove the held-out duals and chose the "
+        "final model, held-out (the audit split) did neither: it is the estimate for new data. Test verdict at 95% "
+        "confidence, for the whole constraint (violated if any entry is, satisfied if all are)."
     )
 
 
@@ -157,7 +160,7 @@ def plot_histories(result: StudyResult, path: Path) -> None:
                 ax.set_axis_off()
                 continue
             epochs = [p["epoch"] for p in run.history]
-            for split, style in (("train", "-"), ("held-out", "--"), ("test", ":")):
+            for split, style in (("train", "-"), ("validation", "-."), ("held-out", "--"), ("test", ":")):
                 ax.plot(epochs, [p[split] for p in run.history], style, label=split)
             ax.axhline(bound(result), color="black", linewidth=0.8, alpha=0.6)
             ax.set_title(f"{model} / {method}", fontsize=8)

@@ -1,10 +1,18 @@
 """Peers run on the same splits and constraint as the study (``fairopt bench --peers``).
 
 * ``fairlearn-expgrad``: fairlearn's ExponentiatedGradient (Agarwal et al., ICML 2018) around scikit-learn's
-  LogisticRegression, with fairlearn's moment for the study's constraint. fairlearn's moments compare each group
-  with the overall rate (``difference_bound`` = the study's tolerance), our evaluation reports the max-min gap:
-  the same tolerance is somewhat looser there for two groups. Its randomized classifier is evaluated exactly in
-  expectation (``_pmf_predict``), like our stochastic models.
+  LogisticRegression, with fairlearn's moment for the study's constraint, trained on the same training split.
+  Like-for-like bound: fairlearn's moments bound each group against the overall rate, ``|r_g - r| <= b``, the
+  study's built-in constraints the largest gap between two groups, ``max_g r_g - min_g r_g <= t``. By the triangle
+  inequality ``b = t / 2`` guarantees ``max - min <= t`` for any number of groups and any group shares (and no
+  larger ``b`` does in general), so that is the bound used; for the p%-rule (``min/max >= p``), fairlearn's
+  ``ratio_bound`` ``b`` gives ``min/max >= b²``, so ``b = sqrt(p)``. Its randomized classifier is evaluated exactly
+  in expectation (``_pmf_predict``), like our stochastic models.
+* ``fairlearn-threshold``: fairlearn's ThresholdOptimizer (Hardt, Price, Srebro 2016) on the study's unconstrained
+  logistic model of the same seed (prefit, its logits as ``decision_function``), fitted on the same validation
+  split with ``tol`` = the study's tolerance (the largest allowed difference between groups; fairlearn has no relaxed
+  equalized odds, so there it asks for equal rates), evaluated exactly in expectation; it needs the sensitive
+  attribute at prediction time. Its time includes training the base model.
 * ``cooper-sigmoid``: cooper used directly as a user would without fairopt: a plain Lagrangian whose rates are
   made differentiable by a sigmoid, the *same* relaxed value for both players (no proxy constraints), simultaneous
   gradient descent-ascent, the study's model and optimizer settings.
@@ -19,26 +27,23 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from fairopt import postprocessing
 from fairopt.datasets import DatasetSplit, TabularDataset
 from fairopt.models import create_model
 from fairopt.stats import GroupStats, group_stats
 from fairopt.validation import FairnessReport
 
 from .config import StudyConfig
-from .runner import DATA_SPLIT, SPLITS, RunResult, split_stats
+from .runner import DATA_SPLIT, SPLITS, RunResult, split_stats, train_model
 from .study import load_study_data
 
 __all__ = ["expected_stats", "run_peers"]
 
 
 def expected_stats(positive_probability: torch.Tensor, split: DatasetSplit, num_groups: int) -> GroupStats:
-    """Exact expected table of a randomized classifier predicting positive with probability ``p_i``: the table of
-    "always positive" weighted by ``p`` plus "always negative" weighted by ``1 - p``."""
-    p = positive_probability.double()
-    ones = torch.ones_like(p)
-    return group_stats(ones, split.y, split.groups, num_groups, weights=p) + group_stats(
-        -ones, split.y, split.groups, num_groups, weights=1.0 - p
-    )
+    """Exact expected table of a randomized classifier predicting positive with probability ``p_i`` on ``split``
+    (:func:`fairopt.postprocessing.expected_stats`)."""
+    return postprocessing.expected_stats(positive_probability, split.y, split.groups, num_groups)
 
 
 def _reports(
@@ -70,8 +75,9 @@ def _fairlearn(config: StudyConfig, data: TabularDataset, seed: int) -> RunResul
         "p_rule": lambda p: reductions.DemographicParity(ratio_bound=p),
     }
     start = time.perf_counter()
+    bound = np.sqrt(config.tolerance) if config.constraint == "p_rule" else config.tolerance / 2
     mitigator = reductions.ExponentiatedGradient(
-        LogisticRegression(max_iter=1000), constraints=moments[config.constraint](config.tolerance)
+        LogisticRegression(max_iter=1000), constraints=moments[config.constraint](bound)
     )
     train = data.train
     mitigator.fit(train.X.numpy(), train.y.numpy().astype(int), sensitive_features=train.groups.numpy())
@@ -85,6 +91,60 @@ def _fairlearn(config: StudyConfig, data: TabularDataset, seed: int) -> RunResul
     return RunResult(
         "logistic", "fairlearn-expgrad", seed, _reports(data, stats_of, config, "fairlearn-expgrad", seed), [],
         f"ExponentiatedGradient mixture ({support} classifiers)", support, [], wall,
+    )  # fmt: skip
+
+
+_THRESHOLD_CONSTRAINTS = {
+    "equalized_odds": "equalized_odds",
+    "equal_opportunity": "true_positive_rate_parity",
+    "demographic_parity": "demographic_parity",
+    "fpr_parity": "false_positive_rate_parity",
+}
+
+
+def _threshold_optimizer(config: StudyConfig, data: TabularDataset, seed: int) -> RunResult | None:
+    """fairlearn's ThresholdOptimizer on our unconstrained logistic model; None for constraints it lacks."""
+    from fairlearn.postprocessing import ThresholdOptimizer
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    if config.constraint not in _THRESHOLD_CONSTRAINTS:
+        return None
+    constraint = config.build_constraint(data.group_names)
+    start = time.perf_counter()
+    model, _, _, _ = train_model(config, data, constraint, "logistic", "unconstrained", seed)
+
+    class Prefit(ClassifierMixin, BaseEstimator):
+        def fit(self, X: np.ndarray, y: np.ndarray) -> Prefit:
+            return self
+
+        def __sklearn_is_fitted__(self) -> bool:
+            return True
+
+        def decision_function(self, X: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.as_tensor(X, dtype=torch.float32)).double().numpy()
+
+    optimizer = ThresholdOptimizer(
+        estimator=Prefit(),
+        constraints=_THRESHOLD_CONSTRAINTS[config.constraint],
+        objective="accuracy_score",
+        prefit=True,
+        predict_method="decision_function",
+        tol=None if config.constraint == "equalized_odds" else config.tolerance,  # no relaxed equalized odds there
+    )
+    v = data.validation
+    optimizer.fit(v.X.double().numpy(), v.y.numpy().astype(int), sensitive_features=v.groups.numpy())
+    wall = time.perf_counter() - start
+
+    def stats_of(split: DatasetSplit) -> GroupStats:
+        pmf = optimizer._pmf_predict(split.X.double().numpy(), sensitive_features=split.groups.numpy())
+        return expected_stats(torch.as_tensor(np.asarray(pmf)[:, 1]), split, data.num_groups)
+
+    method = "fairlearn-threshold"
+    return RunResult(
+        "logistic", method, seed, _reports(data, stats_of, config, method, seed), [],
+        f"ThresholdOptimizer on validation ({'exact' if optimizer.tol is None else f'tol {optimizer.tol:g}'})", 1, [],
+        wall,
     )  # fmt: skip
 
 
@@ -118,7 +178,8 @@ def _cooper(config: StudyConfig, data: TabularDataset, seed: int, model_name: st
     coop = cooper.optim.SimultaneousOptimizer(cmp, primal_optimizers=primal, dual_optimizers=dual)
     start = time.perf_counter()
     for epoch in range(config.epochs_for(model_name)):
-        for x, y, a in data.train.loader(batch_size=config.batch_size, shuffle=True, seed=seed * 1000 + epoch):
+        batch_size = config.batch_size_for(len(data.train))
+        for x, y, a in data.train.loader(batch_size=batch_size, shuffle=True, seed=seed * 1000 + epoch):
             coop.roll(compute_cmp_state_kwargs={"x": x, "y": y, "a": a})
     wall = time.perf_counter() - start
     method = "cooper-sigmoid"
@@ -136,6 +197,8 @@ def run_peers(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
     for seed in config.seeds:
         data = load_study_data(config, seed)
         new = [] if config.classes else [_fairlearn(config, data, seed)]
+        threshold = None if config.classes else _threshold_optimizer(config, data, seed)
+        new += [] if threshold is None else [threshold]
         new += [_cooper(config, data, seed, model) for model in config.models]
         if log is not None:
             for run in new:

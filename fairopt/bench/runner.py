@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -21,18 +22,31 @@ from torch.nn import functional as F
 from fairopt.constraints import Constraint
 from fairopt.datasets import DatasetSplit, TabularDataset
 from fairopt.models import create_model
-from fairopt.optim import ConstrainedOptimizer, IterateRecords
+from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords
+from fairopt.postprocessing import GroupThresholds
 from fairopt.stats import GroupStats, group_stats
 from fairopt.validation import FairnessReport
 from fairopt.validation.evaluate import collect_stats
 
 from .config import StudyConfig
 
-__all__ = ["DATA_SPLIT", "SPLITS", "RunResult", "run_one", "split_stats"]
+__all__ = [
+    "DATA_SPLIT",
+    "HELDOUT_METHODS",
+    "SPLITS",
+    "RunResult",
+    "fit_thresholds",
+    "run_one",
+    "split_stats",
+    "train_model",
+]
 
-SPLITS = ("train", "held-out", "test")
-# Report split name -> dataset split name (the held-out split is the dataset's validation split).
-DATA_SPLIT = {"train": "train", "held-out": "validation", "test": "test"}
+SPLITS = ("train", "validation", "held-out", "test")
+# Report split name -> dataset split name. "validation" drives the held-out duals and chooses the final model;
+# "held-out" is the audit split (TabularDataset.with_audit), used for nothing but the estimate for new data.
+DATA_SPLIT = {"train": "train", "validation": "validation", "held-out": "audit", "test": "test"}
+# Methods whose duals read validation batches and whose final model is chosen on the validation split.
+HELDOUT_METHODS = ("lagrangian-heldout", "proxy-lagrangian-heldout")
 
 
 @dataclass
@@ -44,6 +58,8 @@ class RunResult:
         reports: split name (``train``, ``held-out``, ``test``) → :class:`~fairopt.validation.FairnessReport`.
         history: one dict per recorded point: ``step``, ``epoch`` and the largest constraint value (max over
             entries of ``expr``, the quantity compared with the tolerance) on each split.
+        dual_window: the dual table's last window in batches (:attr:`~fairopt.ConstrainedOptimizer.dual_window`).
+        warnings: what the end-of-training check found (:meth:`~fairopt.ConstrainedOptimizer.check`).
         selection: how the final model was chosen; support: its number of iterates.
         multipliers: the final multipliers (empty for methods without a dual player).
         wall_time: seconds spent training and selecting (evaluation excluded).
@@ -58,6 +74,8 @@ class RunResult:
     support: int
     multipliers: list[float]
     wall_time: float
+    dual_window: int | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def split_stats(model: nn.Module, split: DatasetSplit, num_groups: int) -> GroupStats:
@@ -92,21 +110,28 @@ def _make_optimizer(
     base = torch.optim.Adam(model.parameters(), lr=config.lr)
     if method == "unconstrained":
         return base, None
-    options: dict[str, Any] = {"proxy": config.proxy, "validate": False}
+    options: dict[str, Any] = {"proxy": config.proxy, "validate": False, "dual_min_count": config.dual_min_count}
+    batch_size = config.batch_size_for(len(data.train))
     if method == "penalty":
         options.update(method="penalty", penalty=config.penalty)
     elif method == "lagrangian":
         options.update(method="lagrangian", dual_lr=config.dual_lr)
+    elif method == "lagrangian-heldout":  # keeps records to choose the best single iterate
+        options.update(method="lagrangian", dual_lr=config.dual_lr, records=IterateRecords())
     else:  # the proxy-Lagrangian methods keep iterate records for the shrinking LP
         options.update(method="proxy_lagrangian", dual_lr=config.dual_lr, records=IterateRecords())
-    if method == "proxy-lagrangian-heldout":
-        heldout_batches = _cycle(data.validation, config.batch_size, seed, torch.device(config.device))
+    if method in HELDOUT_METHODS:
+        # the window never spans more than one pass over the validation split
+        options["dual_max_window"] = max(1, -(-len(data.validation) // batch_size))
+        heldout_batches = _cycle(data.validation, batch_size, seed, torch.device(config.device))
 
         def heldout() -> Mapping[str, Tensor]:
             x, y, a = next(heldout_batches)
             return {"scores": model(x), "labels": y, "groups": a}
 
         options.update(dual_source="heldout", heldout=heldout)
+    else:
+        options["dual_max_window"] = max(1, -(-len(data.train) // batch_size))
     return base, ConstrainedOptimizer(base, [constraint], data.num_groups, **options)
 
 
@@ -135,26 +160,40 @@ def _mixture_stats(
     return total
 
 
-def run_one(
+def _margin(config: StudyConfig, constrained: ConstrainedOptimizer, stats: GroupStats) -> Any:
+    """``margin_z`` standard errors of each entry on the selection split (0 where undefined), or None."""
+    if not config.margin_z:
+        return None
+    errors = constrained.constraint_set.standard_errors(stats)
+    return config.margin_z * np.where(np.isfinite(errors), errors, 0.0)
+
+
+def train_model(
     config: StudyConfig, data: TabularDataset, constraint: Constraint, model_name: str, method: str, seed: int
-) -> RunResult:
-    """Train one configuration and evaluate it; see the module docstring for how the final model is chosen."""
+) -> tuple[nn.Module, ConstrainedOptimizer | None, list[dict[str, float]], float]:
+    """Train one configuration; returns the model, its constrained optimizer (None when unconstrained), the history
+    of constraint values per split and the training wall time (history evaluation excluded)."""
     torch.manual_seed(seed)
     device = torch.device(config.device)
     model = create_model(model_name, data.num_features, seed=seed).to(device)
     optimizer, constrained = _make_optimizer(config, method, model, constraint, data, seed)
     epochs = config.epochs_for(model_name)
-    steps_per_epoch = max(1, -(-len(data.train.y) // config.batch_size))
+    batch_size = config.batch_size_for(len(data.train))
+    steps_per_epoch = max(1, -(-len(data.train.y) // batch_size))
     total_steps = epochs * steps_per_epoch
     record_every = max(1, total_steps // config.records_per_run)
     records = constrained.records if constrained is not None else None
-    record_split = data.validation if method == "proxy-lagrangian-heldout" else data.train
+    record_split = data.validation if method in HELDOUT_METHODS else data.train
+    with_margin = constrained is not None and method != "penalty"
     history: list[dict[str, float]] = []
     step = 0
     start = time.perf_counter()
     evaluation_time = 0.0
+    if with_margin:
+        assert constrained is not None
+        constrained.margin = _margin(config, constrained, split_stats(model, record_split, data.num_groups))
     for epoch in range(epochs):
-        for x, y, a in _batches(data.train, config.batch_size, seed * 1000 + epoch, device):
+        for x, y, a in _batches(data.train, batch_size, seed * 1000 + epoch, device):
             scores = model(x)
             loss = F.binary_cross_entropy_with_logits(scores, y)
             if constrained is None:
@@ -166,6 +205,10 @@ def run_one(
                 constrained.step(loss=loss, scores=scores, labels=y, groups=a)
             step += 1
             if step % record_every == 0 or step == total_steps:
+                if with_margin:  # the margin follows the current rates (their standard errors)
+                    assert constrained is not None
+                    record_stats = split_stats(model, record_split, data.num_groups)
+                    constrained.margin = _margin(config, constrained, record_stats)
                 t0 = time.perf_counter()
                 point: dict[str, float] = {"step": float(step), "epoch": step / steps_per_epoch}
                 for name in SPLITS:
@@ -174,25 +217,92 @@ def run_one(
                 history.append(point)
                 evaluation_time += time.perf_counter() - t0
                 if records is not None:
-                    stats = split_stats(model, record_split, data.num_groups)
-                    constrained.record(stats, model=model)
-    # Final model.
-    if records is not None and len(records) > 0:
-        weights = torch.as_tensor(records.best_distribution())
+                    assert constrained is not None
+                    constrained.record(split_stats(model, record_split, data.num_groups), model=model)
+    return model, constrained, history, time.perf_counter() - start - evaluation_time
+
+
+def _select(
+    model: nn.Module, constrained: ConstrainedOptimizer | None, method: str
+) -> tuple[list[dict[str, Tensor]], Tensor, list[int], str]:
+    """The final model: ``(states, probabilities, support, description)``; no states = the model as trained."""
+    records = None if constrained is None else constrained.records
+    if records is None or len(records) == 0:
+        return [], torch.ones(1), [0], "last iterate"
+    source = "validation" if method in HELDOUT_METHODS else "train"
+    import warnings
+
+    with warnings.catch_warnings():  # reported in the selection text instead
+        warnings.simplefilter("ignore", UserWarning)
+        weights = torch.as_tensor(records.best_distribution()) if method.startswith("proxy-lagrangian") else None
+        best = records.best_index(rank_objectives=False) if weights is None else -1  # feasible first
+    margin = " with margin" if records.margin_used else (" (margin not met)" if records.margins().any() else "")
+    if weights is not None:
         support = [i for i in range(len(records)) if weights[i] > 0]
-        states = [records[i].state for i in support]
         probabilities = weights[support] / weights[support].sum()
-        source = "validation" if method == "proxy-lagrangian-heldout" else "train"
-        selection = f"shrinking LP on {source} ({len(support)} of {len(records)} iterates)"
-    else:
-        states, probabilities, support = [], torch.ones(1), [0]
-        selection = "last iterate"
-    wall_time = time.perf_counter() - start - evaluation_time
+        selection = f"shrinking LP on {source}{margin} ({len(support)} of {len(records)} iterates)"
+        return [records[i].state for i in support], probabilities, support, selection  # type: ignore[misc]
+    selection = f"best iterate on {source}{margin} (step {records[best].step} of {constrained.num_steps})"
+    return [records[best].state], torch.ones(1), [best], selection  # type: ignore[list-item]
+
+
+def _warnings(
+    constrained: ConstrainedOptimizer | None, model: nn.Module, data: TabularDataset, method: str
+) -> tuple[str, ...]:
+    if constrained is None or method == "penalty":
+        return ()
+    split = data.validation if method in HELDOUT_METHODS else data.train
+    stats = split_stats(model, split, data.num_groups)
+    return tuple(constrained.check(stats, group_names=data.group_names, warn=False))
+
+
+def _scores(model: nn.Module, split: DatasetSplit) -> Tensor:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model.eval()
+        return model(split.X.to(device)).double().cpu()
+
+
+def fit_thresholds(
+    config: StudyConfig, model: nn.Module, data: TabularDataset, constraint: Constraint
+) -> tuple[GroupThresholds, str]:
+    """Randomized group thresholds for ``model`` fitted on the validation split with ``margin_z`` standard errors of
+    margin (without it, and saying so, when no policy meets it). Returns the policy and a description."""
+    v = data.validation
+    scores = _scores(model, v)
+    margin = None
+    if config.margin_z:
+        cs = ConstraintSet([constraint], data.num_groups)
+        errors = cs.standard_errors(group_stats(scores, v.y, v.groups, data.num_groups, validate=False))
+        margin = config.margin_z * np.where(np.isfinite(errors), errors, 0.0)
+    policy = GroupThresholds.fit(scores, v.y, v.groups, constraint, data.num_groups, margin=margin)
+    note = " with margin"
+    if not policy.feasible and margin is not None:
+        policy, note = GroupThresholds.fit(scores, v.y, v.groups, constraint, data.num_groups), " (margin not met)"
+    kind = "randomized" if policy.randomized else "deterministic"
+    return policy, f"group thresholds on validation{note} ({kind}, Hardt et al. 2016)"
+
+
+def run_one(
+    config: StudyConfig, data: TabularDataset, constraint: Constraint, model_name: str, method: str, seed: int
+) -> RunResult:
+    """Train one configuration, choose its final model and evaluate it on every split (see the module docstring)."""
+    trained_as = "unconstrained" if method == "thresholds" else method
+    model, constrained, history, train_time = train_model(config, data, constraint, model_name, trained_as, seed)
+    warnings = _warnings(constrained, model, data, method)
+    t0 = time.perf_counter()
+    states, probabilities, support, selection = _select(model, constrained, method)
+    policy = None
+    if method == "thresholds":
+        policy, selection = fit_thresholds(config, model, data, constraint)
+    wall_time = train_time + time.perf_counter() - t0
     reports = {}
     for name in SPLITS:
         split = data.split(DATA_SPLIT[name])
-        if states:  # intervals then treat the expected counts as counts of N examples
-            stats, moments = _mixture_stats(model, states, probabilities, split, data.num_groups), None  # type: ignore[arg-type]
+        if policy is not None:
+            stats, moments = policy.stats(_scores(model, split), split.y, split.groups), None
+        elif states:  # intervals then treat the expected counts as counts of N examples
+            stats, moments = _mixture_stats(model, states, probabilities, split, data.num_groups), None
         else:
             stats, moments = collect_stats(model, (split.X, split.y, split.groups), data.num_groups, progress=False)
         reports[name] = FairnessReport.from_stats(
@@ -210,4 +320,6 @@ def run_one(
         support=len(support),
         multipliers=multipliers,
         wall_time=wall_time,
+        dual_window=None if constrained is None else constrained.dual_window,
+        warnings=warnings,
     )

@@ -28,7 +28,10 @@ STUDY_SCHEMA_VERSION = "1.0"
 
 
 def load_study_data(config: StudyConfig, seed: int = 0) -> TabularDataset:
-    """Load the configured dataset (embedded, or ``csv:PATH``) with the study's splits, capped at ``train_size``."""
+    """Load the configured dataset (embedded, or ``csv:PATH``) with the study's splits, capped at ``train_size``,
+    and an audit split of ``audit_fraction`` times the validation split's size: from the training rows the cap
+    leaves out when there are enough (the validation split then stays whole), else moved out of the validation split
+    (:meth:`TabularDataset.with_audit`)."""
     common = {"validation_fraction": config.validation_fraction, "seed": seed}
     if config.dataset.startswith("csv:"):
         if not config.csv_target or not config.sensitive_attributes():
@@ -38,9 +41,13 @@ def load_study_data(config: StudyConfig, seed: int = 0) -> TabularDataset:
         )
     else:
         data = load_dataset(config.dataset, sensitive=config.sensitive_attributes(), **common)
+    audit_size = round(config.audit_fraction * len(data.validation))
     if config.train_size is not None and config.train_size < len(data.train.y):
+        unused = len(data.train.y) - config.train_size
+        if unused >= audit_size:  # the audit split from training rows the cap leaves out: validation stays whole
+            return data.subsample_train(config.train_size, seed=seed, audit_size=audit_size)
         data = data.subsample_train(config.train_size, seed=seed)
-    return data
+    return data.with_audit(config.audit_fraction, seed=seed)
 
 
 @dataclass

@@ -317,6 +317,9 @@ class TabularDataset:
     preprocessor:
         The :class:`TabularPreprocessor` fitted on the training rows; apply it to
         new data with ``preprocessor.transform(new_frame)``.
+    audit:
+        Optional held-out rows for estimates on new data only (never for training
+        or model selection): see :meth:`with_audit`; None by default.
     """
 
     name: str
@@ -329,6 +332,7 @@ class TabularDataset:
     target: str
     frame: pd.DataFrame
     preprocessor: TabularPreprocessor
+    audit: DatasetSplit | None = None
 
     @property
     def num_groups(self) -> int:
@@ -341,29 +345,70 @@ class TabularDataset:
         return len(self.feature_names)
 
     def split(self, name: str) -> DatasetSplit:
-        """Return split ``"train"``, ``"validation"`` or ``"test"``."""
+        """Return split ``"train"``, ``"validation"``, ``"test"`` or (after :meth:`with_audit`) ``"audit"``."""
+        if name == "audit":
+            if self.audit is None:
+                raise ValueError("this dataset has no audit split; make one with dataset.with_audit(fraction)")
+            return self.audit
         if name not in SPLIT_NAMES:
             raise ValueError(f"unknown split {name!r}; valid choices: {', '.join(SPLIT_NAMES)}")
         return getattr(self, name)
 
-    def subsample_train(self, size: int, *, seed: int = 0) -> TabularDataset:
+    def subsample_train(self, size: int, *, seed: int = 0, audit_size: int = 0) -> TabularDataset:
         """A copy whose training split keeps ``size`` rows drawn without replacement (seeded).
 
         Preprocessing stays as fitted on the full training split (no validation or test data involved); the
         validation and test splits are unchanged. Used to train over-parameterized models to interpolation
-        quickly.
+        quickly. ``audit_size > 0`` makes an :attr:`audit` split of that many of the rows left out (rows that then
+        neither train nor select anything; see :meth:`with_audit`).
 
         Raises:
-            ValueError: ``size`` not in ``[1, len(train)]``.
+            ValueError: ``size`` not in ``[1, len(train)]``; ``audit_size`` not in ``[0, len(train) - size]``.
         """
         n = len(self.train)
         if not 1 <= size <= n:
             raise ValueError(f"size must be in [1, {n}] (the training split's size), got {size}")
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+        if not 0 <= audit_size <= n - size:
+            raise ValueError(f"audit_size must be in [0, {n - size}] (the rows left out), got {audit_size}")
+        order = np.random.default_rng(seed).permutation(n)
         t = self.train
-        keep = torch.as_tensor(rows)
-        train = DatasetSplit(t.name, t.X[keep], t.y[keep], t.groups[keep], t.index[rows])
-        return replace(self, train=train)
+
+        def part(name: str, rows: np.ndarray) -> DatasetSplit:
+            rows = np.sort(rows)
+            keep = torch.as_tensor(rows)
+            return DatasetSplit(name, t.X[keep], t.y[keep], t.groups[keep], t.index[rows])
+
+        audit = part("audit", order[size : size + audit_size]) if audit_size else self.audit
+        return replace(self, train=part(t.name, order[:size]), audit=audit)
+
+    def with_audit(self, fraction: float = 0.5, *, seed: int = 0) -> TabularDataset:
+        """Move ``fraction`` of the validation rows into a separate *audit* split, stratified by group and label.
+
+        Three roles for data, never confused: the training split trains θ; the (remaining) validation split drives
+        held-out duals and chooses the final model; the audit split *estimates* what the final model does on new
+        data. A model chosen because it looks feasible on some data is optimistic there (a selection effect), so
+        an estimate for new data must come from rows that neither trained nor selected it. The cost is ``fraction``
+        of the validation rows: larger intervals for the validation-driven game, an unbiased held-out estimate.
+
+        Returns:
+            A copy whose ``validation`` keeps ``1 - fraction`` of the rows and whose :attr:`audit` holds the rest.
+
+        Raises:
+            ValueError: ``fraction`` not in (0, 1), or fewer than 2 validation rows.
+        """
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        v = self.validation
+        if len(v) < 2:
+            raise ValueError(f"the validation split has {len(v)} rows; an audit split needs at least 2")
+        strata = v.groups.numpy() * 2 + v.y.numpy().astype(np.int64)
+        keep, audit = stratified_split(strata, [1.0 - fraction, fraction], seed)
+
+        def part(name: str, rows: np.ndarray) -> DatasetSplit:
+            index = torch.as_tensor(rows)
+            return DatasetSplit(name, v.X[index], v.y[index], v.groups[index], v.index[rows])
+
+        return replace(self, validation=part("validation", keep), audit=part("audit", audit))
 
     def splits(self) -> Iterator[DatasetSplit]:
         """Iterate over train, validation and test."""

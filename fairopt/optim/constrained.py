@@ -37,10 +37,13 @@ the wrapped optimizer as usual.
 from __future__ import annotations
 
 import math
+import warnings
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -62,6 +65,7 @@ __all__ = ["DUAL_UPDATES", "DUAL_VALUES", "METHODS", "ConstrainedOptimizer", "St
 DUAL_UPDATES = ("simultaneous", "alternating")
 DUAL_VALUES = ("hard", "proxy")
 _STATE_FORMAT = 1
+_TRACE_LENGTH = 200  # dual steps kept for check()'s settling test
 
 HeldoutFn = Callable[[], "GroupStats | Mapping[str, Tensor]"]
 
@@ -146,7 +150,23 @@ class ConstrainedOptimizer:
             of :meth:`observe_heldout` arguments (e.g. the next validation batch's ``scores/labels/groups``),
             called under ``torch.no_grad`` at each step that takes a dual step, before the primal update (switch
             the model to eval mode inside it if it has dropout or batch norm).
-        running: optional :class:`~fairopt.RunningGroupStats` (EMA or window) the dual table is folded into.
+        dual_min_count: the dual player reads the most recent tables (training batches, or the held-out batches it
+            was given) until every group holds at least this many examples of each label, or ``dual_max_window``
+            tables (a :class:`~fairopt.RunningGroupStats` in mode ``"count"``): every rate it reads then has a
+            standard error of at most ``0.5 / sqrt(dual_min_count)`` (0.05 at the default 100) where the data allow.
+            A small batch holds few examples of a rare group, and a gap of noisy rates is biased upward, so a dual
+            player reading single batches over-constrains and the model collapses toward one class (see
+            :class:`~fairopt.RunningGroupStats`). The window it chose is :attr:`dual_window`. ``None``: read each
+            table alone, as the textbook algorithms do.
+        dual_max_window: the cap on that window, in tables (>= 1; default 100).
+        margin: optional ``(m,)`` (or one number for all entries) safety margin in constraint units, >= 0: the dual
+            player reads ``g + margin``, so training drives each entry to ``g <= -margin`` on the dual's data, and
+            :meth:`record` stores it for the selection of the final model ("plan to overfit the constraints",
+            Cotter et al., JMLR 20(172), 2019, Section 7.2). Derive it from the estimation error of the data the
+            duals read, e.g. ``1.645 * opt.constraint_set.standard_errors(heldout_stats)`` (one-sided 95%); may be
+            reassigned (:attr:`margin`) between steps, e.g. after each full held-out pass.
+        running: optional :class:`~fairopt.RunningGroupStats` (EMA, window or count) the dual table is folded into;
+            it replaces the one ``dual_min_count`` would build.
         sync: optional ``fn(stats) -> stats`` applied to the dual table first; under DDP pass
             ``fairopt.GroupStats.all_reduce`` (a sum over ranks): every rank then takes the same dual step and keeps
             identical multipliers.
@@ -189,6 +209,9 @@ class ConstrainedOptimizer:
         dual_source: str = "train",
         dual_every: int = 1,
         heldout: HeldoutFn | None = None,
+        dual_min_count: float | None = 100.0,
+        dual_max_window: int = 100,
+        margin: float | Sequence[float] | np.ndarray | None = None,
         running: RunningGroupStats | None = None,
         sync: Callable[[GroupStats], GroupStats] | None = None,
         records: IterateRecords | None = None,
@@ -225,11 +248,16 @@ class ConstrainedOptimizer:
         self.grad_scaler = grad_scaler
         self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
         self.constraint_set = ConstraintSet(constraints, num_groups, proxy=proxy, threshold=threshold, dtype=dtype)
+        if running is None and dual_min_count is not None:
+            running = RunningGroupStats(num_groups, mode="count", window=dual_max_window, min_count=dual_min_count)
         self.dual_statistics = DualStatistics(
             num_groups, source=dual_source, every=dual_every, running=running, sync=sync
         )
         self.player, self.problem = build_player(method, self.constraint_set, optimizer, self.dual_lr, **options)
+        self.margin = margin
         self.num_steps = 0
+        # multipliers after recent dual steps (device tensors: no host sync), for check()
+        self._trace: deque[Tensor] = deque(maxlen=_TRACE_LENGTH)
 
     # properties ---------------------------------------------------------------------------------------------
     @property
@@ -246,6 +274,35 @@ class ConstrainedOptimizer:
     def objective_weight(self) -> Tensor:
         """Weight of the objective in the primal objective (1, or the proxy-Lagrangian's λ_0)."""
         return self.player.objective_weight
+
+    @property
+    def margin(self) -> np.ndarray | None:
+        """``(m,)`` float64 margin the dual player adds to the hard values (see the ``margin`` argument), or None."""
+        return self._margin
+
+    @margin.setter
+    def margin(self, value: float | Sequence[float] | np.ndarray | None) -> None:
+        if value is None:
+            self._margin = None
+            return
+        m = self.num_constraints
+        margin = np.broadcast_to(np.asarray(value, dtype=np.float64), (m,)).copy() if np.ndim(value) == 0 else None
+        if margin is None:
+            margin = np.asarray(value, dtype=np.float64).reshape(-1)
+            if margin.shape != (m,):
+                raise ValueError(f"margin must be one number or have shape ({m},) (one per entry), got {margin.shape}")
+        if not (np.isfinite(margin).all() and (margin >= 0).all()):
+            raise ValueError(f"margin must be finite and >= 0 (constraint units), got {margin.tolist()}")
+        self._margin = margin
+
+    @property
+    def dual_window(self) -> int | None:
+        """How many tables the last dual step read (``dual_min_count``'s adaptive window; None without one or before
+        the first dual step). Reading it waits for the device once: use it for logging, not every step."""
+        running = self.dual_statistics.running
+        if running is None or running.mode != "count" or running.last_window is None:
+            return None
+        return int(running.last_window)
 
     @property
     def dual_optimizer(self) -> torch.optim.Optimizer | None:
@@ -393,7 +450,12 @@ class ConstrainedOptimizer:
     def _apply_dual(self, dual: ConstraintValue) -> ConstraintValue:
         if self.dual_value == "proxy":
             dual = ConstraintValue(dual.proxy.detach(), dual.proxy.detach(), dual.defined)
+        if self._margin is not None:
+            shift = torch.as_tensor(self._margin, device=dual.hard.device, dtype=dual.hard.dtype)
+            shift = torch.where(dual.defined, shift, torch.zeros_like(shift))
+            dual = ConstraintValue(dual.hard + shift, dual.proxy, dual.defined)
         self.player.update(dual)
+        self._trace.append(self.player.multipliers.detach())
         return dual
 
     # held-out statistics --------------------------------------------------------------------------------------
@@ -461,7 +523,12 @@ class ConstrainedOptimizer:
             return _detached(self.constraint_set.evaluate(stats.detach()))
 
     def record(
-        self, stats: GroupStats, *, model: nn.Module | None = None, objective: float | Tensor | None = None
+        self,
+        stats: GroupStats,
+        *,
+        model: nn.Module | None = None,
+        objective: float | Tensor | None = None,
+        margin: float | Sequence[float] | np.ndarray | None = None,
     ) -> None:
         """Record the current iterate in :attr:`records` with its held-out constraint values.
 
@@ -469,6 +536,8 @@ class ConstrainedOptimizer:
             stats: held-out statistics of the current model.
             model: the model (its state is copied when the records keep states).
             objective: the iterate's objective; default the overall error rate of ``stats`` (hard, 0-1 loss).
+            margin: the selection margin of this record (``(m,)`` or one number, >= 0; default :attr:`margin`):
+                selection then asks ``g + margin <= 0`` (:class:`~fairopt.optim.IterateRecords`).
 
         Raises:
             ValueError: no ``records`` were given at construction.
@@ -478,7 +547,55 @@ class ConstrainedOptimizer:
         value = self.evaluate(stats)
         if objective is None:
             objective = compute_rate(stats.detach().overall(), "error_rate").value[0]
-        self.records.record(self.num_steps, objective, value.hard, defined=value.defined, model=model)
+        if margin is None:
+            margin = self._margin
+        self.records.record(self.num_steps, objective, value.hard, defined=value.defined, model=model, margin=margin)
+
+    def check(self, stats: GroupStats, *, group_names: Sequence[str] | None = None, warn: bool = True) -> list[str]:
+        """End-of-training check: is the constraint met on ``stats`` (e.g. the whole held-out split), and have the
+        multipliers settled? Returns the problems found as sentences (empty when none) and, with ``warn``, issues
+        each as a ``UserWarning``.
+
+        * *violated*: an entry is above its bound by more than two standard errors of ``stats``
+          (:meth:`~fairopt.optim.ConstraintSet.standard_errors`): not a sampling accident. Usual fixes: a larger
+          ``dual_lr``, more epochs, or a looser tolerance.
+        * *undefined*: an entry cannot be computed on ``stats`` (e.g. a group without positives): nothing enforced it.
+        * *not settled*: over the last dual steps (up to 200), the mean multipliers of the last quarter differ from
+          those of the quarter before by more than 25% (and 0.05): the game is still moving; train longer or lower
+          ``dual_lr``, and choose the final model from :attr:`records` rather than the last iterate.
+
+        Raises:
+            ValueError: the table has another number of groups.
+        """
+        value = self.evaluate(stats)
+        hard, defined = value.hard.cpu().numpy(), value.defined.cpu().numpy()
+        errors = self.constraint_set.standard_errors(stats) if self.constraint_set.linearizable else np.zeros_like(hard)
+        names = self.entry_names(group_names)
+        problems = []
+        for name, g, se, ok in zip(names, hard, errors, defined):
+            if not ok:
+                problems.append(f"constraint entry {name} is undefined on these statistics: nothing enforced it")
+            elif g > 2 * se and g > 0:
+                problems.append(
+                    f"constraint entry {name} is violated by {g:.4f} (standard error {se:.4f}) at the end of training; "
+                    "raise dual_lr, train longer or loosen the tolerance"
+                )
+        if len(self._trace) >= 8:
+            trace = torch.stack(list(self._trace)).double().cpu().numpy()
+            quarter = len(trace) // 4
+            last, before = trace[-quarter:].mean(axis=0), trace[-2 * quarter : -quarter].mean(axis=0)
+            change = np.abs(last - before)
+            moving = (change > 0.25 * np.maximum(np.abs(before), np.abs(last))) & (change > 0.05)
+            if moving.any():
+                which = ", ".join(n for n, m in zip(names, moving) if m)
+                problems.append(
+                    f"the multipliers have not settled ({which} moved by up to {change.max():.3f} over the last "
+                    f"{2 * quarter} dual steps); train longer or lower dual_lr, and pick the final model from records"
+                )
+        if warn:
+            for problem in problems:
+                warnings.warn(problem, UserWarning, stacklevel=2)
+        return problems
 
     # state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -24,11 +24,12 @@ from torch import Tensor
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
 from fairopt.proxies import Proxy, as_proxy
-from fairopt.stats import GroupStats, group_stats
+from fairopt.stats import COLUMNS, GroupStats, group_stats
 
 __all__ = ["ConstraintSet"]
 
 # Rates that are computed without labels (a selection rate counts predictions only) or from the loss column.
+_CELLS = [COLUMNS.index(c) for c in ("tn", "fp", "fn", "tp")]  # the hard confusion cells
 _LABEL_FREE_RATES = frozenset({"selection_rate", "mean_loss"})
 
 
@@ -218,6 +219,56 @@ class ConstraintSet:
             defined=np.concatenate([p.defined for p in parts]),
             vjp=vjp,
         )
+
+    def standard_errors(self, stats: GroupStats) -> np.ndarray:
+        r"""Standard errors ``(m,)`` float64 of the hard values on ``stats``, as estimates of their values on new data.
+
+        Delta method on the four confusion cells of every group, each treated as a Poisson count (so the cells of a
+        multinomial sample, to first order): :math:`\operatorname{SE}(g_i)^2 = \sum_{g,c} (\partial g_i/\partial
+        T_{g,c})^2\, T_{g,c}`. For a rate this is exactly the binomial :math:`r(1-r)/n`; for a gap between two
+        groups it is the sum of their variances; a rate pooled over groups (``vs_overall``) is correlated with its
+        parts and the Jacobian accounts for it. A max/min takes its active branch (the selection of the largest
+        gap is not corrected for). Weighted tables are read as counts. Undefined entries get ``inf``.
+
+        Used to leave a margin against estimation error when choosing or training a model on held-out data
+        ("plan to overfit the constraints", Cotter et al., JMLR 20(172), 2019, Section 7.2).
+
+        Raises:
+            TypeError: a constraint is a :class:`~fairopt.constraints.FunctionConstraint` (no expression to
+                differentiate). ValueError: another G.
+        """
+        jacobian, counts, defined = self.hard_jacobian(stats)
+        variance = (jacobian**2 * counts[None]).sum(axis=(1, 2))
+        return np.where(defined, np.sqrt(variance), np.inf)
+
+    def hard_jacobian(self, stats: GroupStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Derivatives of the hard values w.r.t. every group's confusion cells, by central differences.
+
+        Returns:
+            ``(jacobian, cells, defined)``: ``(m, G, 4)`` float64 ``∂g_i/∂T[g, c]`` for the cells ``tn, fp, fn, tp``;
+            the ``(G, 4)`` cells themselves; the ``(m,)`` defined mask. The hard value is a ratio of counts, smooth
+            away from the kinks of ``abs``/``max`` (where the difference averages the two sides). All ``8G``
+            perturbed tables are evaluated in one vectorized pass.
+
+        Raises:
+            TypeError: a constraint is a :class:`~fairopt.constraints.FunctionConstraint`. ValueError: another G.
+        """
+        if not self.linearizable:
+            raise TypeError("hard-value derivatives need expression constraints; a FunctionConstraint has none")
+        self._check_table(stats)
+        table = host_table(stats)
+        counts = np.maximum(table[:, _CELLS], 0.0)  # (G, 4)
+        steps = np.maximum(1e-4 * counts, 1e-6)
+        num_groups = table.shape[0]
+        stack = np.repeat(table[None], 2 * 4 * num_groups, axis=0).reshape(2, num_groups, 4, *table.shape)
+        for g in range(num_groups):
+            for j, column in enumerate(_CELLS):
+                stack[0, g, j, g, column] += steps[g, j]
+                stack[1, g, j, g, column] -= steps[g, j]
+        values = self._linearize(stack.reshape(-1, *table.shape), gradients=False).hard
+        values = values.reshape(2, num_groups, 4, -1)  # (2, G, 4, m)
+        jacobian = ((values[0] - values[1]) / (2 * steps[..., None])).transpose(2, 0, 1)  # (m, G, 4)
+        return jacobian, counts, self._linearize(table, gradients=False).defined
 
     def _check_table(self, stats: GroupStats) -> None:
         if not isinstance(stats, GroupStats):

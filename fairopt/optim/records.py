@@ -12,7 +12,8 @@ States are copied to CPU (``keep_states=False`` records only the numbers). Memor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fairopt.optim.selection import best_distribution, best_iterate
+from fairopt.optim.selection import best_distribution, best_iterate, is_feasible
 from fairopt.optim.stochastic import StochasticClassifier
 
 __all__ = ["IterateRecord", "IterateRecords"]
@@ -36,6 +37,8 @@ class IterateRecord:
         violations: ``(m,)`` float64 hard constraint values ``g`` (``<= 0`` satisfied; 0 where undefined).
         defined: ``(m,)`` bool mask of the entries that were defined.
         state: the model's ``state_dict`` (CPU copies), or None.
+        margin: ``(m,)`` float64 selection margin (>= 0, constraint units): selection asks ``violations + margin
+            <= 0`` (zeros when none was given).
     """
 
     step: int
@@ -43,6 +46,7 @@ class IterateRecord:
     violations: Tensor
     defined: Tensor
     state: dict[str, Tensor] | None
+    margin: Tensor | None = None
 
 
 class IterateRecords:
@@ -56,6 +60,7 @@ class IterateRecords:
     def __init__(self, *, keep_states: bool = True) -> None:
         self.keep_states = bool(keep_states)
         self.records: list[IterateRecord] = []
+        self.margin_used = False  # whether the last selection could honour the margins
 
     def __len__(self) -> int:
         return len(self.records)
@@ -71,6 +76,7 @@ class IterateRecords:
         *,
         defined: Tensor | None = None,
         model: nn.Module | None = None,
+        margin: float | np.ndarray | Tensor | None = None,
     ) -> IterateRecord:
         """Append one iterate.
 
@@ -79,9 +85,12 @@ class IterateRecords:
             violations: ``(m,)`` hard constraint values (e.g. ``optimizer.evaluate(heldout_stats).hard``).
             defined: optional ``(m,)`` bool mask (default all True).
             model: the model whose state to keep (required when ``keep_states``).
+            margin: optional ``(m,)`` (or one number) margin >= 0 against estimation error: selection treats the
+                iterate as feasible only when ``violations + margin <= 0`` (e.g. ``1.645 *`` the values' standard
+                errors, :meth:`~fairopt.optim.ConstraintSet.standard_errors`).
 
         Raises:
-            ValueError: a different m than earlier records; non-finite values; missing model.
+            ValueError: a different m than earlier records; non-finite values or a negative margin; missing model.
         """
         violations = torch.as_tensor(violations).detach().to("cpu", torch.float64).reshape(-1)
         defined = (
@@ -99,7 +108,12 @@ class IterateRecords:
         state = None
         if self.keep_states and model is not None:
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        entry = IterateRecord(int(step), objective, violations, defined, state)
+        shift = torch.zeros_like(violations)
+        if margin is not None:
+            shift = shift + torch.as_tensor(margin, dtype=torch.float64).reshape(-1)
+            if not (bool(torch.isfinite(shift).all()) and bool((shift >= 0).all())):
+                raise ValueError(f"margin must be finite and >= 0, got {shift.tolist()}")
+        entry = IterateRecord(int(step), objective, violations, defined, state, shift)
         self.records.append(entry)
         return entry
 
@@ -112,16 +126,48 @@ class IterateRecords:
         """``(T, m)`` float64 hard constraint values."""
         return np.stack([r.violations.numpy() for r in self.records]) if self.records else np.zeros((0, 0))
 
+    def margins(self) -> np.ndarray:
+        """``(T, m)`` float64 selection margins (zeros where none was recorded)."""
+        if not self.records:
+            return np.zeros((0, 0))
+        return np.stack(
+            [np.zeros(r.violations.numel()) if r.margin is None else r.margin.numpy() for r in self.records]
+        )
+
+    def _selection_violations(self) -> np.ndarray:
+        return self.violations() + self.margins()
+
     # selection ----------------------------------------------------------------------------------------------
+    def _violations_for_selection(self, feasible: Callable[[np.ndarray], bool]) -> np.ndarray:
+        """``violations + margin`` when some candidate is feasible with the margins, else the plain violations (the
+        data cannot certify any candidate with its margin: say so, choose as without one). Sets
+        :attr:`margin_used`."""
+        with_margin = self.violations() + self.margins()
+        self.margin_used = bool(self.margins().any()) and feasible(with_margin)
+        if self.margins().any() and not self.margin_used:
+            warnings.warn(
+                "no recorded iterate (or distribution over them) meets the constraints with the recorded margins "
+                "(the held-out data cannot certify any at this sample size); selecting without the margins",
+                UserWarning,
+                stacklevel=3,
+            )
+        return with_margin if self.margin_used else self.violations()
+
     def best_index(self, *, rank_objectives: bool = True) -> int:
-        """Index of the best single iterate (:func:`~fairopt.optim.best_iterate`)."""
+        """Index of the best single iterate (:func:`~fairopt.optim.best_iterate`) on ``violations + margin``, or
+        on the plain violations (with a warning) when no iterate is feasible with the margins."""
         self._require_records()
-        return best_iterate(self.objectives(), self.violations(), rank_objectives=rank_objectives)
+        g = self._violations_for_selection(lambda v: bool((v.max(axis=1) <= 0).any()) if v.shape[1] else True)
+        return best_iterate(self.objectives(), g, rank_objectives=rank_objectives)
 
     def best_distribution(self, *, tolerance: float = 1e-6) -> np.ndarray:
-        """``(T,)`` weights of the best distribution over iterates (:func:`~fairopt.optim.best_distribution`)."""
+        """``(T,)`` weights of the best distribution over iterates (:func:`~fairopt.optim.best_distribution`) on
+        ``violations + margin``, or on the plain violations (with a warning) when no distribution is feasible with
+        the margins."""
         self._require_records()
-        return best_distribution(self.objectives(), self.violations(), tolerance=tolerance)
+        f = self.objectives()
+        g = self._violations_for_selection(lambda v: is_feasible(f, v))
+        return best_distribution(f, g, tolerance=tolerance)
 
     def export_best(self, model: nn.Module, *, rank_objectives: bool = True) -> int:
         """Load the best single iterate's state into ``model``; returns its index."""
@@ -166,6 +212,7 @@ class IterateRecords:
                     "violations": r.violations,
                     "defined": r.defined,
                     "state": r.state,
+                    "margin": r.margin,
                 }
                 for r in self.records
             ],
@@ -174,6 +221,8 @@ class IterateRecords:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.keep_states = bool(state["keep_states"])
         self.records = [
-            IterateRecord(int(r["step"]), float(r["objective"]), r["violations"], r["defined"], r["state"])
+            IterateRecord(
+                int(r["step"]), float(r["objective"]), r["violations"], r["defined"], r["state"], r.get("margin")
+            )
             for r in state["records"]
         ]

@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import linprog
 from scipy.stats import rankdata
 
-__all__ = ["best_distribution", "best_iterate"]
+__all__ = ["best_distribution", "best_iterate", "is_feasible"]
 
 # Weights below this are rounding noise from the LP solver; they are set to 0 (and the rest renormalized).
 _WEIGHT_EPS = 1e-10
@@ -84,6 +84,16 @@ def _solve(f: np.ndarray, g: np.ndarray, bound: float, method: str = "highs") ->
         return None
     p = np.where(result.x > _WEIGHT_EPS, result.x, 0.0)
     return p / p.sum()
+
+
+def is_feasible(objectives: ArrayLike, violations: ArrayLike) -> bool:
+    """Whether some distribution over the candidates meets every constraint in expectation (``Σ_t p_t g_t <= 0``).
+
+    Raises:
+        ValueError: bad shapes or values.
+    """
+    f, g = _check_table(objectives, violations)
+    return _solve(f, g, 0.0) is not None
 
 
 def best_distribution(objectives: ArrayLike, violations: ArrayLike, *, tolerance: float = 1e-6) -> np.ndarray:

@@ -1,0 +1,283 @@
+r"""Post-processing: group-specific decision thresholds fitted on held-out data (Hardt, Price, Srebro 2016).
+
+Given a trained model's scores, choose for every group ``g`` a threshold ``t_g`` (deterministic) or a distribution
+over thresholds (randomized) so that the predictions meet the constraints on the data they are fitted on, at the
+smallest expected error. It needs the sensitive attribute *at prediction time*; in-training constraints do not.
+Use it after any training, including a constrained one: a constrained model whose gaps are already small loses
+less accuracy to the thresholds than an unconstrained one.
+
+The problem, for group ``g`` with candidate thresholds ``t_{g,1..K}`` (cut points between its distinct scores,
+plus "all positive" and "all negative") and confusion cells ``C_{g,k} = (tn, fp, fn, tp)`` when predicting
+``score > t_{g,k}``: the randomized policy ``q_g`` on the simplex over candidates has the expected table row
+``T_g(q) = Σ_k q_{g,k} C_{g,k}``, linear in ``q``, and
+
+.. math::
+    \min_q \sum_{g,k} q_{g,k} (fp_{g,k} + fn_{g,k}) / N \quad\text{s.t.}\quad c_i(T(q)) + \text{margin}_i \le 0.
+
+Hardt et al. (2016, Section 4) solve it for equalized odds on the groups' ROC curves; here any fairopt constraint
+is accepted. The constraint values are evaluated exactly on ``T(q)``, and Kelley's cutting-plane method adds the
+linearization ``c_i(q^*) + ∇c_i·(q - q^*) <= 0`` of every violated entry until the LP solution meets them all. For
+constraints that are convex in the table at fixed label counts (every parity, equal-opportunity, equalized-odds and
+bounded-rate constraint on selection rate, TPR, FPR, TNR, FNR or error rate: maxima and absolute values of rates
+with fixed denominators) each cut is valid and the method converges to the optimum; for ratio rates of predictions
+(precision, NPV) it is a heuristic. The deterministic policy (one threshold per group) is found by coordinate
+descent from the randomized solution's most likely thresholds: not convex, not guaranteed optimal or feasible
+(:attr:`GroupThresholds.feasible` says).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linprog
+from torch import Tensor
+
+from fairopt.constraints import Constraint
+from fairopt.optim.constraint_set import ConstraintSet
+from fairopt.stats import COLUMNS, GroupStats, group_stats
+
+__all__ = ["GroupThresholds", "expected_stats"]
+
+_FEASIBLE = 1e-7  # constraint units (rate units: 1e-5 percentage points): what counts as met after the cuts
+_CELLS = [COLUMNS.index(c) for c in ("tn", "fp", "fn", "tp")]
+
+
+def expected_stats(
+    positive_probability: Tensor, labels: Tensor, groups: Tensor, num_groups: int, *, threshold: float = 0.0
+) -> GroupStats:
+    """Exact expected table of a randomized classifier that predicts positive with probability ``p_i``.
+
+    The table of "always positive" weighted by ``p`` plus "always negative" weighted by ``1 - p`` (tables are
+    additive, so no sampling noise enters). Shapes: ``(N,)`` each; ``p`` in [0, 1]; float64 table.
+    """
+    p = positive_probability.double()
+    ones = torch.ones_like(p)
+    return group_stats(ones + threshold, labels, groups, num_groups, weights=p) + group_stats(
+        -ones + threshold, labels, groups, num_groups, weights=1.0 - p
+    )
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Per group: candidate thresholds ``(K_g,)`` ascending and their cells ``(K_g, 4)``."""
+
+    thresholds: list[np.ndarray]
+    cells: list[np.ndarray]
+
+
+def _candidates(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_groups: int, most: int) -> _Candidates:
+    thresholds, cells = [], []
+    for g in range(num_groups):
+        s, y = scores[groups == g], labels[groups == g]
+        distinct = np.unique(s)
+        if distinct.size > most:  # quantiles of the group's scores
+            distinct = np.unique(np.quantile(s, np.linspace(0.0, 1.0, most)))
+        cuts = (distinct[1:] + distinct[:-1]) / 2 if distinct.size > 1 else np.zeros(0)
+        t = np.concatenate([[-np.inf], cuts, [np.inf]]) if s.size else np.array([np.inf])
+        positives, negatives = np.sort(s[y == 1]), np.sort(s[y == 0])
+        tp = positives.size - np.searchsorted(positives, t, side="right")
+        fp = negatives.size - np.searchsorted(negatives, t, side="right")
+        cells.append(np.stack([negatives.size - fp, fp, positives.size - tp, tp], axis=1).astype(np.float64))
+        thresholds.append(t)
+    return _Candidates(thresholds, cells)
+
+
+def _table(rows: list[np.ndarray]) -> GroupStats:
+    """A GroupStats from ``(G, 4)`` expected cells (proxy columns = the hard ones; no loss)."""
+    cells = np.stack(rows)
+    table = np.zeros((cells.shape[0], len(COLUMNS)))
+    table[:, _CELLS] = cells
+    table[:, [c + 4 for c in _CELLS]] = cells
+    return GroupStats(torch.from_numpy(table))
+
+
+class GroupThresholds:
+    """A fitted post-processing policy: per group, thresholds and their probabilities (use :meth:`fit`).
+
+    Attributes:
+        thresholds: ``(G, S)`` float64 thresholds in score (logit) units, padded with ``inf``.
+        probabilities: ``(G, S)`` float64, each row on the simplex (one 1 for a deterministic policy).
+        randomized: whether some group mixes two or more thresholds.
+        feasible: whether the policy met every constraint (with the margin) on the data it was fitted on.
+        values: ``(m,)`` the constraint values there (hard, expected for a randomized policy).
+        error: the expected error rate there.
+    """
+
+    def __init__(
+        self, thresholds: np.ndarray, probabilities: np.ndarray, *, feasible: bool, values: np.ndarray, error: float
+    ) -> None:
+        self.thresholds, self.probabilities = thresholds, probabilities
+        self.randomized = bool(((probabilities > 0).sum(axis=1) > 1).any())
+        self.feasible, self.values, self.error = feasible, values, error
+
+    @property
+    def num_groups(self) -> int:
+        return self.thresholds.shape[0]
+
+    # fitting ------------------------------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        scores: Tensor,
+        labels: Tensor,
+        groups: Tensor,
+        constraints: Constraint | Sequence[Constraint],
+        num_groups: int,
+        *,
+        randomized: bool = True,
+        margin: float | np.ndarray | None = None,
+        max_candidates: int = 4096,
+        max_cuts: int = 300,
+    ) -> GroupThresholds:
+        """Fit the thresholds on held-out ``(scores, labels, groups)`` (never on the data that trained the model).
+
+        Args:
+            scores: ``(N,)`` logits of the trained model. labels: ``(N,)`` 0/1. groups: ``(N,)`` int64 in ``[0, G)``.
+            constraints: fairopt constraint(s) the predictions must meet.
+            num_groups: G.
+            randomized: allow a distribution over thresholds per group (default; the optimum of the LP above) or
+                one threshold per group (coordinate descent).
+            margin: ``(m,)`` or one number >= 0: meet ``c_i + margin_i <= 0`` (e.g. ``1.645 *`` the standard errors,
+                :meth:`~fairopt.optim.ConstraintSet.standard_errors`), so the policy holds on new data.
+            max_candidates: thresholds per group (quantiles of its scores beyond that).
+            max_cuts: cutting-plane rounds.
+
+        Returns:
+            The policy; :attr:`feasible` False when no policy met the constraints (the randomized LP became
+            infeasible: the one returned then minimizes the error with the cuts found so far dropped, i.e. is the
+            unconstrained optimum; or the deterministic search found none).
+
+        Raises:
+            ValueError: mismatched shapes, labels not 0/1, a group id out of range, a negative margin.
+        """
+        s = scores.detach().double().cpu().reshape(-1).numpy()
+        y = labels.detach().cpu().reshape(-1).numpy()
+        a = groups.detach().cpu().reshape(-1).numpy()
+        if not (s.shape == y.shape == a.shape):
+            raise ValueError(
+                f"scores, labels and groups must have the same length, got {s.shape}, {y.shape}, {a.shape}"
+            )
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError("labels must be 0 or 1")
+        if a.size and (a.min() < 0 or a.max() >= num_groups):
+            raise ValueError(f"group ids must be in [0, {num_groups}), got ids from {a.min()} to {a.max()}")
+        cs = ConstraintSet(constraints, num_groups)
+        shift = np.zeros(cs.num_constraints) if margin is None else np.broadcast_to(margin, (cs.num_constraints,))
+        if not (np.isfinite(shift).all() and (shift >= 0).all()):
+            raise ValueError(f"margin must be finite and >= 0, got {np.asarray(margin).tolist()}")
+        cand = _candidates(s, y.astype(np.int64), a, num_groups, max_candidates)
+        n = max(s.size, 1)
+
+        def evaluate(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            lin = cs.linearize(_table(rows), gradients=False)
+            return np.where(lin.defined, lin.hard + shift, -np.inf), lin.defined
+
+        q, feasible = _randomized(cs, cand, n, shift, max_cuts)
+        if not randomized:
+            q, feasible = _deterministic(cand, q, n, evaluate)
+        rows = [qg @ c for qg, c in zip(q, cand.cells)]
+        values, _ = evaluate(rows)
+        error = float(sum(r[1] + r[2] for r in rows) / n)
+        width = max(int((qg > 0).sum()) for qg in q)
+        thresholds = np.full((num_groups, width), np.inf)
+        probabilities = np.zeros((num_groups, width))
+        for g, (qg, t) in enumerate(zip(q, cand.thresholds)):
+            keep = np.flatnonzero(qg > 0)
+            thresholds[g, : keep.size], probabilities[g, : keep.size] = t[keep], qg[keep] / qg[keep].sum()
+        return cls(thresholds, probabilities, feasible=feasible, values=values - shift, error=error)
+
+    # prediction ---------------------------------------------------------------------------------------------
+    def positive_probability(self, scores: Tensor, groups: Tensor) -> Tensor:
+        """``(N,)`` float64 probability that each example is predicted positive (exact; 0/1 when deterministic)."""
+        thresholds = torch.as_tensor(self.thresholds, device=scores.device)
+        probabilities = torch.as_tensor(self.probabilities, device=scores.device)
+        above = scores.detach().double().reshape(-1, 1) > thresholds[groups]
+        return (probabilities[groups] * above).sum(dim=1)
+
+    def predict(self, scores: Tensor, groups: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """``(N,)`` bool predictions, drawn with :meth:`positive_probability` (pass a seeded generator to repeat)."""
+        p = self.positive_probability(scores, groups)
+        return torch.bernoulli(p, generator=generator).bool() if self.randomized else p > 0.5
+
+    def stats(self, scores: Tensor, labels: Tensor, groups: Tensor) -> GroupStats:
+        """The policy's exact expected :class:`~fairopt.GroupStats` table on ``(scores, labels, groups)``."""
+        return expected_stats(self.positive_probability(scores, groups), labels, groups, self.num_groups)
+
+    def __repr__(self) -> str:
+        kind = "randomized" if self.randomized else "deterministic"
+        return f"GroupThresholds({kind}, G={self.num_groups}, feasible={self.feasible}, error={self.error:.4f})"
+
+
+def _randomized(
+    cs: ConstraintSet, cand: _Candidates, n: int, shift: np.ndarray, max_cuts: int
+) -> tuple[list[np.ndarray], bool]:
+    """Kelley's cutting planes on the LP over per-group threshold distributions."""
+    sizes = [c.shape[0] for c in cand.cells]
+    offsets = np.cumsum([0, *sizes])
+    cost = np.concatenate([(c[:, 1] + c[:, 2]) / n for c in cand.cells])
+    equality = np.zeros((len(sizes), offsets[-1]))
+    for g, (lo, hi) in enumerate(itertools.pairwise(offsets)):
+        equality[g, lo:hi] = 1.0
+    cuts: list[np.ndarray] = []
+    bounds: list[float] = []
+
+    def solve() -> np.ndarray | None:
+        result = linprog(
+            cost,
+            A_ub=np.stack(cuts) if cuts else None,
+            b_ub=np.asarray(bounds) if cuts else None,
+            A_eq=equality,
+            b_eq=np.ones(len(sizes)),
+            bounds=(0.0, None),
+            method="highs",
+        )
+        return result.x if result.status == 0 else None
+
+    x = solve()
+    assert x is not None  # the unconstrained LP is always feasible
+    for _ in range(max_cuts):
+        q = [np.maximum(x[lo:hi], 0.0) for lo, hi in itertools.pairwise(offsets)]
+        stats = _table([qg @ c for qg, c in zip(q, cand.cells)])
+        lin = cs.linearize(stats, gradients=False)
+        values = np.where(lin.defined, lin.hard + shift, -np.inf)
+        violated = np.flatnonzero(values > _FEASIBLE)
+        if violated.size == 0:
+            return q, True
+        jacobian, _, _ = cs.hard_jacobian(stats)  # (m, G, 4)
+        for i in violated:
+            gradient = np.concatenate([c @ jacobian[i, g] for g, c in enumerate(cand.cells)])
+            cuts.append(gradient)
+            bounds.append(float(gradient @ x - values[i]) + 1e-12)  # slack: near-parallel cuts stay solvable
+        new = solve()
+        if new is None:  # no policy meets the cuts: none meets the (convex) constraints
+            return q, False
+        x = new
+    return q, False
+
+
+def _deterministic(cand: _Candidates, q: list[np.ndarray], n: int, evaluate) -> tuple[list[np.ndarray], bool]:
+    """Coordinate descent over one threshold per group, from the most likely ones of ``q``."""
+    choice = [int(np.argmax(qg)) for qg in q]
+
+    def score(rows: list[np.ndarray]) -> tuple[float, float]:
+        values, _ = evaluate(rows)
+        worst = float(values.max()) if values.size else 0.0
+        return max(worst, 0.0), float(sum(r[1] + r[2] for r in rows) / n)  # (violation, error), lexicographic
+
+    best = score([c[k] for c, k in zip(cand.cells, choice)])
+    for _ in range(20):
+        changed = False
+        for g, cells in enumerate(cand.cells):
+            for k in range(cells.shape[0]):
+                rows = [c[choice[h]] if h != g else cells[k] for h, c in enumerate(cand.cells)]
+                candidate = score(rows)
+                if candidate < best:
+                    best, choice[g], changed = candidate, k, True
+        if not changed:
+            break
+    out = [np.eye(c.shape[0])[k] for c, k in zip(cand.cells, choice)]
+    return out, best[0] <= _FEASIBLE

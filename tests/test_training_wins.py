@@ -1,0 +1,258 @@
+"""Issue 9's mechanisms: the count window of the dual table, standard errors and margins, selection with a margin,
+the audit split, end-of-training checks, and group-threshold post-processing (against fairlearn)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fairopt
+import fairopt.datasets
+from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords
+from fairopt.postprocessing import GroupThresholds, expected_stats
+from fairopt.stats import GroupStats, RunningGroupStats
+
+from .optim_data import mlp, tabular, train_step
+
+
+def _cells(rows: list[list[float]]) -> GroupStats:
+    """A table from ``(tn, fp, fn, tp)`` per group (proxy columns copy the hard ones)."""
+    table = torch.zeros(len(rows), 9, dtype=torch.float64)
+    table[:, :4] = torch.tensor(rows, dtype=torch.float64)
+    table[:, 4:8] = table[:, :4]
+    return GroupStats(table)
+
+
+# the count window ----------------------------------------------------------------------------------------------
+def test_count_window_grows_until_every_group_and_label_has_min_count():
+    run = RunningGroupStats(2, mode="count", min_count=3, window=10)
+    batch = _cells([[2, 0, 1, 0], [5, 0, 0, 2]])  # group 0: 2 negatives, 1 positive; group 1: 5 / 2
+    run.update(batch)
+    assert int(run.last_window) == 1  # whole history (one table) is rarer than 3: take it all
+    run.update(batch)
+    assert int(run.last_window) == 2  # group 0 positives: 2 < 3, and 2 tables is all there is
+    run.update(batch)
+    assert int(run.last_window) == 3  # 3 positives of group 0 in the 3 newest tables
+    torch.testing.assert_close(run.value.table, 3 * batch.table)
+    for _ in range(4):
+        run.update(batch)
+    assert int(run.last_window) == 3  # stays at the shortest sufficient window
+    torch.testing.assert_close(run.value.table, 3 * batch.table)
+
+
+def test_count_window_caps_at_window_and_ignores_absent_groups():
+    run = RunningGroupStats(2, mode="count", min_count=100, window=4)
+    for _ in range(6):
+        run.update(_cells([[1, 0, 1, 0], [0, 0, 0, 0]]))  # group 1 never appears: it does not lengthen the window
+    assert int(run.last_window) == 4
+    torch.testing.assert_close(run.value.table, 4 * _cells([[1, 0, 1, 0], [0, 0, 0, 0]]).table)
+    clone = RunningGroupStats(2, mode="count", min_count=100, window=4)
+    clone.load_state_dict(run.state_dict())
+    torch.testing.assert_close(clone.value.table, run.value.table)
+    with pytest.raises(ValueError, match="min_count"):
+        RunningGroupStats(2, mode="count", min_count=0)
+
+
+def test_optimizer_dual_reads_the_count_window_by_default():
+    x, y, a = tabular(64, seed=1)
+    model = mlp(x.shape[1])
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.EqualOpportunity(0.0)], 2)
+    assert opt.dual_window is None
+    positives = int(((a == 1) & (y == 1)).sum())
+    for step in range(1, 4):
+        train_step(opt, model, x, y, a)
+        assert opt.dual_window == step  # every batch is the same: the window grows while counts are short
+    needed = math.ceil(100 / min(positives, int(((a == 0) & (y == 1)).sum())))
+    assert needed > 3
+    alone = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.EqualOpportunity(0.0)], 2, dual_min_count=None
+    )
+    train_step(alone, model, x, y, a)
+    assert alone.dual_window is None and alone.dual_statistics.passthrough
+
+
+# standard errors and margins ----------------------------------------------------------------------------------
+def test_standard_errors_are_binomial_for_a_rate_and_add_for_a_gap():
+    stats = _cells([[30, 10, 20, 40], [50, 50, 5, 45]])
+    tpr0, tpr1 = 40 / 60, 45 / 50
+    one = ConstraintSet([fairopt.tpr(0) <= 1.0], 2).standard_errors(stats)
+    np.testing.assert_allclose(one, [math.sqrt(tpr0 * (1 - tpr0) / 60)], rtol=1e-6)
+    gap = ConstraintSet([fairopt.EqualOpportunity(0.05)], 2).standard_errors(stats)
+    np.testing.assert_allclose(gap, [math.sqrt(tpr0 * (1 - tpr0) / 60 + tpr1 * (1 - tpr1) / 50)], rtol=1e-6)
+    dp = ConstraintSet([fairopt.DemographicParity(0.05)], 2).standard_errors(stats)
+    s0, s1 = 50 / 100, 95 / 150
+    np.testing.assert_allclose(dp, [math.sqrt(s0 * (1 - s0) / 100 + s1 * (1 - s1) / 150)], rtol=1e-6)
+
+
+def test_standard_errors_match_the_bootstrap_against_the_pooled_rate_and_undefined_is_inf():
+    gen = torch.Generator().manual_seed(0)
+    n = 3000
+    y = (torch.rand(n, generator=gen) < 0.4).float()
+    a = (torch.rand(n, generator=gen) * 3).long()
+    s = torch.randn(n, generator=gen) + y + 0.3 * a
+    # signed entries tpr_g - tpr (an abs near 0 folds the bootstrap distribution, the delta method does not)
+    cs = ConstraintSet([fairopt.tpr.per_group() - fairopt.tpr() <= 0.0], 3)
+    se = cs.standard_errors(fairopt.group_stats(s, y, a, 3))
+    draws = []
+    for _ in range(300):
+        i = torch.randint(0, n, (n,), generator=gen)
+        draws.append(cs.evaluate(fairopt.group_stats(s[i], y[i], a[i], 3)).hard.numpy())
+    np.testing.assert_allclose(se, np.std(draws, axis=0), rtol=0.25)
+    undefined = cs.standard_errors(_cells([[3, 1, 2, 2], [4, 1, 0, 0], [1, 1, 1, 1]]))
+    assert math.isinf(undefined[1]) and np.isfinite(undefined[[0, 2]]).all()
+
+
+def test_margin_shifts_what_the_dual_reads():
+    x, y, a = tabular(200, seed=2)
+    model = mlp(x.shape[1])
+    common = {"dual_lr": 0.5, "dual_min_count": None}
+    plain = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.5)], 2, **common
+    )
+    shifted = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.5)], 2, margin=0.6, **common
+    )
+    g = train_step(plain, model, x, y, a).value.hard.item()
+    train_step(shifted, model, x, y, a)
+    assert g < 0 and plain.multipliers.item() == 0.0  # satisfied: no weight
+    assert shifted.multipliers.item() == pytest.approx(0.5 * (g + 0.6), abs=1e-12)
+    with pytest.raises(ValueError, match="margin must"):
+        shifted.margin = -0.1
+    with pytest.raises(ValueError, match="shape"):
+        shifted.margin = [0.1, 0.2]
+
+
+def test_selection_honours_the_margin_and_falls_back_with_a_warning():
+    records = IterateRecords(keep_states=False)
+    records.record(1, 0.10, torch.tensor([-0.01]), margin=0.02)  # feasible, not with its margin
+    records.record(2, 0.20, torch.tensor([-0.05]), margin=0.02)  # feasible with its margin
+    assert records.best_index(rank_objectives=False) == 1 and records.margin_used
+    # the LP mixes them: 0.75 * (-0.01 + 0.02) + 0.25 * (-0.05 + 0.02) = 0, at a lower objective than iterate 2
+    np.testing.assert_allclose(records.best_distribution(), [0.75, 0.25], atol=1e-9)
+    tight = IterateRecords(keep_states=False)
+    tight.record(1, 0.10, torch.tensor([-0.01]), margin=0.5)
+    tight.record(2, 0.20, torch.tensor([0.03]), margin=0.5)
+    with pytest.warns(UserWarning, match="cannot certify"):
+        assert tight.best_index(rank_objectives=False) == 0
+    assert not tight.margin_used
+    with pytest.raises(ValueError, match="margin"):
+        tight.record(3, 0.1, torch.tensor([0.0]), margin=-1.0)
+
+
+def test_check_reports_violation_and_unsettled_multipliers():
+    x, y, a = tabular(400, seed=3)
+    model = torch.nn.Linear(x.shape[1], 1)
+    with torch.no_grad():  # scores follow feature 0, which group 1 shifts: a large demographic-parity gap
+        model.weight.zero_()
+        model.weight[0, 0] = 3.0
+        model.bias.zero_()
+    opt = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.0)], 2, dual_lr=1.0
+    )
+    for _ in range(12):
+        train_step(opt, model, x, y, a)
+    with torch.no_grad():
+        stats = fairopt.group_stats(model(x).squeeze(-1), y, a, 2)
+    with pytest.warns(UserWarning) as caught:
+        problems = opt.check(stats, group_names=["a", "b"])
+    assert any("is violated by" in p for p in problems)
+    assert any("have not settled" in p for p in problems)  # λ grows linearly while θ is frozen
+    assert len(caught) == len(problems)
+    quiet = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(1.0)], 2)
+    assert quiet.check(stats) == []
+
+
+# the audit split -----------------------------------------------------------------------------------------------
+def test_with_audit_is_disjoint_stratified_and_seeded():
+    data = fairopt.datasets.load_german(seed=0)
+    cut = data.with_audit(0.5, seed=4)
+    v, audit = cut.validation, cut.audit
+    assert audit is not None and cut.split("audit") is audit
+    assert len(v) + len(audit) == len(data.validation)
+    assert not set(v.index) & set(audit.index)
+    for g in range(data.num_groups):
+        for label in (0.0, 1.0):
+            total = int(((data.validation.groups == g) & (data.validation.y == label)).sum())
+            mine = int(((audit.groups == g) & (audit.y == label)).sum())
+            assert abs(mine - total / 2) <= 1
+    np.testing.assert_array_equal(data.with_audit(0.5, seed=4).audit.index, audit.index)
+    with pytest.raises(ValueError, match="no audit split"):
+        data.split("audit")
+    small = data.subsample_train(100, seed=1, audit_size=50)
+    assert len(small.audit) == 50 and not set(small.audit.index) & set(small.train.index)
+
+
+# post-processing ----------------------------------------------------------------------------------------------
+def _scored(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    a = (torch.rand(n, generator=gen) < 0.35).long()
+    y = (torch.rand(n, generator=gen) < 0.25 + 0.2 * a).float()
+    s = 1.5 * y - 0.5 + 0.8 * a + torch.randn(n, generator=gen)
+    return s.double(), y, a
+
+
+@pytest.mark.parametrize("constraint", [fairopt.EqualizedOdds(0.02), fairopt.DemographicParity(0.03)])
+def test_randomized_thresholds_meet_the_constraint_exactly_on_the_fit_data(constraint):
+    s, y, a = _scored(2000, seed=5)
+    policy = GroupThresholds.fit(s, y, a, constraint, 2)
+    assert policy.feasible and policy.randomized in (True, False)
+    stats = policy.stats(s, y, a)
+    value = ConstraintSet([constraint], 2).evaluate(stats).hard
+    assert float(value.max()) <= 1e-7
+    error = fairopt.rates.compute_rate(stats.overall(), "error_rate").value.item()
+    assert policy.error == pytest.approx(error, abs=1e-9)
+    loose = GroupThresholds.fit(s, y, a, type(constraint)(1.0), 2)  # a bound that never binds
+    assert loose.error <= policy.error + 1e-12 and loose.error < float(((s > 0).float() != y).float().mean())
+
+
+def test_thresholds_beat_or_match_fairlearn_threshold_optimizer():
+    from fairlearn.postprocessing import ThresholdOptimizer
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    s, y, a = _scored(3000, seed=6)
+
+    class Prefit(ClassifierMixin, BaseEstimator):
+        def fit(self, X, y):
+            return self
+
+        def __sklearn_is_fitted__(self):
+            return True
+
+        def decision_function(self, X):
+            return np.asarray(X)[:, 0]
+
+    for constraints, tol, ours in (
+        ("equalized_odds", None, fairopt.EqualizedOdds),
+        ("demographic_parity", 0.05, fairopt.DemographicParity),
+    ):
+        to = ThresholdOptimizer(
+            estimator=Prefit(), constraints=constraints, prefit=True, predict_method="decision_function", tol=tol
+        )
+        X = s.numpy()[:, None]
+        to.fit(X, y.numpy().astype(int), sensitive_features=a.numpy())
+        p = torch.as_tensor(np.asarray(to._pmf_predict(X, sensitive_features=a.numpy()))[:, 1])
+        theirs = expected_stats(p, y, a, 2)
+        their_error = fairopt.rates.compute_rate(theirs.overall(), "error_rate").value.item()
+        their_gap = float(ConstraintSet([ours(0.0)], 2).evaluate(theirs).hard.max())
+        policy = GroupThresholds.fit(s, y, a, ours(max(tol or 0.0, their_gap) + 1e-6), 2)
+        assert policy.feasible
+        assert policy.error <= their_error + 1e-6  # the exact LP optimum at a bound no tighter than theirs
+
+
+def test_deterministic_thresholds_are_one_per_group_and_margin_tightens():
+    s, y, a = _scored(2000, seed=7)
+    policy = GroupThresholds.fit(s, y, a, fairopt.DemographicParity(0.05), 2, randomized=False)
+    assert not policy.randomized and policy.probabilities.shape[1] == 1
+    p = policy.positive_probability(s, a)
+    assert set(p.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(policy.predict(s, a), p > 0.5)
+    assert policy.feasible and float(policy.values.max()) <= 1e-7
+    tight = GroupThresholds.fit(s, y, a, fairopt.DemographicParity(0.05), 2, margin=0.03)
+    assert float(tight.values.max()) <= -0.03 + 1e-7
+    impossible = GroupThresholds.fit(s, y, a, fairopt.DemographicParity(0.05), 2, margin=0.2)
+    assert not impossible.feasible
+    with pytest.raises(ValueError, match="group ids"):
+        GroupThresholds.fit(s, y, a + 1, fairopt.DemographicParity(0.05), 2)
