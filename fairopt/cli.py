@@ -31,7 +31,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fairopt.bench.config import CONSTRAINTS, DATASETS, METHODS, PRESETS
+    from fairopt.bench.config import CONSTRAINTS, DATASETS, DEFAULT_METHODS, METHODS, PRESETS
     from fairopt.models import MODELS
 
     d = PRESETS["default"]
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, help="bound on the rate gap (default 0.05); for p_rule the ratio p (default 0.8)"
     )
     bench.add_argument(
-        "--methods", type=_csv_list, help=f"comma-separated subset of {', '.join(METHODS)} (default: all)"
+        "--methods",
+        type=_csv_list,
+        help=f"comma-separated subset of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})",
     )
     bench.add_argument("--models", type=_csv_list, help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
     bench.add_argument("--epochs", type=int, help=f"training epochs of logistic and mlp (default: {d.epochs})")

@@ -54,7 +54,7 @@ def expected_stats(
     The table of "always positive" weighted by ``p`` plus "always negative" weighted by ``1 - p`` (tables are
     additive, so no sampling noise enters). Shapes: ``(N,)`` each; ``p`` in [0, 1]; float64 table.
     """
-    p = positive_probability.double()
+    p = positive_probability.double().clamp(0.0, 1.0)  # a solver's 1 + 2e-16 is 1
     ones = torch.ones_like(p)
     return group_stats(ones + threshold, labels, groups, num_groups, weights=p) + group_stats(
         -ones + threshold, labels, groups, num_groups, weights=1.0 - p

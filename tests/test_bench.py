@@ -68,12 +68,18 @@ def test_cli_entry_point_reports_errors_without_traceback():
 
 def test_tiny_study_end_to_end(tmp_path):
     result = run_study(StudyConfig(**TINY), progress=False)
-    assert [(r.model, r.method) for r in result.runs] == [("logistic", m) for m in TINY["methods"]]
+    # the proxy-Lagrangian run gives two final models: the shrinking-LP distribution and its best single iterate
+    methods = [*TINY["methods"], "proxy-lagrangian-heldout (best iterate)"]
+    assert [(r.model, r.method) for r in result.runs] == [("logistic", m) for m in methods]
     table = result.table()
-    for split in ("train", "held-out", "test"):
+    for split in ("train", "validation", "held-out", "test"):
         assert table[f"{split}_value"].between(0, 1).all()
-    heldout = result.runs[-1]
+    # held-out is the audit split: as large as what is left of the validation split, and disjoint from it
+    assert result.split_sizes["held-out"] == result.split_sizes["validation"]
+    heldout, best = result.runs[-2], result.runs[-1]
     assert heldout.selection.startswith("shrinking LP on validation") and 1 <= heldout.support <= 3
+    assert best.selection.startswith("best iterate on validation") and best.support == 1
+    assert best.wall_time > 0 and heldout.history == best.history
     assert result.runs[0].selection == "last iterate" and result.runs[0].multipliers == []
     # the test accuracy in the table is 1 - the report's overall error rate, exactly
     test_stats = result.runs[0].reports["test"].stats
@@ -85,7 +91,7 @@ def test_tiny_study_end_to_end(tmp_path):
         "study.json", "study.md", "runs.csv", "constraint_vs_epoch.png", "accuracy_vs_constraint.png"
     }  # fmt: skip
     data = json.loads((tmp_path / "study.json").read_text())
-    assert data["schema_version"] == "1.0" and len(data["runs"]) == 3
+    assert data["schema_version"] == "1.0" and len(data["runs"]) == 4
     assert all(
         (tmp_path / name).stat().st_size > 1000 for name in ("constraint_vs_epoch.png", "accuracy_vs_constraint.png")
     )

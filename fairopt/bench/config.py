@@ -11,12 +11,15 @@ Methods (``--methods``):
 ``lagrangian``                  gradient descent-ascent, proxy constraints (primal: the study's proxy; dual: true
                                 rates), last iterate (Cotter et al., JMLR 2019, Algorithm 2 without randomization)
 ``lagrangian-heldout``          the same with the multipliers reading validation batches and a margin; final model:
-                                the best single iterate on validation data with that margin (deterministic; the
-                                recommended method)
+                                the best single iterate on validation data with that margin (not in the default
+                                study: with a delayed dual table plain GDA oscillates, see the README)
 ``proxy-lagrangian``            swap-regret proxy-Lagrangian game on the training set; final model: a distribution
-                                over recorded iterates by the shrinking LP on training data (one dataset)
+                                over recorded iterates by the shrinking LP on training data with a margin (one
+                                dataset; the recommended method), reported with its best single iterate as
+                                ``proxy-lagrangian (best iterate)`` (deterministic)
 ``proxy-lagrangian-heldout``    the same game with the λ-player reading validation batches, and the shrinking LP on
-                                validation data with a margin (two datasets: Cotter et al., ICML 2019)
+                                validation data with a margin (two datasets: Cotter et al., ICML 2019), also with
+                                its best single iterate
 ``thresholds``                  post-processing: the unconstrained model with randomized group-specific thresholds
                                 fitted on validation data with a margin (Hardt, Price, Srebro 2016;
                                 :class:`fairopt.postprocessing.GroupThresholds`); needs the sensitive attribute at
@@ -56,6 +59,7 @@ from fairopt.models import MODELS
 __all__ = [
     "CONSTRAINTS",
     "DATASETS",
+    "DEFAULT_METHODS",
     "METHODS",
     "PRESETS",
     "PublishedResult",
@@ -73,6 +77,8 @@ METHODS = (
     "proxy-lagrangian-heldout",
     "thresholds",
 )
+# The default study's methods (lagrangian-heldout is available by name).
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "lagrangian-heldout")
 DATASETS = ("adult", "compas", "german")
 
 # name -> (factory(tolerance), what the tolerance means)
@@ -170,7 +176,7 @@ class StudyConfig:
     sensitive: tuple[str, ...] | None = None
     constraint: str = "equalized_odds"
     tolerance: float = 0.05
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     models: tuple[str, ...] = ("logistic", "mlp", "mlp-large")
     epochs: int = 20
     epochs_large: int = 100

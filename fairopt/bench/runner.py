@@ -9,6 +9,7 @@ so no sampling noise is added to the measurement.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +35,11 @@ __all__ = [
     "DATA_SPLIT",
     "HELDOUT_METHODS",
     "SPLITS",
+    "FinalModel",
     "RunResult",
     "fit_thresholds",
     "run_one",
+    "select_final",
     "split_stats",
     "train_model",
 ]
@@ -222,28 +225,46 @@ def train_model(
     return model, constrained, history, time.perf_counter() - start - evaluation_time
 
 
-def _select(
-    model: nn.Module, constrained: ConstrainedOptimizer | None, method: str
-) -> tuple[list[dict[str, Tensor]], Tensor, list[int], str]:
-    """The final model: ``(states, probabilities, support, description)``; no states = the model as trained."""
+@dataclass(frozen=True)
+class FinalModel:
+    """A chosen final model: candidate ``states`` mixed with ``probabilities`` (no states: the model as trained),
+    the indices of the records it uses, and how it was chosen."""
+
+    states: list[dict[str, Tensor]]
+    probabilities: Tensor
+    support: list[int]
+    selection: str
+
+
+def select_final(model: nn.Module, constrained: ConstrainedOptimizer | None, method: str) -> dict[str, FinalModel]:
+    """The final models of a run, by method name: the proxy-Lagrangian methods give the shrinking-LP distribution
+    (under their own name) and the best single iterate (``"<method> (best iterate)"``, deterministic); the other
+    methods with records the best single iterate; the rest the last iterate. Both selections read
+    ``violations + margin`` and fall back to the plain violations when no candidate meets the margin (said in the
+    description). The best iterate is feasible-first: the lowest objective among candidates that meet the
+    constraints, else the least violating."""
     records = None if constrained is None else constrained.records
     if records is None or len(records) == 0:
-        return [], torch.ones(1), [0], "last iterate"
+        return {method: FinalModel([], torch.ones(1), [0], "last iterate")}
     source = "validation" if method in HELDOUT_METHODS else "train"
-    import warnings
 
+    def note() -> str:
+        return " with margin" if records.margin_used else (" (margin not met)" if records.margins().any() else "")
+
+    out = {}
     with warnings.catch_warnings():  # reported in the selection text instead
         warnings.simplefilter("ignore", UserWarning)
-        weights = torch.as_tensor(records.best_distribution()) if method.startswith("proxy-lagrangian") else None
-        best = records.best_index(rank_objectives=False) if weights is None else -1  # feasible first
-    margin = " with margin" if records.margin_used else (" (margin not met)" if records.margins().any() else "")
-    if weights is not None:
-        support = [i for i in range(len(records)) if weights[i] > 0]
-        probabilities = weights[support] / weights[support].sum()
-        selection = f"shrinking LP on {source}{margin} ({len(support)} of {len(records)} iterates)"
-        return [records[i].state for i in support], probabilities, support, selection  # type: ignore[misc]
-    selection = f"best iterate on {source}{margin} (step {records[best].step} of {constrained.num_steps})"
-    return [records[best].state], torch.ones(1), [best], selection  # type: ignore[list-item]
+        if method.startswith("proxy-lagrangian"):
+            weights = torch.as_tensor(records.best_distribution())
+            support = [i for i in range(len(records)) if weights[i] > 0]
+            text = f"shrinking LP on {source}{note()} ({len(support)} of {len(records)} iterates)"
+            states = [records[i].state for i in support]
+            out[method] = FinalModel(states, weights[support] / weights[support].sum(), support, text)  # type: ignore[arg-type]
+            method = f"{method} (best iterate)"
+        best = records.best_index(rank_objectives=False)
+    text = f"best iterate on {source}{note()} (step {records[best].step} of {constrained.num_steps})"  # type: ignore[union-attr]
+    out[method] = FinalModel([records[best].state], torch.ones(1), [best], text)  # type: ignore[list-item]
+    return out
 
 
 def _warnings(
@@ -285,41 +306,54 @@ def fit_thresholds(
 
 def run_one(
     config: StudyConfig, data: TabularDataset, constraint: Constraint, model_name: str, method: str, seed: int
-) -> RunResult:
-    """Train one configuration, choose its final model and evaluate it on every split (see the module docstring)."""
+) -> list[RunResult]:
+    """Train one configuration, choose its final model(s) (:func:`select_final`) and evaluate each on every split.
+
+    Returns one :class:`RunResult` per final model (two for the proxy-Lagrangian methods). Each wall time is the
+    training time plus its own selection.
+    """
     trained_as = "unconstrained" if method == "thresholds" else method
     model, constrained, history, train_time = train_model(config, data, constraint, model_name, trained_as, seed)
-    warnings = _warnings(constrained, model, data, method)
+    warnings_found = _warnings(constrained, model, data, method)
     t0 = time.perf_counter()
-    states, probabilities, support, selection = _select(model, constrained, method)
+    finals = select_final(model, constrained, method)
+    select_time = time.perf_counter() - t0
     policy = None
     if method == "thresholds":
-        policy, selection = fit_thresholds(config, model, data, constraint)
-    wall_time = train_time + time.perf_counter() - t0
-    reports = {}
-    for name in SPLITS:
-        split = data.split(DATA_SPLIT[name])
-        if policy is not None:
-            stats, moments = policy.stats(_scores(model, split), split.y, split.groups), None
-        elif states:  # intervals then treat the expected counts as counts of N examples
-            stats, moments = _mixture_stats(model, states, probabilities, split, data.num_groups), None
-        else:
-            stats, moments = collect_stats(model, (split.X, split.y, split.groups), data.num_groups, progress=False)
-        reports[name] = FairnessReport.from_stats(
-            stats, [constraint], moments=moments, group_names=data.group_names, split=name,
-            metadata={"model": model_name, "method": method, "seed": seed},
-        )  # fmt: skip
+        t0 = time.perf_counter()
+        policy, text = fit_thresholds(config, model, data, constraint)
+        finals = {method: FinalModel([], torch.ones(1), [0], text)}
+        select_time = time.perf_counter() - t0
     multipliers = [] if constrained is None else [float(v) for v in constrained.multipliers.reshape(-1).tolist()]
-    return RunResult(
-        model=model_name,
-        method=method,
-        seed=seed,
-        reports=reports,
-        history=history,
-        selection=selection,
-        support=len(support),
-        multipliers=multipliers,
-        wall_time=wall_time,
-        dual_window=None if constrained is None else constrained.dual_window,
-        warnings=warnings,
-    )
+    results = []
+    for name, final in finals.items():
+        reports = {}
+        for split_name in SPLITS:
+            split = data.split(DATA_SPLIT[split_name])
+            if policy is not None:
+                stats, moments = policy.stats(_scores(model, split), split.y, split.groups), None
+            elif final.states:  # intervals then treat the expected counts as counts of N examples
+                stats = _mixture_stats(model, final.states, final.probabilities, split, data.num_groups)
+                moments = None
+            else:
+                stats, moments = collect_stats(model, (split.X, split.y, split.groups), data.num_groups, progress=False)
+            reports[split_name] = FairnessReport.from_stats(
+                stats, [constraint], moments=moments, group_names=data.group_names, split=split_name,
+                metadata={"model": model_name, "method": name, "seed": seed},
+            )  # fmt: skip
+        results.append(
+            RunResult(
+                model=model_name,
+                method=name,
+                seed=seed,
+                reports=reports,
+                history=history,
+                selection=final.selection,
+                support=len(final.support),
+                multipliers=multipliers,
+                wall_time=train_time + select_time,
+                dual_window=None if constrained is None else constrained.dual_window,
+                warnings=warnings_found,
+            )
+        )
+    return results

@@ -168,12 +168,18 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
             data_by_seed[seed] = load_study_data(config, seed)
         constraint: Constraint = config.build_constraint(data_by_seed[seed].group_names)
         bar.set_postfix_str(f"{model} / {method} / seed {seed}")
-        run = run_one(config, data_by_seed[seed], constraint, model, method, seed)
-        runs.append(run)
-        if log is not None:
-            test = _largest_entry(run.reports["test"])
-            shown = "undefined" if test is None else f"{test.value:.3f}"
-            log(f"  {model:<10} {method:<26} seed {seed}: test constraint value {shown} ({run.wall_time:.1f} s)")
+        for run in run_one(config, data_by_seed[seed], constraint, model, method, seed):
+            runs.append(run)
+            if log is not None:
+                test = _largest_entry(run.reports["test"])
+                shown = "undefined" if test is None else f"{test.value:.3f}"
+                window = "" if run.dual_window is None else f", dual window {run.dual_window} batches"
+                log(
+                    f"  {model:<10} {run.method:<38} seed {seed}: test constraint value {shown} "
+                    f"({run.wall_time:.1f} s{window})"
+                )
+                for problem in run.warnings:
+                    log(f"    warning: {problem}")
         bar.update(1)
     bar.close()
     data = data_by_seed[config.seeds[0]]

@@ -9,13 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    RandomSampler,
-    SequentialSampler,
-    TensorDataset,
-)
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from fairopt.groups import Groups
 
@@ -112,16 +106,37 @@ class DatasetSplit:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         dataset = TensorDataset(self.X, self.y, self.groups)
-        if shuffle:
-            generator = None
-            if seed is not None:
-                generator = torch.Generator()
-                generator.manual_seed(seed)
-            sampler: RandomSampler | SequentialSampler = RandomSampler(dataset, generator=generator)
-        else:
-            sampler = SequentialSampler(dataset)
-        batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
+        generator = None
+        if shuffle and seed is not None:
+            generator = torch.Generator()
+            generator.manual_seed(seed)
+        batches = _IndexBatches(len(self), batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator)
         return DataLoader(dataset, batch_size=None, sampler=batches, collate_fn=_as_tuple, **kwargs)
+
+
+class _IndexBatches(Sampler):
+    """Batches of row indices as int64 tensors (one indexing operation per batch; a Python list of indices costs
+    ~0.1 ms per tensor to convert). The order is ``RandomSampler``'s: ``torch.randperm(n, generator=generator)``."""
+
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool, drop_last: bool, generator: torch.Generator | None
+    ) -> None:
+        self.n, self.batch_size, self.shuffle, self.drop_last, self.generator = (
+            n,
+            batch_size,
+            shuffle,
+            drop_last,
+            generator,
+        )
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        stop = self.n - self.n % self.batch_size if self.drop_last else self.n
+        for start in range(0, stop, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
 
 def _as_tuple(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
