@@ -40,6 +40,7 @@ VARIANTS = {
     "plain": None,
     "lagrangian": {"method": "lagrangian"},
     "proxy_lagrangian": {"method": "proxy_lagrangian"},
+    "proxy_lagrangian, per-batch dual": {"method": "proxy_lagrangian", "dual_min_count": None},
     "proxy_lagrangian, dual_every=10, no checks": {
         "method": "proxy_lagrangian",
         "dual_every": 10,

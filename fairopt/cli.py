@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train-size", type=int, help=f"cap on training rows, 0 = all (default: {d.train_size})")
     bench.add_argument("--lr", type=float, help=f"Adam learning rate (default: {d.lr:g})")
     bench.add_argument("--dual-lr", type=float, help=f"dual (multiplier) step size (default: {d.dual_lr:g})")
+    bench.add_argument(
+        "--batch-size", type=int, help="training batch size (default: about 50 steps per epoch, 64 to 512)"
+    )
+    bench.add_argument(
+        "--margin-z",
+        type=float,
+        help=f"margin in standard errors of each constraint entry on the selection split (default {d.margin_z:g}; 0 = "
+        "none)",
+    )
     bench.add_argument("--device", help="torch device for training and evaluation: cpu (default), cuda, cuda:1, ...")
     bench.add_argument("--out", type=Path, help="output folder (default: fairopt-runs/<preset>-<timestamp>)")
     bench.add_argument("--peers", action="store_true", help="add fairlearn ExponentiatedGradient and plain cooper")
@@ -107,6 +116,8 @@ def _config_from_args(args: argparse.Namespace):
         "seeds": args.seeds,
         "lr": args.lr,
         "dual_lr": args.dual_lr,
+        "batch_size": args.batch_size,
+        "margin_z": args.margin_z,
         "device": args.device,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
@@ -116,7 +127,18 @@ def _config_from_args(args: argparse.Namespace):
         changes["sensitive"] = None  # the new dataset's default sensitive attribute
     if args.dataset and args.dataset.startswith("csv:") and args.sensitive:
         changes["csv_sensitive"] = args.sensitive
-    setup = ("dataset", "sensitive", "constraint", "tolerance", "models", "epochs", "lr", "dual_lr", "train_size")
+    setup = (
+        "dataset",
+        "sensitive",
+        "constraint",
+        "tolerance",
+        "models",
+        "epochs",
+        "lr",
+        "dual_lr",
+        "train_size",
+        "batch_size",
+    )
     if config.published and any(k in changes and changes[k] != getattr(config, k) for k in setup):
         changes["published"] = ()  # the published numbers were measured under the preset's setup only
     if config.classes and any(k in changes for k in ("dataset", "sensitive")):

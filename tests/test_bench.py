@@ -142,3 +142,19 @@ def test_expected_stats_of_a_randomized_classifier_are_exact():
         torch.testing.assert_close(stats.column("fn")[g], (1 - p[pos]).sum())
         torch.testing.assert_close(stats.column("fp")[g], p[neg].sum())
         torch.testing.assert_close(stats.column("tn")[g], (1 - p[neg]).sum())
+
+
+def test_peers_run_on_the_same_splits_with_like_for_like_bounds():
+    from fairopt.bench.peers import run_peers
+
+    config = StudyConfig(**{**TINY, "methods": ("unconstrained",)})
+    runs = run_peers(config)
+    by_method = {r.method: r for r in runs}
+    assert set(by_method) == {"fairlearn-expgrad", "fairlearn-threshold", "cooper-sigmoid"}
+    threshold = by_method["fairlearn-threshold"]
+    # ThresholdOptimizer equalizes TPR and FPR exactly (in expectation) on the split it was fitted on: validation
+    validation = max(e.value for e in threshold.reports["validation"].constraints[0].entries)
+    assert validation < 1e-6 and threshold.selection == "ThresholdOptimizer on validation (exact)"
+    # ExponentiatedGradient at b = t / 2 against the overall rate meets max - min <= t on its training data
+    train = max(e.value for e in by_method["fairlearn-expgrad"].reports["train"].constraints[0].entries)
+    assert train <= config.tolerance + 0.005
