@@ -12,6 +12,7 @@ import torch
 from fairopt.bench import PRESETS, StudyConfig, run_study
 from fairopt.bench.output import format_table, published_comparison, write_outputs
 from fairopt.bench.peers import expected_stats
+from fairopt.bench.study import load_study_data
 from fairopt.cli import main
 from fairopt.datasets import load_german
 from fairopt.rates import compute_rate
@@ -158,3 +159,20 @@ def test_peers_run_on_the_same_splits_with_like_for_like_bounds():
     # ExponentiatedGradient at b = t / 2 against the overall rate meets max - min <= t on its training data
     train = max(e.value for e in by_method["fairlearn-expgrad"].reports["train"].constraints[0].entries)
     assert train <= config.tolerance + 0.005
+
+
+def test_postprocessing_methods_finish_their_training_with_group_thresholds():
+    from fairopt.bench.runner import run_one
+
+    config = StudyConfig(**TINY)
+    data = load_study_data(config, 0)
+    constraint = config.build_constraint(data.group_names)
+    (combined,) = run_one(config, data, constraint, "logistic", "proxy-lagrangian+thresholds", 0)
+    assert (
+        combined.selection.startswith("best iterate on train")
+        and "group thresholds on validation" in combined.selection
+    )
+    (alone,) = run_one(config, data, constraint, "logistic", "thresholds", 0)
+    assert alone.selection.startswith("group thresholds on validation") and alone.multipliers == []
+    for run in (combined, alone):  # fitted on validation: within the bound there (with or without the margin)
+        assert max(e.value for e in run.reports["validation"].constraints[0].entries) <= config.tolerance + 1e-6

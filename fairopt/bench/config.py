@@ -24,6 +24,8 @@ Methods (``--methods``):
                                 fitted on validation data with a margin (Hardt, Price, Srebro 2016;
                                 :class:`fairopt.postprocessing.GroupThresholds`); needs the sensitive attribute at
                                 prediction time
+``proxy-lagrangian+thresholds`` the two combined: ``proxy-lagrangian``'s best iterate, then group thresholds fitted
+                                on validation data (also needs the attribute at prediction time)
 ==============================  ===================================================================================
 
 Data roles. Each dataset's validation split is cut in two (``audit_fraction``, stratified by group and label): the
@@ -76,9 +78,10 @@ METHODS = (
     "proxy-lagrangian",
     "proxy-lagrangian-heldout",
     "thresholds",
+    "proxy-lagrangian+thresholds",
 )
-# The default study's methods (lagrangian-heldout is available by name).
-DEFAULT_METHODS = tuple(m for m in METHODS if m != "lagrangian-heldout")
+# The default study's methods (the others are available by name).
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in ("lagrangian-heldout", "proxy-lagrangian+thresholds"))
 DATASETS = ("adult", "compas", "german")
 
 # name -> (factory(tolerance), what the tolerance means)

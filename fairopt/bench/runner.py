@@ -34,6 +34,7 @@ from .config import StudyConfig
 __all__ = [
     "DATA_SPLIT",
     "HELDOUT_METHODS",
+    "POSTPROCESSED",
     "SPLITS",
     "FinalModel",
     "RunResult",
@@ -50,6 +51,8 @@ SPLITS = ("train", "validation", "held-out", "test")
 DATA_SPLIT = {"train": "train", "validation": "validation", "held-out": "audit", "test": "test"}
 # Methods whose duals read validation batches and whose final model is chosen on the validation split.
 HELDOUT_METHODS = ("lagrangian-heldout", "proxy-lagrangian-heldout")
+# Post-processing methods -> the training they finish (group thresholds fitted on the validation split).
+POSTPROCESSED = {"thresholds": "unconstrained", "proxy-lagrangian+thresholds": "proxy-lagrangian"}
 
 
 @dataclass
@@ -312,18 +315,20 @@ def run_one(
     Returns one :class:`RunResult` per final model (two for the proxy-Lagrangian methods). Each wall time is the
     training time plus its own selection.
     """
-    trained_as = "unconstrained" if method == "thresholds" else method
+    trained_as = POSTPROCESSED.get(method, method)
     model, constrained, history, train_time = train_model(config, data, constraint, model_name, trained_as, seed)
-    warnings_found = _warnings(constrained, model, data, method)
+    warnings_found = _warnings(constrained, model, data, trained_as)
     t0 = time.perf_counter()
-    finals = select_final(model, constrained, method)
-    select_time = time.perf_counter() - t0
+    finals = select_final(model, constrained, trained_as)
     policy = None
-    if method == "thresholds":
-        t0 = time.perf_counter()
+    if method in POSTPROCESSED:  # group thresholds on the deterministic final model
+        base = finals.get(f"{trained_as} (best iterate)", finals[trained_as])
+        if base.states:
+            model.load_state_dict(base.states[0])
         policy, text = fit_thresholds(config, model, data, constraint)
-        finals = {method: FinalModel([], torch.ones(1), [0], text)}
-        select_time = time.perf_counter() - t0
+        prefix = "" if trained_as == "unconstrained" else f"{base.selection}, then "
+        finals = {method: FinalModel([], torch.ones(1), [0], prefix + text)}
+    select_time = time.perf_counter() - t0
     multipliers = [] if constrained is None else [float(v) for v in constrained.multipliers.reshape(-1).tolist()]
     results = []
     for name, final in finals.items():
