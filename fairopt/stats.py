@@ -497,6 +497,10 @@ class RunningGroupStats:
         self.min_count = float(min_count)
         self._ema: Tensor | None = None
         self._tables: deque[Tensor] = deque(maxlen=self.window)
+        # mode "count": prefix sums P_t of the last window + 1 steps in a ring (slot t % (window + 1)), their step
+        # numbers (-1: empty), so every suffix sum P_t - P_s is one subtraction (no per-step stack of tables)
+        self._prefix: Tensor | None = None
+        self._times: Tensor | None = None
         self._value: Tensor | None = None
         self.last_window: Tensor | None = None
         self.num_updates = 0
@@ -508,24 +512,41 @@ class RunningGroupStats:
         table = stats.table.detach()
         if self.mode == "ema":
             self._ema = table.clone() if self._ema is None else self._ema.to(table) * self.decay + table
-        else:
+        elif self.mode == "window":
             self._tables.append(table.clone())
-            if self.mode == "count":
-                self._value = self._count_window()
         self.num_updates += 1
+        if self.mode == "count":
+            self._append_prefix(table)
+            self._value = self._count_window()
         return self.value
 
+    def _append_prefix(self, table: Tensor) -> None:
+        slots = self.window + 1
+        if self._prefix is None:
+            self._prefix = table.new_zeros((slots, *table.shape))
+            self._times = torch.full((slots,), -1, dtype=torch.int64, device=table.device)
+            self._times[0] = 0  # P_0 = 0
+        assert self._times is not None
+        step = self.num_updates  # this table's step (1-based)
+        self._prefix[step % slots] = self._prefix[(step - 1) % slots] + table.to(self._prefix)
+        self._times[step % slots] = step
+
     def _count_window(self) -> Tensor:
-        """Sum of the shortest suffix of the kept tables meeting ``min_count`` (tensor ops only: no host sync)."""
-        recent = torch.stack(list(self._tables)[::-1])  # (W, G, K), newest first
-        sums = recent.cumsum(dim=0)  # sums[w] = the newest w + 1 tables
+        """Sum of the shortest recent window meeting ``min_count`` (tensor ops only: no host sync)."""
+        assert self._prefix is not None and self._times is not None
+        step = self.num_updates  # the newest table's step
+        slots = self.window + 1
+        sums = self._prefix[step % slots] - self._prefix  # (W + 1, G, K): the window since each stored step
+        lengths = step - self._times  # tables in each window
+        valid = (self._times >= 0) & (lengths >= 1)
         labels = torch.stack([sums[..., _INDEX["fn"]] + sums[..., _INDEX["tp"]],
-                              sums[..., _INDEX["tn"]] + sums[..., _INDEX["fp"]]], dim=-1)  # (W, G, 2)  # fmt: skip
-        enough = (labels >= self.min_count) | (labels >= labels[-1:])  # rarer over the whole window: take it all
-        done = enough.flatten(1).all(dim=1)  # (W,), True from the first sufficient length on (the last is True)
-        first = torch.argmax(done.to(torch.int8))  # index of the first True
-        self.last_window = first + 1
-        return sums.index_select(0, first.reshape(1))[0]
+                              sums[..., _INDEX["tn"]] + sums[..., _INDEX["fp"]]], dim=-1)  # (W + 1, G, 2)  # fmt: skip
+        longest = torch.argmax(torch.where(valid, lengths, -1))  # everything kept
+        enough = (labels >= self.min_count) | (labels >= labels[longest])  # rarer over all kept: take it all
+        ok = enough.flatten(1).all(dim=1) & valid  # the longest valid window is always ok
+        chosen = torch.argmin(torch.where(ok, lengths, torch.iinfo(torch.int64).max))
+        self.last_window = lengths[chosen]
+        return sums[chosen]
 
     @property
     def value(self) -> GroupStats:
@@ -542,6 +563,7 @@ class RunningGroupStats:
 
     def reset(self) -> None:
         self._ema, self._value, self.last_window, self.num_updates = None, None, None, 0
+        self._prefix = self._times = None
         self._tables.clear()
 
     def state_dict(self) -> dict[str, Any]:
@@ -553,6 +575,8 @@ class RunningGroupStats:
             "min_count": self.min_count,
             "ema": self._ema,
             "tables": list(self._tables),
+            "prefix": self._prefix,
+            "times": self._times,
             "num_updates": self.num_updates,
         }
 
@@ -564,5 +588,8 @@ class RunningGroupStats:
         self._ema = state["ema"]
         self.min_count = float(state.get("min_count", self.min_count))
         self._tables = deque(state["tables"], maxlen=self.window)
+        self._prefix, self._times = state.get("prefix"), state.get("times")
         self.num_updates = int(state["num_updates"])
-        self._value = self._count_window() if self.mode == "count" and self._tables else None
+        self._value, self.last_window = None, None
+        if self.mode == "count" and self._prefix is not None:
+            self._value = self._count_window()
