@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 
 import pytest
 import torch
@@ -39,6 +40,7 @@ CONFIGS = {
     },
     "penalty": {"method": "penalty", "penalty": 2.0},
     "window-every-3": {"dual_every": 3, "running": "window"},
+    "count-window-margin": {"method": "proxy_lagrangian", "dual_min_count": 40, "dual_max_window": 4, "margin": 0.01},
     "heldout-ema-records": {"dual_source": "heldout", "dual_every": 2, "running": "ema", "records": True},
 }
 
@@ -120,3 +122,20 @@ def test_load_state_dict_refuses_a_state_of_another_problem():
     )
     with pytest.raises(ValueError, match="running statistics"):
         with_running.load_state_dict(state)
+
+
+def test_margin_count_window_and_multiplier_trace_are_restored():
+    model = mlp(X.shape[1])
+    opt = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.EqualizedOdds(0.02)], 2, dual_lr=0.3, margin=0.02
+    )
+    for step in range(5):
+        rows = slice(step * BATCH, (step + 1) * BATCH)
+        train_step(opt, model, X[rows], Y[rows], A[rows])
+    state = pickle.loads(pickle.dumps(opt.state_dict()))
+    fresh = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.EqualizedOdds(0.02)], 2)
+    fresh.load_state_dict(state)
+    assert fresh.margin is not None and fresh.margin.tolist() == [0.02, 0.02]
+    assert fresh.dual_window == opt.dual_window and fresh.dual_window is not None
+    torch.testing.assert_close(fresh.dual_statistics.running.value.table, opt.dual_statistics.running.value.table)
+    assert len(fresh._trace) == len(opt._trace) == 5

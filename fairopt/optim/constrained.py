@@ -282,6 +282,7 @@ class ConstrainedOptimizer:
 
     @margin.setter
     def margin(self, value: float | Sequence[float] | np.ndarray | None) -> None:
+        self._margin_tensor: Tensor | None = None
         if value is None:
             self._margin = None
             return
@@ -451,9 +452,11 @@ class ConstrainedOptimizer:
         if self.dual_value == "proxy":
             dual = ConstraintValue(dual.proxy.detach(), dual.proxy.detach(), dual.defined)
         if self._margin is not None:
-            shift = torch.as_tensor(self._margin, device=dual.hard.device, dtype=dual.hard.dtype)
-            shift = torch.where(dual.defined, shift, torch.zeros_like(shift))
-            dual = ConstraintValue(dual.hard + shift, dual.proxy, dual.defined)
+            shift = self._margin_tensor
+            if shift is None or shift.device != dual.hard.device or shift.dtype != dual.hard.dtype:
+                shift = torch.as_tensor(self._margin, device=dual.hard.device, dtype=dual.hard.dtype)
+                self._margin_tensor = shift  # one host-to-device copy per margin, not per step
+            dual = ConstraintValue(dual.hard + torch.where(dual.defined, shift, 0.0), dual.proxy, dual.defined)
         self.player.update(dual)
         self._trace.append(self.player.multipliers.detach())
         return dual
@@ -600,8 +603,9 @@ class ConstrainedOptimizer:
     # state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit for bit: the wrapped optimizer, the dual player (multipliers, dual
-        optimizer, penalty coefficients, or the proxy-Lagrangian state), pending and running statistics, records
-        and the step counter. (The model and LR schedulers are saved by the user, as usual.)"""
+        optimizer, penalty coefficients, or the proxy-Lagrangian state), pending and running statistics, records,
+        the margin, the multiplier trace :meth:`check` reads, and the step counter. (The model and LR schedulers are
+        saved by the user, as usual.)"""
         return {
             "format": _STATE_FORMAT,
             "method": self.method,
@@ -611,6 +615,8 @@ class ConstrainedOptimizer:
             "player": self.player.state_dict(),
             "dual_statistics": self.dual_statistics.state_dict(),
             "records": None if self.records is None else self.records.state_dict(),
+            "margin": None if self._margin is None else self._margin.copy(),
+            "multiplier_trace": [t.clone() for t in self._trace],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -635,6 +641,8 @@ class ConstrainedOptimizer:
                 self.records = IterateRecords()
             self.records.load_state_dict(state["records"])
         self.num_steps = int(state["num_steps"])
+        self.margin = state.get("margin")  # states saved before margins existed have none
+        self._trace = deque((t.clone() for t in state.get("multiplier_trace", [])), maxlen=_TRACE_LENGTH)
 
     def __repr__(self) -> str:
         return (
