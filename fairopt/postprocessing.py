@@ -46,9 +46,7 @@ _FEASIBLE = 1e-7  # constraint units (rate units: 1e-5 percentage points): what 
 _CELLS = [COLUMNS.index(c) for c in ("tn", "fp", "fn", "tp")]
 
 
-def expected_stats(
-    positive_probability: Tensor, labels: Tensor, groups: Tensor, num_groups: int, *, threshold: float = 0.0
-) -> GroupStats:
+def expected_stats(positive_probability: Tensor, labels: Tensor, groups: Tensor, num_groups: int) -> GroupStats:
     """Exact expected table of a randomized classifier that predicts positive with probability ``p_i``.
 
     The table of "always positive" weighted by ``p`` plus "always negative" weighted by ``1 - p`` (tables are
@@ -56,8 +54,8 @@ def expected_stats(
     """
     p = positive_probability.double().clamp(0.0, 1.0)  # a solver's 1 + 2e-16 is 1
     ones = torch.ones_like(p)
-    return group_stats(ones + threshold, labels, groups, num_groups, weights=p) + group_stats(
-        -ones + threshold, labels, groups, num_groups, weights=1.0 - p
+    return group_stats(ones, labels, groups, num_groups, weights=p) + group_stats(
+        -ones, labels, groups, num_groups, weights=1.0 - p
     )
 
 
@@ -103,7 +101,8 @@ class GroupThresholds:
         probabilities: ``(G, S)`` float64, each row on the simplex (one 1 for a deterministic policy).
         randomized: whether some group mixes two or more thresholds.
         feasible: whether the policy met every constraint (with the margin) on the data it was fitted on.
-        values: ``(m,)`` the constraint values there (hard, expected for a randomized policy).
+        values: ``(m,)`` the constraint values there (hard, expected for a randomized policy; NaN marks an entry
+            that is undefined on those data, e.g. a group without positives for a TPR gap).
         error: the expected error rate there.
     """
 
@@ -188,7 +187,8 @@ class GroupThresholds:
         for g, (qg, t) in enumerate(zip(q, cand.thresholds)):
             keep = np.flatnonzero(qg > 0)
             thresholds[g, : keep.size], probabilities[g, : keep.size] = t[keep], qg[keep] / qg[keep].sum()
-        return cls(thresholds, probabilities, feasible=feasible, values=values - shift, error=error)
+        values = np.where(np.isfinite(values), values - shift, np.nan)  # NaN: undefined on these data
+        return cls(thresholds, probabilities, feasible=feasible, values=values, error=error)
 
     # prediction ---------------------------------------------------------------------------------------------
     def positive_probability(self, scores: Tensor, groups: Tensor) -> Tensor:
