@@ -146,9 +146,9 @@ class GroupThresholds:
             max_cuts: cutting-plane rounds.
 
         Returns:
-            The policy; :attr:`feasible` False when no policy met the constraints (the randomized LP became
-            infeasible: the one returned then minimizes the error with the cuts found so far dropped, i.e. is the
-            unconstrained optimum; or the deterministic search found none).
+            The policy; :attr:`feasible` False when no policy met the constraints: the cutting-plane LP became
+            infeasible or ran out of ``max_cuts`` rounds (the policy returned is then the last LP solution, which
+            meets the cuts found before it, not the constraints), or the deterministic search found none.
 
         Raises:
             ValueError: mismatched shapes, labels not 0/1, a group id out of range, a negative margin.
@@ -239,7 +239,7 @@ def _randomized(
 
     x = solve()
     assert x is not None  # the unconstrained LP is always feasible
-    for _ in range(max_cuts):
+    for rounds in range(max_cuts + 1):
         q = [np.maximum(x[lo:hi], 0.0) for lo, hi in itertools.pairwise(offsets)]
         stats = _table([qg @ c for qg, c in zip(q, cand.cells)])
         lin = cs.linearize(stats, gradients=False)
@@ -247,6 +247,8 @@ def _randomized(
         violated = np.flatnonzero(values > _FEASIBLE)
         if violated.size == 0:
             return q, True
+        if rounds == max_cuts:  # the last solution is checked above; no cut rounds left
+            break
         jacobian, _, _ = cs.hard_jacobian(stats)  # (m, G, 4)
         for i in violated:
             gradient = np.concatenate([c @ jacobian[i, g] for g, c in enumerate(cand.cells)])

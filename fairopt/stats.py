@@ -451,8 +451,10 @@ class RunningGroupStats:
     * ``"count"``: the sum of the fewest most recent batch tables (at most ``window``) in which every group holds
       at least ``min_count`` examples of each label (a group or label that is rarer over the whole kept window
       counts all it has). The window adapts to the group counts the data has: rare groups get a long window, so
-      every rate the dual player reads has a standard error of at most ``0.5 / sqrt(min_count)`` (0.05 at the
-      default 100) where the data allow it. Why it matters: a constraint such as a max-min gap is a convex
+      every label-conditioned rate (TPR, FPR, ...) and selection rate the dual player reads has a standard error
+      of at most ``0.5 / sqrt(min_count)`` (0.05 at the default 100) where the data allow it, if the window's rows
+      are distinct (a window longer than one pass over a held-out split counts rows twice); rates conditioned on
+      predictions (precision, NPV) are not covered. Why it matters: a constraint such as a max-min gap is a convex
       function of the rates, so its value on a noisy small-batch table is biased *upward* (Jensen's inequality):
       a batch of 64 Adult rows holds ~2.4 women with a positive label, its female TPR is mostly 0, 0.5 or 1, and
       a dual player reading it over-constrains while the true gap is already met. The chosen length is
@@ -501,6 +503,7 @@ class RunningGroupStats:
         # numbers (-1: empty), so every suffix sum P_t - P_s is one subtraction (no per-step stack of tables)
         self._prefix: Tensor | None = None
         self._times: Tensor | None = None
+        self._dtype = torch.float64  # of the tables given (the window is returned in it)
         self._value: Tensor | None = None
         self.last_window: Tensor | None = None
         self.num_updates = 0
@@ -516,16 +519,19 @@ class RunningGroupStats:
             self._tables.append(table.clone())
         self.num_updates += 1
         if self.mode == "count":
+            self._dtype = table.dtype
             self._append_prefix(table)
             self._value = self._count_window()
         return self.value
 
     def _append_prefix(self, table: Tensor) -> None:
         slots = self.window + 1
-        if self._prefix is None:
-            self._prefix = table.new_zeros((slots, *table.shape))
+        if self._prefix is None:  # float64: prefix sums grow with the step count, their differences must stay exact
+            self._prefix = torch.zeros((slots, *table.shape), dtype=torch.float64, device=table.device)
             self._times = torch.full((slots,), -1, dtype=torch.int64, device=table.device)
             self._times[0] = 0  # P_0 = 0
+        elif self._prefix.device != table.device:  # e.g. a checkpoint loaded on the CPU, training on a GPU
+            self._prefix, self._times = self._prefix.to(table.device), self._times.to(table.device)  # type: ignore[union-attr]
         assert self._times is not None
         step = self.num_updates  # this table's step (1-based)
         self._prefix[step % slots] = self._prefix[(step - 1) % slots] + table.to(self._prefix)
@@ -546,7 +552,7 @@ class RunningGroupStats:
         ok = enough.flatten(1).all(dim=1) & valid  # the longest valid window is always ok
         chosen = torch.argmin(torch.where(ok, lengths, torch.iinfo(torch.int64).max))
         self.last_window = lengths[chosen]
-        return sums[chosen]
+        return sums[chosen].to(self._dtype)
 
     @property
     def value(self) -> GroupStats:
@@ -577,6 +583,7 @@ class RunningGroupStats:
             "tables": list(self._tables),
             "prefix": self._prefix,
             "times": self._times,
+            "dtype": self._dtype,
             "num_updates": self.num_updates,
         }
 
@@ -592,4 +599,5 @@ class RunningGroupStats:
         self.num_updates = int(state["num_updates"])
         self._value, self.last_window = None, None
         if self.mode == "count" and self._prefix is not None:
+            self._dtype = state.get("dtype", self._dtype)
             self._value = self._count_window()

@@ -92,7 +92,7 @@ def test_tiny_study_end_to_end(tmp_path):
         "study.json", "study.md", "runs.csv", "constraint_vs_epoch.png", "accuracy_vs_constraint.png"
     }  # fmt: skip
     data = json.loads((tmp_path / "study.json").read_text())
-    assert data["schema_version"] == "1.0" and len(data["runs"]) == 4
+    assert data["schema_version"] == "1.1" and len(data["runs"]) == 4
     assert all(
         (tmp_path / name).stat().st_size > 1000 for name in ("constraint_vs_epoch.png", "accuracy_vs_constraint.png")
     )

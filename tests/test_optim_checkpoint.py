@@ -139,3 +139,6 @@ def test_margin_count_window_and_multiplier_trace_are_restored():
     assert fresh.dual_window == opt.dual_window and fresh.dual_window is not None
     torch.testing.assert_close(fresh.dual_statistics.running.value.table, opt.dual_statistics.running.value.table)
     assert len(fresh._trace) == len(opt._trace) == 5
+    for mine, theirs in zip(fresh._trace, opt._trace):
+        assert torch.equal(mine, theirs)
+    assert any(bool(t.abs().sum() > 0) for t in opt._trace)  # the multipliers moved: the comparison means something

@@ -17,6 +17,8 @@ from fairopt.stats import GroupStats, RunningGroupStats
 
 from .optim_data import mlp, tabular, train_step
 
+DP = fairopt.DemographicParity(0.1)
+
 
 def _cells(rows: list[list[float]]) -> GroupStats:
     """A table from ``(tn, fp, fn, tp)`` per group (proxy columns copy the hard ones)."""
@@ -44,11 +46,17 @@ def test_count_window_grows_until_every_group_and_label_has_min_count():
 
 
 def test_count_window_caps_at_window_and_ignores_absent_groups():
-    run = RunningGroupStats(2, mode="count", min_count=100, window=4)
+    batch = _cells([[2, 0, 2, 0], [0, 0, 0, 0]])  # group 1 never appears: it must not lengthen the window
+    run = RunningGroupStats(2, mode="count", min_count=4, window=10)
     for _ in range(6):
-        run.update(_cells([[1, 0, 1, 0], [0, 0, 0, 0]]))  # group 1 never appears: it does not lengthen the window
-    assert int(run.last_window) == 4
-    torch.testing.assert_close(run.value.table, 4 * _cells([[1, 0, 1, 0], [0, 0, 0, 0]]).table)
+        run.update(batch)
+    assert int(run.last_window) == 2  # group 0 reaches 4 of each label in 2 tables
+    torch.testing.assert_close(run.value.table, 2 * batch.table)
+    capped = RunningGroupStats(2, mode="count", min_count=100, window=4)
+    for _ in range(6):
+        capped.update(batch)
+    assert int(capped.last_window) == 4  # never enough: the cap
+    run = capped
     clone = RunningGroupStats(2, mode="count", min_count=100, window=4)
     clone.load_state_dict(run.state_dict())
     torch.testing.assert_close(clone.value.table, run.value.table)
@@ -121,6 +129,14 @@ def test_margin_shifts_what_the_dual_reads():
     assert shifted.multipliers.item() == pytest.approx(0.5 * (g + 0.6), abs=1e-12)
     with pytest.raises(ValueError, match="margin must"):
         shifted.margin = -0.1
+    shifted.margin = [math.inf]  # standard_errors' value for an undefined entry: no margin there
+    assert shifted.margin.tolist() == [0.0]
+    with pytest.raises(ValueError, match="dual_max_window"):
+        ConstrainedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.0), [DP], 2, dual_min_count=None, dual_max_window=0
+        )
+    with pytest.raises(ValueError, match="dual_min_count"):
+        ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [DP], 2, dual_min_count=True)
     with pytest.raises(ValueError, match="shape"):
         shifted.margin = [0.1, 0.2]
 
@@ -140,6 +156,12 @@ def test_selection_honours_the_margin_and_falls_back_with_a_warning():
     assert not tight.margin_used
     with pytest.raises(ValueError, match="margin"):
         tight.record(3, 0.1, torch.tensor([0.0]), margin=-1.0)
+    with pytest.raises(ValueError, match="1 entries"):
+        tight.record(3, 0.1, torch.tensor([0.0]), margin=[0.1, 0.2, 0.3])
+    # an undefined entry gets no margin (and inf, standard_errors' value for it, is accepted)
+    undefined = IterateRecords(keep_states=False)
+    undefined.record(1, 0.1, torch.tensor([0.0, -0.1]), defined=torch.tensor([False, True]), margin=[math.inf, 0.05])
+    assert undefined.margins().tolist() == [[0.0, 0.05]] and undefined.best_index() == 0 and undefined.margin_used
 
 
 def test_check_reports_violation_and_unsettled_multipliers():
@@ -198,7 +220,7 @@ def _scored(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 def test_randomized_thresholds_meet_the_constraint_exactly_on_the_fit_data(constraint):
     s, y, a = _scored(2000, seed=5)
     policy = GroupThresholds.fit(s, y, a, constraint, 2)
-    assert policy.feasible and policy.randomized in (True, False)
+    assert policy.feasible
     stats = policy.stats(s, y, a)
     value = ConstraintSet([constraint], 2).evaluate(stats).hard
     assert float(value.max()) <= 1e-7
@@ -254,5 +276,8 @@ def test_deterministic_thresholds_are_one_per_group_and_margin_tightens():
     assert float(tight.values.max()) <= -0.03 + 1e-7
     impossible = GroupThresholds.fit(s, y, a, fairopt.DemographicParity(0.05), 2, margin=0.2)
     assert not impossible.feasible
+    # the last cut round's solution is checked too: one round suffices for a single linear gap here
+    one_round = GroupThresholds.fit(s, y, a, fairopt.DemographicParity(0.05), 2, max_cuts=1)
+    assert one_round.feasible
     with pytest.raises(ValueError, match="group ids"):
         GroupThresholds.fit(s, y, a + 1, fairopt.DemographicParity(0.05), 2)

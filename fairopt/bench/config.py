@@ -28,13 +28,15 @@ Methods (``--methods``):
                                 on validation data (also needs the attribute at prediction time)
 ==============================  ===================================================================================
 
-Data roles. Each dataset's validation split is cut in two (``audit_fraction``, stratified by group and label): the
-*validation* part drives the held-out duals and chooses the final model; the *audit* part (reported as
-``held-out``) is used for nothing else, so its value is an honest estimate for new data (a model chosen because
-it looks feasible on some data is optimistic there). Every dual player reads a table of at least ``dual_min_count``
-examples per group and label (:class:`~fairopt.RunningGroupStats`, mode ``"count"``). The held-out methods leave a
-margin of ``margin_z`` standard errors of each entry on the validation split
-(:meth:`~fairopt.optim.ConstraintSet.standard_errors`; Cotter et al., JMLR 2019, Section 7.2: "plan to overfit").
+Data roles. The *validation* split drives the held-out duals and chooses the final model; an *audit* split
+(reported as ``held-out``) is used for nothing else, so its value is an honest estimate for new data (a model chosen
+because it looks feasible on some data is optimistic there). The audit split has ``audit_fraction`` times the
+validation split's size: drawn at random from the training rows a ``train_size`` cap leaves out when there are
+enough (the validation split then stays whole), else cut from the validation split, stratified by group and label.
+Every dual player reads a table of at least ``dual_min_count`` examples per group and label
+(:class:`~fairopt.RunningGroupStats`, mode ``"count"``). Every method with a dual player leaves a margin of
+``margin_z`` standard errors of each entry on its selection split (validation for the held-out methods, else train;
+:meth:`~fairopt.optim.ConstraintSet.standard_errors`; Cotter et al., JMLR 2019, Section 7.2: "plan to overfit").
 """
 
 from __future__ import annotations
@@ -168,9 +170,9 @@ class StudyConfig:
     Units: ``tolerance`` in rate units (0.05 = 5 percentage points; for ``p_rule`` it is the ratio p);
     ``lr``/``dual_lr`` are step sizes; ``epochs`` passes over the training split (per model: ``epochs_large`` for
     ``mlp-large``); ``train_size`` caps the training split (None = all of it); ``batch_size`` None chooses about 50
-    steps per epoch (:meth:`batch_size_for`); ``audit_fraction`` of the validation split is the audit split;
-    ``margin_z`` standard errors is the held-out methods' margin (0 = none); ``dual_min_count`` examples per group
-    and label in every dual table (None = each batch alone).
+    steps per epoch (:meth:`batch_size_for`); the audit split has ``audit_fraction`` times the validation split's
+    size (see the module docstring); ``margin_z`` standard errors is the margin of every method with a dual player
+    (0 = none); ``dual_min_count`` examples per group and label in every dual table (None = each batch alone).
     """
 
     dataset: str = "adult"

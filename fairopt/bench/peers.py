@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -121,8 +122,9 @@ def _threshold_optimizer(config: StudyConfig, data: TabularDataset, seed: int) -
             return True
 
         def decision_function(self, X: np.ndarray) -> np.ndarray:
+            device = next(model.parameters()).device
             with torch.no_grad():
-                return model(torch.as_tensor(X, dtype=torch.float32)).double().numpy()
+                return model(torch.as_tensor(X, dtype=torch.float32, device=device)).double().cpu().numpy()
 
     optimizer = ThresholdOptimizer(
         estimator=Prefit(),
@@ -196,10 +198,19 @@ def run_peers(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
         log("  fairlearn-expgrad skipped: its moments take disjoint groups, not the study's overlapping classes")
     for seed in config.seeds:
         data = load_study_data(config, seed)
-        new = [] if config.classes else [_fairlearn(config, data, seed)]
-        threshold = None if config.classes else _threshold_optimizer(config, data, seed)
-        new += [] if threshold is None else [threshold]
-        new += [_cooper(config, data, seed, model) for model in config.models]
+        peers: list[Callable[[], RunResult | None]] = []
+        if not config.classes:
+            peers += [partial(_fairlearn, config, data, seed), partial(_threshold_optimizer, config, data, seed)]
+        peers += [partial(_cooper, config, data, seed, model) for model in config.models]
+        new = []
+        for peer in peers:
+            try:  # one peer's failure (e.g. an option fairlearn lacks) leaves the others
+                run = peer()
+            except Exception as err:
+                if log is not None:
+                    log(f"  a peer failed on seed {seed}: {type(err).__name__}: {err}")
+                continue
+            new += [] if run is None else [run]
         if log is not None:
             for run in new:
                 log(f"  {run.model:<10} {run.method:<26} seed {seed}: done ({run.wall_time:.1f} s)")

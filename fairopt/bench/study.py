@@ -24,7 +24,7 @@ from .runner import DATA_SPLIT, SPLITS, RunResult, run_one
 
 __all__ = ["STUDY_SCHEMA_VERSION", "StudyResult", "load_study_data", "run_study", "summarize"]
 
-STUDY_SCHEMA_VERSION = "1.0"
+STUDY_SCHEMA_VERSION = "1.1"  # 1.1: a "validation" report per run; "held-out" is the audit split
 
 
 def load_study_data(config: StudyConfig, seed: int = 0) -> TabularDataset:

@@ -116,7 +116,8 @@ class DatasetSplit:
 
 class _IndexBatches(Sampler):
     """Batches of row indices as int64 tensors (one indexing operation per batch; a Python list of indices costs
-    ~0.1 ms per tensor to convert). The order is ``RandomSampler``'s: ``torch.randperm(n, generator=generator)``."""
+    ~0.1 ms per tensor to convert). With a seed the order is ``RandomSampler``'s, ``torch.randperm(n, generator=...)``;
+    without one it draws from torch's global RNG."""
 
     def __init__(
         self, n: int, batch_size: int, *, shuffle: bool, drop_last: bool, generator: torch.Generator | None

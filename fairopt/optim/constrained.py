@@ -163,10 +163,11 @@ class ConstrainedOptimizer:
             player reads ``g + margin``, so training drives each entry to ``g <= -margin`` on the dual's data, and
             :meth:`record` stores it for the selection of the final model ("plan to overfit the constraints",
             Cotter et al., JMLR 20(172), 2019, Section 7.2). Derive it from the estimation error of the data the
-            duals read, e.g. ``1.645 * opt.constraint_set.standard_errors(heldout_stats)`` (one-sided 95%); may be
-            reassigned (:attr:`margin`) between steps, e.g. after each full held-out pass.
+            duals read, e.g. ``1.645 * opt.constraint_set.standard_errors(heldout_stats)`` (one-sided 95%; an
+            undefined entry's ``inf`` becomes 0); may be reassigned (:attr:`margin`) between steps, e.g. after each
+            full held-out pass.
         running: optional :class:`~fairopt.RunningGroupStats` (EMA, window or count) the dual table is folded into;
-            it replaces the one ``dual_min_count`` would build.
+            it replaces the one ``dual_min_count`` would build (``dual_min_count`` is then ignored).
         sync: optional ``fn(stats) -> stats`` applied to the dual table first; under DDP pass
             ``fairopt.GroupStats.all_reduce`` (a sum over ranks): every rank then takes the same dual step and keeps
             identical multipliers.
@@ -248,6 +249,14 @@ class ConstrainedOptimizer:
         self.grad_scaler = grad_scaler
         self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
         self.constraint_set = ConstraintSet(constraints, num_groups, proxy=proxy, threshold=threshold, dtype=dtype)
+        if isinstance(dual_max_window, bool) or not isinstance(dual_max_window, int) or dual_max_window < 1:
+            raise ValueError(f"dual_max_window must be an int >= 1 (tables), got {dual_max_window!r}")
+        if dual_min_count is not None and (
+            isinstance(dual_min_count, bool) or not isinstance(dual_min_count, (int, float)) or not dual_min_count > 0
+        ):
+            raise ValueError(
+                f"dual_min_count must be a number > 0 (examples per group and label) or None, got {dual_min_count!r}"
+            )
         if running is None and dual_min_count is not None:
             running = RunningGroupStats(num_groups, mode="count", window=dual_max_window, min_count=dual_min_count)
         self.dual_statistics = DualStatistics(
@@ -292,9 +301,10 @@ class ConstrainedOptimizer:
             margin = np.asarray(value, dtype=np.float64).reshape(-1)
             if margin.shape != (m,):
                 raise ValueError(f"margin must be one number or have shape ({m},) (one per entry), got {margin.shape}")
-        if not (np.isfinite(margin).all() and (margin >= 0).all()):
-            raise ValueError(f"margin must be finite and >= 0 (constraint units), got {margin.tolist()}")
-        self._margin = margin
+        if np.isnan(margin).any() or (margin < 0).any():
+            raise ValueError(f"margin must be >= 0 (constraint units), got {margin.tolist()}")
+        # inf is standard_errors' value for an undefined entry: no margin there (both players skip it anyway)
+        self._margin = np.where(np.isinf(margin), 0.0, margin)
 
     @property
     def dual_window(self) -> int | None:
@@ -641,7 +651,8 @@ class ConstrainedOptimizer:
                 self.records = IterateRecords()
             self.records.load_state_dict(state["records"])
         self.num_steps = int(state["num_steps"])
-        self.margin = state.get("margin")  # states saved before margins existed have none
+        if "margin" in state:  # states saved before margins existed keep the constructor's
+            self.margin = state["margin"]
         self._trace = deque((t.clone() for t in state.get("multiplier_trace", [])), maxlen=_TRACE_LENGTH)
 
     def __repr__(self) -> str:

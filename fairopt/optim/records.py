@@ -110,9 +110,13 @@ class IterateRecords:
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         shift = torch.zeros_like(violations)
         if margin is not None:
-            shift = shift + torch.as_tensor(margin, dtype=torch.float64).reshape(-1)
-            if not (bool(torch.isfinite(shift).all()) and bool((shift >= 0).all())):
-                raise ValueError(f"margin must be finite and >= 0, got {shift.tolist()}")
+            given = torch.as_tensor(margin, dtype=torch.float64).reshape(-1)
+            if given.numel() not in (1, violations.numel()):
+                raise ValueError(f"margin must be one number or have {violations.numel()} entries, got {given.numel()}")
+            if bool(torch.isnan(given).any()) or bool((given < 0).any()):
+                raise ValueError(f"margin must be >= 0, got {given.tolist()}")
+            # undefined entries (and inf, standard_errors' value for them) get no margin
+            shift = torch.where(defined & torch.isfinite(given), shift + given, shift)
         entry = IterateRecord(int(step), objective, violations, defined, state, shift)
         self.records.append(entry)
         return entry
