@@ -188,19 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"fairopt bench: error: {err}", file=sys.stderr)
         return 2
-    status = 0
-    if args.peers:
+    failures: list[str] = []
+    if args.peers:  # a peer's failure must not lose the study: say so (even with --quiet), write what we have
         from fairopt.bench.peers import run_peers
 
-        try:
-            result.runs.extend(run_peers(config, log=log))
-        except Exception as err:  # a peer's failure must not lose the study: report it, write what we have
-            print(
-                f"fairopt bench: error: the peers failed ({type(err).__name__}: {err}); "
-                "the study is written without them",
-                file=sys.stderr,
-            )
-            status = 1
+        def failed(line: str) -> None:
+            failures.append(line)
+            print(f"fairopt bench: error: {line}", file=sys.stderr)
+
+        result.runs.extend(run_peers(config, log=log, on_error=failed))
     print(format_table(result))
     written = write_outputs(result, out, plots=not args.no_plots)
     if not args.no_plots and not any(p.suffix == ".png" for p in written):
@@ -208,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\nwrote {len(written)} files to {out}/ ({', '.join(p.name for p in written)}); total {result.wall_time:.0f} s"
     )
-    return status
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -176,3 +176,19 @@ def test_postprocessing_methods_finish_their_training_with_group_thresholds():
     assert alone.selection.startswith("group thresholds on validation") and alone.multipliers == []
     for run in (combined, alone):  # fitted on validation: within the bound there (with or without the margin)
         assert max(e.value for e in run.reports["validation"].constraints[0].entries) <= config.tolerance + 1e-6
+
+
+def test_a_failing_peer_is_reported_and_the_others_still_run(monkeypatch):
+    from fairopt.bench import peers
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such option")
+
+    monkeypatch.setattr(peers, "_threshold_optimizer", broken)
+    config = StudyConfig(**{**TINY, "methods": ("unconstrained",)})
+    failures: list[str] = []
+    runs = peers.run_peers(config, on_error=failures.append)
+    assert {r.method for r in runs} == {"fairlearn-expgrad", "cooper-sigmoid"}
+    assert len(failures) == 1 and "RuntimeError: no such option" in failures[0]
+    with pytest.raises(RuntimeError, match="no such option"):
+        peers.run_peers(config)  # without on_error the failure propagates

@@ -191,8 +191,17 @@ def _cooper(config: StudyConfig, data: TabularDataset, seed: int, model_name: st
     )  # fmt: skip
 
 
-def run_peers(config: StudyConfig, *, log: Callable[[str], None] | None = None) -> list[RunResult]:
-    """Run the peers for every seed of ``config`` (cooper with each of the study's models)."""
+def run_peers(
+    config: StudyConfig,
+    *,
+    log: Callable[[str], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> list[RunResult]:
+    """Run the peers for every seed of ``config`` (cooper with each of the study's models).
+
+    A peer that raises (e.g. for an option its library lacks) is skipped for that seed and the others still run;
+    ``on_error`` receives one line per failure (default: re-raise).
+    """
     runs: list[RunResult] = []
     if config.classes and log is not None:
         log("  fairlearn-expgrad skipped: its moments take disjoint groups, not the study's overlapping classes")
@@ -207,8 +216,9 @@ def run_peers(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
             try:  # one peer's failure (e.g. an option fairlearn lacks) leaves the others
                 run = peer()
             except Exception as err:
-                if log is not None:
-                    log(f"  a peer failed on seed {seed}: {type(err).__name__}: {err}")
+                if on_error is None:
+                    raise
+                on_error(f"a peer failed on seed {seed} ({type(err).__name__}: {err}); the study is written without it")
                 continue
             new += [] if run is None else [run]
         if log is not None:

@@ -166,11 +166,11 @@ def _mixture_stats(
     return total
 
 
-def _margin(config: StudyConfig, constrained: ConstrainedOptimizer, stats: GroupStats) -> Any:
+def _margin(config: StudyConfig, constraint_set: ConstraintSet, stats: GroupStats) -> np.ndarray | None:
     """``margin_z`` standard errors of each entry on the selection split (0 where undefined), or None."""
     if not config.margin_z:
         return None
-    errors = constrained.constraint_set.standard_errors(stats)
+    errors = constraint_set.standard_errors(stats)
     return config.margin_z * np.where(np.isfinite(errors), errors, 0.0)
 
 
@@ -197,7 +197,9 @@ def train_model(
     evaluation_time = 0.0
     if with_margin:
         assert constrained is not None
-        constrained.margin = _margin(config, constrained, split_stats(model, record_split, data.num_groups))
+        constrained.margin = _margin(
+            config, constrained.constraint_set, split_stats(model, record_split, data.num_groups)
+        )
     for epoch in range(epochs):
         for x, y, a in _batches(data.train, batch_size, seed * 1000 + epoch, device):
             scores = model(x)
@@ -211,10 +213,12 @@ def train_model(
                 constrained.step(loss=loss, scores=scores, labels=y, groups=a)
             step += 1
             if step % record_every == 0 or step == total_steps:
-                if with_margin:  # the margin follows the current rates (their standard errors)
-                    assert constrained is not None
+                record_stats = None
+                if with_margin or records is not None:  # one pass over the selection split serves both
                     record_stats = split_stats(model, record_split, data.num_groups)
-                    constrained.margin = _margin(config, constrained, record_stats)
+                if with_margin:  # the margin follows the current rates (their standard errors)
+                    assert constrained is not None and record_stats is not None
+                    constrained.margin = _margin(config, constrained.constraint_set, record_stats)
                 t0 = time.perf_counter()
                 point: dict[str, float] = {"step": float(step), "epoch": step / steps_per_epoch}
                 for name in SPLITS:
@@ -223,8 +227,8 @@ def train_model(
                 history.append(point)
                 evaluation_time += time.perf_counter() - t0
                 if records is not None:
-                    assert constrained is not None
-                    constrained.record(split_stats(model, record_split, data.num_groups), model=model)
+                    assert constrained is not None and record_stats is not None
+                    constrained.record(record_stats, model=model)
     return model, constrained, history, time.perf_counter() - start - evaluation_time
 
 
@@ -294,11 +298,8 @@ def fit_thresholds(
     margin (without it, and saying so, when no policy meets it). Returns the policy and a description."""
     v = data.validation
     scores = _scores(model, v)
-    margin = None
-    if config.margin_z:
-        cs = ConstraintSet([constraint], data.num_groups)
-        errors = cs.standard_errors(group_stats(scores, v.y, v.groups, data.num_groups, validate=False))
-        margin = config.margin_z * np.where(np.isfinite(errors), errors, 0.0)
+    stats = group_stats(scores, v.y, v.groups, data.num_groups, validate=False)
+    margin = _margin(config, ConstraintSet([constraint], data.num_groups), stats)
     policy = GroupThresholds.fit(scores, v.y, v.groups, constraint, data.num_groups, margin=margin)
     note = " with margin"
     if not policy.feasible and margin is not None:

@@ -70,6 +70,13 @@ class DatasetSplit:
     def __repr__(self) -> str:
         return f"DatasetSplit(name={self.name!r}, num_examples={len(self)}, num_features={self.X.shape[1]})"
 
+    def subset(self, rows: np.ndarray, name: str | None = None) -> DatasetSplit:
+        """The split of the given row positions (``(n,)`` ints into this split, kept in ascending order), named
+        ``name`` (default: this split's name)."""
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        keep = torch.as_tensor(rows)
+        return DatasetSplit(name or self.name, self.X[keep], self.y[keep], self.groups[keep], self.index[rows])
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(X, y, groups)``: shapes ``(N, D)``, ``(N,)``, ``(N,)``."""
         return self.X, self.y, self.groups
@@ -387,15 +394,8 @@ class TabularDataset:
         if not 0 <= audit_size <= n - size:
             raise ValueError(f"audit_size must be in [0, {n - size}] (the rows left out), got {audit_size}")
         order = np.random.default_rng(seed).permutation(n)
-        t = self.train
-
-        def part(name: str, rows: np.ndarray) -> DatasetSplit:
-            rows = np.sort(rows)
-            keep = torch.as_tensor(rows)
-            return DatasetSplit(name, t.X[keep], t.y[keep], t.groups[keep], t.index[rows])
-
-        audit = part("audit", order[size : size + audit_size]) if audit_size else self.audit
-        return replace(self, train=part(t.name, order[:size]), audit=audit)
+        audit = self.train.subset(order[size : size + audit_size], "audit") if audit_size else self.audit
+        return replace(self, train=self.train.subset(order[:size]), audit=audit)
 
     def with_audit(self, fraction: float = 0.5, *, seed: int = 0) -> TabularDataset:
         """Move ``fraction`` of the validation rows into a separate *audit* split, stratified by group and label.
@@ -419,12 +419,7 @@ class TabularDataset:
             raise ValueError(f"the validation split has {len(v)} rows; an audit split needs at least 2")
         strata = v.groups.numpy() * 2 + v.y.numpy().astype(np.int64)
         keep, audit = stratified_split(strata, [1.0 - fraction, fraction], seed)
-
-        def part(name: str, rows: np.ndarray) -> DatasetSplit:
-            index = torch.as_tensor(rows)
-            return DatasetSplit(name, v.X[index], v.y[index], v.groups[index], v.index[rows])
-
-        return replace(self, validation=part("validation", keep), audit=part("audit", audit))
+        return replace(self, validation=v.subset(keep), audit=v.subset(audit, "audit"))
 
     def splits(self) -> Iterator[DatasetSplit]:
         """Iterate over train, validation and test."""

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from fairopt.constraints import ConstraintValue
 
-__all__ = ["DualPlayer", "check_positive", "observed_values"]
+__all__ = ["DualPlayer", "as_margin", "check_positive", "observed_values"]
 
 
 def check_positive(name: str, value: float) -> float:
@@ -37,6 +37,25 @@ def check_positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def as_margin(value: Any, num_entries: int) -> np.ndarray:
+    """A margin as ``(m,)`` float64: one number broadcast or one per entry, >= 0; ``inf`` (the standard error
+    :meth:`~fairopt.optim.ConstraintSet.standard_errors` gives an undefined entry) becomes 0, no margin.
+
+    Raises:
+        ValueError: another number of entries, NaN or a negative value.
+    """
+    margin = np.asarray(value.cpu() if isinstance(value, Tensor) else value, dtype=np.float64).reshape(-1)
+    if margin.size == 1:
+        margin = np.repeat(margin, num_entries)
+    if margin.shape != (num_entries,):
+        raise ValueError(
+            f"margin must be one number or have {num_entries} entries (shape ({num_entries},)), got {margin.size}"
+        )
+    if np.isnan(margin).any() or (margin < 0).any():
+        raise ValueError(f"margin must be >= 0 (constraint units), got {margin.tolist()}")
+    return np.where(np.isinf(margin), 0.0, margin)
 
 
 def observed_values(value: ConstraintValue) -> tuple[Tensor, Tensor]:

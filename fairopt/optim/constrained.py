@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from fairopt._validation import validation_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, value_tensors
-from fairopt.optim.base import check_positive
+from fairopt.optim.base import as_margin, check_positive
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.dual_stats import DualStatistics
 from fairopt.optim.lagrangian import DualOptimizerFactory, LagrangianPlayer
@@ -295,16 +295,7 @@ class ConstrainedOptimizer:
         if value is None:
             self._margin = None
             return
-        m = self.num_constraints
-        margin = np.broadcast_to(np.asarray(value, dtype=np.float64), (m,)).copy() if np.ndim(value) == 0 else None
-        if margin is None:
-            margin = np.asarray(value, dtype=np.float64).reshape(-1)
-            if margin.shape != (m,):
-                raise ValueError(f"margin must be one number or have shape ({m},) (one per entry), got {margin.shape}")
-        if np.isnan(margin).any() or (margin < 0).any():
-            raise ValueError(f"margin must be >= 0 (constraint units), got {margin.tolist()}")
-        # inf is standard_errors' value for an undefined entry: no margin there (both players skip it anyway)
-        self._margin = np.where(np.isinf(margin), 0.0, margin)
+        self._margin = as_margin(value, self.num_constraints)
 
     @property
     def dual_window(self) -> int | None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fairopt.optim.base import as_margin
 from fairopt.optim.selection import best_distribution, best_iterate, is_feasible
 from fairopt.optim.stochastic import StochasticClassifier
 
@@ -109,14 +110,8 @@ class IterateRecords:
         if self.keep_states and model is not None:
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         shift = torch.zeros_like(violations)
-        if margin is not None:
-            given = torch.as_tensor(margin, dtype=torch.float64).reshape(-1)
-            if given.numel() not in (1, violations.numel()):
-                raise ValueError(f"margin must be one number or have {violations.numel()} entries, got {given.numel()}")
-            if bool(torch.isnan(given).any()) or bool((given < 0).any()):
-                raise ValueError(f"margin must be >= 0, got {given.tolist()}")
-            # undefined entries (and inf, standard_errors' value for them) get no margin
-            shift = torch.where(defined & torch.isfinite(given), shift + given, shift)
+        if margin is not None:  # undefined entries get no margin
+            shift = torch.where(defined, torch.from_numpy(as_margin(margin, violations.numel())), shift)
         entry = IterateRecord(int(step), objective, violations, defined, state, shift)
         self.records.append(entry)
         return entry
@@ -138,24 +133,22 @@ class IterateRecords:
             [np.zeros(r.violations.numel()) if r.margin is None else r.margin.numpy() for r in self.records]
         )
 
-    def _selection_violations(self) -> np.ndarray:
-        return self.violations() + self.margins()
-
     # selection ----------------------------------------------------------------------------------------------
     def _violations_for_selection(self, feasible: Callable[[np.ndarray], bool]) -> np.ndarray:
         """``violations + margin`` when some candidate is feasible with the margins, else the plain violations (the
         data cannot certify any candidate with its margin: say so, choose as without one). Sets
         :attr:`margin_used`."""
-        with_margin = self.violations() + self.margins()
-        self.margin_used = bool(self.margins().any()) and feasible(with_margin)
-        if self.margins().any() and not self.margin_used:
+        violations, margins = self.violations(), self.margins()
+        with_margin = violations + margins
+        self.margin_used = bool(margins.any()) and feasible(with_margin)
+        if margins.any() and not self.margin_used:
             warnings.warn(
                 "no recorded iterate (or distribution over them) meets the constraints with the recorded margins "
                 "(the held-out data cannot certify any at this sample size); selecting without the margins",
                 UserWarning,
                 stacklevel=3,
             )
-        return with_margin if self.margin_used else self.violations()
+        return with_margin if self.margin_used else violations
 
     def best_index(self, *, rank_objectives: bool = True) -> int:
         """Index of the best single iterate (:func:`~fairopt.optim.best_iterate`) on ``violations + margin``, or
