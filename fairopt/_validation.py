@@ -76,3 +76,28 @@ def describe_bad_values(values: Tensor, bad: Tensor, limit: int = 5) -> str:
     shown = ", ".join(f"[{i}]={values[i].item()!r}" for i in idx[:limit].tolist())
     more = f" (and {idx.numel() - limit} more)" if idx.numel() > limit else ""
     return f"{idx.numel()} bad value(s): {shown}{more}"
+
+
+def ends_in_probabilities(model: object) -> str | None:
+    """The name of the output layer when ``model`` visibly ends in a sigmoid or softmax (its outputs are then
+    probabilities, not the logits fairopt reads), else None. Looks at the last submodule of ``nn.Sequential``s,
+    recursively, and otherwise at the last leaf module registered."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        return None
+    last: nn.Module = model
+    while isinstance(last, nn.Sequential) and len(last):
+        last = last[-1]
+    if last is model or isinstance(last, nn.Sequential):
+        leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+        last = leaves[-1] if leaves else model
+    probabilities = (nn.Sigmoid, nn.Softmax, nn.Softmax2d, nn.Hardsigmoid)
+    return type(last).__name__ if isinstance(last, probabilities) else None
+
+
+PROBABILITY_HINT = (
+    "fairopt reads scores as logits (a positive prediction is score > threshold, default 0; the proxies and the "
+    "log loss take logits), so with probabilities in [0, 1] nearly every prediction is positive. Remove the final "
+    "sigmoid (train with BCEWithLogitsLoss) or pass model=lambda x: torch.logit(net(x), eps=1e-6)"
+)

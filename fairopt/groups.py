@@ -35,7 +35,7 @@ def _as_columns(data: Any, name: str | None) -> dict[str, np.ndarray | Any]:
         return {name or (str(data.name) if data.name is not None else "group"): data}
     if isinstance(data, Tensor):
         data = data.detach().cpu().numpy()
-    arr = np.asarray(data)
+    arr = _values(data)
     if arr.ndim != 1:
         raise ValueError(
             f"a sensitive attribute must be 1-D (N,), got shape {arr.shape}; pass several attributes as a "
@@ -47,14 +47,20 @@ def _as_columns(data: Any, name: str | None) -> dict[str, np.ndarray | Any]:
 def _values(column: Any) -> np.ndarray:
     if isinstance(column, Tensor):
         return column.detach().cpu().numpy()
-    return np.asarray(column, dtype=object if getattr(column, "dtype", None) == "category" else None)
+    values = np.asarray(column, dtype=object if getattr(column, "dtype", None) == "category" else None)
+    if values.dtype.kind == "U" and not isinstance(column, np.ndarray):
+        # np.asarray(["F", nan]) turns the NaN into the string "nan" (a spurious group); as objects it stays a
+        # missing value, reported as for a Series, an object array or a DataFrame.
+        values = np.asarray(column, dtype=object)
+    return values
 
 
 def _check_missing(attr: str, values: np.ndarray) -> None:
     missing = int(pd.isna(values).sum())
     if missing:
         raise ValueError(
-            f"sensitive attribute {attr!r} has {missing} missing value(s) (None/NaN); fill or drop those rows first"
+            f"sensitive attribute {attr!r} has {missing} missing value(s) (None/NaN); drop those rows, or make "
+            "missing an explicit group of its own, e.g. series.fillna('missing')"
         )
 
 

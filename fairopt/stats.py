@@ -302,7 +302,8 @@ def group_stats(
         groups: ``(N,)`` integer group ids in ``[0, num_groups)`` (any integer dtype; used as int64).
         num_groups: G, fixed up front, so an absent group is a zero row at its own index.
         weights: optional ``(N,)`` non-negative floating example weights (an integer weight k counts like k
-            copies of the example).
+            copies of the example). Negatives within rounding, ``w >= -`` :data:`WEIGHT_TOLERANCE` ``* eps(dtype) *
+            max(1, max|w|)`` (e.g. ``1 - p`` for a probability ``p = 1 + 2e-16``), count as 0.
         loss: optional ``(N,)`` per-example loss (e.g. ``F.binary_cross_entropy_with_logits(..., reduction="none")``);
             summed into the differentiable ``loss`` column (needed by mean-loss rates and BoundedGroupLoss).
         proxy: surrogate for the proxy columns: ``"sigmoid"`` (default), ``"hinge"``, ``"softplus"``, ``"hard"``,
@@ -321,7 +322,7 @@ def group_stats(
     Raises:
         TypeError: a non-tensor input, non-floating scores/weights/loss, non-integer groups, labels of another dtype.
         ValueError: mismatched shapes or devices; group ids negative or ``>= num_groups``; labels not in {0, 1};
-            NaN/inf scores, weights or loss; negative weights.
+            NaN/inf scores, weights or loss; weights below 0 by more than rounding (see ``weights``).
     """
     proxy_obj = as_proxy(proxy)
     _check_num_groups(num_groups)
@@ -330,13 +331,17 @@ def group_stats(
     )
     # code2 = 2*group + label indexes the (group, label) cells; code4 adds the hard prediction bit. One fused
     # add each: index arithmetic dominates the cost of this function on CPU.
-    label_bit = (labels != 0) if labels.is_floating_point() else labels
+    # A 0/1 bit, whatever the labels hold: with the value checks off, a label outside {0, 1} (e.g. -1 or 2) must not
+    # shift code2 into another group's row (it counts as positive when > 0, negative otherwise, in its own group).
+    label_bit = labels if labels.dtype == torch.bool else labels > 0
     groups = groups.to(torch.int64)
     code2 = torch.add(label_bit, groups, alpha=2)
     margin = scores if threshold == 0 else scores - threshold
     code4 = torch.add(margin.detach() > 0, code2, alpha=2)
     # Proxy sums accumulate in the scores' dtype (a float64 copy of the batch would cost more than the whole
     # scatter); the small table is then cast. Hard counts are exact integer counts when unweighted.
+    if weights is not None:  # rounding negatives (accepted by the check) count as 0
+        weights = weights.clamp(min=0)
     hard_weights = None if weights is None else weights.detach()
     positive = proxy_obj.positive(margin)
     negative = None
@@ -389,6 +394,16 @@ def _check_inputs(
     return scores, labels, groups, weights, loss
 
 
+WEIGHT_TOLERANCE = 16
+"""Weights down to ``-WEIGHT_TOLERANCE * eps * max(1, max|w|)`` (``eps`` of the weights' dtype: 3.6e-15 for float64,
+1.9e-6 for float32 at unit scale) are rounding errors of non-negative numbers: accepted, and counted as 0."""
+
+
+def _weight_tolerance(weights: Tensor) -> Tensor:
+    scale = weights.detach().abs().max().clamp(min=1.0)
+    return WEIGHT_TOLERANCE * torch.finfo(weights.dtype).eps * scale
+
+
 def _check_values(
     scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int, weights: Tensor | None, loss: Tensor | None
 ) -> None:
@@ -404,7 +419,7 @@ def _check_values(
             else torch.logical_or(labels == 0, labels == 1).all(),
         ]
         if weights is not None:
-            ok.append((torch.isfinite(weights) & (weights >= 0)).all())
+            ok.append((torch.isfinite(weights) & (weights >= -_weight_tolerance(weights))).all())
         if loss is not None:
             ok.append(torch.isfinite(loss).all())
         flags = [not f for f in torch.stack(ok).tolist()]
@@ -413,7 +428,7 @@ def _check_values(
     bad_scores = ~torch.isfinite(scores)
     bad_groups = (groups < 0) | (groups >= num_groups)
     bad_labels = (labels != 0) & (labels != 1)
-    bad_weights = (~torch.isfinite(weights)) | (weights < 0) if weights is not None else None
+    bad_weights = (~torch.isfinite(weights)) | (weights < -_weight_tolerance(weights)) if weights is not None else None
     bad_loss = ~torch.isfinite(loss) if loss is not None else None
     if flags[0]:
         raise ValueError(
@@ -435,7 +450,7 @@ def _check_values(
     rest = [r for r in rest if r[1] is not None]
     for (name, bad, values), flag in zip(rest, flags[3:]):
         if flag:
-            what = "finite and >= 0" if name == "weights" else "finite"
+            what = "finite and >= 0 (up to rounding)" if name == "weights" else "finite"
             raise ValueError(f"{name} must be {what}: {describe_bad_values(values, bad)}")
 
 

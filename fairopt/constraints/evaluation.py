@@ -418,21 +418,22 @@ class _Evaluator:
         return _Node(np.where(pos, a.v, -_swapped(a.v)), a.d, a.full, back)
 
     def _reduce(self, expr: _Reduce) -> _Node:
-        # The entry is chosen among the defined ones by its true value; none defined: undefined (zeroed later).
+        # The entry is chosen among the defined ones by its true value; fewer than min_defined defined: undefined
+        # (zeroed later).
         a = self.run(expr.a)
         hard = a.v[0]
         masked = hard if a.full else np.where(a.d, hard, -np.inf if expr.how == "max" else np.inf)
         index = masked.argmax(-1) if expr.how == "max" else masked.argmin(-1)
-        any_defined = (
-            (_TRUE if not self.batch else np.ones((*self.batch, 1), dtype=bool))
-            if a.full
-            else a.d.any(-1, keepdims=True)
-        )
-        full = a.full or bool(any_defined.all())
+        k = a.d.shape[-1]
+        if a.full and k >= expr.min_defined:
+            any_defined = _TRUE if not self.batch else np.ones((*self.batch, 1), dtype=bool)
+        else:
+            any_defined = a.d.sum(-1, keepdims=True) >= expr.min_defined
+        full = bool(any_defined.all())
         if self.batch:
             v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None, ..., None], axis=-1)
             return _Node(v, any_defined, full, _no_back)
-        i, k = int(index), a.d.shape[-1]
+        i = int(index)
 
         def back(cu: np.ndarray, cl: np.ndarray) -> None:
             c = np.zeros((2, k))

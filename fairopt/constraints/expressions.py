@@ -23,8 +23,11 @@ bounds), so for an upper-bounding proxy (hinge, softplus) the upper bound of a l
 expression is >= its hard value: the relaxation used by the primal player is conservative (Cotter et al., JMLR
 2019, Section 5), and its gradient acts on the side of the constraint that is actually binding.
 
-**Undefined entries.** An entry that uses an undefined rate (zero denominator) is undefined; ``max``/``min``
-reduce over the defined entries only and are undefined when none is.
+**Undefined entries.** An entry that uses an undefined rate (zero denominator) is undefined. ``max``/``min`` reduce
+over the defined entries only and are undefined when fewer than ``min_defined`` (default 2) are defined: an extremum
+is a comparison across groups, and over one group ``max_g r_g - min_g r_g`` would be 0 whatever the excluded groups
+do (a gap that "looks satisfied" because the groups that could violate it were dropped). Reports list the groups an
+entry excluded (:class:`~fairopt.validation.EntryResult` ``excluded``).
 """
 
 from __future__ import annotations
@@ -125,13 +128,21 @@ class Expr:
     def __abs__(self) -> Expr:
         return _Abs(self)
 
-    def max(self) -> Expr:
-        """Largest defined entry (one entry)."""
-        return _Reduce("max", self)
+    def max(self, *, min_defined: int = 2) -> Expr:
+        """Largest defined entry (one entry); undefined when fewer than ``min_defined`` entries are defined.
 
-    def min(self) -> Expr:
-        """Smallest defined entry (one entry)."""
-        return _Reduce("min", self)
+        The default 2 makes a gap ``r.max() - r.min()`` over one remaining group undefined instead of 0; pass
+        ``min_defined=1`` for "the largest of whatever is defined" (e.g. a ceiling on the worst group).
+
+        Raises:
+            ValueError: ``min_defined`` < 1.
+        """
+        return _Reduce("max", self, min_defined)
+
+    def min(self, *, min_defined: int = 2) -> Expr:
+        """Smallest defined entry (one entry); undefined when fewer than ``min_defined`` entries are defined
+        (see :meth:`max`)."""
+        return _Reduce("min", self, min_defined)
 
     # comparisons give constraints ---------------------------------------------------------------------------
     def __le__(self, other: Expr | Number) -> Constraint:  # type: ignore[override]
@@ -202,10 +213,11 @@ class RateRef(Expr):
     are references to the overall rate that can also be called.
 
     Raises:
-        ValueError: a negative or non-integer group id, or an empty tuple of ids.
+        ValueError: a negative or non-integer group id (a group *name* included: use ``Groups.id(name)``), or an empty
+            tuple of ids.
     """
 
-    def __init__(self, rate: str, group: int | tuple[int, ...] | str | None = None) -> None:
+    def __init__(self, rate: str, group: int | tuple[int, ...] | None = None) -> None:
         self.rate = canonical_rate_name(rate)
         if isinstance(group, (list, tuple)):
             group = tuple(group)
@@ -255,6 +267,11 @@ class RateRef(Expr):
 
 
 def _check_group_id(group: object) -> None:
+    if isinstance(group, str):
+        raise ValueError(
+            f"rates take group ids, not names ({group!r}): pass the id of the fairopt.Groups that encoded the data, "
+            f"e.g. tpr(groups.id({group!r})) (entry names in reports then show the group names)"
+        )
     if isinstance(group, bool) or not isinstance(group, int) or group < 0:
         raise ValueError(f"group must be a non-negative int id, a tuple of ids, or None for overall; got {group!r}")
 
@@ -318,8 +335,10 @@ class _Abs(Expr):
 
 
 class _Reduce(Expr):
-    def __init__(self, how: str, a: Expr) -> None:
-        self.how, self.a = how, a
+    def __init__(self, how: str, a: Expr, min_defined: int = 2) -> None:
+        if isinstance(min_defined, bool) or not isinstance(min_defined, int) or min_defined < 1:
+            raise ValueError(f"min_defined must be an int >= 1 (defined entries needed), got {min_defined!r}")
+        self.how, self.a, self.min_defined = how, a, min_defined
 
     def _children(self) -> tuple[Expr, ...]:
         return (self.a,)

@@ -8,6 +8,16 @@ held-out data. Cotter, Jiang, Sridharan (ALT 2019) show that the (proxy-)Lagrang
 reproducible randomized model; :meth:`IterateRecords.export_best` loads the single best state into a model.
 
 States are copied to CPU (``keep_states=False`` records only the numbers). Memory is one model copy per record.
+
+**Undefined entries** (a rate with a zero denominator on the selection data, e.g. a precision of a group in which
+an iterate predicts no positives) are never read as satisfied. The policy, applied by every selection rule here:
+
+1. an entry undefined for *every* record carries no information about the candidates: it is left out;
+2. a record with an undefined entry that other records define cannot be certified: it is *skipped* (it is not a
+   candidate). When no record defines every remaining entry, the records with the fewest undefined entries are the
+   candidates and the entries undefined in any of them are left out.
+
+Each case issues a ``UserWarning`` naming the entries and the number of records skipped.
 """
 
 from __future__ import annotations
@@ -133,12 +143,48 @@ class IterateRecords:
             [np.zeros(r.violations.numel()) if r.margin is None else r.margin.numpy() for r in self.records]
         )
 
+    def defined(self) -> np.ndarray:
+        """``(T, m)`` bool: which entries were defined at each record."""
+        return np.stack([r.defined.numpy() for r in self.records]) if self.records else np.zeros((0, 0), dtype=bool)
+
     # selection ----------------------------------------------------------------------------------------------
-    def _violations_for_selection(self, feasible: Callable[[np.ndarray], bool]) -> np.ndarray:
-        """``violations + margin`` when some candidate is feasible with the margins, else the plain violations (the
-        data cannot certify any candidate with its margin: say so, choose as without one). Sets
-        :attr:`margin_used`."""
-        violations, margins = self.violations(), self.margins()
+    def candidates(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, columns)``: the indices of the records that are candidates and of the entries selection reads,
+        under the undefined-entry policy of the module docstring (with its warnings)."""
+        self._require_records()
+        defined = self.defined()
+        informative = defined.any(axis=0)
+        missing = (~defined[:, informative]).sum(axis=1)
+        rows = np.flatnonzero(missing == missing.min())
+        columns = np.flatnonzero(informative & defined[rows].all(axis=0))
+        problems = []
+        if not informative.all():
+            problems.append(f"entries {np.flatnonzero(~informative).tolist()} are undefined for every record: ignored")
+        if rows.size < len(self.records):
+            problems.append(
+                f"{len(self.records) - rows.size} of {len(self.records)} records skipped: an entry that other records "
+                "define is undefined for them, so they cannot be certified"
+            )
+        dropped = np.flatnonzero(informative & ~defined[rows].all(axis=0))
+        if dropped.size:
+            problems.append(f"no record defines every entry; entries {dropped.tolist()} are ignored as well")
+        if problems:
+            warnings.warn(
+                "selection over records with undefined constraint entries (a rate with a zero denominator on the "
+                "selection data): " + "; ".join(problems),
+                UserWarning,
+                stacklevel=3,
+            )
+        return rows, columns
+
+    def _violations_for_selection(
+        self, feasible: Callable[[np.ndarray], bool], rows: np.ndarray, columns: np.ndarray
+    ) -> np.ndarray:
+        """``violations + margin`` of the candidates' entries when some candidate is feasible with the margins, else
+        the plain violations (the data cannot certify any candidate with its margin: say so, choose as without one).
+        Sets :attr:`margin_used`."""
+        violations = self.violations()[np.ix_(rows, columns)]
+        margins = self.margins()[np.ix_(rows, columns)]
         with_margin = violations + margins
         self.margin_used = bool(margins.any()) and feasible(with_margin)
         if margins.any() and not self.margin_used:
@@ -152,19 +198,24 @@ class IterateRecords:
 
     def best_index(self, *, rank_objectives: bool = True) -> int:
         """Index of the best single iterate (:func:`~fairopt.optim.best_iterate`) on ``violations + margin``, or
-        on the plain violations (with a warning) when no iterate is feasible with the margins."""
-        self._require_records()
-        g = self._violations_for_selection(lambda v: bool((v.max(axis=1) <= 0).any()) if v.shape[1] else True)
-        return best_iterate(self.objectives(), g, rank_objectives=rank_objectives)
+        on the plain violations (with a warning) when no iterate is feasible with the margins. Only the
+        :meth:`candidates` compete (undefined entries: see the module docstring)."""
+        rows, columns = self.candidates()
+        g = self._violations_for_selection(
+            lambda v: bool((v.max(axis=1) <= 0).any()) if v.shape[1] else True, rows, columns
+        )
+        return int(rows[best_iterate(self.objectives()[rows], g, rank_objectives=rank_objectives)])
 
     def best_distribution(self, *, tolerance: float = 1e-6) -> np.ndarray:
         """``(T,)`` weights of the best distribution over iterates (:func:`~fairopt.optim.best_distribution`) on
         ``violations + margin``, or on the plain violations (with a warning) when no distribution is feasible with
-        the margins."""
-        self._require_records()
-        f = self.objectives()
-        g = self._violations_for_selection(lambda v: is_feasible(f, v))
-        return best_distribution(f, g, tolerance=tolerance)
+        the margins. Records that are not :meth:`candidates` get weight 0."""
+        rows, columns = self.candidates()
+        f = self.objectives()[rows]
+        g = self._violations_for_selection(lambda v: is_feasible(f, v), rows, columns)
+        weights = np.zeros(len(self.records))
+        weights[rows] = best_distribution(f, g, tolerance=tolerance)
+        return weights
 
     def export_best(self, model: nn.Module, *, rank_objectives: bool = True) -> int:
         """Load the best single iterate's state into ``model``; returns its index."""

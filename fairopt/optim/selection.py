@@ -14,6 +14,10 @@ measured on held-out data; ``g <= 0`` feasible):
   with ``ε = 0`` when feasible, else the smallest achievable ``ε`` found by bisection. A vertex solution has at most
   ``m + 1`` non-zero weights (``m`` inequalities plus the simplex equality), so the randomized model mixes at most
   ``m + 1`` iterates. Solved with ``scipy.optimize.linprog(method="highs")``.
+
+These functions read finite numbers only: an undefined entry has no value to read. Records with undefined entries
+are handled by :class:`~fairopt.optim.IterateRecords` (skipped, never read as satisfied; see
+:mod:`fairopt.optim.records`).
 """
 
 from __future__ import annotations

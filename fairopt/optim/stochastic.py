@@ -133,7 +133,9 @@ class StochasticClassifier(nn.Module):
         edges = self.weights.to(u.device, torch.float64).cumsum(0)[:-1]
         return torch.searchsorted(edges, u, right=True)
 
-    def _call(self, index: int, x: Tensor) -> Tensor:
+    def candidate_forward(self, index: int, x: Tensor) -> Tensor:
+        """The output of candidate ``index`` (``0 <= index <`` :attr:`num_candidates`, weight ``weights[index]``)
+        on ``x``: ``model(x)`` with that candidate's state."""
         return functional_call(self.model, self.candidates[index].state(), (x,))
 
     def forward(self, x: Tensor, example_ids: Tensor) -> Tensor:
@@ -151,16 +153,16 @@ class StochasticClassifier(nn.Module):
             rows = (chosen == index).nonzero().flatten()
             if rows.numel() == 0:
                 continue
-            scores = self._call(index, x[rows])
+            scores = self.candidate_forward(index, x[rows])
             if out is None:
                 out = scores.new_empty((x.shape[0], *scores.shape[1:]))
             out[rows] = scores
-        return out if out is not None else self._call(0, x)
+        return out if out is not None else self.candidate_forward(0, x)
 
     def positive_probability(self, x: Tensor, threshold: float = 0.0) -> Tensor:
         """``(N,)`` float64 ``Σ_t p_t 1{score_t(x) > threshold}``: the randomized model's expected prediction."""
         total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         for index in range(self.num_candidates):
-            scores = self._call(index, x).reshape(x.shape[0], -1)[:, 0]
+            scores = self.candidate_forward(index, x).reshape(x.shape[0], -1)[:, 0]
             total = total + float(self.weights[index]) * (scores > threshold).to(torch.float64)
         return total

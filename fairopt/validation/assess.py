@@ -138,17 +138,41 @@ def _analytic_forms(constraint: Constraint, lookup: RateLookup, values: np.ndarr
     return forms
 
 
-def _undefined_reason(form: Form | None, lookup: RateLookup, names: Sequence[str]) -> str:
-    missing: list[str] = []
+def _missing_rates(form: Form | None, lookup: RateLookup) -> list[tuple[str, int]]:
+    """The ``(rate, group)`` terms of ``form`` whose rate is undefined on ``lookup``'s table, in order, once each."""
+    missing: list[tuple[str, int]] = []
     items = [] if form is None else ([form] if isinstance(form, Linear) else list(form.items))
     for item in items:
         for (rate, group), _ in item.terms:
-            label = f"{rate}[{names[group]}]"
-            if not lookup(rate)[1][group] and label not in missing:
-                missing.append(label)
-    detail = f" ({', '.join(missing)})" if missing else ""
+            if not lookup(rate)[1][group] and (rate, group) not in missing:
+                missing.append((rate, group))
+    return missing
+
+
+def undefined_because(rate: str) -> str:
+    """Why ``rate`` is undefined in a group, e.g. ``"no examples with label = 1"`` for the TPR."""
+    description = RATES[rate].description
+    return f"no examples with {description.split('|')[1].strip().rstrip(')')}" if "|" in description else "no examples"
+
+
+def _excluded(form: Form | None, lookup: RateLookup, names: Sequence[str]) -> tuple[str, ...]:
+    """Names of the groups an extremum entry left out (a rate it compares is undefined there)."""
+    if not isinstance(form, Extremum):
+        return ()
+    return tuple(names[g] for g in sorted({g for _, g in _missing_rates(form, lookup)}))
+
+
+def _undefined_reason(form: Form | None, lookup: RateLookup, names: Sequence[str]) -> str:
+    missing = _missing_rates(form, lookup)
+    detail = ", ".join(f"{rate}[{names[g]}]: {undefined_because(rate)}" for rate, g in missing)
+    if isinstance(form, Extremum) and not form.enough:
+        return (
+            f"undefined: it compares groups, and fewer than two have the rates it needs ({detail or 'one group'}); "
+            "a gap over one group would be 0 whatever the others do, so it can be neither satisfied nor violated"
+        )
+    detail = f" ({detail})" if detail else ""
     return (
-        f"undefined: a rate it needs has a zero denominator{detail}, e.g. a group without positive labels; "
+        f"undefined: a rate it needs has a zero denominator{detail}; "
         "it can be neither satisfied nor violated on these data"
     )
 
@@ -236,6 +260,7 @@ def assess_constraint(
     for i, name in enumerate(constraint.entry_names(names)):
         form = forms[i] if forms is not None else None
         groups = tuple(names[g] for g in sorted(form.groups)) if form is not None else tuple(names)
+        excluded = _excluded(form, lookup, names)
         if not defined[i]:
             entries.append(
                 EntryResult(
@@ -250,6 +275,7 @@ def assess_constraint(
                     _undefined_reason(form, lookup, names),
                     (),
                     groups,
+                    excluded,
                 )
             )
             continue
@@ -258,5 +284,9 @@ def assess_constraint(
         lo, hi = optional_float(iv[0]), optional_float(iv[1])
         val = float(values[i])
         verdict, reason = _verdict(lo, hi, tol, options.confidence)
-        entries.append(EntryResult(name, val, lo, hi, tol, max(0.0, val - tol), verdict, iv[2], reason, (), groups))
+        if excluded:
+            reason += f"; groups left out (a rate they need is undefined): {', '.join(excluded)}"
+        entries.append(
+            EntryResult(name, val, lo, hi, tol, max(0.0, val - tol), verdict, iv[2], reason, (), groups, excluded)
+        )
     return ConstraintResult(constraint.name, type(constraint).__name__, tol, tuple(entries))

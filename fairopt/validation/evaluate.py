@@ -10,14 +10,32 @@ batching (no per-batch averaging); nothing is copied to the host until the end (
 :func:`evaluate` then builds a :class:`~fairopt.validation.report.FairnessReport`.
 
 The model is any callable ``model(x) -> scores`` returning ``(N,)`` (or ``(N, 1)``) logits: an ``nn.Module``, a
-function, or a stochastic classifier (a callable that draws a model per example or per call: the table then
-counts one draw per example, whose rates are unbiased for the randomized classifier's rates). To evaluate stored
-scores, pass ``model=lambda s: s`` with the scores as ``x``. Under ``torch.distributed``, pass ``all_reduce=True``:
-each rank evaluates its shard and the tables are summed over ranks before anything is computed from them.
+function, or a :class:`~fairopt.optim.StochasticClassifier` (from ``records.stochastic_classifier(model)``), which is
+evaluated in expectation: the table is the probability-weighted sum of its candidates' tables (exact expected
+counts; no example ids needed). Another randomized model (a callable that draws per example or per call) gives a
+table of one draw per example, whose rates are unbiased for its rates. To evaluate stored scores, pass
+``model=lambda s: s`` with the scores as ``x``.
+
+Scores are always read as logits, never guessed per batch; one ``UserWarning`` says when they look like
+probabilities: the module ends in ``nn.Sigmoid``/``nn.Softmax``, or, at ``threshold=0``, every score of the whole
+evaluation (20 or more) lies in [0, 1].
+
+Under ``torch.distributed``, pass ``all_reduce=True``: each rank evaluates its shard and the tables are summed over
+ranks before anything is computed from them.
+
+**Distributed shards are counted exactly once.** ``torch.utils.data.DistributedSampler`` (``drop_last=False``, its
+default) pads the index list by repeating its first rows so that every rank gets the same number: counted as they
+come, the table would change with the world size, and a duplicated row could tip a rate. When ``data`` is a
+``DataLoader`` over a ``DistributedSampler``, :func:`collect_stats` counts only the first
+``len(range(rank, len(dataset), num_replicas))`` examples of the rank's stream (the padding is the tail of each
+rank's share), so the all-reduced table equals the single-process table for any world size. A
+``DistributedSampler(drop_last=True)`` leaves rows out instead (when the dataset does not divide evenly), so it is
+refused. Other shardings must be disjoint and cover the dataset: fairopt cannot see their padding.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -25,10 +43,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from fairopt._validation import PROBABILITY_HINT, ends_in_probabilities
 from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
+from fairopt.optim.stochastic import StochasticClassifier
 from fairopt.stats import GroupStats, group_stats
 from fairopt.validation.batches import Unpack, default_unpack, iterate_batches, move_to
 from fairopt.validation.moments import SecondMoments, second_moments
@@ -39,6 +60,8 @@ __all__ = ["collect_stats", "evaluate", "log_loss"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 _PROGRESS_MIN_BATCHES = 20
+# Fewer scores than this can all lie in [0, 1] as logits by chance: no probability warning.
+_MIN_SCORES_FOR_PROBABILITY_CHECK = 20
 
 
 def log_loss(scores: Tensor, labels: Tensor) -> Tensor:
@@ -120,20 +143,33 @@ def collect_stats(
         unpack: ``unpack(batch) -> (x, labels, groups, weights_or_None)`` for other batch layouts.
         progress: show a tqdm bar; ``None`` (default): when the data has >= 20 batches and stderr is a terminal.
         validate: value checks of :func:`fairopt.group_stats` (``None``: the global default).
-        all_reduce: under ``torch.distributed`` with each rank evaluating its own shard (e.g. a
-            ``DistributedSampler``), sum both tables over the ranks in one collective, so that every rank holds
-            the tables of the whole dataset (ratios are never averaged). A no-op without a process group.
+        all_reduce: under ``torch.distributed`` with each rank evaluating its own shard, sum both tables over
+            the ranks in one collective, so that every rank holds the tables of the whole dataset (ratios are never
+            averaged). A no-op without a process group. Shard with a ``DataLoader(dataset,
+            sampler=DistributedSampler(dataset, shuffle=False))``: its padding rows are not counted (module
+            docstring); with any other sharding, the shards must be disjoint and cover the dataset.
 
     Returns:
         ``(stats, moments)``: a ``(G, 9)`` float64 :class:`GroupStats` and a ``(G, 7)`` :class:`SecondMoments`, on
         the CPU.
 
     Raises:
-        TypeError, ValueError: unreadable data or batches, a model output that is not ``(N,)`` logits, and the
-            input errors of :func:`fairopt.group_stats` (labels not in {0, 1}, group ids out of range, ...).
+        TypeError, ValueError: unreadable data or batches, a model output that is not ``(N,)`` logits, a
+            ``DistributedSampler(drop_last=True)`` (it leaves rows out), and the input errors of
+            :func:`fairopt.group_stats` (labels not in {0, 1}, group ids out of range, ...).
     """
     unpack = unpack or default_unpack
     run_device = torch.device(device) if device is not None else _model_device(model)
+    remaining = _unpadded_count(data)
+    output_layer = ends_in_probabilities(model)
+    if output_layer is not None:
+        warnings.warn(
+            f"the model ends in {output_layer}: its outputs look like probabilities. {PROBABILITY_HINT}",
+            UserWarning,
+            stacklevel=2,
+        )
+    count = 0
+    low_high: list[Tensor] = []  # running min and max of the scores, to see whether all lie in [0, 1]
     batches, length = iterate_batches(data, batch_size)
     show = progress if progress is not None else (None if (length or 0) >= _PROGRESS_MIN_BATCHES else False)
     stats: GroupStats | None = None
@@ -142,37 +178,105 @@ def collect_stats(
         for batch in tqdm(batches, total=length, disable=(not show) if show is not None else None, leave=False):
             x, labels, groups, weights = unpack(batch)
             n = _label_count(labels)
-            scores = _scores(model(move_to(x, run_device)), n)
-            # Reduce in float64 (MPS has none: its batches are reduced on the CPU). A float64 copy of (N,) scores is
-            # cheap next to the forward pass, keeps predictions identical (float32 -> float64 is exact), and makes
-            # the proxy and loss sums accurate to ~1e-12 instead of float32's ~1e-7 per example.
-            where = torch.device("cpu") if scores.device.type == "mps" else scores.device
-            scores = scores.to(where, torch.float64)
-            labels, groups = labels.to(where), groups.to(where)
-            w = None if weights is None else weights.to(where, torch.float64)
-            loss = None if loss_fn is None else loss_fn(scores, labels).detach().double().reshape(-1)
-            batch_stats = group_stats(
-                scores, labels, groups, num_groups, weights=w, loss=loss, threshold=threshold, validate=validate
+            inputs = move_to(x, run_device)
+            # A stochastic classifier is evaluated in expectation: its candidates' tables weighted by their
+            # probabilities (exact expected counts, no sampling noise and no example ids needed).
+            outputs = (
+                [(float(p), model.candidate_forward(t, inputs)) for t, p in enumerate(model.weights.tolist())]
+                if isinstance(model, StochasticClassifier)
+                else [(1.0, model(inputs))]
             )
-            batch_moments = second_moments(
-                scores,
-                labels,
-                groups,
-                num_groups,
-                weights=w,
-                loss=loss,
-                threshold=threshold,
-                frequency_weights=frequency_weights,
-                stats=batch_stats,
-            )
-            stats = batch_stats if stats is None else stats + batch_stats
-            moments = batch_moments if moments is None else moments + batch_moments
+            if remaining is not None:  # a DistributedSampler's padding is the tail of the rank's stream
+                keep = min(n, remaining)
+                remaining -= keep
+                if keep < n:
+                    outputs = [(p, _scores(out, n)[:keep]) for p, out in outputs]
+                    labels, groups = labels[:keep], groups[:keep]
+                    weights = None if weights is None else weights[:keep]
+                    n = keep
+            count += n
+            for p, out in outputs:
+                scores = _scores(out, n)
+                if n and output_layer is None:
+                    lo, hi = torch.aminmax(scores)
+                    low_high = [lo, hi] if not low_high else [low_high[0].minimum(lo), low_high[1].maximum(hi)]
+                batch_stats, batch_moments = _batch_tables(
+                    scores, labels, groups, weights, num_groups, threshold, loss_fn, frequency_weights, validate
+                )
+                if p != 1.0:
+                    batch_stats, batch_moments = batch_stats * p, SecondMoments(batch_moments.table * p)
+                stats = batch_stats if stats is None else stats + batch_stats
+                moments = batch_moments if moments is None else moments + batch_moments
+    enough = count >= _MIN_SCORES_FOR_PROBABILITY_CHECK and threshold == 0.0 and low_high
+    if enough and bool((low_high[0] >= 0) & (low_high[1] <= 1)):  # one sync, after the last batch
+        warnings.warn(
+            f"every one of the {count} scores lies in [0, 1]: they look like probabilities. {PROBABILITY_HINT}",
+            UserWarning,
+            stacklevel=2,
+        )
     if stats is None or moments is None:  # no batches (e.g. an empty shard): zero tables, where NCCL wants them
         where = run_device if run_device is not None and run_device.type == "cuda" else None
         stats, moments = GroupStats.zeros(num_groups, device=where), SecondMoments.zeros(num_groups, device=where)
     if all_reduce:
         stats, moments = _sum_over_ranks(stats, moments)
     return stats.to("cpu"), moments.to("cpu")
+
+
+def _batch_tables(
+    scores: Tensor,
+    labels: Tensor,
+    groups: Tensor,
+    weights: Tensor | None,
+    num_groups: int,
+    threshold: float,
+    loss_fn: LossFn | None,
+    frequency_weights: bool,
+    validate: bool | None,
+) -> tuple[GroupStats, SecondMoments]:
+    """The ``GroupStats`` and ``SecondMoments`` of one batch of scores."""
+    # Reduce in float64 (MPS has none: its batches are reduced on the CPU). A float64 copy of (N,) scores is cheap
+    # next to the forward pass, keeps predictions identical (float32 -> float64 is exact), and makes the proxy and
+    # loss sums accurate to ~1e-12 instead of float32's ~1e-7 per example.
+    where = torch.device("cpu") if scores.device.type == "mps" else scores.device
+    scores = scores.to(where, torch.float64)
+    labels, groups = labels.to(where), groups.to(where)
+    w = None if weights is None else weights.to(where, torch.float64)
+    loss = None if loss_fn is None else loss_fn(scores, labels).detach().double().reshape(-1)
+    stats = group_stats(
+        scores, labels, groups, num_groups, weights=w, loss=loss, threshold=threshold, validate=validate
+    )
+    moments = second_moments(
+        scores,
+        labels,
+        groups,
+        num_groups,
+        weights=w,
+        loss=loss,
+        threshold=threshold,
+        frequency_weights=frequency_weights,
+        stats=stats,
+    )
+    return stats, moments
+
+
+def _unpadded_count(data: Any) -> int | None:
+    """For a ``DataLoader`` over a ``DistributedSampler``: how many of this rank's examples are real rows (the rest
+    is the sampler's padding); else None.
+
+    Raises:
+        ValueError: a ``DistributedSampler(drop_last=True)``, which leaves rows out of the evaluation.
+    """
+    sampler = getattr(data, "sampler", None) if isinstance(data, DataLoader) else None
+    if not isinstance(sampler, DistributedSampler):
+        return None
+    n = len(sampler.dataset)  # type: ignore[arg-type]
+    if sampler.drop_last and n % sampler.num_replicas:
+        raise ValueError(
+            f"DistributedSampler(drop_last=True) leaves {n % sampler.num_replicas} of {n} rows out of the "
+            "evaluation, so the result would depend on the world size; build the evaluation sampler with "
+            "drop_last=False (fairopt does not count its padding rows)"
+        )
+    return len(range(sampler.rank, n, sampler.num_replicas))
 
 
 def _sum_over_ranks(stats: GroupStats, moments: SecondMoments) -> tuple[GroupStats, SecondMoments]:

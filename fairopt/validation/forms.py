@@ -7,7 +7,8 @@ Every entry of the built-in constraints, and of most hand-written rate expressio
   complementary rates are rewritten as ``fnr = 1 - tpr``, ``tnr = 1 - fpr``, ``accuracy = 1 - error_rate``);
 * an **extremum** ``max_i L_i`` or ``min_i L_i`` over linear forms, which covers ``|L| = max(L, -L)``,
   ``max_g r_g - min_g r_g = max_{a,b} (r_a - r_b)``, ``p · max r - min r = max_{a,b} (p r_a - r_b)`` and
-  ``max`` over a vector, over the *defined* items, as :mod:`fairopt.constraints.expressions` does.
+  ``max`` over a vector, over the *defined* items, as :mod:`fairopt.constraints.expressions` does (a reduction with
+  fewer than ``min_defined`` defined entries is undefined: :attr:`Extremum.enough`).
 
 :func:`extract_forms` walks a constraint's expression tree and returns one form per entry, or ``None`` when an
 expression is outside this class (products or quotients of rates, ``max(A) + min(B)``, elementwise
@@ -110,14 +111,16 @@ class Linear:
 
 @dataclass(frozen=True)
 class Extremum:
-    """``max`` (or ``min``) over the defined items; defined when any item is."""
+    """``max`` (or ``min``) over the defined items; defined when any item is and every reduction it came from had
+    enough defined entries (``enough``: ``.max(min_defined=)`` of the expression; ``abs`` always has)."""
 
     how: str
     items: tuple[Linear, ...]
+    enough: bool = True
 
     @property
     def defined(self) -> bool:
-        return any(item.defined for item in self.items)
+        return self.enough and any(item.defined for item in self.items)
 
     @property
     def groups(self) -> frozenset[int]:
@@ -125,7 +128,7 @@ class Extremum:
 
     def value(self, lookup: RateLookup) -> float:
         values = [item.value(lookup) for item in self.items if item.defined]
-        if not values:
+        if not values or not self.enough:
             return float("nan")
         return max(values) if self.how == "max" else min(values)
 
@@ -158,7 +161,7 @@ def _scale(form: Form, factor: float) -> Form:
     if isinstance(form, Linear):
         return form.scaled(factor)
     how = form.how if factor >= 0 else {"max": "min", "min": "max"}[form.how]
-    return Extremum(how, tuple(item.scaled(factor) for item in form.items))
+    return Extremum(how, tuple(item.scaled(factor) for item in form.items), form.enough)
 
 
 def _add(a: Form, b: Form) -> Form | None:
@@ -168,10 +171,10 @@ def _add(a: Form, b: Form) -> Form | None:
         a, b = b, a
     assert isinstance(a, Extremum)
     if isinstance(b, Linear):
-        return Extremum(a.how, tuple(item.plus(b) for item in a.items))
+        return Extremum(a.how, tuple(item.plus(b) for item in a.items), a.enough)
     if a.how != b.how:  # max(A) + min(B) is not an extremum of linear forms
         return None
-    return Extremum(a.how, tuple(x.plus(y) for x in a.items for y in b.items))
+    return Extremum(a.how, tuple(x.plus(y) for x in a.items for y in b.items), a.enough and b.enough)
 
 
 def _constant(form: Form) -> float | None:
@@ -210,16 +213,17 @@ def _binop(op: str, a: list[Form], b: list[Form]) -> list[Form] | None:
     return out
 
 
-def _reduce(how: str, parts: list[Form]) -> list[Form] | None:
+def _reduce(how: str, parts: list[Form], min_defined: int) -> list[Form] | None:
+    enough = sum(part.defined for part in parts) >= min_defined
     items: list[Linear] = []
     for part in parts:
         if isinstance(part, Linear):
             items.append(part)
-        elif part.how == how:
+        elif part.how == how and part.enough:
             items.extend(part.items)
         else:
             return None
-    return [Extremum(how, tuple(items))]
+    return [Extremum(how, tuple(items), enough)]
 
 
 def _walk(node: Expr, lookup: RateLookup, num_groups: int) -> list[Form] | None:
@@ -245,7 +249,7 @@ def _walk(node: Expr, lookup: RateLookup, num_groups: int) -> list[Form] | None:
         return [Extremum("max", (x, x.scaled(-1.0))) for x in a if isinstance(x, Linear)]
     if isinstance(node, _Reduce):
         a = _walk(node.a, lookup, num_groups)
-        return None if a is None else _reduce(node.how, a)
+        return None if a is None else _reduce(node.how, a, node.min_defined)
     if isinstance(node, _Pairwise):
         a, b = _walk(node.a, lookup, num_groups), _walk(node.b, lookup, num_groups)
         if a is None or b is None or len(a) != len(b):

@@ -4,12 +4,12 @@ Build one with :func:`fairopt.validation.evaluate` (from a model and data) or :m
 (from a ``GroupStats`` table you already have). The report keeps the table itself, so it can be re-read, merged
 into other tools, or turned back into a :class:`~fairopt.stats.GroupStats` (:attr:`FairnessReport.stats`).
 
-JSON schema ``fairopt.validation.FairnessReport``, version 1 (:data:`SCHEMA_VERSION`)
+JSON schema ``fairopt.validation.FairnessReport``, version 2 (:data:`SCHEMA_VERSION`)
 ------------------------------------------------------------------------------------
 A JSON object (standard JSON: no NaN or Infinity; an undefined number is ``null``)::
 
     schema          "fairopt.validation.FairnessReport"
-    schema_version  1  (a reader refuses a larger version)
+    schema_version  2  (a reader refuses a larger version; version 1 lacks the entries' ``excluded``)
     split           string or null: "train", "held-out", "test", ...
     options         {confidence, method, constraint_method, n_resamples, seed, max_train_error}: ReportOptions
     rates           [canonical rate names], the columns of the group table, in order
@@ -26,7 +26,7 @@ A JSON object (standard JSON: no NaN or Infinity; an undefined number is ``null`
     constraint  = {name, kind (class name), tolerance, verdict, entries: [entry]}
     entry       = {name, value, lower, upper (number or null), tolerance, violation (number or null),
                    verdict ("satisfied" | "violated" | "cannot tell"), method, reason, flags: [string],
-                   groups: [group name]}
+                   groups: [group name], excluded: [group name] (left out: a rate it compares is undefined)}
 
 Rates are fractions in [0, 1]; ``mean_loss`` is in the loss's units; counts are weighted example counts.
 ``FairnessReport.from_json(report.to_json()) == report`` holds exactly (floats are written with ``repr``).
@@ -64,7 +64,7 @@ from fairopt.validation.results import ConstraintResult, Estimate, GroupRow, Ver
 __all__ = ["DEFAULT_RATES", "SCHEMA", "SCHEMA_VERSION", "FairnessReport", "resolve_group_names"]
 
 SCHEMA = "fairopt.validation.FairnessReport"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_RATES: tuple[str, ...] = (
     "base_rate",
     "selection_rate",
@@ -131,6 +131,21 @@ def _rows(
 
 def _table(tensor: torch.Tensor) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(v) for v in row) for row in tensor.detach().cpu().double().tolist())
+
+
+def _entry_warnings(results: Sequence[ConstraintResult]) -> list[str]:
+    """One warning per undefined entry and per entry that left groups out, so neither passes unnoticed."""
+    out = []
+    for result in results:
+        for e in result.entries:
+            if not e.defined:
+                out.append(f"{result.name}: entry {e.name} is {e.reason}")
+            elif e.excluded:
+                out.append(
+                    f"{result.name}: entry {e.name} leaves out group(s) {', '.join(map(repr, e.excluded))} (a rate it "
+                    "compares is undefined there); its value covers the other groups only"
+                )
+    return out
 
 
 @dataclass(frozen=True)
@@ -208,6 +223,7 @@ class FairnessReport:
         warnings = [
             f"group {n!r} has no examples: its rates are undefined" for n, r in zip(names, rows) if r.count == 0
         ]
+        warnings += _entry_warnings(results)
         if any("illusion_of_fairness" in e.flags for r in results for e in r.entries):
             warnings.append(
                 "illusion of fairness: some error-based constraints look met only because the model (nearly) "

@@ -100,6 +100,8 @@ class EntryResult:
         verdict: :class:`Verdict`. method: how the interval was computed (e.g. ``"newcombe"``, ``"bootstrap"``).
         reason: why the verdict (one sentence). flags: e.g. ``("illusion_of_fairness",)``.
         groups: names of the groups whose data the value depends on.
+        excluded: names of the groups the entry left out because a rate it compares is undefined there (zero
+            denominator, e.g. no positive labels for a TPR): the value, when defined, covers the other groups only.
     """
 
     name: str
@@ -113,6 +115,7 @@ class EntryResult:
     reason: str
     flags: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
 
     @property
     def defined(self) -> bool:
@@ -131,6 +134,7 @@ class EntryResult:
             "reason": self.reason,
             "flags": list(self.flags),
             "groups": list(self.groups),
+            "excluded": list(self.excluded),
         }
 
     @classmethod
@@ -138,6 +142,7 @@ class EntryResult:
         fields = dict(data)
         fields["verdict"] = Verdict(fields["verdict"])
         fields["flags"], fields["groups"] = tuple(fields["flags"]), tuple(fields["groups"])
+        fields["excluded"] = tuple(fields.get("excluded", ()))  # absent in reports written by fairopt 0.1.0
         return cls(**fields)
 
 
