@@ -19,6 +19,7 @@ non-finite hard value as undefined. An undefined entry never moves its multiplie
 from __future__ import annotations
 
 import abc
+import enum
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +30,15 @@ from torch import Tensor
 
 from fairopt.constraints import ConstraintValue
 
-__all__ = ["DualPlayer", "as_margin", "check_positive", "observed_values"]
+__all__ = [
+    "DualPlayer",
+    "as_margin",
+    "as_score_vector",
+    "check_positive",
+    "load_plain_optimizer_state",
+    "observed_values",
+    "plain_optimizer_state",
+]
 
 
 def check_positive(name: str, value: float) -> float:
@@ -56,6 +65,63 @@ def as_margin(value: Any, num_entries: int) -> np.ndarray:
     if np.isnan(margin).any() or (margin < 0).any():
         raise ValueError(f"margin must be >= 0 (constraint units), got {margin.tolist()}")
     return np.where(np.isinf(margin), 0.0, margin)
+
+
+def as_score_vector(scores: Tensor) -> Tensor:
+    """Scores as one logit per example, ``(N,)``: an ``(N, 1)`` column (``nn.Linear(d, 1)``'s output) is squeezed.
+
+    Squeezing here, and only the trailing unit dimension, keeps a ``(N, 1)`` column from ever meeting ``(N,)``
+    labels in an elementwise operation, which would broadcast to ``(N, N)`` without an error. Anything that is not a
+    tensor is returned unchanged (the measurement names the type).
+
+    Raises:
+        ValueError: any other shape, e.g. ``()`` or a two-column ``(N, 2)`` head; the message names the shape and
+            how to get ``(N,)``.
+    """
+    if not isinstance(scores, Tensor) or scores.dim() == 1:
+        return scores
+    if scores.dim() == 2 and scores.shape[1] == 1:
+        return scores.squeeze(-1)
+    shape = tuple(scores.shape)
+    hint = "pass scores.squeeze(-1) or scores.reshape(-1) (one logit per example)"
+    if scores.dim() == 2 and scores.shape[1] == 2:
+        hint = "for a two-logit softmax head pass scores=logits[:, 1] - logits[:, 0] (the positive class's logit)"
+    raise ValueError(f"scores must have shape (N,) or (N, 1), one logit per example, got {shape}; {hint}")
+
+
+def plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with :class:`enum.Enum` hyper-parameters replaced by their ``.value``.
+
+    ``torch.load`` refuses any class that is not on its allow-list with ``weights_only=True`` (the default since
+    torch 2.6), e.g. cooper's ``nuPIInitType`` in nuPI's param groups; plain values load everywhere.
+    :func:`load_plain_optimizer_state` restores the enums. The tensors are shared with the optimizer, as in
+    ``state_dict()``.
+    """
+    state = optimizer.state_dict()
+    groups = [{k: v.value if isinstance(v, enum.Enum) else v for k, v in g.items()} for g in state["param_groups"]]
+    return {**state, "param_groups": groups}
+
+
+def load_plain_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)`` for a :func:`plain_optimizer_state` (or a plain ``state_dict()``).
+
+    A saved hyper-parameter whose live counterpart is an :class:`enum.Enum` is converted back to that enum type:
+    torch's loader copies the saved param-group values over the live ones, so a bare ``0`` would otherwise replace
+    e.g. ``nuPIInitType.ZEROS``, and nuPI would silently take its other branch.
+
+    Raises:
+        ValueError: a saved value is not a member of the live enum; torch's errors for another number of groups
+            or parameters.
+    """
+    groups = []
+    for index, saved in enumerate(state["param_groups"]):
+        live = optimizer.param_groups[index] if index < len(optimizer.param_groups) else {}
+        group = dict(saved)
+        for key, value in live.items():
+            if isinstance(value, enum.Enum) and key in group and not isinstance(group[key], enum.Enum):
+                group[key] = type(value)(group[key])
+        groups.append(group)
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def observed_values(value: ConstraintValue) -> tuple[Tensor, Tensor]:

@@ -41,7 +41,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from fairopt._validation import validation_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, value_tensors
-from fairopt.optim.base import as_margin, check_positive
+from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.dual_stats import DualStatistics
 from fairopt.optim.lagrangian import DualOptimizerFactory, LagrangianPlayer
@@ -64,7 +64,9 @@ __all__ = ["DUAL_UPDATES", "DUAL_VALUES", "METHODS", "ConstrainedOptimizer", "St
 
 DUAL_UPDATES = ("simultaneous", "alternating")
 DUAL_VALUES = ("hard", "proxy")
-_STATE_FORMAT = 1
+# 2: constraint entries stored for the identity check, margin as a tensor, plain (weights_only) optimizer states.
+_STATE_FORMAT = 2
+_STATE_FORMATS = (1, 2)  # format 1 (before the entries were stored) still loads: constraints are matched by name
 _TRACE_LENGTH = 200  # dual steps kept for check()'s settling test
 
 HeldoutFn = Callable[[], "GroupStats | Mapping[str, Tensor]"]
@@ -91,6 +93,16 @@ class StepResult:
 
 def _detached(value: ConstraintValue) -> ConstraintValue:
     return ConstraintValue(value.hard.detach(), value.proxy.detach(), value.defined)
+
+
+def _describe(summary: Mapping[str, Any]) -> str:
+    """A :meth:`~fairopt.optim.ConstraintSet.describe` summary in one line, for error messages."""
+    names = list(summary["constraints"])
+    if "entries" in summary:
+        names = [
+            f"{name} ({len(entries)} entries: {', '.join(entries)})" for name, entries in zip(names, summary["entries"])
+        ]
+    return f"[{'; '.join(names)}] (num_constraints={summary['num_constraints']}, num_groups={summary['num_groups']})"
 
 
 class ConstrainedOptimizer:
@@ -144,8 +156,11 @@ class ConstrainedOptimizer:
             ``"proxy"`` (the surrogate, as a plain Lagrangian would; over-constrains with an upper-bounding proxy,
             Cotter et al., JMLR 2019, Section 6).
         dual_source: ``"train"`` (default) or ``"heldout"`` (the dual reads only statistics given by ``heldout``,
-            :meth:`observe_heldout` or :meth:`update_duals`).
-        dual_every: take a dual step every k primal steps (>= 1) on the tables pending since the last one.
+            :meth:`observe_heldout` or :meth:`update_duals`). Without ``heldout``, :meth:`step` raises at the second
+            scheduled dual step if no held-out statistics have arrived by then (the multipliers would never move).
+        dual_every: take a dual step every k primal steps (>= 1) on the tables pending since the last one; None: no
+            scheduled dual steps, the duals move only when :meth:`update_duals` is called (e.g. once per epoch on a
+            full validation pass).
         heldout: with ``dual_source="heldout"``: a callable returning a :class:`~fairopt.GroupStats` or a mapping
             of :meth:`observe_heldout` arguments (e.g. the next validation batch's ``scores/labels/groups``),
             called under ``torch.no_grad`` at each step that takes a dual step, before the primal update (switch
@@ -182,9 +197,10 @@ class ConstrainedOptimizer:
             (:func:`fairopt.set_validation`); each check costs one host synchronization.
 
     Raises:
-        ValueError: unknown method / option names, ``dual_lr <= 0`` (or not finite), ``dual_every < 1``, an option
-            that does not apply to the chosen method, ``heldout`` without ``dual_source="heldout"``, a constraint
-            referring to a group ``>= num_groups``, a dual optimizer without ``maximize=True``.
+        ValueError: unknown method / option names, ``dual_lr <= 0`` (or not finite), ``dual_every`` neither None nor
+            an int >= 1, an option that does not apply to the chosen method, ``heldout`` without
+            ``dual_source="heldout"`` or with ``dual_every=None`` (it would never be called), a constraint referring
+            to a group ``>= num_groups``, a dual optimizer without ``maximize=True``.
         TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, a constraint is not a fairopt constraint.
     """
 
@@ -208,7 +224,7 @@ class ConstrainedOptimizer:
         threshold: float = 0.0,
         dual_value: str = "hard",
         dual_source: str = "train",
-        dual_every: int = 1,
+        dual_every: int | None = 1,
         heldout: HeldoutFn | None = None,
         dual_min_count: float | None = 100.0,
         dual_max_window: int = 100,
@@ -243,6 +259,11 @@ class ConstrainedOptimizer:
         check_options(method, dual_source=dual_source, heldout=heldout, **options)
         if heldout is not None and dual_source != "heldout":
             raise ValueError("heldout= feeds the dual player; it needs dual_source='heldout'")
+        if heldout is not None and dual_every is None:
+            raise ValueError(
+                "heldout= is called at the scheduled dual steps, and dual_every=None schedules none; pass dual_every=k "
+                "(a dual step every k primal steps), or drop heldout= and call update_duals(stats) yourself"
+            )
         self.optimizer = optimizer
         self.method, self.dual_update, self.dual_value = method, dual_update, dual_value
         self.validate, self.heldout, self.records = validate, heldout, records
@@ -336,9 +357,13 @@ class ConstrainedOptimizer:
         ``loss.backward()`` before. Gradients already in ``.grad`` are accumulated into, as with a plain
         ``loss.backward(); optimizer.step()``.
 
+        Every argument is keyword-only, so two tensors of the same shape and kind (``labels`` and ``groups`` are
+        both ``(N,)`` small integers) can never be swapped by position without an error.
+
         Args:
             loss: scalar objective ``f`` (e.g. mean cross-entropy), differentiable.
-            scores: ``(N,)`` logits of the same batch (keep the graph: the proxies are differentiable).
+            scores: ``(N,)`` logits of the same batch (keep the graph: the proxies are differentiable); an ``(N, 1)``
+                column, as ``nn.Linear(d, 1)`` gives, is read as ``(N,)``.
             groups: ``(N,)`` integer group ids in ``[0, G)``.
             labels: ``(N,)`` 0/1 labels (optional only when every constraint is label-free, e.g. demographic parity).
             weights: optional ``(N,)`` example weights for the rates.
@@ -348,11 +373,21 @@ class ConstrainedOptimizer:
             :class:`StepResult`.
 
         Raises:
-            TypeError: ``loss`` is not a tensor. ValueError: ``loss`` is not a scalar, does not require grad, or is
-                NaN/inf (when validation is on); a tensor a constraint needs is missing; invalid scores, labels or
-                group ids (see :func:`fairopt.group_stats`).
+            TypeError: ``loss`` is not a tensor; an argument passed by position. ValueError: ``loss`` is not a
+                scalar, does not require grad, or is NaN/inf (when validation is on); a tensor a constraint needs is
+                missing; scores of another shape than ``(N,)`` or ``(N, 1)``; invalid scores, labels or group ids
+                (see :func:`fairopt.group_stats`).
+            RuntimeError: ``dual_source="heldout"`` without ``heldout=``, and this is the second scheduled dual step
+                with no held-out statistics ever given (:meth:`observe_heldout` / :meth:`update_duals`): the
+                multipliers would stay at their initial values, i.e. training would be unconstrained. One such step
+                is tolerated, for loops that observe a held-out batch right after each step.
         """
         self._check_loss(loss)
+        dual_stats = self.dual_statistics
+        due = self.method != "penalty" and dual_stats.due(self.num_steps + 1)
+        unfed = due and self.heldout is None and dual_stats.source == "heldout" and dual_stats.num_observed == 0
+        if unfed and dual_stats.num_unfed >= 1:
+            self._raise_no_heldout(dual_stats.num_unfed + 1)
         cs = self.constraint_set
         stats = cs.measure(
             scores, groups=groups, labels=labels, weights=weights, example_losses=example_losses, validate=self.validate
@@ -365,10 +400,10 @@ class ConstrainedOptimizer:
         else:  # constants: the proxy gradient enters through _primal_objective
             value = ConstraintValue(*value_tensors(lin._replace(vjp=None), stats.table.detach().to(cs.dtype)))
         self.num_steps += 1
-        dual_stats = self.dual_statistics
         if dual_stats.source == "train" and not dual_stats.passthrough:
             dual_stats.observe(stats)
-        due = self.method != "penalty" and dual_stats.due(self.num_steps)
+        if unfed:
+            dual_stats.num_unfed += 1
         if due and self.heldout is not None:  # measured at the same θ as the batch, before the primal step
             with torch.no_grad():
                 self._observe(self.heldout())
@@ -378,6 +413,16 @@ class ConstrainedOptimizer:
         if due and self.dual_update == "simultaneous":
             dual_value = self._dual_step(value)
         return StepResult(loss.detach(), objective.detach(), _detached(value), self.player.multipliers, dual_value)
+
+    def _raise_no_heldout(self, dual_steps: int) -> NoReturn:
+        raise RuntimeError(
+            f"dual_source='heldout' but the dual player has received no held-out statistics in {dual_steps} scheduled "
+            f"dual steps (one every dual_every={self.dual_statistics.every} primal steps): the multipliers would stay "
+            "at their initial values and training would be unconstrained. Pass heldout=lambda: {'scores': "
+            "model(x_val).squeeze(-1), 'labels': y_val, 'groups': a_val} to ConstrainedOptimizer, or call "
+            "opt.observe_heldout(scores=..., labels=..., groups=...) before the dual steps; to move the duals only "
+            "through opt.update_duals(stats), build the optimizer with dual_every=None"
+        )
 
     def _primal_objective(
         self, loss: Tensor, stats: GroupStats, value: ConstraintValue, lin: Linearization | None
@@ -475,7 +520,8 @@ class ConstrainedOptimizer:
         """Add one held-out batch to the statistics the next dual step reads (``dual_source="heldout"``).
 
         Call it e.g. with a validation batch every few steps; the dual steps (every ``dual_every`` primal steps)
-        read the sum of the tables observed since the previous dual step. Returns the batch's table.
+        read the sum of the tables observed since the previous dual step. Arguments as :meth:`step` (``scores``
+        ``(N,)`` or ``(N, 1)``). Returns the batch's table.
 
         Raises:
             ValueError: the optimizer was built with ``dual_source="train"``; invalid inputs.
@@ -605,36 +651,47 @@ class ConstrainedOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit for bit: the wrapped optimizer, the dual player (multipliers, dual
         optimizer, penalty coefficients, or the proxy-Lagrangian state), pending and running statistics, records,
-        the margin, the multiplier trace :meth:`check` reads, and the step counter. (The model and LR schedulers are
-        saved by the user, as usual.)"""
+        the margin, the multiplier trace :meth:`check` reads, the step counter, and the constraints' description
+        (:meth:`~fairopt.optim.ConstraintSet.describe`) that :meth:`load_state_dict` checks. (The model and LR
+        schedulers are saved by the user, as usual.)
+
+        Only tensors, strings, numbers, bools, None and lists/dicts of them (enum hyper-parameters of the optimizers,
+        e.g. nuPI's, are stored as their values), so ``torch.load(path, weights_only=True)``, torch's default since
+        2.6, loads it."""
         return {
             "format": _STATE_FORMAT,
             "method": self.method,
             "constraints": self.constraint_set.describe(),
             "num_steps": self.num_steps,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": plain_optimizer_state(self.optimizer),
             "player": self.player.state_dict(),
             "dual_statistics": self.dual_statistics.state_dict(),
             "records": None if self.records is None else self.records.state_dict(),
-            "margin": None if self._margin is None else self._margin.copy(),
+            "margin": None if self._margin is None else torch.from_numpy(self._margin.copy()),
             "multiplier_trace": [t.clone() for t in self._trace],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`.
+        """Restore a :meth:`state_dict`. Every check runs before anything is restored.
+
+        The constraints must be the ones the state was saved with: the same entries (what each multiplier weighs,
+        e.g. ``"max_g tpr[g] - min_g tpr[g]"``), in the same order, on the same number of groups; a different
+        tolerance, proxy or threshold is accepted. A state of the previous format (1), which stored only the
+        constraints' names, is matched by name, tolerance included.
 
         Raises:
-            ValueError: the state is for another method or another set of constraints.
+            ValueError: an unknown format; the state is for another method or for other constraints (the message
+                lists the saved constraints and this optimizer's).
         """
-        if state.get("format") != _STATE_FORMAT:
-            raise ValueError(f"unknown state_dict format {state.get('format')!r}")
+        if state.get("format") not in _STATE_FORMATS:
+            raise ValueError(
+                f"unknown state_dict format {state.get('format')!r} (this version reads {_STATE_FORMATS}); was it "
+                "saved by ConstrainedOptimizer.state_dict() of a newer fairopt?"
+            )
         if state["method"] != self.method:
             raise ValueError(f"state_dict is for method={state['method']!r}, this optimizer uses {self.method!r}")
-        mine = self.constraint_set.describe()
-        for key in ("num_constraints", "num_groups"):
-            if state["constraints"][key] != mine[key]:
-                raise ValueError(f"state_dict has {key}={state['constraints'][key]}, this optimizer has {mine[key]}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._check_constraints(state["constraints"])
+        load_plain_optimizer_state(self.optimizer, state["optimizer"])
         self.player.load_state_dict(state["player"])
         self.dual_statistics.load_state_dict(state["dual_statistics"])
         if state["records"] is not None:
@@ -645,6 +702,20 @@ class ConstrainedOptimizer:
         if "margin" in state:  # states saved before margins existed keep the constructor's
             self.margin = state["margin"]
         self._trace = deque((t.clone() for t in state.get("multiplier_trace", [])), maxlen=_TRACE_LENGTH)
+
+    def _check_constraints(self, saved: Mapping[str, Any]) -> None:
+        """Refuse a state saved for other constraints, before cooper's multipliers meet a state of another size."""
+        mine = self.constraint_set.describe()
+        same = all(saved[key] == mine[key] for key in ("num_constraints", "num_groups"))
+        if "entries" in saved:
+            same = same and [list(entries) for entries in saved["entries"]] == mine["entries"]
+        else:  # format 1 stored the names only
+            same = same and list(saved["constraints"]) == mine["constraints"]
+        if not same:
+            raise ValueError(
+                f"state_dict was saved for the constraints {_describe(saved)}, but this optimizer has "
+                f"{_describe(mine)}; build the optimizer with the constraints (and num_groups) the state was saved with"
+            )
 
     def __repr__(self) -> str:
         return (

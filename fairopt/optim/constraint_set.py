@@ -23,6 +23,7 @@ from torch import Tensor
 
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
+from fairopt.optim.base import as_score_vector
 from fairopt.proxies import Proxy, as_proxy
 from fairopt.stats import COLUMNS, GroupStats, group_stats
 
@@ -121,7 +122,8 @@ class ConstraintSet:
         """Reduce one batch to its ``(G, K)`` table with this set's proxy, threshold and dtype.
 
         Args:
-            scores: ``(N,)`` logits (the graph is kept: the proxy columns are differentiable).
+            scores: ``(N,)`` logits, or ``(N, 1)`` (e.g. ``nn.Linear(d, 1)``'s output; read as ``(N,)``). The graph
+                is kept: the proxy columns are differentiable.
             groups: ``(N,)`` integer group ids in ``[0, G)``.
             labels: ``(N,)`` 0/1 labels; may be omitted only when :attr:`needs_labels` is False.
             weights: optional ``(N,)`` example weights. example_losses: optional ``(N,)`` per-example losses
@@ -129,12 +131,13 @@ class ConstraintSet:
             validate: value checks of :func:`fairopt.group_stats` (None: the global default).
 
         Raises:
-            ValueError: a tensor that a constraint needs is missing (the message names the constraint), plus
-                everything :func:`fairopt.group_stats` raises.
+            ValueError: a tensor that a constraint needs is missing (the message names the constraint); scores of
+                another shape than ``(N,)`` / ``(N, 1)``; plus everything :func:`fairopt.group_stats` raises.
         """
         if scores is None or groups is None:
             missing = "scores" if scores is None else "groups"
             raise ValueError(f"{missing} is required to measure fairness constraints; pass {missing}=... to step()")
+        scores = as_score_vector(scores)
         if labels is None:
             if self.needs_labels:
                 raise ValueError(
@@ -289,9 +292,15 @@ class ConstraintSet:
         )
 
     def describe(self) -> dict[str, Any]:
-        """A plain summary (constraint names, m, G, proxy, threshold), e.g. to store next to a checkpoint."""
+        """A plain summary (strings and numbers only), e.g. to store next to a checkpoint.
+
+        Keys: ``constraints`` (names, with their tolerance), ``entries`` (one list per constraint of its entries'
+        names, e.g. ``"max_g tpr[g] - min_g tpr[g]"``: what each multiplier weighs, without the tolerance),
+        ``num_constraints`` (m), ``num_groups`` (G), ``proxy``, ``threshold``.
+        """
         return {
             "constraints": [c.name for c in self.constraints],
+            "entries": [list(c.entry_names(self.num_groups)) for c in self.constraints],
             "num_constraints": self.num_constraints,
             "num_groups": self.num_groups,
             "proxy": self.proxy.name,

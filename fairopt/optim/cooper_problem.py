@@ -10,7 +10,8 @@ fills cooper's :class:`~cooper.ConstraintState` the way proxy constraints requir
 
 With cooper's :class:`~cooper.formulations.Lagrangian` this gives
 ``L_primal = f + λᵀ g̃`` and ``L_dual = λᵀ g``; with :class:`~cooper.formulations.AugmentedLagrangian` the
-primal term becomes ``(‖relu(λ + ρ g̃)‖² − ‖λ‖²) / (2ρ)`` (Nocedal & Wright 2006, eq. 17.65). The multipliers
+primal term becomes ``(‖relu(λ + ρ g̃)‖² − ‖λ‖²) / (2ρ)`` (Nocedal & Wright 2006, eq. 17.65), evaluated in the
+cancellation-free form of :func:`augmented_lagrangian_term` (:class:`StableAugmentedLagrangian`). The multipliers
 are :class:`~fairopt.optim.multipliers.FairnessMultiplier` s, so undefined entries do not move them.
 
 Example (cooper's own loop; the forward pass happens before ``roll``)::
@@ -35,8 +36,10 @@ from collections.abc import Callable, Sequence
 import cooper
 import torch
 from cooper import CMPState, ConstraintState
-from cooper.formulations import Formulation, Lagrangian
-from cooper.penalty_coefficients import DensePenaltyCoefficient
+from cooper.formulations import AugmentedLagrangian, ContributionStore, Formulation, Lagrangian
+from cooper.multipliers import Multiplier
+from cooper.penalty_coefficients import DensePenaltyCoefficient, PenaltyCoefficient
+from cooper.utils import ConstraintType
 from torch import Tensor
 
 from fairopt.constraints import Constraint, ConstraintValue
@@ -46,7 +49,56 @@ from fairopt.optim.multipliers import FairnessMultiplier
 from fairopt.proxies import Proxy
 from fairopt.stats import GroupStats
 
-__all__ = ["FairnessCMP"]
+__all__ = ["FairnessCMP", "StableAugmentedLagrangian", "augmented_lagrangian_term"]
+
+
+def augmented_lagrangian_term(multiplier: Tensor, penalty: Tensor, violation: Tensor) -> Tensor:
+    r"""The augmented-Lagrangian term of inequality constraints, summed over entries, without cancellation.
+
+    .. math::
+        \sum_i \frac{\operatorname{relu}(λ_i + ρ_i g_i)^2 - λ_i^2}{2ρ_i}
+        = \sum_i \begin{cases} λ_i g_i + \tfrac12 ρ_i g_i^2 & λ_i + ρ_i g_i \ge 0 \\
+                                -λ_i^2 / (2ρ_i) & \text{otherwise} \end{cases}
+
+    (Nocedal & Wright, *Numerical Optimization*, 2006, eq. 17.65, in the ``g <= 0`` convention). The left form,
+    cooper's, subtracts two numbers of size ``λ²`` and divides the difference by ``2ρ``: at ``ρ = 1e-12`` it is off
+    by about 1e-5 for ``λ, g`` of order 0.1. Both branches of the right form are exact products, so the term keeps
+    full relative precision for any ``ρ > 0``. Same value and the same gradient, ``∂/∂g_i = relu(λ_i + ρ_i g_i)``;
+    continuous at the switch ``g_i = -λ_i/ρ_i``.
+
+    Args:
+        multiplier: ``(m,)`` λ >= 0 (detached here: the primal player does not move λ).
+        penalty: ``(m,)`` penalty coefficients ρ > 0 (or a scalar).
+        violation: ``(m,)`` constraint values ``g`` (differentiable; e.g. the proxy values ``g̃``).
+
+    Returns:
+        ``()`` the sum over the m entries, differentiable w.r.t. ``violation`` and ``penalty``.
+    """
+    lam = multiplier.detach()
+    active = lam + penalty * violation >= 0
+    return torch.where(active, lam * violation + 0.5 * penalty * violation**2, -(lam**2) / (2 * penalty)).sum()
+
+
+class StableAugmentedLagrangian(AugmentedLagrangian):
+    """cooper's :class:`~cooper.formulations.AugmentedLagrangian` with the primal term of inequality constraints
+    computed by :func:`augmented_lagrangian_term` (same value and gradient, no cancellation at small ρ). The dual
+    Lagrangian, ``λᵀ g``, and equality constraints are cooper's. :class:`FairnessCMP` uses it whenever it is given
+    ``AugmentedLagrangian``."""
+
+    def compute_contribution_to_primal_lagrangian(
+        self, constraint_state: ConstraintState, multiplier: Multiplier, penalty_coefficient: PenaltyCoefficient
+    ) -> ContributionStore | None:
+        if self.constraint_type != ConstraintType.INEQUALITY or not constraint_state.contributes_to_primal_update:
+            return super().compute_contribution_to_primal_lagrangian(constraint_state, multiplier, penalty_coefficient)
+        violation, multiplier_value, penalty_value = self._prepare_kwargs_for_lagrangian_contribution(
+            constraint_state=constraint_state,
+            multiplier=multiplier,
+            penalty_coefficient=penalty_coefficient,
+            primal_or_dual="primal",
+        )
+        assert multiplier_value is not None and penalty_value is not None  # both expected by this formulation
+        term = augmented_lagrangian_term(multiplier_value, penalty_value, violation)
+        return ContributionStore(term, multiplier_value, penalty_value)
 
 
 class FairnessCMP(cooper.ConstrainedMinimizationProblem):
@@ -57,7 +109,8 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
             required).
         num_groups: G (ignored when a ConstraintSet is given, except that it must agree).
         formulation_type: a cooper formulation class: ``cooper.formulations.Lagrangian`` (default),
-            ``AugmentedLagrangian`` or ``QuadraticPenalty``.
+            ``AugmentedLagrangian`` (replaced by its cancellation-free subclass :class:`StableAugmentedLagrangian`)
+            or ``QuadraticPenalty``.
         proxy, threshold: as :class:`~fairopt.optim.ConstraintSet` (only when constraints are given).
         multiplier_bound: optional upper bound on every multiplier.
         penalty_coefficient: ρ > 0 for formulations with a penalty coefficient (default 1.0).
@@ -96,6 +149,8 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
             raise ValueError(f"penalty_coefficient must be > 0, got {penalty_coefficient!r}")
         self.constraint_set = constraint_set
         dtype = constraint_set.dtype
+        if formulation_type is AugmentedLagrangian:  # cooper's primal term cancels catastrophically at small ρ
+            formulation_type = StableAugmentedLagrangian
         for index, entries in enumerate(constraint_set.slices):
             size = entries.stop - entries.start
             multiplier = None

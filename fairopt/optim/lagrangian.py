@@ -33,7 +33,7 @@ from cooper.penalty_coefficients import PenaltyCoefficientUpdater
 from torch import Tensor
 
 from fairopt.constraints import ConstraintValue
-from fairopt.optim.base import DualPlayer, observed_values
+from fairopt.optim.base import DualPlayer, load_plain_optimizer_state, observed_values, plain_optimizer_state
 from fairopt.optim.cooper_problem import FairnessCMP
 
 __all__ = ["DUAL_OPTIMIZERS", "LagrangianPlayer", "make_dual_optimizer"]
@@ -139,8 +139,12 @@ class LagrangianPlayer(DualPlayer):
         return self.problem.multiplier_values()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"problem": self.problem.state_dict(), "dual_optimizer": self.dual_optimizer.state_dict()}
+        """Multipliers, penalty coefficients and the dual optimizer's state: tensors and plain values only (nuPI's
+        enum hyper-parameter is stored as its value, :func:`~fairopt.optim.base.plain_optimizer_state`), so it loads
+        with ``torch.load(..., weights_only=True)``."""
+        return {"problem": self.problem.state_dict(), "dual_optimizer": plain_optimizer_state(self.dual_optimizer)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (also one saved with nuPI's enum in it, before plain states)."""
         self.problem.load_state_dict(state["problem"])
-        self.dual_optimizer.load_state_dict(state["dual_optimizer"])
+        load_plain_optimizer_state(self.dual_optimizer, state["dual_optimizer"])
