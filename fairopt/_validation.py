@@ -9,6 +9,7 @@ dtypes and devices are free and always run.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import Tensor
@@ -101,3 +102,21 @@ PROBABILITY_HINT = (
     "log loss take logits), so with probabilities in [0, 1] nearly every prediction is positive. Remove the final "
     "sigmoid (train with BCEWithLogitsLoss) or pass model=lambda x: torch.logit(net(x), eps=1e-6)"
 )
+
+
+MIN_SCORES_FOR_PROBABILITY_CHECK = 20
+"""Fewer scores than this can all lie in [0, 1] as logits by chance: no probability warning."""
+
+
+def warn_if_probabilities(scores: object, what: str) -> None:
+    """One ``UserWarning`` when ``scores`` (a tensor of at least :data:`MIN_SCORES_FOR_PROBABILITY_CHECK` values) all
+    lie in [0, 1]; ``what`` names them in the message (one host sync)."""
+    if not isinstance(scores, Tensor) or scores.numel() < MIN_SCORES_FOR_PROBABILITY_CHECK:
+        return
+    low, high = torch.aminmax(scores.detach().reshape(-1))
+    if bool((low >= 0) & (high <= 1)):
+        warnings.warn(
+            f"{what}: all {scores.numel()} lie in [0, 1], they look like probabilities. {PROBABILITY_HINT}",
+            UserWarning,
+            stacklevel=3,
+        )

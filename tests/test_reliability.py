@@ -304,3 +304,18 @@ def test_a_group_name_in_a_rate_reference_gets_a_clear_error():
         tpr("region=north")
     with pytest.raises(ValueError, match=r"groups\.id"):
         selection_rate(("a", "b"))
+
+
+def test_the_optimizer_warns_once_when_the_first_scores_look_like_probabilities():
+    x, y, a = _tabular()
+    model = nn.Sequential(nn.Linear(3, 1), nn.Sigmoid())
+    opt = fairopt.ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.DemographicParity(0.1)], 2, method="lagrangian"
+    )
+    with pytest.warns(UserWarning, match="first step's scores: all 100 lie in"):
+        out = model(x)
+        opt.step(loss=out.mean(), scores=out, groups=a, labels=y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        out = model(x)
+        opt.step(loss=out.mean(), scores=out, groups=a, labels=y)

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from fairopt._validation import PROBABILITY_HINT, ends_in_probabilities
+from fairopt._validation import MIN_SCORES_FOR_PROBABILITY_CHECK, PROBABILITY_HINT, ends_in_probabilities
 from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
 from fairopt.optim.stochastic import StochasticClassifier
@@ -60,8 +60,6 @@ __all__ = ["collect_stats", "evaluate", "log_loss"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 _PROGRESS_MIN_BATCHES = 20
-# Fewer scores than this can all lie in [0, 1] as logits by chance: no probability warning.
-_MIN_SCORES_FOR_PROBABILITY_CHECK = 20
 
 
 def log_loss(scores: Tensor, labels: Tensor) -> Tensor:
@@ -207,7 +205,7 @@ def collect_stats(
                     batch_stats, batch_moments = batch_stats * p, SecondMoments(batch_moments.table * p)
                 stats = batch_stats if stats is None else stats + batch_stats
                 moments = batch_moments if moments is None else moments + batch_moments
-    enough = count >= _MIN_SCORES_FOR_PROBABILITY_CHECK and threshold == 0.0 and low_high
+    enough = count >= MIN_SCORES_FOR_PROBABILITY_CHECK and threshold == 0.0 and low_high
     if enough and bool((low_high[0] >= 0) & (low_high[1] <= 1)):  # one sync, after the last batch
         warnings.warn(
             f"every one of the {count} scores lies in [0, 1]: they look like probabilities. {PROBABILITY_HINT}",
