@@ -319,3 +319,20 @@ def test_the_optimizer_warns_once_when_the_first_scores_look_like_probabilities(
         warnings.simplefilter("error")  # once only
         out = model(x)
         opt.step(loss=out.mean(), scores=out, groups=a, labels=y)
+
+
+def test_report_mean_loss_intervals_stay_non_negative():
+    # two examples with tiny losses and a large spread: the Student-t interval would reach below 0
+    scores = torch.tensor([8.0, 3.0, -8.0, -3.0], dtype=torch.float64)
+    labels, groups = torch.tensor([1, 1, 0, 0]), torch.tensor([0, 0, 1, 1])
+    report = evaluate(lambda s: s, (scores, labels, groups), num_groups=2)
+    for row in report.groups:
+        estimate = row.rates["mean_loss"]
+        assert estimate.lower is not None and estimate.lower >= 0.0
+    signed = evaluate(
+        lambda s: s,
+        (scores, labels, groups),
+        num_groups=2,
+        options=fairopt.validation.ReportOptions(loss_nonnegative=False),
+    )
+    assert signed.groups[0].rates["mean_loss"].lower < 0.0  # the unclipped t interval

@@ -177,6 +177,12 @@ def _undefined_reason(form: Form | None, lookup: RateLookup, names: Sequence[str
     )
 
 
+def nonnegative_losses(stats: GroupStats, options: ReportOptions) -> np.ndarray:
+    """``(G,)`` bool: rows whose mean-loss interval is clipped at 0 (``options.loss_nonnegative``, and a loss sum
+    that is not negative: a negative sum proves that some loss is)."""
+    return np.asarray(options.loss_nonnegative & (stats.column("loss").detach().cpu().double().numpy() >= 0))
+
+
 def _verdict(lo: float | None, hi: float | None, tol: float, conf: float) -> tuple[Verdict, str]:
     if lo is None or hi is None:
         return Verdict.CANNOT_TELL, "no interval is available for this entry (e.g. mean loss without its moments)"
@@ -234,7 +240,14 @@ def assess_constraint(
             if pooled is not None:
                 table = GroupStats(stats.table[list(pooled)].sum(dim=0, keepdim=True))
                 extra = None if moments is None else SecondMoments(moments.table[list(pooled)].sum(dim=0, keepdim=True))
-            cache[key] = rate_estimates(table, rate, moments=extra, confidence=confidence, method=options.method)
+            cache[key] = rate_estimates(
+                table,
+                rate,
+                moments=extra,
+                confidence=confidence,
+                method=options.method,
+                loss_nonnegative=nonnegative_losses(table, options),
+            )
         return cache[key]
 
     intervals: list[Interval | None] = [
@@ -249,6 +262,7 @@ def assess_constraint(
             confidence=options.confidence,
             n_resamples=options.n_resamples,
             seed=options.seed,
+            loss_nonnegative=bool(nonnegative_losses(stats, options).all()),
         )
         intervals = [
             iv if iv is not None or not d else (float(lo_b[i]), float(hi_b[i]), f"bootstrap ({options.n_resamples})")

@@ -8,7 +8,8 @@ Computer Methods and Programs in Biomedicine 83 (2006); Chamandy, Muralidharan, 
 Uncertainty for Massive Data Streams", Google (2012)). With example weights a cell is drawn as
 ``s · Poisson(m)``, with ``m = (Σw)² / Σw²`` and ``s = Σw² / Σw``: the mean ``Σw`` and variance ``Σw²`` of the
 Poisson-bootstrapped weighted sum. A group's loss sum is redrawn as (its new count) × (its mean loss plus a
-normal draw with the mean's standard error), when the loss moments are known.
+normal draw with the mean's standard error), when the loss moments are known; with ``loss_nonnegative`` the
+redrawn mean is floored at 0 (a mean of non-negative losses is never below 0; the normal draw alone can be).
 
 The interval is the percentile interval (Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13)
 of the constraint value over the ``n_resamples`` tables, per entry over the resamples where the entry is defined.
@@ -33,11 +34,17 @@ __all__ = ["bootstrap_constraint_interval", "resample_tables"]
 
 
 def resample_tables(
-    stats: GroupStats, moments: SecondMoments | None, n_resamples: int, generator: torch.Generator
+    stats: GroupStats,
+    moments: SecondMoments | None,
+    n_resamples: int,
+    generator: torch.Generator,
+    *,
+    loss_nonnegative: bool = False,
 ) -> Tensor:
     """``n_resamples`` Poisson-bootstrap replicates of ``stats`` as one ``(B, G, K)`` float64 CPU tensor.
 
     The proxy columns of each replicate repeat its hard cells (only hard values are bootstrapped).
+    ``loss_nonnegative``: every per-example loss is ``>= 0``, so each replicate's mean loss is floored at 0.
     """
     table = stats.table.detach().cpu().double()
     cells = table[:, :4]
@@ -49,11 +56,14 @@ def resample_tables(
         rate = torch.where(positive, cells**2 / torch.where(positive, sq, 1.0), 0.0)
         scale = torch.where(positive, sq / torch.where(positive, cells, 1.0), 0.0)
     drawn = torch.poisson(rate.expand(n_resamples, *rate.shape).contiguous(), generator=generator) * scale
-    loss = _resample_loss(table, moments, drawn.sum(dim=2), generator)
+    loss = _resample_loss(table, moments, drawn.sum(dim=2), generator, loss_nonnegative)
     return torch.cat([drawn, drawn, loss.unsqueeze(-1)], dim=2)
 
 
-def _resample_loss(table: Tensor, moments: SecondMoments | None, counts: Tensor, generator: torch.Generator) -> Tensor:
+def _resample_loss(
+    table: Tensor, moments: SecondMoments | None, counts: Tensor, generator: torch.Generator, nonnegative: bool
+) -> Tensor:
+    """``(B, G)`` loss sums: each replicate's count times a redrawn mean loss (floored at 0 if ``nonnegative``)."""
     weight = table[:, :4].sum(dim=1)
     mean = torch.where(weight > 0, table[:, 8] / torch.where(weight > 0, weight, 1.0), 0.0)
     if moments is None or torch.isnan(moments.table[:, 4:6]).any():
@@ -63,7 +73,8 @@ def _resample_loss(table: Tensor, moments: SecondMoments | None, counts: Tensor,
     spread = (s2 - 2 * mean * s1 + mean * mean * w2).clamp(min=0) * n / (n - 1).clamp(min=1)
     se = torch.where((n > 1) & (weight > 0), spread.sqrt() / torch.where(weight > 0, weight, 1.0), 0.0)
     noise = torch.randn(counts.shape, generator=generator, dtype=torch.float64)
-    return counts * (mean + se * noise)
+    redrawn = mean + se * noise
+    return counts * (redrawn.clamp(min=0.0) if nonnegative else redrawn)
 
 
 def _evaluate_all(constraint: Constraint, tables: Tensor) -> tuple[Tensor, Tensor]:
@@ -90,6 +101,7 @@ def bootstrap_constraint_interval(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
+    loss_nonnegative: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile-bootstrap interval of each entry's value ``g + tolerance`` (the expression's value).
 
@@ -100,13 +112,16 @@ def bootstrap_constraint_interval(
             loss treated as known.
         confidence: two-sided level in (0, 1). n_resamples: number of bootstrap tables B (>= 1).
         seed: seed of the ``torch.Generator`` used for the draws (same seed, same interval).
+        loss_nonnegative: every per-example loss is ``>= 0`` (e.g. log loss): redrawn mean losses are floored at 0,
+            so a loss constraint's interval does not reach values its losses cannot give. Default False (any
+            finite loss; see :mod:`fairopt.validation.estimates`).
 
     Returns:
         ``(lower, upper)``, each an ``(m,)`` float64 array in the units of the expression; NaN for an entry that
         is undefined in every resample.
     """
     generator = torch.Generator().manual_seed(int(seed))
-    tables = resample_tables(stats, moments, int(n_resamples), generator)
+    tables = resample_tables(stats, moments, int(n_resamples), generator, loss_nonnegative=loss_nonnegative)
     hard, defined = _evaluate_all(constraint, tables)
     values = np.where(defined.numpy(), hard.double().numpy() + constraint.tolerance, np.nan)
     alpha = 1.0 - confidence

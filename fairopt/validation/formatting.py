@@ -6,7 +6,16 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-__all__ = ["RATE_LABELS", "format_estimate", "format_number", "markdown_table", "nullable_frame"]
+__all__ = [
+    "RATE_LABELS",
+    "UNCHANGED",
+    "format_estimate",
+    "format_number",
+    "format_signed",
+    "is_zero_at",
+    "markdown_table",
+    "nullable_frame",
+]
 
 RATE_LABELS: dict[str, str] = {
     "selection_rate": "selection rate",
@@ -23,20 +32,44 @@ RATE_LABELS: dict[str, str] = {
 }
 
 UNDEFINED = "undefined"
+UNCHANGED = "unchanged"
+
+
+def is_zero_at(value: float, digits: int = 3) -> bool:
+    """Whether ``value`` prints as zero with ``digits`` decimals (``|value| < 0.5 · 10^-digits``, e.g. 0.0004)."""
+    return float(f"{value:.{digits}f}") == 0.0
 
 
 def format_number(value: float | None, digits: int = 3) -> str:
-    """``value`` with ``digits`` decimals; ``"undefined"`` for ``None``."""
-    return UNDEFINED if value is None else f"{value:.{digits}f}"
+    """``value`` with ``digits`` decimals; ``"undefined"`` for ``None``.
+
+    A value that rounds to zero prints as ``"0.000"``, never ``"-0.000"`` (e.g. ``-0.0002`` or ``-0.0``).
+    """
+    if value is None:
+        return UNDEFINED
+    return f"{0.0 if is_zero_at(value, digits) else value:.{digits}f}"
+
+
+def format_signed(value: float | None, digits: int = 3) -> str:
+    """A change with its sign, ``"+0.020"`` / ``"-0.260"``; a sign only when the rounded number is non-zero.
+
+    ``None`` gives ``"undefined"``; a value that rounds to zero gives ``"0.000"`` (no ``"+"``, never ``"-0.000"``).
+    """
+    if value is None:
+        return UNDEFINED
+    return format_number(value, digits) if is_zero_at(value, digits) else f"{value:+.{digits}f}"
 
 
 def format_estimate(value: float | None, lower: float | None, upper: float | None, digits: int = 3) -> str:
-    """``"0.812 [0.780, 0.841]"``; the bracket is left out when no interval is available."""
+    """``"0.812 [0.780, 0.841]"``; the bracket is left out when no interval is available.
+
+    Each number is printed by :func:`format_number` (no ``"-0.000"``).
+    """
     if value is None:
         return UNDEFINED
     if lower is None or upper is None:
         return format_number(value, digits)
-    return f"{value:.{digits}f} [{lower:.{digits}f}, {upper:.{digits}f}]"
+    return f"{format_number(value, digits)} [{format_number(lower, digits)}, {format_number(upper, digits)}]"
 
 
 def _cell(text: object) -> str:

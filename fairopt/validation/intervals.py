@@ -133,21 +133,48 @@ def proportion_interval(
 
 
 def mean_interval(
-    mean: ArrayLike, standard_error: ArrayLike, df: ArrayLike = np.inf, confidence: float = 0.95
+    mean: ArrayLike,
+    standard_error: ArrayLike,
+    df: ArrayLike = np.inf,
+    confidence: float = 0.95,
+    *,
+    lower_bound: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Student-t interval ``mean ± t_{df} * standard_error`` for a mean (e.g. a group's mean loss).
 
     ``df = inf`` gives the normal (CLT) interval; use ``n - 1`` (or the Kish effective size minus one with
     weights) for a sample mean of ``n`` examples.
 
+    Args:
+        mean, standard_error, df: broadcastable arrays (``mean`` and ``standard_error`` in the units of the mean).
+        confidence: two-sided level in (0, 1).
+        lower_bound: a bound every averaged value is known to respect (e.g. ``0.0`` for non-negative losses),
+            broadcastable; both ends are clipped to ``>= lower_bound`` (a mean of values ``>= b`` is ``>= b``).
+            NaN entries and ``None`` (default): no clipping.
+
     Returns:
         ``(lower, upper)`` float64 arrays (units of ``mean``); NaN where an input is NaN or ``df <= 0``.
+
+    Raises:
+        ValueError: confidence outside (0, 1), or a ``mean`` below its ``lower_bound`` (then the bound is wrong).
     """
     _check_confidence(confidence)
     m, se, dof = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (mean, standard_error, df)))
     with np.errstate(invalid="ignore"):
         q = np.where(dof > 0, sps.t.ppf(0.5 + confidence / 2.0, np.where(dof > 0, dof, 1.0)), np.nan)
-    return m - q * se, m + q * se
+    lower, upper = m - q * se, m + q * se
+    if lower_bound is None:
+        return lower, upper
+    bound = np.broadcast_to(np.asarray(lower_bound, dtype=np.float64), m.shape)
+    slack = 1e-12 * np.maximum(1.0, np.abs(bound))  # float rounding of a mean that equals its bound
+    below = ~np.isnan(bound) & ~np.isnan(m) & (m < bound - slack)
+    if below.any():
+        raise ValueError(
+            f"a mean is below its lower_bound ({m[below].tolist()} < {bound[below].tolist()}): the values averaged "
+            "do not all respect the bound, so it must not be used to clip the interval"
+        )
+    clip = ~np.isnan(bound)
+    return np.where(clip, np.maximum(lower, bound), lower), np.where(clip, np.maximum(upper, bound), upper)
 
 
 def effective_counts(

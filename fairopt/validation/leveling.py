@@ -9,10 +9,17 @@ reference result (e.g. the unconstrained model on the same data):
 
 * every group's change in each rate (default accuracy, TPR, FPR), and
 * per rate, with ``d = +1`` where higher is better (accuracy, TPR) and ``d = -1`` where lower is better (FPR):
-  the better-off group ``b`` and the worse-off group ``w`` of the *reference* (largest and smallest ``d · r``), the
-  gap ``d (r_b - r_w)`` before and after, and each one's change ``Δ = d (r_new - r_ref)`` (negative = worse).
-  The gap closed by ``closure = Δ_w - Δ_b``. The finding is flagged when ``closure >= min_gap_closed`` and the
-  better-off group's decline ``-Δ_b`` is more than half of it; "strict" when no one got better (``Δ_w <= 0``).
+  the better-off group ``b`` and the worse-off group ``w`` of the *reference* (largest and smallest ``d · r``; two
+  distinct groups, the first in group order on ties), the gap ``d (r_b - r_w)`` before and after, and each one's
+  change ``Δ = d (r_new - r_ref)`` (negative = worse). The gap closed by ``closure = gap_ref - |gap_now|``: a gap
+  that reverses (``w`` now ahead of ``b``) counts by its size, so swapping places is not "closing" it. The finding
+  is flagged when ``closure >= min_gap_closed`` and the better-off group's decline ``-Δ_b`` is more than half of
+  it; "strict" when no one got better (``Δ_w <= 0``).
+
+The texts (:attr:`LevelingFinding.reason`, :meth:`LevelingDownReport.to_markdown`) name each group once, with the
+direction its change has ("got better", "got worse"); a change or gap that rounds to zero at the printed precision
+is "unchanged" / equal, and a sign is printed only on a non-zero rounded number (never ``"-0.000"``). When the
+reference rates of ``b`` and ``w`` tie at the printed precision, neither is called better off.
 
 Values are point estimates: the two results usually share their data (paired), so intervals for independent
 samples would not apply.
@@ -26,10 +33,21 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fairopt.rates import canonical_rate_name, compute_rate
-from fairopt.validation.formatting import RATE_LABELS, format_number, markdown_table, nullable_frame
+from fairopt.validation.formatting import (
+    RATE_LABELS,
+    UNCHANGED,
+    format_number,
+    format_signed,
+    is_zero_at,
+    markdown_table,
+    nullable_frame,
+)
 from fairopt.validation.report import FairnessReport
 
 __all__ = ["HIGHER_IS_BETTER", "LevelingDownReport", "LevelingFinding", "RateChange", "leveling_down"]
+
+_DIGITS = 3  # decimals of the numbers in LevelingFinding.reason
+_FLOAT_NOISE = 1e-12  # a change this small (rate units) is rounding in the rates, not a gain
 
 HIGHER_IS_BETTER: dict[str, bool] = {
     "accuracy": True,
@@ -108,6 +126,10 @@ class LevelingDownReport:
         return pd.DataFrame([f.__dict__ for f in self.findings])
 
     def to_markdown(self, digits: int = 3) -> str:
+        """Markdown: a table of ``reference → current (change)`` per group and rate, then one line per finding.
+
+        A change that rounds to zero at ``digits`` decimals reads ``unchanged``; others carry their sign.
+        """
         rates = list(dict.fromkeys(c.rate for c in self.changes))
         groups = list(dict.fromkeys(c.group for c in self.changes))
         by_key = {(c.group, c.rate): c for c in self.changes}
@@ -118,7 +140,8 @@ class LevelingDownReport:
             for r in rates:
                 c = by_key[g, r]
                 change = c.change
-                shown = "undefined" if change is None else f"{change:+.{digits}f}"
+                still = change is not None and is_zero_at(change, digits)
+                shown = UNCHANGED if still else format_signed(change, digits)
                 cells.append(f"{format_number(c.reference, digits)} → {format_number(c.current, digits)} ({shown})")
             rows.append([g, *cells])
         out = ["## Leveling-down check", "", markdown_table(headers, rows), ""]
@@ -126,28 +149,56 @@ class LevelingDownReport:
         return "\n".join(out) + "\n"
 
 
-def _finding(rate: str, higher: bool, ref: Mapping[str, float], cur: Mapping[str, float], min_closed: float):
+def _moved(group: str, delta: float) -> str:
+    """``"A got worse (-0.260)"``, ``"B got better (+0.020)"`` or ``"C unchanged"`` (``delta``: positive = better)."""
+    if is_zero_at(delta, _DIGITS):
+        return f"{group} {UNCHANGED}"
+    return f"{group} got {'better' if delta > 0 else 'worse'} ({format_signed(delta, _DIGITS)})"
+
+
+def _finding(
+    rate: str, higher: bool, ref: Mapping[str, float], cur: Mapping[str, float], min_closed: float
+) -> LevelingFinding | None:
+    """The finding for one rate from the groups' reference and current values (``None``: fewer than 2 groups)."""
     d = 1.0 if higher else -1.0
     groups = [g for g in ref if g in cur]
     if len(groups) < 2:
         return None
     best = max(groups, key=lambda g: d * ref[g])
-    worst = min(groups, key=lambda g: d * ref[g])
-    gap_ref, gap_now = d * (ref[best] - ref[worst]), d * (cur[best] - cur[worst])
-    delta_b, delta_w = d * (cur[best] - ref[best]), d * (cur[worst] - ref[worst])
-    closure = gap_ref - gap_now
+    worst = min((g for g in groups if g != best), key=lambda g: d * ref[g])  # never the same group twice
+    # "+ 0.0" turns the -0.0 of d = -1 times a zero difference into 0.0
+    gap_ref, gap_now = d * (ref[best] - ref[worst]) + 0.0, d * (cur[best] - cur[worst]) + 0.0
+    delta_b, delta_w = d * (cur[best] - ref[best]) + 0.0, d * (cur[worst] - ref[worst]) + 0.0
+    closure = gap_ref - abs(gap_now)
     label = RATE_LABELS.get(rate, rate)
     flagged = closure >= min_closed and -delta_b > 0.5 * closure
-    strict = flagged and delta_w <= 0
-    head = f"the {label} gap between {best} (better off) and {worst} went from {gap_ref:.3f} to {gap_now:.3f}"
-    moves = f"{best} changed by {delta_b:+.3f}, {worst} by {delta_w:+.3f} (positive = better)"
+    strict = flagged and delta_w <= _FLOAT_NOISE
+    now = format_number(abs(gap_now), _DIGITS)
+    still = is_zero_at(delta_b, _DIGITS) and is_zero_at(delta_w, _DIGITS)
+    if is_zero_at(gap_ref, _DIGITS):  # a tie: neither group is better off
+        level = format_number(ref[best], _DIGITS)
+        if still:
+            head = f"{best} and {worst} had the same {label} in the reference ({level}), and both are unchanged"
+        else:
+            head = (
+                f"the {label} was {level} for both groups in the reference and the gap is now {now}; "
+                f"{_moved(best, delta_b)}, {_moved(worst, delta_w)}"
+            )
+    else:
+        reversed_ = gap_now < 0 and not is_zero_at(gap_now, _DIGITS)
+        first = f"{best} (better off in the reference)"
+        moves = (
+            f"{first} and {worst} both {UNCHANGED}" if still else f"{_moved(first, delta_b)}, {_moved(worst, delta_w)}"
+        )
+        order = ", with the order reversed" if reversed_ else ""
+        head = f"the {label} gap went from {format_number(gap_ref, _DIGITS)} to {now}{order}; {moves}"
     if flagged:
         tail = "mainly because the better-off group got worse" + (", and no group gained" if strict else "")
     elif closure >= min_closed:
         tail = "mainly because the worse-off group improved"
     else:
         tail = f"it did not narrow by at least {min_closed:g}"
-    reason = f"{head}; {moves}: {tail}"
+    reason = f"{head}: {tail}"
     return LevelingFinding(rate, best, worst, gap_ref, gap_now, delta_b, delta_w, flagged, strict, reason)
 
 

@@ -27,6 +27,9 @@ class ReportOptions:
         seed: seed of the bootstrap draws (reports are reproducible).
         max_train_error: a group's training error rate at or below which its error-based constraint entries are
             flagged as an illusion of fairness instead of "satisfied" (default 0.01; only for ``split="train"``).
+        loss_nonnegative: the per-example losses are >= 0 (default True: log loss, 0-1, hinge, squared error), so
+            mean-loss intervals are clipped at 0; pass False for a loss that can be negative (the tables hold sums
+            only, so this cannot be read from them).
 
     Raises:
         ValueError: any value out of range (raised here, at construction).
@@ -38,6 +41,7 @@ class ReportOptions:
     n_resamples: int = 2000
     seed: int = 0
     max_train_error: float = 0.01
+    loss_nonnegative: bool = True
 
     def __post_init__(self) -> None:
         if not (0.0 < self.confidence < 1.0):
@@ -52,6 +56,8 @@ class ReportOptions:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not (0.0 <= self.max_train_error < 1.0):
             raise ValueError(f"max_train_error must be in [0, 1), got {self.max_train_error!r}")
+        if not isinstance(self.loss_nonnegative, bool):
+            raise ValueError(f"loss_nonnegative must be True or False, got {self.loss_nonnegative!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

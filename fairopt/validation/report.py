@@ -11,7 +11,7 @@ A JSON object (standard JSON: no NaN or Infinity; an undefined number is ``null`
     schema          "fairopt.validation.FairnessReport"
     schema_version  2  (a reader refuses a larger version; version 1 lacks the entries' ``excluded``)
     split           string or null: "train", "held-out", "test", ...
-    options         {confidence, method, constraint_method, n_resamples, seed, max_train_error}: ReportOptions
+    options         {confidence, method, constraint_method, n_resamples, seed, max_train_error, loss_nonnegative}
     rates           [canonical rate names], the columns of the group table, in order
     groups          [group row], one per group, in group-id order
     overall         group row of all groups pooled (name "overall")
@@ -46,7 +46,7 @@ import torch
 from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
 from fairopt.stats import COLUMNS, GroupStats
-from fairopt.validation.assess import assess_constraint
+from fairopt.validation.assess import assess_constraint, nonnegative_losses
 from fairopt.validation.estimates import rate_estimates
 from fairopt.validation.formatting import (
     RATE_LABELS,
@@ -104,7 +104,14 @@ def _rows(
 ) -> list[GroupRow]:
     """One :class:`GroupRow` per row of ``stats`` (``names`` has one name per row)."""
     est = {
-        r: rate_estimates(stats, r, moments=moments, confidence=options.confidence, method=options.method)
+        r: rate_estimates(
+            stats,
+            r,
+            moments=moments,
+            confidence=options.confidence,
+            method=options.method,
+            loss_nonnegative=nonnegative_losses(stats, options),
+        )
         for r in rates
     }
     count = stats.count.detach().cpu().double().tolist()
