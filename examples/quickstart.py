@@ -19,7 +19,7 @@ def evaluate(model: torch.nn.Module, split, num_groups: int) -> fairopt.GroupSta
     stats = fairopt.GroupStats.zeros(num_groups)
     with torch.no_grad():
         for x, y, a in split.loader(batch_size=4096):
-            stats = stats + fairopt.group_stats(model(x).squeeze(-1), y, a, num_groups)
+            stats = stats + fairopt.group_stats(model(x).squeeze(-1), labels=y, groups=a, num_groups=num_groups)
     return stats
 
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             optimizer.zero_grad()
             optimizer.step(loss=F.binary_cross_entropy_with_logits(logits, y), scores=logits, labels=y, groups=a)
         with torch.no_grad():  # record this epoch's model with a margin from the validation split's estimation error
-            validation = fairopt.group_stats(model(xv), yv, av, data.num_groups)
+            validation = fairopt.group_stats(model(xv), labels=yv, groups=av, num_groups=data.num_groups)
         optimizer.margin = 1.645 * optimizer.constraint_set.standard_errors(validation)
         optimizer.record(validation, model=model)
         weights = ", ".join(f"{v:.3f}" for v in optimizer.multipliers.tolist())

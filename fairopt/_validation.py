@@ -9,7 +9,6 @@ dtypes and devices are free and always run.
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 from torch import Tensor
@@ -107,16 +106,22 @@ PROBABILITY_HINT = (
 MIN_SCORES_FOR_PROBABILITY_CHECK = 20
 """Fewer scores than this can all lie in [0, 1] as logits by chance: no probability warning."""
 
+# Autograd nodes that only reshape or select: looked through to find the operation that made the scores.
+_VIEW_NODES = ("Squeeze", "Unsqueeze", "View", "Reshape", "Select", "Slice", "Index", "Clone", "ToCopy", "Alias")
+_PROBABILITY_NODES = ("SigmoidBackward", "SoftmaxBackward", "HardsigmoidBackward")
 
-def warn_if_probabilities(scores: object, what: str) -> None:
-    """One ``UserWarning`` when ``scores`` (a tensor of at least :data:`MIN_SCORES_FOR_PROBABILITY_CHECK` values) all
-    lie in [0, 1]; ``what`` names them in the message (one host sync)."""
-    if not isinstance(scores, Tensor) or scores.numel() < MIN_SCORES_FOR_PROBABILITY_CHECK:
-        return
-    low, high = torch.aminmax(scores.detach().reshape(-1))
-    if bool((low >= 0) & (high <= 1)):
-        warnings.warn(
-            f"{what}: all {scores.numel()} lie in [0, 1], they look like probabilities. {PROBABILITY_HINT}",
-            UserWarning,
-            stacklevel=3,
-        )
+
+def probability_op(scores: object) -> str | None:
+    """The name of the autograd operation that produced ``scores`` when it is a sigmoid or a softmax (seen through
+    reshapes and selections), else None: free (no host sync), for scores that carry a graph."""
+    node = getattr(scores, "grad_fn", None)
+    for _ in range(8):
+        if node is None:
+            return None
+        name = type(node).__name__
+        if name.startswith(_PROBABILITY_NODES):
+            return name.replace("Backward0", "").replace("Backward1", "").lower()
+        if not name.startswith(_VIEW_NODES):
+            return None
+        node = node.next_functions[0][0] if node.next_functions else None
+    return None

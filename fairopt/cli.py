@@ -10,8 +10,12 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fairopt import __version__
+
+if TYPE_CHECKING:
+    from fairopt.bench.config import StudyConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -30,8 +34,19 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fairopt.bench.config import CONSTRAINTS, DATASETS, DEFAULT_METHODS, METHODS, PRESETS
+    from fairopt.datasets._builtin import SENSITIVE_CHOICES
     from fairopt.models import MODELS
 
     d = PRESETS["default"]
@@ -59,8 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--dataset", help=f"{', '.join(DATASETS)} (default: adult), or csv:PATH (then also --target, --sensitive)"
     )
-    bench.add_argument("--target", help="csv datasets: the 0/1 target column")
-    bench.add_argument("--sensitive", type=_csv_list, help="sensitive attribute column(s), comma-separated")
+    bench.add_argument(
+        "--target",
+        help="csv datasets only: the label column, 0/1 unless --positive-label is given (a bundled dataset's target "
+        "is fixed: giving another is an error)",
+    )
+    bench.add_argument(
+        "--positive-label",
+        action="append",
+        metavar="VALUE",
+        help="csv datasets only: the --target value that means y = 1, every other value meaning 0 (repeat the option "
+        "for several values; '2' also matches the number 2)",
+    )
+    choices = "; ".join(f"{name} {','.join(attributes)}" for name, attributes in SENSITIVE_CHOICES.items())
+    bench.add_argument(
+        "--sensitive",
+        type=_csv_list,
+        help=f"sensitive attribute column(s), comma-separated; groups are their combinations (bundled datasets: "
+        f"{choices})",
+    )
     bench.add_argument(
         "--constraint", choices=sorted(CONSTRAINTS), help=f"the fairness constraint (default: {d.constraint})"
     )
@@ -73,10 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})",
     )
     bench.add_argument("--models", type=_csv_list, help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
-    bench.add_argument("--epochs", type=int, help=f"training epochs of logistic and mlp (default: {d.epochs})")
-    bench.add_argument("--epochs-large", type=int, help=f"training epochs of mlp-large (default: {d.epochs_large})")
-    bench.add_argument("--seeds", type=_int_list, help="comma-separated seeds (default: 0,1,2)")
-    bench.add_argument("--train-size", type=int, help=f"cap on training rows, 0 = all (default: {d.train_size})")
+    bench.add_argument(
+        "--epochs",
+        type=int,
+        help=f"training epochs of every model, mlp-large included unless --epochs-large is given (default: {d.epochs}; "
+        f"mlp-large {d.epochs_large})",
+    )
+    bench.add_argument(
+        "--epochs-large",
+        type=int,
+        help=f"training epochs of mlp-large only, overriding --epochs for it (default: {d.epochs_large}, or --epochs "
+        "when given)",
+    )
+    seeds = bench.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        type=_int_list,
+        help="comma-separated seed numbers, not a count (default: 0,1,2): --seeds 1 runs seed number 1 only; for N "
+        "seeds use --num-seeds N",
+    )
+    seeds.add_argument("--num-seeds", type=_positive_int, metavar="N", help="run N seeds: 0, 1, ..., N-1")
+    bench.add_argument(
+        "--train-size",
+        type=int,
+        help=f"cap on training rows, 0 = all (default: {d.train_size}; a note says when it cuts the training split)",
+    )
     bench.add_argument("--lr", type=float, help=f"Adam learning rate (default: {d.lr:g})")
     bench.add_argument("--dual-lr", type=float, help=f"dual (multiplier) step size (default: {d.dual_lr:g})")
     bench.add_argument(
@@ -92,12 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, help="output folder (default: fairopt-runs/<preset>-<timestamp>)")
     bench.add_argument("--peers", action="store_true", help="add fairlearn ExponentiatedGradient and plain cooper")
     bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    bench.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    bench.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar, per-run lines or data notes (errors still print; notes and warnings are in study.md)",
+    )
     parser.bench_parser = bench  # type: ignore[attr-defined]
     return parser
 
 
-def _config_from_args(args: argparse.Namespace):
+def _config_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The preset with the options given on the command line applied.
+
+    ``--epochs`` sets every model's epochs (``epochs_large`` too unless ``--epochs-large`` is given); ``--num-seeds N``
+    gives seeds 0..N-1.
+
+    Raises:
+        ValueError: an invalid combination (from :class:`~fairopt.bench.config.StudyConfig`), e.g. ``--target`` or
+            ``--positive-label`` with a bundled dataset, or a csv dataset without ``--target`` / ``--sensitive``.
+    """
     from fairopt.bench.config import PRESETS, default_tolerance
 
     config = PRESETS["full" if args.full else args.preset]
@@ -112,8 +178,8 @@ def _config_from_args(args: argparse.Namespace):
         "methods": args.methods,
         "models": args.models,
         "epochs": args.epochs,
-        "epochs_large": args.epochs_large,
-        "seeds": args.seeds,
+        "epochs_large": args.epochs if args.epochs_large is None else args.epochs_large,
+        "seeds": tuple(range(args.num_seeds)) if args.num_seeds is not None else args.seeds,
         "lr": args.lr,
         "dual_lr": args.dual_lr,
         "batch_size": args.batch_size,
@@ -127,6 +193,8 @@ def _config_from_args(args: argparse.Namespace):
         changes["sensitive"] = None  # the new dataset's default sensitive attribute
     if args.dataset and args.dataset.startswith("csv:") and args.sensitive:
         changes["csv_sensitive"] = args.sensitive
+    if args.positive_label:
+        changes["csv_positive_label"] = tuple(args.positive_label)
     setup = (
         "dataset",
         "sensitive",

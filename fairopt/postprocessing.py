@@ -46,7 +46,7 @@ _FEASIBLE = 1e-7  # constraint units (rate units: 1e-5 percentage points): what 
 _CELLS = [COLUMNS.index(c) for c in ("tn", "fp", "fn", "tp")]
 
 
-def expected_stats(positive_probability: Tensor, labels: Tensor, groups: Tensor, num_groups: int) -> GroupStats:
+def expected_stats(positive_probability: Tensor, *, labels: Tensor, groups: Tensor, num_groups: int) -> GroupStats:
     """Exact expected table of a randomized classifier that predicts positive with probability ``p_i``.
 
     The table of "always positive" weighted by ``p`` plus "always negative" weighted by ``1 - p`` (tables are
@@ -54,8 +54,8 @@ def expected_stats(positive_probability: Tensor, labels: Tensor, groups: Tensor,
     """
     p = positive_probability.double().clamp(0.0, 1.0)  # a solver's 1 + 2e-16 is 1
     ones = torch.ones_like(p)
-    return group_stats(ones, labels, groups, num_groups, weights=p) + group_stats(
-        -ones, labels, groups, num_groups, weights=1.0 - p
+    return group_stats(ones, labels=labels, groups=groups, num_groups=num_groups, weights=p) + group_stats(
+        -ones, labels=labels, groups=groups, num_groups=num_groups, weights=1.0 - p
     )
 
 
@@ -122,11 +122,11 @@ class GroupThresholds:
     def fit(
         cls,
         scores: Tensor,
+        *,
         labels: Tensor,
         groups: Tensor,
         constraints: Constraint | Sequence[Constraint],
         num_groups: int,
-        *,
         randomized: bool = True,
         margin: float | np.ndarray | None = None,
         max_candidates: int = 4096,
@@ -203,9 +203,11 @@ class GroupThresholds:
         p = self.positive_probability(scores, groups)
         return torch.bernoulli(p, generator=generator).bool() if self.randomized else p > 0.5
 
-    def stats(self, scores: Tensor, labels: Tensor, groups: Tensor) -> GroupStats:
+    def stats(self, scores: Tensor, *, labels: Tensor, groups: Tensor) -> GroupStats:
         """The policy's exact expected :class:`~fairopt.GroupStats` table on ``(scores, labels, groups)``."""
-        return expected_stats(self.positive_probability(scores, groups), labels, groups, self.num_groups)
+        return expected_stats(
+            self.positive_probability(scores, groups), labels=labels, groups=groups, num_groups=self.num_groups
+        )
 
     def __repr__(self) -> str:
         kind = "randomized" if self.randomized else "deterministic"

@@ -283,10 +283,10 @@ class _Table(torch.autograd.Function):
 
 def group_stats(
     scores: Tensor,
+    *,
     labels: Tensor,
     groups: Tensor,
     num_groups: int,
-    *,
     weights: Tensor | None = None,
     loss: Tensor | None = None,
     proxy: str | Proxy | Callable[[Tensor], Tensor] = "sigmoid",
@@ -295,6 +295,10 @@ def group_stats(
     validate: bool | None = None,
 ) -> GroupStats:
     """Reduce one batch to its ``(G, K)`` :class:`GroupStats` table in one pass (no loop over groups).
+
+    Everything after ``scores`` is keyword-only (``group_stats(scores, labels=y, groups=a, num_groups=G)``), as in
+    :meth:`ConstrainedOptimizer.step <fairopt.ConstrainedOptimizer.step>`: labels and group ids are both ``(N,)``
+    small integers, and swapped by position they would run without an error.
 
     Args:
         scores: ``(N,)`` floating logits. A positive prediction is ``score > threshold``.

@@ -22,7 +22,7 @@ from .test_rates import _random_data
 from .test_stats import GROUPS, LABELS, SCORES
 
 # Hand table (see test_stats): selection (2/3, 1/3, 1/2), TPR (1/2, 1, undefined), FPR (1, 0, 1/2), group 3 absent.
-HAND = group_stats(SCORES, LABELS, GROUPS, 4)
+HAND = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=4)
 F64 = torch.float64
 
 
@@ -53,7 +53,9 @@ def test_equal_opportunity_skips_undefined_group():
 
 
 def test_constraint_on_only_undefined_rates_is_skipped_not_nan():
-    stats = group_stats(SCORES, torch.zeros(8, dtype=torch.long), GROUPS, 3)  # no positive labels at all
+    stats = group_stats(
+        SCORES, labels=torch.zeros(8, dtype=torch.long), groups=GROUPS, num_groups=3
+    )  # no positive labels at all
     value = fo.EqualOpportunity(0.05).evaluate(stats)
     assert value.defined.tolist() == [False] and value.hard.tolist() == [0.0] and value.proxy.tolist() == [0.0]
     value = (fo.tpr(0) - fo.tpr(1) <= 0.05).evaluate(stats)
@@ -64,7 +66,11 @@ def test_constraint_on_only_undefined_rates_is_skipped_not_nan():
 def test_difference_and_ratio_match_fairlearn(seed):
     scores, labels, groups, weights = _random_data(seed, n=600, num_groups=4)
     stats = group_stats(
-        torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 4, weights=torch.tensor(weights)
+        torch.tensor(scores),
+        labels=torch.tensor(labels),
+        groups=torch.tensor(groups),
+        num_groups=4,
+        weights=torch.tensor(weights),
     )
     pred = (scores > 0).astype(int)
     kw = {"sensitive_features": groups, "sample_weight": weights}
@@ -88,7 +94,7 @@ def test_difference_and_ratio_match_fairlearn(seed):
 def test_vs_overall_matches_fairlearn_moment_convention():
     # fairlearn's DemographicParity moment compares each group's selection rate with the overall rate
     scores, labels, groups, _ = _random_data(5, n=300, num_groups=3)
-    stats = group_stats(torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 3)
+    stats = group_stats(torch.tensor(scores), labels=torch.tensor(labels), groups=torch.tensor(groups), num_groups=3)
     pred = scores > 0
     expected = [abs(pred[groups == g].mean() - pred.mean()) - 0.02 for g in range(3)]
     np.testing.assert_allclose(
@@ -112,7 +118,7 @@ def test_rate_bound_and_bounded_group_loss():
     torch.testing.assert_close(rb.evaluate(HAND).hard, torch.tensor([0.3, -0.2, 0.0, 0.0], dtype=F64))
     both = fo.RateBound("selection_rate", min=0.4, max=0.6)
     assert both.num_entries(4) == 8
-    stats = group_stats(SCORES, LABELS, GROUPS, 3, loss=torch.arange(8.0, dtype=F64))
+    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, loss=torch.arange(8.0, dtype=F64))
     torch.testing.assert_close(fo.BoundedGroupLoss(4.0).evaluate(stats).hard, torch.tensor([-3.0, 0.0, 2.5], dtype=F64))
     with pytest.raises(ValueError, match=r"min=0\.9 is larger than max=0\.1"):
         fo.RateBound("tpr", min=0.9, max=0.1)
@@ -157,7 +163,7 @@ def test_function_constraint_escape_hatch():
 
     c = FunctionConstraint(tpr_gap, num_entries=1, tolerance=0.05)
     scores = SCORES.clone().requires_grad_()
-    value = c.evaluate(group_stats(scores, LABELS, GROUPS, 4))
+    value = c.evaluate(group_stats(scores, labels=LABELS, groups=GROUPS, num_groups=4))
     assert value.hard.tolist() == [pytest.approx(0.45)]
     value.proxy.sum().backward()
     assert scores.grad.abs().sum() > 0
@@ -168,7 +174,9 @@ def test_function_constraint_escape_hatch():
 
 def test_primal_gradient_reaches_only_defined_entries():
     scores = SCORES.clone().requires_grad_()
-    value = fo.EqualOpportunity(0.0, convention="vs_overall").evaluate(group_stats(scores, LABELS, GROUPS, 4))
+    value = fo.EqualOpportunity(0.0, convention="vs_overall").evaluate(
+        group_stats(scores, labels=LABELS, groups=GROUPS, num_groups=4)
+    )
     value.proxy.sum().backward()
     assert torch.isfinite(scores.grad).all()
 
@@ -202,9 +210,9 @@ def test_proxy_upper_bounds_hard_for_upper_bounding_proxies(expr, proxy, seed):
     n = 60
     stats = group_stats(
         torch.randn(n, generator=g, dtype=F64) * 2,
-        torch.randint(0, 2, (n,), generator=g),
-        torch.randint(0, 3, (n,), generator=g),
-        3,
+        labels=torch.randint(0, 2, (n,), generator=g),
+        groups=torch.randint(0, 3, (n,), generator=g),
+        num_groups=3,
         proxy=proxy,
     )
     value = (expr <= 0).evaluate(stats)
@@ -217,7 +225,11 @@ def test_hinge_relaxation_of_a_floor_is_conservative():
     # whose hard rate is exactly 0.55 still reports a proxy violation (Cotter et al. JMLR 2019, Section 5).
     scores = torch.tensor([0.5] * 55 + [-0.5] * 45, dtype=F64)
     stats = group_stats(
-        scores, torch.zeros(100, dtype=torch.long), torch.zeros(100, dtype=torch.long), 1, proxy="hinge"
+        scores,
+        labels=torch.zeros(100, dtype=torch.long),
+        groups=torch.zeros(100, dtype=torch.long),
+        num_groups=1,
+        proxy="hinge",
     )
     value = (fo.selection_rate() >= 0.55).evaluate(stats)
     assert value.hard.item() == pytest.approx(0.0)
@@ -245,7 +257,7 @@ def test_parity_gradient_closes_the_true_gap(proxy, convention):
     labels = torch.ones(20, dtype=torch.long)
     groups = torch.tensor([0] * 10 + [1] * 10)
     value = fo.EqualOpportunity(0.0, convention=convention).evaluate(
-        group_stats(scores, labels, groups, 2, proxy=proxy)
+        group_stats(scores, labels=labels, groups=groups, num_groups=2, proxy=proxy)
     )
     assert value.hard.max().item() == pytest.approx(0.2 if convention != "vs_overall" else 0.1)
     value.proxy.max().backward()

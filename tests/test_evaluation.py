@@ -217,7 +217,9 @@ def test_group_stats_gradient_of_the_derived_negative_proxy_columns():
     scores = torch.randn(20, generator=g, dtype=F64, requires_grad=True)
     labels, groups = torch.randint(0, 2, (20,), generator=g), torch.randint(0, 3, (20,), generator=g)
     mix = torch.randn(3, 9, generator=g, dtype=F64)
-    assert torch.autograd.gradcheck(lambda s: (group_stats(s, labels, groups, 3).table * mix).sum(), (scores,))
+    assert torch.autograd.gradcheck(
+        lambda s: (group_stats(s, labels=labels, groups=groups, num_groups=3).table * mix).sum(), (scores,)
+    )
 
 
 def _bounds(name: str, stats: GroupStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -229,7 +231,9 @@ def test_composite_bounds_follow_interval_arithmetic_on_the_rates():
     """Independent reference: composite values built by hand from fairopt.rates (hard, upper, lower)."""
     g = torch.Generator().manual_seed(11)  # hinge: genuine bounds, lower <= hard <= upper
     labels, groups = torch.randint(0, 2, (400,), generator=g), torch.randint(0, G, (400,), generator=g)
-    stats = group_stats(torch.randn(400, generator=g, dtype=F64), labels, groups, G, proxy="hinge")
+    stats = group_stats(
+        torch.randn(400, generator=g, dtype=F64), labels=labels, groups=groups, num_groups=G, proxy="hinge"
+    )
     tpr_h, tpr_u, tpr_l = _bounds("tpr", stats)
     fpr_h, fpr_u, fpr_l = _bounds("fpr", stats)
 
@@ -320,7 +324,9 @@ def test_group_stats_gradients_in_low_precision_follow_the_float64_ones(dtype, p
     grads = {}
     for dt in (F64, dtype):
         inputs = [t.detach().to(dt).requires_grad_() for t in (scores64, weights64, loss64)]
-        table = group_stats(inputs[0], labels, groups, G, weights=inputs[1], loss=inputs[2], proxy=proxy).table
+        table = group_stats(
+            inputs[0], labels=labels, groups=groups, num_groups=G, weights=inputs[1], loss=inputs[2], proxy=proxy
+        ).table
         (table * mix).sum().backward()
         assert all(t.grad.dtype == dt for t in inputs)
         grads[dt] = [t.grad.double() for t in inputs]

@@ -71,7 +71,7 @@ def run(config: dict, checkpoint: bytes | None = None, stop: int | None = None):
         scheduler.step()
         if records is not None and step % 2 == 1:
             with torch.no_grad():
-                opt.record(group_stats(model(XV).squeeze(-1), YV, AV, 2), model=model)
+                opt.record(group_stats(model(XV).squeeze(-1), labels=YV, groups=AV, num_groups=2), model=model)
     if stop is not None:
         buffer = io.BytesIO()
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict()}

@@ -70,7 +70,7 @@ def test_multipliers_are_identical_on_every_rank_and_read_the_global_table(tmp_p
             scores = torch.cat([model(x[:128]), model(x[128:])]).squeeze(-1)
     finally:
         torch.set_num_threads(previous)
-    global_value = fairopt.EqualizedOdds(0.0).evaluate(group_stats(scores, y, a, 2))
+    global_value = fairopt.EqualizedOdds(0.0).evaluate(group_stats(scores, labels=y, groups=a, num_groups=2))
     for method in METHODS:
         assert torch.equal(ranks[0][method]["multipliers"], ranks[1][method]["multipliers"]), method
         assert ranks[0][method]["multipliers"].abs().sum() > 0

@@ -36,7 +36,9 @@ def test_fairness_cmp_plugs_into_cooper_roll_with_proxy_primal_and_hard_dual():
     hard = []
     for _ in range(2):
         scores = model(x).squeeze(-1)
-        hard.append(DP.evaluate(group_stats(scores.detach(), y, a, 2, proxy="hinge")).hard.item())
+        hard.append(
+            DP.evaluate(group_stats(scores.detach(), labels=y, groups=a, num_groups=2, proxy="hinge")).hard.item()
+        )
         roll = coop.roll(
             compute_cmp_state_kwargs={
                 "loss": F.binary_cross_entropy_with_logits(scores, y),
@@ -60,14 +62,14 @@ def test_cooper_state_can_read_heldout_statistics_for_the_dual():
     model = mlp(x.shape[1])
     cmp = FairnessCMP([DP], num_groups=2, proxy="hinge")
     with torch.no_grad():
-        heldout = group_stats(model(xv).squeeze(-1), yv, av, 2, proxy="hinge")
+        heldout = group_stats(model(xv).squeeze(-1), labels=yv, groups=av, num_groups=2, proxy="hinge")
     scores = model(x).squeeze(-1)
     state = cmp.compute_cmp_state(
         F.binary_cross_entropy_with_logits(scores, y), scores, groups=a, labels=y, dual_stats=heldout
     ).observed_constraints
     (constraint_state,) = state.values()
     assert constraint_state.strict_violation.item() == pytest.approx(DP.evaluate(heldout).hard.item(), abs=1e-12)
-    train_proxy = DP.evaluate(group_stats(scores, y, a, 2, proxy="hinge")).proxy
+    train_proxy = DP.evaluate(group_stats(scores, labels=y, groups=a, num_groups=2, proxy="hinge")).proxy
     torch.testing.assert_close(constraint_state.violation, train_proxy)
 
 

@@ -194,7 +194,7 @@ def test_dual_every_k_reads_the_sum_of_the_pending_batches():
     assert [r.dual_value is None for r in results] == [True, True, False]
     assert results[0].multipliers.item() == results[1].multipliers.item() == 0.0
     with torch.no_grad():
-        table = group_stats(model(x).squeeze(-1), y, a, 2, proxy="hinge")
+        table = group_stats(model(x).squeeze(-1), labels=y, groups=a, num_groups=2, proxy="hinge")
     expected = max(0.0, 0.5 * DP.evaluate(table).hard.item())
     assert expected > 0
     assert results[2].multipliers.item() == pytest.approx(expected, abs=1e-12)
@@ -209,7 +209,9 @@ def test_running_ema_feeds_the_dual():
     for batch in halves:
         result = train_step(opt, model, *batch)
     with torch.no_grad():
-        t1, t2 = (group_stats(model(b[0]).squeeze(-1), b[1], b[2], 2, proxy="hinge") for b in halves)
+        t1, t2 = (
+            group_stats(model(b[0]).squeeze(-1), labels=b[1], groups=b[2], num_groups=2, proxy="hinge") for b in halves
+        )
     lam1 = max(0.0, 0.5 * DP.evaluate(t1).hard.item())
     lam2 = max(0.0, lam1 + 0.5 * DP.evaluate(GroupStats(0.5 * t1.table + t2.table)).hard.item())
     assert result.multipliers.item() == pytest.approx(lam2, abs=1e-12)
@@ -238,7 +240,9 @@ def test_heldout_callable_is_read_every_k_steps_and_train_batches_never_reach_th
     results = [train_step(opt, model, x, y, a) for _ in range(4)]
     assert calls == [2, 4]
     with torch.no_grad():
-        g_val = DP.evaluate(group_stats(model(xv).squeeze(-1), yv, av, 2, proxy="hinge")).hard.item()
+        g_val = DP.evaluate(
+            group_stats(model(xv).squeeze(-1), labels=yv, groups=av, num_groups=2, proxy="hinge")
+        ).hard.item()
     assert results[1].multipliers.item() == pytest.approx(max(0.0, 0.5 * g_val), abs=1e-12)
     assert results[3].multipliers.item() == pytest.approx(max(0.0, 1.0 * g_val), abs=1e-12)
     assert results[3].dual_value.hard.item() == pytest.approx(g_val, abs=1e-12)
@@ -259,10 +263,10 @@ def test_observe_heldout_then_update_duals():
     opt.observe_heldout(scores=s[:100], labels=y[:100], groups=a[:100])
     opt.observe_heldout(scores=s[100:], labels=y[100:], groups=a[100:])
     value = opt.update_duals()
-    expected = DP.evaluate(group_stats(s, y, a, 2, proxy="hinge")).hard.item()
+    expected = DP.evaluate(group_stats(s, labels=y, groups=a, num_groups=2, proxy="hinge")).hard.item()
     assert value.hard.item() == pytest.approx(expected, abs=1e-12)
     assert opt.multipliers.item() == pytest.approx(max(0.0, 0.5 * expected), abs=1e-12)
-    stats = group_stats(s, y, a, 2, proxy="hinge")
+    stats = group_stats(s, labels=y, groups=a, num_groups=2, proxy="hinge")
     opt.update_duals(stats)  # explicit table, e.g. a full validation pass
     assert opt.multipliers.item() == pytest.approx(max(0.0, 1.0 * expected), abs=1e-12)
 
@@ -440,7 +444,7 @@ def test_record_uses_the_heldout_error_rate_by_default():
     train_step(opt, model, x, y, a)
     with torch.no_grad():
         scores = model(x).squeeze(-1)
-        stats = group_stats(scores, y, a, 2)
+        stats = group_stats(scores, labels=y, groups=a, num_groups=2)
     opt.record(stats, model=model)
     record = opt.records[0]
     assert record.step == 1

@@ -17,7 +17,7 @@ from .test_stats import GROUPS, LABELS, SCORES
 
 
 def _hand_stats():
-    return group_stats(SCORES, LABELS, GROUPS, 4)
+    return group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=4)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_hand_computed_rates(rate, values, defined):
 
 
 def test_overall_rates_and_mean_loss():
-    stats = group_stats(SCORES, LABELS, GROUPS, 4, loss=torch.arange(8.0, dtype=torch.float64))
+    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=4, loss=torch.arange(8.0, dtype=torch.float64))
     overall = stats.overall()
     # pooled cells: tn 3, fp 2, fn 1, tp 2
     torch.testing.assert_close(compute_rate(overall, "tpr").value, torch.tensor([2 / 3], dtype=torch.float64))
@@ -56,7 +56,7 @@ def test_overall_rates_and_mean_loss():
 
 def test_undefined_rate_has_finite_zero_gradient():
     scores = SCORES.clone().requires_grad_()
-    stats = group_stats(scores, LABELS, GROUPS, 4, proxy="hinge")
+    stats = group_stats(scores, labels=LABELS, groups=GROUPS, num_groups=4, proxy="hinge")
     rv = compute_rate(stats, "tpr")
     (rv.upper.sum() + rv.lower.sum()).backward()
     assert torch.isfinite(scores.grad).all()
@@ -83,7 +83,11 @@ def _random_data(seed: int, n: int = 400, num_groups: int = 5):
 def test_matches_sklearn_confusion_matrix_per_group(seed):
     scores, labels, groups, weights = _random_data(seed)
     stats = group_stats(
-        torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 5, weights=torch.tensor(weights)
+        torch.tensor(scores),
+        labels=torch.tensor(labels),
+        groups=torch.tensor(groups),
+        num_groups=5,
+        weights=torch.tensor(weights),
     )
     pred = (scores > 0).astype(int)
     for g in range(5):
@@ -104,7 +108,11 @@ def test_matches_sklearn_confusion_matrix_per_group(seed):
 def test_matches_fairlearn_metricframe_with_weights(seed):
     scores, labels, groups, weights = _random_data(seed)
     stats = group_stats(
-        torch.tensor(scores), torch.tensor(labels), torch.tensor(groups), 5, weights=torch.tensor(weights)
+        torch.tensor(scores),
+        labels=torch.tensor(labels),
+        groups=torch.tensor(groups),
+        num_groups=5,
+        weights=torch.tensor(weights),
     )
     pred = (scores > 0).astype(int)
     frame = MetricFrame(
@@ -128,7 +136,7 @@ def test_matches_fairlearn_metricframe_with_weights(seed):
 )
 def test_upper_bounding_proxies_bracket_the_hard_rate(rows, proxy):
     s, y, g = (torch.tensor(c) for c in zip(*rows))
-    stats = group_stats(s.double(), y, g, 3, proxy=proxy)
+    stats = group_stats(s.double(), labels=y, groups=g, num_groups=3, proxy=proxy)
     for name in ("selection_rate", "tpr", "fpr", "tnr", "fnr", "error_rate", "accuracy"):
         rv = compute_rate(stats, name)
         d = rv.defined
@@ -136,6 +144,6 @@ def test_upper_bounding_proxies_bracket_the_hard_rate(rows, proxy):
 
 
 def test_sigmoid_proxy_is_normalized_so_bounds_coincide():
-    stats = group_stats(SCORES, LABELS, GROUPS, 4, proxy="sigmoid")
+    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=4, proxy="sigmoid")
     rv = compute_rate(stats, "tpr")
     torch.testing.assert_close(rv.upper, rv.lower)

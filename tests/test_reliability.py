@@ -22,7 +22,10 @@ from fairopt.validation import FairnessReport, Verdict, collect_stats, evaluate
 
 def stats_of(scores, labels, groups, num_groups):
     return group_stats(
-        torch.tensor(scores, dtype=torch.float64), torch.tensor(labels), torch.tensor(groups), num_groups
+        torch.tensor(scores, dtype=torch.float64),
+        labels=torch.tensor(labels),
+        groups=torch.tensor(groups),
+        num_groups=num_groups,
     )
 
 
@@ -70,7 +73,7 @@ def test_min_defined_one_gives_the_extremum_of_whatever_is_defined():
 
 def test_the_gradient_of_an_undefined_gap_is_zero():
     scores = torch.tensor([2.0, -1.0, 3.0, 1.0], dtype=torch.float64, requires_grad=True)
-    stats = group_stats(scores, torch.tensor([1, 0, 0, 0]), torch.tensor([0, 0, 1, 1]), 2)
+    stats = group_stats(scores, labels=torch.tensor([1, 0, 0, 0]), groups=torch.tensor([0, 0, 1, 1]), num_groups=2)
     fairopt.EqualOpportunity(0.0).evaluate(stats).proxy.sum().backward()
     assert scores.grad is not None and scores.grad.abs().sum().item() == 0.0
 
@@ -190,13 +193,17 @@ def test_a_dropping_distributed_sampler_is_refused():
 
 def test_an_out_of_range_label_with_checks_off_stays_in_its_group():
     scores = torch.tensor([1.0, 1.0, -1.0])
-    stats = group_stats(scores, torch.tensor([0, -1, 2]), torch.tensor([0, 1, 1]), 2, validate=False)
+    stats = group_stats(
+        scores, labels=torch.tensor([0, -1, 2]), groups=torch.tensor([0, 1, 1]), num_groups=2, validate=False
+    )
     counts = stats.table[:, :4]  # tn, fp, fn, tp
     assert counts.sum(dim=1).tolist() == [1.0, 2.0]  # was [2, 1]: the -1 of group 1 landed in group 0
     assert counts[0].tolist() == [0.0, 1.0, 0.0, 0.0]
     assert counts[1].tolist() == [0.0, 1.0, 1.0, 0.0]  # -1: negative, predicted positive; 2: positive, missed
     with pytest.raises(ValueError, match="labels must be 0 or 1"):
-        group_stats(scores, torch.tensor([0, -1, 2]), torch.tensor([0, 1, 1]), 2, validate=True)
+        group_stats(
+            scores, labels=torch.tensor([0, -1, 2]), groups=torch.tensor([0, 1, 1]), num_groups=2, validate=True
+        )
 
 
 # 5. Missing values in a sensitive attribute: the same error for every input type -------------------------------------
@@ -287,13 +294,29 @@ def test_weights_negative_by_rounding_count_as_zero():
     weights = 1.0 - p  # [-2.2e-16, 0.5, 0.75]
     assert weights[0] < 0
     stats = group_stats(
-        torch.tensor([1.0, 1.0, -1.0]), torch.tensor([1, 0, 1]), torch.tensor([0, 0, 1]), 2, weights=weights
+        torch.tensor([1.0, 1.0, -1.0]),
+        labels=torch.tensor([1, 0, 1]),
+        groups=torch.tensor([0, 0, 1]),
+        num_groups=2,
+        weights=weights,
     )
     assert stats.table[0, :4].tolist() == [0.0, 0.5, 0.0, 0.0]  # the rounding negative is 0, not -2e-16
     with pytest.raises(ValueError, match=r"weights must be finite and >= 0 \(up to rounding\)"):
-        group_stats(torch.tensor([1.0]), torch.tensor([1]), torch.tensor([0]), 1, weights=torch.tensor([-1e-5]))
+        group_stats(
+            torch.tensor([1.0]),
+            labels=torch.tensor([1]),
+            groups=torch.tensor([0]),
+            num_groups=1,
+            weights=torch.tensor([-1e-5]),
+        )
     # float32 rounding is coarser: 1 - 1.0000001f is -1.19e-7, within 16 eps
-    group_stats(torch.tensor([1.0]), torch.tensor([1]), torch.tensor([0]), 1, weights=torch.tensor([-1.2e-7]))
+    group_stats(
+        torch.tensor([1.0]),
+        labels=torch.tensor([1]),
+        groups=torch.tensor([0]),
+        num_groups=1,
+        weights=torch.tensor([-1.2e-7]),
+    )
 
 
 # API friction -------------------------------------------------------------------------------------------------------
@@ -312,7 +335,7 @@ def test_the_optimizer_warns_once_when_the_first_scores_look_like_probabilities(
     opt = fairopt.ConstrainedOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.DemographicParity(0.1)], 2, method="lagrangian"
     )
-    with pytest.warns(UserWarning, match="first step's scores: all 100 lie in"):
+    with pytest.warns(UserWarning, match="the scores come out of a sigmoid"):
         out = model(x)
         opt.step(loss=out.mean(), scores=out, groups=a, labels=y)
     with warnings.catch_warnings():
@@ -336,3 +359,17 @@ def test_report_mean_loss_intervals_stay_non_negative():
         options=fairopt.validation.ReportOptions(loss_nonnegative=False),
     )
     assert signed.groups[0].rates["mean_loss"].lower < 0.0  # the unclipped t interval
+
+
+def test_the_optimizer_does_not_warn_about_fresh_logits_near_zero():
+    x, y, a = _tabular()
+    model = nn.Linear(3, 1)
+    nn.init.zeros_(model.weight)
+    nn.init.constant_(model.bias, 0.5)  # every first-step logit is 0.5, inside [0, 1]: still logits
+    opt = fairopt.ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.DemographicParity(0.1)], 2, method="lagrangian"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model(x)
+        opt.step(loss=out.mean(), scores=out, groups=a, labels=y)

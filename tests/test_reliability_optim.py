@@ -77,7 +77,7 @@ def test_heldout_observed_once_makes_later_empty_dual_steps_legitimate():
         scores = model(XV).squeeze(-1)
     opt.observe_heldout(scores=scores, labels=YV, groups=AV)  # after the step: read by the next dual step
     train_step(opt, model, *batch(1))
-    g = DP.evaluate(group_stats(scores, YV, AV, 2)).hard.item()
+    g = DP.evaluate(group_stats(scores, labels=YV, groups=AV, num_groups=2)).hard.item()
     assert g > 0
     assert opt.multipliers.item() == pytest.approx(0.5 * g, abs=1e-12)
     for step in range(2, 5):  # nothing new observed: the duals wait, no error
@@ -93,7 +93,7 @@ def test_dual_every_none_moves_the_duals_only_through_update_duals():
         assert result.dual_value is None
     assert opt.multipliers.item() == 0.0
     with torch.no_grad():
-        stats = group_stats(model(XV).squeeze(-1), YV, AV, 2)
+        stats = group_stats(model(XV).squeeze(-1), labels=YV, groups=AV, num_groups=2)
     value = opt.update_duals(stats)
     g = DP.evaluate(stats).hard.item()
     assert value.hard.item() == pytest.approx(g, abs=1e-12)
@@ -252,7 +252,7 @@ def test_every_state_dict_loads_with_weights_only_and_resumes_bit_for_bit(name):
         train_step(opt, model, *batch(step))
     if opt.records is not None:
         with torch.no_grad():
-            opt.record(group_stats(model(XV).squeeze(-1), YV, AV, 2), model=model)
+            opt.record(group_stats(model(XV).squeeze(-1), labels=YV, groups=AV, num_groups=2), model=model)
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)

@@ -164,8 +164,8 @@ def _loss_tables(losses_by_group):
     groups = torch.tensor([g for g, group in enumerate(losses_by_group) for _ in group])
     scores, labels = torch.ones_like(losses), torch.ones_like(losses)
     g = len(losses_by_group)
-    stats = fo.group_stats(scores, labels, groups, g, loss=losses)
-    return stats, second_moments(scores, labels, groups, g, loss=losses, stats=stats)
+    stats = fo.group_stats(scores, labels=labels, groups=groups, num_groups=g, loss=losses)
+    return stats, second_moments(scores, labels=labels, groups=groups, num_groups=g, loss=losses, stats=stats)
 
 
 def test_mean_loss_interval_is_clipped_at_zero_only_for_non_negative_losses():
@@ -202,8 +202,8 @@ def test_rate_intervals_lie_in_zero_one_and_contain_the_estimate(method):
     data = make_data(300, 3, seed=5)
     with torch.no_grad():
         scores = linear_model()(data.x).squeeze(1).double()
-    stats = fo.group_stats(scores, data.y, data.g, 3, weights=data.w)
-    moments = second_moments(scores, data.y, data.g, 3, weights=data.w, stats=stats)
+    stats = fo.group_stats(scores, labels=data.y, groups=data.g, num_groups=3, weights=data.w)
+    moments = second_moments(scores, labels=data.y, groups=data.g, num_groups=3, weights=data.w, stats=stats)
     for rate in ("selection_rate", "true_positive_rate", "false_positive_rate", "error_rate", "precision"):
         est = rate_estimates(stats, rate, moments=moments, method=method)
         assert (est.lower >= 0).all() and (est.upper <= 1).all()

@@ -24,7 +24,7 @@ HARD = torch.tensor([[0, 1, 1, 1], [2, 0, 0, 1], [1, 1, 0, 0], [0, 0, 0, 0]], dt
 
 
 def test_hand_computed_hard_cells_and_absent_group():
-    stats = group_stats(SCORES, LABELS, GROUPS, num_groups=4)
+    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=4)
     assert stats.table.shape == (4, len(COLUMNS))
     torch.testing.assert_close(stats.table[:, :4], HARD)
     torch.testing.assert_close(stats.table[3], torch.zeros(9, dtype=torch.float64))  # absent group: zero row
@@ -36,7 +36,7 @@ def test_hand_computed_hard_cells_and_absent_group():
 
 
 def test_hand_computed_proxy_columns_sigmoid_and_hinge():
-    sig = group_stats(SCORES, LABELS, GROUPS, 3, proxy="sigmoid")
+    sig = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, proxy="sigmoid")
 
     def s(x: float) -> float:
         return torch.sigmoid(torch.tensor(x, dtype=torch.float64)).item()
@@ -44,14 +44,14 @@ def test_hand_computed_proxy_columns_sigmoid_and_hinge():
     # g0: tn_proxy = σ(-0.5), fp_proxy = σ(0.5) (label 0); fn_proxy = σ(-2) + σ(1), tp_proxy = σ(2) + σ(-1) (label 1)
     expected_g0 = torch.tensor([s(-0.5), s(0.5), s(-2.0) + s(1.0), s(2.0) + s(-1.0)], dtype=torch.float64)
     torch.testing.assert_close(sig.table[0, 4:8], expected_g0)
-    hinge = group_stats(SCORES, LABELS, GROUPS, 3, proxy="hinge")
+    hinge = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, proxy="hinge")
     # g1 label 0: s = -0.5, 0.0 → fp_proxy = relu(0.5) + relu(1) = 1.5; tn_proxy = relu(1.5) + relu(1) = 2.5
     # g1 label 1: s = 3.0 → tp_proxy = 4.0, fn_proxy = 0
     torch.testing.assert_close(hinge.table[1, 4:8], torch.tensor([2.5, 1.5, 0.0, 4.0], dtype=torch.float64))
 
 
 def test_threshold_moves_the_hard_prediction():
-    stats = group_stats(SCORES, LABELS, GROUPS, 3, threshold=1.0)
+    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, threshold=1.0)
     # predicted positive only where s > 1: 2.0 (g0, y1), 3.0 (g1, y1), 1.5 (g2, y0)
     torch.testing.assert_close(stats.pred_pos, torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))
 
@@ -59,16 +59,16 @@ def test_threshold_moves_the_hard_prediction():
 def test_loss_column_sums_weighted_loss_and_is_differentiable():
     loss = torch.arange(8, dtype=torch.float64, requires_grad=True)
     w = torch.tensor([1.0, 2, 1, 1, 1, 1, 3, 1], dtype=torch.float64)
-    stats = group_stats(SCORES, LABELS, GROUPS, 3, loss=loss, weights=w)
+    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, loss=loss, weights=w)
     torch.testing.assert_close(stats.column("loss"), torch.tensor([0 + 2 + 2, 3 + 4 + 5, 18 + 7], dtype=torch.float64))
     stats.column("loss").sum().backward()
     torch.testing.assert_close(loss.grad, w)
 
 
 def test_label_dtypes_agree():
-    base = group_stats(SCORES, LABELS, GROUPS, 3).table
+    base = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3).table
     for labels in (LABELS.bool(), LABELS.float(), LABELS.double(), LABELS.to(torch.int32)):
-        torch.testing.assert_close(group_stats(SCORES, labels, GROUPS, 3).table, base)
+        torch.testing.assert_close(group_stats(SCORES, labels=labels, groups=GROUPS, num_groups=3).table, base)
 
 
 def test_integer_weights_equal_duplicated_rows():
@@ -76,16 +76,19 @@ def test_integer_weights_equal_duplicated_rows():
     n = 50
     scores, labels = torch.randn(n, generator=g, dtype=torch.float64), torch.randint(0, 2, (n,), generator=g)
     groups, counts = torch.randint(0, 4, (n,), generator=g), torch.randint(0, 4, (n,), generator=g)
-    weighted = group_stats(scores, labels, groups, 4, weights=counts.double(), proxy="hinge")
+    weighted = group_stats(scores, labels=labels, groups=groups, num_groups=4, weights=counts.double(), proxy="hinge")
     rep = torch.repeat_interleave(torch.arange(n), counts)
-    duplicated = group_stats(scores[rep], labels[rep], groups[rep], 4, proxy="hinge")
+    duplicated = group_stats(scores[rep], labels=labels[rep], groups=groups[rep], num_groups=4, proxy="hinge")
     torch.testing.assert_close(weighted.table, duplicated.table)
 
 
 def test_split_batches_sum_to_one_batch():
-    whole = group_stats(SCORES, LABELS, GROUPS, 3, proxy="softplus")
+    whole = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, proxy="softplus")
     parts = [
-        group_stats(SCORES[i : i + 3], LABELS[i : i + 3], GROUPS[i : i + 3], 3, proxy="softplus") for i in (0, 3, 6)
+        group_stats(
+            SCORES[i : i + 3], labels=LABELS[i : i + 3], groups=GROUPS[i : i + 3], num_groups=3, proxy="softplus"
+        )
+        for i in (0, 3, 6)
     ]
     torch.testing.assert_close((parts[0] + parts[1] + parts[2]).table, whole.table)
     torch.testing.assert_close(sum(parts[1:], parts[0]).overall().table, whole.table.sum(0, keepdim=True))
@@ -93,7 +96,7 @@ def test_split_batches_sum_to_one_batch():
 
 def test_hard_columns_have_no_gradient_and_proxy_columns_do():
     scores = SCORES.clone().requires_grad_()
-    stats = group_stats(scores, LABELS, GROUPS, 3)
+    stats = group_stats(scores, labels=LABELS, groups=GROUPS, num_groups=3)
     (grad,) = torch.autograd.grad(stats.table[:, :4].sum() * 0 + stats.column("tp_proxy").sum(), scores)
     expected = torch.sigmoid(SCORES) * (1 - torch.sigmoid(SCORES)) * LABELS  # d σ(s)/ds on label-1 rows only
     torch.testing.assert_close(grad, expected)
@@ -113,7 +116,7 @@ def test_gradcheck_every_proxy_path(proxy):
     labels, groups = torch.randint(0, 2, (12,), generator=g), torch.randint(0, 3, (12,), generator=g)
 
     def proxy_and_loss_columns(s, w, lo):
-        return group_stats(s, labels, groups, 3, weights=w, loss=lo, proxy=proxy).table[:, 4:]
+        return group_stats(s, labels=labels, groups=groups, num_groups=3, weights=w, loss=lo, proxy=proxy).table[:, 4:]
 
     assert torch.autograd.gradcheck(proxy_and_loss_columns, (scores, weights, loss))
 
@@ -123,28 +126,28 @@ def test_proxy_converges_to_hard_as_temperature_shrinks():
     scores = torch.randn(2000, generator=g, dtype=torch.float64)
     scores = scores[scores.abs() > 1e-3]
     labels, groups = torch.randint(0, 2, scores.shape, generator=g), torch.randint(0, 3, scores.shape, generator=g)
-    hard = group_stats(scores, labels, groups, 3).table[:, :4]
+    hard = group_stats(scores, labels=labels, groups=groups, num_groups=3).table[:, :4]
     gaps = []
     for t in (1.0, 0.1, 0.01, 1e-4):
-        proxy = group_stats(scores, labels, groups, 3, proxy=Proxy.sigmoid(t)).table[:, 4:8]
+        proxy = group_stats(scores, labels=labels, groups=groups, num_groups=3, proxy=Proxy.sigmoid(t)).table[:, 4:8]
         gaps.append((proxy - hard).abs().max().item())
     assert gaps == sorted(gaps, reverse=True) and gaps[0] > 10 and gaps[-1] < 1e-6
 
 
 def test_hard_proxy_equals_hard_columns():
-    stats = group_stats(SCORES, LABELS, GROUPS, 3, proxy="hard")
+    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, proxy="hard")
     torch.testing.assert_close(stats.table[:, 4:8], stats.table[:, :4])
 
 
 def test_float32_scores_float32_table():
-    stats = group_stats(SCORES.float(), LABELS, GROUPS, 3, dtype=torch.float32)
+    stats = group_stats(SCORES.float(), labels=LABELS, groups=GROUPS, num_groups=3, dtype=torch.float32)
     assert stats.dtype == torch.float32
     torch.testing.assert_close(stats.table[:, :4], HARD[:3].float())
 
 
 def test_empty_batch_gives_zero_table():
     e = torch.zeros(0)
-    stats = group_stats(e, e.long(), e.long(), 2)
+    stats = group_stats(e, labels=e.long(), groups=e.long(), num_groups=2)
     assert torch.equal(stats.table, torch.zeros(2, 9, dtype=torch.float64))
 
 
@@ -182,17 +185,17 @@ def test_bad_input_raises_clear_error(kwargs, error, match):
 def test_value_checks_can_be_switched_off():
     bad_labels = torch.tensor([2, 0, 0, 0, 1, 0, 0, 0])
     with fo.set_validation(False):
-        group_stats(SCORES, bad_labels, GROUPS, 3)  # no check, no host sync
-    group_stats(SCORES, bad_labels, GROUPS, 3, validate=False)
+        group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3)  # no check, no host sync
+    group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3, validate=False)
     with pytest.raises(ValueError):
-        group_stats(SCORES, bad_labels, GROUPS, 3)
+        group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3)
     fo.set_validation(False)
     try:
-        group_stats(SCORES, bad_labels, GROUPS, 3)
+        group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3)
     finally:
         fo.set_validation(True)
     with pytest.raises(ValueError):
-        group_stats(SCORES, bad_labels, GROUPS, 3)
+        group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,14 +218,16 @@ def test_additivity_and_permutation_invariance(batch):
     scores, labels, groups, weights, cut = batch
     s, y, g = torch.tensor(scores, dtype=torch.float64), torch.tensor(labels), torch.tensor(groups)
     w = torch.tensor(weights, dtype=torch.float64)
-    whole = group_stats(s, y, g, 4, weights=w, proxy="hinge").table
+    whole = group_stats(s, labels=y, groups=g, num_groups=4, weights=w, proxy="hinge").table
     split = (
-        group_stats(s[:cut], y[:cut], g[:cut], 4, weights=w[:cut], proxy="hinge")
-        + group_stats(s[cut:], y[cut:], g[cut:], 4, weights=w[cut:], proxy="hinge")
+        group_stats(s[:cut], labels=y[:cut], groups=g[:cut], num_groups=4, weights=w[:cut], proxy="hinge")
+        + group_stats(s[cut:], labels=y[cut:], groups=g[cut:], num_groups=4, weights=w[cut:], proxy="hinge")
     ).table
     torch.testing.assert_close(split, whole)
     perm = torch.randperm(len(scores), generator=torch.Generator().manual_seed(len(scores)))
-    torch.testing.assert_close(group_stats(s[perm], y[perm], g[perm], 4, weights=w[perm], proxy="hinge").table, whole)
+    torch.testing.assert_close(
+        group_stats(s[perm], labels=y[perm], groups=g[perm], num_groups=4, weights=w[perm], proxy="hinge").table, whole
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,7 +287,7 @@ def test_all_reduce_sums_tables_across_ranks(tmp_path):
     mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True)
     assert not dist.is_initialized()
     # without a process group the table comes back unchanged (and detached)
-    stats = group_stats(SCORES.clone().requires_grad_(), LABELS, GROUPS, 3)
+    stats = group_stats(SCORES.clone().requires_grad_(), labels=LABELS, groups=GROUPS, num_groups=3)
     reduced = stats.all_reduce()
     assert not reduced.table.requires_grad and torch.equal(reduced.table, stats.table.detach())
 
@@ -293,8 +298,10 @@ def _all_reduce_worker(rank: int, world: int, store: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         part = slice(0, 4) if rank == 0 else slice(4, 8)
-        local = group_stats(SCORES[part], LABELS[part], GROUPS[part], 3)
-        torch.testing.assert_close(local.all_reduce().table, group_stats(SCORES, LABELS, GROUPS, 3).table)
+        local = group_stats(SCORES[part], labels=LABELS[part], groups=GROUPS[part], num_groups=3)
+        torch.testing.assert_close(
+            local.all_reduce().table, group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3).table
+        )
         # both ranks finish before gloo tears down (a rank exiting early aborts the other at exit); only on
         # success, so that a failing rank cannot leave the other waiting in the barrier
         dist.barrier()

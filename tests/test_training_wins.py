@@ -103,11 +103,11 @@ def test_standard_errors_match_the_bootstrap_against_the_pooled_rate_and_undefin
     s = torch.randn(n, generator=gen) + y + 0.3 * a
     # signed entries tpr_g - tpr (an abs near 0 folds the bootstrap distribution, the delta method does not)
     cs = ConstraintSet([fairopt.tpr.per_group() - fairopt.tpr() <= 0.0], 3)
-    se = cs.standard_errors(fairopt.group_stats(s, y, a, 3))
+    se = cs.standard_errors(fairopt.group_stats(s, labels=y, groups=a, num_groups=3))
     draws = []
     for _ in range(300):
         i = torch.randint(0, n, (n,), generator=gen)
-        draws.append(cs.evaluate(fairopt.group_stats(s[i], y[i], a[i], 3)).hard.numpy())
+        draws.append(cs.evaluate(fairopt.group_stats(s[i], labels=y[i], groups=a[i], num_groups=3)).hard.numpy())
     np.testing.assert_allclose(se, np.std(draws, axis=0), rtol=0.25)
     undefined = cs.standard_errors(_cells([[3, 1, 2, 2], [4, 1, 0, 0], [1, 1, 1, 1]]))
     assert math.isinf(undefined[1]) and np.isfinite(undefined[[0, 2]]).all()
@@ -177,7 +177,7 @@ def test_check_reports_violation_and_unsettled_multipliers():
     for _ in range(12):
         train_step(opt, model, x, y, a)
     with torch.no_grad():
-        stats = fairopt.group_stats(model(x).squeeze(-1), y, a, 2)
+        stats = fairopt.group_stats(model(x).squeeze(-1), labels=y, groups=a, num_groups=2)
     with pytest.warns(UserWarning) as caught:
         problems = opt.check(stats, group_names=["a", "b"])
     assert any("is violated by" in p for p in problems)
@@ -219,14 +219,16 @@ def _scored(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 @pytest.mark.parametrize("constraint", [fairopt.EqualizedOdds(0.02), fairopt.DemographicParity(0.03)])
 def test_randomized_thresholds_meet_the_constraint_exactly_on_the_fit_data(constraint):
     s, y, a = _scored(2000, seed=5)
-    policy = GroupThresholds.fit(s, y, a, constraint, 2)
+    policy = GroupThresholds.fit(s, labels=y, groups=a, constraints=constraint, num_groups=2)
     assert policy.feasible
-    stats = policy.stats(s, y, a)
+    stats = policy.stats(s, labels=y, groups=a)
     value = ConstraintSet([constraint], 2).evaluate(stats).hard
     assert float(value.max()) <= 1e-7
     error = fairopt.rates.compute_rate(stats.overall(), "error_rate").value.item()
     assert policy.error == pytest.approx(error, abs=1e-9)
-    loose = GroupThresholds.fit(s, y, a, type(constraint)(1.0), 2)  # a bound that never binds
+    loose = GroupThresholds.fit(
+        s, labels=y, groups=a, constraints=type(constraint)(1.0), num_groups=2
+    )  # a bound that never binds
     assert loose.error <= policy.error + 1e-12 and loose.error < float(((s > 0).float() != y).float().mean())
 
 
@@ -256,28 +258,38 @@ def test_thresholds_beat_or_match_fairlearn_threshold_optimizer():
         X = s.numpy()[:, None]
         to.fit(X, y.numpy().astype(int), sensitive_features=a.numpy())
         p = torch.as_tensor(np.asarray(to._pmf_predict(X, sensitive_features=a.numpy()))[:, 1])
-        theirs = expected_stats(p, y, a, 2)
+        theirs = expected_stats(p, labels=y, groups=a, num_groups=2)
         their_error = fairopt.rates.compute_rate(theirs.overall(), "error_rate").value.item()
         their_gap = float(ConstraintSet([ours(0.0)], 2).evaluate(theirs).hard.max())
-        policy = GroupThresholds.fit(s, y, a, ours(max(tol or 0.0, their_gap) + 1e-6), 2)
+        policy = GroupThresholds.fit(
+            s, labels=y, groups=a, constraints=ours(max(tol or 0.0, their_gap) + 1e-6), num_groups=2
+        )
         assert policy.feasible
         assert policy.error <= their_error + 1e-6  # the exact LP optimum at a bound no tighter than theirs
 
 
 def test_deterministic_thresholds_are_one_per_group_and_margin_tightens():
     s, y, a = _scored(2000, seed=7)
-    policy = GroupThresholds.fit(s, y, a, fairopt.DemographicParity(0.05), 2, randomized=False)
+    policy = GroupThresholds.fit(
+        s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2, randomized=False
+    )
     assert not policy.randomized and policy.probabilities.shape[1] == 1
     p = policy.positive_probability(s, a)
     assert set(p.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(policy.predict(s, a), p > 0.5)
     assert policy.feasible and float(policy.values.max()) <= 1e-7
-    tight = GroupThresholds.fit(s, y, a, fairopt.DemographicParity(0.05), 2, margin=0.03)
+    tight = GroupThresholds.fit(
+        s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2, margin=0.03
+    )
     assert float(tight.values.max()) <= -0.03 + 1e-7
-    impossible = GroupThresholds.fit(s, y, a, fairopt.DemographicParity(0.05), 2, margin=0.2)
+    impossible = GroupThresholds.fit(
+        s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2, margin=0.2
+    )
     assert not impossible.feasible
     # the last cut round's solution is checked too: one round suffices for a single linear gap here
-    one_round = GroupThresholds.fit(s, y, a, fairopt.DemographicParity(0.05), 2, max_cuts=1)
+    one_round = GroupThresholds.fit(
+        s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2, max_cuts=1
+    )
     assert one_round.feasible
     with pytest.raises(ValueError, match="group ids"):
-        GroupThresholds.fit(s, y, a + 1, fairopt.DemographicParity(0.05), 2)
+        GroupThresholds.fit(s, labels=y, groups=a + 1, constraints=fairopt.DemographicParity(0.05), num_groups=2)

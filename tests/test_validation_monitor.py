@@ -30,7 +30,7 @@ def _train(monitor, steps=20, seed=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        stats = fo.group_stats(scores.detach(), data.y, data.g, G)
+        stats = fo.group_stats(scores.detach(), labels=data.y, groups=data.g, num_groups=G)
         if isinstance(monitor.multipliers, FakeOptimizer):
             monitor.multipliers.multipliers += constraint.evaluate(stats).violation.clamp(max=1.0)
         monitor.update(step, model, train_stats=stats)

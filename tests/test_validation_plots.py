@@ -69,7 +69,7 @@ def test_violation_history_png(tmp_path, splits):
     for step in range(8):
         with torch.no_grad():
             model.bias += 0.1  # the model drifts, so the violations move
-        stats = fo.group_stats(model(train.x).squeeze(1).detach(), train.y, train.g, G)
+        stats = fo.group_stats(model(train.x).squeeze(1).detach(), labels=train.y, groups=train.g, num_groups=G)
         monitor.update(step, model, train_stats=stats)
     fig = plot_violation_history(monitor, path=tmp_path / "history.png")
     _assert_png(tmp_path / "history.png")

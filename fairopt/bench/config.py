@@ -58,6 +58,7 @@ from fairopt.constraints import (
     FalsePositiveRateParity,
 )
 from fairopt.constraints.expressions import RateRef, concat
+from fairopt.datasets._builtin import TARGETS
 from fairopt.models import MODELS
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "PublishedResult",
     "StudyConfig",
     "class_constraint",
+    "class_groups",
     "make_constraint",
 ]
 
@@ -126,6 +128,22 @@ def make_constraint(name: str, tolerance: float) -> Constraint:
     return CONSTRAINTS[key][0](tolerance)
 
 
+def class_groups(group_names: Sequence[str], classes: Sequence[tuple[str, str]]) -> dict[str, tuple[int, ...]]:
+    """Each protected class's label (``"race=Black"``) -> the ids of the (intersectional) groups that belong to it.
+
+    Raises:
+        ValueError: a class that matches no group (the message lists the group names).
+    """
+    out: dict[str, tuple[int, ...]] = {}
+    for attribute, value in classes:
+        label = f"{attribute}={value}"
+        ids = tuple(i for i, g in enumerate(group_names) if label in g.split("|"))
+        if not ids:
+            raise ValueError(f"protected class {label!r} matches no group; groups are {list(group_names)}")
+        out[label] = ids
+    return out
+
+
 def class_constraint(
     name: str, tolerance: float, group_names: Sequence[str], classes: Sequence[tuple[str, str]]
 ) -> Constraint:
@@ -139,11 +157,7 @@ def class_constraint(
     key = _key(name)
     make_constraint(key, tolerance)
     parts = []
-    for attribute, value in classes:
-        label = f"{attribute}={value}"
-        ids = tuple(i for i, g in enumerate(group_names) if label in g.split("|"))
-        if not ids:
-            raise ValueError(f"protected class {label!r} matches no group; groups are {list(group_names)}")
+    for ids in class_groups(group_names, classes).values():
         for rate in _CLASS_RATES[key]:
             ref = RateRef(rate)
             parts.append(tolerance * ref() - ref(ids) if key == "p_rule" else abs(ref(ids) - ref()) - tolerance)
@@ -167,17 +181,29 @@ class PublishedResult:
 class StudyConfig:
     """Everything that defines a study (most fields are CLI options; see ``fairopt bench --help``).
 
+    Data: ``dataset`` is a bundled name (its target is fixed) or ``"csv:PATH"``, which needs ``csv_target`` (the label
+    column) and sensitive columns (``sensitive`` or ``csv_sensitive``); ``csv_positive_label`` lists the target values
+    that mean y = 1 when the column is not 0/1 (strings match the values that read the same, see
+    :func:`~fairopt.datasets.load_csv`).
+
     Units: ``tolerance`` in rate units (0.05 = 5 percentage points; for ``p_rule`` it is the ratio p);
     ``lr``/``dual_lr`` are step sizes; ``epochs`` passes over the training split (per model: ``epochs_large`` for
-    ``mlp-large``); ``train_size`` caps the training split (None = all of it); ``batch_size`` None chooses about 50
-    steps per epoch (:meth:`batch_size_for`); the audit split has ``audit_fraction`` times the validation split's
-    size (see the module docstring); ``margin_z`` standard errors is the margin of every method with a dual player
-    (0 = none); ``dual_min_count`` examples per group and label in every dual table (None = each batch alone).
+    ``mlp-large``; the CLI's ``--epochs`` sets both); ``train_size`` caps the training split (None = all of it);
+    ``batch_size`` None chooses about 50 steps per epoch (:meth:`batch_size_for`); the audit split has
+    ``audit_fraction`` times the validation split's size (see the module docstring); ``margin_z`` standard errors is
+    the margin of every method with a dual player (0 = none); ``dual_min_count`` examples per group and label in every
+    dual table (None = each batch alone).
+
+    Raises:
+        ValueError: at construction, for an unknown method, model, dataset or constraint; an out-of-range number; a
+            ``csv:`` dataset without a target or sensitive columns; ``csv_target`` (other than the fixed target) or
+            ``csv_positive_label`` with a bundled dataset; a CUDA device where CUDA is not available.
     """
 
     dataset: str = "adult"
     csv_target: str | None = None
     csv_sensitive: tuple[str, ...] = ()
+    csv_positive_label: tuple[str, ...] = ()
     sensitive: tuple[str, ...] | None = None
     constraint: str = "equalized_odds"
     tolerance: float = 0.05
@@ -211,6 +237,7 @@ class StudyConfig:
                 raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
         if not (self.dataset in DATASETS or self.dataset.startswith("csv:")):
             raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)} or csv:PATH")
+        self._check_data_options()
         make_constraint(self.constraint, self.tolerance)
         checks = [
             ("epochs", self.epochs >= 1),
@@ -239,6 +266,34 @@ class StudyConfig:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} asked for, but CUDA is not available here; use --device cpu")
 
+    def _check_data_options(self) -> None:
+        """The csv-only options are refused for a bundled dataset (never silently ignored); a csv needs its columns."""
+        if self.dataset.startswith("csv:"):
+            if not self.csv_target or not self.sensitive_attributes():
+                raise ValueError(
+                    "a csv: dataset needs its label column and sensitive column(s): --target COLUMN --sensitive "
+                    "COLUMN[,COLUMN] (csv_target=, sensitive=)"
+                )
+            return
+        fixed = TARGETS[self.dataset]
+        own_file = "for your own file use --dataset csv:PATH --target COLUMN --sensitive COLUMN"
+        if self.csv_target is not None and self.csv_target != fixed:
+            raise ValueError(
+                f"--target (csv_target) {self.csv_target!r} is for csv: datasets; the bundled {self.dataset} dataset "
+                f"has the fixed target {fixed!r} ({own_file})"
+            )
+        if self.csv_positive_label:
+            raise ValueError(
+                f"--positive-label (csv_positive_label) is for csv: datasets; the bundled {self.dataset} dataset's "
+                f"target {fixed!r} is already 0/1 ({own_file})"
+            )
+
+    def positive_label(self) -> str | tuple[str, ...] | None:
+        """``csv_positive_label`` as :func:`~fairopt.datasets.load_csv` takes it: None, one value, or several."""
+        if not self.csv_positive_label:
+            return None
+        return self.csv_positive_label[0] if len(self.csv_positive_label) == 1 else self.csv_positive_label
+
     def build_constraint(self, group_names: Sequence[str]) -> Constraint:
         """The study's constraint: over the groups, or over ``classes`` when given (:func:`class_constraint`)."""
         if self.classes:
@@ -254,6 +309,7 @@ class StudyConfig:
         return int(min(512, max(64, 2 ** round(np.log2(max(num_train, 1) / 48)))))
 
     def epochs_for(self, model: str) -> int:
+        """Training epochs of ``model``: ``epochs_large`` for ``mlp-large``, else ``epochs``."""
         return self.epochs_large if model == "mlp-large" else self.epochs
 
     def sensitive_attributes(self) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from .study import StudyResult, summarize, write_json
+from .study import StudyResult, run_warnings, summarize, write_json
 
 __all__ = ["format_table", "plot_histories", "plot_tradeoff", "published_comparison", "to_markdown", "write_outputs"]
 
@@ -90,8 +90,27 @@ def _caption(result: StudyResult) -> str:
     )
 
 
+def _warning_items(result: StudyResult) -> list[str]:
+    """The data's notes (:attr:`StudyResult.notes`), then every run's warnings (:func:`run_warnings`), one line each."""
+    items = list(result.notes)
+    for run in result.runs:
+        items += [f"{run.model} / {run.method} / seed {run.seed}: warning: {w}" for w in run_warnings(run)]
+    return items
+
+
+def _warning_summary(result: StudyResult) -> str | None:
+    """One console line counting the notes and the runs with warnings (listed in study.md), or None."""
+    warned = sum(1 for run in result.runs if run_warnings(run))
+    if not result.notes and not warned:
+        return None
+    return (
+        f"{len(result.notes)} note(s) on the data, warnings on {warned} of {len(result.runs)} run(s): "
+        "listed in study.md (and under the runs' log lines)"
+    )
+
+
 def format_table(result: StudyResult) -> str:
-    """A fixed-width console table of :func:`~fairopt.bench.study.summarize`."""
+    """A fixed-width console table of :func:`~fairopt.bench.study.summarize`, then a count of notes and warnings."""
     header, rows = _rows(result)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
@@ -101,10 +120,14 @@ def format_table(result: StudyResult) -> str:
     if comparison is not None:
         out += ["", "Published (test error / test violation) vs ours (mean ± std over seeds):"]
         out += [f"  {line}" for line in comparison.to_string(index=False).splitlines()]
+    summary = _warning_summary(result)
+    if summary is not None:
+        out += ["", summary]
     return "\n".join(out)
 
 
 def to_markdown(result: StudyResult) -> str:
+    """The study as Markdown: caption, table, the published comparison (if any), then notes and warnings."""
     header, rows = _rows(result)
     lines = [_caption(result), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -114,6 +137,9 @@ def to_markdown(result: StudyResult) -> str:
         cols = list(comparison.columns)
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in comparison.itertuples(index=False)]
+    items = _warning_items(result)
+    if items:
+        lines += ["", "Notes and warnings:", ""] + [f"- {item}" for item in items]
     return "\n".join(lines) + "\n"
 
 

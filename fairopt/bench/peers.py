@@ -44,7 +44,9 @@ __all__ = ["expected_stats", "run_peers"]
 def expected_stats(positive_probability: torch.Tensor, split: DatasetSplit, num_groups: int) -> GroupStats:
     """Exact expected table of a randomized classifier predicting positive with probability ``p_i`` on ``split``
     (:func:`fairopt.postprocessing.expected_stats`)."""
-    return postprocessing.expected_stats(positive_probability, split.y, split.groups, num_groups)
+    return postprocessing.expected_stats(
+        positive_probability, labels=split.y, groups=split.groups, num_groups=num_groups
+    )
 
 
 def _reports(
@@ -169,7 +171,9 @@ def _cooper(config: StudyConfig, data: TabularDataset, seed: int, model_name: st
 
         def compute_cmp_state(self, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor) -> cooper.CMPState:
             logits = model(x)
-            stats = group_stats(logits, y, a, num_groups, proxy="sigmoid", dtype=torch.float32, validate=False)
+            stats = group_stats(
+                logits, labels=y, groups=a, num_groups=num_groups, proxy="sigmoid", dtype=torch.float32, validate=False
+            )
             violation = constraint.evaluate(stats).proxy  # the sigmoid-relaxed value, for both players
             loss = F.binary_cross_entropy_with_logits(logits, y)
             return cooper.CMPState(loss=loss, observed_constraints={self.fairness: cooper.ConstraintState(violation)})

@@ -12,18 +12,18 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.nn import functional as F
 
 from fairopt.constraints import Constraint
 from fairopt.datasets import DatasetSplit, TabularDataset
 from fairopt.models import create_model
-from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords
+from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, StochasticClassifier
 from fairopt.postprocessing import GroupThresholds
 from fairopt.stats import GroupStats, group_stats
 from fairopt.validation import FairnessReport
@@ -38,6 +38,7 @@ __all__ = [
     "SPLITS",
     "FinalModel",
     "RunResult",
+    "constant_prediction",
     "fit_thresholds",
     "run_one",
     "select_final",
@@ -65,7 +66,8 @@ class RunResult:
         history: one dict per recorded point: ``step``, ``epoch`` and the largest constraint value (max over
             entries of ``expr``, the quantity compared with the tolerance) on each split.
         dual_window: the dual table's last window in batches (:attr:`~fairopt.ConstrainedOptimizer.dual_window`).
-        warnings: what the end-of-training check found (:meth:`~fairopt.ConstrainedOptimizer.check`).
+        warnings: what the end-of-training check found (:meth:`~fairopt.ConstrainedOptimizer.check`), and a final
+            model that predicts one label for every test row (:func:`constant_prediction`).
         selection: how the final model was chosen; support: its number of iterates.
         multipliers: the final multipliers (empty for methods without a dual player).
         wall_time: seconds spent training and selecting (evaluation excluded).
@@ -93,7 +95,9 @@ def split_stats(model: nn.Module, split: DatasetSplit, num_groups: int) -> Group
         model.eval()
         scores = model(split.X.to(device)).double()
         model.train(was_training)
-    return group_stats(scores, split.y.to(device), split.groups.to(device), num_groups, validate=False)
+    return group_stats(
+        scores, labels=split.y.to(device), groups=split.groups.to(device), num_groups=num_groups, validate=False
+    )
 
 
 def _batches(
@@ -151,19 +155,12 @@ def _largest_value(constraint: Constraint, stats: GroupStats) -> float:
 def _mixture_stats(
     model: nn.Module, states: list[dict[str, Tensor]], weights: Tensor, split: DatasetSplit, num_groups: int
 ) -> GroupStats:
-    """Expected table of the randomized classifier: the weighted sum of its candidates' tables (exact)."""
-    total: GroupStats | None = None
+    """Expected table of the randomized classifier: the weighted sum of its candidates' tables (exact; see
+    :func:`fairopt.validation.collect_stats`)."""
     device = next(model.parameters()).device
-    for state, p in zip(states, weights.tolist()):
-        on_device = {k: v.to(device) for k, v in state.items()}
-
-        def candidate(x: Tensor, state: dict[str, Tensor] = on_device) -> Tensor:
-            return functional_call(model, state, (x.to(device),))
-
-        stats, _ = collect_stats(candidate, (split.X, split.y, split.groups), num_groups, progress=False)
-        total = stats * p if total is None else total + stats * p
-    assert total is not None
-    return total
+    mixture = StochasticClassifier(model, states, weights).to(device)
+    stats, _ = collect_stats(mixture, (split.X, split.y, split.groups), num_groups, progress=False)
+    return stats
 
 
 def _margin(config: StudyConfig, constraint_set: ConstraintSet, stats: GroupStats) -> np.ndarray | None:
@@ -284,6 +281,24 @@ def _warnings(
     return tuple(constrained.check(stats, group_names=data.group_names, warn=False))
 
 
+def constant_prediction(stats: GroupStats, split: str = "test") -> str | None:
+    """A warning when a model predicts the same label for every row of ``split`` (its ``(G, K)`` hard table
+    ``stats``; for a randomized classifier, the expected table: every candidate predicts that label), else None.
+
+    A constant classifier has equal selection rates, TPRs and FPRs in every group by construction, so parity
+    constraints on them look met while it learns nothing: its constraint values must not pass for a fair model.
+    """
+    overall = stats.overall()
+    positives, rows = float(overall.pred_pos.sum()), float(overall.count.sum())
+    if rows == 0 or 0 < positives < rows:
+        return None
+    label = 1 if positives > 0 else 0
+    return (
+        f"the final model predicts {label} for every {split} row (a constant classifier): its parity constraints "
+        "are met trivially and it learned nothing; train longer (--epochs), change --lr or loosen --tolerance"
+    )
+
+
 def _scores(model: nn.Module, split: DatasetSplit) -> Tensor:
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -298,12 +313,15 @@ def fit_thresholds(
     margin (without it, and saying so, when no policy meets it). Returns the policy and a description."""
     v = data.validation
     scores = _scores(model, v)
-    stats = group_stats(scores, v.y, v.groups, data.num_groups, validate=False)
+    stats = group_stats(scores, labels=v.y, groups=v.groups, num_groups=data.num_groups, validate=False)
     margin = _margin(config, ConstraintSet([constraint], data.num_groups), stats)
-    policy = GroupThresholds.fit(scores, v.y, v.groups, constraint, data.num_groups, margin=margin)
+    fit = partial(
+        GroupThresholds.fit, scores, labels=v.y, groups=v.groups, constraints=constraint, num_groups=data.num_groups
+    )
+    policy = fit(margin=margin)
     note = " with margin"
     if not policy.feasible and margin is not None:
-        policy, note = GroupThresholds.fit(scores, v.y, v.groups, constraint, data.num_groups), " (margin not met)"
+        policy, note = fit(), " (margin not met)"
     kind = "randomized" if policy.randomized else "deterministic"
     return policy, f"group thresholds on validation{note} ({kind}, Hardt et al. 2016)"
 
@@ -337,7 +355,7 @@ def run_one(
         for split_name in SPLITS:
             split = data.split(DATA_SPLIT[split_name])
             if policy is not None:
-                stats, moments = policy.stats(_scores(model, split), split.y, split.groups), None
+                stats, moments = policy.stats(_scores(model, split), labels=split.y, groups=split.groups), None
             elif final.states:  # intervals then treat the expected counts as counts of N examples
                 stats = _mixture_stats(model, final.states, final.probabilities, split, data.num_groups)
                 moments = None
@@ -347,6 +365,7 @@ def run_one(
                 stats, [constraint], moments=moments, group_names=data.group_names, split=split_name,
                 metadata={"model": model_name, "method": name, "seed": seed},
             )  # fmt: skip
+        constant = constant_prediction(reports["test"].stats)
         results.append(
             RunResult(
                 model=model_name,
@@ -359,7 +378,7 @@ def run_one(
                 multipliers=multipliers,
                 wall_time=train_time + select_time,
                 dual_window=None if constrained is None else constrained.dual_window,
-                warnings=warnings_found,
+                warnings=warnings_found if constant is None else (*warnings_found, constant),
             )
         )
     return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,41 +19,141 @@ from tqdm.auto import tqdm
 
 from fairopt.constraints import Constraint
 from fairopt.datasets import TabularDataset, load_csv, load_dataset
+from fairopt.datasets._tabular import MIN_ROWS
 
-from .config import StudyConfig
+from .config import PRESETS, StudyConfig, class_groups
 from .runner import DATA_SPLIT, SPLITS, RunResult, run_one
 
-__all__ = ["STUDY_SCHEMA_VERSION", "StudyResult", "load_study_data", "run_study", "summarize"]
+__all__ = [
+    "STUDY_SCHEMA_VERSION",
+    "StudyResult",
+    "data_notes",
+    "load_study_data",
+    "run_study",
+    "run_warnings",
+    "summarize",
+]
 
-STUDY_SCHEMA_VERSION = "1.1"  # 1.1: a "validation" report per run; "held-out" is the audit split
+# 1.1: a "validation" report per run; "held-out" is the audit split. Additive since: "notes" (the data's notes and
+# warnings) and each run's "warnings" (a reader of 1.1 that ignores unknown keys reads them unchanged).
+STUDY_SCHEMA_VERSION = "1.1"
+
+# The splits whose reports' warnings are shown with each run (train's illusion flags are in the table already).
+WARNED_SPLITS = ("held-out", "test")
 
 
 def load_study_data(config: StudyConfig, seed: int = 0) -> TabularDataset:
     """Load the configured dataset (embedded, or ``csv:PATH``) with the study's splits, capped at ``train_size``,
     and an audit split of ``audit_fraction`` times the validation split's size: from the training rows the cap
     leaves out when there are enough (the validation split then stays whole), else moved out of the validation split
-    (:meth:`TabularDataset.with_audit`)."""
+    (:meth:`TabularDataset.with_audit`).
+
+    Raises:
+        ValueError: from the loader (:func:`~fairopt.datasets.load_csv`, :func:`~fairopt.datasets.load_dataset`),
+            e.g. a missing column, a target that is not 0/1 without ``csv_positive_label``, a single label.
+        FileNotFoundError: a ``csv:`` path that does not exist.
+    """
+    return _load_study_data(config, seed)[0]
+
+
+def _load_study_data(config: StudyConfig, seed: int) -> tuple[TabularDataset, int]:
+    """:func:`load_study_data` and the number of training rows before the ``train_size`` cap."""
     common = {"validation_fraction": config.validation_fraction, "seed": seed}
     if config.dataset.startswith("csv:"):
-        if not config.csv_target or not config.sensitive_attributes():
-            raise ValueError("a csv: dataset needs --target COLUMN and --sensitive COLUMN[,COLUMN]")
         data = load_csv(
-            config.dataset[4:], target=config.csv_target, sensitive=list(config.sensitive_attributes()), **common
+            config.dataset[4:],
+            target=str(config.csv_target),
+            sensitive=list(config.sensitive_attributes()),
+            positive_label=config.positive_label(),
+            **common,
         )
     else:
         data = load_dataset(config.dataset, sensitive=config.sensitive_attributes(), **common)
+    train_rows = len(data.train)
     audit_size = round(config.audit_fraction * len(data.validation))
-    if config.train_size is not None and config.train_size < len(data.train.y):
-        unused = len(data.train.y) - config.train_size
+    if config.train_size is not None and config.train_size < train_rows:
+        unused = train_rows - config.train_size
         if unused >= audit_size:  # the audit split from training rows the cap leaves out: validation stays whole
-            return data.subsample_train(config.train_size, seed=seed, audit_size=audit_size)
+            return data.subsample_train(config.train_size, seed=seed, audit_size=audit_size), train_rows
         data = data.subsample_train(config.train_size, seed=seed)
-    return data.with_audit(config.audit_fraction, seed=seed)
+    return data.with_audit(config.audit_fraction, seed=seed), train_rows
+
+
+def _load_noting(
+    config: StudyConfig, seed: int, note: Callable[[str], None], *, reissue: bool
+) -> tuple[TabularDataset, int]:
+    """:func:`_load_study_data`, passing each ``UserWarning`` of the loader to ``note`` as a ``"warning: ..."`` line,
+    and re-issuing it as a Python warning only when ``reissue`` (other categories are always re-issued)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = _load_study_data(config, seed)
+    for w in caught:
+        is_user = issubclass(w.category, UserWarning)
+        if is_user:
+            note(f"warning: {w.message}")
+        if reissue or not is_user:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return loaded
+
+
+def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None = None) -> list[str]:
+    """What a user should know about a study's data before reading its numbers, as ``"note: ..."`` and
+    ``"warning: ..."`` lines: the training split capped by ``train_size`` (``train_rows``: its size before the cap,
+    None: unknown), and each group (each protected class, when ``config.classes`` is set) with fewer than
+    ``MIN_ROWS`` (30) rows in some split, naming the splits and their row counts.
+
+    Raises:
+        ValueError: a protected class of ``config.classes`` that matches no group.
+    """
+    notes: list[str] = []
+    if train_rows is not None and len(data.train) < train_rows:
+        preset = PRESETS.get(config.preset or "")
+        from_preset = (
+            f" (the {config.preset!r} preset's cap)"
+            if preset is not None and preset.train_size == config.train_size
+            else ""
+        )
+        notes.append(
+            f"note: training on {len(data.train):,} of the {train_rows:,} training rows: train_size caps it at "
+            f"{config.train_size:,}{from_preset}; --train-size 0 (train_size=None) trains on all of them"
+        )
+    by_split = data.group_counts()
+    counts = {name: by_split[DATA_SPLIT[name]] for name in SPLITS}
+    if config.classes:
+        kind, units = "protected class", class_groups(data.group_names, config.classes)
+    else:
+        kind, units = "group", {name: (g,) for g, name in enumerate(data.group_names)}
+    for name, ids in units.items():
+        rows = {split: int(c[list(ids)].sum()) for split, c in counts.items()}
+        if not any(rows.values()):
+            notes.append(f"warning: {kind} {name!r} has no rows in any of the study's splits: its rates are undefined")
+            continue
+        small = ", ".join(f"{split} {n}" for split, n in rows.items() if n < MIN_ROWS)
+        if small:
+            notes.append(
+                f"warning: {kind} {name!r} has fewer than {MIN_ROWS} rows in some splits ({small}): its rates' "
+                "intervals there are very wide; merge rare categories or choose other --sensitive attributes"
+            )
+    return notes
+
+
+def run_warnings(run: RunResult) -> list[str]:
+    """The run's own warnings, then its held-out and test reports' warnings, each once, prefixed with the split(s)
+    it came from (``"held-out, test: group 'x' has no examples ..."``)."""
+    splits_of: dict[str, list[str]] = {}
+    for split in WARNED_SPLITS:
+        report = run.reports.get(split)
+        for problem in () if report is None else report.warnings:
+            splits_of.setdefault(problem, [])
+            if split not in splits_of[problem]:
+                splits_of[problem].append(split)
+    return [*dict.fromkeys(run.warnings), *(f"{', '.join(s)}: {problem}" for problem, s in splits_of.items())]
 
 
 @dataclass
 class StudyResult:
-    """All runs of a study, with its configuration and the data's description."""
+    """All runs of a study, with its configuration and the data's description (``notes``: :func:`data_notes` of the
+    first seed's data and the loader's warnings, each once; see :func:`run_study`)."""
 
     config: StudyConfig
     runs: list[RunResult]
@@ -62,6 +163,7 @@ class StudyResult:
     wall_time: float
     started: str
     machine: str
+    notes: tuple[str, ...] = ()
 
     def table(self) -> pd.DataFrame:
         """One row per run (see :func:`summarize` for the per-(model, method) aggregate)."""
@@ -78,6 +180,7 @@ class StudyResult:
             "started": self.started,
             "machine": self.machine,
             "wall_time_s": self.wall_time,
+            "notes": list(self.notes),
             "runs": [
                 {
                     "model": r.model,
@@ -87,6 +190,7 @@ class StudyResult:
                     "support": r.support,
                     "multipliers": r.multipliers,
                     "wall_time_s": r.wall_time,
+                    "warnings": list(r.warnings),
                     "history": r.history,
                     "reports": {name: rep.to_dict() for name, rep in r.reports.items()},
                 }
@@ -156,16 +260,36 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
     """Run every (model, method, seed) of ``config``; seeds share nothing but the dataset files.
 
     Each seed gets its own data split and subsample (``seed``), model initialization and batch order.
+
+    ``log`` receives, once each: the data's notes and warnings (:func:`data_notes` of the first seed's data, whose
+    splits differ from the other seeds' by about a row per group and label, and the loader's ``UserWarning`` s,
+    which then do not also go to Python's warning output), one line per run, and under it the run's warnings
+    (:func:`run_warnings`). Without ``log`` the loader's warnings are Python warnings. Either way the notes are in
+    :attr:`StudyResult.notes` and each run's warnings in :attr:`RunResult.warnings`.
+
+    Raises:
+        ValueError, FileNotFoundError: from :func:`load_study_data`.
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     runs: list[RunResult] = []
+    notes: list[str] = []
+
+    def note(line: str) -> None:
+        if line not in notes:
+            notes.append(line)
+            if log is not None:
+                log(line)
+
     combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
     bar = tqdm(total=len(combos), desc="fairopt bench", unit="run", disable=not progress)
     data_by_seed: dict[int, TabularDataset] = {}
     for seed, model, method in combos:
         if seed not in data_by_seed:
-            data_by_seed[seed] = load_study_data(config, seed)
+            data_by_seed[seed], train_rows = _load_noting(config, seed, note, reissue=log is None)
+            if len(data_by_seed) == 1:
+                for line in data_notes(config, data_by_seed[seed], train_rows):
+                    note(line)
         constraint: Constraint = config.build_constraint(data_by_seed[seed].group_names)
         bar.set_postfix_str(f"{model} / {method} / seed {seed}")
         for run in run_one(config, data_by_seed[seed], constraint, model, method, seed):
@@ -178,7 +302,7 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
                     f"  {model:<10} {run.method:<38} seed {seed}: test constraint value {shown} "
                     f"({run.wall_time:.1f} s{window})"
                 )
-                for problem in run.warnings:
+                for problem in run_warnings(run):
                     log(f"    warning: {problem}")
         bar.update(1)
     bar.close()
@@ -192,6 +316,7 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
         wall_time=time.perf_counter() - t0,
         started=started,
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        notes=tuple(notes),
     )
 
 

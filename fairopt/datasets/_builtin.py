@@ -22,7 +22,7 @@ from ._tabular import (
     stratified_split,
 )
 
-__all__ = ["DATASETS", "load_adult", "load_compas", "load_dataset", "load_german"]
+__all__ = ["DATASETS", "SENSITIVE_CHOICES", "TARGETS", "load_adult", "load_compas", "load_dataset", "load_german"]
 
 
 @dataclass(frozen=True)
@@ -621,6 +621,16 @@ DATASETS: Mapping[str, Callable[..., TabularDataset]] = MappingProxyType(
     {"adult": load_adult, "compas": load_compas, "german": load_german}
 )
 """Bundled datasets by name."""
+
+TARGETS: Mapping[str, str] = MappingProxyType(
+    {"adult": _ADULT.target, "compas": _COMPAS.target, "german": _german_spec(25).target}
+)
+"""The fixed label column of each bundled dataset, by name (a bundled dataset's target cannot be chosen)."""
+
+SENSITIVE_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"adult": tuple(_ADULT.sources), "compas": tuple(_COMPAS.sources), "german": tuple(_german_spec(25).sources)}
+)
+"""The sensitive attributes each bundled dataset's loader accepts (its ``sensitive`` argument), by name."""
 
 
 def load_dataset(name: str, **kwargs: Any) -> TabularDataset:

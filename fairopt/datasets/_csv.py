@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
+import shlex
+import warnings
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pandas as pd
 
 from ._categories import sorted_categories
 from ._tabular import (
+    MIN_ROWS,
     TabularDataset,
     assemble,
     check_fractions,
@@ -55,7 +59,7 @@ def load_csv(
         a DataFrame (not modified).
     target:
         The label column. Without ``positive_label`` it must hold only 0/1 (or
-        ``False``/``True``) values.
+        ``False``/``True``) values; it must hold both labels.
     sensitive:
         One sensitive attribute column or a sequence; intersectional group ids
         enumerate every combination of their categories (first attribute = most
@@ -66,7 +70,9 @@ def load_csv(
         ``include_sensitive``, the sensitive ones).
     positive_label:
         Target value (or collection of values) that means ``y = 1``; every other
-        value means ``y = 0``.
+        value means ``y = 0``. A string also matches the one value that reads the
+        same (``"2"`` matches ``2``, ``"1.5"`` matches ``1.5``, ``"True"``
+        matches ``True``), as a command line passes it.
     include_sensitive:
         Also use the sensitive columns as features (default ``False``).
     categorical:
@@ -97,10 +103,19 @@ def load_csv(
     Raises
     ------
     ValueError
-        A column is missing (naming it, the source and the available
-        columns); the target is not binary and no ``positive_label`` is given;
-        ``positive_label`` does not occur; the target or a sensitive attribute
-        has missing values; fractions are out of range.
+        The file is empty or has no data rows (only a header); a column is
+        missing (naming it, the source and the available columns); the target
+        is not binary and no ``positive_label`` is given; ``positive_label``
+        does not occur; the target holds one label only (every row ``y = 0``,
+        or every row ``y = 1``); the target or a sensitive attribute has
+        missing values; fractions are out of range.
+
+    Warns
+    -----
+    UserWarning
+        A split with a non-zero fraction gets fewer than 30 rows
+        (``MIN_ROWS``): its rates' intervals are very wide. The message says
+        how many rows the file would need at these fractions.
     """
     if isinstance(path_or_dataframe, pd.DataFrame):
         source = "<DataFrame>"
@@ -108,8 +123,14 @@ def load_csv(
         default_name = "dataframe"
     else:
         source = str(path_or_dataframe)
-        raw = pd.read_csv(path_or_dataframe, **dict(read_csv_kwargs or {}))
+        try:
+            raw = pd.read_csv(path_or_dataframe, **dict(read_csv_kwargs or {}))
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"the CSV {source} is empty: no header and no data rows") from None
         default_name = Path(path_or_dataframe).stem
+    if len(raw) == 0:
+        what = "the DataFrame" if isinstance(path_or_dataframe, pd.DataFrame) else f"the CSV {source}"
+        raise ValueError(f"{what} has no data rows (columns: {[str(c) for c in raw.columns]}); nothing to train on")
     sensitive = normalize_names(sensitive, "sensitive")
     check_fractions(validation_fraction, test_fraction)
 
@@ -164,6 +185,11 @@ def load_csv(
         (1.0 - validation_fraction - test_fraction, validation_fraction, test_fraction),
         seed,
     )
+    _warn_small_splits(
+        source,
+        {"train": len(train), "validation": len(validation), "test": len(test)},
+        {"train": 1.0 - validation_fraction - test_fraction, "validation": validation_fraction, "test": test_fraction},
+    )
     return assemble(
         name=name if name is not None else default_name,
         frame=raw,
@@ -178,8 +204,45 @@ def load_csv(
     )
 
 
+def _warn_small_splits(source: str, sizes: Mapping[str, int], fractions: Mapping[str, float]) -> None:
+    """Warn (``UserWarning``) when a split with a non-zero fraction gets fewer than :data:`MIN_ROWS` rows."""
+    small = {name: n for name, n in sizes.items() if fractions[name] > 0 and n < MIN_ROWS}
+    if not small:
+        return
+    needed = math.ceil(MIN_ROWS / min(f for f in fractions.values() if f > 0))
+    shown = ", ".join(f"{name} {n}" for name, n in small.items())
+    warnings.warn(
+        f"{source} has {sum(sizes.values())} data rows, so some splits have fewer than {MIN_ROWS} rows ({shown}): "
+        f"rates measured on them have very wide intervals; at these fractions use at least {needed} rows",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _match_label(value: Any, values: Sequence[Hashable]) -> Hashable | None:
+    """The value of ``values`` that ``value`` names: itself, else (for a string) the one value whose ``str`` is
+    ``value`` or that equals it as a number (``"2"`` names ``2``; ``"1"`` names ``1.0``). None if there is none."""
+    if value in set(values):
+        return value
+    if not isinstance(value, str):
+        return None
+    matches = [v for v in values if str(v) == value]
+    if not matches:
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        matches = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v == number]
+    return matches[0] if len(matches) == 1 else None
+
+
 def _binary_labels(column: pd.Series, target: str, positive_label: Any, source: str) -> np.ndarray:
-    """``(N,)`` int64 0/1 labels of ``column``."""
+    """``(N,)`` int64 0/1 labels of ``column``.
+
+    Raises:
+        ValueError: missing values; a non-binary column without ``positive_label`` (the message names the Python
+            argument and the ``fairopt bench`` flag); a ``positive_label`` that does not occur; a single label.
+    """
     if column.isna().any():
         raise ValueError(
             f"target column {target!r} in {source} has "
@@ -187,24 +250,34 @@ def _binary_labels(column: pd.Series, target: str, positive_label: Any, source: 
         )
     values = sorted_categories(column)
     if positive_label is None:
-        if set(values) <= {0, 1}:  # also matches False/True and 0.0/1.0
-            return column.astype(np.int64).to_numpy()
-        shown = list(values[:10]) + (["..."] if len(values) > 10 else [])
-        raise ValueError(
-            f"target column {target!r} in {source} is not binary 0/1: found "
-            f"{len(values)} distinct values {shown}; pass positive_label= the "
-            "value (or collection of values) that means y = 1, e.g. "
-            f"positive_label={values[-1]!r}"
-        )
-    if isinstance(positive_label, Collection) and not isinstance(positive_label, (str, bytes)):
-        positives = list(positive_label)
+        if not set(values) <= {0, 1}:  # {0, 1} also matches False/True and 0.0/1.0
+            shown = list(values[:10]) + (["..."] if len(values) > 10 else [])
+            raise ValueError(
+                f"target column {target!r} in {source} is not binary 0/1: found "
+                f"{len(values)} distinct values {shown}; pass positive_label= the "
+                "value (or collection of values) that means y = 1, e.g. "
+                f"positive_label={values[-1]!r} (fairopt bench: --positive-label {shlex.quote(str(values[-1]))})"
+            )
+        labels = column.astype(np.int64).to_numpy()
     else:
-        positives = [positive_label]
-    absent = [p for p in positives if p not in set(values)]
-    if absent:
+        if isinstance(positive_label, Collection) and not isinstance(positive_label, (str, bytes)):
+            given = list(positive_label)
+        else:
+            given = [positive_label]
+        positives = [_match_label(p, values) for p in given]
+        absent = [p for p, match in zip(given, positives) if match is None]
+        if absent:
+            raise ValueError(
+                f"positive_label {absent if len(given) > 1 else absent[0]!r} does "
+                f"not occur in target column {target!r} in {source}; values found: "
+                f"{list(values)}"
+            )
+        labels = column.isin(positives).to_numpy(dtype=np.int64)
+    if len(np.unique(labels)) < 2:
+        also = "" if positive_label is None else f", every value being positive_label {positive_label!r}"
         raise ValueError(
-            f"positive_label {absent if len(positives) > 1 else absent[0]!r} does "
-            f"not occur in target column {target!r} in {source}; values found: "
-            f"{list(values)}"
+            f"target column {target!r} in {source} holds one label only: all {len(labels)} rows are "
+            f"y = {int(labels[0])}{also}; a classifier needs rows of both labels: check that the target "
+            "(fairopt bench: --target) names the label column"
         )
-    return column.isin(positives).to_numpy(dtype=np.int64)
+    return labels

@@ -16,6 +16,7 @@ from fairopt.groups import Groups
 from ._categories import category_codes, sorted_categories
 
 __all__ = [
+    "MIN_ROWS",
     "SPLIT_NAMES",
     "DatasetSplit",
     "TabularDataset",
@@ -23,6 +24,11 @@ __all__ = [
 ]
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
+
+MIN_ROWS = 30
+"""Rows below which a split's or a group's rates are too noisy to compare: from 30 rows a rate near 0.5 has a 95%
+interval of about ±0.18 (1.96 · sqrt(0.25 / 30)), and it widens as 1 / sqrt(rows). Loaders and ``fairopt bench`` warn
+below it."""
 
 
 # --------------------------------------------------------------------------- splits
@@ -420,6 +426,12 @@ class TabularDataset:
         strata = v.groups.numpy() * 2 + v.y.numpy().astype(np.int64)
         keep, audit = stratified_split(strata, [1.0 - fraction, fraction], seed)
         return replace(self, validation=v.subset(keep), audit=v.subset(audit, "audit"))
+
+    def group_counts(self) -> dict[str, np.ndarray]:
+        """Rows per group of every split: split name (``train``, ``validation``, ``test``, and ``audit`` when
+        present) -> ``(G,)`` int64 counts in group-id order (an absent group counts 0)."""
+        parts = [*self.splits(), *(() if self.audit is None else (self.audit,))]
+        return {p.name: np.bincount(p.groups.numpy(), minlength=self.num_groups).astype(np.int64) for p in parts}
 
     def splits(self) -> Iterator[DatasetSplit]:
         """Iterate over train, validation and test."""

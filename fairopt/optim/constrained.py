@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fairopt._validation import validation_enabled, warn_if_probabilities
+from fairopt._validation import PROBABILITY_HINT, probability_op, validation_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, value_tensors
 from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
@@ -389,8 +389,10 @@ class ConstrainedOptimizer:
         if unfed and dual_stats.num_unfed >= 1:
             self._raise_no_heldout(dual_stats.num_unfed + 1)
         cs = self.constraint_set
-        if self.num_steps == 0 and cs.threshold == 0.0 and validation_enabled(self.validate):
-            warn_if_probabilities(scores, "the first step's scores")  # once: one host sync, first step only
+        if self.num_steps == 0 and (op := probability_op(scores)) is not None:  # once, from the graph: no sync
+            warnings.warn(
+                f"the scores come out of a {op}: they look like probabilities. {PROBABILITY_HINT}", stacklevel=2
+            )
         stats = cs.measure(
             scores, groups=groups, labels=labels, weights=weights, example_losses=example_losses, validate=self.validate
         )

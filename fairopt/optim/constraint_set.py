@@ -151,9 +151,9 @@ class ConstraintSet:
             )
         return group_stats(
             scores,
-            labels,
-            groups,
-            self.num_groups,
+            labels=labels,
+            groups=groups,
+            num_groups=self.num_groups,
             weights=weights,
             loss=example_losses,
             proxy=self.proxy,

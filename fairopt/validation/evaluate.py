@@ -17,8 +17,9 @@ table of one draw per example, whose rates are unbiased for its rates. To evalua
 ``model=lambda s: s`` with the scores as ``x``.
 
 Scores are always read as logits, never guessed per batch; one ``UserWarning`` says when they look like
-probabilities: the module ends in ``nn.Sigmoid``/``nn.Softmax``, or, at ``threshold=0``, every score of the whole
-evaluation (20 or more) lies in [0, 1].
+probabilities: the module ends in ``nn.Sigmoid``/``nn.Softmax``, or, for a model that is a plain function (whose
+layers cannot be seen) at ``threshold=0``, every score of the whole evaluation (20 or more) lies in [0, 1] and they
+span at least half of it.
 
 Under ``torch.distributed``, pass ``all_reduce=True``: each rank evaluates its shard and the tables are summed over
 ranks before anything is computed from them.
@@ -159,7 +160,10 @@ def collect_stats(
     unpack = unpack or default_unpack
     run_device = torch.device(device) if device is not None else _model_device(model)
     remaining = _unpadded_count(data)
-    output_layer = ends_in_probabilities(model)
+    output_layer = ends_in_probabilities(model.model if isinstance(model, StochasticClassifier) else model)
+    # A module's structure tells probabilities apart (checked above); the range test is for plain callables only,
+    # since a fresh or weak module's logits can all sit inside [0, 1].
+    check_range = output_layer is None and not isinstance(model, nn.Module)
     if output_layer is not None:
         warnings.warn(
             f"the model ends in {output_layer}: its outputs look like probabilities. {PROBABILITY_HINT}",
@@ -195,7 +199,7 @@ def collect_stats(
             count += n
             for p, out in outputs:
                 scores = _scores(out, n)
-                if n and output_layer is None:
+                if n and check_range:
                     lo, hi = torch.aminmax(scores)
                     low_high = [lo, hi] if not low_high else [low_high[0].minimum(lo), low_high[1].maximum(hi)]
                 batch_stats, batch_moments = _batch_tables(
@@ -206,7 +210,9 @@ def collect_stats(
                 stats = batch_stats if stats is None else stats + batch_stats
                 moments = batch_moments if moments is None else moments + batch_moments
     enough = count >= MIN_SCORES_FOR_PROBABILITY_CHECK and threshold == 0.0 and low_high
-    if enough and bool((low_high[0] >= 0) & (low_high[1] <= 1)):  # one sync, after the last batch
+    # In [0, 1] *and* spread over half of it: near-constant logits can sit in a narrow band inside [0, 1].
+    looks = (low_high[0] >= 0) & (low_high[1] <= 1) & (low_high[1] - low_high[0] >= 0.5) if enough else None
+    if looks is not None and bool(looks):  # one sync, after the last batch
         warnings.warn(
             f"every one of the {count} scores lies in [0, 1]: they look like probabilities. {PROBABILITY_HINT}",
             UserWarning,
@@ -241,13 +247,20 @@ def _batch_tables(
     w = None if weights is None else weights.to(where, torch.float64)
     loss = None if loss_fn is None else loss_fn(scores, labels).detach().double().reshape(-1)
     stats = group_stats(
-        scores, labels, groups, num_groups, weights=w, loss=loss, threshold=threshold, validate=validate
+        scores,
+        labels=labels,
+        groups=groups,
+        num_groups=num_groups,
+        weights=w,
+        loss=loss,
+        threshold=threshold,
+        validate=validate,
     )
     moments = second_moments(
         scores,
-        labels,
-        groups,
-        num_groups,
+        labels=labels,
+        groups=groups,
+        num_groups=num_groups,
         weights=w,
         loss=loss,
         threshold=threshold,

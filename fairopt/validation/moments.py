@@ -84,10 +84,10 @@ class SecondMoments:
 
 def second_moments(
     scores: Tensor,
+    *,
     labels: Tensor,
     groups: Tensor,
     num_groups: int,
-    *,
     weights: Tensor | None = None,
     loss: Tensor | None = None,
     threshold: float = 0.0,
@@ -114,7 +114,14 @@ def second_moments(
             cells = stats.table[:, :4].double()
         else:
             cells = group_stats(
-                scores, labels, groups, num_groups, weights=unit, proxy="hard", threshold=threshold, validate=False
+                scores,
+                labels=labels,
+                groups=groups,
+                num_groups=num_groups,
+                weights=unit,
+                proxy="hard",
+                threshold=threshold,
+                validate=False,
             ).table[:, :4]
         v = torch.ones_like(scores, dtype=torch.float64) if unit is None else unit
         lo = torch.zeros_like(v) if loss is None else loss.double()

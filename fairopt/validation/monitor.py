@@ -12,7 +12,7 @@ Example::
     monitor = FairnessMonitor([EqualOpportunity(0.05)], {"held-out": val_loader}, group_names=groups,
                               every=200, multipliers=optimizer)
     for step, (x, y, g) in enumerate(train_loader):
-        ...; batch_stats = group_stats(scores, y, g, G)
+        ...; batch_stats = group_stats(scores, labels=y, groups=g, num_groups=G)
         monitor.update(step, model, train_stats=batch_stats)
     monitor.history()           # DataFrame: step, split, constraint, entry, value, violation
     plot_violation_history(monitor, path="violations.png")
