@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from fairopt.validation.formatting import format_number
+
 from .study import StudyResult, run_warnings, summarize, write_json
 
 __all__ = ["format_table", "plot_histories", "plot_tradeoff", "published_comparison", "to_markdown", "write_outputs"]
@@ -16,7 +18,7 @@ __all__ = ["format_table", "plot_histories", "plot_tradeoff", "published_compari
 def _num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return f"{value:.{digits}f}"
+    return format_number(float(value), digits)
 
 
 def _with_std(row: pd.Series, column: str) -> str:
@@ -203,30 +205,14 @@ def plot_histories(result: StudyResult, path: Path) -> None:
 
 
 def plot_tradeoff(result: StudyResult, path: Path) -> None:
-    """Test accuracy vs test constraint value for every run; marker = model, colour = method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Test accuracy vs test constraint value for every run, with interval bars
+    (:func:`fairopt.validation.plots.plot_accuracy_vs_constraint`)."""
     import matplotlib.pyplot as plt
 
-    table = result.table()
-    markers = dict(zip(table["model"].unique(), "osD^v<>"))
-    colors = dict(zip(table["method"].unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for _, r in table.iterrows():
-        ax.scatter(r["test_value"], r["test_accuracy"], marker=markers[r["model"]], color=colors[r["method"]], s=40)
-    for method, color in colors.items():
-        ax.scatter([], [], color=color, label=method)
-    for model, marker in markers.items():
-        ax.scatter([], [], color="gray", marker=marker, label=model)
-    ax.axvline(bound(result), color="black", linewidth=0.8, alpha=0.6)
-    ax.set_xlabel("test constraint value (line: bound)")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title(result.constraint, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from fairopt.validation.plots import plot_accuracy_vs_constraint
+
+    figure = plot_accuracy_vs_constraint(result.table(), bound=bound(result), title=result.constraint, path=path)
+    plt.close(figure)
 
 
 def write_outputs(result: StudyResult, out: Path, *, plots: bool = True) -> list[Path]:

@@ -219,6 +219,9 @@ def _run_row(run: RunResult, group_names: tuple[str, ...]) -> dict[str, Any]:
     test = run.reports["test"]
     row["train_accuracy"] = _accuracy(run.reports["train"].overall)
     row["test_accuracy"] = _accuracy(test.overall)
+    error = test.overall.rates.get("error_rate")  # the accuracy interval, for the trade-off plot's bars
+    row["test_accuracy_lower"] = None if error is None or error.upper is None else 1.0 - error.upper
+    row["test_accuracy_upper"] = None if error is None or error.lower is None else 1.0 - error.lower
     for group in test.groups:
         row[f"test_accuracy[{group.name}]"] = _accuracy(group)
     for split in SPLITS:
