@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,12 +34,7 @@ Z95 = 1.959963984540054  # standard normal 0.975 quantile
 T95_DF3 = 3.182446305284263  # Student-t 0.975 quantile, 3 degrees of freedom
 
 
-@pytest.fixture(autouse=True, scope="module")
-def agg_backend():
-    previous = matplotlib.get_backend()
-    matplotlib.use("Agg")
-    yield
-    matplotlib.use(previous)
+pytestmark = pytest.mark.usefixtures("agg_backend")  # tests/conftest.py
 
 
 # ---- 1. leveling-down texts --------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import matplotlib
 import matplotlib.image as mpimg
 import pytest
 import torch
@@ -18,13 +17,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 G = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def agg_backend():
-    """Headless: the figures are built without pyplot, and any pyplot use would get Agg too."""
-    previous = matplotlib.get_backend()
-    matplotlib.use("Agg")
-    yield
-    matplotlib.use(previous)
+pytestmark = pytest.mark.usefixtures("agg_backend")  # tests/conftest.py
 
 
 def _assert_png(path, min_pixels=200):
