@@ -9,6 +9,7 @@ dtypes and devices are free and always run.
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 from torch import Tensor
@@ -81,7 +82,7 @@ def describe_bad_values(values: Tensor, bad: Tensor, limit: int = 5) -> str:
 def ends_in_probabilities(model: object) -> str | None:
     """The name of the output layer when ``model`` visibly ends in a sigmoid or softmax (its outputs are then
     probabilities, not the logits fairopt reads), else None. Looks at the last submodule of ``nn.Sequential``s,
-    recursively, and otherwise at the last leaf module registered."""
+    recursively (the registration order of other modules says nothing about what ``forward`` returns)."""
     from torch import nn
 
     if not isinstance(model, nn.Module):
@@ -89,9 +90,6 @@ def ends_in_probabilities(model: object) -> str | None:
     last: nn.Module = model
     while isinstance(last, nn.Sequential) and len(last):
         last = last[-1]
-    if last is model or isinstance(last, nn.Sequential):
-        leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-        last = leaves[-1] if leaves else model
     probabilities = (nn.Sigmoid, nn.Softmax, nn.Softmax2d, nn.Hardsigmoid)
     return type(last).__name__ if isinstance(last, probabilities) else None
 
@@ -125,3 +123,37 @@ def probability_op(scores: object) -> str | None:
             return None
         node = node.next_functions[0][0] if node.next_functions else None
     return None
+
+
+class OutputOp(torch.overrides.TorchFunctionMode):
+    """Records which tensors come out of a sigmoid or softmax (through reshapes, selections and casts) while a model
+    runs, so that :meth:`made` can tell whether its output is probabilities: it watches the real forward pass (no
+    extra pass, no autograd graph needed), e.g. ``return torch.sigmoid(self.head(x))``, which the module structure
+    does not show."""
+
+    _PROBABILITY = frozenset({"sigmoid", "softmax", "hardsigmoid"})
+    _VIEWS = frozenset(
+        {"squeeze", "unsqueeze", "reshape", "view", "flatten", "__getitem__", "select", "contiguous", "clone", "to"}
+        | {"float", "double", "half", "detach"}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[int, tuple[weakref.ref[Tensor], str]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, Tensor):
+            name = getattr(func, "__name__", "")
+            if name in self._PROBABILITY:
+                self._made[id(out)] = (weakref.ref(out), name)
+            elif name in self._VIEWS and args and isinstance(args[0], Tensor):
+                source = self.made(args[0])
+                if source is not None:
+                    self._made[id(out)] = (weakref.ref(out), source)
+        return out
+
+    def made(self, tensor: object) -> str | None:
+        """The probability function ``tensor`` came out of, if one of those recorded, else None."""
+        entry = self._made.get(id(tensor))
+        return entry[1] if entry is not None and entry[0]() is tensor else None

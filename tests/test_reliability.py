@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
 import fairopt
 from fairopt import Groups, group_stats, selection_rate, tpr
@@ -85,7 +85,10 @@ def test_the_report_lists_the_excluded_group_and_warns():
     entry = report.constraints[0].entries[0]
     assert entry.value is None and entry.verdict is Verdict.CANNOT_TELL  # was "0.000 [0.000, 0.000] satisfied"
     assert entry.excluded == ("b",)
-    assert "fewer than two" in entry.reason and "true_positive_rate[b]: no examples with label = 1" in entry.reason
+    assert (
+        "too few have the rates it needs" in entry.reason
+        and "true_positive_rate[b]: no examples with label = 1" in entry.reason
+    )
     assert any("is undefined" in w and "[b]" in w for w in report.warnings)
     assert FairnessReport.from_json(report.to_json()) == report
 
@@ -114,16 +117,57 @@ def test_a_report_of_the_previous_schema_still_reads():
 
 
 def test_the_optimizer_dual_does_not_move_on_an_undefined_gap():
+    shift = torch.zeros(1, requires_grad=True)
     opt = fairopt.ConstrainedOptimizer(
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
-        [fairopt.EqualOpportunity(0.0)],
+        torch.optim.SGD([shift], lr=0.0),
+        [fairopt.EqualOpportunity(0.05)],
         2,
         method="lagrangian",
         dual_lr=1.0,
-        dual_min_count=None,
+        dual_min_count=None,  # one batch per dual step
     )
+
+    def step(scores, labels, groups):
+        out = torch.tensor(scores, dtype=torch.float64) + shift
+        opt.step(loss=out.sum() * 0.0, scores=out, labels=torch.tensor(labels), groups=torch.tensor(groups))
+
+    step([2.0, -1.0, -3.0, 1.0], [1, 0, 1, 0], [0, 0, 1, 1])  # TPR 1 vs 0: gap 1, violated by 0.95
+    assert opt.multipliers.tolist() == pytest.approx([0.95])
+    step(*ONE_GROUP_WITH_POSITIVES)  # group 1 has no positives: the gap is undefined, the multiplier stays
+    assert opt.multipliers.tolist() == pytest.approx([0.95])  # was 0.90: the gap read as 0, "satisfied"
     problems = opt.check(stats_of(*ONE_GROUP_WITH_POSITIVES, 2), warn=False)
     assert any("undefined" in p for p in problems)
+
+
+def test_a_reduction_of_a_fixed_length_vector_needs_one_defined_entry():
+    full = stats_of([2.0, -1.0, 3.0, 1.0], [1, 0, 1, 0], [0, 0, 1, 1], 2)
+    one_gap = fairopt.Constraint(abs(tpr(1) - tpr(0)).max(), 0.05)
+    assert one_gap.evaluate(full).defined.tolist() == [True]
+    tpr_gap = tpr.per_group().max() - tpr.per_group().min()
+    fpr_gap = fairopt.fpr.per_group().max() - fairopt.fpr.per_group().min()
+    worst = fairopt.Constraint(fairopt.concat(tpr_gap, fpr_gap).max(), 0.05)
+    value = worst.evaluate(stats_of(*ONE_GROUP_WITH_POSITIVES, 2))  # the TPR gap is undefined, the FPR gap is 1
+    assert value.defined.tolist() == [True] and value.hard.item() == pytest.approx(0.95)
+    report = FairnessReport.from_stats(stats_of(*ONE_GROUP_WITH_POSITIVES, 2), [worst])
+    assert report.constraints[0].entries[0].value == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        fairopt.DemographicParity(0.05, convention="vs_overall"),
+        fairopt.EqualOpportunity(0.05, convention="vs_overall"),
+        fairopt.DisparateImpact(0.8, convention="vs_overall"),
+    ],
+    ids=lambda c: c.name,
+)
+def test_each_group_against_the_overall_rate_needs_two_groups(constraint):
+    single = stats_of([2.0, -1.0, 3.0], [1, 0, 1], [0, 0, 0], 1)
+    assert constraint.evaluate(single).defined.tolist() == [False]  # was [True], |r - r| = 0 "satisfied"
+    report = FairnessReport.from_stats(single, [constraint])
+    assert report.constraints[0].entries[0].verdict is Verdict.CANNOT_TELL and report.warnings
+    two = stats_of([2.0, -1.0, 3.0, -1.0], [1, 0, 1, 0], [0, 0, 1, 1], 2)
+    assert constraint.evaluate(two).defined.all()
 
 
 # 2. Selection never reads an undefined entry as satisfied ---------------------------------------------------------
@@ -137,6 +181,17 @@ def test_an_iterate_with_an_undefined_entry_does_not_beat_a_feasible_one():
         assert records.best_index() == 0  # was 1: the undefined entry read as 0 <= 0
     with pytest.warns(UserWarning, match="skipped"):
         assert records.best_distribution().tolist() == [1.0, 0.0]
+
+
+def test_a_known_violation_does_not_beat_records_that_meet_every_entry_they_define():
+    records = IterateRecords(keep_states=False)
+    records.record(0, 0.40, torch.tensor([0.30, 0.20]))  # defines both entries and violates both
+    for step in range(1, 5):
+        records.record(step, 0.10, torch.tensor([0.0, -0.05]), defined=torch.tensor([False, True]))
+    with pytest.warns(UserWarning, match="every record competes on the entries all of them define"):
+        assert records.best_index() == 1
+    with pytest.warns(UserWarning, match=r"entries \[0\] are ignored"):
+        assert records.best_distribution()[0] == 0.0
 
 
 def test_an_entry_undefined_for_every_record_is_ignored_with_a_warning():
@@ -179,6 +234,30 @@ def test_sharded_evaluation_equals_the_single_process_table_for_any_world_size(w
     assert total is not None
     assert torch.equal(total.table[:, :4], full.table[:, :4])  # was 10 + padding rows
     assert torch.allclose(total.table, full.table, atol=1e-12)
+
+
+def test_a_distributed_sampler_inside_a_batch_sampler_is_trimmed_too():
+    torch.manual_seed(1)
+    x, y, a = torch.randn(10, 3), torch.randint(0, 2, (10,)), torch.randint(0, 2, (10,))
+    model, data = _model(), TensorDataset(x, y, a)
+    full, _ = collect_stats(model, (x, y, a), 2)
+    total = None
+    for rank in range(4):
+        sampler = DistributedSampler(data, num_replicas=4, rank=rank, shuffle=False)
+        loader = DataLoader(data, batch_sampler=BatchSampler(sampler, batch_size=2, drop_last=False))
+        stats, _ = collect_stats(model, loader, 2)
+        total = stats if total is None else total + stats
+    assert total is not None and torch.equal(total.table[:, :4], full.table[:, :4])  # was 12 rows
+
+
+def test_a_loader_that_drops_its_last_batch_is_refused():
+    data = TensorDataset(torch.randn(10, 3), torch.randint(0, 2, (10,)), torch.randint(0, 2, (10,)))
+    with pytest.raises(ValueError, match="drops the last 2 of its 10 rows"):
+        collect_stats(_model(), DataLoader(data, batch_size=4, drop_last=True), 2)
+    sampler = DistributedSampler(data, num_replicas=4, rank=0)
+    with pytest.raises(ValueError, match="drop_last=True"):
+        collect_stats(_model(), DataLoader(data, batch_size=2, sampler=sampler, drop_last=True), 2)
+    collect_stats(_model(), DataLoader(data, batch_size=5, drop_last=True), 2)  # nothing dropped: fine
 
 
 def test_a_dropping_distributed_sampler_is_refused():
@@ -247,6 +326,38 @@ def test_a_model_ending_in_a_sigmoid_is_warned_about_once():
     with pytest.warns(UserWarning, match="ends in Sigmoid") as caught:
         evaluate(model, _tabular(), [fairopt.DemographicParity(0.1)], num_groups=2, batch_size=10)
     assert sum("probabilities" in str(w.message) for w in caught) == 1
+
+
+class _FunctionalSigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.head(x)).squeeze(-1)
+
+
+class _Gate(nn.Module):
+    """Returns logits; registers a sigmoid last (used inside, not at the output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        return (self.head(x) * self.gate(x[:, :1]) * 4.0 - 2.0).squeeze(-1)
+
+
+def test_a_sigmoid_in_forward_is_seen_in_the_forward_pass():
+    with pytest.warns(UserWarning, match="comes out of a sigmoid"):  # was silent, every selection rate 1.0
+        collect_stats(_FunctionalSigmoid(), _tabular(), 2)
+
+
+def test_a_sigmoid_registered_last_but_not_at_the_output_is_not_a_probability():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        collect_stats(_Gate(), _tabular(), 2)
 
 
 def test_scores_all_in_unit_interval_are_warned_about_after_the_whole_evaluation():

@@ -14,7 +14,17 @@ from fairopt.constraints.builtin import (
     RateBound,
     rate_parity,
 )
-from fairopt.constraints.expressions import Bounds, Const, Expr, RateRef, concat, maximum, minimum, pairwise
+from fairopt.constraints.expressions import (
+    Bounds,
+    Const,
+    Expr,
+    RateRef,
+    compares_groups,
+    concat,
+    maximum,
+    minimum,
+    pairwise,
+)
 
 __all__ = [
     "CONVENTIONS",
@@ -35,6 +45,7 @@ __all__ = [
     "RateBound",
     "RateRef",
     "RateView",
+    "compares_groups",
     "concat",
     "maximum",
     "minimum",

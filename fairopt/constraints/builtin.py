@@ -12,13 +12,14 @@ Conventions for comparing a rate ``r`` across groups (argument ``convention``):
 ``"pairwise"``
     ``G(G-1)/2`` entries ``|r_a - r_b| <= tolerance``, one multiplier per pair of groups.
 
-Groups whose rate is undefined (zero denominator) are skipped: see :mod:`fairopt.constraints.base`.
+Groups whose rate is undefined (zero denominator) are skipped: see :mod:`fairopt.constraints.base`. Every convention
+compares groups, so with fewer than two groups that have the rate its entries are undefined (never 0, "satisfied").
 """
 
 from __future__ import annotations
 
 from fairopt.constraints.base import Constraint
-from fairopt.constraints.expressions import Expr, RateRef, concat, pairwise
+from fairopt.constraints.expressions import Expr, RateRef, compares_groups, concat, pairwise
 from fairopt.rates import canonical_rate_name
 
 __all__ = [
@@ -56,8 +57,8 @@ def rate_parity(rate: str, convention: str = "max_min") -> Expr:
     per_group = RateRef(rate).per_group()
     if convention == "max_min":
         return per_group.max() - per_group.min()
-    if convention == "vs_overall":
-        return abs(per_group - RateRef(rate)())
+    if convention == "vs_overall":  # undefined when one group has the rate: it is then the overall rate
+        return compares_groups(abs(per_group - RateRef(rate)()), per_group)
     return abs(pairwise(per_group, symmetric=True))
 
 
@@ -155,7 +156,7 @@ class DisparateImpact(Constraint):
         if convention == "max_min":
             expr = p * r.max() - r.min()
         elif convention == "vs_overall":
-            expr = p * RateRef(rate)() - r
+            expr = compares_groups(p * RateRef(rate)() - r, r)
         else:
             expr = pairwise(p * r, r)  # entry (a, b) = p * r_a - r_b
         self.p, self.convention = p, convention

@@ -43,6 +43,7 @@ from fairopt.constraints.expressions import (
     _broadcast_sizes,
     _Concat,
     _Elementwise,
+    _Guard,
     _Pairwise,
     _Reduce,
 )
@@ -145,6 +146,8 @@ def linearize(expr: Expr, table: np.ndarray, *, gradients: bool = True) -> Linea
     shape = (*table.shape[:-2], d.shape[-1])
     if d.shape != shape:  # a constant expression has one value for the whole stack
         d = np.broadcast_to(d, shape).copy()
+    elif not d.flags.writeable:  # the shared read-only mask of a one-entry reduction: torch wants its own
+        d = d.copy()
     if v.shape[1:] != shape or not v.flags.writeable:
         v = np.broadcast_to(v, (3, *shape)).copy()
     vjp = None
@@ -282,6 +285,7 @@ class _Evaluator:
             _Abs: self._abs,
             _Reduce: self._reduce,
             _Elementwise: self._elementwise,
+            _Guard: self._guard,
             _Pairwise: self._pairwise,
             _Concat: self._concat,
         }
@@ -418,17 +422,18 @@ class _Evaluator:
         return _Node(np.where(pos, a.v, -_swapped(a.v)), a.d, a.full, back)
 
     def _reduce(self, expr: _Reduce) -> _Node:
-        # The entry is chosen among the defined ones by its true value; fewer than min_defined defined: undefined
+        # The entry is chosen among the defined ones by its true value; fewer than needed() defined: undefined
         # (zeroed later).
         a = self.run(expr.a)
         hard = a.v[0]
         masked = hard if a.full else np.where(a.d, hard, -np.inf if expr.how == "max" else np.inf)
         index = masked.argmax(-1) if expr.how == "max" else masked.argmin(-1)
         k = a.d.shape[-1]
-        if a.full and k >= expr.min_defined:
+        needed = expr.needed()
+        if a.full and k >= needed:
             any_defined = _TRUE if not self.batch else np.ones((*self.batch, 1), dtype=bool)
         else:
-            any_defined = a.d.sum(-1, keepdims=True) >= expr.min_defined
+            any_defined = a.d.sum(-1, keepdims=True) >= needed
         full = bool(any_defined.all())
         if self.batch:
             v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None, ..., None], axis=-1)
@@ -441,6 +446,14 @@ class _Evaluator:
             a.back(c[0], c[1])
 
         return _Node(a.v[:, i : i + 1], any_defined, full, back)
+
+    def _guard(self, expr: _Guard) -> _Node:
+        a, ref = self.run(expr.a), self.run(expr.reference)
+        enough = ref.d.sum(-1, keepdims=True) >= expr.count
+        if bool(enough.all()):
+            return a
+        defined = a.d & enough
+        return _Node(a.v, defined, bool(defined.all()), a.back)
 
     def _elementwise(self, expr: _Elementwise) -> _Node:
         a, b = self.run(expr.a), self.run(expr.b)

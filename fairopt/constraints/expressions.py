@@ -24,10 +24,12 @@ expression is >= its hard value: the relaxation used by the primal player is con
 2019, Section 5), and its gradient acts on the side of the constraint that is actually binding.
 
 **Undefined entries.** An entry that uses an undefined rate (zero denominator) is undefined. ``max``/``min`` reduce
-over the defined entries only and are undefined when fewer than ``min_defined`` (default 2) are defined: an extremum
-is a comparison across groups, and over one group ``max_g r_g - min_g r_g`` would be 0 whatever the excluded groups
-do (a gap that "looks satisfied" because the groups that could violate it were dropped). Reports list the groups an
-entry excluded (:class:`~fairopt.validation.EntryResult` ``excluded``).
+over the defined entries only and are undefined when fewer than ``min_defined`` are defined. By default that is 2
+for a vector with one entry per group (or per pair of groups: any vector whose length depends on G), since such an
+extremum compares groups, and over one group ``max_g r_g - min_g r_g`` would be 0 whatever the excluded groups do (a
+gap that "looks satisfied" because the groups that could violate it were dropped); for a vector of fixed length
+(e.g. ``concat(tpr_gap, fpr_gap).max()``) it is 1. Reports list the groups an entry excluded
+(:class:`~fairopt.validation.EntryResult` ``excluded``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,18 @@ from fairopt.stats import GroupStats
 if TYPE_CHECKING:
     from fairopt.constraints.base import Constraint
 
-__all__ = ["Bounds", "Const", "Expr", "RateRef", "as_expr", "concat", "maximum", "minimum", "pairwise"]
+__all__ = [
+    "Bounds",
+    "Const",
+    "Expr",
+    "RateRef",
+    "as_expr",
+    "compares_groups",
+    "concat",
+    "maximum",
+    "minimum",
+    "pairwise",
+]
 
 Number = int | float
 
@@ -128,18 +141,20 @@ class Expr:
     def __abs__(self) -> Expr:
         return _Abs(self)
 
-    def max(self, *, min_defined: int = 2) -> Expr:
+    def max(self, *, min_defined: int | None = None) -> Expr:
         """Largest defined entry (one entry); undefined when fewer than ``min_defined`` entries are defined.
 
-        The default 2 makes a gap ``r.max() - r.min()`` over one remaining group undefined instead of 0; pass
-        ``min_defined=1`` for "the largest of whatever is defined" (e.g. a ceiling on the worst group).
+        The default (None) is 2 when the vector's length depends on the number of groups (``rate.per_group()``,
+        ``pairwise``...), so that a gap ``r.max() - r.min()`` over one remaining group is undefined instead of 0,
+        and 1 for a vector of fixed length. Pass ``min_defined=1`` for "the largest of whatever is defined" (e.g. a
+        ceiling on the worst group).
 
         Raises:
             ValueError: ``min_defined`` < 1.
         """
         return _Reduce("max", self, min_defined)
 
-    def min(self, *, min_defined: int = 2) -> Expr:
+    def min(self, *, min_defined: int | None = None) -> Expr:
         """Smallest defined entry (one entry); undefined when fewer than ``min_defined`` entries are defined
         (see :meth:`max`)."""
         return _Reduce("min", self, min_defined)
@@ -335,10 +350,19 @@ class _Abs(Expr):
 
 
 class _Reduce(Expr):
-    def __init__(self, how: str, a: Expr, min_defined: int = 2) -> None:
-        if isinstance(min_defined, bool) or not isinstance(min_defined, int) or min_defined < 1:
-            raise ValueError(f"min_defined must be an int >= 1 (defined entries needed), got {min_defined!r}")
+    def __init__(self, how: str, a: Expr, min_defined: int | None = None) -> None:
+        if min_defined is not None and (
+            isinstance(min_defined, bool) or not isinstance(min_defined, int) or min_defined < 1
+        ):
+            raise ValueError(f"min_defined must be an int >= 1 (defined entries needed) or None, got {min_defined!r}")
         self.how, self.a, self.min_defined = how, a, min_defined
+
+    def needed(self) -> int:
+        """How many defined entries the reduction needs: ``min_defined``, or by default 2 for a vector whose length
+        depends on the number of groups (it compares groups) and 1 for a vector of fixed length."""
+        if self.min_defined is not None:
+            return self.min_defined
+        return 2 if self.a.size(2) != self.a.size(3) else 1
 
     def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
@@ -351,6 +375,33 @@ class _Reduce(Expr):
 
     def __str__(self) -> str:
         return f"{self.how}_g {self.a}" if "[g]" in str(self.a) else f"{self.how}({self.a})"
+
+
+class _Guard(Expr):
+    """The entries of ``a``, each defined only where at least ``count`` entries of ``reference`` are defined: a
+    comparison of each group with the others (``|r_g - r|``) says nothing when fewer than two groups have the rate."""
+
+    def __init__(self, a: Expr, reference: Expr, count: int = 2) -> None:
+        self.a, self.reference, self.count = a, reference, int(count)
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a, self.reference)
+
+    def size(self, num_groups: int) -> int:
+        return self.a.size(num_groups)
+
+    def entry_names(self, group_names: Sequence[str]) -> list[str]:
+        return self.a.entry_names(group_names)
+
+    def __str__(self) -> str:
+        return str(self.a)
+
+
+def compares_groups(a: Expr, reference: Expr, count: int = 2) -> Expr:
+    """``a``, undefined wherever fewer than ``count`` entries of ``reference`` (e.g. ``rate.per_group()``) are
+    defined; used by the ``vs_overall`` conventions, whose entries ``|r_g - r|`` are 0 when only one group has the
+    rate (it then *is* the overall rate)."""
+    return _Guard(a, reference, count)
 
 
 class _Elementwise(Expr):

@@ -558,6 +558,10 @@ class ConstrainedOptimizer:
     def update_duals(self, stats: GroupStats | None = None) -> ConstraintValue | None:
         """Take one dual step now, on ``stats`` plus anything pending (e.g. a full validation pass).
 
+        For duals that move only here (e.g. once per epoch on the whole validation split), build the optimizer with
+        ``dual_source="heldout", dual_every=None``: with a schedule and nothing observed, :meth:`step` refuses to
+        train unconstrained from its second scheduled dual step on.
+
         The step is a function of the table only (after ``sync`` and the running estimate), so under DDP every
         rank computes the same multipliers. Returns the constraint values read, or None if there was nothing.
 

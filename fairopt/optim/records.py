@@ -13,9 +13,10 @@ States are copied to CPU (``keep_states=False`` records only the numbers). Memor
 an iterate predicts no positives) are never read as satisfied. The policy, applied by every selection rule here:
 
 1. an entry undefined for *every* record carries no information about the candidates: it is left out;
-2. a record with an undefined entry that other records define cannot be certified: it is *skipped* (it is not a
-   candidate). When no record defines every remaining entry, the records with the fewest undefined entries are the
-   candidates and the entries undefined in any of them are left out.
+2. a record with an undefined entry that other records define cannot be certified: when some record that defines
+   every remaining entry meets the constraints, only such records compete (the others are *skipped*);
+3. otherwise (no fully defined record is feasible) a known violation is no better than an unknown: every record
+   competes, on the entries that all of them define.
 
 Each case issues a ``UserWarning`` naming the entries and the number of records skipped.
 """
@@ -148,26 +149,40 @@ class IterateRecords:
         return np.stack([r.defined.numpy() for r in self.records]) if self.records else np.zeros((0, 0), dtype=bool)
 
     # selection ----------------------------------------------------------------------------------------------
-    def candidates(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, columns)``: the indices of the records that are candidates and of the entries selection reads,
-        under the undefined-entry policy of the module docstring (with its warnings)."""
+    def candidates(self, feasible: Callable[[np.ndarray], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, columns)``: the indices of the records that compete and of the entries selection reads, under the
+        undefined-entry policy of the module docstring (with its warnings).
+
+        Args:
+            feasible: ``feasible(violations)`` says whether a table ``(T', m')`` of candidates has a feasible choice
+                (default: some row with every entry ``<= 0``).
+        """
         self._require_records()
-        defined = self.defined()
+        if feasible is None:
+            feasible = _some_feasible_row
+        defined, violations = self.defined(), self.violations()
         informative = defined.any(axis=0)
-        missing = (~defined[:, informative]).sum(axis=1)
-        rows = np.flatnonzero(missing == missing.min())
-        columns = np.flatnonzero(informative & defined[rows].all(axis=0))
+        everywhere = np.flatnonzero(informative)
+        full = np.flatnonzero(defined[:, informative].all(axis=1))
         problems = []
         if not informative.all():
             problems.append(f"entries {np.flatnonzero(~informative).tolist()} are undefined for every record: ignored")
-        if rows.size < len(self.records):
+        if full.size == len(self.records):
+            rows, columns = full, everywhere
+        elif full.size and feasible(violations[np.ix_(full, everywhere)]):
+            rows, columns = full, everywhere
             problems.append(
-                f"{len(self.records) - rows.size} of {len(self.records)} records skipped: an entry that other records "
+                f"{len(self.records) - full.size} of {len(self.records)} records skipped: an entry that other records "
                 "define is undefined for them, so they cannot be certified"
             )
-        dropped = np.flatnonzero(informative & ~defined[rows].all(axis=0))
-        if dropped.size:
-            problems.append(f"no record defines every entry; entries {dropped.tolist()} are ignored as well")
+        else:
+            rows = np.arange(len(self.records))
+            columns = np.flatnonzero(defined.all(axis=0))
+            dropped = np.setdiff1d(everywhere, columns)
+            problems.append(
+                "no record that defines every entry meets the constraints, so every record competes on the entries "
+                f"all of them define (entries {dropped.tolist()} are ignored)"
+            )
         if problems:
             warnings.warn(
                 "selection over records with undefined constraint entries (a rate with a zero denominator on the "
@@ -200,18 +215,17 @@ class IterateRecords:
         """Index of the best single iterate (:func:`~fairopt.optim.best_iterate`) on ``violations + margin``, or
         on the plain violations (with a warning) when no iterate is feasible with the margins. Only the
         :meth:`candidates` compete (undefined entries: see the module docstring)."""
-        rows, columns = self.candidates()
-        g = self._violations_for_selection(
-            lambda v: bool((v.max(axis=1) <= 0).any()) if v.shape[1] else True, rows, columns
-        )
+        rows, columns = self.candidates(_some_feasible_row)
+        g = self._violations_for_selection(_some_feasible_row, rows, columns)
         return int(rows[best_iterate(self.objectives()[rows], g, rank_objectives=rank_objectives)])
 
     def best_distribution(self, *, tolerance: float = 1e-6) -> np.ndarray:
         """``(T,)`` weights of the best distribution over iterates (:func:`~fairopt.optim.best_distribution`) on
         ``violations + margin``, or on the plain violations (with a warning) when no distribution is feasible with
         the margins. Records that are not :meth:`candidates` get weight 0."""
-        rows, columns = self.candidates()
-        f = self.objectives()[rows]
+        objectives = self.objectives()
+        rows, columns = self.candidates(lambda v: is_feasible(np.zeros(v.shape[0]), v))
+        f = objectives[rows]
         g = self._violations_for_selection(lambda v: is_feasible(f, v), rows, columns)
         weights = np.zeros(len(self.records))
         weights[rows] = best_distribution(f, g, tolerance=tolerance)
@@ -274,3 +288,8 @@ class IterateRecords:
             )
             for r in state["records"]
         ]
+
+
+def _some_feasible_row(violations: np.ndarray) -> bool:
+    """Whether some row of a ``(T, m)`` table meets every entry (``<= 0``); True without entries."""
+    return bool((violations.max(axis=1) <= 0).any()) if violations.shape[1] else True

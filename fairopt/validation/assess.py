@@ -165,9 +165,9 @@ def _excluded(form: Form | None, lookup: RateLookup, names: Sequence[str]) -> tu
 def _undefined_reason(form: Form | None, lookup: RateLookup, names: Sequence[str]) -> str:
     missing = _missing_rates(form, lookup)
     detail = ", ".join(f"{rate}[{names[g]}]: {undefined_because(rate)}" for rate, g in missing)
-    if isinstance(form, Extremum) and not form.enough:
+    if (isinstance(form, Extremum) and not form.enough) or (isinstance(form, Linear) and not missing):
         return (
-            f"undefined: it compares groups, and fewer than two have the rates it needs ({detail or 'one group'}); "
+            f"undefined: it compares groups, and too few have the rates it needs ({detail or 'one group'}); "
             "a gap over one group would be 0 whatever the others do, so it can be neither satisfied nor violated"
         )
     detail = f" ({detail})" if detail else ""

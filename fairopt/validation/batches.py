@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-__all__ = ["Batch", "Unpack", "default_unpack", "iterate_batches", "move_to"]
+__all__ = ["Batch", "Unpack", "default_unpack", "iterate_batches", "move_to", "take_rows"]
 
 Batch = tuple[Any, Tensor, Tensor, Tensor | None]
 Unpack = Callable[[Any], Batch]
@@ -80,13 +80,14 @@ def _is_tensor_dataset(data: Any) -> bool:
     )
 
 
-def _slice(x: Any, start: int, stop: int) -> Any:
+def take_rows(x: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a tensor, or of every tensor inside dicts/lists/tuples (other values as they are)."""
     if isinstance(x, Tensor):
         return x[start:stop]
     if isinstance(x, Mapping):
-        return {k: _slice(v, start, stop) for k, v in x.items()}
+        return {k: take_rows(v, start, stop) for k, v in x.items()}
     if isinstance(x, (tuple, list)):
-        return type(x)(_slice(v, start, stop) for v in x)
+        return type(x)(take_rows(v, start, stop) for v in x)
     return x
 
 
@@ -94,7 +95,7 @@ def _chunks(data: tuple[Any, ...] | Mapping[str, Any], batch_size: int) -> Itera
     labels = data[1] if isinstance(data, tuple) else _lookup(data, "labels")
     n = labels.shape[0]
     for start in range(0, max(n, 1), batch_size):
-        yield _slice(data, start, start + batch_size)
+        yield take_rows(data, start, start + batch_size)
 
 
 def iterate_batches(data: Any, batch_size: int) -> tuple[Iterable[Any], int | None]:

@@ -17,9 +17,10 @@ table of one draw per example, whose rates are unbiased for its rates. To evalua
 ``model=lambda s: s`` with the scores as ``x``.
 
 Scores are always read as logits, never guessed per batch; one ``UserWarning`` says when they look like
-probabilities: the module ends in ``nn.Sigmoid``/``nn.Softmax``, or, for a model that is a plain function (whose
-layers cannot be seen) at ``threshold=0``, every score of the whole evaluation (20 or more) lies in [0, 1] and they
-span at least half of it.
+probabilities: the module ends in ``nn.Sigmoid``/``nn.Softmax``; or the first batch's output comes out of a sigmoid
+or softmax (watched by a torch function mode during that forward pass, so ``torch.sigmoid`` in ``forward`` is seen);
+or, for a model that is a plain function (whose layers cannot be seen) at ``threshold=0``, every score of the whole
+evaluation (20 or more) lies in [0, 1] and they span at least half of it.
 
 Under ``torch.distributed``, pass ``all_reduce=True``: each rank evaluates its shard and the tables are summed over
 ranks before anything is computed from them.
@@ -27,18 +28,20 @@ ranks before anything is computed from them.
 **Distributed shards are counted exactly once.** ``torch.utils.data.DistributedSampler`` (``drop_last=False``, its
 default) pads the index list by repeating its first rows so that every rank gets the same number: counted as they
 come, the table would change with the world size, and a duplicated row could tip a rate. When ``data`` is a
-``DataLoader`` over a ``DistributedSampler``, :func:`collect_stats` counts only the first
+``DataLoader`` over a ``DistributedSampler`` (its ``sampler``, or the sampler of its ``batch_sampler``),
+:func:`collect_stats` counts only the first
 ``len(range(rank, len(dataset), num_replicas))`` examples of the rank's stream (the padding is the tail of each
 rank's share), so the all-reduced table equals the single-process table for any world size. A
 ``DistributedSampler(drop_last=True)`` leaves rows out instead (when the dataset does not divide evenly), so it is
-refused. Other shardings must be disjoint and cover the dataset: fairopt cannot see their padding.
+refused, as is a ``DataLoader(drop_last=True)`` whose last batch is incomplete. Other shardings must be disjoint
+and cover the dataset: fairopt cannot see their padding.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -47,7 +50,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from fairopt._validation import MIN_SCORES_FOR_PROBABILITY_CHECK, PROBABILITY_HINT, ends_in_probabilities
+from fairopt._validation import (
+    MIN_SCORES_FOR_PROBABILITY_CHECK,
+    PROBABILITY_HINT,
+    OutputOp,
+    ends_in_probabilities,
+)
 from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
 from fairopt.optim.stochastic import StochasticClassifier
@@ -154,7 +162,7 @@ def collect_stats(
 
     Raises:
         TypeError, ValueError: unreadable data or batches, a model output that is not ``(N,)`` logits, a
-            ``DistributedSampler(drop_last=True)`` (it leaves rows out), and the input errors of
+            loader that leaves rows out (``drop_last=True``, module docstring), and the input errors of
             :func:`fairopt.group_stats` (labels not in {0, 1}, group ids out of range, ...).
     """
     unpack = unpack or default_unpack
@@ -183,11 +191,21 @@ def collect_stats(
             inputs = move_to(x, run_device)
             # A stochastic classifier is evaluated in expectation: its candidates' tables weighted by their
             # probabilities (exact expected counts, no sampling noise and no example ids needed).
-            outputs = (
-                [(float(p), model.candidate_forward(t, inputs)) for t, p in enumerate(model.weights.tolist())]
-                if isinstance(model, StochasticClassifier)
-                else [(1.0, model(inputs))]
-            )
+            watch = OutputOp() if output_layer is None and stats is None else None  # first batch: see the output op
+            with watch or nullcontext():
+                outputs = (
+                    [(float(p), model.candidate_forward(t, inputs)) for t, p in enumerate(model.weights.tolist())]
+                    if isinstance(model, StochasticClassifier)
+                    else [(1.0, model(inputs))]
+                )
+            made = None if watch is None else next((m for _, o in outputs if (m := watch.made(o))), None)
+            if made is not None:
+                output_layer, check_range = made, False
+                warnings.warn(
+                    f"the model's output comes out of a {made}: it looks like probabilities. {PROBABILITY_HINT}",
+                    UserWarning,
+                    stacklevel=2,
+                )
             if remaining is not None:  # a DistributedSampler's padding is the tail of the rank's stream
                 keep = min(n, remaining)
                 remaining -= keep
@@ -271,13 +289,28 @@ def _batch_tables(
 
 
 def _unpadded_count(data: Any) -> int | None:
-    """For a ``DataLoader`` over a ``DistributedSampler``: how many of this rank's examples are real rows (the rest
-    is the sampler's padding); else None.
+    """For a ``DataLoader`` over a ``DistributedSampler`` (as its ``sampler`` or inside its ``batch_sampler``): how
+    many of this rank's examples are real rows (the rest is the sampler's padding); else None.
 
     Raises:
-        ValueError: a ``DistributedSampler(drop_last=True)``, which leaves rows out of the evaluation.
+        ValueError: a loader that leaves rows out: ``DistributedSampler(drop_last=True)`` or ``DataLoader(...,
+            drop_last=True)`` (or a ``BatchSampler`` with it) when the rows do not fill the last batch.
     """
-    sampler = getattr(data, "sampler", None) if isinstance(data, DataLoader) else None
+    if not isinstance(data, DataLoader):
+        return None
+    batches = data.batch_sampler
+    drop_last = bool(getattr(batches, "drop_last", False))
+    batch_size = getattr(batches, "batch_size", None)
+    sampler = getattr(batches, "sampler", data.sampler)
+    try:
+        rows = len(sampler)  # type: ignore[arg-type]
+    except TypeError:
+        rows = None
+    if drop_last and batch_size and rows is not None and rows % batch_size:
+        raise ValueError(
+            f"the DataLoader drops the last {rows % batch_size} of its {rows} rows (drop_last=True), so the "
+            "evaluation would leave them out; evaluate with drop_last=False"
+        )
     if not isinstance(sampler, DistributedSampler):
         return None
     n = len(sampler.dataset)  # type: ignore[arg-type]

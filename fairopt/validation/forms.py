@@ -29,6 +29,7 @@ from fairopt.constraints.expressions import (
     _Abs,
     _BinOp,
     _Concat,
+    _Guard,
     _Pairwise,
     _Reduce,
 )
@@ -249,7 +250,7 @@ def _walk(node: Expr, lookup: RateLookup, num_groups: int) -> list[Form] | None:
         return [Extremum("max", (x, x.scaled(-1.0))) for x in a if isinstance(x, Linear)]
     if isinstance(node, _Reduce):
         a = _walk(node.a, lookup, num_groups)
-        return None if a is None else _reduce(node.how, a, node.min_defined)
+        return None if a is None else _reduce(node.how, a, node.needed())
     if isinstance(node, _Pairwise):
         a, b = _walk(node.a, lookup, num_groups), _walk(node.b, lookup, num_groups)
         if a is None or b is None or len(a) != len(b):
@@ -257,6 +258,13 @@ def _walk(node: Expr, lookup: RateLookup, num_groups: int) -> list[Form] | None:
         i, j = node._pairs(len(a))
         out = [_add(a[x], _scale(b[y], -1.0)) for x, y in zip(i.tolist(), j.tolist())]
         return None if any(z is None for z in out) else [z for z in out if z is not None]
+    if isinstance(node, _Guard):
+        a, ref = _walk(node.a, lookup, num_groups), _walk(node.reference, lookup, num_groups)
+        if a is None or ref is None:
+            return None
+        if sum(f.defined for f in ref) >= node.count:
+            return a
+        return [replace(f, defined=False) if isinstance(f, Linear) else replace(f, enough=False) for f in a]
     if isinstance(node, _Concat):
         parts = [_walk(p, lookup, num_groups) for p in node.parts]
         return None if any(p is None for p in parts) else [f for p in parts if p is not None for f in p]
