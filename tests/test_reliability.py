@@ -17,6 +17,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Tenso
 import fairopt
 from fairopt import Groups, group_stats, selection_rate, tpr
 from fairopt.optim import IterateRecords, StochasticClassifier
+from fairopt.postprocessing import GroupThresholds
 from fairopt.validation import FairnessReport, Verdict, collect_stats, evaluate
 
 
@@ -484,3 +485,26 @@ def test_the_optimizer_does_not_warn_about_fresh_logits_near_zero():
         warnings.simplefilter("error")
         out = model(x)
         opt.step(loss=out.mean(), scores=out, groups=a, labels=y)
+
+
+def test_constraint_labels_show_group_names_as_the_entries_do():
+    constraint = tpr(1) - tpr(0) <= 0.05
+    assert constraint.name == "tpr[1] - tpr[0] <= 0.05"  # the key stays the same
+    assert constraint.label(["north", "south"]) == "tpr[south] - tpr[north] <= 0.05"
+    report = FairnessReport.from_stats(
+        stats_of([2.0, -1.0, 3.0, 1.0], [1, 0, 1, 0], [0, 0, 1, 1], 2), [constraint], group_names=["north", "south"]
+    )
+    result = report.constraints[0]
+    assert result.label == "tpr[south] - tpr[north] <= 0.05" and result.entries[0].name == "tpr[south] - tpr[north]"
+    assert "| tpr[south] - tpr[north] <= 0.05 |" in report.to_markdown()  # was tpr[1] - tpr[0] <= 0.05
+    assert report.constraint(constraint.name) is result and FairnessReport.from_json(report.to_json()) == report
+    assert fairopt.EqualizedOdds(0.05).label(["a", "b"]) == "EqualizedOdds(tolerance=0.05, max_min)"
+
+
+def test_data_arguments_after_scores_are_keywords():
+    scores, labels, groups = torch.tensor([1.0, -1.0]), torch.tensor([1, 0]), torch.tensor([0, 1])
+    with pytest.raises(TypeError, match="positional"):
+        group_stats(scores, groups, labels, 2)  # a swap that used to run silently
+    with pytest.raises(TypeError, match="positional"):
+        GroupThresholds.fit(scores, labels, groups, [fairopt.DemographicParity(0.1)], 2)
+    assert group_stats(scores, labels=labels, groups=groups, num_groups=2).table.shape == (2, 9)

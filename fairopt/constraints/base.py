@@ -68,14 +68,33 @@ class Constraint:
         TypeError: if ``expr`` is not an expression. ValueError: if ``tolerance`` is not finite.
     """
 
-    def __init__(self, expr: Expr, tolerance: float = 0.0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        expr: Expr,
+        tolerance: float = 0.0,
+        name: str | None = None,
+        *,
+        describe: tuple[Expr, str, Expr | float] | None = None,
+    ) -> None:
         if not isinstance(expr, Expr):
             raise TypeError(f"expr must be a fairopt rate expression, got {type(expr).__name__}")
         tolerance = float(tolerance)
         if not math.isfinite(tolerance):
             raise ValueError(f"tolerance must be finite, got {tolerance}")
         self.expr, self.tolerance = expr, tolerance
-        self.name = name or (f"{expr} <= {tolerance:g}")
+        # (left, "<=" or ">=", right) as the comparison was written, to render it with group names (label)
+        self._describe = None if name is not None else (describe or (expr, "<=", tolerance))
+        self.name = name if name is not None else self.label()
+
+    def label(self, group_names: Sequence[str] | None = None) -> str:
+        """The name, with group names in place of ids (``tpr[sex=F] - tpr[sex=M] <= 0.05``) for a constraint named
+        after its comparison; a given name (a built-in's holds no ids) as it is."""
+        describe = getattr(self, "_describe", None)  # subclasses need not call this __init__
+        if describe is None:
+            return self.name
+        left, op, right = describe
+        shown = f"{right:g}" if isinstance(right, float) else right.render(group_names)
+        return f"{left.render(group_names)} {op} {shown}"
 
     @property
     def linearizable(self) -> bool:

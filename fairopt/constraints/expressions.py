@@ -35,6 +35,7 @@ gap that "looks satisfied" because the groups that could violate it were dropped
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -94,6 +95,14 @@ class Expr:
     def size(self, num_groups: int) -> int:
         """Number of entries m for a table with ``num_groups`` rows."""
         raise NotImplementedError
+
+    def render(self, group_names: Sequence[str] | None = None) -> str:
+        """``str(self)`` with group names in place of ids (``tpr[sex=F] - tpr[sex=M]``); ids without names."""
+        token = _GROUP_NAMES.set(None if group_names is None else tuple(group_names))
+        try:
+            return str(self)
+        finally:
+            _GROUP_NAMES.reset(token)
 
     def entry_names(self, group_names: Sequence[str]) -> list[str]:
         """A readable name for each entry, e.g. ``"tpr[sex=F] - tpr[overall]"``."""
@@ -164,15 +173,15 @@ class Expr:
         from fairopt.constraints.base import Constraint
 
         if isinstance(other, (int, float)):
-            return Constraint(self, tolerance=float(other), name=f"{self} <= {other:g}")
-        return Constraint(self - as_expr(other), name=f"{self} <= {other}")
+            return Constraint(self, tolerance=float(other), describe=(self, "<=", float(other)))
+        return Constraint(self - as_expr(other), describe=(self, "<=", as_expr(other)))
 
     def __ge__(self, other: Expr | Number) -> Constraint:  # type: ignore[override]
         from fairopt.constraints.base import Constraint
 
         other_expr = as_expr(other)
-        shown = f"{other:g}" if isinstance(other, (int, float)) else str(other)
-        return Constraint(other_expr - self, name=f"{self} >= {shown}")
+        shown: Expr | float = float(other) if isinstance(other, (int, float)) else other_expr
+        return Constraint(other_expr - self, describe=(self, ">=", shown))
 
     __hash__ = object.__hash__
 
@@ -217,6 +226,8 @@ _SHORT = {
 }
 
 _PER_GROUP = "per_group"
+# The group names that str() of a rate reference shows while Expr.render runs (None: ids).
+_GROUP_NAMES: ContextVar[tuple[str, ...] | None] = ContextVar("fairopt_group_names", default=None)
 
 
 class RateRef(Expr):
@@ -275,10 +286,16 @@ class RateRef(Expr):
         return frozenset((self.rate,))
 
     def __str__(self) -> str:
-        short = _SHORT[self.rate]
+        short, names = _SHORT[self.rate], _GROUP_NAMES.get()
+
+        def shown(g: int) -> str:
+            return names[g] if names is not None and g < len(names) else str(g)
+
         if isinstance(self.group, tuple):
-            return f"{short}[{' + '.join(map(str, self.group))}]"
-        return {None: f"{short}[overall]", _PER_GROUP: f"{short}[g]"}.get(self.group, f"{short}[{self.group}]")  # type: ignore[arg-type]
+            return f"{short}[{' + '.join(map(shown, self.group))}]"
+        if isinstance(self.group, int):
+            return f"{short}[{shown(self.group)}]"
+        return f"{short}[overall]" if self.group is None else f"{short}[g]"
 
 
 def _check_group_id(group: object) -> None:

@@ -303,4 +303,7 @@ def assess_constraint(
         entries.append(
             EntryResult(name, val, lo, hi, tol, max(0.0, val - tol), verdict, iv[2], reason, (), groups, excluded)
         )
-    return ConstraintResult(constraint.name, type(constraint).__name__, tol, tuple(entries))
+    label = constraint.label(names)
+    return ConstraintResult(
+        constraint.name, type(constraint).__name__, tol, tuple(entries), "" if label == constraint.name else label
+    )

@@ -12,7 +12,8 @@ batching (no per-batch averaging); nothing is copied to the host until the end (
 The model is any callable ``model(x) -> scores`` returning ``(N,)`` (or ``(N, 1)``) logits: an ``nn.Module``, a
 function, or a :class:`~fairopt.optim.StochasticClassifier` (from ``records.stochastic_classifier(model)``), which is
 evaluated in expectation: the table is the probability-weighted sum of its candidates' tables (exact expected
-counts; no example ids needed). Another randomized model (a callable that draws per example or per call) gives a
+counts; no example ids needed; its second moments are the same weighted sums, so intervals treat the expected counts
+as counts, which errs wide). Another randomized model (a callable that draws per example or per call) gives a
 table of one draw per example, whose rates are unbiased for its rates. To evaluate stored scores, pass
 ``model=lambda s: s`` with the scores as ``x``.
 

@@ -23,7 +23,7 @@ A JSON object (standard JSON: no NaN or Infinity; an undefined number is ``null`
 
     group row   = {name, count (weighted), examples (int or null), rates: {rate: estimate}}
     estimate    = {value, lower, upper (number or null), denominator (weighted count), effective_n}
-    constraint  = {name, kind (class name), tolerance, verdict, entries: [entry]}
+    constraint  = {name, kind (class name), tolerance, verdict, entries: [entry], label (name with group names)}
     entry       = {name, value, lower, upper (number or null), tolerance, violation (number or null),
                    verdict ("satisfied" | "violated" | "cannot tell"), method, reason, flags: [string],
                    groups: [group name], excluded: [group name] (left out: a rate it compares is undefined)}
@@ -146,10 +146,10 @@ def _entry_warnings(results: Sequence[ConstraintResult]) -> list[str]:
     for result in results:
         for e in result.entries:
             if not e.defined:
-                out.append(f"{result.name}: entry {e.name} is {e.reason}")
+                out.append(f"{result.shown}: entry {e.name} is {e.reason}")
             elif e.excluded:
                 out.append(
-                    f"{result.name}: entry {e.name} leaves out group(s) {', '.join(map(repr, e.excluded))} (a rate it "
+                    f"{result.shown}: entry {e.name} leaves out group(s) {', '.join(map(repr, e.excluded))} (a rate it "
                     "compares is undefined there); its value covers the other groups only"
                 )
     return out
@@ -336,7 +336,7 @@ class FairnessReport:
         if self.constraints:
             c_rows = [
                 [
-                    c.name,
+                    c.shown,
                     e.name,
                     format_estimate(e.value, e.lower, e.upper, digits),
                     f"{e.tolerance:g}",

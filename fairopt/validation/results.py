@@ -151,14 +151,23 @@ class ConstraintResult:
     """A constraint's entries, with a combined verdict.
 
     Attributes:
-        name: the constraint's name. kind: its class name (e.g. ``"EqualOpportunity"``).
-        tolerance: its bound. entries: one :class:`EntryResult` per entry.
+        name: the constraint's name (``Constraint.name``: the key of :meth:`FairnessReport.constraint`).
+        kind: its class name (e.g. ``"EqualOpportunity"``). tolerance: its bound.
+        entries: one :class:`EntryResult` per entry.
+        label: the name with group names in place of ids (``Constraint.label``; ``""``: as ``name``), shown in
+            reports.
     """
 
     name: str
     kind: str
     tolerance: float
     entries: tuple[EntryResult, ...]
+    label: str = ""
+
+    @property
+    def shown(self) -> str:
+        """The label when there is one, else the name."""
+        return self.label or self.name
 
     @property
     def verdict(self) -> Verdict:
@@ -186,9 +195,10 @@ class ConstraintResult:
             "tolerance": self.tolerance,
             "verdict": self.verdict.value,
             "entries": [e.to_dict() for e in self.entries],
+            "label": self.label,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConstraintResult:
         entries = tuple(EntryResult.from_dict(e) for e in data["entries"])
-        return cls(data["name"], data["kind"], data["tolerance"], entries)
+        return cls(data["name"], data["kind"], data["tolerance"], entries, data.get("label", ""))
