@@ -6,7 +6,7 @@ Every benchmark records ``extra_info["impl"]``; ratios are against the implement
 
 from __future__ import annotations
 
-RATIO_BASELINES = ("bincount_floor", "sum_floor", "plain_step")
+RATIO_BASELINES = ("bincount_floor", "sum_floor", "plain_step", "import_torch")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

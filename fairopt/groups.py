@@ -18,15 +18,22 @@ from itertools import product
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
 __all__ = ["Groups"]
 
 
+def _pandas() -> Any:
+    """pandas, imported when first needed (``import fairopt`` stays light)."""
+    import pandas
+
+    return pandas
+
+
 def _as_columns(data: Any, name: str | None) -> dict[str, np.ndarray | Any]:
     """Split input into named 1-D columns: DataFrame/dict → its columns; anything 1-D → one column."""
+    pd = _pandas()
     if isinstance(data, pd.DataFrame):
         return {str(c): data[c] for c in data.columns}
     if isinstance(data, Mapping):
@@ -56,7 +63,7 @@ def _values(column: Any) -> np.ndarray:
 
 
 def _check_missing(attr: str, values: np.ndarray) -> None:
-    missing = int(pd.isna(values).sum())
+    missing = int(_pandas().isna(values).sum())
     if missing:
         raise ValueError(
             f"sensitive attribute {attr!r} has {missing} missing value(s) (None/NaN); drop those rows, or make "
@@ -156,7 +163,7 @@ class Groups:
         for attr, size in zip(self.attributes, self._sizes):
             values = _values(columns[attr])
             _check_missing(attr, values)
-            codes = np.asarray(pd.Index(self.categories[attr], dtype=object).get_indexer(values.astype(object)))
+            codes = np.asarray(_pandas().Index(self.categories[attr], dtype=object).get_indexer(values.astype(object)))
             if (codes < 0).any():
                 unknown = sorted({repr(_key(v)) for v in values[codes < 0].tolist()})[:5]
                 raise ValueError(

@@ -55,3 +55,13 @@ def test_heldout_report_example_writes_its_figures(tmp_path):
     assert set(values) == {"train", "held-out", "test"}
     for name in ("test_group_rates.png", "violation_vs_step.png", "generalization_gap.png", "test_report.json"):
         assert (tmp_path / name).stat().st_size > 500
+
+
+def test_import_fairopt_leaves_scipy_and_pandas_for_later():
+    """scipy and pandas are imported where first used, so `import fairopt` costs little after torch (issue 11)."""
+    import subprocess
+    import sys
+
+    code = "import sys, fairopt; print(sorted(m for m in ('scipy', 'pandas', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

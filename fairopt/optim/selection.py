@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import linprog
-from scipy.stats import rankdata
 
 __all__ = ["best_distribution", "best_iterate", "is_feasible"]
 
@@ -62,6 +60,8 @@ def best_iterate(objectives: ArrayLike, violations: ArrayLike, *, rank_objective
     Raises:
         ValueError: inconsistent shapes, empty input, or non-finite values.
     """
+    from scipy.stats import rankdata  # scipy is imported when first needed: `import fairopt` stays light
+
     f, g = _check_table(objectives, violations)
     worst = np.maximum(0.0, g.max(axis=1)) if g.shape[1] else np.zeros(f.size)
     ranks = rankdata(worst, method="min")  # every feasible candidate ties at rank 1
@@ -74,6 +74,8 @@ def best_iterate(objectives: ArrayLike, violations: ArrayLike, *, rank_objective
 
 def _solve(f: np.ndarray, g: np.ndarray, bound: float, method: str = "highs") -> np.ndarray | None:
     """Weights minimizing ``f·p`` s.t. ``gᵀp <= bound``, ``p`` on the simplex; None when infeasible."""
+    from scipy.optimize import linprog
+
     t = f.size
     result = linprog(
         f,

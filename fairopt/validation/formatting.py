@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
+    import pandas as pd
 
 __all__ = [
     "RATE_LABELS",
@@ -87,6 +89,8 @@ def nullable_frame(
     records: Sequence[dict[str, object]], float_columns: Sequence[str], index: str | None
 ) -> pd.DataFrame:
     """A DataFrame whose ``float_columns`` use pandas' nullable ``Float64`` dtype: ``None`` shows as ``<NA>``."""
+    import pandas as pd
+
     frame = pd.DataFrame.from_records(list(records))
     for column in float_columns:
         if column in frame:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from torch import Tensor
 
 from fairopt.constraints.base import Constraint
@@ -22,6 +21,9 @@ from fairopt.validation.evaluate import evaluate
 from fairopt.validation.formatting import format_estimate, format_number, markdown_table, nullable_frame
 from fairopt.validation.jsonio import dump_json, load_json
 from fairopt.validation.report import FairnessReport
+
+if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
+    import pandas as pd
 
 __all__ = ["GAP_SCHEMA", "GeneralizationGap", "generalization_gap"]
 

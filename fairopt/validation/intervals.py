@@ -29,9 +29,9 @@ proportions with small expected number of positive counts estimated from survey 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
-from scipy import stats as sps
 
 __all__ = [
     "INTERVAL_METHODS",
@@ -50,8 +50,8 @@ ArrayLike = float | np.ndarray | Sequence[float]
 
 
 def _z(confidence: float) -> float:
-    """Two-sided standard normal quantile, e.g. 1.95996 for 0.95."""
-    return float(sps.norm.ppf(0.5 + confidence / 2.0))
+    """Two-sided standard normal quantile, e.g. 1.95996 for 0.95 (the standard library's, without scipy)."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
 def _check_confidence(confidence: float) -> None:
@@ -110,6 +110,8 @@ def clopper_pearson_interval(
     _check_confidence(confidence)
     x, n = _counts(successes, trials)
     alpha = 1.0 - confidence
+    from scipy import stats as sps  # imported when first needed: `import fairopt` stays light
+
     with np.errstate(invalid="ignore", divide="ignore"):
         lower = np.where(x <= 0, 0.0, sps.beta.ppf(alpha / 2.0, np.maximum(x, 1e-300), n - x + 1.0))
         upper = np.where(x >= n, 1.0, sps.beta.ppf(1.0 - alpha / 2.0, x + 1.0, np.maximum(n - x, 1e-300)))
@@ -160,6 +162,8 @@ def mean_interval(
     """
     _check_confidence(confidence)
     m, se, dof = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (mean, standard_error, df)))
+    from scipy import stats as sps
+
     with np.errstate(invalid="ignore"):
         q = np.where(dof > 0, sps.t.ppf(0.5 + confidence / 2.0, np.where(dof > 0, dof, 1.0)), np.nan)
     lower, upper = m - q * se, m + q * se

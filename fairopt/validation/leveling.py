@@ -29,8 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from fairopt.rates import canonical_rate_name, compute_rate
 from fairopt.validation.formatting import (
@@ -43,6 +42,9 @@ from fairopt.validation.formatting import (
     nullable_frame,
 )
 from fairopt.validation.report import FairnessReport
+
+if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
+    import pandas as pd
 
 __all__ = ["HIGHER_IS_BETTER", "LevelingDownReport", "LevelingFinding", "RateChange", "leveling_down"]
 
@@ -123,6 +125,8 @@ class LevelingDownReport:
 
     def findings_table(self) -> pd.DataFrame:
         """One row per rate with the fields of :class:`LevelingFinding`."""
+        import pandas as pd
+
         return pd.DataFrame([f.__dict__ for f in self.findings])
 
     def to_markdown(self, digits: int = 3) -> str:

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Number
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -35,6 +34,9 @@ from fairopt.validation.evaluate import collect_stats
 from fairopt.validation.moments import SecondMoments
 from fairopt.validation.options import ReportOptions
 from fairopt.validation.report import FairnessReport, resolve_group_names
+
+if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
+    import pandas as pd
 
 __all__ = ["FairnessMonitor", "multiplier_values"]
 
@@ -162,6 +164,8 @@ class FairnessMonitor:
 
     def history(self) -> pd.DataFrame:
         """Long table: ``step, split, constraint, entry, value, violation`` (undefined entries: ``<NA>``)."""
+        import pandas as pd
+
         frame = pd.DataFrame(self._rows, columns=["step", "split", "constraint", "entry", "value", "violation"])
         for column in ("value", "violation"):
             frame[column] = pd.array(frame[column].tolist(), dtype="Float64")
@@ -169,6 +173,8 @@ class FairnessMonitor:
 
     def multiplier_history(self) -> pd.DataFrame:
         """Long table: ``step, index, value`` of the attached multipliers."""
+        import pandas as pd
+
         return pd.DataFrame(self._multipliers, columns=["step", "index", "value"])
 
     @property

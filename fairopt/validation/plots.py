@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from fairopt.validation.formatting import RATE_LABELS
 from fairopt.validation.gap import GeneralizationGap
@@ -33,6 +32,10 @@ from fairopt.validation.report import FairnessReport
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+
+if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
+    import pandas as pd
 
 __all__ = ["plot_accuracy_vs_constraint", "plot_generalization_gap", "plot_group_rates", "plot_violation_history"]
 
@@ -202,6 +205,8 @@ def _margin_line(name: str, part: pd.DataFrame, margins: float | Mapping[str, fl
     Raises:
         ValueError: a negative margin.
     """
+    import pandas as pd
+
     if isinstance(margins, Mapping):
         given: float | None = margins.get(name)
     else:
@@ -331,6 +336,8 @@ _MARKERS = "osD^vP*X<>"
 
 def _column(table: pd.DataFrame, name: str) -> np.ndarray:
     """Column ``name`` as float64 with NaN for missing values; all NaN when the table has no such column."""
+    import pandas as pd
+
     if name not in table:
         return np.full(len(table), np.nan)
     return pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)

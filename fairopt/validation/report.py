@@ -38,9 +38,8 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 
 from fairopt.constraints.base import Constraint
@@ -60,6 +59,9 @@ from fairopt.validation.jsonio import dump_json, load_json
 from fairopt.validation.moments import MOMENT_COLUMNS, SecondMoments
 from fairopt.validation.options import ReportOptions
 from fairopt.validation.results import ConstraintResult, Estimate, GroupRow, Verdict, optional_float
+
+if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
+    import pandas as pd
 
 __all__ = ["DEFAULT_RATES", "SCHEMA", "SCHEMA_VERSION", "FairnessReport", "resolve_group_names"]
 
@@ -284,6 +286,8 @@ class FairnessReport:
     def group_table(self) -> pd.DataFrame:
         """Per-group table plus the ``"overall"`` row: ``count``, ``examples`` and, per rate, ``<rate>``,
         ``<rate>_lower``, ``<rate>_upper`` (nullable ``Float64``: undefined is ``<NA>``, never 0 or NaN)."""
+        import pandas as pd
+
         records = []
         for row in (*self.groups, self.overall):
             record: dict[str, object] = {"group": row.name, "count": row.count, "examples": row.examples}
@@ -299,6 +303,8 @@ class FairnessReport:
     def constraint_table(self) -> pd.DataFrame:
         """One row per constraint entry: ``constraint, entry, value, lower, upper, tolerance, violation, verdict,
         method, reason, flags`` (nullable floats)."""
+        import pandas as pd
+
         records = [
             {
                 "constraint": c.name,
