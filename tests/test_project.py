@@ -65,3 +65,55 @@ def test_import_fairopt_leaves_scipy_and_pandas_for_later():
     code = "import sys, fairopt; print(sorted(m for m in ('scipy', 'pandas', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """fairopt module -> the fairopt modules it imports (anywhere in its body, not under TYPE_CHECKING)."""
+    import ast
+
+    root = ROOT / "fairopt"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        guarded = {
+            id(sub)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+            for sub in ast.walk(node)
+        }
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in guarded or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+                module = ".".join(p for p in (base, node.module or "") if p)
+                targets = [f"{module}.{a.name}" for a in node.names] if node.module is None else [module]
+            deps.update(t for t in targets if t in modules and t != name)
+        graph[name] = deps
+    return graph
+
+
+def test_the_package_has_no_import_circle():
+    """Modules import one way (issue 11): no module reaches itself through imports, lazy ones included."""
+    graph = _import_graph()
+    assert "fairopt.constraints.expressions" in graph["fairopt.constraints.evaluation"]  # the graph is real
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+        return seen
+
+    circles = sorted(m for m in graph if m in reaches(m))
+    assert circles == []

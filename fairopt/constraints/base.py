@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fairopt.constraints.evaluation import Linearization, host_table, linearize, value_tensors
-from fairopt.constraints.expressions import Expr
+from fairopt.constraints.expressions import Expr, link
 from fairopt.rates import RateValue, compute_rate
 from fairopt.stats import GroupStats
 
@@ -255,3 +255,6 @@ class FunctionConstraint(Constraint):
 
     def rate_names(self) -> frozenset[str] | None:
         return None
+
+
+link("Constraint", Constraint)

@@ -33,19 +33,21 @@ import torch
 from torch import Tensor
 
 from fairopt.constraints.expressions import (
-    _PER_GROUP,
+    PER_GROUP,
+    Abs,
+    BinOp,
     Bounds,
+    Concat,
     Const,
+    Elementwise,
     Expr,
+    ExprVisitor,
+    Guard,
+    Pairwise,
     RateRef,
-    _Abs,
-    _BinOp,
-    _broadcast_sizes,
-    _Concat,
-    _Elementwise,
-    _Guard,
-    _Pairwise,
-    _Reduce,
+    Reduce,
+    broadcast_sizes,
+    link,
 )
 from fairopt.rates import RATES, is_label_conditioned, mixer_matrix
 from fairopt.stats import COLUMNS, GroupStats
@@ -139,7 +141,7 @@ def linearize(expr: Expr, table: np.ndarray, *, gradients: bool = True) -> Linea
             gradients asked for a stack of tables.
     """
     evaluator = _Evaluator(table, gradients)
-    node = evaluator.run(expr)
+    node = evaluator.visit(expr)
     v, d = node.v, node.d
     if not node.full:
         v = np.where(d, v, 0.0)
@@ -258,14 +260,14 @@ def _sum_to(c: np.ndarray, size: int) -> np.ndarray:
 
 def _selection(group: object, num_groups: int) -> np.ndarray | None:
     """``(1, G)`` 0/1 row pooling the table rows of a group id, a tuple of ids, or all (None); None for per-group."""
-    if group == _PER_GROUP:
+    if group == PER_GROUP:
         return None
     select = np.zeros((1, num_groups))
     select[0, slice(None) if group is None else list(group) if isinstance(group, tuple) else [group]] = 1.0
     return select
 
 
-class _Evaluator:
+class _Evaluator(ExprVisitor[_Node]):
     """One pass over an expression tree on one table or a stack of tables (each rate computed once per group
     selection); ``grad`` accumulates the ``(G, K)`` gradient of a reverse pass."""
 
@@ -278,36 +280,13 @@ class _Evaluator:
         self.gradients = gradients
         self.grad = np.zeros((self.num_groups, _K))
         self.cache: dict[tuple[str, object], _Node] = {}
-        self.rules: dict[type, Callable[[Any], _Node]] = {
-            Const: self._const,
-            RateRef: self._rate,
-            _BinOp: self._binop,
-            _Abs: self._abs,
-            _Reduce: self._reduce,
-            _Elementwise: self._elementwise,
-            _Guard: self._guard,
-            _Pairwise: self._pairwise,
-            _Concat: self._concat,
-        }
-
-    def run(self, expr: Expr) -> _Node:
-        rule = self.rules.get(type(expr))
-        if rule is None:  # a subclass of a node type evaluates as its base
-            base = next((cls for cls in type(expr).__mro__ if cls in self.rules), None)
-            if base is None:
-                raise TypeError(
-                    f"cannot evaluate expression type {type(expr).__name__}: build expressions from rates, numbers "
-                    "and the operators of fairopt.constraints.expressions, or use a FunctionConstraint"
-                )
-            rule = self.rules[base]
-        return rule(expr)
 
     # leaves -------------------------------------------------------------------------------------------------
-    def _const(self, expr: Const) -> _Node:
+    def visit_const(self, expr: Const) -> _Node:
         ones = (1,) * len(self.batch)  # broadcasts against a stack of tables
         return _Node(np.full((3, *ones, 1), expr.value), np.ones((*ones, 1), dtype=bool), True, _no_back)
 
-    def _rate(self, expr: RateRef) -> _Node:
+    def visit_rate(self, expr: RateRef) -> _Node:
         if expr.max_group() >= self.num_groups:
             raise ValueError(
                 f"{expr} refers to group {expr.max_group()} but the statistics have {self.num_groups} groups"
@@ -373,8 +352,8 @@ class _Evaluator:
         return _Node(v, defined, full, back)
 
     # operators ----------------------------------------------------------------------------------------------
-    def _binop(self, expr: _BinOp) -> _Node:
-        a, b = self.run(expr.a), self.run(expr.b)
+    def visit_binop(self, expr: BinOp) -> _Node:
+        a, b = self.visit(expr.a), self.visit(expr.b)
         _check_sizes(a, b, expr)
         defined, full = a.d & b.d, a.full and b.full
         ka, kb = a.d.shape[-1], b.d.shape[-1]
@@ -411,9 +390,9 @@ class _Evaluator:
         d_b = [np.where(positive, -q / den, 0.0) for q, den in zip(values, dens * 2)]
         return _extreme_corners(ah / np.where(nonzero, bh, 1.0), defined, values, d_a, d_b, a, b)
 
-    def _abs(self, expr: _Abs) -> _Node:
+    def visit_abs(self, expr: Abs) -> _Node:
         # The branch follows the sign of the true value; |x| = -x on the negative side (hard row included).
-        a = self.run(expr.a)
+        a = self.visit(expr.a)
         pos = a.v[0] >= 0
 
         def back(cu: np.ndarray, cl: np.ndarray) -> None:
@@ -421,10 +400,10 @@ class _Evaluator:
 
         return _Node(np.where(pos, a.v, -_swapped(a.v)), a.d, a.full, back)
 
-    def _reduce(self, expr: _Reduce) -> _Node:
+    def visit_reduce(self, expr: Reduce) -> _Node:
         # The entry is chosen among the defined ones by its true value; fewer than needed() defined: undefined
         # (zeroed later).
-        a = self.run(expr.a)
+        a = self.visit(expr.a)
         hard = a.v[0]
         masked = hard if a.full else np.where(a.d, hard, -np.inf if expr.how == "max" else np.inf)
         index = masked.argmax(-1) if expr.how == "max" else masked.argmin(-1)
@@ -447,16 +426,16 @@ class _Evaluator:
 
         return _Node(a.v[:, i : i + 1], any_defined, full, back)
 
-    def _guard(self, expr: _Guard) -> _Node:
-        a, ref = self.run(expr.a), self.run(expr.reference)
+    def visit_guard(self, expr: Guard) -> _Node:
+        a, ref = self.visit(expr.a), self.visit(expr.reference)
         enough = ref.d.sum(-1, keepdims=True) >= expr.count
         if bool(enough.all()):
             return a
         defined = a.d & enough
         return _Node(a.v, defined, bool(defined.all()), a.back)
 
-    def _elementwise(self, expr: _Elementwise) -> _Node:
-        a, b = self.run(expr.a), self.run(expr.b)
+    def visit_elementwise(self, expr: Elementwise) -> _Node:
+        a, b = self.visit(expr.a), self.visit(expr.b)
         _check_sizes(a, b, expr)
         take_a = a.v[0] >= b.v[0] if expr.how == "maximum" else a.v[0] <= b.v[0]
         ka, kb = a.d.shape[-1], b.d.shape[-1]
@@ -467,12 +446,12 @@ class _Evaluator:
 
         return _Node(np.where(take_a, a.v, b.v), a.d & b.d, a.full and b.full, back)
 
-    def _pairwise(self, expr: _Pairwise) -> _Node:
-        a, b = self.run(expr.a), self.run(expr.b)
+    def visit_pairwise(self, expr: Pairwise) -> _Node:
+        a, b = self.visit(expr.a), self.visit(expr.b)
         n = a.d.shape[-1]
         if n != b.d.shape[-1]:
             raise ValueError(f"pairwise() needs two expressions with the same number of entries, in {expr}")
-        i, j = expr._pairs(n)
+        i, j = expr.pairs(n)
 
         def back(cu: np.ndarray, cl: np.ndarray) -> None:  # entry (i, j): upper a_u[i] - b_l[j], lower a_l[i] - b_u[j]
             a.back(np.bincount(i, cu, n), np.bincount(i, cl, n))
@@ -481,8 +460,8 @@ class _Evaluator:
         v = a.v[..., i] - _swapped(b.v)[..., j]
         return _Node(v, a.d[..., i] & b.d[..., j], a.full and b.full, back)
 
-    def _concat(self, expr: _Concat) -> _Node:
-        parts = [self.run(p) for p in expr.parts]
+    def visit_concat(self, expr: Concat) -> _Node:
+        parts = [self.visit(p) for p in expr.parts]
         if self.batch:  # constants are (1,): give every part the batch shape first
             parts = [
                 p._replace(
@@ -505,7 +484,7 @@ class _Evaluator:
 def _check_sizes(a: _Node, b: _Node, expr: Expr) -> None:
     n, m = a.d.shape[-1], b.d.shape[-1]
     if n != m and n != 1 and m != 1:
-        _broadcast_sizes(n, m, str(expr))  # raises with the expression in the message
+        broadcast_sizes(n, m, str(expr))  # raises with the expression in the message
 
 
 def _extreme_corners(
@@ -538,3 +517,6 @@ def _extreme_corners(
 
     defined = np.broadcast_to(defined, shape).copy()
     return _Node(np.stack([np.broadcast_to(hard, shape), upper, lower]), defined, bool(defined.all()), back)
+
+
+link("evaluate_expr", evaluate_expr)

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 from torch import Tensor
@@ -49,10 +49,18 @@ if TYPE_CHECKING:
     from fairopt.constraints.base import Constraint
 
 __all__ = [
+    "Abs",
+    "BinOp",
     "Bounds",
+    "Concat",
     "Const",
+    "Elementwise",
     "Expr",
+    "ExprVisitor",
+    "Guard",
+    "Pairwise",
     "RateRef",
+    "Reduce",
     "as_expr",
     "compares_groups",
     "concat",
@@ -62,6 +70,7 @@ __all__ = [
 ]
 
 Number = int | float
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,9 +97,13 @@ class Expr:
     def evaluate(self, stats: GroupStats) -> Bounds:
         """Evaluate on a ``(G, K)`` table (:func:`fairopt.constraints.evaluation.evaluate_expr`). Undefined entries
         hold 0 with zero gradient."""
-        from fairopt.constraints.evaluation import evaluate_expr  # the evaluator walks these classes
+        return _linked("evaluate_expr")(self, stats)
 
-        return evaluate_expr(self, stats)
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        """``visitor.visit_<node>(self)``: the one way every walker (the evaluator, the interval forms, ...) reads a
+        node. A subclass of a node type is read as that type; another :class:`Expr` subclass goes to
+        :meth:`ExprVisitor.visit_unknown`."""
+        return visitor.visit_unknown(self)
 
     def size(self, num_groups: int) -> int:
         """Number of entries m for a table with ``num_groups`` rows."""
@@ -121,34 +134,34 @@ class Expr:
 
     # arithmetic ---------------------------------------------------------------------------------------------
     def __add__(self, other: Expr | Number) -> Expr:
-        return _BinOp("+", self, as_expr(other))
+        return BinOp("+", self, as_expr(other))
 
     def __radd__(self, other: Number) -> Expr:
-        return _BinOp("+", as_expr(other), self)
+        return BinOp("+", as_expr(other), self)
 
     def __sub__(self, other: Expr | Number) -> Expr:
-        return _BinOp("-", self, as_expr(other))
+        return BinOp("-", self, as_expr(other))
 
     def __rsub__(self, other: Number) -> Expr:
-        return _BinOp("-", as_expr(other), self)
+        return BinOp("-", as_expr(other), self)
 
     def __mul__(self, other: Expr | Number) -> Expr:
-        return _BinOp("*", self, as_expr(other))
+        return BinOp("*", self, as_expr(other))
 
     def __rmul__(self, other: Number) -> Expr:
-        return _BinOp("*", as_expr(other), self)
+        return BinOp("*", as_expr(other), self)
 
     def __truediv__(self, other: Expr | Number) -> Expr:
-        return _BinOp("/", self, as_expr(other))
+        return BinOp("/", self, as_expr(other))
 
     def __rtruediv__(self, other: Number) -> Expr:
-        return _BinOp("/", as_expr(other), self)
+        return BinOp("/", as_expr(other), self)
 
     def __neg__(self) -> Expr:
-        return _BinOp("-", Const(0.0), self)
+        return BinOp("-", Const(0.0), self)
 
     def __abs__(self) -> Expr:
-        return _Abs(self)
+        return Abs(self)
 
     def max(self, *, min_defined: int | None = None) -> Expr:
         """Largest defined entry (one entry); undefined when fewer than ``min_defined`` entries are defined.
@@ -161,29 +174,76 @@ class Expr:
         Raises:
             ValueError: ``min_defined`` < 1.
         """
-        return _Reduce("max", self, min_defined)
+        return Reduce("max", self, min_defined)
 
     def min(self, *, min_defined: int | None = None) -> Expr:
         """Smallest defined entry (one entry); undefined when fewer than ``min_defined`` entries are defined
         (see :meth:`max`)."""
-        return _Reduce("min", self, min_defined)
+        return Reduce("min", self, min_defined)
 
     # comparisons give constraints ---------------------------------------------------------------------------
     def __le__(self, other: Expr | Number) -> Constraint:  # type: ignore[override]
-        from fairopt.constraints.base import Constraint
-
+        Constraint = _linked("Constraint")
         if isinstance(other, (int, float)):
             return Constraint(self, tolerance=float(other), describe=(self, "<=", float(other)))
         return Constraint(self - as_expr(other), describe=(self, "<=", as_expr(other)))
 
     def __ge__(self, other: Expr | Number) -> Constraint:  # type: ignore[override]
-        from fairopt.constraints.base import Constraint
-
+        Constraint = _linked("Constraint")
         other_expr = as_expr(other)
         shown: Expr | float = float(other) if isinstance(other, (int, float)) else other_expr
         return Constraint(other_expr - self, describe=(self, ">=", shown))
 
     __hash__ = object.__hash__
+
+
+# This module is the bottom of the constraints package and imports nothing above it: the classes that build on
+# expressions link themselves in when they load (fairopt.constraints imports them all), so comparisons can return a
+# Constraint and Expr.evaluate can reach the evaluator without an import circle.
+_LINKS: dict[str, Any] = {}
+
+
+def link(name: str, value: Any) -> None:
+    """Register ``Constraint`` or ``evaluate_expr`` for the expression methods that return or call them."""
+    _LINKS[name] = value
+
+
+def _linked(name: str) -> Any:
+    try:
+        return _LINKS[name]
+    except KeyError:
+        raise ImportError(f"{name} is not linked yet: import fairopt.constraints (it loads every part)") from None
+
+
+class ExprVisitor(Generic[T]):
+    """The extension protocol of expression trees: one method per node type, reached by ``node.accept(visitor)``
+    (:meth:`visit`). A walker over expressions (the NumPy evaluator of :mod:`fairopt.constraints.evaluation`, the
+    normal forms of :mod:`fairopt.validation.forms`, a device-side evaluator) subclasses this and implements every
+    ``visit_*``; a new node type adds one ``accept`` and one ``visit_*`` here, so a walker that lacks it fails with a
+    clear ``NotImplementedError`` instead of misreading the node.
+
+    Node types: :class:`Const`, :class:`RateRef` (a rate of a group, pooled groups, every group or overall),
+    :class:`BinOp` (``+ - * /``), :class:`Abs`, :class:`Reduce` (``max``/``min`` over a vector, with its
+    :meth:`Reduce.needed` defined entries), :class:`Guard` (:func:`compares_groups`), :class:`Elementwise`
+    (``maximum``/``minimum``), :class:`Pairwise` and :class:`Concat`.
+    """
+
+    def visit(self, node: Expr) -> T:
+        return node.accept(self)
+
+    def visit_const(self, node: Const) -> T:
+        raise NotImplementedError(f"{type(self).__name__} does not read {type(node).__name__} nodes")
+
+    visit_rate = visit_binop = visit_abs = visit_reduce = visit_guard = visit_const  # type: ignore[assignment]
+    visit_elementwise = visit_pairwise = visit_concat = visit_const  # type: ignore[assignment]
+
+    def visit_unknown(self, node: Expr) -> T:
+        """A node that is none of the types above (default: ``TypeError``)."""
+        raise TypeError(
+            f"cannot evaluate expression type {type(node).__name__}: build expressions from rates, numbers and the "
+            "operators of fairopt.constraints.expressions (or implement accept() and an ExprVisitor method), or use "
+            "a FunctionConstraint"
+        )
 
 
 def as_expr(value: Expr | Number) -> Expr:
@@ -197,6 +257,9 @@ def as_expr(value: Expr | Number) -> Expr:
 
 class Const(Expr):
     """A constant (one entry, always defined)."""
+
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        return visitor.visit_const(self)
 
     def __init__(self, value: float) -> None:
         self.value = float(value)
@@ -225,7 +288,7 @@ _SHORT = {
     "mean_loss": "mean_loss",
 }
 
-_PER_GROUP = "per_group"
+PER_GROUP = "per_group"
 # The group names that str() of a rate reference shows while Expr.render runs (None: ids).
 _GROUP_NAMES: ContextVar[tuple[str, ...] | None] = ContextVar("fairopt_group_names", default=None)
 
@@ -243,6 +306,9 @@ class RateRef(Expr):
             tuple of ids.
     """
 
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        return visitor.visit_rate(self)
+
     def __init__(self, rate: str, group: int | tuple[int, ...] | None = None) -> None:
         self.rate = canonical_rate_name(rate)
         if isinstance(group, (list, tuple)):
@@ -253,7 +319,7 @@ class RateRef(Expr):
                 raise ValueError(f"a pooled group lists an id twice (it would be counted twice): {group}")
             for g in group:
                 _check_group_id(g)
-        elif group not in (None, _PER_GROUP):
+        elif group not in (None, PER_GROUP):
             _check_group_id(group)
         self.group = group
 
@@ -262,16 +328,16 @@ class RateRef(Expr):
 
     def per_group(self) -> RateRef:
         """This rate for every group (``G`` entries)."""
-        return RateRef(self.rate, _PER_GROUP)
+        return RateRef(self.rate, PER_GROUP)
 
     def size(self, num_groups: int) -> int:
-        return num_groups if self.group == _PER_GROUP else 1
+        return num_groups if self.group == PER_GROUP else 1
 
     def entry_names(self, group_names: Sequence[str]) -> list[str]:
         short = _SHORT[self.rate]
         if self.group is None:
             return [f"{short}[overall]"]
-        if self.group == _PER_GROUP:
+        if self.group == PER_GROUP:
             return [f"{short}[{n}]" for n in group_names]
         ids = self.group if isinstance(self.group, tuple) else (self.group,)
         names = [group_names[g] if g < len(group_names) else str(g) for g in ids]  # type: ignore[operator]
@@ -308,7 +374,7 @@ def _check_group_id(group: object) -> None:
         raise ValueError(f"group must be a non-negative int id, a tuple of ids, or None for overall; got {group!r}")
 
 
-def _broadcast_sizes(a: int, b: int, what: str) -> int:
+def broadcast_sizes(a: int, b: int, what: str) -> int:
     if a == b or b == 1:
         return a
     if a == 1:
@@ -321,7 +387,10 @@ def _broadcast_names(na: list[str], nb: list[str]) -> tuple[list[str], list[str]
     return (na * m if len(na) == 1 else na), (nb * m if len(nb) == 1 else nb)
 
 
-class _BinOp(Expr):
+class BinOp(Expr):
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        return visitor.visit_binop(self)
+
     def __init__(self, op: str, a: Expr, b: Expr) -> None:
         self.op, self.a, self.b = op, a, b
 
@@ -329,7 +398,7 @@ class _BinOp(Expr):
         return (self.a, self.b)
 
     def size(self, num_groups: int) -> int:
-        return _broadcast_sizes(self.a.size(num_groups), self.b.size(num_groups), str(self))
+        return broadcast_sizes(self.a.size(num_groups), self.b.size(num_groups), str(self))
 
     def entry_names(self, group_names: Sequence[str]) -> list[str]:
         na, nb = _broadcast_names(self.a.entry_names(group_names), self.b.entry_names(group_names))
@@ -344,12 +413,13 @@ class _BinOp(Expr):
 
 
 def _paren(text: str, node: Expr, right: bool = False) -> str:
-    return (
-        f"({text})" if isinstance(node, _BinOp) and (right or node.op in "+-") and not text.startswith("-(") else text
-    )
+    return f"({text})" if isinstance(node, BinOp) and (right or node.op in "+-") and not text.startswith("-(") else text
 
 
-class _Abs(Expr):
+class Abs(Expr):
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        return visitor.visit_abs(self)
+
     def __init__(self, a: Expr) -> None:
         self.a = a
 
@@ -366,7 +436,10 @@ class _Abs(Expr):
         return f"|{self.a}|"
 
 
-class _Reduce(Expr):
+class Reduce(Expr):
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        return visitor.visit_reduce(self)
+
     def __init__(self, how: str, a: Expr, min_defined: int | None = None) -> None:
         if min_defined is not None and (
             isinstance(min_defined, bool) or not isinstance(min_defined, int) or min_defined < 1
@@ -394,9 +467,12 @@ class _Reduce(Expr):
         return f"{self.how}_g {self.a}" if "[g]" in str(self.a) else f"{self.how}({self.a})"
 
 
-class _Guard(Expr):
+class Guard(Expr):
     """The entries of ``a``, each defined only where at least ``count`` entries of ``reference`` are defined: a
     comparison of each group with the others (``|r_g - r|``) says nothing when fewer than two groups have the rate."""
+
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        return visitor.visit_guard(self)
 
     def __init__(self, a: Expr, reference: Expr, count: int = 2) -> None:
         self.a, self.reference, self.count = a, reference, int(count)
@@ -418,10 +494,13 @@ def compares_groups(a: Expr, reference: Expr, count: int = 2) -> Expr:
     """``a``, undefined wherever fewer than ``count`` entries of ``reference`` (e.g. ``rate.per_group()``) are
     defined; used by the ``vs_overall`` conventions, whose entries ``|r_g - r|`` are 0 when only one group has the
     rate (it then *is* the overall rate)."""
-    return _Guard(a, reference, count)
+    return Guard(a, reference, count)
 
 
-class _Elementwise(Expr):
+class Elementwise(Expr):
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        return visitor.visit_elementwise(self)
+
     def __init__(self, how: str, a: Expr, b: Expr) -> None:
         self.how, self.a, self.b = how, a, b
 
@@ -429,7 +508,7 @@ class _Elementwise(Expr):
         return (self.a, self.b)
 
     def size(self, num_groups: int) -> int:
-        return _broadcast_sizes(self.a.size(num_groups), self.b.size(num_groups), str(self))
+        return broadcast_sizes(self.a.size(num_groups), self.b.size(num_groups), str(self))
 
     def entry_names(self, group_names: Sequence[str]) -> list[str]:
         na, nb = _broadcast_names(self.a.entry_names(group_names), self.b.entry_names(group_names))
@@ -441,22 +520,25 @@ class _Elementwise(Expr):
 
 def maximum(a: Expr | Number, b: Expr | Number) -> Expr:
     """Elementwise maximum of two expressions (broadcasting one-entry expressions)."""
-    return _Elementwise("maximum", as_expr(a), as_expr(b))
+    return Elementwise("maximum", as_expr(a), as_expr(b))
 
 
 def minimum(a: Expr | Number, b: Expr | Number) -> Expr:
     """Elementwise minimum of two expressions (broadcasting one-entry expressions)."""
-    return _Elementwise("minimum", as_expr(a), as_expr(b))
+    return Elementwise("minimum", as_expr(a), as_expr(b))
 
 
-class _Pairwise(Expr):
+class Pairwise(Expr):
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        return visitor.visit_pairwise(self)
+
     def __init__(self, a: Expr, b: Expr, symmetric: bool) -> None:
         self.a, self.b, self.symmetric = a, b, symmetric
 
     def _children(self) -> tuple[Expr, ...]:
         return (self.a, self.b)
 
-    def _pairs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def pairs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Row indices ``(i, j)`` of the pairs, in entry order (row-major over ``i``)."""
         if self.symmetric:
             return np.triu_indices(n, k=1)
@@ -468,7 +550,7 @@ class _Pairwise(Expr):
 
     def entry_names(self, group_names: Sequence[str]) -> list[str]:
         na, nb = self.a.entry_names(group_names), self.b.entry_names(group_names)
-        i, j = self._pairs(len(na))
+        i, j = self.pairs(len(na))
         return [
             f"{_paren(na[x], self.a)} - {_paren(nb[y], self.b, right=True)}" for x, y in zip(i.tolist(), j.tolist())
         ]
@@ -482,10 +564,13 @@ def pairwise(a: Expr, b: Expr | None = None, *, symmetric: bool = False) -> Expr
 
     With ``symmetric=True`` only pairs ``i < j`` are formed (use with ``abs``).
     """
-    return _Pairwise(a, a if b is None else b, symmetric)
+    return Pairwise(a, a if b is None else b, symmetric)
 
 
-class _Concat(Expr):
+class Concat(Expr):
+    def accept(self, visitor: ExprVisitor[T]) -> T:
+        return visitor.visit_concat(self)
+
     def __init__(self, parts: Sequence[Expr]) -> None:
         if not parts:
             raise ValueError("concat() needs at least one expression")
@@ -506,4 +591,4 @@ class _Concat(Expr):
 
 def concat(*parts: Expr) -> Expr:
     """Stack the entries of several expressions into one vector."""
-    return _Concat(parts)
+    return Concat(parts)

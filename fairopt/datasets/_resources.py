@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-from . import _checksums
+from ._checksums import SHA256
 
 __all__ = ["ChecksumError", "read_package_file"]
 
@@ -51,9 +51,9 @@ def read_package_file(name: str, directory: Path | str | None = None) -> bytes:
         If the file is missing from the installation.
     """
     try:
-        expected = _checksums.SHA256[name]
+        expected = SHA256[name]
     except KeyError:
-        raise ValueError(f"unknown package data file {name!r}; valid choices: {sorted(_checksums.SHA256)}") from None
+        raise ValueError(f"unknown package data file {name!r}; valid choices: {sorted(SHA256)}") from None
     path: Path | Traversable = Path(directory) / name if directory is not None else _data_dir() / name
     if not path.is_file():
         raise FileNotFoundError(

@@ -23,15 +23,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fairopt.constraints.expressions import (
+    Abs,
+    BinOp,
+    Concat,
     Const,
+    Elementwise,
     Expr,
+    ExprVisitor,
+    Guard,
+    Pairwise,
     RateRef,
-    _Abs,
-    _BinOp,
-    _Concat,
-    _Guard,
-    _Pairwise,
-    _Reduce,
+    Reduce,
 )
 from fairopt.rates import compute_rate
 from fairopt.stats import GroupStats
@@ -227,48 +229,69 @@ def _reduce(how: str, parts: list[Form], min_defined: int) -> list[Form] | None:
     return [Extremum(how, tuple(items), enough)]
 
 
-def _walk(node: Expr, lookup: RateLookup, num_groups: int) -> list[Form] | None:
-    if isinstance(node, Const):
+Forms = list[Form] | None  # one form per entry, or None: not expressible (the caller bootstraps)
+
+
+class _FormWalker(ExprVisitor[Forms]):
+    """The normal forms of an expression's entries on one table (:func:`extract_forms`)."""
+
+    def __init__(self, lookup: RateLookup) -> None:
+        self.lookup, self.num_groups = lookup, lookup.stats.num_groups
+
+    def visit_const(self, node: Const) -> Forms:
         return [Linear(node.value, (), True, frozenset())]
-    if isinstance(node, RateRef):
+
+    def visit_rate(self, node: RateRef) -> Forms:
+        lookup = self.lookup
         if node.group is None:
-            return [_pooled_term(node.rate, tuple(range(num_groups)), lookup)]
+            return [_pooled_term(node.rate, tuple(range(self.num_groups)), lookup)]
         if isinstance(node.group, int):
             return [_rate_term(node.rate, node.group, lookup)]
         if isinstance(node.group, tuple):
             if len(set(node.group)) != len(node.group):
                 return None  # a repeated id counts its group twice: leave it to the bootstrap
             return [_pooled_term(node.rate, node.group, lookup)]
-        return [_rate_term(node.rate, g, lookup) for g in range(num_groups)]
-    if isinstance(node, _BinOp):
-        a, b = _walk(node.a, lookup, num_groups), _walk(node.b, lookup, num_groups)
+        return [_rate_term(node.rate, g, lookup) for g in range(self.num_groups)]
+
+    def visit_binop(self, node: BinOp) -> Forms:
+        a, b = self.visit(node.a), self.visit(node.b)
         return None if a is None or b is None else _binop(node.op, a, b)
-    if isinstance(node, _Abs):
-        a = _walk(node.a, lookup, num_groups)
+
+    def visit_abs(self, node: Abs) -> Forms:
+        a = self.visit(node.a)
         if a is None or not all(isinstance(x, Linear) for x in a):
             return None
         return [Extremum("max", (x, x.scaled(-1.0))) for x in a if isinstance(x, Linear)]
-    if isinstance(node, _Reduce):
-        a = _walk(node.a, lookup, num_groups)
+
+    def visit_reduce(self, node: Reduce) -> Forms:
+        a = self.visit(node.a)
         return None if a is None else _reduce(node.how, a, node.needed())
-    if isinstance(node, _Pairwise):
-        a, b = _walk(node.a, lookup, num_groups), _walk(node.b, lookup, num_groups)
+
+    def visit_pairwise(self, node: Pairwise) -> Forms:
+        a, b = self.visit(node.a), self.visit(node.b)
         if a is None or b is None or len(a) != len(b):
             return None
-        i, j = node._pairs(len(a))
+        i, j = node.pairs(len(a))
         out = [_add(a[x], _scale(b[y], -1.0)) for x, y in zip(i.tolist(), j.tolist())]
         return None if any(z is None for z in out) else [z for z in out if z is not None]
-    if isinstance(node, _Guard):
-        a, ref = _walk(node.a, lookup, num_groups), _walk(node.reference, lookup, num_groups)
+
+    def visit_guard(self, node: Guard) -> Forms:
+        a, ref = self.visit(node.a), self.visit(node.reference)
         if a is None or ref is None:
             return None
         if sum(f.defined for f in ref) >= node.count:
             return a
         return [replace(f, defined=False) if isinstance(f, Linear) else replace(f, enough=False) for f in a]
-    if isinstance(node, _Concat):
-        parts = [_walk(p, lookup, num_groups) for p in node.parts]
+
+    def visit_concat(self, node: Concat) -> Forms:
+        parts = [self.visit(p) for p in node.parts]
         return None if any(p is None for p in parts) else [f for p in parts if p is not None for f in p]
-    return None
+
+    def visit_elementwise(self, node: Elementwise) -> Forms:
+        return None  # maximum/minimum of two vectors: not an extremum of linear forms
+
+    def visit_unknown(self, node: Expr) -> Forms:
+        return None
 
 
 def extract_forms(expr: Expr, lookup: RateLookup) -> list[Form] | None:
@@ -282,7 +305,7 @@ def extract_forms(expr: Expr, lookup: RateLookup) -> list[Form] | None:
     Returns:
         A list with one form per entry (its length is ``expr.size(G)``), or ``None``.
     """
-    return _walk(expr, lookup, lookup.stats.num_groups)
+    return _FormWalker(lookup).visit(expr)
 
 
 def form_values(forms: Sequence[Form], lookup: RateLookup) -> np.ndarray:
