@@ -364,7 +364,8 @@ def evaluate(
         print(report.to_markdown()); report.group_table(); report.to_json("heldout.json")
 
     Args:
-        model, data: as :func:`collect_stats`.
+        model: ``model(x) -> (N,)`` logits, as :func:`collect_stats`.
+        data: batches or tensors, as :func:`collect_stats`.
         constraints: one constraint or several (checked against G before any batch is run).
         num_groups: G; may be left out when ``group_names`` gives it.
         group_names: G names, or the :class:`~fairopt.groups.Groups` that encoded the ids.
@@ -373,8 +374,15 @@ def evaluate(
         options: :class:`ReportOptions` (confidence level, interval methods, bootstrap size and seed).
         rates: rates of the group table (default :data:`~fairopt.validation.report.DEFAULT_RATES`).
         metadata: JSON-serializable extras stored in the report (``threshold`` and ``loss`` are added).
-        threshold, loss_fn, frequency_weights, device, batch_size, unpack, progress, validate, all_reduce: as
-            :func:`collect_stats`.
+        threshold: as :func:`collect_stats`.
+        loss_fn: as :func:`collect_stats`.
+        frequency_weights: as :func:`collect_stats`.
+        device: as :func:`collect_stats`.
+        batch_size: as :func:`collect_stats`.
+        unpack: as :func:`collect_stats`.
+        progress: as :func:`collect_stats`.
+        validate: as :func:`collect_stats`.
+        all_reduce: as :func:`collect_stats`.
 
     Returns:
         :class:`~fairopt.validation.report.FairnessReport`.
