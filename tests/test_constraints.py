@@ -273,3 +273,15 @@ def test_function_constraint_skips_undefined_rates_and_checks_its_size():
     wrong = FunctionConstraint(lambda v: v.tpr[1:] - v.tpr[:1], num_entries=1)
     with pytest.raises(ValueError, match="returned 3 hard and 3 proxy entries for G = 4, but num_entries says 1"):
         wrong.evaluate(HAND)
+
+
+def test_expression_values_add_the_tolerance_back_once_and_mark_undefined_as_nan():
+    stats = group_stats(
+        torch.tensor([2.0, -1.0, 3.0, 1.0], dtype=torch.float64),
+        labels=torch.tensor([1, 0, 0, 0]),
+        groups=torch.tensor([0, 0, 1, 1]),
+        num_groups=2,
+    )
+    constraint = fo.EqualizedOdds(0.05)  # TPR gap undefined (group 1 has no positives), FPR gap 1 - 0
+    values = constraint.evaluate(stats).expression_values(constraint.tolerance)
+    assert np.isnan(values[0]) and values[1] == pytest.approx(1.0)

@@ -146,10 +146,8 @@ def _make_optimizer(
 
 
 def _largest_value(constraint: Constraint, stats: GroupStats) -> float:
-    value = constraint.evaluate(stats)
-    if not bool(value.defined.any()):
-        return float("nan")
-    return float((value.hard[value.defined] + constraint.tolerance).max())
+    values = constraint.evaluate(stats).expression_values(constraint.tolerance)
+    return float(np.nanmax(values)) if not np.isnan(values).all() else float("nan")
 
 
 def _mixture_stats(

@@ -47,6 +47,12 @@ class ConstraintValue:
         """``(m,)`` ``max(0, hard)``: how far each entry is from satisfied (0 when undefined)."""
         return self.hard.clamp(min=0)
 
+    def expression_values(self, tolerance: float) -> np.ndarray:
+        """The expressions' values ``hard + tolerance`` (undoing the one place the tolerance is subtracted) as a
+        float64 host array of the same shape, NaN where undefined: what reports show next to the bound."""
+        hard = self.hard.detach().cpu().double().numpy()
+        return np.where(self.defined.detach().cpu().numpy().astype(bool), hard + tolerance, np.nan)
+
     @property
     def max_violation(self) -> Tensor:
         """Scalar: the largest violation over defined entries (0 when all are satisfied or undefined)."""

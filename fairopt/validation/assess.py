@@ -226,7 +226,7 @@ def assess_constraint(
     stats = stats.detach()
     value = constraint.evaluate(stats)
     defined = value.defined.cpu().numpy().astype(bool)
-    values = np.where(defined, value.hard.cpu().double().numpy() + constraint.tolerance, np.nan)
+    values = value.expression_values(constraint.tolerance)
     lookup = RateLookup(stats)
     forms = _analytic_forms(constraint, lookup, values) if options.constraint_method == "auto" else None
 

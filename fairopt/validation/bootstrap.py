@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fairopt.constraints.base import Constraint
+from fairopt.constraints.base import Constraint, ConstraintValue
 from fairopt.stats import GroupStats
 from fairopt.validation.moments import SecondMoments
 
@@ -123,7 +123,7 @@ def bootstrap_constraint_interval(
     generator = torch.Generator().manual_seed(int(seed))
     tables = resample_tables(stats, moments, int(n_resamples), generator, loss_nonnegative=loss_nonnegative)
     hard, defined = _evaluate_all(constraint, tables)
-    values = np.where(defined.numpy(), hard.double().numpy() + constraint.tolerance, np.nan)
+    values = ConstraintValue(hard, hard, defined).expression_values(constraint.tolerance)
     alpha = 1.0 - confidence
     usable = ~np.all(np.isnan(values), axis=0)
     lower = np.full(values.shape[1], np.nan)

@@ -150,14 +150,15 @@ class FairnessMonitor:
         for c in self.constraints:
             value = c.evaluate(stats)
             names = c.entry_names(self.group_names)
-            for name, hard, ok in zip(names, value.hard.tolist(), value.defined.tolist()):
+            shown = value.expression_values(c.tolerance).tolist()
+            for name, hard, ok, expression in zip(names, value.hard.tolist(), value.defined.tolist(), shown):
                 self._rows.append(
                     {
                         "step": step,
                         "split": split,
                         "constraint": c.name,
                         "entry": name,
-                        "value": hard + c.tolerance if ok else None,
+                        "value": expression if ok else None,
                         "violation": max(0.0, hard) if ok else None,
                     }
                 )
