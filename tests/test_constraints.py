@@ -285,3 +285,19 @@ def test_expression_values_add_the_tolerance_back_once_and_mark_undefined_as_nan
     constraint = fo.EqualizedOdds(0.05)  # TPR gap undefined (group 1 has no positives), FPR gap 1 - 0
     values = constraint.evaluate(stats).expression_values(constraint.tolerance)
     assert np.isnan(values[0]) and values[1] == pytest.approx(1.0)
+
+
+def test_expression_or_function_constraints_are_declared_not_guessed():
+    class OwnEvaluation(Constraint):  # overrides evaluate without saying: read through its evaluate
+        def evaluate(self, stats):
+            return super().evaluate(stats)
+
+    class SaysExpression(Constraint):  # overrides evaluate (e.g. to log) and declares its values are the expression's
+        expression_based = True
+
+        def evaluate(self, stats):
+            return super().evaluate(stats)
+
+    assert Constraint.expression_based and fo.EqualizedOdds(0.05).linearizable
+    assert not FunctionConstraint.expression_based and not OwnEvaluation(fo.tpr(0), 0.5).linearizable
+    assert SaysExpression(fo.tpr(0), 0.5).linearizable

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -102,12 +103,21 @@ class Constraint:
         shown = f"{right:g}" if isinstance(right, float) else right.render(group_names)
         return f"{left.render(group_names)} {op} {shown}"
 
+    expression_based: ClassVar[bool] = True
+    """Whether the constraint's values are its expression's (so :meth:`linearize`, the interval forms and the rate
+    list read the expression), or come from its own :meth:`evaluate` (:class:`FunctionConstraint`: False). A subclass
+    that overrides ``evaluate`` without saying is declared False when the class is made."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "evaluate" in cls.__dict__ and "expression_based" not in cls.__dict__:
+            cls.expression_based = False  # its own evaluate decides its values: never read around it
+
     @property
     def linearizable(self) -> bool:
-        """True when :meth:`linearize` gives this constraint's values: an expression constraint whose
-        :meth:`evaluate` is not overridden (not a :class:`FunctionConstraint` or a subclass with its own
-        evaluation, which the optimizer and the bootstrap then call instead)."""
-        return type(self).evaluate is Constraint.evaluate
+        """True when :meth:`linearize` gives this constraint's values (:attr:`expression_based`); otherwise the
+        optimizer and the bootstrap call :meth:`evaluate`."""
+        return self.expression_based
 
     def evaluate(self, stats: GroupStats) -> ConstraintValue:
         """Evaluate every entry on a ``(G, K)`` table (one batch, a running table, or a held-out table).
@@ -204,6 +214,8 @@ class FunctionConstraint(Constraint):
         fn: the function. num_entries: m (an int, or a callable of G). tolerance, name: as :class:`Constraint`.
         names: optional entry names (a list, or a callable of the group names).
     """
+
+    expression_based = False
 
     def __init__(
         self,

@@ -126,7 +126,7 @@ def _form_interval(form: Form, estimates: EstimatesFn, confidence: float, method
 
 def _analytic_forms(constraint: Constraint, lookup: RateLookup, values: np.ndarray) -> list[Form] | None:
     expr = getattr(constraint, "expr", None)
-    if expr is None or type(constraint).evaluate is not Constraint.evaluate:
+    if expr is None or not constraint.expression_based:
         return None
     forms = extract_forms(expr, lookup)
     if forms is None or len(forms) != len(values):

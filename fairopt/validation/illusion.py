@@ -32,7 +32,7 @@ ERROR_BASED_RATES = frozenset(RATES) - {"selection_rate", "base_rate"}
 def referenced_rates(constraint: Constraint) -> frozenset[str] | None:
     """The canonical names of the rates a constraint uses; ``None`` when unknown (a function of the table, or a
     subclass that evaluates something else than its expression)."""
-    if type(constraint).evaluate is not Constraint.evaluate:
+    if not constraint.expression_based:
         return None
     return constraint.rate_names()
 
