@@ -207,17 +207,17 @@ def collect_stats(
                     UserWarning,
                     stacklevel=2,
                 )
+            weighted_scores = [(p, _scores(out, n)) for p, out in outputs]
             if remaining is not None:  # a DistributedSampler's padding is the tail of the rank's stream
                 keep = min(n, remaining)
                 remaining -= keep
                 if keep < n:
-                    outputs = [(p, _scores(out, n)[:keep]) for p, out in outputs]
+                    weighted_scores = [(p, scores[:keep]) for p, scores in weighted_scores]
                     labels, groups = labels[:keep], groups[:keep]
                     weights = None if weights is None else weights[:keep]
                     n = keep
             count += n
-            for p, out in outputs:
-                scores = _scores(out, n)
+            for p, scores in weighted_scores:
                 if n and check_range:
                     lo, hi = torch.aminmax(scores)
                     low_high = [lo, hi] if not low_high else [low_high[0].minimum(lo), low_high[1].maximum(hi)]
