@@ -26,8 +26,8 @@ from fairopt.validation import (
     rate_estimates,
     second_moments,
 )
-from fairopt.validation.formatting import format_estimate, format_number
 from fairopt.validation.plots import plot_group_rates, plot_violation_history
+from fairopt.validation.report.formatting import format_estimate, format_number
 from tests.validation_data import linear_model, make_data, stats_from_cells
 
 Z95 = 1.959963984540054  # standard normal 0.975 quantile
@@ -117,7 +117,7 @@ def test_a_tie_that_opens_up_names_each_group_once():
 
 
 def test_numbers_that_round_to_zero_print_without_a_sign():
-    from fairopt.validation.formatting import format_signed
+    from fairopt.validation.report.formatting import format_signed
 
     assert format_number(-0.0) == "0.000" and format_number(-0.0004) == "0.000" and format_number(-0.0006) == "-0.001"
     assert format_estimate(-0.0001, -0.0003, 0.0101) == "0.000 [0.000, 0.010]"

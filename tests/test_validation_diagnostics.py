@@ -186,7 +186,7 @@ def test_leveling_down_strict_and_lower_is_better():
 
 
 def test_which_constraints_are_error_based():
-    from fairopt.validation.illusion import ERROR_BASED_RATES, referenced_rates
+    from fairopt.validation.diagnose.illusion import ERROR_BASED_RATES, referenced_rates
 
     assert referenced_rates(fo.EqualizedOdds(0.1)) == {"true_positive_rate", "false_positive_rate"}
     assert referenced_rates(fo.DisparateImpact(0.8)) == {"selection_rate"}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from fairopt.validation.formatting import format_number
+from fairopt.validation.report.formatting import format_number
 
 from .study import StudyResult, run_warnings, summarize, write_json
 

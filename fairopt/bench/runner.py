@@ -27,7 +27,7 @@ from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, S
 from fairopt.postprocessing import GroupThresholds
 from fairopt.stats import GroupStats, group_stats
 from fairopt.validation import FairnessReport
-from fairopt.validation.evaluate import collect_stats
+from fairopt.validation.measure.evaluate import collect_stats
 
 from .config import StudyConfig
 

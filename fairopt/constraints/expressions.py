@@ -218,9 +218,9 @@ def _linked(name: str) -> Any:
 class ExprVisitor(Generic[T]):
     """The extension protocol of expression trees: one method per node type, reached by ``node.accept(visitor)``
     (:meth:`visit`). A walker over expressions (the NumPy evaluator of :mod:`fairopt.constraints.evaluation`, the
-    normal forms of :mod:`fairopt.validation.forms`, a device-side evaluator) subclasses this and implements every
-    ``visit_*``; a new node type adds one ``accept`` and one ``visit_*`` here, so a walker that lacks it fails with a
-    clear ``NotImplementedError`` instead of misreading the node.
+    normal forms of :mod:`fairopt.validation.estimate.forms`, a device-side evaluator) subclasses this and
+    implements every ``visit_*``; a new node type adds one ``accept`` and one ``visit_*`` here, so a walker that
+    lacks it fails with a clear ``NotImplementedError`` instead of misreading the node.
 
     Node types: :class:`Const`, :class:`RateRef` (a rate of a group, pooled groups, every group or overall),
     :class:`BinOp` (``+ - * /``), :class:`Abs`, :class:`Reduce` (``max``/``min`` over a vector, with its

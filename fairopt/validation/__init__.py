@@ -19,17 +19,22 @@ interval math               :func:`wilson_interval`, :func:`clopper_pearson_inte
                             :func:`newcombe_interval`, :func:`mover_interval`
 ==========================  ==========================================================================
 
+The package has four rooms, in the order data flows through them: :mod:`.measure` (the table), :mod:`.estimate`
+(intervals and verdicts), :mod:`.report` (records, text, JSON), :mod:`.diagnose` (gap, leveling down, illusion,
+monitor). Everything above is importable from here; the rooms are for contributors.
+
 Plots live in :mod:`fairopt.validation.plots` (needs ``pip install fairopt[plots]``); they are not imported here
 so that matplotlib stays optional.
 """
 
-from fairopt.validation.assess import assess_constraint
-from fairopt.validation.bootstrap import bootstrap_constraint_interval
-from fairopt.validation.estimates import RateEstimates, rate_estimates
-from fairopt.validation.evaluate import collect_stats, evaluate, log_loss
-from fairopt.validation.gap import GeneralizationGap, generalization_gap
-from fairopt.validation.illusion import ILLUSION_FLAG, flag_illusion
-from fairopt.validation.intervals import (
+from fairopt.validation.diagnose.gap import GeneralizationGap, generalization_gap
+from fairopt.validation.diagnose.illusion import ILLUSION_FLAG, flag_illusion
+from fairopt.validation.diagnose.leveling import LevelingDownReport, LevelingFinding, RateChange, leveling_down
+from fairopt.validation.diagnose.monitor import FairnessMonitor, multiplier_values
+from fairopt.validation.estimate.assess import assess_constraint
+from fairopt.validation.estimate.bootstrap import bootstrap_constraint_interval
+from fairopt.validation.estimate.estimates import RateEstimates, rate_estimates
+from fairopt.validation.estimate.intervals import (
     clopper_pearson_interval,
     effective_counts,
     mean_interval,
@@ -37,12 +42,11 @@ from fairopt.validation.intervals import (
     newcombe_interval,
     wilson_interval,
 )
-from fairopt.validation.leveling import LevelingDownReport, LevelingFinding, RateChange, leveling_down
-from fairopt.validation.moments import SecondMoments, second_moments
-from fairopt.validation.monitor import FairnessMonitor, multiplier_values
-from fairopt.validation.options import ReportOptions
-from fairopt.validation.report import DEFAULT_RATES, SCHEMA_VERSION, FairnessReport
-from fairopt.validation.results import ConstraintResult, EntryResult, Estimate, GroupRow, Verdict
+from fairopt.validation.measure.evaluate import collect_stats, evaluate, log_loss
+from fairopt.validation.measure.moments import SecondMoments, second_moments
+from fairopt.validation.report.fairness_report import DEFAULT_RATES, SCHEMA_VERSION, FairnessReport
+from fairopt.validation.report.options import ReportOptions
+from fairopt.validation.report.results import ConstraintResult, EntryResult, Estimate, GroupRow, Verdict
 
 __all__ = [
     "DEFAULT_RATES",

@@ -8,7 +8,7 @@ figure.
   wrapped, and turned upright when they would still overlap (checked on the laid-out figure).
 * :func:`plot_violation_history`: the signed constraint value ``g`` (``g <= 0``: satisfied) vs training step, one
   line per split (train / held-out / test), with the line ``g = 0`` and, when known, the margin line
-  ``g = -margin``; from a :class:`~fairopt.validation.monitor.FairnessMonitor` or its ``history()`` table.
+  ``g = -margin``; from a :class:`~fairopt.validation.diagnose.monitor.FairnessMonitor` or its ``history()`` table.
 * :func:`plot_generalization_gap`: each constraint entry's value per split, with intervals and the bound.
 * :func:`plot_accuracy_vs_constraint`: accuracy vs constraint value, one point per run, with interval bars; points
   are translucent with solid edges, and runs at the same place are drawn as concentric rings and counted.
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fairopt.validation.formatting import RATE_LABELS
-from fairopt.validation.gap import GeneralizationGap
-from fairopt.validation.monitor import FairnessMonitor
-from fairopt.validation.report import FairnessReport
+from fairopt.validation.diagnose.gap import GeneralizationGap
+from fairopt.validation.diagnose.monitor import FairnessMonitor
+from fairopt.validation.report.fairness_report import FairnessReport
+from fairopt.validation.report.formatting import RATE_LABELS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -12,7 +12,7 @@ Every entry of the built-in constraints, and of most hand-written rate expressio
 
 :func:`extract_forms` walks a constraint's expression tree and returns one form per entry, or ``None`` when an
 expression is outside this class (products or quotients of rates, ``max(A) + min(B)``, elementwise
-``maximum``/``minimum``, unknown nodes); callers then use the bootstrap of :mod:`fairopt.validation.bootstrap`.
+``maximum``/``minimum``, unknown nodes); callers then use the bootstrap of :mod:`fairopt.validation.estimate.bootstrap`.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from fairopt.constraints.base import Constraint
-from fairopt.validation.evaluate import evaluate
-from fairopt.validation.formatting import format_estimate, format_number, markdown_table, nullable_frame
-from fairopt.validation.jsonio import dump_json, load_json
-from fairopt.validation.report import FairnessReport
+from fairopt.validation.measure.evaluate import evaluate
+from fairopt.validation.report.fairness_report import FairnessReport
+from fairopt.validation.report.formatting import format_estimate, format_number, markdown_table, nullable_frame
+from fairopt.validation.report.jsonio import dump_json, load_json
 
 if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
     import pandas as pd
@@ -36,7 +36,7 @@ class GeneralizationGap:
     """Reports of the same model and constraints on several splits, in order (e.g. train, held-out, test).
 
     Attributes:
-        reports: split name → :class:`~fairopt.validation.report.FairnessReport`, in display order.
+        reports: split name → :class:`~fairopt.validation.report.fairness_report.FairnessReport`, in display order.
 
     Raises:
         ValueError: fewer than two splits, or reports whose constraint entries differ.

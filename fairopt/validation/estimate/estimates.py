@@ -5,7 +5,7 @@ Wilson or Clopper-Pearson interval on the binomial-equivalent counts of :func:`~
 effective_counts` (the raw counts when there are no weights). ``mean_loss`` is a mean: its interval is the
 Student-t interval with the weighted-mean standard error ``sqrt(Σ w²(l - m)² · n/(n-1)) / Σ w`` and Kish's
 effective size minus one as degrees of freedom, which needs the loss moments of
-:class:`~fairopt.validation.moments.SecondMoments` (unavailable: NaN bounds).
+:class:`~fairopt.validation.measure.moments.SecondMoments` (unavailable: NaN bounds).
 
 **Ranges.** Proportion intervals lie in [0, 1]. A mean-loss interval is clipped at 0 only where the caller says
 every loss summed into the row is ``>= 0`` (``loss_nonnegative``): fairopt does not guarantee it, because the
@@ -23,8 +23,8 @@ import numpy as np
 
 from fairopt.rates import RATES, canonical_rate_name, compute_rate
 from fairopt.stats import GroupStats
-from fairopt.validation.intervals import effective_counts, mean_interval, proportion_interval
-from fairopt.validation.moments import SecondMoments
+from fairopt.validation.estimate.intervals import effective_counts, mean_interval, proportion_interval
+from fairopt.validation.measure.moments import SecondMoments
 
 __all__ = ["RateEstimates", "rate_estimates"]
 

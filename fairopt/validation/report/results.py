@@ -1,7 +1,7 @@
 """Plain result records of a fairness report: rate estimates, group rows, constraint entries and verdicts.
 
 All fields are Python floats, ints, strings, tuples and mappings (no tensors), so records compare with ``==``,
-print readably and serialize to JSON without loss (:mod:`fairopt.validation.report`). An undefined value (a rate
+print readably and serialize to JSON without loss (:mod:`.fairness_report`). An undefined value (a rate
 with a zero denominator, an unavailable bound) is ``None``: never 0, never NaN.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fairopt.validation.intervals import INTERVAL_METHODS
+from fairopt.validation.estimate.intervals import INTERVAL_METHODS
 
 __all__ = ["CONSTRAINT_METHODS", "ReportOptions"]
 
@@ -14,15 +14,15 @@ CONSTRAINT_METHODS = ("auto", "bootstrap")
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """How a :class:`~fairopt.validation.report.FairnessReport` computes its intervals and verdicts.
+    """How a :class:`~fairopt.validation.report.fairness_report.FairnessReport` computes its intervals and verdicts.
 
     Args:
         confidence: two-sided level of every interval, in (0, 1) (default 0.95).
         method: interval for a group rate: ``"wilson"`` (default; Wilson 1927) or ``"clopper-pearson"``
             (exact, conservative). Mean loss always uses the Student-t interval.
         constraint_method: ``"auto"`` (default): analytic intervals (Newcombe / MOVER, see
-            :mod:`fairopt.validation.assess`) where the entry is a linear form or an extremum of linear forms of
-            independent group rates, the bootstrap otherwise; ``"bootstrap"``: the bootstrap for every entry.
+            :mod:`~fairopt.validation.estimate.assess`) where the entry is a linear form or an extremum of linear
+            forms of independent group rates, the bootstrap otherwise; ``"bootstrap"``: the bootstrap for every entry.
         n_resamples: bootstrap size B (>= 100).
         seed: seed of the bootstrap draws (reports are reproducible).
         max_train_error: a group's training error rate at or below which its error-based constraint entries are

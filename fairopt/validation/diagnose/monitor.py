@@ -5,7 +5,7 @@ Cherepanova et al. 2021). :class:`FairnessMonitor` evaluates the constraints on 
 every ``every`` steps (an exact pass with :func:`~fairopt.validation.collect_stats`), records the training-side
 values you pass in (e.g. the batch or running ``GroupStats`` your training step already has), and, when a
 multiplier source is attached, the current Lagrange multipliers. It keeps each evaluated table, so a full
-:class:`~fairopt.validation.report.FairnessReport` with intervals can be made for any recorded step afterwards.
+:class:`~fairopt.validation.FairnessReport` with intervals can be made for any recorded step afterwards.
 
 Example::
 
@@ -30,10 +30,10 @@ from torch import Tensor
 from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
 from fairopt.stats import GroupStats
-from fairopt.validation.evaluate import collect_stats
-from fairopt.validation.moments import SecondMoments
-from fairopt.validation.options import ReportOptions
-from fairopt.validation.report import FairnessReport, resolve_group_names
+from fairopt.validation.measure.evaluate import collect_stats
+from fairopt.validation.measure.moments import SecondMoments
+from fairopt.validation.report.fairness_report import FairnessReport, resolve_group_names
+from fairopt.validation.report.options import ReportOptions
 
 if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
     import pandas as pd

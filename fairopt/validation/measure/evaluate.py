@@ -2,12 +2,12 @@ r"""Streaming evaluation of a model on a dataset: one exact ``GroupStats`` table
 
 :func:`collect_stats` runs the model over every batch under ``torch.no_grad()`` (an ``nn.Module`` is put in eval
 mode for the pass and restored after), reduces each batch to its ``(G, 9)`` :class:`~fairopt.stats.GroupStats`
-and ``(G, 7)`` :class:`~fairopt.validation.moments.SecondMoments` tables on the model's device, and adds them up.
+and ``(G, 7)`` :class:`~fairopt.validation.SecondMoments` tables on the model's device, and adds them up.
 Every column is a sum over examples, so the result is *exactly* the table of the whole dataset, whatever the
 batching (no per-batch averaging); nothing is copied to the host until the end (the per-batch value checks of
 :func:`fairopt.group_stats` do one sync each; ``validate=False`` skips them).
 
-:func:`evaluate` then builds a :class:`~fairopt.validation.report.FairnessReport`.
+:func:`evaluate` then builds a :class:`~fairopt.validation.report.fairness_report.FairnessReport`.
 
 The model is any callable ``model(x) -> scores`` returning ``(N,)`` (or ``(N, 1)``) logits: an ``nn.Module``, a
 function, or a :class:`~fairopt.optim.StochasticClassifier` (from ``records.stochastic_classifier(model)``), which is
@@ -61,10 +61,10 @@ from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
 from fairopt.optim.stochastic import StochasticClassifier
 from fairopt.stats import GroupStats, group_stats
-from fairopt.validation.batches import Unpack, default_unpack, iterate_batches, move_to
-from fairopt.validation.moments import SecondMoments, second_moments
-from fairopt.validation.options import ReportOptions
-from fairopt.validation.report import DEFAULT_RATES, FairnessReport, resolve_group_names
+from fairopt.validation.measure.batches import Unpack, default_unpack, iterate_batches, move_to
+from fairopt.validation.measure.moments import SecondMoments, second_moments
+from fairopt.validation.report.fairness_report import DEFAULT_RATES, FairnessReport, resolve_group_names
+from fairopt.validation.report.options import ReportOptions
 
 __all__ = ["collect_stats", "evaluate", "log_loss"]
 
@@ -140,7 +140,7 @@ def collect_stats(
 
     Args:
         model: ``model(x) -> (N,)`` logits (module docstring).
-        data: a DataLoader, an iterable of batches, a Dataset, or tensors (:mod:`fairopt.validation.batches`).
+        data: a DataLoader, an iterable of batches, a Dataset, or tensors (:mod:`fairopt.validation.measure.batches`).
         num_groups: G, fixed up front (an absent group is a zero row).
         threshold: decision threshold in logit units (a positive prediction is ``score > threshold``).
         loss_fn: per-example loss ``loss_fn(scores, labels) -> (N,)`` for the mean-loss column, called with float64
@@ -372,7 +372,7 @@ def evaluate(
         split: the data's role (``"train"``, ``"held-out"``, ``"test"``); ``"train"`` turns on the illusion-of-
             fairness check.
         options: :class:`ReportOptions` (confidence level, interval methods, bootstrap size and seed).
-        rates: rates of the group table (default :data:`~fairopt.validation.report.DEFAULT_RATES`).
+        rates: rates of the group table (default :data:`~fairopt.validation.report.fairness_report.DEFAULT_RATES`).
         metadata: JSON-serializable extras stored in the report (``threshold`` and ``loss`` are added).
         threshold: as :func:`collect_stats`.
         loss_fn: as :func:`collect_stats`.
@@ -385,7 +385,7 @@ def evaluate(
         all_reduce: as :func:`collect_stats`.
 
     Returns:
-        :class:`~fairopt.validation.report.FairnessReport`.
+        :class:`~fairopt.validation.report.fairness_report.FairnessReport`.
 
     Raises:
         ValueError: no G given, names that disagree with G, a constraint referring to a group ``>= G``, and the

@@ -39,13 +39,13 @@ import numpy as np
 from fairopt.constraints.base import Constraint
 from fairopt.rates import RATES
 from fairopt.stats import GroupStats
-from fairopt.validation.bootstrap import bootstrap_constraint_interval
-from fairopt.validation.estimates import RateEstimates, rate_estimates
-from fairopt.validation.forms import Extremum, Form, Linear, RateLookup, extract_forms, form_values
-from fairopt.validation.intervals import mover_interval
-from fairopt.validation.moments import SecondMoments
-from fairopt.validation.options import ReportOptions
-from fairopt.validation.results import ConstraintResult, EntryResult, Verdict, optional_float
+from fairopt.validation.estimate.bootstrap import bootstrap_constraint_interval
+from fairopt.validation.estimate.estimates import RateEstimates, rate_estimates
+from fairopt.validation.estimate.forms import Extremum, Form, Linear, RateLookup, extract_forms, form_values
+from fairopt.validation.estimate.intervals import mover_interval
+from fairopt.validation.measure.moments import SecondMoments
+from fairopt.validation.report.options import ReportOptions
+from fairopt.validation.report.results import ConstraintResult, EntryResult, Verdict, optional_float
 
 __all__ = ["assess_constraint"]
 
@@ -211,7 +211,7 @@ def assess_constraint(
         group_names: G names (default ``"0"``, ``"1"``, ...). options: :class:`ReportOptions` (default ones).
 
     Returns:
-        :class:`~fairopt.validation.results.ConstraintResult`; entry values are ``Constraint.evaluate``'s hard
+        :class:`~fairopt.validation.report.results.ConstraintResult`; entry values are ``Constraint.evaluate``'s hard
         values plus the tolerance (the expression's value).
 
     Raises:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fairopt.rates import canonical_rate_name, compute_rate
-from fairopt.validation.formatting import (
+from fairopt.validation.report.fairness_report import FairnessReport
+from fairopt.validation.report.formatting import (
     RATE_LABELS,
     UNCHANGED,
     format_number,
@@ -41,7 +42,6 @@ from fairopt.validation.formatting import (
     markdown_table,
     nullable_frame,
 )
-from fairopt.validation.report import FairnessReport
 
 if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
     import pandas as pd

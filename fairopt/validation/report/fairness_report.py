@@ -45,20 +45,20 @@ import torch
 from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
 from fairopt.stats import COLUMNS, GroupStats
-from fairopt.validation.assess import assess_constraint, nonnegative_losses
-from fairopt.validation.estimates import rate_estimates
-from fairopt.validation.formatting import (
+from fairopt.validation.diagnose.illusion import flag_illusion
+from fairopt.validation.estimate.assess import assess_constraint, nonnegative_losses
+from fairopt.validation.estimate.estimates import rate_estimates
+from fairopt.validation.measure.moments import MOMENT_COLUMNS, SecondMoments
+from fairopt.validation.report.formatting import (
     RATE_LABELS,
     format_estimate,
     format_number,
     markdown_table,
     nullable_frame,
 )
-from fairopt.validation.illusion import flag_illusion
-from fairopt.validation.jsonio import dump_json, load_json
-from fairopt.validation.moments import MOMENT_COLUMNS, SecondMoments
-from fairopt.validation.options import ReportOptions
-from fairopt.validation.results import ConstraintResult, Estimate, GroupRow, Verdict, optional_float
+from fairopt.validation.report.jsonio import dump_json, load_json
+from fairopt.validation.report.options import ReportOptions
+from fairopt.validation.report.results import ConstraintResult, Estimate, GroupRow, Verdict, optional_float
 
 if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
     import pandas as pd
@@ -162,9 +162,9 @@ class FairnessReport:
     """Per-group rates with intervals, and constraint entries with intervals and verdicts, for one dataset.
 
     Attributes:
-        groups: one :class:`~fairopt.validation.results.GroupRow` per group (group-id order).
+        groups: one :class:`~fairopt.validation.report.results.GroupRow` per group (group-id order).
         overall: the pooled row (``name == "overall"``).
-        constraints: one :class:`~fairopt.validation.results.ConstraintResult` per constraint.
+        constraints: one :class:`~fairopt.validation.report.results.ConstraintResult` per constraint.
         options: the :class:`ReportOptions` used. split: e.g. ``"held-out"``; ``None`` if not given.
         rates: canonical names of the rates in the group table.
         statistics: the ``(G, 9)`` ``GroupStats`` table as nested tuples. moments: the ``(G, 7)``
@@ -204,7 +204,7 @@ class FairnessReport:
                 ``None`` treats the counts as unweighted and gives no mean-loss intervals.
             constraints: one constraint or several. group_names: G names or a ``Groups`` (default ``"0"``...).
             split: the dataset's role; ``"train"`` turns on the illusion-of-fairness check
-                (:mod:`fairopt.validation.illusion`).
+                (:mod:`fairopt.validation.diagnose.illusion`).
             options: :class:`ReportOptions`. rates: rates of the group table (default :data:`DEFAULT_RATES`,
                 without ``mean_loss`` when the table's loss column is all zero, i.e. no loss was recorded).
             metadata: JSON-serializable extras stored in the report.

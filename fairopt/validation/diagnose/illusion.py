@@ -21,7 +21,7 @@ from dataclasses import replace
 from fairopt.constraints.base import Constraint
 from fairopt.rates import RATES, compute_rate
 from fairopt.stats import GroupStats
-from fairopt.validation.results import ConstraintResult, EntryResult, Verdict
+from fairopt.validation.report.results import ConstraintResult, EntryResult, Verdict
 
 __all__ = ["ERROR_BASED_RATES", "ILLUSION_FLAG", "flag_illusion", "referenced_rates"]
 
@@ -62,7 +62,7 @@ def flag_illusion(
     """Flag the entries of ``result`` (measured on *training* data ``stats``) that are an illusion of fairness.
 
     Args:
-        result: the constraint's result on the training table (:func:`~fairopt.validation.assess.assess_constraint`).
+        result: the constraint's result on the training table (:func:`~fairopt.validation.assess_constraint`).
         constraint: the constraint (its expression tells whether it is error-based).
         stats: the training ``(G, K)`` table. group_names: its G names.
         max_train_error: error-rate threshold (fraction) for "near zero".

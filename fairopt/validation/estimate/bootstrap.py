@@ -28,7 +28,7 @@ from torch import Tensor
 
 from fairopt.constraints.base import Constraint, ConstraintValue
 from fairopt.stats import GroupStats
-from fairopt.validation.moments import SecondMoments
+from fairopt.validation.measure.moments import SecondMoments
 
 __all__ = ["bootstrap_constraint_interval", "resample_tables"]
 
@@ -114,7 +114,7 @@ def bootstrap_constraint_interval(
         seed: seed of the ``torch.Generator`` used for the draws (same seed, same interval).
         loss_nonnegative: every per-example loss is ``>= 0`` (e.g. log loss): redrawn mean losses are floored at 0,
             so a loss constraint's interval does not reach values its losses cannot give. Default False (any
-            finite loss; see :mod:`fairopt.validation.estimates`).
+            finite loss; see :mod:`fairopt.validation.estimate.estimates`).
 
     Returns:
         ``(lower, upper)``, each an ``(m,)`` float64 array in the units of the expression; NaN for an entry that
