@@ -40,7 +40,7 @@ def _data(n: int, g: int):
 
 def _fairopt(scores, labels, groups, g):
     s = scores.detach().requires_grad_()
-    stats = group_stats(s, labels=labels, groups=groups, num_groups=g, validate=False)
+    stats = group_stats(s, labels=labels, groups=groups, num_groups=g, validate_args=False)
     stats.table[:, 4:8].sum().backward()
     return stats
 

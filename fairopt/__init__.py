@@ -5,7 +5,7 @@ per-group statistics) → rates (:mod:`fairopt.rates`) → constraints (:mod:`fa
 optimizers (:mod:`fairopt.optim`) → held-out validation and reports (:mod:`fairopt.validation`).
 """
 
-from fairopt._validation import set_validation
+from fairopt._validation import set_validate_args, set_validation
 from fairopt.constraints import (
     BoundedGroupLoss,
     Constraint,
@@ -105,6 +105,7 @@ __all__ = [
     "precision",
     "rate_table",
     "selection_rate",
+    "set_validate_args",
     "set_validation",
     "tnr",
     "tpr",

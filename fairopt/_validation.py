@@ -1,47 +1,68 @@
-"""Input checks shared by the data path, and the switch that turns them off.
+"""Argument checks shared by the data path, and the switch that turns the value checks off.
 
 Checks of *values* (ids in range, labels in {0, 1}, finite scores) need one device-to-host copy, so they can be
-switched off where that sync matters (e.g. a CUDA training loop): pass ``validate=False`` to a call, or switch
-the default with :class:`set_validation` or the environment variable ``FAIROPT_VALIDATE=0``. Checks of shapes,
-dtypes and devices are free and always run.
+switched off where that sync matters (e.g. a CUDA training loop): pass ``validate_args=False`` to a call, or switch
+the default with :class:`set_validate_args` or the environment variable ``FAIROPT_VALIDATE_ARGS=0`` (the name
+follows ``torch.distributions`` and torchmetrics; "validation" in fairopt means held-out validation). Checks of
+shapes, dtypes and devices are free and always run.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 import weakref
 
 import torch
 from torch import Tensor
 
-__all__ = ["set_validation", "validation_enabled"]
+__all__ = ["set_validate_args", "set_validation", "validate_args_enabled"]
 
-_VALIDATE = os.environ.get("FAIROPT_VALIDATE", "1").strip().lower() not in {"0", "false", "no", "off"}
+_OFF = {"0", "false", "no", "off"}
+_VALIDATE_ARGS = (
+    os.environ.get("FAIROPT_VALIDATE_ARGS", os.environ.get("FAIROPT_VALIDATE", "1")).strip().lower() not in _OFF
+)
 
 
-class set_validation:  # a function-like name, as torch.set_grad_enabled
-    """Turn the value checks of every fairopt call on or off (they are on unless ``FAIROPT_VALIDATE=0``).
+class set_validate_args:  # a function-like name, as torch.set_grad_enabled
+    """Turn the value checks of every fairopt call on or off (on unless ``FAIROPT_VALIDATE_ARGS=0``).
 
-    Works as a call (``fairopt.set_validation(False)``) and as a context manager that restores the previous
-    default on exit (``with fairopt.set_validation(False): ...``), like ``torch.set_grad_enabled``. A call's own
-    ``validate=`` argument takes precedence.
+    Works as a call (``fairopt.set_validate_args(False)``) and as a context manager that restores the previous
+    default on exit (``with fairopt.set_validate_args(False): ...``), like ``torch.set_grad_enabled``. A call's own
+    ``validate_args=`` argument takes precedence. The old environment variable ``FAIROPT_VALIDATE`` is still read
+    when the new one is unset.
     """
 
     def __init__(self, enabled: bool) -> None:
-        global _VALIDATE
-        self.previous, _VALIDATE = _VALIDATE, bool(enabled)
+        global _VALIDATE_ARGS
+        self.previous, _VALIDATE_ARGS = _VALIDATE_ARGS, bool(enabled)
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, *exc: object) -> None:
-        global _VALIDATE
-        _VALIDATE = self.previous
+        global _VALIDATE_ARGS
+        _VALIDATE_ARGS = self.previous
 
 
-def validation_enabled(validate: bool | None = None) -> bool:
-    """Resolve a call's ``validate`` argument against the global default."""
-    return _VALIDATE if validate is None else bool(validate)
+class set_validation(set_validate_args):
+    """Deprecated name of :class:`set_validate_args` (same behaviour, with a ``DeprecationWarning``)."""
+
+    def __init__(self, enabled: bool) -> None:
+        warnings.warn(
+            "fairopt.set_validation is deprecated; use fairopt.set_validate_args (same behaviour)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(enabled)
+
+
+def validate_args_enabled(validate_args: bool | None = None) -> bool:
+    """Resolve a call's ``validate_args`` argument against the global default."""
+    return _VALIDATE_ARGS if validate_args is None else bool(validate_args)
+
+
+validation_enabled = validate_args_enabled  # the internal name before the rename; callers move to the new one
 
 
 def require_tensor(name: str, value: object) -> Tensor:

@@ -44,8 +44,9 @@ from fairopt._validation import (
     require_1d,
     require_device,
     require_tensor,
-    validation_enabled,
+    validate_args_enabled,
 )
+from fairopt._deprecation import renamed_kwargs
 from fairopt.proxies import Proxy, as_proxy
 
 __all__ = ["COLUMNS", "GroupStats", "RunningGroupStats", "group_stats"]
@@ -281,6 +282,7 @@ class _Table(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
+@renamed_kwargs(loss="example_losses", validate="validate_args")
 def group_stats(
     scores: Tensor,
     *,
@@ -288,11 +290,11 @@ def group_stats(
     groups: Tensor,
     num_groups: int,
     weights: Tensor | None = None,
-    loss: Tensor | None = None,
+    example_losses: Tensor | None = None,
     proxy: str | Proxy | Callable[[Tensor], Tensor] = "sigmoid",
     threshold: float = 0.0,
     dtype: torch.dtype = torch.float64,
-    validate: bool | None = None,
+    validate_args: bool | None = None,
 ) -> GroupStats:
     """Reduce one batch to its ``(G, K)`` :class:`GroupStats` table in one pass (no loop over groups).
 
@@ -308,17 +310,18 @@ def group_stats(
         weights: optional ``(N,)`` non-negative floating example weights (an integer weight k counts like k
             copies of the example). Negatives within rounding, ``w >= -`` :data:`WEIGHT_TOLERANCE` ``* eps(dtype) *
             max(1, max|w|)`` (e.g. ``1 - p`` for a probability ``p = 1 + 2e-16``), count as 0.
-        loss: optional ``(N,)`` per-example loss (e.g. ``F.binary_cross_entropy_with_logits(..., reduction="none")``);
+        example_losses: optional ``(N,)`` per-example loss (e.g. ``F.binary_cross_entropy_with_logits(..., reduction="none")``);
             summed into the differentiable ``loss`` column (needed by mean-loss rates and BoundedGroupLoss).
         proxy: surrogate for the proxy columns: ``"sigmoid"`` (default), ``"hinge"``, ``"softplus"``, ``"hard"``,
             a :class:`~fairopt.proxies.Proxy` or an elementwise callable (see :mod:`fairopt.proxies`).
         threshold: decision threshold in logit units (default 0, i.e. probability 0.5).
         dtype: floating dtype of the returned table (default float64). Unweighted hard counts are exact integer
             counts (up to 2**53 in float64, 2**24 in float32). Weighted counts, proxy sums and the loss sum
-            accumulate in the dtype of ``weights``/``scores``/``loss`` (pass float64 tensors for float64
+            accumulate in the dtype of ``weights``/``scores``/``example_losses`` (pass float64 tensors for float64
             accumulation) and are then cast.
-        validate: run the value checks (one host sync). ``None`` uses the global default
-            (:func:`fairopt.set_validation`, env ``FAIROPT_VALIDATE``). Shape/dtype/device checks always run.
+        validate_args: run the value checks (one host sync). ``None`` uses the global default
+            (:class:`fairopt.set_validate_args`, env ``FAIROPT_VALIDATE_ARGS``). Shape/dtype/device checks always
+            run. The old names ``loss=`` and ``validate=`` still work, with a ``DeprecationWarning``.
 
     Returns:
         :class:`GroupStats` with a ``(num_groups, 9)`` table on ``scores.device``.
@@ -331,7 +334,7 @@ def group_stats(
     proxy_obj = as_proxy(proxy)
     _check_num_groups(num_groups)
     scores, labels, groups, weights, loss = _check_inputs(
-        scores, labels, groups, num_groups, weights, loss, validation_enabled(validate)
+        scores, labels, groups, num_groups, weights, example_losses, validate_args_enabled(validate_args)
     )
     # code2 = 2*group + label indexes the (group, label) cells; code4 adds the hard prediction bit. One fused
     # add each: index arithmetic dominates the cost of this function on CPU.
@@ -386,7 +389,7 @@ def _check_inputs(
         )
     require_device("labels", labels, device)
     require_device("groups", groups, device)
-    for name, extra in (("weights", weights), ("loss", loss)):
+    for name, extra in (("weights", weights), ("example_losses", loss)):
         if extra is not None:
             require_tensor(name, extra)
             require_1d(name, extra, n)
@@ -450,7 +453,7 @@ def _check_values(
             f"labels must be 0 or 1: {describe_bad_values(labels, bad_labels)}; map {{-1, 1}} labels with "
             "(labels > 0), and threshold soft labels before computing rates"
         )
-    rest = [("weights", bad_weights, weights), ("loss", bad_loss, loss)]
+    rest = [("weights", bad_weights, weights), ("example_losses", bad_loss, loss)]
     rest = [r for r in rest if r[1] is not None]
     for (name, bad, values), flag in zip(rest, flags[3:]):
         if flag:

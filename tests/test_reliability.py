@@ -274,7 +274,7 @@ def test_a_dropping_distributed_sampler_is_refused():
 def test_an_out_of_range_label_with_checks_off_stays_in_its_group():
     scores = torch.tensor([1.0, 1.0, -1.0])
     stats = group_stats(
-        scores, labels=torch.tensor([0, -1, 2]), groups=torch.tensor([0, 1, 1]), num_groups=2, validate=False
+        scores, labels=torch.tensor([0, -1, 2]), groups=torch.tensor([0, 1, 1]), num_groups=2, validate_args=False
     )
     counts = stats.table[:, :4]  # tn, fp, fn, tp
     assert counts.sum(dim=1).tolist() == [1.0, 2.0]  # was [2, 1]: the -1 of group 1 landed in group 0
@@ -282,7 +282,7 @@ def test_an_out_of_range_label_with_checks_off_stays_in_its_group():
     assert counts[1].tolist() == [0.0, 1.0, 1.0, 0.0]  # -1: negative, predicted positive; 2: positive, missed
     with pytest.raises(ValueError, match="labels must be 0 or 1"):
         group_stats(
-            scores, labels=torch.tensor([0, -1, 2]), groups=torch.tensor([0, 1, 1]), num_groups=2, validate=True
+            scores, labels=torch.tensor([0, -1, 2]), groups=torch.tensor([0, 1, 1]), num_groups=2, validate_args=True
         )
 
 

@@ -158,8 +158,8 @@ def _loss_tables(losses_by_group):
     groups = torch.tensor([g for g, group in enumerate(losses_by_group) for _ in group])
     scores, labels = torch.ones_like(losses), torch.ones_like(losses)
     g = len(losses_by_group)
-    stats = fo.group_stats(scores, labels=labels, groups=groups, num_groups=g, loss=losses)
-    return stats, second_moments(scores, labels=labels, groups=groups, num_groups=g, loss=losses, stats=stats)
+    stats = fo.group_stats(scores, labels=labels, groups=groups, num_groups=g, example_losses=losses)
+    return stats, second_moments(scores, labels=labels, groups=groups, num_groups=g, example_losses=losses, stats=stats)
 
 
 def test_mean_loss_interval_is_clipped_at_zero_only_for_non_negative_losses():

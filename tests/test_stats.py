@@ -59,7 +59,7 @@ def test_threshold_moves_the_hard_prediction():
 def test_loss_column_sums_weighted_loss_and_is_differentiable():
     loss = torch.arange(8, dtype=torch.float64, requires_grad=True)
     w = torch.tensor([1.0, 2, 1, 1, 1, 1, 3, 1], dtype=torch.float64)
-    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, loss=loss, weights=w)
+    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, example_losses=loss, weights=w)
     torch.testing.assert_close(stats.column("loss"), torch.tensor([0 + 2 + 2, 3 + 4 + 5, 18 + 7], dtype=torch.float64))
     stats.column("loss").sum().backward()
     torch.testing.assert_close(loss.grad, w)
@@ -116,7 +116,7 @@ def test_gradcheck_every_proxy_path(proxy):
     labels, groups = torch.randint(0, 2, (12,), generator=g), torch.randint(0, 3, (12,), generator=g)
 
     def proxy_and_loss_columns(s, w, lo):
-        return group_stats(s, labels=labels, groups=groups, num_groups=3, weights=w, loss=lo, proxy=proxy).table[:, 4:]
+        return group_stats(s, labels=labels, groups=groups, num_groups=3, weights=w, example_losses=lo, proxy=proxy).table[:, 4:]
 
     assert torch.autograd.gradcheck(proxy_and_loss_columns, (scores, weights, loss))
 
@@ -164,7 +164,7 @@ def test_empty_batch_gives_zero_table():
         ({"labels": torch.tensor([1.0, 0.5, 0, 0, 1, 0, 0, 0])}, ValueError, r"labels must be 0 or 1.*0\.5"),
         ({"scores": torch.tensor([float("nan"), 0, 0, 0, 0, 0, 0, 0])}, ValueError, r"scores contain NaN or inf"),
         ({"weights": -torch.ones(8)}, ValueError, r"weights must be finite and >= 0"),
-        ({"loss": torch.full((8,), float("inf"))}, ValueError, r"loss must be finite"),
+        ({"example_losses": torch.full((8,), float("inf"))}, ValueError, r"example_losses must be finite"),
         ({"scores": torch.zeros(8, 1)}, ValueError, r"scores must have shape \(N,\).*squeeze\(-1\)"),
         ({"labels": torch.zeros(7)}, ValueError, r"labels has 7 entries but scores has 8"),
         ({"scores": torch.zeros(8, dtype=torch.long)}, TypeError, r"scores must be floating point"),
@@ -184,16 +184,16 @@ def test_bad_input_raises_clear_error(kwargs, error, match):
 
 def test_value_checks_can_be_switched_off():
     bad_labels = torch.tensor([2, 0, 0, 0, 1, 0, 0, 0])
-    with fo.set_validation(False):
+    with fo.set_validate_args(False):
         group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3)  # no check, no host sync
-    group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3, validate=False)
+    group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3, validate_args=False)
     with pytest.raises(ValueError):
         group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3)
-    fo.set_validation(False)
+    fo.set_validate_args(False)
     try:
         group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3)
     finally:
-        fo.set_validation(True)
+        fo.set_validate_args(True)
     with pytest.raises(ValueError):
         group_stats(SCORES, labels=bad_labels, groups=GROUPS, num_groups=3)
 

@@ -155,11 +155,11 @@ class ConstraintSet:
             groups=groups,
             num_groups=self.num_groups,
             weights=weights,
-            loss=example_losses,
+            example_losses=example_losses,
             proxy=self.proxy,
             threshold=self.threshold,
             dtype=self.dtype,
-            validate=validate,
+            validate_args=validate,
         )
 
     def _names_needing(self, what: str) -> str:

@@ -271,9 +271,9 @@ def _batch_tables(
         groups=groups,
         num_groups=num_groups,
         weights=w,
-        loss=loss,
+        example_losses=loss,
         threshold=threshold,
-        validate=validate,
+        validate_args=validate,
     )
     moments = second_moments(
         scores,
@@ -281,7 +281,7 @@ def _batch_tables(
         groups=groups,
         num_groups=num_groups,
         weights=w,
-        loss=loss,
+        example_losses=loss,
         threshold=threshold,
         frequency_weights=frequency_weights,
         stats=stats,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt._deprecation import renamed_kwargs
 from fairopt.stats import GroupStats, group_stats
 
 __all__ = ["MOMENT_COLUMNS", "SecondMoments", "second_moments"]
@@ -82,6 +83,7 @@ class SecondMoments:
         return cls(torch.cat([cells, nan, cells.sum(dim=1, keepdim=True)], dim=1))
 
 
+@renamed_kwargs(loss="example_losses")
 def second_moments(
     scores: Tensor,
     *,
@@ -89,7 +91,7 @@ def second_moments(
     groups: Tensor,
     num_groups: int,
     weights: Tensor | None = None,
-    loss: Tensor | None = None,
+    example_losses: Tensor | None = None,
     threshold: float = 0.0,
     frequency_weights: bool = False,
     stats: GroupStats | None = None,
@@ -97,8 +99,8 @@ def second_moments(
     """Reduce one batch to its :class:`SecondMoments` table (inputs as :func:`fairopt.group_stats`, unchecked).
 
     Args:
-        scores, labels, groups, num_groups, weights, loss, threshold: as :func:`fairopt.group_stats`; the caller
-            has already validated them.
+        scores, labels, groups, num_groups, weights, example_losses, threshold: as :func:`fairopt.group_stats`;
+            the caller has already checked them. The old name ``loss=`` still works (``DeprecationWarning``).
         frequency_weights: the weights are replication counts (an integer weight k means k identical examples),
             so ``Σ w`` takes the place of ``Σ w²``. Default False: sampling/importance weights.
         stats: the batch's ``GroupStats`` when already computed; its hard cells are reused when they are the
@@ -121,10 +123,10 @@ def second_moments(
                 weights=unit,
                 proxy="hard",
                 threshold=threshold,
-                validate=False,
+                validate_args=False,
             ).table[:, :4]
         v = torch.ones_like(scores, dtype=torch.float64) if unit is None else unit
-        lo = torch.zeros_like(v) if loss is None else loss.double()
+        lo = torch.zeros_like(v) if example_losses is None else example_losses.double()
         copies = weights.double() if (weights is not None and frequency_weights) else torch.ones_like(v)
         per_example = torch.stack([v * lo, v * lo * lo, copies], dim=1)
         sums = torch.zeros(num_groups, 3, dtype=torch.float64, device=scores.device)

@@ -1,0 +1,57 @@
+"""One term per idea (issue 11, item 2): the renamed keywords and names, and their deprecated aliases.
+
+Each old name still works for one deprecation cycle, warns with the new name, and gives the same result; passing
+both the old and the new name is an error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fairopt as fo
+from fairopt.validation import second_moments
+
+SCORES = torch.tensor([-1.5, 0.3, 2.0, -0.2, 0.9, -2.2], dtype=torch.float64)
+LABELS = torch.tensor([0, 1, 1, 0, 1, 0])
+GROUPS = torch.tensor([0, 0, 1, 1, 1, 0])
+LOSSES = torch.tensor([0.1, 0.7, 0.2, 0.5, 0.3, 0.05], dtype=torch.float64)
+DATA = {"labels": LABELS, "groups": GROUPS, "num_groups": 2}
+
+
+def test_group_stats_takes_example_losses_and_warns_on_the_old_loss_keyword():
+    new = fo.group_stats(SCORES, **DATA, example_losses=LOSSES)
+    assert new.table[:, 8].tolist() == pytest.approx([0.1 + 0.7 + 0.05, 0.2 + 0.5 + 0.3])
+    with pytest.warns(DeprecationWarning, match="example_losses="):
+        old = fo.group_stats(SCORES, **DATA, loss=LOSSES)
+    assert torch.equal(old.table, new.table)
+
+
+def test_validate_args_replaces_validate_and_the_old_keyword_still_switches_the_checks_off():
+    bad = torch.tensor([0, 2, 1, 0, 1, 0])
+    with pytest.raises(ValueError, match="labels"):
+        fo.group_stats(SCORES, labels=bad, groups=GROUPS, num_groups=2, validate_args=True)
+    fo.group_stats(SCORES, labels=bad, groups=GROUPS, num_groups=2, validate_args=False)
+    with pytest.warns(DeprecationWarning, match="validate_args="):
+        fo.group_stats(SCORES, labels=bad, groups=GROUPS, num_groups=2, validate=False)
+
+
+def test_the_old_and_the_new_name_together_are_refused():
+    with pytest.raises(TypeError, match="both loss= .*example_losses="):
+        fo.group_stats(SCORES, **DATA, loss=LOSSES, example_losses=LOSSES)
+
+
+def test_set_validation_is_a_deprecated_alias_of_set_validate_args():
+    bad = torch.tensor([0, 2, 1, 0, 1, 0])
+    with pytest.warns(DeprecationWarning, match="set_validate_args"), fo.set_validation(False):
+        fo.group_stats(SCORES, labels=bad, groups=GROUPS, num_groups=2)
+    with pytest.raises(ValueError):  # restored on exit
+        fo.group_stats(SCORES, labels=bad, groups=GROUPS, num_groups=2)
+
+
+def test_second_moments_takes_example_losses_and_warns_on_loss():
+    new = second_moments(SCORES, **DATA, example_losses=LOSSES)
+    with pytest.warns(DeprecationWarning, match="example_losses="):
+        old = second_moments(SCORES, **DATA, loss=LOSSES)
+    assert torch.equal(old.table, new.table)
+    assert new.table[0, 4].item() == pytest.approx(0.1 + 0.7 + 0.05)  # Σ w·loss with w = 1
