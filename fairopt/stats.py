@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fairopt._deprecation import renamed_kwargs
 from fairopt._validation import (
     describe_bad_values,
     require_1d,
@@ -46,7 +47,6 @@ from fairopt._validation import (
     require_tensor,
     validate_args_enabled,
 )
-from fairopt._deprecation import renamed_kwargs
 from fairopt.proxies import Proxy, as_proxy
 
 __all__ = ["COLUMNS", "GroupStats", "RunningGroupStats", "group_stats"]
@@ -310,8 +310,9 @@ def group_stats(
         weights: optional ``(N,)`` non-negative floating example weights (an integer weight k counts like k
             copies of the example). Negatives within rounding, ``w >= -`` :data:`WEIGHT_TOLERANCE` ``* eps(dtype) *
             max(1, max|w|)`` (e.g. ``1 - p`` for a probability ``p = 1 + 2e-16``), count as 0.
-        example_losses: optional ``(N,)`` per-example loss (e.g. ``F.binary_cross_entropy_with_logits(..., reduction="none")``);
-            summed into the differentiable ``loss`` column (needed by mean-loss rates and BoundedGroupLoss).
+        example_losses: optional ``(N,)`` per-example loss (e.g. ``binary_cross_entropy_with_logits`` with
+            ``reduction="none"``); summed into the differentiable ``loss`` column (needed by mean-loss rates and
+            BoundedGroupLoss).
         proxy: surrogate for the proxy columns: ``"sigmoid"`` (default), ``"hinge"``, ``"softplus"``, ``"hard"``,
             a :class:`~fairopt.proxies.Proxy` or an elementwise callable (see :mod:`fairopt.proxies`).
         threshold: decision threshold in logit units (default 0, i.e. probability 0.5).

@@ -325,7 +325,13 @@ def test_group_stats_gradients_in_low_precision_follow_the_float64_ones(dtype, p
     for dt in (F64, dtype):
         inputs = [t.detach().to(dt).requires_grad_() for t in (scores64, weights64, loss64)]
         table = group_stats(
-            inputs[0], labels=labels, groups=groups, num_groups=G, weights=inputs[1], example_losses=inputs[2], proxy=proxy
+            inputs[0],
+            labels=labels,
+            groups=groups,
+            num_groups=G,
+            weights=inputs[1],
+            example_losses=inputs[2],
+            proxy=proxy,
         ).table
         (table * mix).sum().backward()
         assert all(t.grad.dtype == dt for t in inputs)

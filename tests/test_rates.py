@@ -44,7 +44,9 @@ def test_hand_computed_rates(rate, values, defined):
 
 
 def test_overall_rates_and_mean_loss():
-    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=4, example_losses=torch.arange(8.0, dtype=torch.float64))
+    stats = group_stats(
+        SCORES, labels=LABELS, groups=GROUPS, num_groups=4, example_losses=torch.arange(8.0, dtype=torch.float64)
+    )
     overall = stats.overall()
     # pooled cells: tn 3, fp 2, fn 1, tp 2
     torch.testing.assert_close(compute_rate(overall, "tpr").value, torch.tensor([2 / 3], dtype=torch.float64))

@@ -116,7 +116,9 @@ def test_gradcheck_every_proxy_path(proxy):
     labels, groups = torch.randint(0, 2, (12,), generator=g), torch.randint(0, 3, (12,), generator=g)
 
     def proxy_and_loss_columns(s, w, lo):
-        return group_stats(s, labels=labels, groups=groups, num_groups=3, weights=w, example_losses=lo, proxy=proxy).table[:, 4:]
+        return group_stats(
+            s, labels=labels, groups=groups, num_groups=3, weights=w, example_losses=lo, proxy=proxy
+        ).table[:, 4:]
 
     assert torch.autograd.gradcheck(proxy_and_loss_columns, (scores, weights, loss))
 

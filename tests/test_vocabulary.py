@@ -37,7 +37,7 @@ def test_validate_args_replaces_validate_and_the_old_keyword_still_switches_the_
 
 
 def test_the_old_and_the_new_name_together_are_refused():
-    with pytest.raises(TypeError, match="both loss= .*example_losses="):
+    with pytest.raises(TypeError, match=r"both loss= .*example_losses="):
         fo.group_stats(SCORES, **DATA, loss=LOSSES, example_losses=LOSSES)
 
 
