@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     args.out.mkdir(parents=True, exist_ok=True)
     plots.plot_group_rates(test, path=args.out / "test_group_rates.png")
-    plots.plot_violation_history(monitor, path=args.out / "violation_vs_step.png")
+    plots.plot_constraint_history(monitor, path=args.out / "violation_vs_step.png")
     plots.plot_generalization_gap(gap, path=args.out / "generalization_gap.png")
     test.to_json(args.out / "test_report.json")
     print(f"wrote test_group_rates.png, violation_vs_step.png, generalization_gap.png, test_report.json to {args.out}")

@@ -27,7 +27,16 @@ from fairopt.constraints import (
 )
 from fairopt.groups import Groups
 from fairopt.models import create_model
-from fairopt.optim import ConstrainedOptimizer, FairnessCMP, IterateRecords, StochasticClassifier
+from fairopt.optim import (
+    AugmentedLagrangian,
+    ConstrainedOptimizer,
+    FairnessCMP,
+    IterateRecords,
+    Lagrangian,
+    Penalty,
+    ProxyLagrangian,
+    StochasticClassifier,
+)
 from fairopt.proxies import Proxy
 from fairopt.rates import RateValue, compute_rate, rate_table
 from fairopt.stats import COLUMNS, GroupStats, RunningGroupStats, group_stats
@@ -58,6 +67,7 @@ mean_loss = RateRef("mean_loss")
 
 __all__ = [
     "COLUMNS",
+    "AugmentedLagrangian",
     "BoundedGroupLoss",
     "ConstrainedOptimizer",
     "Constraint",
@@ -75,8 +85,11 @@ __all__ = [
     "GroupStats",
     "Groups",
     "IterateRecords",
+    "Lagrangian",
+    "Penalty",
     "PredictiveParity",
     "Proxy",
+    "ProxyLagrangian",
     "RateBound",
     "RateRef",
     "RateValue",

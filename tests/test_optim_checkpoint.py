@@ -24,21 +24,17 @@ STEPS, STOP, BATCH = 9, 4, 64
 X, Y, A = tabular(512, seed=0)
 XV, YV, AV = tabular(128, seed=1)
 CONFIGS = {
-    "lagrangian-momentum": {"method": "lagrangian", "dual_optimizer_kwargs": {"momentum": 0.5}},
+    "lagrangian-momentum": {"method": fairopt.optim.Lagrangian(dual_optimizer_kwargs={"momentum": 0.5})},
     "lagrangian-alternating-nupi": {
-        "method": "lagrangian",
+        "method": fairopt.optim.Lagrangian(dual_optimizer="nupi", dual_optimizer_kwargs={"Kp": 1.0}),
         "dual_update": "alternating",
-        "dual_optimizer": "nupi",
-        "dual_optimizer_kwargs": {"Kp": 1.0},
     },
-    "augmented-lagrangian-growth": {"method": "augmented_lagrangian", "penalty": 0.2, "penalty_growth": 1.5},
+    "augmented-lagrangian-growth": {"method": fairopt.optim.AugmentedLagrangian(penalty=0.2, penalty_growth=1.5)},
     "proxy-lagrangian-swap": {"method": "proxy_lagrangian"},
     "proxy-lagrangian-external-additive": {
-        "method": "proxy_lagrangian",
-        "regret": "external",
-        "regret_update": "additive",
+        "method": fairopt.optim.ProxyLagrangian(regret="external", regret_update="additive"),
     },
-    "penalty": {"method": "penalty", "penalty": 2.0},
+    "penalty": {"method": fairopt.optim.Penalty(coefficients=2.0)},
     "window-every-3": {"dual_every": 3, "running": "window"},
     "count-window-margin": {"method": "proxy_lagrangian", "dual_min_count": 40, "dual_max_window": 4, "margin": 0.01},
     "heldout-ema-records": {"dual_source": "heldout", "dual_every": 2, "running": "ema", "records": True},

@@ -81,7 +81,7 @@ def problem():
     [
         ("lagrangian", 0.2, 300, {}),
         ("lagrangian", 0.2, 150, {"dual_update": "alternating"}),
-        ("lagrangian", 0.2, 150, {"dual_optimizer": "nupi", "dual_optimizer_kwargs": {"Kp": 1.0}}),
+        (fairopt.optim.Lagrangian(dual_optimizer="nupi", dual_optimizer_kwargs={"Kp": 1.0}), 0.2, 150, {}),
         ("augmented_lagrangian", 1.0, 100, {}),
     ],
 )

@@ -120,9 +120,7 @@ def test_penalty_growth_multiplies_the_coefficient_of_violated_entries():
         torch.optim.SGD(model.parameters(), lr=0.0),
         [fairopt.EqualizedOdds(0.0)],
         2,
-        method="augmented_lagrangian",
-        penalty=0.5,
-        penalty_growth=2.0,
+        method=fairopt.optim.AugmentedLagrangian(penalty=0.5, penalty_growth=2.0),
     )
     scores = model(x).squeeze(-1)
     result = opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, labels=y, groups=a)

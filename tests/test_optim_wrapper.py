@@ -67,7 +67,7 @@ def test_nonpositive_dual_lr_is_refused_at_construction(dual_lr):
         ({"dual_every": 0}, "dual_every"),
         ({"method": "augmented_lagrangian", "penalty_growth": 0.5}, "penalty_growth"),
         ({"dual_optimizer": "adagrad"}, "dual_optimizer must be one of"),
-        ({"dual_optimizer": lambda p: torch.optim.SGD(p, lr=0.1)}, "maximization"),
+        ({"method": fairopt.optim.Lagrangian(dual_optimizer=lambda p: torch.optim.SGD(p, lr=0.1))}, "maximization"),
         ({"multiplier_bound": -1.0}, "bound"),
         ({"method": "proxy_lagrangian", "regret": "internal"}, "regret must be one of"),
     ],
@@ -290,11 +290,11 @@ def test_sync_hook_receives_the_dual_table_and_all_reduce_works_without_a_proces
 @pytest.mark.parametrize(
     ("method", "kwargs"),
     [
-        ("lagrangian", {"dual_optimizer_kwargs": {"momentum": 0.9}}),
-        ("lagrangian", {"dual_optimizer": "nupi", "dual_optimizer_kwargs": {"Kp": 2.0}}),
+        ("lagrangian", {"method": fairopt.optim.Lagrangian(dual_optimizer_kwargs={"momentum": 0.9})}),
+        ("lagrangian", {"method": fairopt.optim.Lagrangian(dual_optimizer="nupi", dual_optimizer_kwargs={"Kp": 2.0})}),
         ("augmented_lagrangian", {}),
         ("proxy_lagrangian", {}),
-        ("proxy_lagrangian", {"regret": "external", "regret_update": "additive"}),
+        ("proxy_lagrangian", {"method": fairopt.optim.ProxyLagrangian(regret="external", regret_update="additive")}),
     ],
 )
 def test_an_absent_group_does_not_move_its_multipliers(method, kwargs):
@@ -303,9 +303,8 @@ def test_an_absent_group_does_not_move_its_multipliers(method, kwargs):
     equal_opportunity = fairopt.EqualOpportunity(0.0, convention="vs_overall")  # entries: |tpr_g - tpr|
     model = mlp(x.shape[1])
     # Each dual step reads its batch alone (no count window, which would keep group 2's earlier rows).
-    opt = make_opt(
-        model.parameters(), [equal_opportunity], num_groups=3, method=method, dual_lr=0.5, dual_min_count=None, **kwargs
-    )
+    kwargs = {"method": method, **kwargs}  # a method object replaces the name
+    opt = make_opt(model.parameters(), [equal_opportunity], num_groups=3, dual_lr=0.5, dual_min_count=None, **kwargs)
     for _ in range(3):
         train_step(opt, model, x, y, a)
     before = opt.multipliers
@@ -326,7 +325,13 @@ def test_an_absent_group_does_not_move_its_multipliers(method, kwargs):
 def test_multiplier_bound_caps_multipliers():
     x, y, a = tabular(200, seed=10)
     model = mlp(x.shape[1])
-    opt = make_opt(model.parameters(), [fairopt.DemographicParity(0.0)], dual_lr=10.0, multiplier_bound=0.3, lr=0.0)
+    opt = make_opt(
+        model.parameters(),
+        [fairopt.DemographicParity(0.0)],
+        dual_lr=10.0,
+        method=fairopt.optim.Lagrangian(multiplier_bound=0.3),
+        lr=0.0,
+    )
     result = train(opt, model, x, y, a, steps=3)
     assert result.multipliers.item() == 0.3
 
@@ -335,7 +340,7 @@ def test_multiplier_bound_caps_multipliers():
 def test_penalty_adds_fixed_weights_on_the_positive_part_of_the_proxy():
     x, y, a = tabular(128, seed=11)
     model = mlp(x.shape[1])
-    opt = make_opt(model.parameters(), method="penalty", penalty=3.0)
+    opt = make_opt(model.parameters(), method=fairopt.optim.Penalty(coefficients=3.0))
     result = train_step(opt, model, x, y, a)
     expected = result.loss + 3.0 * result.value.proxy.clamp(min=0).sum()
     assert result.objective.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -390,8 +395,8 @@ def test_autocast_bf16_on_cpu_trains_under_the_constraint():
     gaps = {}
     for method in ("penalty", "lagrangian"):  # penalty with weight 0: unconstrained training, same loop
         model = mlp(x.shape[1], hidden=32)
-        kwargs = {"penalty": 0.0} if method == "penalty" else {"dual_lr": 0.5}
-        opt = ConstrainedOptimizer(torch.optim.Adam(model.parameters(), lr=0.02), [DP], 2, method=method, **kwargs)
+        kwargs = {"method": fairopt.optim.Penalty(coefficients=0.0)} if method == "penalty" else {"dual_lr": 0.5}
+        opt = ConstrainedOptimizer(torch.optim.Adam(model.parameters(), lr=0.02), [DP], 2, **kwargs)
         for _ in range(60):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 scores = model(x).squeeze(-1)

@@ -16,7 +16,17 @@ from torch import Tensor
 
 import fairopt
 from fairopt.constraints import ConstraintValue
-from fairopt.optim import ConstrainedOptimizer, FairnessCMP, IterateRecords, LagrangianPlayer, make_dual_optimizer
+from fairopt.optim import (
+    AugmentedLagrangian,
+    ConstrainedOptimizer,
+    FairnessCMP,
+    IterateRecords,
+    Lagrangian,
+    LagrangianPlayer,
+    Penalty,
+    ProxyLagrangian,
+    make_dual_optimizer,
+)
 from fairopt.optim.cooper_problem import augmented_lagrangian_term
 from fairopt.stats import RunningGroupStats, group_stats
 from tests.optim_data import (
@@ -211,21 +221,24 @@ LAGRANGIAN_DUALS = {
     "callable-adam": {"dual_optimizer": adam_dual},
 }
 CONFIGS = {
-    **{f"lagrangian-{name}": {"method": "lagrangian", **dual} for name, dual in LAGRANGIAN_DUALS.items()},
-    **{f"augmented-{name}": {"method": "augmented_lagrangian", **dual} for name, dual in LAGRANGIAN_DUALS.items()},
+    **{f"lagrangian-{name}": {"method": Lagrangian(**dual)} for name, dual in LAGRANGIAN_DUALS.items()},
+    **{f"augmented-{name}": {"method": AugmentedLagrangian(**dual)} for name, dual in LAGRANGIAN_DUALS.items()},
     "augmented-growth-alternating": {
-        "method": "augmented_lagrangian",
-        "penalty": 0.2,
-        "penalty_growth": 1.5,
+        "method": AugmentedLagrangian(penalty=0.2, penalty_growth=1.5),
         "dual_update": "alternating",
     },
     "proxy-swap-multiplicative": {"method": "proxy_lagrangian"},
-    "proxy-swap-additive": {"method": "proxy_lagrangian", "regret_update": "additive"},
-    "proxy-external-multiplicative": {"method": "proxy_lagrangian", "regret": "external"},
-    "proxy-external-additive": {"method": "proxy_lagrangian", "regret": "external", "regret_update": "additive"},
-    "penalty": {"method": "penalty", "penalty": 2.0},
+    "proxy-swap-additive": {"method": ProxyLagrangian(regret_update="additive")},
+    "proxy-external-multiplicative": {"method": ProxyLagrangian(regret="external")},
+    "proxy-external-additive": {"method": ProxyLagrangian(regret="external", regret_update="additive")},
+    "penalty": {"method": Penalty(coefficients=2.0)},
     "margin-records-count-window": {"margin": 0.01, "records": True, "dual_min_count": 10, "dual_max_window": 3},
-    "heldout-ema-nupi": {"dual_source": "heldout", "running": "ema", "dual_optimizer": "nupi", "dual_every": 2},
+    "heldout-ema-nupi": {
+        "dual_source": "heldout",
+        "running": "ema",
+        "method": Lagrangian(dual_optimizer="nupi"),
+        "dual_every": 2,
+    },
     "window-every-2-proxy": {"method": "proxy_lagrangian", "running": "window", "dual_every": 2},
 }
 
@@ -282,12 +295,12 @@ def test_every_state_dict_loads_with_weights_only_and_resumes_bit_for_bit(name):
 
 def test_a_state_with_nupis_enum_saved_by_the_previous_version_still_loads():
     model = mlp(X.shape[1])
-    opt = build(LAGRANGIAN_DUALS["nupi-zeros"], model)
+    opt = build({"method": Lagrangian(**LAGRANGIAN_DUALS["nupi-zeros"])}, model)
     train_step(opt, model, *batch(0))
     state = opt.state_dict()
     state["player"]["dual_optimizer"] = opt.dual_optimizer.state_dict()  # the enum itself, as saved before
     state["optimizer"] = opt.optimizer.state_dict()
-    fresh = build(LAGRANGIAN_DUALS["nupi-zeros"], mlp(X.shape[1]))
+    fresh = build({"method": Lagrangian(**LAGRANGIAN_DUALS["nupi-zeros"])}, mlp(X.shape[1]))
     fresh.load_state_dict(state)
     assert fresh.dual_optimizer.param_groups[0]["init_type"] is nuPIInitType.ZEROS
     assert torch.equal(fresh.multipliers, opt.multipliers)

@@ -26,7 +26,7 @@ from fairopt.validation import (
     rate_estimates,
     second_moments,
 )
-from fairopt.validation.plots import plot_group_rates, plot_violation_history
+from fairopt.validation.plots import plot_constraint_history, plot_group_rates
 from fairopt.validation.report.formatting import format_estimate, format_number
 from tests.validation_data import linear_model, make_data, stats_from_cells
 
@@ -251,7 +251,7 @@ def _history(tolerance=0.1, margin=None):
 
 
 def test_violation_history_shows_signed_values_with_zero_and_margin_lines():
-    fig = plot_violation_history(_history(margin=0.02))
+    fig = plot_constraint_history(_history(margin=0.02))
     (ax,) = fig.axes
     by_label = {line.get_label(): line for line in ax.lines}
     assert by_label["held-out"].get_ydata().tolist() == pytest.approx([-0.05, 0.05])  # max g per step, not clipped
@@ -271,16 +271,16 @@ def test_violation_history_reads_tolerances_from_the_monitor_and_asks_when_it_ca
         monitor.update(step, model)
     history = monitor.history()
     expected = (history["value"].astype(float) - 0.9).groupby(history["step"]).max().to_numpy()
-    (ax,) = plot_violation_history(monitor, margins=0.01).axes
+    (ax,) = plot_constraint_history(monitor, margins=0.01).axes
     line = next(line for line in ax.lines if line.get_label() == "held-out")
     assert line.get_ydata().tolist() == pytest.approx(expected.tolist()) and (line.get_ydata() < 0).all()
     # the same satisfied history as a DataFrame: no violated row tells the tolerance
     with pytest.raises(ValueError, match="cannot tell the tolerance"):
-        plot_violation_history(history)
-    (ax,) = plot_violation_history(history, tolerances={monitor.constraints[0].name: 0.9}).axes
+        plot_constraint_history(history)
+    (ax,) = plot_constraint_history(history, tolerances={monitor.constraints[0].name: 0.9}).axes
     assert ax.lines[0].get_ydata().tolist() == pytest.approx(expected.tolist())
     with pytest.raises(ValueError, match="margins must be >= 0"):
-        plot_violation_history(monitor, margins=-0.1)
+        plot_constraint_history(monitor, margins=-0.1)
 
 
 def test_accuracy_vs_constraint_shows_every_run_with_interval_bars(tmp_path):

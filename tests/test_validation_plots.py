@@ -10,7 +10,7 @@ import torch
 
 import fairopt as fo
 from fairopt.validation import FairnessMonitor, evaluate, generalization_gap
-from fairopt.validation.plots import plot_generalization_gap, plot_group_rates, plot_violation_history
+from fairopt.validation.plots import plot_constraint_history, plot_generalization_gap, plot_group_rates
 from tests.validation_data import linear_model, make_data
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -64,13 +64,13 @@ def test_violation_history_png(tmp_path, splits):
             model.bias += 0.1  # the model drifts, so the violations move
         stats = fo.group_stats(model(train.x).squeeze(1).detach(), labels=train.y, groups=train.g, num_groups=G)
         monitor.update(step, model, train_stats=stats)
-    fig = plot_violation_history(monitor, path=tmp_path / "history.png")
+    fig = plot_constraint_history(monitor, path=tmp_path / "history.png")
     _assert_png(tmp_path / "history.png")
     assert len(fig.axes) == 2 and {line.get_label() for line in fig.axes[0].lines} >= {"train", "held-out", "test"}
-    plot_violation_history(monitor.history(), constraints=[monitor.constraints[1].name], path=tmp_path / "one.png")
+    plot_constraint_history(monitor.history(), constraints=[monitor.constraints[1].name], path=tmp_path / "one.png")
     _assert_png(tmp_path / "one.png")
     with pytest.raises(ValueError, match="no history"):
-        plot_violation_history(monitor, constraints=["unknown"])
+        plot_constraint_history(monitor, constraints=["unknown"])
 
 
 def test_generalization_gap_png(tmp_path, splits):

@@ -55,3 +55,19 @@ def test_second_moments_takes_example_losses_and_warns_on_loss():
         old = second_moments(SCORES, **DATA, loss=LOSSES)
     assert torch.equal(old.table, new.table)
     assert new.table[0, 4].item() == pytest.approx(0.1 + 0.7 + 0.05)  # Σ w·loss with w = 1
+
+
+def test_plot_violation_history_is_a_deprecated_alias_of_plot_constraint_history():
+    pytest.importorskip("matplotlib")
+    from fairopt.validation import FairnessMonitor
+    from fairopt.validation.plots import plot_constraint_history, plot_violation_history
+
+    monitor = FairnessMonitor([fo.DemographicParity(0.1)], {"validation": [(SCORES, LABELS, GROUPS)]}, num_groups=2)
+    for step in (1, 2):
+        monitor.record(step, "validation", fo.group_stats(SCORES * step, **DATA))
+    new = plot_constraint_history(monitor)
+    with pytest.warns(DeprecationWarning, match="plot_constraint_history"):
+        old = plot_violation_history(monitor)
+    assert [list(line.get_ydata()) for line in old.axes[0].lines] == [
+        list(line.get_ydata()) for line in new.axes[0].lines
+    ]

@@ -3,7 +3,8 @@ r"""Constrained optimizers: wrap any torch optimizer with fairness constraints.
 The user-facing entry point is :class:`ConstrainedOptimizer`. Its parts, one concept per module:
 
 - :mod:`~fairopt.optim.constraint_set`: constraints measured on a batch (``scores, labels, groups`` → ``g``, ``g̃``);
-- :mod:`~fairopt.optim.methods`: method name and options → λ-player;
+- :mod:`~fairopt.optim.methods`: the methods as objects (:class:`Lagrangian`, :class:`AugmentedLagrangian`,
+  :class:`ProxyLagrangian`, :class:`Penalty`): their options, flags, and the λ-player each builds;
 - :mod:`~fairopt.optim.base`: the λ-player interface; :mod:`~fairopt.optim.lagrangian` (cooper-based Lagrangian and
   augmented Lagrangian), :mod:`~fairopt.optim.proxy_lagrangian` (swap / external regret),
   :mod:`~fairopt.optim.penalty` (fixed weights); :mod:`~fairopt.optim.simplex` (their stochastic-matrix kernels);
@@ -19,6 +20,7 @@ from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.cooper_problem import FairnessCMP
 from fairopt.optim.dual_stats import DualStatistics
 from fairopt.optim.lagrangian import LagrangianPlayer, make_dual_optimizer
+from fairopt.optim.methods import AugmentedLagrangian, Lagrangian, Method, Penalty, ProxyLagrangian, resolve_method
 from fairopt.optim.multipliers import FairnessMultiplier
 from fairopt.optim.penalty import PenaltyPlayer
 from fairopt.optim.proxy_lagrangian import ProxyLagrangianPlayer
@@ -29,6 +31,7 @@ from fairopt.optim.stochastic import StochasticClassifier, example_uniforms
 
 __all__ = [
     "METHODS",
+    "AugmentedLagrangian",
     "ConstrainedOptimizer",
     "ConstraintSet",
     "DualPlayer",
@@ -37,8 +40,12 @@ __all__ = [
     "FairnessMultiplier",
     "IterateRecord",
     "IterateRecords",
+    "Lagrangian",
     "LagrangianPlayer",
+    "Method",
+    "Penalty",
     "PenaltyPlayer",
+    "ProxyLagrangian",
     "ProxyLagrangianPlayer",
     "StepResult",
     "StochasticClassifier",
@@ -47,5 +54,6 @@ __all__ = [
     "example_uniforms",
     "make_dual_optimizer",
     "project_simplex",
+    "resolve_method",
     "stationary_distribution",
 ]

@@ -6,7 +6,7 @@ r"""The user-facing constrained optimizer: wrap any torch optimizer with fairnes
         torch.optim.Adam(model.parameters(), lr=1e-3),
         constraints=[fairopt.EqualizedOdds(tolerance=0.05)],
         num_groups=2,
-        method="proxy_lagrangian",
+        method="proxy_lagrangian",  # or a method object with options: fairopt.ProxyLagrangian(regret="external")
         dual_lr=0.05,
     )
     for x, y, a in train_loader:
@@ -28,10 +28,11 @@ One :meth:`ConstrainedOptimizer.step` follows one batch along the data path:
    batches since the last dual step, or held-out statistics (:mod:`fairopt.optim.dual_stats`), before the primal
    step (``dual_update="alternating"``) or after it (``"simultaneous"``).
 
-Methods: ``"lagrangian"`` and ``"augmented_lagrangian"`` (cooper formulations; SGD or nuPI multiplier updates),
-``"proxy_lagrangian"`` (swap- or external-regret λ-player, Cotter, Jiang, Sridharan, ALT 2019), ``"penalty"``
-(fixed weights, a baseline). The user's optimizer, scheduler and model stay theirs: LR schedulers are attached to
-the wrapped optimizer as usual.
+Methods (:mod:`fairopt.optim.methods`; each class carries its options and declares what it needs):
+:class:`~fairopt.optim.Lagrangian` and :class:`~fairopt.optim.AugmentedLagrangian` (cooper formulations; SGD or nuPI
+multiplier updates), :class:`~fairopt.optim.ProxyLagrangian` (swap- or external-regret λ-player, Cotter, Jiang,
+Sridharan, ALT 2019), :class:`~fairopt.optim.Penalty` (fixed weights, a baseline). The user's optimizer, scheduler and
+model stay theirs: LR schedulers are attached to the wrapped optimizer as usual.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ from fairopt.constraints.evaluation import Linearization, value_tensors
 from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.dual_stats import DualStatistics
-from fairopt.optim.lagrangian import DualOptimizerFactory, LagrangianPlayer
-from fairopt.optim.methods import METHODS, build_player, canonical_method, check_options
+from fairopt.optim.lagrangian import LagrangianPlayer
+from fairopt.optim.methods import LEGACY_OPTIONS, METHODS, Method, method_from_legacy, resolve_method
 from fairopt.optim.records import IterateRecords
 from fairopt.proxies import Proxy
 from fairopt.rates import compute_rate
@@ -110,46 +111,31 @@ class ConstrainedOptimizer:
 
     Solves ``min_θ f(θ)`` s.t. ``g_i(θ) <= 0`` (``g`` the stacked entries of ``constraints``, e.g. equalized-odds
     gaps minus their tolerance) as a two-player game: the wrapped optimizer moves θ on the method's primal
-    objective built from proxy rates ``g̃``; a dual player moves constraint weights λ from the hard rates ``g``:
-
-    ============================  =================================================  ===========================
-    method                        primal objective                                   dual update (reads ``g``)
-    ============================  =================================================  ===========================
-    ``"lagrangian"``              ``f + Σ λ_i g̃_i``                                   ``λ ← [λ + η g]_+`` (SGD/nuPI)
-    ``"augmented_lagrangian"``    ``f + Σ (relu(λ_i + ρ g̃_i)² − λ_i²)/(2ρ)``           same
-    ``"proxy_lagrangian"``        ``λ_0 f + Σ λ_i g̃_i``, λ on the simplex             swap/external regret
-    ``"penalty"``                 ``f + Σ c_i max(0, g̃_i)``                           none (fixed ``c``)
-    ============================  =================================================  ===========================
-
-    Sources: Cotter, Jiang, Gupta, Wang, Narayan, You, Sridharan, JMLR 20(172), 2019 (proxy constraints, Lagrangian
-    Algorithm 2); Cotter, Jiang, Sridharan, ALT 2019 (proxy-Lagrangian, Algorithm 2); Cotter, Gupta, Jiang, Srebro,
-    Sridharan, Wang, Woodworth, You, ICML 2019 (held-out dual updates); cooper-optim for the Lagrangian methods.
+    objective built from proxy rates ``g̃``; a dual player moves constraint weights λ from the hard rates ``g``
+    (proxy constraints, Cotter, Jiang, Gupta, Wang, Narayan, You, Sridharan, JMLR 20(172), 2019). The method, its
+    objective, dual update, options and sources are on its class: :class:`~fairopt.optim.Lagrangian`,
+    :class:`~fairopt.optim.AugmentedLagrangian`, :class:`~fairopt.optim.ProxyLagrangian`,
+    :class:`~fairopt.optim.Penalty`. Held-out dual updates: Cotter, Gupta, Jiang, Srebro, Sridharan, Wang,
+    Woodworth, You, ICML 2019.
 
     Args:
         optimizer: the user's torch optimizer over the model parameters (stepped here; its scheduler stays theirs).
         constraints: fairopt constraint(s), e.g. ``[fairopt.EqualizedOdds(0.05)]``; m entries in total.
         num_groups: G. Constraints are checked against it here.
-        method: one of ``"lagrangian"`` (default), ``"augmented_lagrangian"``, ``"proxy_lagrangian"``,
-            ``"penalty"`` (hyphens accepted).
+        method: a method object with its options, e.g. ``fairopt.optim.ProxyLagrangian(regret="external")``,
+            ``fairopt.optim.Penalty(coefficients=2.0)``; or a name of :data:`~fairopt.optim.METHODS` for the default
+            options: ``"lagrangian"`` (default), ``"augmented_lagrangian"``, ``"proxy_lagrangian"``, ``"penalty"``
+            (hyphens and capitals accepted). :attr:`method` is the name, :attr:`method_spec` the object.
         dual_lr: the dual step size η > 0 (multiplier learning rate, or the proxy-Lagrangian's step). Default 0.01.
         dual_update: ``"simultaneous"`` (default: the dual steps on the same measurement after the primal step) or
             ``"alternating"`` (the dual steps first; the primal step then uses the new λ; same cost).
-        dual_optimizer: Lagrangian methods: ``"sgd"`` (default), ``"nupi"`` (cooper's nuPI controller) or a
-            callable ``params -> torch.optim.Optimizer`` with ``maximize=True``.
-        dual_optimizer_kwargs: extra arguments for SGD / nuPI (e.g. ``{"Kp": 1.0}``).
-        penalty: augmented Lagrangian: the penalty coefficient ρ > 0 (default ``dual_lr``, the method of
-            multipliers); penalty method: the weight(s) ``c`` (default 1.0).
-        penalty_growth: augmented Lagrangian: multiply ρ by this factor (> 1) whenever an entry stays violated
-            (cooper's ``MultiplicativePenaltyCoefficientUpdater``).
-        regret: proxy-Lagrangian: ``"swap"`` (default) or ``"external"``.
-        regret_update: proxy-Lagrangian: ``"multiplicative"`` (default) or ``"additive"``.
-        multiplier_bound: Lagrangian methods: optional upper bound on every multiplier.
         proxy: the primal surrogate: ``"sigmoid"`` (default), ``"hinge"`` (TFCO's default, an upper bound),
             ``"softplus"``, or a :class:`~fairopt.Proxy`. Why not hinge by default: the conservative hinge
             relaxation of a rate is ``upper - lower = mean max(1, |s|) >= 1`` wide, so a two-sided constraint's
             proxy value (e.g. a parity gap) is always >= 1 - tolerance. Its gradient points the right way, which is
-            all a (proxy-)Lagrangian with hard duals uses; but ``"penalty"``, ``"augmented_lagrangian"`` and
-            ``dual_value="proxy"`` read the proxy value itself and would see every such constraint as violated.
+            all a (proxy-)Lagrangian with hard duals uses; but the methods with ``reads_proxy_value`` (penalty,
+            augmented Lagrangian) and ``dual_value="proxy"`` read the proxy value itself and would see every such
+            constraint as violated.
             The sigmoid is normalized (``upper == lower``), so its value tracks the true rate.
         threshold: decision threshold in logit units (a positive prediction is ``score > threshold``).
         dual_value: what the dual player reads: ``"hard"`` (default, the true rates: proxy constraints) or
@@ -195,13 +181,22 @@ class ConstrainedOptimizer:
         dtype: dtype of the statistics and of the dual state (float64 default).
         validate: value checks (labels, group ids, finite scores and loss); None uses the global default
             (:func:`fairopt.set_validation`); each check costs one host synchronization.
+        **legacy_options: deprecated (removed in fairopt 0.3): the method options as keywords, ``dual_optimizer``,
+            ``dual_optimizer_kwargs``, ``multiplier_bound``, ``penalty``, ``penalty_growth``, ``regret``,
+            ``regret_update``, with a method name. Each builds the same method object and emits a
+            ``DeprecationWarning`` naming it, e.g. ``regret="external"`` with ``method="proxy_lagrangian"`` is
+            ``method=fairopt.optim.ProxyLagrangian(regret="external")``; ``penalty`` is ``AugmentedLagrangian(
+            penalty=...)`` or ``Penalty(coefficients=...)``.
 
     Raises:
-        ValueError: unknown method / option names, ``dual_lr <= 0`` (or not finite), ``dual_every`` neither None nor
-            an int >= 1, an option that does not apply to the chosen method, ``heldout`` without
-            ``dual_source="heldout"`` or with ``dual_every=None`` (it would never be called), a constraint referring
-            to a group ``>= num_groups``, a dual optimizer without ``maximize=True``.
-        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, a constraint is not a fairopt constraint.
+        ValueError: an unknown method name, ``dual_lr <= 0`` (or not finite), ``dual_every`` neither None nor an int
+            >= 1, a bad method option (see the method classes), a deprecated option that does not apply to the method
+            or given with a method object, ``dual_source="heldout"`` or ``heldout`` for a method without held-out
+            duals (``Penalty``), ``heldout`` without ``dual_source="heldout"`` or with ``dual_every=None`` (it would
+            never be called), a constraint referring to a group ``>= num_groups``, a dual optimizer without
+            ``maximize=True``.
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, a constraint is not a fairopt constraint, an
+            unknown keyword argument.
     """
 
     def __init__(
@@ -210,16 +205,9 @@ class ConstrainedOptimizer:
         constraints: Constraint | Sequence[Constraint],
         num_groups: int,
         *,
-        method: str = "lagrangian",
+        method: str | Method = "lagrangian",
         dual_lr: float = 0.01,
         dual_update: str = "simultaneous",
-        dual_optimizer: str | DualOptimizerFactory | None = None,
-        dual_optimizer_kwargs: Mapping[str, Any] | None = None,
-        penalty: float | Sequence[float] | None = None,
-        penalty_growth: float | None = None,
-        regret: str | None = None,
-        regret_update: str | None = None,
-        multiplier_bound: float | None = None,
         proxy: str | Proxy | Callable[[Tensor], Tensor] = "sigmoid",
         threshold: float = 0.0,
         dual_value: str = "hard",
@@ -236,10 +224,16 @@ class ConstrainedOptimizer:
         max_grad_norm: float | None = None,
         dtype: torch.dtype = torch.float64,
         validate: bool | None = None,
+        **legacy_options: Any,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        method = canonical_method(method)
+        for key in legacy_options:
+            if key not in LEGACY_OPTIONS:
+                raise TypeError(f"ConstrainedOptimizer() got an unexpected keyword argument {key!r}")
+        spec, deprecation = method_from_legacy(method, legacy_options)
+        if deprecation is not None:
+            warnings.warn(deprecation, DeprecationWarning, stacklevel=2)
         self.dual_lr = check_positive("dual_lr", dual_lr)
         for name, given, allowed in (
             ("dual_update", dual_update, DUAL_UPDATES),
@@ -247,16 +241,13 @@ class ConstrainedOptimizer:
         ):
             if given not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {given!r}")
-        options = {
-            "dual_optimizer": dual_optimizer,
-            "dual_optimizer_kwargs": dual_optimizer_kwargs,
-            "penalty": penalty,
-            "penalty_growth": penalty_growth,
-            "regret": regret,
-            "regret_update": regret_update,
-            "multiplier_bound": multiplier_bound,
-        }
-        check_options(method, dual_source=dual_source, heldout=heldout, **options)
+        if not spec.supports_heldout_duals:
+            if heldout is not None:
+                held = tuple(name for name in METHODS if resolve_method(name).supports_heldout_duals)
+                raise ValueError(f"heldout= does not apply to method={spec.name!r} (it applies to {held})")
+            if dual_source != "train":
+                what = "has no dual player" if not spec.has_dual_player else "reads training statistics only"
+                raise ValueError(f"method={spec.name!r} {what}; dual_source does not apply")
         if heldout is not None and dual_source != "heldout":
             raise ValueError("heldout= feeds the dual player; it needs dual_source='heldout'")
         if heldout is not None and dual_every is None:
@@ -265,7 +256,8 @@ class ConstrainedOptimizer:
                 "(a dual step every k primal steps), or drop heldout= and call update_duals(stats) yourself"
             )
         self.optimizer = optimizer
-        self.method, self.dual_update, self.dual_value = method, dual_update, dual_value
+        self._method = spec
+        self.dual_update, self.dual_value = dual_update, dual_value
         self.validate, self.heldout, self.records = validate, heldout, records
         self.grad_scaler = grad_scaler
         self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
@@ -283,13 +275,24 @@ class ConstrainedOptimizer:
         self.dual_statistics = DualStatistics(
             num_groups, source=dual_source, every=dual_every, running=running, sync=sync
         )
-        self.player, self.problem = build_player(method, self.constraint_set, optimizer, self.dual_lr, **options)
+        self.player, self.problem = spec.build(self.constraint_set, optimizer, self.dual_lr)
         self.margin = margin
         self.num_steps = 0
         # multipliers after recent dual steps (device tensors: no host sync), for check()
         self._trace: deque[Tensor] = deque(maxlen=_TRACE_LENGTH)
 
     # properties ---------------------------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        """The method's canonical name, e.g. ``"proxy_lagrangian"`` (``method_spec.name``; saved in the state)."""
+        return self._method.name
+
+    @property
+    def method_spec(self) -> Method:
+        """The method object with its options, e.g. ``ProxyLagrangian(regret="external")`` (read-only: the λ-player
+        was built from it; :attr:`method` stays the name, which the state and user code compare)."""
+        return self._method
+
     @property
     def num_constraints(self) -> int:
         """m, the number of constraint entries (and multipliers)."""
@@ -384,7 +387,7 @@ class ConstrainedOptimizer:
         """
         self._check_loss(loss)
         dual_stats = self.dual_statistics
-        due = self.method != "penalty" and dual_stats.due(self.num_steps + 1)
+        due = self.method_spec.has_dual_player and dual_stats.due(self.num_steps + 1)
         unfed = due and self.heldout is None and dual_stats.source == "heldout" and dual_stats.num_observed == 0
         if unfed and dual_stats.num_unfed >= 1:
             self._raise_no_heldout(dual_stats.num_unfed + 1)
@@ -566,10 +569,10 @@ class ConstrainedOptimizer:
         rank computes the same multipliers. Returns the constraint values read, or None if there was nothing.
 
         Raises:
-            ValueError: the method has no dual player (``"penalty"``).
+            ValueError: the method has no dual player (:class:`~fairopt.optim.Penalty`).
         """
-        if self.method == "penalty":
-            raise ValueError("method='penalty' has fixed weights and no dual player to update")
+        if not self.method_spec.has_dual_player:
+            raise ValueError(f"method={self.method!r} has fixed weights and no dual player to update")
         if stats is not None:
             self.dual_statistics.observe(stats)
         return self._update_from_pending()

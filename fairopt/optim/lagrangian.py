@@ -6,10 +6,10 @@ Lagrangian (gradient descent–ascent with proxy constraints; Cotter et al., JML
     \mathcal{L}_{\text{primal}}(θ, λ) = f(θ) + \sum_{i=1}^m λ_i\, \tilde g_i(θ), \qquad
     λ \leftarrow \Pi_{[0, λ_{\max}]}\big(λ + η\, g(θ)\big),
 
-where ``g̃`` are proxy (differentiable) constraint values and ``g`` the hard ones. With
-``formulation="augmented_lagrangian"`` the primal term of each entry is cooper's
-``(relu(λ_i + ρ g̃_i)² − λ_i²) / (2ρ)`` (Nocedal & Wright, *Numerical Optimization*, 2006, eq. 17.65) and the
-multiplier step is the same ascent on ``λᵀ g``; ``ρ = η`` gives the classical method of multipliers
+where ``g̃`` are proxy (differentiable) constraint values and ``g`` the hard ones. With the augmented Lagrangian
+(:class:`~fairopt.optim.AugmentedLagrangian`, cooper's ``AugmentedLagrangian`` formulation) the primal term of each
+entry is cooper's ``(relu(λ_i + ρ g̃_i)² − λ_i²) / (2ρ)`` (Nocedal & Wright, *Numerical Optimization*, 2006,
+eq. 17.65) and the multiplier step is the same ascent on ``λᵀ g``; ``ρ = η`` gives the classical method of multipliers
 (Bertsekas 1982). The dual optimizer is any ``maximize=True`` torch optimizer: plain SGD (the update above) or
 cooper's nuPI controller (Sohrabi, Ramirez, Zhang, Lacoste-Julien, Gallego-Posada, ICML 2024), which damps the
 oscillation of multipliers.
@@ -36,10 +36,22 @@ from fairopt.constraints import ConstraintValue
 from fairopt.optim.base import DualPlayer, load_plain_optimizer_state, observed_values, plain_optimizer_state
 from fairopt.optim.cooper_problem import FairnessCMP
 
-__all__ = ["DUAL_OPTIMIZERS", "LagrangianPlayer", "make_dual_optimizer"]
+__all__ = ["DUAL_OPTIMIZERS", "LagrangianPlayer", "check_dual_optimizer", "make_dual_optimizer"]
 
 DualOptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 DUAL_OPTIMIZERS = ("sgd", "nupi")
+
+
+def check_dual_optimizer(kind: str | DualOptimizerFactory) -> None:
+    """Refuse a dual optimizer that :func:`make_dual_optimizer` cannot build, before any parameter exists.
+
+    Raises:
+        ValueError: neither one of :data:`DUAL_OPTIMIZERS` nor a callable.
+    """
+    if not callable(kind) and kind not in DUAL_OPTIMIZERS:
+        raise ValueError(
+            f"dual_optimizer must be one of {DUAL_OPTIMIZERS} or a callable params -> optimizer, got {kind!r}"
+        )
 
 
 def make_dual_optimizer(
@@ -60,14 +72,13 @@ def make_dual_optimizer(
     Raises:
         ValueError: an unknown name.
     """
+    check_dual_optimizer(kind)
     options = dict(options or {})
     if callable(kind):
         return kind(params)
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, maximize=True, **options)
-    if kind == "nupi":
-        return cooper.optim.nuPI(params, lr=lr, maximize=True, **options)
-    raise ValueError(f"dual_optimizer must be one of {DUAL_OPTIMIZERS} or a callable params -> optimizer, got {kind!r}")
+    return cooper.optim.nuPI(params, lr=lr, maximize=True, **options)
 
 
 class LagrangianPlayer(DualPlayer):

@@ -25,15 +25,15 @@ __all__ = ["PenaltyPlayer"]
 
 
 class PenaltyPlayer(DualPlayer):
-    """A λ-"player" that never moves: fixed penalty weights.
+    """A λ-"player" that never moves: fixed penalty coefficients ``c`` (built by :class:`~fairopt.optim.Penalty`).
 
     Args:
         num_constraints: m.
-        weight: one weight for all entries or ``(m,)`` weights, each finite and >= 0 (default 1.0).
-        device, dtype: of the weights.
+        weight: the coefficients ``c``: one number for all entries or ``(m,)``, each finite and >= 0 (default 1.0).
+        device, dtype: of the coefficients.
 
     Raises:
-        ValueError: wrong number of weights, or a negative / non-finite weight.
+        ValueError: another number of coefficients than 1 or m, or a negative / non-finite one.
     """
 
     def __init__(
@@ -48,9 +48,11 @@ class PenaltyPlayer(DualPlayer):
         if weights.numel() == 1:
             weights = weights.expand(num_constraints).clone()
         if weights.numel() != num_constraints:
-            raise ValueError(f"penalty needs 1 or {num_constraints} weights (one per entry), got {weights.numel()}")
+            raise ValueError(
+                f"penalty needs 1 or {num_constraints} coefficients (one per entry), got {weights.numel()}"
+            )
         if not bool(torch.isfinite(weights).all() and (weights >= 0).all()):
-            raise ValueError("penalty weights must be finite and >= 0")
+            raise ValueError("penalty coefficients must be finite and >= 0")
         self.num_constraints = int(num_constraints)
         self._weights = weights
 

@@ -6,7 +6,7 @@ figure.
 
 * :func:`plot_group_rates`: per-group rates with their confidence intervals as error bars; the group names are
   wrapped, and turned upright when they would still overlap (checked on the laid-out figure).
-* :func:`plot_violation_history`: the signed constraint value ``g`` (``g <= 0``: satisfied) vs training step, one
+* :func:`plot_constraint_history`: the signed constraint value ``g`` (``g <= 0``: satisfied) vs training step, one
   line per split (train / held-out / test), with the line ``g = 0`` and, when known, the margin line
   ``g = -margin``; from a :class:`~fairopt.validation.diagnose.monitor.FairnessMonitor` or its ``history()`` table.
 * :func:`plot_generalization_gap`: each constraint entry's value per split, with intervals and the bound.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,13 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:  # imported where used: `import fairopt` stays light
     import pandas as pd
 
-__all__ = ["plot_accuracy_vs_constraint", "plot_generalization_gap", "plot_group_rates", "plot_violation_history"]
+__all__ = [
+    "plot_accuracy_vs_constraint",
+    "plot_constraint_history",
+    "plot_generalization_gap",
+    "plot_group_rates",
+    "plot_violation_history",
+]
 
 _SPLIT_COLORS = {"train": "tab:blue", "held-out": "tab:orange", "validation": "tab:orange", "test": "tab:green"}
 
@@ -224,7 +231,7 @@ def _margin_line(name: str, part: pd.DataFrame, margins: float | Mapping[str, fl
     return line
 
 
-def plot_violation_history(
+def plot_constraint_history(
     history: FairnessMonitor | pd.DataFrame,
     *,
     constraints: Sequence[str] | None = None,
@@ -291,6 +298,17 @@ def plot_violation_history(
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
     return _save(fig, path, dpi)
+
+
+def plot_violation_history(*args: Any, **kwargs: Any) -> Figure:
+    """Deprecated name of :func:`plot_constraint_history` (it plots the signed value ``g``, not the violation
+    ``max(0, g)``); same arguments, with a ``DeprecationWarning``."""
+    warnings.warn(
+        "plot_violation_history is deprecated; use plot_constraint_history (same arguments)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return plot_constraint_history(*args, **kwargs)
 
 
 def plot_generalization_gap(

@@ -145,7 +145,7 @@ def generalization_gap(
 
     Example::
 
-        gap = generalization_gap(model, {"train": train, "held-out": val, "test": test},
+        gap = generalization_gap(model, {"train": train, "validation": val, "test": test},
                                  [EqualOpportunity(0.05)], group_names=groups)
         print(gap.to_markdown())
 

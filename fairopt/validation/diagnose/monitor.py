@@ -9,13 +9,13 @@ multiplier source is attached, the current Lagrange multipliers. It keeps each e
 
 Example::
 
-    monitor = FairnessMonitor([EqualOpportunity(0.05)], {"held-out": val_loader}, group_names=groups,
+    monitor = FairnessMonitor([EqualOpportunity(0.05)], {"validation": val_loader}, group_names=groups,
                               every=200, multipliers=optimizer)
     for step, (x, y, g) in enumerate(train_loader):
         ...; batch_stats = group_stats(scores, labels=y, groups=g, num_groups=G)
         monitor.update(step, model, train_stats=batch_stats)
     monitor.history()           # DataFrame: step, split, constraint, entry, value, violation
-    plot_violation_history(monitor, path="violations.png")
+    plot_constraint_history(monitor, path="violations.png")
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class FairnessMonitor:
     Args:
         constraints: the constraints to track.
         data: split name → data (anything :func:`~fairopt.validation.evaluate` accepts), evaluated every
-            ``every`` steps, e.g. ``{"held-out": val_loader}`` (add ``"test"`` to plot it too).
+            ``every`` steps, e.g. ``{"validation": val_loader}`` (add ``"test"`` to plot it too).
         num_groups, group_names: G and/or the group names (a ``Groups``).
         every: evaluate at steps divisible by ``every`` (>= 1).
         multipliers: optional multiplier source read at each evaluation (see :func:`multiplier_values`).
@@ -102,7 +102,7 @@ class FairnessMonitor:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         if not isinstance(data, Mapping) or not data:
-            raise ValueError("data must be a non-empty dict of split name -> data, e.g. {'held-out': val_loader}")
+            raise ValueError("data must be a non-empty dict of split name -> data, e.g. {'validation': val_loader}")
         if TRAIN in data:
             raise ValueError("pass training values with update(train_stats=...), not as a 'train' split in data")
         self.constraints = [constraints] if isinstance(constraints, Constraint) else list(constraints)

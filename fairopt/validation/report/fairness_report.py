@@ -10,7 +10,7 @@ A JSON object (standard JSON: no NaN or Infinity; an undefined number is ``null`
 
     schema          "fairopt.validation.FairnessReport"
     schema_version  2  (a reader refuses a larger version; version 1 lacks the entries' ``excluded``)
-    split           string or null: "train", "held-out", "test", ...
+    split           string or null: "train", "validation", "audit", "test", ...
     options         {confidence, method, constraint_method, n_resamples, seed, max_train_error, loss_nonnegative}
     rates           [canonical rate names], the columns of the group table, in order
     groups          [group row], one per group, in group-id order
@@ -165,7 +165,7 @@ class FairnessReport:
         groups: one :class:`~fairopt.validation.report.results.GroupRow` per group (group-id order).
         overall: the pooled row (``name == "overall"``).
         constraints: one :class:`~fairopt.validation.report.results.ConstraintResult` per constraint.
-        options: the :class:`ReportOptions` used. split: e.g. ``"held-out"``; ``None`` if not given.
+        options: the :class:`ReportOptions` used. split: e.g. ``"validation"``; ``None`` if not given.
         rates: canonical names of the rates in the group table.
         statistics: the ``(G, 9)`` ``GroupStats`` table as nested tuples. moments: the ``(G, 7)``
             :class:`SecondMoments` table, or ``None``.
