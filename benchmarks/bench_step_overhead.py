@@ -6,7 +6,7 @@ Run::
 
 For each model, pytest-benchmark times a plain step (``zero_grad``, forward, BCE, ``backward``, Adam ``step``) and the
 same step through :class:`fairopt.optim.ConstrainedOptimizer` with an equalized-odds constraint over 2 groups and a
-dual update on *every* step (the worst case; ``dual_every=k`` amortizes it, and ``validate=False`` drops the
+dual update on *every* step (the worst case; ``dual_every=k`` amortizes it, and ``validate_args=False`` drops the
 per-batch value checks: one variant shows both). Its table groups the variants of one
 model, with ratios to the fastest in parentheses, and ``benchmarks/conftest.py`` prints each median as a ratio of the
 same-run ``plain_step``. A last table reports the overhead measured by interleaving plain and constrained blocks (the
@@ -44,7 +44,7 @@ VARIANTS = {
     "proxy_lagrangian, dual_every=10, no checks": {
         "method": "proxy_lagrangian",
         "dual_every": 10,
-        "validate": False,
+        "validate_args": False,
     },
     "hand-written floor": None,  # see hand_written_step
 }

@@ -71,3 +71,22 @@ def test_plot_violation_history_is_a_deprecated_alias_of_plot_constraint_history
     assert [list(line.get_ydata()) for line in old.axes[0].lines] == [
         list(line.get_ydata()) for line in new.axes[0].lines
     ]
+
+
+def test_measure_of_a_constraint_set_takes_validate_args():
+    cs = fo.optim.ConstraintSet([fo.DemographicParity(0.1)], num_groups=2)
+    bad = torch.tensor([0, 2, 1, 0, 1, 0])
+    cs.measure(SCORES, labels=bad, groups=GROUPS, validate_args=False)
+    with pytest.warns(DeprecationWarning, match="validate_args="):
+        cs.measure(SCORES, labels=bad, groups=GROUPS, validate=False)
+
+
+def test_the_optimizer_takes_validate_args_and_warns_on_validate():
+    model = torch.nn.Linear(1, 1)
+    opt = fo.ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [fo.DemographicParity(0.1)], 2)
+    assert opt.validate_args is None
+    with pytest.warns(DeprecationWarning, match="validate_args="):
+        old = fo.ConstrainedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), [fo.DemographicParity(0.1)], 2, validate=False
+        )
+    assert old.validate_args is False

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fairopt._validation import PROBABILITY_HINT, probability_op, validation_enabled
+from fairopt._validation import PROBABILITY_HINT, probability_op, validate_args_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, value_tensors
 from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
@@ -179,8 +179,9 @@ class ConstrainedOptimizer:
         max_grad_norm: optional clipping of the total gradient norm of the wrapped optimizer's parameters before
             its step (``torch.nn.utils.clip_grad_norm_``; after unscaling when a ``grad_scaler`` is given).
         dtype: dtype of the statistics and of the dual state (float64 default).
-        validate: value checks (labels, group ids, finite scores and loss); None uses the global default
-            (:func:`fairopt.set_validation`); each check costs one host synchronization.
+        validate_args: value checks (labels, group ids, finite scores and loss); None uses the global default
+            (:class:`fairopt.set_validate_args`); each check costs one host synchronization. ``validate=`` is its
+            deprecated name.
         **legacy_options: deprecated (removed in fairopt 0.3): the method options as keywords, ``dual_optimizer``,
             ``dual_optimizer_kwargs``, ``multiplier_bound``, ``penalty``, ``penalty_growth``, ``regret``,
             ``regret_update``, with a method name. Each builds the same method object and emits a
@@ -223,11 +224,20 @@ class ConstrainedOptimizer:
         grad_scaler: torch.amp.GradScaler | None = None,
         max_grad_norm: float | None = None,
         dtype: torch.dtype = torch.float64,
-        validate: bool | None = None,
+        validate_args: bool | None = None,
         **legacy_options: Any,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if "validate" in legacy_options:  # the name before the glossary (docs/glossary.md)
+            if validate_args is not None:
+                raise TypeError("ConstrainedOptimizer() got both validate= (deprecated) and validate_args=")
+            warnings.warn(
+                "ConstrainedOptimizer(validate=...) is deprecated; pass validate_args= (same meaning)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            validate_args = legacy_options.pop("validate")
         for key in legacy_options:
             if key not in LEGACY_OPTIONS:
                 raise TypeError(f"ConstrainedOptimizer() got an unexpected keyword argument {key!r}")
@@ -258,7 +268,7 @@ class ConstrainedOptimizer:
         self.optimizer = optimizer
         self._method = spec
         self.dual_update, self.dual_value = dual_update, dual_value
-        self.validate, self.heldout, self.records = validate, heldout, records
+        self.validate_args, self.heldout, self.records = validate_args, heldout, records
         self.grad_scaler = grad_scaler
         self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
         self.constraint_set = ConstraintSet(constraints, num_groups, proxy=proxy, threshold=threshold, dtype=dtype)
@@ -397,7 +407,12 @@ class ConstrainedOptimizer:
                 f"the scores come out of a {op}: they look like probabilities. {PROBABILITY_HINT}", stacklevel=2
             )
         stats = cs.measure(
-            scores, groups=groups, labels=labels, weights=weights, example_losses=example_losses, validate=self.validate
+            scores,
+            groups=groups,
+            labels=labels,
+            weights=weights,
+            example_losses=example_losses,
+            validate_args=self.validate_args,
         )
         # Expression constraints: values in one NumPy pass, gradients by its reverse pass; the proxy gradient enters
         # the objective below (see _primal_objective). Function constraints: a differentiable evaluation.
@@ -481,7 +496,7 @@ class ConstrainedOptimizer:
             raise ValueError(f"loss must be a scalar, got shape {tuple(loss.shape)}; reduce it, e.g. loss.mean()")
         if not loss.requires_grad:
             raise ValueError("loss does not require grad: compute it from the model's output, outside torch.no_grad()")
-        if validation_enabled(self.validate) and not math.isfinite(loss.item()):
+        if validate_args_enabled(self.validate_args) and not math.isfinite(loss.item()):
             raise ValueError(
                 f"loss is {loss.item()} (NaN or inf): training diverged or the inputs are invalid; lower the learning "
                 "rate or check the data"
@@ -542,7 +557,7 @@ class ConstrainedOptimizer:
                 labels=labels,
                 weights=weights,
                 example_losses=example_losses,
-                validate=self.validate,
+                validate_args=self.validate_args,
             )
         self.dual_statistics.observe(stats)
         return stats

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt._deprecation import renamed_kwargs
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
 from fairopt.optim.base import as_score_vector
@@ -109,6 +110,7 @@ class ConstraintSet:
         return [f"{c.name}: {e}" for c in self.constraints for e in c.entry_names(names)]
 
     # measurement --------------------------------------------------------------------------------------------
+    @renamed_kwargs(validate="validate_args")
     def measure(
         self,
         scores: Tensor,
@@ -117,7 +119,7 @@ class ConstraintSet:
         labels: Tensor | None = None,
         weights: Tensor | None = None,
         example_losses: Tensor | None = None,
-        validate: bool | None = None,
+        validate_args: bool | None = None,
     ) -> GroupStats:
         """Reduce one batch to its ``(G, K)`` table with this set's proxy, threshold and dtype.
 
@@ -128,7 +130,8 @@ class ConstraintSet:
             labels: ``(N,)`` 0/1 labels; may be omitted only when :attr:`needs_labels` is False.
             weights: optional ``(N,)`` example weights. example_losses: optional ``(N,)`` per-example losses
                 (required when :attr:`needs_example_losses`).
-            validate: value checks of :func:`fairopt.group_stats` (None: the global default).
+            validate_args: value checks of :func:`fairopt.group_stats` (None: the global default; ``validate=``
+                is its deprecated name).
 
         Raises:
             ValueError: a tensor that a constraint needs is missing (the message names the constraint); scores of
@@ -159,7 +162,7 @@ class ConstraintSet:
             proxy=self.proxy,
             threshold=self.threshold,
             dtype=self.dtype,
-            validate_args=validate,
+            validate_args=validate_args,
         )
 
     def _names_needing(self, what: str) -> str:

@@ -42,6 +42,7 @@ from cooper.penalty_coefficients import DensePenaltyCoefficient, PenaltyCoeffici
 from cooper.utils import ConstraintType
 from torch import Tensor
 
+from fairopt._deprecation import renamed_kwargs
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.optim.base import observed_values
 from fairopt.optim.constraint_set import ConstraintSet
@@ -210,6 +211,7 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
             )
         return states
 
+    @renamed_kwargs(validate="validate_args")
     def state_from_batch(
         self,
         loss: Tensor | None,
@@ -220,7 +222,7 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
         weights: Tensor | None = None,
         example_losses: Tensor | None = None,
         dual_stats: GroupStats | None = None,
-        validate: bool | None = None,
+        validate_args: bool | None = None,
     ) -> CMPState:
         """Measure a batch and package it as a cooper :class:`~cooper.CMPState` (``misc["stats"]`` holds the table).
 
@@ -231,13 +233,19 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
         grad_context = torch.enable_grad() if loss is not None else torch.no_grad()
         with grad_context:
             stats = cs.measure(
-                scores, groups=groups, labels=labels, weights=weights, example_losses=example_losses, validate=validate
+                scores,
+                groups=groups,
+                labels=labels,
+                weights=weights,
+                example_losses=example_losses,
+                validate_args=validate_args,
             )
             value = cs.evaluate(stats)
         dual_value = None if dual_stats is None else cs.evaluate(dual_stats.detach())
         states = self.constraint_states(value, dual_value=dual_value, primal=loss is not None)
         return CMPState(loss=loss, observed_constraints=states, misc={"stats": stats.detach()})
 
+    @renamed_kwargs(validate="validate_args")
     def compute_cmp_state(  # type: ignore[override]
         self,
         loss: Tensor,
@@ -248,7 +256,7 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
         weights: Tensor | None = None,
         example_losses: Tensor | None = None,
         dual_stats: GroupStats | None = None,
-        validate: bool | None = None,
+        validate_args: bool | None = None,
     ) -> CMPState:
         """cooper's hook: see :meth:`state_from_batch` (``loss`` is the scalar objective)."""
         return self.state_from_batch(
@@ -259,5 +267,5 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
             weights=weights,
             example_losses=example_losses,
             dual_stats=dual_stats,
-            validate=validate,
+            validate_args=validate_args,
         )
