@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["deprecated_alias", "renamed_kwargs"]
+__all__ = ["deprecated_alias", "renamed_attribute", "renamed_kwargs"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,3 +52,13 @@ def deprecated_alias(old: str, new: str, value: Any) -> Any:
     """Return ``value`` (the object now called ``new``) for a module ``__getattr__`` that serves ``old``, warning."""
     warnings.warn(f"{old} is deprecated; use {new} (same object)", DeprecationWarning, stacklevel=3)
     return value
+
+
+def renamed_attribute(obj: object, old: str, new: str) -> Any:
+    """``obj.new``, for a deprecated property ``old`` that forwards to it, warning."""
+    warnings.warn(
+        f"{type(obj).__name__}.{old} is deprecated; use .{new} (same value; see the glossary)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(obj, new)

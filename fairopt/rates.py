@@ -28,8 +28,8 @@ definitions otherwise.) Conditioning sets are weighted by the example weights.
 0.0 with zero gradient (never NaN, never a silent 0: the mask always travels with it).
 
 **Proxy bounds.** For rates conditioned on labels only (selection rate, TPR, FPR, TNR, FNR, error rate,
-accuracy), two differentiable versions are given: ``upper`` counts the event with the positive/negative proxy
-of each prediction, ``lower`` is one minus the proxy count of the complementary event. When the proxy
+accuracy), two differentiable versions are given: ``proxy_upper`` counts the event with the positive/negative proxy
+of each prediction, ``proxy_lower`` is one minus the proxy count of the complementary event. When the proxy
 upper-bounds the indicators (hinge, softplus) ``lower <= hard <= upper``; for a normalized proxy (sigmoid)
 ``lower == upper``. Constraint expressions use ``upper`` where the rate enters with a positive sign and
 ``lower`` where it enters negatively, so that e.g. "TPR >= 0.8" is relaxed conservatively (Cotter et al.,
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt._deprecation import renamed_attribute as _renamed
 from fairopt.stats import GroupStats
 
 __all__ = ["ALIASES", "RATES", "RateValue", "canonical_rate_name", "compute_rate", "rate_table"]
@@ -111,17 +112,27 @@ class RateValue:
 
     Attributes:
         value: ``(G,)`` hard rate (no gradient), unitless in [0, 1] (mean_loss: loss units).
-        upper: ``(G,)`` differentiable proxy rate, an upper bound of ``value`` for upper-bounding proxies.
-        lower: ``(G,)`` differentiable proxy rate, a lower bound of ``value`` for upper-bounding proxies.
+        proxy_upper: ``(G,)`` differentiable proxy rate, an upper bound of ``value`` for upper-bounding proxies.
+        proxy_lower: ``(G,)`` differentiable proxy rate, a lower bound of ``value`` for upper-bounding proxies.
         defined: ``(G,)`` bool, False where the denominator is 0 (then the three values are a placeholder 0).
         denominator: ``(G,)`` hard denominator (weighted count), e.g. for confidence intervals.
     """
 
     value: Tensor
-    upper: Tensor
-    lower: Tensor
+    proxy_upper: Tensor
+    proxy_lower: Tensor
     defined: Tensor
     denominator: Tensor
+
+    @property
+    def upper(self) -> Tensor:
+        """Deprecated name of :attr:`proxy_upper` (``lower``/``upper`` name interval ends; see the glossary)."""
+        return _renamed(self, "upper", "proxy_upper")
+
+    @property
+    def lower(self) -> Tensor:
+        """Deprecated name of :attr:`proxy_lower`."""
+        return _renamed(self, "lower", "proxy_lower")
 
 
 def _safe_ratio(num: Tensor, den: Tensor, defined: Tensor) -> Tensor:

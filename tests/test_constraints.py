@@ -118,7 +118,7 @@ def test_rate_bound_and_bounded_group_loss():
     torch.testing.assert_close(rb.evaluate(HAND).hard, torch.tensor([0.3, -0.2, 0.0, 0.0], dtype=F64))
     both = fo.RateBound("selection_rate", min=0.4, max=0.6)
     assert both.num_entries(4) == 8
-    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, loss=torch.arange(8.0, dtype=F64))
+    stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=3, example_losses=torch.arange(8.0, dtype=F64))
     torch.testing.assert_close(fo.BoundedGroupLoss(4.0).evaluate(stats).hard, torch.tensor([-3.0, 0.0, 2.5], dtype=F64))
     with pytest.raises(ValueError, match=r"min=0\.9 is larger than max=0\.1"):
         fo.RateBound("tpr", min=0.9, max=0.1)

@@ -74,8 +74,8 @@ def test_rate_leaves_match_compute_rate(name, group):
         rows = GroupStats(table[ids].sum(dim=0, keepdim=True))
     rv = compute_rate(rows, name)
     torch.testing.assert_close(bounds.hard, rv.value, rtol=0, atol=1e-15)
-    torch.testing.assert_close(bounds.upper, rv.upper, rtol=0, atol=1e-15)
-    torch.testing.assert_close(bounds.lower, rv.lower, rtol=0, atol=1e-15)
+    torch.testing.assert_close(bounds.proxy_upper, rv.proxy_upper, rtol=0, atol=1e-15)
+    torch.testing.assert_close(bounds.proxy_lower, rv.proxy_lower, rtol=0, atol=1e-15)
     assert bounds.defined.tolist() == rv.defined.tolist()
 
 
@@ -99,7 +99,7 @@ def test_lower_bound_gradient_matches_finite_differences(index):
     table = random_table(5)
 
     def lower(rest: torch.Tensor) -> torch.Tensor:
-        return expr.evaluate(GroupStats(torch.cat([table[:, :4], rest], dim=1))).lower
+        return expr.evaluate(GroupStats(torch.cat([table[:, :4], rest], dim=1))).proxy_lower
 
     assert torch.autograd.gradcheck(lower, (table[:, 4:].clone().requires_grad_(),))
 
@@ -115,8 +115,8 @@ def test_a_stack_of_tables_gives_the_values_of_each_table():
         for i, table in enumerate(tables):
             one = constraint.linearize(table)
             np.testing.assert_array_equal(stacked.hard[i], one.hard, err_msg=constraint.name)
-            np.testing.assert_array_equal(stacked.upper[i], one.upper, err_msg=constraint.name)
-            np.testing.assert_array_equal(stacked.lower[i], one.lower, err_msg=constraint.name)
+            np.testing.assert_array_equal(stacked.proxy_upper[i], one.proxy_upper, err_msg=constraint.name)
+            np.testing.assert_array_equal(stacked.proxy_lower[i], one.proxy_lower, err_msg=constraint.name)
             np.testing.assert_array_equal(stacked.defined[i], one.defined, err_msg=constraint.name)
     with pytest.raises(ValueError, match="one \\(G, K\\) table"):
         CONSTRAINTS[0].linearize(tables)
@@ -126,7 +126,7 @@ def test_undefined_entries_are_zero_with_zero_jacobian():
     table = random_table(0, empty_positives=True).numpy()
     lin = fo.EqualOpportunity(0.0, convention="vs_overall").linearize(table)
     assert lin.defined.tolist() == [False, True, True]
-    assert lin.hard[0] == lin.upper[0] == 0.0 and not lin.jacobian()[0].any() and lin.jacobian()[1:].any()
+    assert lin.hard[0] == lin.proxy_upper[0] == 0.0 and not lin.jacobian()[0].any() and lin.jacobian()[1:].any()
     # the max/min reduce over the defined groups only
     gap = fo.EqualOpportunity(0.0).linearize(table)
     tpr = table[1:, 3] / table[1:, 2:4].sum(axis=1)
@@ -149,7 +149,7 @@ def test_linearize_is_the_first_order_expansion_of_evaluate():
     step = np.zeros_like(table)
     step[:, 4:] = np.random.default_rng(0).normal(size=(G, 5)) * 1e-6
     moved = constraint.linearize(table + step)
-    np.testing.assert_allclose(moved.upper, lin.upper + lin.jacobian() @ step.reshape(-1), atol=1e-10)
+    np.testing.assert_allclose(moved.proxy_upper, lin.proxy_upper + lin.jacobian() @ step.reshape(-1), atol=1e-10)
 
 
 def test_function_constraints_are_evaluated_by_their_function_in_a_mixed_set():
@@ -224,7 +224,7 @@ def test_group_stats_gradient_of_the_derived_negative_proxy_columns():
 
 def _bounds(name: str, stats: GroupStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rv = compute_rate(stats, name)
-    return rv.value.numpy(), rv.upper.detach().numpy(), rv.lower.detach().numpy()
+    return rv.value.numpy(), rv.proxy_upper.detach().numpy(), rv.proxy_lower.detach().numpy()
 
 
 def test_composite_bounds_follow_interval_arithmetic_on_the_rates():
@@ -240,8 +240,8 @@ def test_composite_bounds_follow_interval_arithmetic_on_the_rates():
     def check(expr, hard, upper, lower):
         b = expr.evaluate(stats)
         np.testing.assert_allclose(b.hard.numpy(), hard, rtol=0, atol=1e-14, err_msg=str(expr))
-        np.testing.assert_allclose(b.upper.detach().numpy(), upper, rtol=0, atol=1e-14, err_msg=str(expr))
-        np.testing.assert_allclose(b.lower.detach().numpy(), lower, rtol=0, atol=1e-14, err_msg=str(expr))
+        np.testing.assert_allclose(b.proxy_upper.detach().numpy(), upper, rtol=0, atol=1e-14, err_msg=str(expr))
+        np.testing.assert_allclose(b.proxy_lower.detach().numpy(), lower, rtol=0, atol=1e-14, err_msg=str(expr))
 
     # a - b: the upper bound subtracts b's lower bound
     check(fo.tpr(1) - fo.fpr(2), [tpr_h[1] - fpr_h[2]], [tpr_u[1] - fpr_l[2]], [tpr_l[1] - fpr_u[2]])

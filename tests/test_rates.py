@@ -40,7 +40,7 @@ def test_hand_computed_rates(rate, values, defined):
     rv = compute_rate(_hand_stats(), rate)
     torch.testing.assert_close(rv.value, torch.tensor(values, dtype=torch.float64))
     assert rv.defined.tolist() == [bool(d) for d in defined]
-    assert not rv.value.isnan().any() and not rv.upper.isnan().any()
+    assert not rv.value.isnan().any() and not rv.proxy_upper.isnan().any()
 
 
 def test_overall_rates_and_mean_loss():
@@ -60,7 +60,7 @@ def test_undefined_rate_has_finite_zero_gradient():
     scores = SCORES.clone().requires_grad_()
     stats = group_stats(scores, labels=LABELS, groups=GROUPS, num_groups=4, proxy="hinge")
     rv = compute_rate(stats, "tpr")
-    (rv.upper.sum() + rv.lower.sum()).backward()
+    (rv.proxy_upper.sum() + rv.proxy_lower.sum()).backward()
     assert torch.isfinite(scores.grad).all()
     assert scores.grad[GROUPS == 2].abs().sum() == 0  # group 2's TPR is undefined: it pushes nothing
 
@@ -142,10 +142,10 @@ def test_upper_bounding_proxies_bracket_the_hard_rate(rows, proxy):
     for name in ("selection_rate", "tpr", "fpr", "tnr", "fnr", "error_rate", "accuracy"):
         rv = compute_rate(stats, name)
         d = rv.defined
-        assert (rv.lower[d] <= rv.value[d] + 1e-12).all() and (rv.value[d] <= rv.upper[d] + 1e-12).all()
+        assert (rv.proxy_lower[d] <= rv.value[d] + 1e-12).all() and (rv.value[d] <= rv.proxy_upper[d] + 1e-12).all()
 
 
 def test_sigmoid_proxy_is_normalized_so_bounds_coincide():
     stats = group_stats(SCORES, labels=LABELS, groups=GROUPS, num_groups=4, proxy="sigmoid")
     rv = compute_rate(stats, "tpr")
-    torch.testing.assert_close(rv.upper, rv.lower)
+    torch.testing.assert_close(rv.proxy_upper, rv.proxy_lower)

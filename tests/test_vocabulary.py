@@ -90,3 +90,18 @@ def test_the_optimizer_takes_validate_args_and_warns_on_validate():
             torch.optim.SGD(model.parameters(), lr=0.1), [fo.DemographicParity(0.1)], 2, validate=False
         )
     assert old.validate_args is False
+
+
+def test_proxy_bounds_are_proxy_upper_and_proxy_lower_and_the_old_names_warn():
+    stats = fo.group_stats(SCORES, **DATA, proxy="hinge")
+    rv = fo.compute_rate(stats, "tpr")
+    bounds = (fo.tpr(1) - fo.tpr(0)).evaluate(stats)
+    lin = fo.optim.ConstraintSet([fo.DemographicParity(0.1)], num_groups=2).linearize(stats)
+    for value in (rv, bounds, lin):
+        with pytest.warns(DeprecationWarning, match="proxy_upper"):
+            old_upper = value.upper
+        with pytest.warns(DeprecationWarning, match="proxy_lower"):
+            old_lower = value.lower
+        assert old_upper is value.proxy_upper and old_lower is value.proxy_lower
+    # hinge: an upper-bounding proxy, so the bounds enclose the hard TPR of each group
+    assert (rv.proxy_lower <= rv.value).all() and (rv.value <= rv.proxy_upper).all()

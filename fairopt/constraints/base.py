@@ -182,7 +182,7 @@ class RateView:
         return self._cache[key]
 
     def _pick(self, rv: RateValue) -> Tensor:
-        value = rv.upper if self.proxy else rv.value
+        value = rv.proxy_upper if self.proxy else rv.value
         return torch.where(rv.defined, value, torch.full_like(value, float("nan")))
 
     def rate(self, name: str) -> Tensor:

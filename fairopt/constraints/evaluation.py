@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt._deprecation import renamed_attribute as _renamed
 from fairopt.constraints.expressions import (
     PER_GROUP,
     Abs,
@@ -81,8 +82,8 @@ class Linearization(NamedTuple):
 
     Attributes:
         hard: ``(..., k)`` true values.
-        upper: ``(..., k)`` proxy upper bound (the ``proxy`` value of a constraint).
-        lower: ``(..., k)`` proxy lower bound.
+        proxy_upper: ``(..., k)`` proxy upper bound (the ``proxy`` value of a constraint).
+        proxy_lower: ``(..., k)`` proxy lower bound.
         defined: ``(..., k)`` bool.
         vjp: ``vjp(c_upper, c_lower) -> (G*K,)``, the vector-Jacobian product ``c_upperᵀ ∂upper/∂T +
             c_lowerᵀ ∂lower/∂T`` w.r.t. the table flattened row-major (``G`` rows of ``K`` columns); either
@@ -90,8 +91,8 @@ class Linearization(NamedTuple):
     """
 
     hard: np.ndarray
-    upper: np.ndarray
-    lower: np.ndarray
+    proxy_upper: np.ndarray
+    proxy_lower: np.ndarray
     defined: np.ndarray
     vjp: Vjp | None
 
@@ -101,16 +102,28 @@ class Linearization(NamedTuple):
             return self
         d = self.defined
         if d.all():
-            return self._replace(hard=self.hard - offset, upper=self.upper - offset, lower=self.lower - offset)
+            return self._replace(
+                hard=self.hard - offset, proxy_upper=self.proxy_upper - offset, proxy_lower=self.proxy_lower - offset
+            )
         return self._replace(
             hard=np.where(d, self.hard - offset, 0.0),
-            upper=np.where(d, self.upper - offset, 0.0),
-            lower=np.where(d, self.lower - offset, 0.0),
+            proxy_upper=np.where(d, self.proxy_upper - offset, 0.0),
+            proxy_lower=np.where(d, self.proxy_lower - offset, 0.0),
         )
 
+    @property
+    def upper(self) -> np.ndarray:
+        """Deprecated name of :attr:`proxy_upper` (``lower``/``upper`` name interval ends; see the glossary)."""
+        return _renamed(self, "upper", "proxy_upper")
+
+    @property
+    def lower(self) -> np.ndarray:
+        """Deprecated name of :attr:`proxy_lower`."""
+        return _renamed(self, "lower", "proxy_lower")
+
     def jacobian(self, bound: str = "upper") -> np.ndarray:
-        """The dense ``(k, G*K)`` Jacobian of one bound (``"upper"`` or ``"lower"``), one VJP per entry: for tests
-        and inspection, not for a training loop."""
+        """The dense ``(k, G*K)`` Jacobian of one proxy bound (``"upper"``: :attr:`proxy_upper`, or ``"lower"``), one
+        VJP per entry: for tests and inspection, not for a training loop."""
         if self.vjp is None:
             raise ValueError("this linearization was computed without gradients")
         eye = np.eye(self.hard.shape[-1])
@@ -207,14 +220,14 @@ def value_tensors(lin: Linearization, table: Tensor) -> tuple[Tensor, Tensor, Te
     hard = torch.from_numpy(lin.hard).to(device=table.device, dtype=table.dtype)
     defined = torch.from_numpy(lin.defined).to(table.device)
     vjp = lin.vjp
-    return hard, attach(lin.upper, None if vjp is None else lambda c: vjp(c, None), table), defined
+    return hard, attach(lin.proxy_upper, None if vjp is None else lambda c: vjp(c, None), table), defined
 
 
 def to_tensors(lin: Linearization, table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(hard, upper, lower, defined)``: :func:`value_tensors` and the lower bound, differentiable the same way."""
     hard, upper, defined = value_tensors(lin, table)
     vjp = lin.vjp
-    return hard, upper, attach(lin.lower, None if vjp is None else lambda c: vjp(None, c), table), defined
+    return hard, upper, attach(lin.proxy_lower, None if vjp is None else lambda c: vjp(None, c), table), defined
 
 
 def evaluate_expr(expr: Expr, stats: GroupStats) -> Bounds:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 from torch import Tensor
 
+from fairopt._deprecation import renamed_attribute as _renamed
 from fairopt.rates import canonical_rate_name
 from fairopt.stats import GroupStats
 
@@ -79,15 +80,25 @@ class Bounds:
 
     Attributes:
         hard: the true value (no gradient).
-        upper: differentiable proxy upper bound (used by the primal player).
-        lower: differentiable proxy lower bound.
+        proxy_upper: differentiable proxy upper bound (used by the primal player).
+        proxy_lower: differentiable proxy lower bound.
         defined: bool; False where a rate in the entry had a zero denominator.
     """
 
     hard: Tensor
-    upper: Tensor
-    lower: Tensor
+    proxy_upper: Tensor
+    proxy_lower: Tensor
     defined: Tensor
+
+    @property
+    def upper(self) -> Tensor:
+        """Deprecated name of :attr:`proxy_upper` (``lower``/``upper`` name interval ends; see the glossary)."""
+        return _renamed(self, "upper", "proxy_upper")
+
+    @property
+    def lower(self) -> Tensor:
+        """Deprecated name of :attr:`proxy_lower`."""
+        return _renamed(self, "lower", "proxy_lower")
 
 
 class Expr:

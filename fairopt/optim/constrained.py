@@ -468,7 +468,7 @@ class ConstrainedOptimizer:
         w0, mu = weights
         gradient = torch.from_numpy(vjp(mu, None)).to(device=table.device, dtype=table.dtype)  # ∂(μᵀg̃)/∂T
         # Zero-valued, with gradient W: the term's value is μᵀg̃ exactly, its gradient W·∂T/∂θ.
-        term = torch.dot(gradient, (table - table.detach()).reshape(-1)) + float(mu @ lin.upper)
+        term = torch.dot(gradient, (table - table.detach()).reshape(-1)) + float(mu @ lin.proxy_upper)
         return (loss if w0 == 1.0 else w0 * loss) + term
 
     def _primal_step(self, objective: Tensor) -> None:

@@ -220,8 +220,8 @@ class ConstraintSet:
 
         return Linearization(
             hard=np.concatenate([p.hard for p in parts]),
-            upper=np.concatenate([p.upper for p in parts]),
-            lower=np.concatenate([p.lower for p in parts]),
+            proxy_upper=np.concatenate([p.proxy_upper for p in parts]),
+            proxy_lower=np.concatenate([p.proxy_lower for p in parts]),
             defined=np.concatenate([p.defined for p in parts]),
             vjp=vjp,
         )
