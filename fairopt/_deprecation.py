@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["renamed_attribute", "renamed_kwargs"]
+__all__ = ["deprecated_alias", "renamed_attribute", "renamed_kwargs"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +46,12 @@ def renamed_kwargs(**old_to_new: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def deprecated_alias(old: str, new: str, value: Any) -> Any:
+    """Return ``value`` (the object now called ``new``) for a module ``__getattr__`` that serves ``old``, warning."""
+    warnings.warn(f"{old} is deprecated; use {new} (same object)", DeprecationWarning, stacklevel=3)
+    return value
 
 
 def renamed_attribute(obj: object, old: str, new: str) -> Any:
