@@ -172,7 +172,13 @@ def _cooper(config: StudyConfig, data: TabularDataset, seed: int, model_name: st
         def compute_cmp_state(self, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor) -> cooper.CMPState:
             logits = model(x)
             stats = group_stats(
-                logits, labels=y, groups=a, num_groups=num_groups, proxy="sigmoid", dtype=torch.float32, validate=False
+                logits,
+                labels=y,
+                groups=a,
+                num_groups=num_groups,
+                proxy="sigmoid",
+                dtype=torch.float32,
+                validate_args=False,
             )
             violation = constraint.evaluate(stats).proxy  # the sigmoid-relaxed value, for both players
             loss = F.binary_cross_entropy_with_logits(logits, y)

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from fairopt.constraints import Constraint
 from fairopt.datasets import DatasetSplit, TabularDataset
 from fairopt.models import create_model
-from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, StochasticClassifier
+from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, Penalty, StochasticClassifier
 from fairopt.postprocessing import GroupThresholds
 from fairopt.stats import GroupStats, group_stats
 from fairopt.validation import FairnessReport
@@ -96,7 +96,7 @@ def split_stats(model: nn.Module, split: DatasetSplit, num_groups: int) -> Group
         scores = model(split.X.to(device)).double()
         model.train(was_training)
     return group_stats(
-        scores, labels=split.y.to(device), groups=split.groups.to(device), num_groups=num_groups, validate=False
+        scores, labels=split.y.to(device), groups=split.groups.to(device), num_groups=num_groups, validate_args=False
     )
 
 
@@ -120,10 +120,10 @@ def _make_optimizer(
     base = torch.optim.Adam(model.parameters(), lr=config.lr)
     if method == "unconstrained":
         return base, None
-    options: dict[str, Any] = {"proxy": config.proxy, "validate": False, "dual_min_count": config.dual_min_count}
+    options: dict[str, Any] = {"proxy": config.proxy, "validate_args": False, "dual_min_count": config.dual_min_count}
     batch_size = config.batch_size_for(len(data.train))
     if method == "penalty":
-        options.update(method="penalty", penalty=config.penalty)
+        options.update(method=Penalty(coefficients=config.penalty))
     elif method == "lagrangian":
         options.update(method="lagrangian", dual_lr=config.dual_lr)
     elif method == "lagrangian-heldout":  # keeps records to choose the best single iterate
@@ -311,7 +311,7 @@ def fit_thresholds(
     margin (without it, and saying so, when no policy meets it). Returns the policy and a description."""
     v = data.validation
     scores = _scores(model, v)
-    stats = group_stats(scores, labels=v.y, groups=v.groups, num_groups=data.num_groups, validate=False)
+    stats = group_stats(scores, labels=v.y, groups=v.groups, num_groups=data.num_groups, validate_args=False)
     margin = _margin(config, ConstraintSet([constraint], data.num_groups), stats)
     fit = partial(
         GroupThresholds.fit, scores, labels=v.y, groups=v.groups, constraints=constraint, num_groups=data.num_groups
