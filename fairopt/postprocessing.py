@@ -38,6 +38,7 @@ from torch import Tensor
 
 from fairopt.constraints import Constraint
 from fairopt.optim.constraint_set import ConstraintSet
+from fairopt.optim.stochastic import expected_tables
 from fairopt.stats import COLUMNS, GroupStats, group_stats
 
 __all__ = ["GroupThresholds", "expected_stats"]
@@ -49,14 +50,18 @@ _CELLS = [COLUMNS.index(c) for c in ("tn", "fp", "fn", "tp")]
 def expected_stats(positive_probability: Tensor, *, labels: Tensor, groups: Tensor, num_groups: int) -> GroupStats:
     """Exact expected table of a randomized classifier that predicts positive with probability ``p_i``.
 
-    The table of "always positive" weighted by ``p`` plus "always negative" weighted by ``1 - p`` (tables are
-    additive, so no sampling noise enters). Shapes: ``(N,)`` each; ``p`` in [0, 1]; float64 table.
+    The mixture of two deterministic candidates with per-example probabilities
+    (:func:`~fairopt.optim.stochastic.expected_tables`): "always positive" with probability ``p_i`` and "always
+    negative" with ``1 - p_i`` (tables are additive, so no sampling noise enters). Shapes: ``(N,)`` each; ``p`` in
+    [0, 1]; float64 ``(G, K)`` table. Its proxy columns are those of scores ±1, not of the underlying model's scores.
     """
     p = positive_probability.double().clamp(0.0, 1.0)  # a solver's 1 + 2e-16 is 1
     ones = torch.ones_like(p)
-    return group_stats(ones, labels=labels, groups=groups, num_groups=num_groups, weights=p) + group_stats(
-        -ones, labels=labels, groups=groups, num_groups=num_groups, weights=1.0 - p
-    )
+
+    def table(scores: Tensor, probability: Tensor | None) -> tuple[GroupStats]:
+        return (group_stats(scores, labels=labels, groups=groups, num_groups=num_groups, weights=probability),)
+
+    return expected_tables([(p, ones), (1.0 - p, -ones)], table)[0]
 
 
 @dataclass(frozen=True)

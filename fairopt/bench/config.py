@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fairopt._deprecation import deprecated_alias
 from fairopt.constraints import (
     Constraint,
     DemographicParity,
@@ -56,8 +57,10 @@ from fairopt.constraints import (
     EqualOpportunity,
     ErrorRateParity,
     FalsePositiveRateParity,
+    ProtectedClassDisparateImpact,
+    ProtectedClassParity,
+    protected_classes,
 )
-from fairopt.constraints.expressions import RateRef, concat
 from fairopt.datasets._builtin import TARGETS
 from fairopt.models import MODELS
 
@@ -70,7 +73,6 @@ __all__ = [
     "PublishedResult",
     "StudyConfig",
     "class_constraint",
-    "class_groups",
     "make_constraint",
 ]
 
@@ -101,16 +103,6 @@ CONSTRAINTS: dict[str, tuple[Callable[[float], Constraint], str]] = {
 DEFAULT_SENSITIVE = {"adult": ("sex",), "compas": ("race",), "german": ("sex",)}
 
 
-_CLASS_RATES = {
-    "equalized_odds": ("tpr", "fpr"),
-    "equal_opportunity": ("tpr",),
-    "demographic_parity": ("selection_rate",),
-    "fpr_parity": ("fpr",),
-    "error_rate_parity": ("error_rate",),
-    "p_rule": ("selection_rate",),
-}
-
-
 def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
@@ -128,42 +120,35 @@ def make_constraint(name: str, tolerance: float) -> Constraint:
     return CONSTRAINTS[key][0](tolerance)
 
 
-def class_groups(group_names: Sequence[str], classes: Sequence[tuple[str, str]]) -> dict[str, tuple[int, ...]]:
-    """Each protected class's label (``"race=Black"``) -> the ids of the (intersectional) groups that belong to it.
-
-    Raises:
-        ValueError: a class that matches no group (the message lists the group names).
-    """
-    out: dict[str, tuple[int, ...]] = {}
-    for attribute, value in classes:
-        label = f"{attribute}={value}"
-        ids = tuple(i for i, g in enumerate(group_names) if label in g.split("|"))
-        if not ids:
-            raise ValueError(f"protected class {label!r} matches no group; groups are {list(group_names)}")
-        out[label] = ids
-    return out
-
-
 def class_constraint(
     name: str, tolerance: float, group_names: Sequence[str], classes: Sequence[tuple[str, str]]
 ) -> Constraint:
-    """The constraint over possibly overlapping protected classes (e.g. race=Black, sex=Female), each compared
-    with the overall rate, as in Cotter et al., ICML 2019, Section 6: a class's rate pools the intersectional
-    groups that belong to it. Parity: ``|r_c - r| <= tolerance`` per class; ``p_rule``: ``r_c >= p * r``.
+    """The study's constraint ``name`` over possibly overlapping protected classes (e.g. race=Black, sex=Female),
+    each compared with the overall rate (Cotter et al., ICML 2019, Section 6): a class's rate pools the
+    intersectional groups that belong to it. Parity constraints: ``|r_c - r| <= tolerance`` per class and rate of
+    the built-in constraint of that name (:class:`~fairopt.constraints.ProtectedClassParity`); ``p_rule``:
+    ``r_c >= p * r`` (:class:`~fairopt.constraints.ProtectedClassDisparateImpact`).
 
     Raises:
-        ValueError: a class that matches no group (the message lists the group names).
+        ValueError: an unknown constraint name or out-of-range tolerance; a class that matches no group (the message
+            lists the group names).
     """
     key = _key(name)
-    make_constraint(key, tolerance)
-    parts = []
-    for ids in class_groups(group_names, classes).values():
-        for rate in _CLASS_RATES[key]:
-            ref = RateRef(rate)
-            parts.append(tolerance * ref() - ref(ids) if key == "p_rule" else abs(ref(ids) - ref()) - tolerance)
+    built = make_constraint(key, tolerance)
+    ids = protected_classes(group_names, classes)
     classes_text = ", ".join(f"{a}={v}" for a, v in classes)
     bound = f"p={tolerance:g}" if key == "p_rule" else f"tolerance={tolerance:g}"
-    return Constraint(concat(*parts), 0.0, name=f"{key}({bound}) per class vs overall [{classes_text}]")
+    title = f"{key}({bound}) per class vs overall [{classes_text}]"
+    if isinstance(built, DisparateImpact):
+        return ProtectedClassDisparateImpact(ids, tolerance, name=title)
+    return ProtectedClassParity(built.rates, ids, tolerance, name=title)  # type: ignore[attr-defined]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "class_groups":  # renamed: the library's builder of protected classes
+        return deprecated_alias("fairopt.bench.config.class_groups", "fairopt.constraints.protected_classes",
+                                protected_classes)  # fmt: skip
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from fairopt.stats import GroupStats, group_stats
 from fairopt.validation import FairnessReport
 
 from .config import StudyConfig
-from .runner import DATA_SPLIT, SPLITS, RunResult, split_stats, train_model
+from .runner import RunResult, split_reports, split_stats, train_model
 from .study import load_study_data
 
 __all__ = ["expected_stats", "run_peers"]
@@ -52,17 +52,9 @@ def expected_stats(positive_probability: torch.Tensor, split: DatasetSplit, num_
 def _reports(
     data: TabularDataset, stats_of: Callable[[DatasetSplit], GroupStats], config: StudyConfig, method: str, seed: int
 ) -> dict[str, FairnessReport]:
-    constraint = config.build_constraint(data.group_names)
-    return {
-        name: FairnessReport.from_stats(
-            stats_of(data.split(DATA_SPLIT[name])),
-            [constraint],
-            group_names=data.group_names,
-            split=name,
-            metadata={"model": "logistic", "method": method, "seed": seed},
-        )
-        for name in SPLITS
-    }
+    """The peer's report per study split (:func:`~fairopt.bench.runner.split_reports`; intervals from the counts)."""
+    metadata = {"model": "logistic", "method": method, "seed": seed}
+    return split_reports(data, config.build_constraint(data.group_names), lambda s: (stats_of(s), None), metadata)
 
 
 def _fairlearn(config: StudyConfig, data: TabularDataset, seed: int) -> RunResult:
@@ -114,7 +106,7 @@ def _threshold_optimizer(config: StudyConfig, data: TabularDataset, seed: int) -
         return None
     constraint = config.build_constraint(data.group_names)
     start = time.perf_counter()
-    model, _, _, _ = train_model(config, data, constraint, "logistic", "unconstrained", seed)
+    model = train_model(config, data, constraint, "logistic", "unconstrained", seed).model
 
     class Prefit(ClassifierMixin, BaseEstimator):
         def fit(self, X: np.ndarray, y: np.ndarray) -> Prefit:

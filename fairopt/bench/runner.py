@@ -1,16 +1,25 @@
 """Train one (model, method, seed) of a study and measure its constraint on train, held-out and test data.
 
-The final model of the proxy-Lagrangian methods is a distribution over recorded iterates (the shrinking linear
-program of Cotter, Jiang, Sridharan, ALT 2019). Its rates are reported *exactly in expectation*: the GroupStats
-table of a randomized classifier is the probability-weighted sum of its candidates' tables (tables are additive),
-so no sampling noise is added to the measurement.
+A run is three steps, each a function with plain inputs and outputs, which :func:`run_one` composes:
+
+1. :func:`train_model` -> :class:`TrainedModel`: the trained model, its constrained optimizer (with the iterate
+   records), the history of constraint values per split, the training time and the end-of-training check;
+2. :func:`select_models` -> :class:`Selection`: the final model(s) chosen from the records (:func:`select_final`),
+   and for the post-processing methods group thresholds fitted on validation data (:func:`fit_thresholds`);
+3. :func:`evaluate_models` -> one :class:`RunResult` per final model: a report per split (:func:`split_reports`).
+
+Every table is measured by :func:`fairopt.validation.collect_stats` (:func:`split_stats` for the per-step history
+and the records, :meth:`FinalModel.tables` for the reports). The final model of the proxy-Lagrangian methods is a
+distribution over recorded iterates (the shrinking linear program of Cotter, Jiang, Sridharan, ALT 2019); its rates
+are reported *exactly in expectation*: the table of a randomized classifier is the probability-weighted sum of its
+candidates' tables (:func:`fairopt.optim.stochastic.expected_tables`), so no sampling noise is added.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,10 +32,10 @@ from torch.nn import functional as F
 from fairopt.constraints import Constraint
 from fairopt.datasets import DatasetSplit, TabularDataset
 from fairopt.models import create_model
-from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, Penalty, StochasticClassifier
+from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, StochasticClassifier
 from fairopt.postprocessing import GroupThresholds
-from fairopt.stats import GroupStats, group_stats
-from fairopt.validation import FairnessReport
+from fairopt.stats import GroupStats
+from fairopt.validation import FairnessReport, SecondMoments
 from fairopt.validation.measure.evaluate import collect_stats
 
 from .config import StudyConfig
@@ -38,10 +47,15 @@ __all__ = [
     "SPLITS",
     "FinalModel",
     "RunResult",
+    "Selection",
+    "TrainedModel",
     "constant_prediction",
+    "evaluate_models",
     "fit_thresholds",
     "run_one",
     "select_final",
+    "select_models",
+    "split_reports",
     "split_stats",
     "train_model",
 ]
@@ -87,17 +101,15 @@ class RunResult:
 
 
 def split_stats(model: nn.Module, split: DatasetSplit, num_groups: int) -> GroupStats:
-    """Hard/proxy table of ``model`` on a whole split (no gradient, float64), for the per-step history and the
-    iterate records (the final reports use :func:`fairopt.validation.collect_stats`, which adds the moments)."""
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        scores = model(split.X.to(device)).double()
-        model.train(was_training)
-    return group_stats(
-        scores, labels=split.y.to(device), groups=split.groups.to(device), num_groups=num_groups, validate_args=False
+    """Hard/proxy ``(G, K)`` float64 table of ``model`` on a whole split, for the per-step history, the iterate
+    records, the margins and the end-of-training check: :func:`fairopt.validation.collect_stats` with the split as one
+    batch (one forward pass, as a tabular split fits in memory), no loss column and no input checks (the split's
+    labels and ids are checked at loading). The final reports use :meth:`FinalModel.tables`, which adds the loss and
+    the second moments."""
+    stats, _ = collect_stats(
+        model, split.tensors(), num_groups, batch_size=max(1, len(split)), loss_fn=None, progress=False, validate=False
     )
+    return stats
 
 
 def _batches(
@@ -120,10 +132,10 @@ def _make_optimizer(
     base = torch.optim.Adam(model.parameters(), lr=config.lr)
     if method == "unconstrained":
         return base, None
-    options: dict[str, Any] = {"proxy": config.proxy, "validate_args": False, "dual_min_count": config.dual_min_count}
+    options: dict[str, Any] = {"proxy": config.proxy, "validate": False, "dual_min_count": config.dual_min_count}
     batch_size = config.batch_size_for(len(data.train))
     if method == "penalty":
-        options.update(method=Penalty(coefficients=config.penalty))
+        options.update(method="penalty", penalty=config.penalty)
     elif method == "lagrangian":
         options.update(method="lagrangian", dual_lr=config.dual_lr)
     elif method == "lagrangian-heldout":  # keeps records to choose the best single iterate
@@ -150,17 +162,6 @@ def _largest_value(constraint: Constraint, stats: GroupStats) -> float:
     return float(np.nanmax(values)) if not np.isnan(values).all() else float("nan")
 
 
-def _mixture_stats(
-    model: nn.Module, states: list[dict[str, Tensor]], weights: Tensor, split: DatasetSplit, num_groups: int
-) -> GroupStats:
-    """Expected table of the randomized classifier: the weighted sum of its candidates' tables (exact; see
-    :func:`fairopt.validation.collect_stats`)."""
-    device = next(model.parameters()).device
-    mixture = StochasticClassifier(model, states, weights).to(device)
-    stats, _ = collect_stats(mixture, (split.X, split.y, split.groups), num_groups, progress=False)
-    return stats
-
-
 def _margin(config: StudyConfig, constraint_set: ConstraintSet, stats: GroupStats) -> np.ndarray | None:
     """``margin_z`` standard errors of each entry on the selection split (0 where undefined), or None."""
     if not config.margin_z:
@@ -169,11 +170,32 @@ def _margin(config: StudyConfig, constraint_set: ConstraintSet, stats: GroupStat
     return config.margin_z * np.where(np.isfinite(errors), errors, 0.0)
 
 
+@dataclass(frozen=True)
+class TrainedModel:
+    """What training gives (:func:`train_model`).
+
+    Attributes:
+        model: the trained model (the last iterate).
+        constrained: its :class:`~fairopt.ConstrainedOptimizer` with the iterate records, None when unconstrained.
+        history: one dict per recorded point: ``step``, ``epoch`` and the largest constraint value on each split.
+        seconds: training wall time in seconds (the history's evaluation excluded).
+        warnings: what the end-of-training check found on the selection split
+            (:meth:`~fairopt.ConstrainedOptimizer.check`; none for unconstrained and penalty training).
+    """
+
+    model: nn.Module
+    constrained: ConstrainedOptimizer | None
+    history: list[dict[str, float]]
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+
 def train_model(
     config: StudyConfig, data: TabularDataset, constraint: Constraint, model_name: str, method: str, seed: int
-) -> tuple[nn.Module, ConstrainedOptimizer | None, list[dict[str, float]], float]:
-    """Train one configuration; returns the model, its constrained optimizer (None when unconstrained), the history
-    of constraint values per split and the training wall time (history evaluation excluded)."""
+) -> TrainedModel:
+    """Train one configuration (``method`` a training method: a post-processing method's is
+    ``POSTPROCESSED[method]``), recording the history of constraint values per split, the iterate records on the
+    selection split (validation for :data:`HELDOUT_METHODS`, else train) and the end-of-training check."""
     torch.manual_seed(seed)
     device = torch.device(config.device)
     model = create_model(model_name, data.num_features, seed=seed).to(device)
@@ -218,24 +240,44 @@ def train_model(
                 point: dict[str, float] = {"step": float(step), "epoch": step / steps_per_epoch}
                 for name in SPLITS:
                     split = data.split(DATA_SPLIT[name])
-                    point[name] = _largest_value(constraint, split_stats(model, split, data.num_groups))
+                    known = record_stats is not None and split is record_split  # the same model: the same table
+                    stats = record_stats if known else split_stats(model, split, data.num_groups)
+                    point[name] = _largest_value(constraint, stats)  # type: ignore[arg-type]
                 history.append(point)
                 evaluation_time += time.perf_counter() - t0
                 if records is not None:
                     assert constrained is not None and record_stats is not None
                     constrained.record(record_stats, model=model)
-    return model, constrained, history, time.perf_counter() - start - evaluation_time
+    seconds = time.perf_counter() - start - evaluation_time
+    return TrainedModel(model, constrained, history, seconds, _check(constrained, model, data, method))
 
 
 @dataclass(frozen=True)
 class FinalModel:
-    """A chosen final model: candidate ``states`` mixed with ``probabilities`` (no states: the model as trained),
-    the indices of the records it uses, and how it was chosen."""
+    """A chosen final model: candidate ``states`` mixed with ``probabilities`` (no states: the model as it stands
+    after selection), the indices of the records it uses, how it was chosen, and for a post-processing method the
+    group thresholds applied to the model's scores (``policy``)."""
 
     states: list[dict[str, Tensor]]
     probabilities: Tensor
     support: list[int]
     selection: str
+    policy: GroupThresholds | None = None
+
+    def tables(self, model: nn.Module, split: DatasetSplit, num_groups: int) -> tuple[GroupStats, SecondMoments | None]:
+        """The final model's ``(G, K)`` table on ``split`` (float64, CPU) and its second moments (None: intervals
+        from the counts) for the reports, ``model`` being the trained architecture: with states, the expected table
+        of the randomized classifier over them (:class:`~fairopt.optim.StochasticClassifier` in
+        :func:`~fairopt.validation.collect_stats`; intervals then treat the expected counts as counts of N
+        examples); with a policy, its expected table on the model's scores (:meth:`GroupThresholds.stats`); else
+        the model's own table and moments."""
+        if self.policy is not None:
+            return self.policy.stats(_scores(model, split), labels=split.y, groups=split.groups), None
+        if self.states:
+            device = next(model.parameters()).device
+            mixture = StochasticClassifier(model, self.states, self.probabilities).to(device)
+            return collect_stats(mixture, split.tensors(), num_groups, progress=False)[0], None
+        return collect_stats(model, split.tensors(), num_groups, progress=False)
 
 
 def select_final(model: nn.Module, constrained: ConstrainedOptimizer | None, method: str) -> dict[str, FinalModel]:
@@ -269,7 +311,7 @@ def select_final(model: nn.Module, constrained: ConstrainedOptimizer | None, met
     return out
 
 
-def _warnings(
+def _check(
     constrained: ConstrainedOptimizer | None, model: nn.Module, data: TabularDataset, method: str
 ) -> tuple[str, ...]:
     if constrained is None or method == "penalty":
@@ -311,8 +353,7 @@ def fit_thresholds(
     margin (without it, and saying so, when no policy meets it). Returns the policy and a description."""
     v = data.validation
     scores = _scores(model, v)
-    stats = group_stats(scores, labels=v.y, groups=v.groups, num_groups=data.num_groups, validate_args=False)
-    margin = _margin(config, ConstraintSet([constraint], data.num_groups), stats)
+    margin = _margin(config, ConstraintSet([constraint], data.num_groups), split_stats(model, v, data.num_groups))
     fit = partial(
         GroupThresholds.fit, scores, labels=v.y, groups=v.groups, constraints=constraint, num_groups=data.num_groups
     )
@@ -324,45 +365,69 @@ def fit_thresholds(
     return policy, f"group thresholds on validation{note} ({kind}, Hardt et al. 2016)"
 
 
-def run_one(
-    config: StudyConfig, data: TabularDataset, constraint: Constraint, model_name: str, method: str, seed: int
-) -> list[RunResult]:
-    """Train one configuration, choose its final model(s) (:func:`select_final`) and evaluate each on every split.
+@dataclass(frozen=True)
+class Selection:
+    """The final model(s) of a run by method name (:func:`select_models`) and the seconds the choice took."""
 
-    Returns one :class:`RunResult` per final model (two for the proxy-Lagrangian methods). Each wall time is the
-    training time plus its own selection.
-    """
-    trained_as = POSTPROCESSED.get(method, method)
-    model, constrained, history, train_time = train_model(config, data, constraint, model_name, trained_as, seed)
-    warnings_found = _warnings(constrained, model, data, trained_as)
+    finals: dict[str, FinalModel]
+    seconds: float
+
+
+def select_models(
+    config: StudyConfig, data: TabularDataset, constraint: Constraint, trained: TrainedModel, method: str
+) -> Selection:
+    """Choose the final model(s) of ``method`` from its training: :func:`select_final` on the records; for a
+    post-processing method (:data:`POSTPROCESSED`), group thresholds fitted on the validation split
+    (:func:`fit_thresholds`) on its training's deterministic final model, which is loaded into ``trained.model``."""
     t0 = time.perf_counter()
-    finals = select_final(model, constrained, trained_as)
-    policy = None
+    trained_as = POSTPROCESSED.get(method, method)
+    finals = select_final(trained.model, trained.constrained, trained_as)
     if method in POSTPROCESSED:  # group thresholds on the deterministic final model
         base = finals.get(f"{trained_as} (best iterate)", finals[trained_as])
         if base.states:
-            model.load_state_dict(base.states[0])
-        policy, text = fit_thresholds(config, model, data, constraint)
+            trained.model.load_state_dict(base.states[0])
+        policy, text = fit_thresholds(config, trained.model, data, constraint)
         prefix = "" if trained_as == "unconstrained" else f"{base.selection}, then "
-        finals = {method: FinalModel([], torch.ones(1), [0], prefix + text)}
-    select_time = time.perf_counter() - t0
+        finals = {method: FinalModel([], torch.ones(1), [0], prefix + text, policy)}
+    return Selection(finals, time.perf_counter() - t0)
+
+
+def split_reports(
+    data: TabularDataset,
+    constraint: Constraint,
+    tables: Callable[[DatasetSplit], tuple[GroupStats, SecondMoments | None]],
+    metadata: Mapping[str, Any],
+) -> dict[str, FairnessReport]:
+    """A :class:`~fairopt.validation.FairnessReport` per study split (:data:`SPLITS`), from ``tables(split) ->
+    (stats, moments or None)``; ``metadata`` (model, method, seed) is stored in each."""
+    reports = {}
+    for name in SPLITS:
+        stats, moments = tables(data.split(DATA_SPLIT[name]))
+        reports[name] = FairnessReport.from_stats(
+            stats, [constraint], moments=moments, group_names=data.group_names, split=name, metadata=dict(metadata)
+        )
+    return reports
+
+
+def evaluate_models(
+    data: TabularDataset,
+    constraint: Constraint,
+    trained: TrainedModel,
+    selection: Selection,
+    model_name: str,
+    seed: int,
+) -> list[RunResult]:
+    """One :class:`RunResult` per final model of ``selection``: its reports on every split
+    (:meth:`FinalModel.tables`), the training's history, multipliers and warnings, and a flag for a constant
+    prediction on test (:func:`constant_prediction`). Each wall time is the training time plus the selection."""
+    constrained = trained.constrained
     multipliers = [] if constrained is None else [float(v) for v in constrained.multipliers.reshape(-1).tolist()]
     results = []
-    for name, final in finals.items():
-        reports = {}
-        for split_name in SPLITS:
-            split = data.split(DATA_SPLIT[split_name])
-            if policy is not None:
-                stats, moments = policy.stats(_scores(model, split), labels=split.y, groups=split.groups), None
-            elif final.states:  # intervals then treat the expected counts as counts of N examples
-                stats = _mixture_stats(model, final.states, final.probabilities, split, data.num_groups)
-                moments = None
-            else:
-                stats, moments = collect_stats(model, (split.X, split.y, split.groups), data.num_groups, progress=False)
-            reports[split_name] = FairnessReport.from_stats(
-                stats, [constraint], moments=moments, group_names=data.group_names, split=split_name,
-                metadata={"model": model_name, "method": name, "seed": seed},
-            )  # fmt: skip
+    for name, final in selection.finals.items():
+        metadata = {"model": model_name, "method": name, "seed": seed}
+        reports = split_reports(
+            data, constraint, partial(final.tables, trained.model, num_groups=data.num_groups), metadata
+        )
         constant = constant_prediction(reports["test"].stats)
         results.append(
             RunResult(
@@ -370,13 +435,26 @@ def run_one(
                 method=name,
                 seed=seed,
                 reports=reports,
-                history=history,
+                history=trained.history,
                 selection=final.selection,
                 support=len(final.support),
                 multipliers=multipliers,
-                wall_time=train_time + select_time,
+                wall_time=trained.seconds + selection.seconds,
                 dual_window=None if constrained is None else constrained.dual_window,
-                warnings=warnings_found if constant is None else (*warnings_found, constant),
+                warnings=trained.warnings if constant is None else (*trained.warnings, constant),
             )
         )
     return results
+
+
+def run_one(
+    config: StudyConfig, data: TabularDataset, constraint: Constraint, model_name: str, method: str, seed: int
+) -> list[RunResult]:
+    """Train one configuration, choose its final model(s) and evaluate each on every split: train -> select ->
+    evaluate (:func:`train_model`, :func:`select_models`, :func:`evaluate_models`).
+
+    Returns one :class:`RunResult` per final model (two for the proxy-Lagrangian methods).
+    """
+    trained = train_model(config, data, constraint, model_name, POSTPROCESSED.get(method, method), seed)
+    selection = select_models(config, data, constraint, trained, method)
+    return evaluate_models(data, constraint, trained, selection, model_name, seed)

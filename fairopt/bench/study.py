@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fairopt.constraints import Constraint
+from fairopt.constraints import Constraint, protected_classes
 from fairopt.datasets import TabularDataset, load_csv, load_dataset
 from fairopt.datasets._tabular import MIN_ROWS
 
-from .config import PRESETS, StudyConfig, class_groups
+from .config import PRESETS, StudyConfig
 from .runner import DATA_SPLIT, SPLITS, RunResult, run_one
 
 __all__ = [
@@ -120,7 +120,7 @@ def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None
     by_split = data.group_counts()
     counts = {name: by_split[DATA_SPLIT[name]] for name in SPLITS}
     if config.classes:
-        kind, units = "protected class", class_groups(data.group_names, config.classes)
+        kind, units = "protected class", protected_classes(data.group_names, config.classes)
     else:
         kind, units = "group", {name: (g,) for g, name in enumerate(data.group_names)}
     for name, ids in units.items():

@@ -25,6 +25,11 @@ from fairopt.constraints.expressions import (
     minimum,
     pairwise,
 )
+from fairopt.constraints.protected_classes import (
+    ProtectedClassDisparateImpact,
+    ProtectedClassParity,
+    protected_classes,
+)
 
 __all__ = [
     "CONVENTIONS",
@@ -42,6 +47,8 @@ __all__ = [
     "FalsePositiveRateParity",
     "FunctionConstraint",
     "PredictiveParity",
+    "ProtectedClassDisparateImpact",
+    "ProtectedClassParity",
     "RateBound",
     "RateRef",
     "RateView",
@@ -50,5 +57,6 @@ __all__ = [
     "maximum",
     "minimum",
     "pairwise",
+    "protected_classes",
     "rate_parity",
 ]

@@ -44,16 +44,29 @@ from ._builtin import DATASETS, load_adult, load_compas, load_dataset, load_germ
 from ._csv import load_csv
 from ._resources import ChecksumError
 from ._tabular import DatasetSplit, TabularDataset, TabularPreprocessor
+from .celeba import load_celeba
+from .digits import load_colored_digits
+from .image_csv import load_image_csv
+from .image_io import ImageGroupDataset, image_loader, image_transform
+from .images import ImageDataset, ImageSplit
 
 __all__ = [
     "DATASETS",
     "ChecksumError",
     "DatasetSplit",
+    "ImageDataset",
+    "ImageGroupDataset",
+    "ImageSplit",
     "TabularDataset",
     "TabularPreprocessor",
+    "image_loader",
+    "image_transform",
     "load_adult",
+    "load_celeba",
+    "load_colored_digits",
     "load_compas",
     "load_csv",
     "load_dataset",
     "load_german",
+    "load_image_csv",
 ]

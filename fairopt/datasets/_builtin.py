@@ -12,15 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ._resources import read_package_file
-from ._tabular import (
-    TabularDataset,
-    assemble,
-    check_fractions,
-    group_label_strata,
-    normalize_names,
-    select_features,
-    stratified_split,
-)
+from ._tabular import TabularDataset, build_dataset, check_fractions, normalize_names, select_features
 
 __all__ = ["DATASETS", "SENSITIVE_CHOICES", "TARGETS", "load_adult", "load_compas", "load_dataset", "load_german"]
 
@@ -38,10 +30,6 @@ class _Spec:
     categories: Mapping[str, tuple[Hashable, ...]]  # sensitive attribute -> values
     # sensitive attribute -> column of the frame holding its values (default: same)
     group_columns: Mapping[str, str] = field(default_factory=dict)
-
-    def group_frame(self, frame: pd.DataFrame, sensitive: Sequence[str]) -> pd.DataFrame:
-        """The sensitive attributes' values, one column per attribute name."""
-        return pd.DataFrame({a: frame[self.group_columns.get(a, a)].to_numpy() for a in sensitive})
 
     def check_sensitive(self, sensitive: str | Sequence[str]) -> tuple[str, ...]:
         names = normalize_names(sensitive, "sensitive")
@@ -64,20 +52,20 @@ class _Spec:
             where=self.name,
         )
 
-
-def _seeded_split(
-    group_frame: pd.DataFrame,
-    labels: np.ndarray,
-    spec: _Spec,
-    fractions: Sequence[float],
-    seed: int | None,
-    stratify: bool,
-) -> list[np.ndarray]:
-    if stratify:
-        strata = group_label_strata(group_frame, labels, list(group_frame.columns), spec.categories)
-    else:
-        strata = np.zeros(len(group_frame), dtype=np.int64)
-    return stratified_split(strata, fractions, seed)
+    def build(self, frame: pd.DataFrame, labels: np.ndarray, **split: Any) -> TabularDataset:
+        """The shared tail (:func:`~fairopt.datasets._tabular.build_dataset`) with this dataset's name, target,
+        categories, numeric columns and group columns; ``split`` gives ``sensitive``, ``features`` and the split's
+        options."""
+        return build_dataset(
+            frame,
+            labels,
+            name=self.name,
+            target=self.target,
+            categories=self.categories,
+            numeric=self.numeric,
+            group_columns=self.group_columns,
+            **split,
+        )
 
 
 # ---------------------------------------------------------------------------- Adult
@@ -245,32 +233,9 @@ def load_adult(
     unexpected = set(frame["income"]) - {">50K", "<=50K"}
     if unexpected:  # pragma: no cover - guarded by the checksum
         raise ValueError(f"unexpected Adult income labels {sorted(unexpected)}")
-    n_train_file = len(train_file)
-    group_frame = _ADULT.group_frame(frame, sensitive)
-    train, validation = _seeded_split(
-        group_frame.iloc[:n_train_file],
-        labels[:n_train_file],
-        _ADULT,
-        (1.0 - validation_fraction, validation_fraction),
-        seed,
-        stratify,
-    )
-    return assemble(
-        name="adult",
-        frame=frame,
-        group_frame=group_frame,
-        labels=labels,
-        target="income",
-        sensitive=sensitive,
-        categories=_ADULT.categories,
-        features=columns,
-        numeric=_ADULT.numeric,
-        split_index={
-            "train": train,
-            "validation": validation,
-            "test": np.arange(n_train_file, len(frame), dtype=np.int64),
-        },
-    )
+    test_rows = np.arange(len(train_file), len(frame), dtype=np.int64)  # the published test file
+    options = {"validation_fraction": validation_fraction, "seed": seed, "stratify": stratify}
+    return _ADULT.build(frame, labels, sensitive=sensitive, features=columns, test_rows=test_rows, **options)
 
 
 # --------------------------------------------------------------------------- COMPAS
@@ -428,27 +393,8 @@ def load_compas(
     if len(frame) != COMPAS_NUM_ROWS:  # pragma: no cover - guarded by the checksum
         raise RuntimeError(f"COMPAS filtering left {len(frame)} rows, expected {COMPAS_NUM_ROWS}")
     labels = frame["two_year_recid"].to_numpy(dtype=np.int64)
-    group_frame = _COMPAS.group_frame(frame, sensitive)
-    train, validation, test = _seeded_split(
-        group_frame,
-        labels,
-        _COMPAS,
-        (1.0 - validation_fraction - test_fraction, validation_fraction, test_fraction),
-        seed,
-        stratify,
-    )
-    return assemble(
-        name="compas",
-        frame=frame,
-        group_frame=group_frame,
-        labels=labels,
-        target="two_year_recid",
-        sensitive=sensitive,
-        categories=_COMPAS.categories,
-        features=columns,
-        numeric=_COMPAS.numeric,
-        split_index={"train": train, "validation": validation, "test": test},
-    )
+    options = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
+    return _COMPAS.build(frame, labels, sensitive=sensitive, features=columns, stratify=stratify, **options)
 
 
 # --------------------------------------------------------------------------- German
@@ -592,27 +538,8 @@ def load_german(
     frame["sex"] = frame["personal_status_sex"].map(_GERMAN_SEX)
     frame["age_group"] = np.where(frame["age"] >= age_threshold, f">={age_threshold}", f"<{age_threshold}")
     labels = (frame["credit"] == 1).to_numpy(dtype=np.int64)
-    group_frame = spec.group_frame(frame, sensitive)
-    train, validation, test = _seeded_split(
-        group_frame,
-        labels,
-        spec,
-        (1.0 - validation_fraction - test_fraction, validation_fraction, test_fraction),
-        seed,
-        stratify,
-    )
-    return assemble(
-        name="german",
-        frame=frame,
-        group_frame=group_frame,
-        labels=labels,
-        target="credit",
-        sensitive=sensitive,
-        categories=spec.categories,
-        features=columns,
-        numeric=spec.numeric,
-        split_index={"train": train, "validation": validation, "test": test},
-    )
+    options = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
+    return spec.build(frame, labels, sensitive=sensitive, features=columns, stratify=stratify, **options)
 
 
 # ------------------------------------------------------------------------- registry

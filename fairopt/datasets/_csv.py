@@ -16,13 +16,12 @@ import pandas as pd
 from ._categories import sorted_categories
 from ._tabular import (
     MIN_ROWS,
+    SPLIT_NAMES,
     TabularDataset,
-    assemble,
+    build_dataset,
     check_fractions,
-    group_label_strata,
     normalize_names,
     select_features,
-    stratified_split,
 )
 
 __all__ = ["load_csv"]
@@ -175,33 +174,23 @@ def load_csv(
             categories[attribute] = tuple(raw[attribute].cat.categories)
         else:
             categories[attribute] = sorted_categories(raw[attribute])
-    group_frame = pd.DataFrame({a: raw[a].to_numpy() for a in sensitive})
-    if stratify:
-        strata = group_label_strata(group_frame, labels, sensitive, categories)
-    else:
-        strata = np.zeros(len(raw), dtype=np.int64)
-    train, validation, test = stratified_split(
-        strata,
-        (1.0 - validation_fraction - test_fraction, validation_fraction, test_fraction),
-        seed,
-    )
-    _warn_small_splits(
-        source,
-        {"train": len(train), "validation": len(validation), "test": len(test)},
-        {"train": 1.0 - validation_fraction - test_fraction, "validation": validation_fraction, "test": test_fraction},
-    )
-    return assemble(
+    data = build_dataset(
+        raw,
+        labels,
         name=name if name is not None else default_name,
-        frame=raw,
-        group_frame=group_frame,
-        labels=labels,
         target=target,
         sensitive=sensitive,
         categories=categories,
         features=columns,
         numeric=numeric,
-        split_index={"train": train, "validation": validation, "test": test},
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        stratify=stratify,
     )
+    shares = (1.0 - validation_fraction - test_fraction, validation_fraction, test_fraction)
+    _warn_small_splits(source, {p.name: len(p) for p in data.splits()}, dict(zip(SPLIT_NAMES, shares)))
+    return data
 
 
 def _warn_small_splits(source: str, sizes: Mapping[str, int], fractions: Mapping[str, float]) -> None:

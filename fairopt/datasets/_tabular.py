@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -471,36 +471,80 @@ class TabularDataset:
         )
 
 
-def assemble(
+def build_dataset(
+    frame: pd.DataFrame,
+    labels: np.ndarray,
     *,
     name: str,
-    frame: pd.DataFrame,
-    group_frame: pd.DataFrame,
-    labels: np.ndarray,
     target: str,
     sensitive: Sequence[str],
     categories: Mapping[str, Sequence[Hashable]],
     features: Sequence[str],
-    numeric: Sequence[str] | frozenset[str],
-    split_index: Mapping[str, np.ndarray],
+    numeric: Collection[str],
+    validation_fraction: float,
+    test_fraction: float | None = None,
+    test_rows: np.ndarray | None = None,
+    seed: int | None,
+    stratify: bool,
+    group_columns: Mapping[str, str] | None = None,
 ) -> TabularDataset:
-    """Encode groups, fit preprocessing on the training rows, build the splits.
+    """The tail every tabular loader shares, after it has parsed its rows: group, split, preprocess, build.
 
-    ``frame`` holds the feature columns, ``group_frame`` one column per
-    sensitive attribute (same rows); ``labels`` is ``(len(frame),)`` 0/1;
-    ``split_index`` maps each split name to row positions.
+    1. *Groups*: one column per sensitive attribute, read from ``frame[group_columns.get(a, a)]`` (default: the
+       attribute's own column).
+    2. *Split*: seeded and, with ``stratify``, stratified by (group, label) (:func:`stratified_split`): either
+       ``(1 - validation_fraction - test_fraction, validation_fraction, test_fraction)`` of all rows, or, with
+       ``test_rows`` (a published test file), ``test_rows`` as the test split and ``(1 - validation_fraction,
+       validation_fraction)`` of the other rows as train and validation.
+    3. *Preprocess and build*: the group ids encoded (:class:`~fairopt.groups.Groups`), the preprocessing fitted on
+       the training rows only (:class:`TabularPreprocessor`), the three :class:`DatasetSplit` s.
+
+    Args:
+        frame: ``(N, ...)`` the cleaned rows (features, sensitive and derived columns); kept as
+            :attr:`TabularDataset.frame`.
+        labels: ``(N,)`` 0/1 ints. name, target: the dataset's name and label column. sensitive: the attributes, in
+            group-id order. categories: every attribute's categories, in id order. features, numeric: the feature
+            columns and the numeric ones among them.
+        validation_fraction, test_fraction: shares of the rows (``test_fraction`` None exactly when ``test_rows``
+            is given). test_rows: ``(n,)`` row positions of a fixed test split. seed: of the split (None: fresh
+            entropy). stratify: by (group, label). group_columns: attribute -> the column holding its values.
+
+    Returns:
+        The :class:`TabularDataset`.
+
+    Raises:
+        ValueError: both or neither of ``test_fraction`` and ``test_rows``; a sensitive value outside its
+            categories; a numeric feature with non-numeric values.
     """
-    groups = Groups({a: categories[a] for a in sensitive})
-    group_ids, group_names = groups.encode(group_frame[list(sensitive)]).numpy(), groups.names
-    preprocessor = TabularPreprocessor.fit(frame.iloc[split_index["train"]], features, numeric)
-    y_all = np.asarray(labels, dtype=np.float32)
+    if (test_fraction is None) == (test_rows is None):
+        raise ValueError("give exactly one of test_fraction (a share of the rows) and test_rows (a fixed test split)")
+    columns = group_columns or {}
+    group_frame = pd.DataFrame({a: frame[columns.get(a, a)].to_numpy() for a in sensitive})
+    labels = np.asarray(labels, dtype=np.int64)
+    if stratify:
+        strata = group_label_strata(group_frame, labels, list(sensitive), categories)
+    else:
+        strata = np.zeros(len(frame), dtype=np.int64)
+    if test_rows is None:
+        assert test_fraction is not None
+        fractions = (1.0 - validation_fraction - test_fraction, validation_fraction, test_fraction)
+        train, validation, test = stratified_split(strata, fractions, seed)
+    else:
+        test = np.asarray(test_rows, dtype=np.int64)
+        rest = np.setdiff1d(np.arange(len(frame), dtype=np.int64), test)  # ascending
+        parts = stratified_split(strata[rest], (1.0 - validation_fraction, validation_fraction), seed)
+        train, validation = (rest[part] for part in parts)
+    encoder = Groups({a: categories[a] for a in sensitive})
+    group_ids = encoder.encode(group_frame[list(sensitive)]).numpy()
+    split_index = {"train": train, "validation": validation, "test": test}
+    preprocessor = TabularPreprocessor.fit(frame.iloc[train], features, frozenset(numeric))
+    y_all = labels.astype(np.float32)
     parts = {}
     for split_name in SPLIT_NAMES:
         index = np.asarray(split_index[split_name], dtype=np.int64)
-        X = preprocessor.transform(frame.iloc[index])
         parts[split_name] = DatasetSplit(
             name=split_name,
-            X=torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)),
+            X=torch.from_numpy(np.ascontiguousarray(preprocessor.transform(frame.iloc[index]), dtype=np.float32)),
             y=torch.from_numpy(np.ascontiguousarray(y_all[index])),
             groups=torch.from_numpy(np.ascontiguousarray(group_ids[index])),
             index=index,
@@ -511,7 +555,7 @@ def assemble(
         validation=parts["validation"],
         test=parts["test"],
         feature_names=preprocessor.feature_names,
-        group_names=group_names,
+        group_names=encoder.names,
         sensitive=tuple(sensitive),
         target=target,
         frame=frame,

@@ -1,4 +1,5 @@
-r"""A reproducible stochastic classifier: a distribution over model states, sampled once per example.
+r"""A reproducible stochastic classifier: a distribution over model states, sampled once per example; and the one
+computation of a randomized classifier's expected tables (:func:`expected_tables`).
 
 The guarantees of the Lagrangian games hold for a randomized model (Cotter, Jiang, Sridharan, ALT 2019): predict
 with iterate ``t`` drawn with probability ``p_t``. To be auditable, the draw must be a fixed function of the
@@ -6,20 +7,81 @@ example, not of the batch it happens to be in: :func:`example_uniforms` hashes `
 ``u`` in (0, 1) (MurmurHash3's 32-bit finalizer, in int64 arithmetic: the same on every device and batch
 composition), and the example is served by the candidate ``t`` with ``P_{t-1} <= u < P_t`` (``P`` the cumulative
 weights). The same example id and seed always get the same candidate.
+
+Measured, a randomized classifier needs no draw at all: every table of fairopt is a sum over examples, so its
+expected table is the probability-weighted sum of its candidates' tables, exactly (:func:`expected_tables`; no
+sampling noise). That one function serves every randomized classifier: a :class:`StochasticClassifier` (candidate
+``t`` with probability ``p_t``, in :func:`fairopt.validation.collect_stats`), and a per-example randomized
+prediction such as group thresholds (positive with probability ``p_i``: :func:`fairopt.postprocessing.expected_stats`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["StochasticClassifier", "example_uniforms"]
+__all__ = ["StochasticClassifier", "example_uniforms", "expected_tables"]
 
 _MASK32 = 0xFFFFFFFF
+
+Tables = TypeVar("Tables", bound=tuple[Any, ...])
+
+
+def expected_tables(
+    candidates: Iterable[tuple[float | Tensor, Tensor]],
+    tables: Callable[[Tensor, Tensor | None], Tables],
+    *,
+    into: Tables | None = None,
+) -> Tables:
+    r"""The expected tables of a randomized classifier: each candidate's tables weighted by its probability, summed.
+
+    A randomized classifier predicts example ``i`` with candidate ``t`` (scores ``s_t``) with probability
+    ``q_{t,i}`` (``Σ_t q_{t,i} = 1``). Every table ``T`` here (:class:`~fairopt.GroupStats`,
+    :class:`~fairopt.validation.SecondMoments`) is a sum over examples, so its expectation over the draws is exact:
+
+    .. math::
+        \mathbb{E}[T] = \sum_t \sum_i q_{t,i} \, T_i(s_t).
+
+    A probability that is one number ``p_t`` for every example (a :class:`StochasticClassifier`: Cotter, Jiang,
+    Sridharan, ALT 2019) scales the candidate's table, ``p_t · T(s_t)``, so second moments scale the same way
+    (intervals then treat expected counts as counts, which errs wide). A per-example ``(N,)`` probability (group
+    thresholds: positive with probability ``p_i``, Hardt, Price, Srebro 2016) is passed to ``tables`` as the
+    examples' weights (``tables`` multiplies it with any weights of its own).
+
+    Args:
+        candidates: ``(probability, scores)`` pairs: a number in [0, 1] or an ``(N,)`` float tensor, and the
+            candidate's ``(N,)`` scores (logits).
+        tables: ``tables(scores, example_weights_or_None) -> (table, ...)``: the candidate's tables (one or more,
+            each with a ``.table`` tensor, a constructor from it and ``+``), e.g. ``lambda s, w: (group_stats(s,
+            labels=y, groups=a, num_groups=G, weights=w),)``.
+        into: running totals the candidates' tables are added to, left to right (streaming over batches), or None.
+
+    Returns:
+        ``into`` plus ``Σ_t`` of the candidates' weighted tables, one per output of ``tables``, in that order.
+
+    Raises:
+        ValueError: no candidates and no ``into``; a negative number as a probability.
+    """
+    totals = into
+    for probability, scores in candidates:
+        if isinstance(probability, Tensor) and probability.dim() > 0:
+            parts = tables(scores, probability)
+        else:
+            p = float(probability)
+            if not p >= 0:
+                raise ValueError(f"a candidate's probability must be >= 0, got {p}")
+            parts = tables(scores, None)
+            if p != 1.0:  # (a certain candidate's tables are left as they are: exact, and no copy)
+                parts = tuple(type(t)(t.table * p) for t in parts)  # type: ignore[assignment]
+        totals = parts if totals is None else tuple(a + b for a, b in zip(totals, parts))  # type: ignore[assignment]
+    if totals is None:
+        raise ValueError("expected_tables needs at least one candidate (or running totals to return)")
+    return totals
 
 
 def _mul32(x: Tensor, constant: int) -> Tensor:
@@ -137,6 +199,10 @@ class StochasticClassifier(nn.Module):
         """The output of candidate ``index`` (``0 <= index <`` :attr:`num_candidates`, weight ``weights[index]``)
         on ``x``: ``model(x)`` with that candidate's state."""
         return functional_call(self.model, self.candidates[index].state(), (x,))
+
+    def candidate_outputs(self, x: Tensor) -> list[tuple[float, Tensor]]:
+        """``(weights[t], output of candidate t on x)`` for every candidate: what :func:`expected_tables` mixes."""
+        return [(p, self.candidate_forward(t, x)) for t, p in enumerate(self.weights.tolist())]
 
     def forward(self, x: Tensor, example_ids: Tensor) -> Tensor:
         """Scores of the sampled candidate for each example: the output of ``model(x)`` row by row.

@@ -11,9 +11,10 @@ batching (no per-batch averaging); nothing is copied to the host until the end (
 
 The model is any callable ``model(x) -> scores`` returning ``(N,)`` (or ``(N, 1)``) logits: an ``nn.Module``, a
 function, or a :class:`~fairopt.optim.StochasticClassifier` (from ``records.stochastic_classifier(model)``), which is
-evaluated in expectation: the table is the probability-weighted sum of its candidates' tables (exact expected
-counts; no example ids needed; its second moments are the same weighted sums, so intervals treat the expected counts
-as counts, which errs wide). Another randomized model (a callable that draws per example or per call) gives a
+evaluated in expectation: the table is the probability-weighted sum of its candidates' tables
+(:func:`~fairopt.optim.stochastic.expected_tables`, the one computation of an expected table; exact expected counts;
+no example ids needed; its second moments are the same weighted sums, so intervals treat the expected counts as
+counts, which errs wide). Another randomized model (a callable that draws per example or per call) gives a
 table of one draw per example, whose rates are unbiased for its rates. To evaluate stored scores, pass
 ``model=lambda s: s`` with the scores as ``x``.
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import Any
 
 import torch
@@ -59,7 +61,7 @@ from fairopt._validation import (
 )
 from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
-from fairopt.optim.stochastic import StochasticClassifier
+from fairopt.optim.stochastic import StochasticClassifier, expected_tables
 from fairopt.stats import GroupStats, group_stats
 from fairopt.validation.measure.batches import Unpack, default_unpack, iterate_batches, move_to
 from fairopt.validation.measure.moments import SecondMoments, second_moments
@@ -190,12 +192,10 @@ def collect_stats(
             x, labels, groups, weights = unpack(batch)
             n = _label_count(labels)
             inputs = move_to(x, run_device)
-            # A stochastic classifier is evaluated in expectation: its candidates' tables weighted by their
-            # probabilities (exact expected counts, no sampling noise and no example ids needed).
             watch = OutputOp() if output_layer is None and stats is None else None  # first batch: see the output op
             with watch or nullcontext():
                 outputs = (
-                    [(float(p), model.candidate_forward(t, inputs)) for t, p in enumerate(model.weights.tolist())]
+                    model.candidate_outputs(inputs)
                     if isinstance(model, StochasticClassifier)
                     else [(1.0, model(inputs))]
                 )
@@ -217,17 +217,25 @@ def collect_stats(
                     weights = None if weights is None else weights[:keep]
                     n = keep
             count += n
-            for p, scores in weighted_scores:
-                if n and check_range:
+            if n and check_range:
+                for _, scores in weighted_scores:
                     lo, hi = torch.aminmax(scores)
                     low_high = [lo, hi] if not low_high else [low_high[0].minimum(lo), low_high[1].maximum(hi)]
-                batch_stats, batch_moments = _batch_tables(
-                    scores, labels, groups, weights, num_groups, threshold, loss_fn, frequency_weights, validate
-                )
-                if p != 1.0:
-                    batch_stats, batch_moments = batch_stats * p, SecondMoments(batch_moments.table * p)
-                stats = batch_stats if stats is None else stats + batch_stats
-                moments = batch_moments if moments is None else moments + batch_moments
+
+            tables = partial(
+                _batch_tables,
+                labels=labels,
+                groups=groups,
+                weights=weights,
+                num_groups=num_groups,
+                threshold=threshold,
+                loss_fn=loss_fn,
+                frequency_weights=frequency_weights,
+                validate=validate,
+            )
+            # A stochastic classifier is evaluated in expectation: its candidates' tables weighted by their
+            # probabilities (exact expected counts, no sampling noise and no example ids needed), added to the totals.
+            stats, moments = expected_tables(weighted_scores, tables, into=None if stats is None else (stats, moments))
     enough = count >= MIN_SCORES_FOR_PROBABILITY_CHECK and threshold == 0.0 and low_high
     # In [0, 1] *and* spread over half of it: near-constant logits can sit in a narrow band inside [0, 1].
     looks = (low_high[0] >= 0) & (low_high[1] <= 1) & (low_high[1] - low_high[0] >= 0.5) if enough else None
@@ -247,6 +255,8 @@ def collect_stats(
 
 def _batch_tables(
     scores: Tensor,
+    per_example: Tensor | None,
+    *,
     labels: Tensor,
     groups: Tensor,
     weights: Tensor | None,
@@ -256,7 +266,15 @@ def _batch_tables(
     frequency_weights: bool,
     validate: bool | None,
 ) -> tuple[GroupStats, SecondMoments]:
-    """The ``GroupStats`` and ``SecondMoments`` of one batch of scores."""
+    """The ``GroupStats`` and ``SecondMoments`` of one candidate's scores on a batch (the ``tables`` of
+    :func:`~fairopt.optim.stochastic.expected_tables`).
+
+    A :class:`~fairopt.optim.StochasticClassifier`'s probabilities are numbers, so ``per_example`` is None and
+    ``expected_tables`` scales both tables; per-example probabilities would need the second moments of a draw per
+    example, which these tables do not hold (refused).
+    """
+    if per_example is not None:
+        raise ValueError("collect_stats mixes candidates with one probability each, not per-example probabilities")
     # Reduce in float64 (MPS has none: its batches are reduced on the CPU). A float64 copy of (N,) scores is cheap
     # next to the forward pass, keeps predictions identical (float32 -> float64 is exact), and makes the proxy and
     # loss sums accurate to ~1e-12 instead of float32's ~1e-7 per example.
@@ -360,7 +378,7 @@ def evaluate(
 
     Example::
 
-        report = evaluate(model, heldout_loader, [EqualOpportunity(0.05)], group_names=groups, split="held-out")
+        report = evaluate(model, heldout_loader, [EqualOpportunity(0.05)], group_names=groups, split="validation")
         print(report.to_markdown()); report.group_table(); report.to_json("heldout.json")
 
     Args:
@@ -369,8 +387,8 @@ def evaluate(
         constraints: one constraint or several (checked against G before any batch is run).
         num_groups: G; may be left out when ``group_names`` gives it.
         group_names: G names, or the :class:`~fairopt.groups.Groups` that encoded the ids.
-        split: the data's role (``"train"``, ``"held-out"``, ``"test"``); ``"train"`` turns on the illusion-of-
-            fairness check.
+        split: the data's role (``"train"``, ``"validation"``, ``"audit"``, ``"test"``); ``"train"`` turns on the
+            illusion-of-fairness check.
         options: :class:`ReportOptions` (confidence level, interval methods, bootstrap size and seed).
         rates: rates of the group table (default :data:`~fairopt.validation.report.fairness_report.DEFAULT_RATES`).
         metadata: JSON-serializable extras stored in the report (``threshold`` and ``loss`` are added).

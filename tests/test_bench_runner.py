@@ -1,0 +1,106 @@
+"""fairopt bench, one run: train -> select -> evaluate, every table through collect_stats, the class constraint
+from fairopt.constraints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fairopt import group_stats
+from fairopt.bench import StudyConfig
+from fairopt.bench.config import class_constraint
+from fairopt.bench.runner import (
+    FinalModel,
+    evaluate_models,
+    run_one,
+    select_models,
+    split_stats,
+    train_model,
+)
+from fairopt.bench.study import load_study_data
+from fairopt.constraints import ProtectedClassDisparateImpact, ProtectedClassParity, protected_classes
+from fairopt.models import create_model
+from fairopt.validation import collect_stats
+
+TINY = StudyConfig(
+    dataset="german", models=("logistic",), methods=("proxy-lagrangian",), epochs=2, train_size=None,
+    records_per_run=4, seeds=(0,),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_study_data(TINY, 0)
+
+
+def _model(data, seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("logistic", data.num_features, seed=seed)
+
+
+def test_split_stats_is_the_table_of_the_whole_split(data):
+    model = _model(data)
+    with torch.no_grad():
+        scores = model(data.validation.X).double()
+    direct = group_stats(scores, labels=data.validation.y, groups=data.validation.groups, num_groups=data.num_groups)
+    torch.testing.assert_close(split_stats(model, data.validation, data.num_groups).table, direct.table, rtol=0, atol=0)
+
+
+def test_a_final_mixture_is_measured_in_expectation(data):
+    first, second = _model(data, 0), _model(data, 1)
+    final = FinalModel([first.state_dict(), second.state_dict()], torch.tensor([0.25, 0.75]), [0, 1], "test")
+    stats, moments = final.tables(first, data.test, data.num_groups)
+    one, _ = collect_stats(first, data.test.tensors(), data.num_groups, progress=False)
+    two, _ = collect_stats(second, data.test.tensors(), data.num_groups, progress=False)
+    torch.testing.assert_close(stats.table, 0.25 * one.table + 0.75 * two.table)
+    assert moments is None  # intervals from the expected counts
+    alone, alone_moments = FinalModel([], torch.ones(1), [0], "last").tables(first, data.test, data.num_groups)
+    torch.testing.assert_close(alone.table, one.table, rtol=0, atol=0)
+    assert alone_moments is not None
+
+
+def test_run_one_is_train_then_select_then_evaluate(data):
+    constraint = TINY.build_constraint(data.group_names)
+    runs = run_one(TINY, data, constraint, "logistic", "proxy-lagrangian", 0)
+    trained = train_model(TINY, data, constraint, "logistic", "proxy-lagrangian", 0)
+    selection = select_models(TINY, data, constraint, trained, "proxy-lagrangian")
+    composed = evaluate_models(data, constraint, trained, selection, "logistic", 0)
+    assert [r.method for r in runs] == ["proxy-lagrangian", "proxy-lagrangian (best iterate)"]
+    assert [r.method for r in composed] == [r.method for r in runs]
+    for ours, theirs in zip(runs, composed):
+        assert ours.selection == theirs.selection and ours.history == theirs.history
+        for split in ours.reports:
+            assert ours.reports[split].to_dict() == theirs.reports[split].to_dict()
+    assert len(trained.history) == 4 and trained.seconds > 0 and set(trained.history[0]) >= {"train", "test"}
+
+
+def test_post_processing_is_chosen_in_the_select_step(data):
+    constraint = TINY.build_constraint(data.group_names)
+    trained = train_model(TINY, data, constraint, "logistic", "unconstrained", 0)
+    selection = select_models(TINY, data, constraint, trained, "thresholds")
+    (final,) = selection.finals.values()
+    assert final.policy is not None and final.selection.startswith("group thresholds on validation")
+    stats, moments = final.tables(trained.model, data.validation, data.num_groups)
+    values = constraint.evaluate(stats).expression_values(constraint.tolerance)
+    assert moments is None and float(values.max()) <= constraint.tolerance + 1e-6  # fitted there
+
+
+def test_the_bench_class_constraint_is_the_library_builder():
+    names = ["sex=F|race=B", "sex=F|race=W", "sex=M|race=B", "sex=M|race=W"]
+    classes = (("race", "B"), ("sex", "F"))
+    odds = class_constraint("equalized_odds", 0.05, names, classes)
+    assert isinstance(odds, ProtectedClassParity) and odds.rates == ("true_positive_rate", "false_positive_rate")
+    assert odds.classes == {"race=B": (0, 2), "sex=F": (0, 1)} and odds.tolerance == 0.05
+    assert odds.name == "equalized_odds(tolerance=0.05) per class vs overall [race=B, sex=F]"
+    ratio = class_constraint("p_rule", 0.8, names, classes)
+    assert isinstance(ratio, ProtectedClassDisparateImpact) and ratio.p == 0.8
+    with pytest.raises(ValueError, match="matches no group"):
+        class_constraint("equal_opportunity", 0.05, names, (("race", "X"),))
+
+
+def test_class_groups_is_a_deprecated_alias_of_protected_classes():
+    import fairopt.bench.config as config
+
+    with pytest.warns(DeprecationWarning, match="protected_classes"):
+        alias = config.class_groups
+    assert alias is protected_classes
