@@ -1,0 +1,234 @@
+"""Image models: a constrained training step vs a plain step of ResNet-18, and the JPEG data path vs the step.
+
+Run::
+
+    python -m pytest benchmarks/bench_image_step.py --benchmark-only
+
+* **Step.** timm's ``resnet18`` (one output unit, via :func:`fairopt.vision.create_image_model`), batch 64 of
+  3x64x64 images, Adam, on the CPU: a plain step (``zero_grad``, forward, BCE, ``backward``, ``step``) and the same
+  step through :class:`fairopt.ConstrainedOptimizer` with equalized odds over 2 groups and a dual step on every
+  step (the worst case), Lagrangian and proxy-Lagrangian. Target: constrained / plain <= 1.05. The fairness part
+  costs the same few milliseconds as for a small MLP (``bench_step_overhead.py``): next to a ResNet's step it is
+  below the noise of a shared machine, so the summary also measures it alone ("wrapper ms": the constrained minus
+  the plain step of a one-parameter model on the same batch, many interleaved blocks) and prints
+  ``1 + wrapper / plain``, the ratio the step would have without noise. Nothing in the wrapper scales with the model.
+* **Data path.** Images per second through a ``DataLoader`` that reads JPEG files written to a temporary directory
+  (``torchvision.io.decode_jpeg``, ``transforms.v2`` resize and normalization, batch 64), with 0 and 2 worker
+  processes, for 64x64 files and for CelebA-sized 178x218 files resized to 64x64; the summary compares each with the
+  images per second of the plain step (data / step > 1: the loader keeps up with training on this machine).
+
+Tables: pytest-benchmark's, the same-run ratios of ``benchmarks/conftest.py``, and a summary at the end with the
+minima over interleaved plain/constrained blocks (robust to load drifting during the run) and the data-path rates.
+``FAIROPT_BENCH_THREADS`` sets torch's thread count (default 1: on a shared 2-core machine, 2 OpenMP threads make
+timings swing).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+import fairopt
+from fairopt.vision import create_image_model
+
+pytest.importorskip("timm")
+torchvision = pytest.importorskip("torchvision")
+from torchvision.io import decode_jpeg, read_file, write_jpeg  # noqa: E402
+from torchvision.transforms import v2  # noqa: E402
+
+MODEL, BATCH, SIZE = "resnet18", 64, 64
+GROUP = f"{MODEL} {SIZE}x{SIZE} batch {BATCH}"
+VARIANTS: dict[str, dict[str, object] | None] = {
+    "plain": None,
+    "lagrangian": {"method": "lagrangian"},
+    "proxy_lagrangian": {"method": "proxy_lagrangian"},
+}
+# torchvision 0.29 marks its image decoding deprecated in favour of TorchCodec; it is still the decoder installed here.
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+NUM_FILES = 256  # 4 batches per pass
+SOURCES = {"64x64 jpeg": (64, 64), "178x218 jpeg -> 64x64": (218, 178)}  # (H, W); CelebA's aligned faces are 178x218
+
+
+def make_step(
+    variant: str, *, model: nn.Module | None = None, shape: tuple[int, ...] | None = None
+) -> Callable[[], None]:
+    """One training step of ``variant`` on a fixed batch (``model`` default: the ResNet-18 of this benchmark)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*(shape or (BATCH, 3, SIZE, SIZE)), generator=gen)
+    y = (torch.rand(BATCH, generator=gen) < 0.3).float()
+    a = torch.randint(0, 2, (BATCH,), generator=gen)
+    model = create_image_model(MODEL, seed=0) if model is None else model
+    base = torch.optim.Adam(model.parameters(), lr=1e-3)
+    options = VARIANTS[variant]
+    if options is None:
+
+        def plain() -> None:
+            base.zero_grad()
+            F.binary_cross_entropy_with_logits(model(x), y).backward()
+            base.step()
+
+        return plain
+    opt = fairopt.ConstrainedOptimizer(base, [fairopt.EqualizedOdds(0.05)], 2, dual_lr=0.01, **options)
+
+    def constrained() -> None:
+        scores = model(x)
+        opt.zero_grad()
+        opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, labels=y, groups=a)
+
+    return constrained
+
+
+class Shift(nn.Module):
+    """A one-parameter "model" ``(N,) -> (N,)``: the steps through it cost what the wrapper costs, without a network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias
+
+
+def interleaved_ms(first: Callable[[], None], second: Callable[[], None], budget_s: float) -> tuple[float, float]:
+    """Minimum per-step time of each function over alternating blocks of steps (ms); blocks of one step for slow
+    steps, of about 50 ms for fast ones."""
+    start = time.perf_counter()
+    first()
+    second()
+    n = max(1, int(0.05 / (time.perf_counter() - start)))
+    best = [float("inf"), float("inf")]
+    deadline = time.perf_counter() + budget_s
+    while time.perf_counter() < deadline or min(best) == float("inf"):
+        for i, fn in enumerate((first, second)):
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t) / n)
+    return best[0] * 1e3, best[1] * 1e3
+
+
+class JpegFiles(Dataset):
+    """JPEG files decoded with torchvision.io, resized to ``SIZE`` and normalized: ``(3, SIZE, SIZE)`` float32, a
+    label and a group id per file (what an image loader of fairopt.datasets returns)."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+        self.transform = v2.Compose(
+            [
+                v2.Resize((SIZE, SIZE), antialias=True),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        image = decode_jpeg(read_file(str(self.files[i])))
+        return self.transform(image), i % 2, (i // 2) % 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def threads() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("FAIROPT_BENCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def jpeg_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """Smooth random images (noise would compress, and decode, unlike photographs) written as quality-90 JPEGs."""
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, list[Path]] = {}
+    for source, (h, w) in SOURCES.items():
+        folder = tmp_path_factory.mktemp(source.split()[0])
+        files = []
+        for i in range(NUM_FILES):
+            coarse = torch.rand(1, 3, 8, 8, generator=gen)
+            image = (F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[0] * 255).to(torch.uint8)
+            path = folder / f"{i:06d}.jpg"
+            write_jpeg(image, str(path), quality=90)
+            files.append(path)
+        out[source] = files
+    return out
+
+
+@pytest.fixture(scope="module")
+def summary(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, tuple[float, ...]]]]:
+    rows: dict[str, dict[str, tuple[float, ...]]] = {"step": {}, "data": {}}
+    yield rows
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        threads = torch.get_num_threads()
+        if rows["step"]:
+            reporter.write_sep("-", f"{GROUP}: constrained vs plain step (interleaved minima, {threads} thread(s))")
+            reporter.write_line(
+                f"{'variant':18s} {'plain ms':>9s} {'step ms':>9s} {'ratio':>6s} {'images/s':>9s} "
+                f"{'wrapper ms':>10s} {'1 + wrapper/plain':>17s}"
+            )
+            for variant, (plain, step, wrapper) in rows["step"].items():
+                reporter.write_line(
+                    f"{variant:18s} {plain:9.1f} {step:9.1f} {step / plain:6.3f} {BATCH / step * 1e3:9.1f} "
+                    f"{wrapper:10.2f} {1 + wrapper / plain:17.4f}"
+                )
+            reporter.write_line(
+                "wrapper ms: constrained minus plain step of a 1-parameter model on the same batch (interleaved "
+                "minima): the wrapper's cost, which does not grow with the network"
+            )
+        plain_rate = rows.get("plain_rate", {}).get("plain", (float("nan"),))[0]
+        if rows["data"]:
+            reporter.write_sep("-", f"data path: JPEG decode + resize + normalize, batch {BATCH}")
+            reporter.write_line(f"{'source':24s} {'workers':>7s} {'images/s':>9s} {'data / plain step':>18s}")
+            for key, (workers, rate) in rows["data"].items():
+                reporter.write_line(f"{key.split('|')[0]:24s} {int(workers):7d} {rate:9.1f} {rate / plain_rate:18.2f}")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_image_step(benchmark, summary, variant: str) -> None:
+    benchmark.group = GROUP
+    benchmark.extra_info["impl"] = "plain_step" if variant == "plain" else variant  # see benchmarks/conftest.py
+    step = make_step(variant)
+    for _ in range(2):
+        step()
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    if variant == "plain":
+        summary["plain_rate"] = {"plain": (BATCH / benchmark.stats.stats.median,)}
+    else:
+        plain_ms, step_ms = interleaved_ms(make_step("plain"), step, budget_s=8.0)
+        logits = (BATCH,)
+        floor, wrapped = interleaved_ms(
+            make_step("plain", model=Shift(), shape=logits), make_step(variant, model=Shift(), shape=logits), 3.0
+        )
+        summary["step"][variant] = (plain_ms, step_ms, wrapped - floor)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_data_path(benchmark, summary, jpeg_files, source: str, workers: int) -> None:
+    benchmark.group = f"data path {source}"
+    benchmark.extra_info["impl"] = f"workers={workers}"
+    loader = DataLoader(
+        JpegFiles(jpeg_files[source]), batch_size=BATCH, num_workers=workers, persistent_workers=workers > 0
+    )
+
+    def one_pass() -> int:
+        return sum(x.shape[0] for x, _, _ in loader)
+
+    assert one_pass() == NUM_FILES  # also starts the persistent workers
+    benchmark.pedantic(one_pass, rounds=3, warmup_rounds=0)
+    rate = NUM_FILES / benchmark.stats.stats.median
+    benchmark.extra_info["images_per_s"] = rate
+    summary["data"][f"{source}|{workers}"] = (workers, rate)

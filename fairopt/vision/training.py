@@ -1,0 +1,121 @@
+"""Training helpers for image models that work with :class:`fairopt.ConstrainedOptimizer` as it is: mixed precision,
+channels-last memory layout and ``torch.compile``.
+
+.. code-block:: python
+
+    from fairopt.vision import autocast, create_image_model, move_images, prepare_model
+
+    model = prepare_model(create_image_model("preact-resnet18-w8"), device="cuda", channels_last=True)
+    opt = fairopt.ConstrainedOptimizer(
+        torch.optim.Adam(model.parameters(), lr=1e-4), [fairopt.EqualizedOdds(0.05)], num_groups=2
+    )
+    for x, y, a in loader:
+        x, y, a = move_images(x, "cuda"), y.to("cuda"), a.to("cuda")
+        with autocast("cuda", "bf16"):
+            logits = model(x)  # (N,) float32: the models of fairopt.vision return float32 logits
+        opt.zero_grad()
+        opt.step(loss=F.binary_cross_entropy_with_logits(logits, y.float()), scores=logits, labels=y, groups=a)
+
+The loss and the fairness statistics are computed outside autocast on the float32 logits; the convolutions run in
+bfloat16. bfloat16 has float32's exponent range and needs no loss scaling; float16 (``"fp16"``, CUDA only) does:
+pass ``grad_scaler=torch.amp.GradScaler("cuda")`` to the optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["AMP_MODES", "autocast", "move_images", "prepare_model"]
+
+AMP_MODES = ("none", "bf16", "fp16")
+_ALIASES = {None: "none", False: "none", "off": "none", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+
+
+def _amp_mode(amp: str | bool | None) -> str:
+    mode = _ALIASES.get(amp, amp)  # type: ignore[call-overload]
+    if mode not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES} (or None), got {amp!r}")
+    return mode
+
+
+def autocast(device: str | torch.device, amp: str | None = "bf16") -> contextlib.AbstractContextManager[Any]:
+    """A context in which the model's forward runs in mixed precision (``torch.autocast``), or does nothing.
+
+    Args:
+        device: where the model runs (``"cuda"``, ``"cuda:1"``, ``"cpu"``, or a ``torch.device``).
+        amp: ``"bf16"`` (default; bfloat16 on CUDA and CPU), ``"fp16"`` (float16, CUDA only: needs a
+            ``GradScaler``, see the module docstring), ``"none"`` or None (full precision).
+
+    Raises:
+        ValueError: an unknown ``amp``; ``"fp16"`` on a CPU; a device type other than CUDA and CPU with mixed precision;
+            ``"bf16"`` on a GPU without bfloat16 support (before Ampere).
+    """
+    mode = _amp_mode(amp)
+    kind = torch.device(device).type
+    if mode == "none":
+        return contextlib.nullcontext()
+    if kind not in ("cuda", "cpu"):
+        raise ValueError(f"mixed precision here is for CUDA and CPU, got device {str(device)!r}; pass amp='none'")
+    if mode == "fp16" and kind == "cpu":
+        raise ValueError("amp='fp16' is for CUDA (with a GradScaler); on a CPU use amp='bf16' or 'none'")
+    if mode == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bfloat16 support; use amp='fp16' (with a GradScaler) or 'none'")
+    return torch.autocast(kind, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+
+
+def prepare_model(
+    model: nn.Module,
+    *,
+    device: str | torch.device | None = None,
+    channels_last: bool = True,
+    compile: bool = False,
+    compile_options: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Move a model to ``device``, to the channels-last layout, and optionally compile it.
+
+    Channels-last (NHWC) is the layout cuDNN's tensor-core convolutions and oneDNN's CPU convolutions prefer; feed it
+    images in the same layout (:func:`move_images`). Build the optimizer *after* this call, on the returned model's
+    parameters (moving keeps the parameter objects, so an optimizer built before also works; compiling does not
+    copy them either).
+
+    Args:
+        model: e.g. from :func:`~fairopt.vision.create_image_model`; modified in place.
+        device: optional target device.
+        channels_last: convert 4-d parameters and buffers to ``torch.channels_last``.
+        compile: wrap the model in ``torch.compile`` (the first steps compile, later ones run the compiled graph).
+            The returned module's state dict keys gain the prefix ``_orig_mod.``; ``create_image_model``'s
+            ``checkpoint_path`` accepts them.
+        compile_options: keyword arguments of ``torch.compile`` (e.g. ``{"mode": "max-autotune"}``).
+
+    Returns:
+        The model (the compiled wrapper when ``compile``).
+    """
+    if device is not None:
+        model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if compile:
+        model = torch.compile(model, **dict(compile_options or {}))  # type: ignore[assignment]
+    elif compile_options:
+        raise ValueError("compile_options were given with compile=False; pass compile=True to use them")
+    return model
+
+
+def move_images(
+    images: Tensor, device: str | torch.device, *, channels_last: bool = True, non_blocking: bool = True
+) -> Tensor:
+    """``(N, C, H, W)`` images on ``device``, channels-last by default (as :func:`prepare_model` lays out the
+    model). ``non_blocking`` overlaps the copy with compute when the loader pins memory.
+
+    Raises:
+        ValueError: ``images`` is not 4-d.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return images.to(device, non_blocking=non_blocking, memory_format=layout)
