@@ -1,0 +1,263 @@
+"""Device benchmark of the fused (G, 9) group-statistics kernel (issue 13, section 4): one Markdown table.
+
+For N in {64K, 1M, 16M} x G in {2, 16, 256, 4096}, forward + backward (``table[:, 4:8].sum().backward()``), median
+wall time per call of
+
+* ``triton``: :func:`fairopt.kernels.group_stats_table` with ``backend="triton"`` (the fused kernels),
+* ``fairopt torch``: :func:`fairopt.group_stats` (today's path: segment sums, one autograd node),
+* ``index_add_``: eager torch, one ``index_add_`` per column group (hard cells, positive, negative),
+* ``masking loop``: a Python loop over groups with boolean masks (skipped where N * G > 2**28: minutes),
+* ``torchmetrics``: ``torchmetrics.classification.BinaryFairness`` update + compute (hard rates only: forward only,
+  it has no gradient; it syncs with the host and loops over groups in Python),
+
+and the kernel's achieved bandwidth: the bytes a fused forward + backward must move (forward reads scores float32,
+labels bool, groups int64 = 13 B per example; backward reads them again and writes the float32 score gradient =
+17 B), divided by its time, against the device's peak memory bandwidth looked up from its name. Tables are float32
+(``dtype=torch.float32``) for every fairopt call. Before timing, the compiled kernels are checked against
+:func:`fairopt.group_stats` in float64 (every proxy, both strategies, weights, a loss, a threshold, N not a multiple
+of the block, G = 65,536, bf16 inputs); a failed check is printed and makes the exit status 1.
+
+Run: ``python benchmarks/device/kernel_bench.py`` (about 1 minute on one H200); ``--quick`` for a CPU smoke check
+(small N, Triton's interpreter, a few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+if not torch.cuda.is_available():  # the interpreter must be chosen before triton is imported (torchmetrics does)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import fairopt as fo
+from fairopt.kernels import group_stats_table
+
+# Peak DRAM bandwidth in GB/s (vendor data sheets), matched against torch.cuda.get_device_name() in order.
+PEAK_GBPS: tuple[tuple[str, float], ...] = (
+    ("H200", 4800.0),
+    ("H100 80GB HBM3", 3350.0),  # H100 SXM
+    ("H100 SXM", 3350.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB", 2039.0),
+    ("L4", 300.0),
+)
+BYTES_PER_EXAMPLE = 13 + 17  # forward: scores f32 + labels bool + groups i64; backward: the same + d_scores f32
+MASKING_LIMIT = 2**28  # N * G above which the masking loop is not run
+TIME_BUDGET_S = 0.25  # per implementation and cell: repetitions = budget / one call's time (1 to 50)
+
+
+def peak_bandwidth(name: str) -> float | None:
+    """Peak memory bandwidth in GB/s for a device name, or None when unknown."""
+    for key, gbps in PEAK_GBPS:
+        if key in name:
+            return gbps
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device) -> float:
+    """Median seconds per call: one warm-up call (compilation, caches), then repetitions filling the budget."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - start
+    if first > 2 * TIME_BUDGET_S:  # slow baselines: one more call is the measurement
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+    # the warm-up call may include compilation: time one more call to size the repetitions
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    reps = int(min(50, max(1, TIME_BUDGET_S / max(time.perf_counter() - start, 1e-6))))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_data(n: int, g: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    scores = torch.randn(n, device=device, generator=gen)
+    labels = torch.rand(n, device=device, generator=gen) < 0.4
+    groups = torch.randint(0, g, (n,), device=device, generator=gen)
+    return scores, labels, groups
+
+
+def run_triton(scores, labels, groups, g):
+    s = scores.detach().requires_grad_()
+    table = group_stats_table(s, labels=labels, groups=groups, num_groups=g, backend="triton", dtype=torch.float32,
+                              validate_args=False)  # fmt: skip
+    table[:, 4:8].sum().backward()
+    return table
+
+
+def run_fairopt_torch(scores, labels, groups, g):
+    s = scores.detach().requires_grad_()
+    stats = fo.group_stats(s, labels=labels, groups=groups, num_groups=g, dtype=torch.float32, validate_args=False)
+    stats.table[:, 4:8].sum().backward()
+    return stats.table
+
+
+def run_index_add(scores, labels, groups, g):
+    s = scores.detach().requires_grad_()
+    prob = torch.sigmoid(s)
+    y = labels.long()
+    code2 = 2 * groups + y
+    code4 = 2 * code2 + (s.detach() > 0).long()
+    hard = s.new_zeros(4 * g).index_add_(0, code4, torch.ones_like(prob))
+    pos = s.new_zeros(2 * g).index_add(0, code2, prob)
+    neg = s.new_zeros(2 * g).index_add(0, code2, 1 - prob)
+    table = torch.cat([hard.view(g, 4), torch.stack([neg.view(g, 2), pos.view(g, 2)], dim=2).view(g, 4)], dim=1)
+    table[:, 4:8].sum().backward()
+    return table
+
+
+def run_masking_loop(scores, labels, groups, g):
+    s = scores.detach().requires_grad_()
+    prob, pred, y = torch.sigmoid(s), (s > 0).float(), labels.float()
+    rows = []
+    for k in range(g):
+        m = groups == k
+        pk, hk, yk = prob[m], pred[m], y[m]
+        rows.append(torch.stack([
+            ((1 - hk) * (1 - yk)).sum(), (hk * (1 - yk)).sum(), ((1 - hk) * yk).sum(), (hk * yk).sum(),
+            ((1 - pk) * (1 - yk)).sum(), (pk * (1 - yk)).sum(), ((1 - pk) * yk).sum(), (pk * yk).sum(),
+        ]))  # fmt: skip
+    table = torch.stack(rows)
+    table[:, 4:].sum().backward()
+    return table
+
+
+def make_torchmetrics(g: int):
+    from torchmetrics.classification import BinaryFairness
+
+    metric = None
+
+    def run(scores, labels, groups, _g):
+        nonlocal metric
+        if metric is None:
+            metric = BinaryFairness(num_groups=g, task="all", validate_args=False).to(scores.device)
+        metric.reset()
+        metric.update(torch.sigmoid(scores), labels.long(), groups)
+        return metric.compute()
+
+    return run
+
+
+def check_kernels(device: torch.device, n: int) -> list[str]:
+    """Compiled (or interpreted) kernels vs fairopt.group_stats in float64: failures as readable lines."""
+    failures = []
+    gen = torch.Generator(device=device).manual_seed(1)
+    cases = [(7, "block"), (7, "atomic"), (65_536, "atomic")]
+    proxies = ["sigmoid", "hinge", "softplus", "hard", fo.Proxy.sigmoid(0.5), lambda m: torch.tanh(m) + 1.0]
+    for g, strategy in cases:
+        for i, proxy in enumerate(proxies):
+            for low in (torch.float32, torch.bfloat16):
+                if callable(proxy) and low != torch.float32:
+                    continue  # a user function runs in torch, in the scores' dtype: the reference would differ by that
+                scores = (torch.randn(n, device=device, generator=gen) * 2).to(low)
+                labels = torch.randint(0, 2, (n,), device=device, generator=gen)
+                groups = torch.randint(0, g, (n,), device=device, generator=gen)
+                weights = torch.rand(n, device=device, generator=gen).to(low)
+                loss = torch.rand(n, device=device, generator=gen).to(low)
+                leaves = [t.detach().requires_grad_() for t in (scores, weights, loss)]
+                table = group_stats_table(leaves[0], labels=labels, groups=groups, num_groups=g, weights=leaves[1],
+                                          example_losses=leaves[2], proxy=proxy, threshold=0.3, backend="triton",
+                                          strategy=strategy, validate_args=False)  # fmt: skip
+                ref_leaves = [t.detach().double().requires_grad_() for t in (scores, weights, loss)]
+                ref = fo.group_stats(ref_leaves[0], labels=labels, groups=groups, num_groups=g, weights=ref_leaves[1],
+                                     example_losses=ref_leaves[2], proxy=proxy, threshold=0.3).table  # fmt: skip
+                probe = torch.randn(g, 9, device=device, generator=gen, dtype=torch.float64)
+                (table * probe).sum().backward()
+                (ref * probe).sum().backward()
+                name = f"G={g} {strategy} proxy#{i} {str(low).removeprefix('torch.')}"
+                scale = ref.abs().max().item()
+                err = (table - ref).abs().max().item()
+                if not err <= 1e-5 * max(1.0, scale):
+                    failures.append(f"{name}: table max error {err:.3g} (scale {scale:.3g})")
+                for label, a, b in zip(("scores", "weights", "loss"), leaves, ref_leaves):
+                    if b.grad is None:
+                        continue
+                    tol = (1e-2 if low == torch.bfloat16 else 1e-5) * max(1.0, b.grad.abs().max().item())
+                    err = (a.grad.double() - b.grad).abs().max().item() if a.grad is not None else float("inf")
+                    if not err <= tol:
+                        failures.append(f"{name}: d_{label} max error {err:.3g}")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke check that runs on a CPU")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    quick = args.quick or device.type == "cpu"
+    sizes = [4_096, 65_536] if quick else [65_536, 1_048_576, 16_777_216]
+    group_counts = [2, 16] if quick else [2, 16, 256, 4096]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
+    peak = peak_bandwidth(name) if device.type == "cuda" else None
+
+    failures = check_kernels(device, 3_001 if quick else 1_000_003)
+    impls: dict[str, Callable | None] = {
+        "triton": run_triton,
+        "fairopt torch": run_fairopt_torch,
+        "index_add_": run_index_add,
+        "masking loop": run_masking_loop,
+        "torchmetrics": None,  # built per G
+    }
+    try:
+        import torchmetrics  # noqa: F401
+    except ImportError:
+        impls.pop("torchmetrics")
+    peak_text = f"{peak:.0f} GB/s" if peak else "unknown for this device (the % column is empty)"
+    print(f"device: {name}; peak memory bandwidth: {peak_text}; torch {torch.__version__}")
+    print(f"kernel checks vs fairopt.group_stats (float64): {'all passed' if not failures else 'FAILED'}")
+    for line in failures:
+        print(f"  check failed: {line}")
+    print("times: median ms per forward + backward call (torchmetrics: forward only, it has no gradient)")
+    print()
+    header = ["N", "G", *[f"{k} ms" for k in impls], "kernel GB/s", "% of peak", "x torchmetrics", "x index_add_"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---:" for _ in header) + "|")
+    for n in sizes:
+        for g in group_counts:
+            data = make_data(n, g, device)
+            times: dict[str, float | None] = {}
+            for key, fn in impls.items():
+                if key == "masking loop" and n * g > MASKING_LIMIT:
+                    times[key] = None
+                    continue
+                run = make_torchmetrics(g) if key == "torchmetrics" else fn
+                times[key] = measure(lambda run=run, data=data, g=g: run(*data, g), device)
+            kernel = times["triton"]
+            gbps = BYTES_PER_EXAMPLE * n / kernel / 1e9
+            row = [f"{n:,}", str(g)]
+            row += ["skipped" if t is None else f"{t * 1e3:.3f}" for t in times.values()]
+            row += [f"{gbps:.0f}", f"{100 * gbps / peak:.0f}%" if peak else ""]
+            for base in ("torchmetrics", "index_add_"):
+                t = times.get(base)
+                row.append(f"{t / kernel:.1f}x" if t else "")
+            print("| " + " | ".join(row) + " |")
+            del data
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
