@@ -1,0 +1,33 @@
+"""Tolerance sweeps in one vectorized run (torch.func): K tolerances x S seeds of one model, trained together, and
+the accuracy-fairness frontier chosen on held-out data and re-checked on test.
+
+* :func:`sweep` (and ``fairopt sweep``): the whole recipe on a tabular dataset, as ``fairopt bench`` loads it.
+* :class:`SweepTrainer`: the vectorized training of any M members of one architecture
+  (:class:`StackedModel`: ``stack_module_state`` + ``functional_call`` + ``vmap``), each with its own multipliers and
+  records.
+* :class:`BatchedEvaluator`: rate expressions on ``(M, G, K)`` tables with autograd (the batched expression walker).
+"""
+
+from fairopt.sweep.evaluator import BatchedBounds, BatchedEvaluator, batched_constraint_values
+from fairopt.sweep.frontier import FrontierPoint, SplitEstimate, SweepResult, pick_member
+from fairopt.sweep.run import DEFAULT_PENALTY_COEFFICIENTS, check_tolerances, sweep
+from fairopt.sweep.stacked import StackedModel, check_vmappable
+from fairopt.sweep.trainer import SWEEP_METHODS, Member, SweepTrainer
+
+__all__ = [
+    "DEFAULT_PENALTY_COEFFICIENTS",
+    "SWEEP_METHODS",
+    "BatchedBounds",
+    "BatchedEvaluator",
+    "FrontierPoint",
+    "Member",
+    "SplitEstimate",
+    "StackedModel",
+    "SweepResult",
+    "SweepTrainer",
+    "batched_constraint_values",
+    "check_tolerances",
+    "check_vmappable",
+    "pick_member",
+    "sweep",
+]
