@@ -7,7 +7,9 @@ Run::
 For each model, pytest-benchmark times a plain step (``zero_grad``, forward, BCE, ``backward``, Adam ``step``) and the
 same step through :class:`fairopt.optim.ConstrainedOptimizer` with an equalized-odds constraint over 2 groups and a
 dual update on *every* step (the worst case; ``dual_every=k`` amortizes it, and ``validate_args=False`` drops the
-per-batch value checks: one variant shows both). Its table groups the variants of one
+per-batch value checks: one variant shows both), for every method with the default evaluator (``"auto"``: NumPy on
+the CPU) and with ``evaluator="device"`` (torch ops, the GPU path: on the CPU it pays one dispatch per tensor
+operation, so it is expected to be slower here). Its table groups the variants of one
 model, with ratios to the fastest in parentheses, and ``benchmarks/conftest.py`` prints each median as a ratio of the
 same-run ``plain_step``. A last table reports the overhead measured by interleaving plain and constrained blocks (the
 minimum over blocks of each; robust to load drifting during the run).
@@ -39,7 +41,14 @@ from fairopt.optim import ConstrainedOptimizer
 VARIANTS = {
     "plain": None,
     "lagrangian": {"method": "lagrangian"},
+    "lagrangian, device evaluator": {"method": "lagrangian", "evaluator": "device"},
+    "augmented_lagrangian": {"method": "augmented_lagrangian"},
+    "augmented_lagrangian, device evaluator": {"method": "augmented_lagrangian", "evaluator": "device"},
+    "penalty": {"method": "penalty"},
+    "penalty, device evaluator": {"method": "penalty", "evaluator": "device"},
     "proxy_lagrangian": {"method": "proxy_lagrangian"},
+    "proxy_lagrangian, device evaluator": {"method": "proxy_lagrangian", "evaluator": "device"},
+    "lagrangian, per-batch dual, no checks": {"method": "lagrangian", "dual_min_count": None, "validate_args": False},
     "proxy_lagrangian, per-batch dual": {"method": "proxy_lagrangian", "dual_min_count": None},
     "proxy_lagrangian, dual_every=10, no checks": {
         "method": "proxy_lagrangian",

@@ -40,6 +40,7 @@ from fairopt.optim import (
 from fairopt.proxies import Proxy
 from fairopt.rates import RateValue, compute_rate, rate_table
 from fairopt.stats import COLUMNS, GroupStats, RunningGroupStats, group_stats
+from fairopt.sweep.run import sweep  # fairopt.sweep(...): the function; the package is fairopt.sweep.*
 from fairopt.validation import (
     FairnessMonitor,
     FairnessReport,
@@ -120,6 +121,7 @@ __all__ = [
     "selection_rate",
     "set_validate_args",
     "set_validation",
+    "sweep",
     "tnr",
     "tpr",
 ]

@@ -1,4 +1,5 @@
-"""The ``fairopt`` command line: ``fairopt bench`` runs a constraint-satisfaction study on real data.
+"""The ``fairopt`` command line: ``fairopt bench`` runs a constraint-satisfaction study on real data; ``fairopt sweep``
+the accuracy-fairness frontier over tolerances in one vectorized run (:mod:`fairopt.sweep.cli`).
 
 Invalid options print a message and exit with status 2 (argparse's convention), without a traceback.
 """
@@ -7,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +48,8 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from fairopt.bench.config import CONSTRAINTS, DATASETS, DEFAULT_METHODS, METHODS, PRESETS
+    from fairopt.bench.images import IMAGE_PRESETS
+    from fairopt.bench.images_cli import add_image_arguments
     from fairopt.datasets._builtin import SENSITIVE_CHOICES
     from fairopt.models import MODELS
 
@@ -69,10 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     which = bench.add_mutually_exclusive_group()
-    which.add_argument("--preset", choices=sorted(PRESETS), default="default", help="a named study to start from")
+    which.add_argument(
+        "--preset",
+        choices=sorted(PRESETS) + sorted(IMAGE_PRESETS),
+        default="default",
+        help="a named study to start from (image studies: " + ", ".join(sorted(IMAGE_PRESETS)) + ")",
+    )
     which.add_argument("--full", action="store_true", help="the complete study: all training rows (preset 'full')")
     bench.add_argument(
-        "--dataset", help=f"{', '.join(DATASETS)} (default: adult), or csv:PATH (then also --target, --sensitive)"
+        "--dataset",
+        help=f"{', '.join(DATASETS)} (default: adult), or csv:PATH (then also --target, --sensitive); images: digits, "
+        "celeba:DIR, images:CSV (see 'image studies' below)",
     )
     bench.add_argument(
         "--target",
@@ -150,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar, per-run lines or data notes (errors still print; notes and warnings are in study.md)",
     )
+    add_image_arguments(bench)
     parser.bench_parser = bench  # type: ignore[attr-defined]
+    from fairopt.sweep.cli import add_parser as add_sweep_parser
+
+    parser.sweep_parser = add_sweep_parser(sub)  # type: ignore[attr-defined]
     return parser
 
 
@@ -214,14 +229,47 @@ def _config_from_args(args: argparse.Namespace) -> StudyConfig:
     return config.updated(**changes)
 
 
+def _writable(bench: argparse.ArgumentParser, out: Path) -> Path:
+    """``out``, created; exit 2 now (not after the study) if it cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as err:
+        bench.error(f"--out {out}: cannot write there ({err.strerror or err})")
+    return out
+
+
+def _logger(quiet: bool) -> Callable[[str], None]:
+    """Progress lines to stderr through tqdm (so they do not break the bar), or nothing with ``--quiet``."""
+
+    def log(line: str) -> None:
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+
+    return log
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "sweep":  # fairopt sweep: options and run in fairopt.sweep.cli
+        from fairopt.sweep.cli import run as run_sweep
+
+        return run_sweep(args, parser.sweep_parser)  # type: ignore[attr-defined]
     bench = parser.bench_parser  # type: ignore[attr-defined]
+    from fairopt.bench.images_cli import check_tabular_args, run_image_bench, wants_images
+
+    log = _logger(args.quiet)
+    if wants_images(args):  # image studies: options, run and report in fairopt.bench.images_cli
+        return run_image_bench(args, bench, partial(_writable, bench), log)
     try:
+        check_tabular_args(args)
         config = _config_from_args(args)
     except ValueError as err:
         bench.error(str(err))  # exits with status 2
@@ -231,20 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fairopt.bench.output import format_table, write_outputs
     from fairopt.bench.study import run_study
 
-    out = args.out or Path("fairopt-runs") / f"{config.preset or args.preset}-{datetime.now():%Y%m%d-%H%M%S}"
-    try:  # fail now, not after the study
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").touch()
-        (out / ".write-test").unlink()
-    except OSError as err:
-        bench.error(f"--out {out}: cannot write there ({err.strerror or err})")
-
-    def log(line: str) -> None:
-        if not args.quiet:
-            from tqdm.auto import tqdm
-
-            tqdm.write(line, file=sys.stderr)
-
+    out = _writable(
+        bench, args.out or Path("fairopt-runs") / f"{config.preset or args.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
     if args.peers:
         try:
             import fairlearn  # noqa: F401

@@ -89,13 +89,14 @@ class GroupBalancedBatchSampler(Sampler[list[int]]):
     Under DDP, each of the ``num_replicas`` ranks takes every ``num_replicas``-th batch of one common sequence:
     disjoint batches, the same number on every rank.
 
-    Use with a DataLoader as ``DataLoader(dataset, batch_sampler=sampler, ...)``. See the module docstring for when
+    Use with a DataLoader as ``DataLoader(dataset, batch_sampler=sampler, ...)``, or through
+    ``ImageDataset.loader(split, batch_size, balance="group")``. See the module docstring for when
     to use it rather than the optimizer's ``dual_min_count``, and for the importance weights.
 
     Args:
         groups: ``(N,)`` integer group ids in ``[0, G)`` of the dataset's examples, in dataset order (tensor, array
             or list).
-        batch_size: B, examples per batch (per rank), at least S.
+        batch_size: B, examples per batch (per rank), at least S and at least 2; every batch is full.
         labels: optional ``(N,)`` 0/1 labels: balance group x label pairs instead of groups.
         num_groups: G (default: ``max(groups) + 1``). Every group (and label, with ``labels``) must have an example.
         num_batches: batches per epoch per rank (default ``ceil(N / (B * num_replicas))``: about one pass over N
@@ -113,7 +114,8 @@ class GroupBalancedBatchSampler(Sampler[list[int]]):
 
     Raises:
         ValueError: ``groups`` or ``labels`` not 1-d integer data of one length; a group id outside ``[0, G)``; a
-            label other than 0/1; a stratum without examples (the message names it); ``batch_size`` smaller than S;
+            label other than 0/1; a stratum without examples (the message names it); ``batch_size`` smaller than S,
+            or 1 (every batch is full, so no batch of one example ever reaches BatchNorm);
             ``num_batches``, ``seed``, ``num_replicas`` or ``rank`` out of range.
     """
 
@@ -170,6 +172,11 @@ class GroupBalancedBatchSampler(Sampler[list[int]]):
             raise ValueError(
                 f"batch_size={batch_size} cannot hold one example of each of the {self.num_strata} strata "
                 f"({'group x label' if self.by_label else 'groups'}); use batch_size >= {self.num_strata}"
+            )
+        if batch_size < 2:
+            raise ValueError(
+                "batch_size=1: a BatchNorm network cannot normalize a batch of one example in training mode, and one "
+                "example compares no groups; use batch_size >= 2"
             )
         if num_batches is None:
             num_batches = max(1, math.ceil(ids.size / (batch_size * num_replicas)))

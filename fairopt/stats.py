@@ -47,6 +47,7 @@ from fairopt._validation import (
     require_tensor,
     validate_args_enabled,
 )
+from fairopt.kernels import group_stats_table, resolve_backend
 from fairopt.proxies import Proxy, as_proxy
 
 __all__ = ["COLUMNS", "GroupStats", "RunningGroupStats", "group_stats"]
@@ -294,6 +295,7 @@ def group_stats(
     proxy: str | Proxy | Callable[[Tensor], Tensor] = "sigmoid",
     threshold: float = 0.0,
     dtype: torch.dtype = torch.float64,
+    backend: str = "auto",
     validate_args: bool | None = None,
 ) -> GroupStats:
     """Reduce one batch to its ``(G, K)`` :class:`GroupStats` table in one pass (no loop over groups).
@@ -320,6 +322,13 @@ def group_stats(
             counts (up to 2**53 in float64, 2**24 in float32). Weighted counts, proxy sums and the loss sum
             accumulate in the dtype of ``weights``/``scores``/``example_losses`` (pass float64 tensors for float64
             accumulation) and are then cast.
+        backend: which implementation computes the table: ``"auto"`` (default: the fused Triton kernel,
+            ``torch.ops.fairopt.group_stats``, for CUDA tensors when ``triton`` is installed; the torch path below
+            otherwise), ``"torch"`` (segment sums and one autograd node, any device) or ``"triton"`` (the kernel; on CPU
+            tensors only under ``TRITON_INTERPRET=1``, for tests). Both give the same table and gradients to float32
+            rounding; the kernel accumulates in float32 (float64 when ``dtype`` is float64) whatever the input dtypes
+            (:mod:`fairopt.kernels`). Under ``torch.compile`` the torch path runs as the same custom op's torch
+            implementation, which the compiler traces without a graph break.
         validate_args: run the value checks (one host sync). ``None`` uses the global default
             (:class:`fairopt.set_validate_args`, env ``FAIROPT_VALIDATE_ARGS``). Shape/dtype/device checks always
             run. The old names ``loss=`` and ``validate=`` still work, with a ``DeprecationWarning``.
@@ -330,13 +339,24 @@ def group_stats(
     Raises:
         TypeError: a non-tensor input, non-floating scores/weights/loss, non-integer groups, labels of another dtype.
         ValueError: mismatched shapes or devices; group ids negative or ``>= num_groups``; labels not in {0, 1};
-            NaN/inf scores, weights or loss; weights below 0 by more than rounding (see ``weights``).
+            NaN/inf scores, weights or loss; weights below 0 by more than rounding (see ``weights``); an unknown
+            ``backend``.
+        RuntimeError: ``backend="triton"`` where it cannot run (no triton; a CPU tensor without ``TRITON_INTERPRET=1``).
     """
     proxy_obj = as_proxy(proxy)
     _check_num_groups(num_groups)
     scores, labels, groups, weights, loss = _check_inputs(
         scores, labels, groups, num_groups, weights, example_losses, validate_args_enabled(validate_args)
     )
+    resolved = resolve_backend(backend, scores.device)
+    if resolved == "triton" or torch.compiler.is_compiling():
+        # The custom op (checks already run above): Triton, or under torch.compile its torch implementation, which
+        # has a fake implementation and traces without a graph break (torch.bincount's data-dependent size would not).
+        table = group_stats_table(
+            scores, labels=labels, groups=groups, num_groups=num_groups, weights=weights, example_losses=loss,
+            proxy=proxy_obj, threshold=threshold, dtype=dtype, backend=resolved, validate_args=False,
+        )  # fmt: skip
+        return GroupStats(table)
     # code2 = 2*group + label indexes the (group, label) cells; code4 adds the hard prediction bit. One fused
     # add each: index arithmetic dominates the cost of this function on CPU.
     # A 0/1 bit, whatever the labels hold: with the value checks off, a label outside {0, 1} (e.g. -1 or 2) must not
@@ -570,12 +590,14 @@ class RunningGroupStats:
         valid = (self._times >= 0) & (lengths >= 1)
         labels = torch.stack([sums[..., _INDEX["fn"]] + sums[..., _INDEX["tp"]],
                               sums[..., _INDEX["tn"]] + sums[..., _INDEX["fp"]]], dim=-1)  # (W + 1, G, 2)  # fmt: skip
-        longest = torch.argmax(torch.where(valid, lengths, -1))  # everything kept
-        enough = (labels >= self.min_count) | (labels >= labels[longest])  # rarer over all kept: take it all
+        # index_select with a (1,) index, never t[index] with a 0-dim tensor: that converts the index to a Python int
+        # (a host sync on CUDA, a graph break under torch.compile)
+        longest = torch.argmax(torch.where(valid, lengths, -1)).reshape(1)  # everything kept
+        enough = (labels >= self.min_count) | (labels >= labels.index_select(0, longest))  # rarer over all: take it all
         ok = enough.flatten(1).all(dim=1) & valid  # the longest valid window is always ok
-        chosen = torch.argmin(torch.where(ok, lengths, torch.iinfo(torch.int64).max))
-        self.last_window = lengths[chosen]
-        return sums[chosen].to(self._dtype)
+        chosen = torch.argmin(torch.where(ok, lengths, torch.iinfo(torch.int64).max)).reshape(1)
+        self.last_window = lengths.index_select(0, chosen)[0]
+        return sums.index_select(0, chosen)[0].to(self._dtype)
 
     @property
     def value(self) -> GroupStats:

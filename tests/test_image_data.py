@@ -3,7 +3,9 @@ digits, the torch Dataset, transforms and the DataLoader. Every image the tests 
 
 from __future__ import annotations
 
+import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +29,8 @@ from fairopt.datasets import (  # noqa: E402
     load_colored_digits,
     load_image_csv,
 )
+from fairopt.datasets._splits import grouped_split  # noqa: E402
 from fairopt.datasets.image_io import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from fairopt.datasets.images import grouped_split  # noqa: E402
 
 # The 40 CelebA attributes in the order of list_attr_celeba.txt.
 ATTRIBUTES = [
@@ -103,6 +105,12 @@ def write_celeba(root: Path, variant: str = "txt", *, nested: bool = False) -> P
     images.mkdir(parents=True)
     for i, name in enumerate(table["image_id"]):
         _jpeg(images / name, i)
+    return write_list_files(root, variant)
+
+
+def write_list_files(root: Path, variant: str = "txt") -> Path:
+    """The attribute and partition files of :func:`write_celeba` (official text or Kaggle CSV variant)."""
+    table = _attribute_table()
     if variant == "txt":
         rows = [f"{r.image_id} " + " ".join(f"{v:2d}" for v in r[1:]) for r in table.itertuples(index=False)]
         (root / "list_attr_celeba.txt").write_text(
@@ -129,8 +137,12 @@ def _edit_line(path: Path, line: int, text: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _copy(tmp_path: Path, variant: str = "txt") -> Path:
-    return write_celeba(tmp_path / "c", variant)
+def _copy(tmp_path: Path, source: Path, variant: str = "txt") -> Path:
+    """A fresh CelebA folder to break: the JPEGs copied from ``source`` (encoding them is the slow part), the list
+    files written anew."""
+    root = tmp_path / "c"
+    shutil.copytree(source / "img_align_celeba", root / "img_align_celeba")
+    return write_list_files(root, variant)
 
 
 # ------------------------------------------------------------------------------------------------ CelebA
@@ -206,8 +218,8 @@ def test_celeba_unknown_attribute_lists_the_known_ones(celeba_root):
         load_celeba(celeba_root, target="Male", sensitive="Male")
 
 
-def test_celeba_attribute_value_other_than_minus_one_or_one_names_file_line_and_column(tmp_path):
-    root = _copy(tmp_path)
+def test_celeba_attribute_value_other_than_minus_one_or_one_names_file_line_and_column(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root)
     table = _attribute_table()
     fields = ["000005.jpg", *[str(v) for v in table.iloc[4, 1:]]]
     fields[1 + ATTRIBUTES.index("Bangs")] = "0"
@@ -216,8 +228,8 @@ def test_celeba_attribute_value_other_than_minus_one_or_one_names_file_line_and_
         load_celeba(root)
 
 
-def test_celeba_csv_attribute_value_error_counts_the_header_line(tmp_path):
-    root = _copy(tmp_path, "csv")
+def test_celeba_csv_attribute_value_error_counts_the_header_line(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root, "csv")
     table = _attribute_table()
     table.loc[2, "Male"] = 2
     table.to_csv(root / "list_attr_celeba.csv", index=False)
@@ -225,8 +237,8 @@ def test_celeba_csv_attribute_value_error_counts_the_header_line(tmp_path):
         load_celeba(root)
 
 
-def test_celeba_malformed_attribute_file_is_named(tmp_path):
-    root = _copy(tmp_path)
+def test_celeba_malformed_attribute_file_is_named(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root)
     _edit_line(root / "list_attr_celeba.txt", 1, "13")
     with pytest.raises(ValueError, match="line 1 announces 13 images but 12 rows follow"):
         load_celeba(root)
@@ -242,8 +254,8 @@ def test_celeba_malformed_attribute_file_is_named(tmp_path):
         load_celeba(root)
 
 
-def test_celeba_partition_errors_name_the_line(tmp_path):
-    root = _copy(tmp_path)
+def test_celeba_partition_errors_name_the_line(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root)
     _edit_line(root / "list_eval_partition.txt", 4, "000004.jpg 3")
     with pytest.raises(
         ValueError, match=r"list_eval_partition.txt line 4, column 'partition' holds 3; partitions are 0"
@@ -259,17 +271,19 @@ def test_celeba_partition_errors_name_the_line(tmp_path):
         load_celeba(root)
 
 
-def test_celeba_empty_split_is_an_error(tmp_path):
-    root = _copy(tmp_path)
+def test_celeba_empty_split_is_an_error(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root)
     (root / "list_eval_partition.txt").write_text(
         "".join(f"{i + 1:06d}.jpg {min(p, 1)}\n" for i, p in enumerate(PARTITION))
     )
     with pytest.raises(ValueError, match=r"split\(s\) 'test' would be empty \(train 6, validation 6, test 0 images\)"):
         load_celeba(root)
+    with pytest.raises(ValueError, match=r"list_eval_partition.txt, column 'partition', lists no image with that code"):
+        load_celeba(root)
 
 
-def test_celeba_missing_files_are_named(tmp_path):
-    root = _copy(tmp_path)
+def test_celeba_missing_files_are_named(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root)
     (root / "img_align_celeba" / "000008.jpg").unlink()
     with pytest.raises(
         FileNotFoundError,
@@ -288,22 +302,92 @@ def test_celeba_missing_files_are_named(tmp_path):
         load_celeba(tmp_path)
 
 
-def test_a_corrupt_image_is_named_when_decoded(tmp_path):
-    root = _copy(tmp_path)
+def test_a_corrupt_image_is_named_when_decoded(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root)
     (root / "img_align_celeba" / "000011.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     data = load_celeba(root)  # existence is checked at load time, decodability when the batch is drawn
     with pytest.raises(ValueError, match=r"cannot decode image file .*000011.jpg \(.*line 13, column 'image_id'\)"):
         next(iter(data.loader("test", batch_size=3)))
 
 
-def test_celeba_target_with_one_value_is_an_error(tmp_path):
-    root = _copy(tmp_path)
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", r"is empty \(0 bytes\)"),
+        ("half", "cannot decode image file .*: Image is incomplete or truncated; is it a valid image"),
+        (b"GIF? no: plain text", "cannot decode image file .*: Unsupported image file"),
+    ],
+)
+def test_unreadable_images_name_the_file_line_and_column(tmp_path, celeba_root, content, reason):
+    root = _copy(tmp_path, celeba_root)
+    path = root / "img_align_celeba" / "000002.jpg"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if content == "half" else content)
+    data = load_celeba(root, image_size=16)
+    with pytest.raises(ValueError, match=reason) as caught:
+        list(data.loader("train", batch_size=3))
+    assert "000002.jpg" in str(caught.value) and "list_attr_celeba.txt line 4, column 'image_id'" in str(caught.value)
+
+
+def test_a_missing_image_is_named_from_a_worker_process(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root)
+    (root / "img_align_celeba" / "000012.jpg").unlink()
+    data = load_celeba(root, image_size=16, check_files=False)
+    loader = data.loader("test", batch_size=3, num_workers=1)
+    assert loader.persistent_workers and loader.num_workers == 1
+    with pytest.raises(FileNotFoundError, match=r"000012.jpg not found \(.*list_attr_celeba.txt line 14, column"):
+        list(loader)
+
+
+def test_list_files_that_are_not_text_are_named(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root)
+    (root / "list_eval_partition.txt").write_bytes(b"\x1f\x8b\x08\x00\xff\xfe compressed")  # a gzip header
+    with pytest.raises(ValueError, match=r"list_eval_partition.txt is not a text file \(invalid start byte at byte"):
+        load_celeba(root)
+    (root / "list_attr_celeba.txt").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=r"list_attr_celeba.txt is not a text file"):
+        load_celeba(root)
+
+
+def test_celeba_target_with_one_value_is_an_error(tmp_path, celeba_root):
+    root = _copy(tmp_path, celeba_root)
     table = _attribute_table()
     table["Bald"] = -1
     table.to_csv(root / "list_attr_celeba.csv", index=False)
     (root / "list_attr_celeba.txt").unlink()
     with pytest.raises(ValueError, match="'Bald' is -1 for all 12 images"):
         load_celeba(root, target="Bald")
+
+
+def test_two_constrained_steps_on_celeba_batches_under_cpu_autocast(celeba_root):
+    """The whole image path once: files -> decoded, normalized batches -> a small ResNet under bf16 autocast, channels
+    last -> ConstrainedOptimizer (equal opportunity between Male=0 and Male=1) for two steps."""
+    import torch.nn.functional as F
+
+    import fairopt
+    from fairopt.vision import autocast, create_image_model, move_images, prepare_model
+
+    data = load_celeba(celeba_root, "Blond_Hair", "Male", image_size=32)
+    model = prepare_model(create_image_model("preact-resnet18-w2", seed=0), channels_last=True)
+    opt = fairopt.ConstrainedOptimizer(
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+        [fairopt.EqualOpportunity(0.0)],
+        data.num_groups,
+        dual_lr=0.5,
+        dual_min_count=None,  # the dual reads each batch
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = list(data.loader("train", batch_size=3, seed=0))
+    assert [tuple(x.shape) for x, _, _ in batches] == [(3, 3, 32, 32)] * 2  # 6 training images, 2 full batches
+    for x, y, g in batches:
+        with autocast("cpu", "bf16"):
+            logits = model(move_images(x, "cpu"))
+        assert logits.dtype == torch.float32 and logits.shape == (3,)
+        opt.zero_grad()
+        result = opt.step(loss=F.binary_cross_entropy_with_logits(logits, y), scores=logits, labels=y, groups=g)
+        assert torch.isfinite(result.loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(not torch.equal(p, q) for p, q in zip(before, model.parameters()))  # every tensor moved
+    assert torch.isfinite(opt.multipliers).all() and (opt.multipliers >= 0).all()
 
 
 # ------------------------------------------------------------------------------------ images + a CSV
@@ -473,6 +557,13 @@ def test_image_csv_bad_inputs_name_the_line_and_column(tmp_path, xray_folder):
         _load_xrays(xray_folder, csv=frame.iloc[:2])
 
 
+def test_image_csv_that_is_not_text_is_named(tmp_path, xray_folder):
+    bad = tmp_path / "latin.csv"
+    bad.write_bytes("Path,Label,Sex\nimages/p00/view0.png,1,Fran\xe7oise\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.csv is not UTF-8 text .*read_csv_kwargs=\{'encoding': 'latin-1'\}"):
+        load_image_csv(bad, xray_folder, "Path", "Label", "Sex")
+
+
 def test_image_csv_split_values_map_a_coded_column(xray_folder):
     frame = pd.read_csv(xray_folder / "meta.csv")
     frame["Fold"] = frame["Split"].map({"train": 0, "valid": 1, "test": 2})
@@ -640,6 +731,62 @@ def test_subsample_train_keeps_the_other_splits(digits):
     assert small.test is digits.test and small.mean == digits.mean
     with pytest.raises(ValueError, match=r"size must be in \[1, 449\]"):
         digits.subsample_train(500)
+    audited = digits.subsample_train(100, seed=2, audit_size=40)  # the same code as TabularDataset's
+    assert np.array_equal(audited.train.index, small.train.index) and len(audited.audit) == 40
+    assert set(audited.audit.index).isdisjoint(audited.train.index) and audited.audit.images.shape[0] == 40
+    with pytest.raises(ValueError, match=r"an audit split already \(40 images\); carve it once"):
+        audited.with_audit(0.5)
+    three = replace(digits, validation=digits.validation.subset(np.arange(3)))
+    with pytest.raises(ValueError, match=r"carving 0\.1 of the 3 validation images leaves the audit split empty"):
+        three.with_audit(0.1)
+
+
+def test_patients_never_straddle_an_audit_carved_from_training_images(xray_folder):
+    data = _load_xrays(xray_folder, split_column="Split", patient_column="Patient")
+    with pytest.raises(ValueError, match="audit_size would split patients"):
+        data.subsample_train(5, audit_size=3)
+    assert len(data.subsample_train(5).train) == 5  # without an audit split, a subset of training images is fine
+
+
+# ------------------------------------------------------------------------ batches for training: BatchNorm, balance
+
+
+def test_training_batches_are_full_so_batchnorm_never_sees_a_single_image(digits):
+    from fairopt.vision import create_image_model
+
+    train = digits.loader("train", 64, seed=0)  # 449 = 7 * 64 + 1
+    assert train.drop_last and [len(y) for _, y, _ in train] == [64] * 7
+    test = digits.loader("test", 64)  # evaluation keeps every image: 899 = 14 * 64 + 3
+    assert not test.drop_last and [len(y) for _, y, _ in test][-2:] == [64, 3]
+    model = create_image_model("preact-resnet18-w2", seed=0)  # 8x8 digits: the last stage is 1x1
+    x, _, _ = next(iter(train))
+    assert model(x).shape == (64,)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        model(x[:1])  # what the 449th image alone would do
+    with pytest.warns(UserWarning, match="the last training batch holds 1 of the 449 images"):
+        digits.loader("train", 64, drop_last=False)
+    with pytest.raises(ValueError, match=r"train split has 449 images, fewer than batch_size=500.*batch_size <= 449"):
+        digits.loader("train", 500)
+    assert len(digits.loader("train", 500, drop_last=False)) == 1
+
+
+def test_group_balanced_training_batches(digits):
+    groups, labels = digits.train.groups.numpy(), digits.train.y.numpy()
+    red = [np.flatnonzero((groups == 1) & (labels == y))[:3] for y in (0, 1)]
+    rows = np.concatenate([np.flatnonzero(groups == 0)[:50], *red])  # red made rare on purpose: 6 of 56 images
+    skewed = replace(digits, train=digits.train.subset(rows))
+    assert skewed.group_counts()["train"].tolist() == [50, 6]
+    loader = skewed.loader("train", 10, balance="group", seed=3)
+    counts = [torch.bincount(g, minlength=2).tolist() for _, _, g in loader]
+    assert len(counts) == 6 and all(c == [5, 5] for c in counts)  # ceil(56 / 10) batches of 5 + 5
+    by_label = skewed.loader("train", 8, balance="group_label", seed=3)
+    for _, y, g in by_label:
+        assert torch.bincount(2 * g + y.long(), minlength=4).tolist() == [2, 2, 2, 2]
+    assert by_label.batch_sampler.state_dict() == {"seed": 3, "epoch": 0}
+    with pytest.raises(ValueError, match="balance must be None, 'group' or 'group_label'"):
+        skewed.loader("train", 8, balance="groups")
+    with pytest.raises(ValueError, match="do not apply with balance="):
+        skewed.loader("train", 8, balance="group", shuffle=True)
 
 
 def test_missing_torchvision_names_the_install(monkeypatch):

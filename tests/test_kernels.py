@@ -377,3 +377,56 @@ def test_inductor_compiles_a_step_around_the_op():
     torch.testing.assert_close(v2, v1)
     torch.testing.assert_close(s2.grad, s1.grad)
     assert v1 > 0 and s1.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("proxy", ["sigmoid", "hinge", "softplus", "user-fn"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_group_stats_backend_option_gives_the_same_table_and_gradients(proxy, weighted):
+    # fairopt.group_stats(..., backend="triton") (the kernel, in the interpreter) against its torch path: same
+    # entry point, same checks, so the only difference left is the kernel's float32 accumulation.
+    batch = _batch(900, 6, seed=7, present=[0, 1, 2, 4, 5])
+    batch["scores"] = batch["scores"].clamp(-3, 3)
+    if not weighted:
+        del batch["weights"]
+    grad_table = torch.randn(6, 9, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+
+    def run(backend):
+        leaves = {k: batch[k].clone().requires_grad_() for k in ("scores", "weights", "example_losses") if k in batch}
+        rest = {k: v for k, v in batch.items() if k not in leaves}
+        stats = fo.group_stats(
+            leaves["scores"], **rest, **{k: v for k, v in leaves.items() if k != "scores"}, num_groups=6,
+            proxy=PROXIES[proxy], threshold=0.25, backend=backend,
+        )  # fmt: skip
+        (stats.table * grad_table).sum().backward()
+        return stats.table.detach(), {k: v.grad for k, v in leaves.items()}
+
+    torch_table, torch_grads = run("torch")
+    triton_table, triton_grads = run("triton")
+    assert triton_table.dtype == torch.float64 and triton_table.shape == (6, 9)
+    if not weighted:  # integer counts: exact on both paths
+        assert torch.equal(triton_table[:, :4], torch_table[:, :4])
+    assert torch.equal(triton_table[3], torch.zeros(9, dtype=torch.float64))  # the absent group: a zero row
+    _close(triton_table, torch_table)
+    assert torch_grads["scores"].abs().sum() > 1
+    for name, grad in torch_grads.items():
+        _close(triton_grads[name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_group_stats_backend_auto_and_errors():
+    b = _hand_batch()
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    auto = fo.group_stats(b["scores"], labels=b["labels"], groups=b["groups"], num_groups=4)  # CPU: the torch path
+    forced = fo.group_stats(b["scores"], labels=b["labels"], groups=b["groups"], num_groups=4, backend="torch")
+    assert torch.equal(auto.table, forced.table)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fo.group_stats(b["scores"], labels=b["labels"], groups=b["groups"], num_groups=4, backend="cuda")
+    with pytest.raises(ValueError, match="groups must be ids in"):  # the same checks run before the kernel
+        fo.group_stats(b["scores"], labels=b["labels"], groups=b["groups"] + 3, num_groups=4, backend="triton")
+
+
+def test_constraint_set_measures_with_the_backend_it_was_given():
+    b = _batch(400, 3, seed=9)
+    cs_torch = fo.optim.ConstraintSet([fo.EqualizedOdds(0.05)], 3, backend="torch")
+    cs_triton = fo.optim.ConstraintSet([fo.EqualizedOdds(0.05)], 3, backend="triton")
+    kw = {"labels": b["labels"], "groups": b["groups"]}
+    _close(cs_triton.measure(b["scores"], **kw).table, cs_torch.measure(b["scores"], **kw).table)

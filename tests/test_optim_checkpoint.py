@@ -91,7 +91,7 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(name):
     if opt.records is not None:
         assert len(resumed_opt.records) == len(opt.records) == STEPS // 2
         assert resumed_opt.records.objectives().tolist() == opt.records.objectives().tolist()
-        assert (resumed_opt.records.violations() == opt.records.violations()).all()
+        assert (resumed_opt.records.values() == opt.records.values()).all()
 
 
 def test_load_state_dict_refuses_a_state_of_another_problem():

@@ -118,7 +118,7 @@ def test_records_select_export_and_round_trip():
     table = [(0.10, [0.20, -0.1]), (0.30, [-0.10, -0.1]), (0.25, [-0.05, 0.0]), (0.20, [-0.20, -0.2])]
     for step, (objective, violation) in enumerate(table):
         records.record(step * 10, objective, torch.tensor(violation), model=linear_model(float(step)))
-    assert len(records) == 4 and records.violations().shape == (4, 2)
+    assert len(records) == 4 and records.values().shape == (4, 2)
     assert records.best_index() == 3
     np.testing.assert_allclose(records.best_distribution(), [0.5, 0.0, 0.0, 0.5], atol=1e-9)
     target = linear_model(-1.0)
@@ -220,7 +220,7 @@ def test_stochastic_classifier_is_per_example_and_batch_independent():
     clone.load_state_dict(classifier.state_dict())
     assert clone.seed == 7
     torch.testing.assert_close(clone(x[:50], ids[:50]), full[:50])
-    with pytest.raises(ValueError, match="one weight per state"):
+    with pytest.raises(ValueError, match="one probability per state"):
         StochasticClassifier(linear_model(0.0), states, [1.0, 0.0])
     with pytest.raises(ValueError, match="not all 0"):
         StochasticClassifier(linear_model(0.0), states, [0.0, 0.0, 0.0])

@@ -454,6 +454,6 @@ def test_record_uses_the_heldout_error_rate_by_default():
     record = opt.records[0]
     assert record.step == 1
     assert record.objective == pytest.approx(((scores > 0).float() != y).double().mean().item(), abs=1e-12)
-    assert record.violations.tolist() == pytest.approx(opt.evaluate(stats).hard.tolist(), abs=1e-12)
+    assert record.values.tolist() == pytest.approx(opt.evaluate(stats).hard.tolist(), abs=1e-12)
     with pytest.raises(ValueError, match="records="):
         make_opt(model.parameters()).record(stats, model=model)

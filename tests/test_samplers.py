@@ -128,6 +128,7 @@ def test_works_as_a_dataloader_batch_sampler():
     [
         ({"groups": [0, 1, 1], "batch_size": 1}, "batch_size=1 cannot hold one example of each of the 2 strata"),
         ({"groups": [0, 1, 1], "batch_size": 0}, "batch_size must be an int >= 1"),
+        ({"groups": [0, 0, 0], "batch_size": 1}, "batch_size=1: a BatchNorm network cannot normalize a batch of one"),
         ({"groups": [0, 1, 1], "batch_size": True}, "batch_size must be an int >= 1"),
         ({"groups": [0, 2, 2], "batch_size": 4}, "no examples of group 1"),
         ({"groups": [0, 1], "batch_size": 4, "num_groups": 3}, "no examples of group 2"),

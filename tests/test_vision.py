@@ -86,6 +86,19 @@ def test_width_scales_the_parameter_count_as_counted_by_hand(k, stem):
     assert _count(create_image_model(f"preact-resnet18-w{k}", stem=stem)) == _preact_parameters(k, stem)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_without_the_final_norm_it_is_the_layout_nakkiran_et_al_adapted(k):
+    model = create_image_model(f"preact-resnet18-w{k}", final_norm=False, seed=0)
+    assert _count(model) == _preact_parameters(k) - 16 * k  # no final norm over the 8k channels of the last stage
+    assert isinstance(model.norm, nn.Identity) and model(torch.randn(2, 3, 16, 16)).shape == (2,)
+    captured = []
+    model.layer4.register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, 3, 16, 16))
+    pooled = captured[-1].mean(dim=(2, 3))  # the raw residual sum, pooled: no ReLU either
+    assert torch.allclose(out, model.fc(pooled).squeeze(-1), atol=1e-6)
+
+
 def test_width_64_is_the_standard_resnet18_and_width_can_be_an_argument():
     assert _preact_parameters(64) == 11_167_553 == _count(create_image_model("preact-resnet18"))
     a = create_image_model("preact-resnet18", width=8, seed=1)
@@ -136,7 +149,8 @@ def test_other_norms_and_channel_counts(norm):
         model(torch.randn(2, 3, 20, 24))
 
 
-def test_two_constrained_training_steps_change_the_parameters_and_stay_finite():
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_two_constrained_training_steps_change_the_parameters_and_stay_finite(amp):
     model = create_image_model("preact-resnet18-w4", seed=0)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(16, 3, 32, 32, generator=gen)
@@ -152,7 +166,9 @@ def test_two_constrained_training_steps_change_the_parameters_and_stay_finite():
     )
     before = [p.detach().clone() for p in model.parameters()]
     for _ in range(2):
-        logits = model(x)
+        with autocast("cpu", amp):  # bf16 convolutions on the CPU; the logits come back float32
+            logits = model(x)
+        assert logits.dtype == torch.float32
         opt.zero_grad()
         result = opt.step(loss=F.binary_cross_entropy_with_logits(logits, y.float()), scores=logits, labels=y, groups=a)
         assert torch.isfinite(result.loss) and torch.isfinite(result.value.hard).all()
@@ -160,6 +176,50 @@ def test_two_constrained_training_steps_change_the_parameters_and_stay_finite():
     assert all(torch.isfinite(p).all() for p in after)
     assert sum(not torch.equal(p, q) for p, q in zip(before, after)) == len(before)  # every tensor moved
     assert torch.isfinite(opt.multipliers).all() and (opt.multipliers >= 0).all() and opt.multipliers.sum() > 0
+
+
+def test_gradient_accumulation_of_an_image_model_equals_the_whole_batch_step():
+    """ConstrainedOptimizer.step_accumulated over 2 micro-batches of 4 images = step on the 8 (GroupNorm: each image is
+    normalized on its own, so the micro-batches see what the whole batch sees)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 3, 16, 16, generator=gen)
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    a = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    models, opts = [], []
+    for _ in range(2):
+        model = create_image_model("preact-resnet18-w2", norm="group", seed=0).double()
+        with torch.no_grad():  # centre the logits so that some positives are missed: the TPRs differ, the dual moves
+            model.fc.bias -= model(x.double()).median()
+        opt = fairopt.ConstrainedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            [fairopt.EqualOpportunity(0.0)],
+            2,
+            dual_lr=0.5,
+            dual_min_count=None,
+        )
+        models.append(model)
+        opts.append(opt)
+
+    def forward(batch):
+        xb, yb, ab = batch
+        scores = models[1](xb.double())
+        return {
+            "loss": F.binary_cross_entropy_with_logits(scores, yb.double()),
+            "scores": scores,
+            "labels": yb,
+            "groups": ab,
+        }
+
+    for _ in range(3):
+        scores = models[0](x.double())
+        opts[0].zero_grad()
+        opts[0].step(loss=F.binary_cross_entropy_with_logits(scores, y.double()), scores=scores, labels=y, groups=a)
+        opts[1].zero_grad()
+        opts[1].step_accumulated(list(zip(x.split(4), y.split(4), a.split(4))), forward)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(opts[0].multipliers, opts[1].multipliers)
+    assert opts[0].multipliers.sum() > 0  # the constraint was active: the test compares constrained steps
 
 
 def test_bf16_autocast_on_cpu_runs_convolutions_in_bf16_and_returns_float32_logits():

@@ -4,7 +4,8 @@ For N in {64K, 1M, 16M} x G in {2, 16, 256, 4096}, forward + backward (``table[:
 wall time per call of
 
 * ``triton``: :func:`fairopt.kernels.group_stats_table` with ``backend="triton"`` (the fused kernels),
-* ``fairopt torch``: :func:`fairopt.group_stats` (today's path: segment sums, one autograd node),
+* ``fairopt torch``: :func:`fairopt.group_stats` with ``backend="torch"`` (segment sums, one autograd node; on CUDA
+  ``"auto"`` is the kernel),
 * ``index_add_``: eager torch, one ``index_add_`` per column group (hard cells, positive, negative),
 * ``masking loop``: a Python loop over groups with boolean masks (skipped where N * G > 2**28: minutes),
 * ``torchmetrics``: ``torchmetrics.classification.BinaryFairness`` update + compute (hard rates only: forward only,
@@ -16,6 +17,12 @@ labels bool, groups int64 = 13 B per example; backward reads them again and writ
 (``dtype=torch.float32``) for every fairopt call. Before timing, the compiled kernels are checked against
 :func:`fairopt.group_stats` in float64 (every proxy, both strategies, weights, a loss, a threshold, N not a multiple
 of the block, G = 65,536, bf16 inputs); a failed check is printed and makes the exit status 1.
+
+Then the no-sync check (issue 13, section 2): a few :meth:`fairopt.ConstrainedOptimizer.step` calls of every method
+(Lagrangian, augmented Lagrangian, proxy-Lagrangian, penalty; training and held-out duals) with ``validate_args=False``
+and the defaults ``backend="auto"`` (the Triton kernel) and ``evaluator="auto"`` (the device evaluator on CUDA), run
+under ``torch.cuda.set_sync_debug_mode("error")``: any host synchronization raises, and is printed as a failure
+(exit status 1). On a CPU the same steps run (a smoke test of the code path) but nothing can be checked.
 
 Run: ``python benchmarks/device/kernel_bench.py`` (about 1 minute on one H200); ``--quick`` for a CPU smoke check
 (small N, Triton's interpreter, a few seconds).
@@ -109,7 +116,9 @@ def run_triton(scores, labels, groups, g):
 
 def run_fairopt_torch(scores, labels, groups, g):
     s = scores.detach().requires_grad_()
-    stats = fo.group_stats(s, labels=labels, groups=groups, num_groups=g, dtype=torch.float32, validate_args=False)
+    # backend="torch": on CUDA "auto" would be the kernel itself
+    stats = fo.group_stats(s, labels=labels, groups=groups, num_groups=g, dtype=torch.float32, validate_args=False,
+                           backend="torch")  # fmt: skip
     stats.table[:, 4:8].sum().backward()
     return stats.table
 
@@ -181,8 +190,10 @@ def check_kernels(device: torch.device, n: int) -> list[str]:
                                           example_losses=leaves[2], proxy=proxy, threshold=0.3, backend="triton",
                                           strategy=strategy, validate_args=False)  # fmt: skip
                 ref_leaves = [t.detach().double().requires_grad_() for t in (scores, weights, loss)]
+                # the reference is the torch path (on CUDA "auto" would be the kernel under test)
                 ref = fo.group_stats(ref_leaves[0], labels=labels, groups=groups, num_groups=g, weights=ref_leaves[1],
-                                     example_losses=ref_leaves[2], proxy=proxy, threshold=0.3).table  # fmt: skip
+                                     example_losses=ref_leaves[2], proxy=proxy, threshold=0.3,
+                                     backend="torch").table  # fmt: skip
                 probe = torch.randn(g, 9, device=device, generator=gen, dtype=torch.float64)
                 (table * probe).sum().backward()
                 (ref * probe).sum().backward()
@@ -199,6 +210,62 @@ def check_kernels(device: torch.device, n: int) -> list[str]:
                     if not err <= tol:
                         failures.append(f"{name}: d_{label} max error {err:.3g}")
     return failures
+
+
+def check_no_sync(device: torch.device, steps: int = 5) -> tuple[list[str], list[str]]:
+    """Constrained steps under ``torch.cuda.set_sync_debug_mode("error")``: ``(passed, failed)`` readable lines."""
+    import torch.nn.functional as F
+
+    from fairopt.optim import AugmentedLagrangian, Lagrangian, Penalty, ProxyLagrangian
+
+    passed, failed = [], []
+    gen = torch.Generator(device=device).manual_seed(2)
+    n, g = 4096, 4
+    x = torch.randn(n, 16, device=device, generator=gen)
+    a = torch.randint(0, g, (n,), device=device, generator=gen)
+    y = (torch.rand(n, device=device, generator=gen) < torch.sigmoid(x[:, 0])).float()
+    constraints = [fo.EqualizedOdds(0.02), fo.DemographicParity(0.02), fo.BoundedGroupLoss(0.5)]
+    methods = {"lagrangian": Lagrangian, "augmented_lagrangian": AugmentedLagrangian,
+               "proxy_lagrangian": ProxyLagrangian, "penalty": Penalty}  # fmt: skip
+    for name, method in methods.items():
+        for source in ("train", "heldout") if name != "penalty" else ("train",):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).to(device)
+            extra = {}
+            if source == "heldout":
+
+                def heldout(model=model):
+                    scores = model(x[:1024]).squeeze(-1)
+                    return {"scores": scores, "labels": y[:1024], "groups": a[:1024],
+                            "example_losses": torch.zeros_like(scores)}  # fmt: skip
+
+                extra = {"dual_source": "heldout", "heldout": heldout}
+            opt = fo.ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), constraints, g,
+                                          method=method(), dual_lr=0.1, validate_args=False, **extra)  # fmt: skip
+
+            def step(model=model, opt=opt):
+                scores = model(x).squeeze(-1)
+                losses = F.binary_cross_entropy_with_logits(scores, y, reduction="none")
+                opt.zero_grad()
+                opt.step(loss=losses.mean(), scores=scores, labels=y, groups=a, example_losses=losses)
+
+            label = f"{name}, {source} duals"
+            try:
+                step()  # warm-up: Triton compilation and lazy state are allowed to synchronize once
+                if device.type == "cuda":
+                    _sync(device)
+                    torch.cuda.set_sync_debug_mode("error")
+                try:
+                    for _ in range(steps):
+                        step()
+                finally:
+                    if device.type == "cuda":
+                        torch.cuda.set_sync_debug_mode("default")
+                _sync(device)
+                passed.append(label)
+            except Exception as error:  # reported, and the exit status says so
+                failed.append(f"{label}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    return passed, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kernel checks vs fairopt.group_stats (float64): {'all passed' if not failures else 'FAILED'}")
     for line in failures:
         print(f"  check failed: {line}")
+    passed, no_sync_failures = check_no_sync(device)
+    failures += no_sync_failures
+    if device.type == "cuda":
+        verdict = "no host sync in any step" if not no_sync_failures else "FAILED"
+        print(f"no-sync check, {len(passed) + len(no_sync_failures)} configurations x 5 steps under "
+              f"torch.cuda.set_sync_debug_mode('error'): {verdict}")  # fmt: skip
+    else:
+        print(f"no-sync check: not checkable without CUDA; the steps ran: {len(passed)} configurations passed, "
+              f"{len(no_sync_failures)} failed")  # fmt: skip
+    for line in no_sync_failures:
+        print(f"  no-sync failure: {line}")
     print("times: median ms per forward + backward call (torchmetrics: forward only, it has no gradient)")
     print()
     header = ["N", "G", *[f"{k} ms" for k in impls], "kernel GB/s", "% of peak", "x torchmetrics", "x index_add_"]

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# GPU benchmarks of fairopt, ready to run once on a fresh GPU machine. Installs nothing: it uses the first python that
-# imports torch, timm and fairopt's own dependencies (the repository goes on PYTHONPATH, so fairopt need not be
-# installed), and stops with one clear line when there is none.
+# GPU benchmarks of fairopt, ready to run once on a fresh GPU machine: several python benchmarks in sequence, each
+# under its own time limit, each printing its own table. Installs nothing: it uses the first python that imports torch,
+# timm and fairopt's own dependencies (the repository goes on PYTHONPATH, so fairopt need not be installed), and stops
+# with one clear line when there is none.
 #
-#   bash benchmarks/device/run.sh                        # the CelebA-shaped ResNet-18 step table on CUDA (< 3 min)
+#   bash benchmarks/device/run.sh                        # every benchmark on CUDA (image step: < 3 min)
 #   bash benchmarks/device/run.sh --device cpu --quick   # smoke test on a CPU
 #   PYTHON=/path/to/python bash benchmarks/device/run.sh # choose the interpreter
 #
-# Arguments go to benchmarks/device/image_step.py. With $OUT set (a folder), the table is also written there as
-# image_step.txt and image_step.json.
-set -euo pipefail
+# Arguments go to every benchmark (each takes --device and --quick). With $OUT set (a folder), each benchmark's table
+# is also written there as NAME.txt, and its rows as NAME.json. A benchmark that fails is reported and the next one
+# still runs; the exit status is that of the last failure (0 when all ran).
+set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-CHECK='import torch, timm, numpy, cooper, fairopt.vision'
+CHECK='import torch, timm, torchvision, pandas, numpy, cooper, fairopt.vision, fairopt.datasets'
 PY=""
 for candidate in "${PYTHON:-}" "$ROOT/.venv/bin/python" "$ROOT/venv/bin/python" /work/venv/bin/python python3 python; do
     [ -n "$candidate" ] || continue
@@ -26,7 +28,7 @@ for candidate in "${PYTHON:-}" "$ROOT/.venv/bin/python" "$ROOT/venv/bin/python" 
     fi
 done
 if [ -z "$PY" ]; then
-    echo "run.sh: no python here imports torch, timm, numpy, cooper (cooper-optim) and fairopt's modules; set PYTHON=/path/to/python of an environment that has them (e.g. a carried venv)" >&2
+    echo "run.sh: no python here imports torch, timm, torchvision, pandas, numpy, cooper (cooper-optim) and fairopt's modules; set PYTHON=/path/to/python of an environment that has them (e.g. a carried venv)" >&2
     exit 2
 fi
 
@@ -35,12 +37,30 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/# gpu: /' || true
 fi
 
-ARGS=("$@")
-if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT"
-    ARGS+=(--json "$OUT/image_step.json")
-    # 170 s: the whole run stays under 3 minutes even if a step is far slower than expected
-    timeout 170 "$PY" benchmarks/device/image_step.py "${ARGS[@]}" | tee "$OUT/image_step.txt"
-else
-    timeout 170 "$PY" benchmarks/device/image_step.py "${ARGS[@]}"
-fi
+STATUS=0
+
+# run_bench NAME SECONDS SCRIPT [ARGS...]: one benchmark, its table on stdout (and in $OUT/NAME.txt, .json).
+run_bench() {
+    local name="$1" limit="$2" script="$3"
+    shift 3
+    local args=("$@")
+    echo "## $name ($script, at most ${limit} s)"
+    if [ -n "${OUT:-}" ]; then
+        mkdir -p "$OUT"
+        args+=(--json "$OUT/$name.json")
+        timeout "$limit" "$PY" "$script" "${args[@]}" 2>&1 | tee "$OUT/$name.txt"
+    else
+        timeout "$limit" "$PY" "$script" "${args[@]}"
+    fi
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" -ne 0 ]; then
+        echo "## $name failed (exit $rc; 124: over its ${limit} s)" >&2
+        STATUS=$rc
+    fi
+}
+
+# The CelebA-shaped ResNet-18 step, plain vs constrained, and the data path's images/s (issue 12).
+run_bench image_step 170 benchmarks/device/image_step.py "$@"
+# Further benchmarks go here, one run_bench line each.
+
+exit "$STATUS"

@@ -3,7 +3,7 @@
 A study trains every (model, method, seed) combination on one dataset under one fairness constraint and
 reports the constraint on train, held-out (validation) and test data side by side.
 
-Methods (``--methods``):
+Methods (``--methods``; their names are :data:`BENCH_METHODS`):
 
 ==============================  ===================================================================================
 ``unconstrained``               the task loss only (reference point)
@@ -65,10 +65,10 @@ from fairopt.datasets._builtin import TARGETS
 from fairopt.models import MODELS
 
 __all__ = [
+    "BENCH_METHODS",
     "CONSTRAINTS",
     "DATASETS",
     "DEFAULT_METHODS",
-    "METHODS",
     "PRESETS",
     "PublishedResult",
     "StudyConfig",
@@ -76,7 +76,9 @@ __all__ = [
     "make_constraint",
 ]
 
-METHODS = (
+# The bench methods: a method of fairopt.optim (its own METHODS) plus a training recipe, or post-processing. One
+# public name per idea, so not METHODS (the old name, kept as a deprecated alias by __getattr__ below).
+BENCH_METHODS = (
     "unconstrained",
     "penalty",
     "lagrangian",
@@ -87,7 +89,7 @@ METHODS = (
     "proxy-lagrangian+thresholds",
 )
 # The default study's methods (the others are available by name).
-DEFAULT_METHODS = tuple(m for m in METHODS if m not in ("lagrangian-heldout", "proxy-lagrangian+thresholds"))
+DEFAULT_METHODS = tuple(m for m in BENCH_METHODS if m not in ("lagrangian-heldout", "proxy-lagrangian+thresholds"))
 DATASETS = ("adult", "compas", "german")
 
 # name -> (factory(tolerance), what the tolerance means)
@@ -148,6 +150,8 @@ def __getattr__(name: str) -> Any:
     if name == "class_groups":  # renamed: the library's builder of protected classes
         return deprecated_alias("fairopt.bench.config.class_groups", "fairopt.constraints.protected_classes",
                                 protected_classes)  # fmt: skip
+    if name == "METHODS":  # renamed: fairopt.optim.METHODS names the optimization methods
+        return deprecated_alias("fairopt.bench.config.METHODS", "fairopt.bench.config.BENCH_METHODS", BENCH_METHODS)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -215,8 +219,8 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         for m in self.methods:
-            if m not in METHODS:
-                raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+            if m not in BENCH_METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {', '.join(BENCH_METHODS)}")
         for m in self.models:
             if m not in MODELS:
                 raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODELS)}")

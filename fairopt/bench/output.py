@@ -171,7 +171,8 @@ def published_comparison(result: StudyResult) -> pd.DataFrame | None:
 
 
 def plot_histories(result: StudyResult, path: Path) -> None:
-    """Constraint value vs epoch on train / held-out / test, one panel per (model, method) (first seed)."""
+    """The largest expression value (``g + tolerance``, e.g. a rate gap) vs epoch on train / validation / held-out /
+    test, one panel per (model, method) (first seed), with the bound as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,7 +197,7 @@ def plot_histories(result: StudyResult, path: Path) -> None:
             if i == len(models) - 1:
                 ax.set_xlabel("epoch", fontsize=8)
             if j == 0:
-                ax.set_ylabel("constraint value", fontsize=8)
+                ax.set_ylabel("expression value", fontsize=8)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{result.constraint} (line: bound)", fontsize=9)
     fig.tight_layout()

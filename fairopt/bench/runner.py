@@ -3,7 +3,7 @@
 A run is three steps, each a function with plain inputs and outputs, which :func:`run_one` composes:
 
 1. :func:`train_model` -> :class:`TrainedModel`: the trained model, its constrained optimizer (with the iterate
-   records), the history of constraint values per split, the training time and the end-of-training check;
+   records), the history of expression values per split, the training time and the end-of-training check;
 2. :func:`select_models` -> :class:`Selection`: the final model(s) chosen from the records (:func:`select_final`),
    and for the post-processing methods group thresholds fitted on validation data (:func:`fit_thresholds`);
 3. :func:`evaluate_models` -> one :class:`RunResult` per final model: a report per split (:func:`split_reports`).
@@ -32,11 +32,10 @@ from torch.nn import functional as F
 from fairopt.constraints import Constraint
 from fairopt.datasets import DatasetSplit, TabularDataset
 from fairopt.models import create_model
-from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, StochasticClassifier
+from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, Penalty, StochasticClassifier
 from fairopt.postprocessing import GroupThresholds
 from fairopt.stats import GroupStats
-from fairopt.validation import FairnessReport, SecondMoments
-from fairopt.validation.measure.evaluate import collect_stats
+from fairopt.validation import FairnessReport, SecondMoments, collect_stats
 
 from .config import StudyConfig
 
@@ -76,8 +75,9 @@ class RunResult:
 
     Attributes:
         model, method, seed: what was run.
-        reports: split name (``train``, ``held-out``, ``test``) → :class:`~fairopt.validation.FairnessReport`.
-        history: one dict per recorded point: ``step``, ``epoch`` and the largest constraint value (max over
+        reports: split name (:data:`SPLITS`: ``train``, ``validation``, ``held-out``, ``test``) →
+            :class:`~fairopt.validation.FairnessReport`.
+        history: one dict per recorded point: ``step``, ``epoch`` and the largest expression value (max over
             entries of ``expr``, the quantity compared with the tolerance) on each split.
         dual_window: the dual table's last window in batches (:attr:`~fairopt.ConstrainedOptimizer.dual_window`).
         warnings: what the end-of-training check found (:meth:`~fairopt.ConstrainedOptimizer.check`), and a final
@@ -107,7 +107,13 @@ def split_stats(model: nn.Module, split: DatasetSplit, num_groups: int) -> Group
     labels and ids are checked at loading). The final reports use :meth:`FinalModel.tables`, which adds the loss and
     the second moments."""
     stats, _ = collect_stats(
-        model, split.tensors(), num_groups, batch_size=max(1, len(split)), loss_fn=None, progress=False, validate=False
+        model,
+        split.tensors(),
+        num_groups,
+        batch_size=max(1, len(split)),
+        loss_fn=None,
+        progress=False,
+        validate_args=False,
     )
     return stats
 
@@ -132,10 +138,10 @@ def _make_optimizer(
     base = torch.optim.Adam(model.parameters(), lr=config.lr)
     if method == "unconstrained":
         return base, None
-    options: dict[str, Any] = {"proxy": config.proxy, "validate": False, "dual_min_count": config.dual_min_count}
+    options: dict[str, Any] = {"proxy": config.proxy, "validate_args": False, "dual_min_count": config.dual_min_count}
     batch_size = config.batch_size_for(len(data.train))
     if method == "penalty":
-        options.update(method="penalty", penalty=config.penalty)
+        options.update(method=Penalty(coefficients=config.penalty))
     elif method == "lagrangian":
         options.update(method="lagrangian", dual_lr=config.dual_lr)
     elif method == "lagrangian-heldout":  # keeps records to choose the best single iterate
@@ -158,7 +164,8 @@ def _make_optimizer(
 
 
 def _largest_value(constraint: Constraint, stats: GroupStats) -> float:
-    values = constraint.evaluate(stats).expression_values(constraint.tolerance)
+    """The largest expression value ``g + tolerance`` over the defined entries (NaN when none is defined)."""
+    values = constraint.expression_values(stats)
     return float(np.nanmax(values)) if not np.isnan(values).all() else float("nan")
 
 
@@ -177,7 +184,8 @@ class TrainedModel:
     Attributes:
         model: the trained model (the last iterate).
         constrained: its :class:`~fairopt.ConstrainedOptimizer` with the iterate records, None when unconstrained.
-        history: one dict per recorded point: ``step``, ``epoch`` and the largest constraint value on each split.
+        history: one dict per recorded point: ``step``, ``epoch`` and the largest expression value ``g + tolerance``
+            (:meth:`~fairopt.constraints.Constraint.expression_values`) on each split.
         seconds: training wall time in seconds (the history's evaluation excluded).
         warnings: what the end-of-training check found on the selection split
             (:meth:`~fairopt.ConstrainedOptimizer.check`; none for unconstrained and penalty training).
@@ -194,7 +202,7 @@ def train_model(
     config: StudyConfig, data: TabularDataset, constraint: Constraint, model_name: str, method: str, seed: int
 ) -> TrainedModel:
     """Train one configuration (``method`` a training method: a post-processing method's is
-    ``POSTPROCESSED[method]``), recording the history of constraint values per split, the iterate records on the
+    ``POSTPROCESSED[method]``), recording the history of expression values per split, the iterate records on the
     selection split (validation for :data:`HELDOUT_METHODS`, else train) and the end-of-training check."""
     torch.manual_seed(seed)
     device = torch.device(config.device)
@@ -283,10 +291,10 @@ class FinalModel:
 def select_final(model: nn.Module, constrained: ConstrainedOptimizer | None, method: str) -> dict[str, FinalModel]:
     """The final models of a run, by method name: the proxy-Lagrangian methods give the shrinking-LP distribution
     (under their own name) and the best single iterate (``"<method> (best iterate)"``, deterministic); the other
-    methods with records the best single iterate; the rest the last iterate. Both selections read
-    ``violations + margin`` and fall back to the plain violations when no candidate meets the margin (said in the
-    description). The best iterate is feasible-first: the lowest objective among candidates that meet the
-    constraints, else the least violating."""
+    methods with records the best single iterate; the rest the last iterate. Both selections read the records'
+    constraint values plus the margin, ``values + margin``, and fall back to the plain values when no candidate meets
+    the margin (said in the description). The best iterate is feasible-first: the lowest objective among candidates
+    that meet the constraints, else the least violating."""
     records = None if constrained is None else constrained.records
     if records is None or len(records) == 0:
         return {method: FinalModel([], torch.ones(1), [0], "last iterate")}
@@ -299,11 +307,12 @@ def select_final(model: nn.Module, constrained: ConstrainedOptimizer | None, met
     with warnings.catch_warnings():  # reported in the selection text instead
         warnings.simplefilter("ignore", UserWarning)
         if method.startswith("proxy-lagrangian"):
-            weights = torch.as_tensor(records.best_distribution())
-            support = [i for i in range(len(records)) if weights[i] > 0]
+            probabilities = torch.as_tensor(records.best_distribution())
+            support = [i for i in range(len(records)) if probabilities[i] > 0]
             text = f"shrinking LP on {source}{note()} ({len(support)} of {len(records)} iterates)"
             states = [records[i].state for i in support]
-            out[method] = FinalModel(states, weights[support] / weights[support].sum(), support, text)  # type: ignore[arg-type]
+            chosen = probabilities[support] / probabilities[support].sum()
+            out[method] = FinalModel(states, chosen, support, text)  # type: ignore[arg-type]
             method = f"{method} (best iterate)"
         best = records.best_index(rank_objectives=False)
     text = f"best iterate on {source}{note()} (step {records[best].step} of {constrained.num_steps})"  # type: ignore[union-attr]
@@ -340,10 +349,16 @@ def constant_prediction(stats: GroupStats, split: str = "test") -> str | None:
 
 
 def _scores(model: nn.Module, split: DatasetSplit) -> Tensor:
+    """``(N,)`` float64 CPU logits of ``model`` on a whole split, for fitting and applying group thresholds (which
+    need the scores themselves, not a table); eval mode for the pass, the model's mode restored after."""
     device = next(model.parameters()).device
-    with torch.no_grad():
-        model.eval()
-        return model(split.X.to(device)).double().cpu()
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            return model(split.X.to(device)).double().cpu()
+    finally:
+        model.train(was_training)
 
 
 def fit_thresholds(

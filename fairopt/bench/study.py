@@ -302,7 +302,7 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
                 shown = "undefined" if test is None else f"{test.value:.3f}"
                 window = "" if run.dual_window is None else f", dual window {run.dual_window} batches"
                 log(
-                    f"  {model:<10} {run.method:<38} seed {seed}: test constraint value {shown} "
+                    f"  {model:<10} {run.method:<38} seed {seed}: test expression value {shown} "
                     f"({run.wall_time:.1f} s{window})"
                 )
                 for problem in run_warnings(run):

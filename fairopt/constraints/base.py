@@ -50,7 +50,9 @@ class ConstraintValue:
 
     def expression_values(self, tolerance: float) -> np.ndarray:
         """The expressions' values ``hard + tolerance`` (undoing the one place the tolerance is subtracted) as a
-        float64 host array of the same shape, NaN where undefined: what reports show next to the bound."""
+        float64 host array of the same shape, NaN where undefined: what reports show next to the bound. The one
+        place the tolerance is added back; :meth:`Constraint.expression_values` calls it with the constraint's own
+        tolerance, so callers that hold the constraint need not pass it."""
         hard = self.hard.detach().cpu().double().numpy()
         return np.where(self.defined.detach().cpu().numpy().astype(bool), hard + tolerance, np.nan)
 
@@ -136,6 +138,30 @@ class Constraint:
             ValueError: the expression refers to a group ``>= G``.
         """
         return linearize(self.expr, table, gradients=gradients).shifted(self.tolerance)
+
+    def expression_values(self, values: GroupStats | ConstraintValue) -> np.ndarray:
+        """The value of each entry's expression, ``g + tolerance`` (a gap, a ratio, a rate): what reports compare with
+        the bound :attr:`tolerance`, the tolerance being this constraint's own (subtracted in one place, added back
+        here: :meth:`ConstraintValue.expression_values`).
+
+        Args:
+            values: a ``(G, K)`` :class:`~fairopt.GroupStats` table (evaluated here with :meth:`evaluate`), or this
+                constraint's :class:`ConstraintValue` (hard values ``(m,)``, or ``(B, m)`` for a stack of tables).
+
+        Returns:
+            float64 host array of the hard values' shape, NaN where an entry is undefined.
+
+        Raises:
+            TypeError: ``values`` is neither a table nor a :class:`ConstraintValue`.
+        """
+        if isinstance(values, GroupStats):
+            values = self.evaluate(values)
+        if not isinstance(values, ConstraintValue):
+            raise TypeError(
+                f"expression_values takes a GroupStats table or this constraint's ConstraintValue, got "
+                f"{type(values).__name__}"
+            )
+        return values.expression_values(self.tolerance)
 
     def num_entries(self, num_groups: int) -> int:
         """m, the number of entries for G = ``num_groups`` groups."""

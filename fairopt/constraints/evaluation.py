@@ -19,7 +19,9 @@ interval arithmetic for the bounds; ``abs``, ``max``/``min`` and ``maximum``/``m
 entry by the *true* values, interval products and quotients by the bound values (the first corner at a tie);
 undefined entries hold 0 with zero derivative. Derivatives w.r.t. the hard columns are 0 (they are counts).
 
-A table on a GPU is copied to the host (one synchronization per evaluation).
+A table on a GPU is copied to the host (one synchronization per evaluation). The device-side implementation of the
+same protocol, with the same semantics and no host round trip, is :mod:`fairopt.constraints.device_evaluation`
+(``ConstrainedOptimizer(evaluator="device")``, the default on CUDA).
 """
 
 from __future__ import annotations

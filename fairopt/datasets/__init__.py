@@ -14,6 +14,23 @@ loader            source                                      licence
 
 :func:`load_csv` loads a user's CSV file or DataFrame the same way.
 
+Images (the deep-network setting of Cherepanova et al., arXiv 2102.06764) come in through three loaders that return
+an :class:`ImageDataset` with the same splits, labels, group ids and ``(x, y, group)`` batch order, ``x`` being
+``(B, C, H, W)`` float32 images decoded and transformed with torchvision when a batch is drawn:
+
+==============================  ====================================================================================
+loader                          images
+==============================  ====================================================================================
+:func:`load_celeba`             the user's CelebA in its official layout (or Kaggle's CSV variant), official partition
+:func:`load_image_csv`          files named in a metadata CSV (CheXpert, MIMIC-CXR, ISIC, Fitzpatrick17k shapes):
+                                binned attributes, a split column or seeded splits, patients kept in one split
+:func:`load_colored_digits`     scikit-learn's bundled 8x8 digits with an injected colour group (semi-synthetic)
+==============================  ====================================================================================
+
+Nothing downloads. ``ImageDataset.loader(split, batch_size, num_workers=...)`` gives the DataLoader (0 workers by
+default; pinned memory when CUDA is there; persistent workers when there are workers; full, shuffled batches for
+training, every image in order otherwise; ``balance="group"`` for group-balanced batches).
+
 Every loader returns a :class:`TabularDataset` with ``train``, ``validation``
 (held out, for model selection and for measuring constraints on data the model
 did not train on) and ``test`` splits. Each split holds

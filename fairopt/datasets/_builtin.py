@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ._resources import read_package_file
-from ._tabular import TabularDataset, build_dataset, check_fractions, normalize_names, select_features
+from ._splits import check_fractions
+from ._tabular import TabularDataset, build_dataset, normalize_names, select_features
 
 __all__ = ["DATASETS", "SENSITIVE_CHOICES", "TARGETS", "load_adult", "load_compas", "load_dataset", "load_german"]
 

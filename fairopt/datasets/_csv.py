@@ -14,15 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ._categories import sorted_categories
-from ._tabular import (
-    MIN_ROWS,
-    SPLIT_NAMES,
-    TabularDataset,
-    build_dataset,
-    check_fractions,
-    normalize_names,
-    select_features,
-)
+from ._splits import SPLIT_NAMES, check_fractions
+from ._tabular import MIN_ROWS, TabularDataset, build_dataset, normalize_names, select_features
 
 __all__ = ["load_csv"]
 
@@ -225,6 +218,29 @@ def _match_label(value: Any, values: Sequence[Hashable]) -> Hashable | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def positive_values(positive_label: Any, values: Sequence[Hashable], where: str) -> list[Hashable]:
+    """The values of a target column (``values``, its distinct values) that ``positive_label`` names: one value or
+    a collection of them, each matched by :func:`_match_label`. Shared by the tabular and the image loaders.
+
+    Raises:
+        ValueError: a named value does not occur; ``where`` (e.g. ``"target column 'y' in data.csv"``) says where it
+            was looked for, and the message lists the values found.
+    """
+    if isinstance(positive_label, Collection) and not isinstance(positive_label, (str, bytes)):
+        given = list(positive_label)
+    else:
+        given = [positive_label]
+    positives = [_match_label(p, values) for p in given]
+    absent = [p for p, match in zip(given, positives) if match is None]
+    if absent:
+        shown = list(values[:20]) + (["..."] if len(values) > 20 else [])
+        raise ValueError(
+            f"positive_label {absent if len(given) > 1 else absent[0]!r} does not occur in {where}; values found: "
+            f"{shown}"
+        )
+    return positives
+
+
 def _binary_labels(column: pd.Series, target: str, positive_label: Any, source: str) -> np.ndarray:
     """``(N,)`` int64 0/1 labels of ``column``.
 
@@ -249,18 +265,7 @@ def _binary_labels(column: pd.Series, target: str, positive_label: Any, source: 
             )
         labels = column.astype(np.int64).to_numpy()
     else:
-        if isinstance(positive_label, Collection) and not isinstance(positive_label, (str, bytes)):
-            given = list(positive_label)
-        else:
-            given = [positive_label]
-        positives = [_match_label(p, values) for p in given]
-        absent = [p for p, match in zip(given, positives) if match is None]
-        if absent:
-            raise ValueError(
-                f"positive_label {absent if len(given) > 1 else absent[0]!r} does "
-                f"not occur in target column {target!r} in {source}; values found: "
-                f"{list(values)}"
-            )
+        positives = positive_values(positive_label, values, f"target column {target!r} in {source}")
         labels = column.isin(positives).to_numpy(dtype=np.int64)
     if len(np.unique(labels)) < 2:
         also = "" if positive_label is None else f", every value being positive_label {positive_label!r}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from fairopt.groups import Groups
 
 from ._categories import category_codes, sorted_categories
+from ._splits import SPLIT_NAMES, SplitDataset, stratified_split
 
 __all__ = [
     "MIN_ROWS",
@@ -22,8 +23,6 @@ __all__ = [
     "TabularDataset",
     "TabularPreprocessor",
 ]
-
-SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 
 MIN_ROWS = 30
 """Rows below which a split's or a group's rates are too noisy to compare: from 30 rows a rate near 0.5 has a 95%
@@ -265,58 +264,11 @@ def _numeric(series: pd.Series, column: str) -> np.ndarray:
         ) from error
 
 
-# ------------------------------------------------------------------------ splitting
-
-
-def stratified_split(
-    strata: np.ndarray,
-    fractions: Sequence[float],
-    seed: int | None,
-) -> list[np.ndarray]:
-    """Split rows ``0..N-1`` into ``len(fractions)`` disjoint, seeded parts.
-
-    Rows are shuffled within each stratum (with ``numpy.random.default_rng(seed)``),
-    strata are concatenated in sorted order, and rows are dealt out so that every
-    prefix holds the requested proportions to within one row (largest deficit
-    first). Hence every part has ``round(N * fraction)`` rows to within one row,
-    and every stratum is split proportionally to within one row per part.
-
-    Returns the parts' row indices, each sorted ascending (int64).
-    """
-    fractions_arr = np.asarray(fractions, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    order_parts = []
-    for stratum in np.unique(strata):
-        members = np.flatnonzero(strata == stratum)
-        order_parts.append(members[rng.permutation(len(members))])
-    order = np.concatenate(order_parts) if order_parts else np.zeros(0, np.int64)
-    assigned = np.zeros(len(fractions_arr), dtype=np.float64)
-    part_of = np.empty(len(order), dtype=np.int64)
-    for position in range(len(order)):
-        deficit = (position + 1) * fractions_arr - assigned
-        part = int(np.argmax(deficit))
-        part_of[position] = part
-        assigned[part] += 1
-    return [np.sort(order[part_of == k]).astype(np.int64) for k in range(len(fractions_arr))]
-
-
-def check_fractions(validation_fraction: float, test_fraction: float | None) -> None:
-    """Raise ``ValueError`` unless the fractions leave a non-empty training share."""
-    values = {"validation_fraction": validation_fraction}
-    if test_fraction is not None:
-        values["test_fraction"] = test_fraction
-    for name, value in values.items():
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
-    if sum(values.values()) >= 1.0:
-        raise ValueError(f"validation_fraction + test_fraction must be < 1, got {values}")
-
-
 # -------------------------------------------------------------------------- dataset
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class TabularDataset:
+class TabularDataset(SplitDataset):
     """A tabular fairness dataset, preprocessed and split.
 
     Attributes
@@ -364,78 +316,9 @@ class TabularDataset:
     audit: DatasetSplit | None = None
 
     @property
-    def num_groups(self) -> int:
-        """Number of groups ``G`` (all combinations of the sensitive attributes)."""
-        return len(self.group_names)
-
-    @property
     def num_features(self) -> int:
         """Number of feature columns ``D``."""
         return len(self.feature_names)
-
-    def split(self, name: str) -> DatasetSplit:
-        """Return split ``"train"``, ``"validation"``, ``"test"`` or (after :meth:`with_audit`) ``"audit"``."""
-        if name == "audit":
-            if self.audit is None:
-                raise ValueError("this dataset has no audit split; make one with dataset.with_audit(fraction)")
-            return self.audit
-        if name not in SPLIT_NAMES:
-            raise ValueError(f"unknown split {name!r}; valid choices: {', '.join(SPLIT_NAMES)}")
-        return getattr(self, name)
-
-    def subsample_train(self, size: int, *, seed: int = 0, audit_size: int = 0) -> TabularDataset:
-        """A copy whose training split keeps ``size`` rows drawn without replacement (seeded).
-
-        Preprocessing stays as fitted on the full training split (no validation or test data involved); the
-        validation and test splits are unchanged. Used to train over-parameterized models to interpolation
-        quickly. ``audit_size > 0`` makes an :attr:`audit` split of that many of the rows left out (rows that then
-        neither train nor select anything; see :meth:`with_audit`).
-
-        Raises:
-            ValueError: ``size`` not in ``[1, len(train)]``; ``audit_size`` not in ``[0, len(train) - size]``.
-        """
-        n = len(self.train)
-        if not 1 <= size <= n:
-            raise ValueError(f"size must be in [1, {n}] (the training split's size), got {size}")
-        if not 0 <= audit_size <= n - size:
-            raise ValueError(f"audit_size must be in [0, {n - size}] (the rows left out), got {audit_size}")
-        order = np.random.default_rng(seed).permutation(n)
-        audit = self.train.subset(order[size : size + audit_size], "audit") if audit_size else self.audit
-        return replace(self, train=self.train.subset(order[:size]), audit=audit)
-
-    def with_audit(self, fraction: float = 0.5, *, seed: int = 0) -> TabularDataset:
-        """Move ``fraction`` of the validation rows into a separate *audit* split, stratified by group and label.
-
-        Three roles for data, never confused: the training split trains θ; the (remaining) validation split drives
-        held-out duals and chooses the final model; the audit split *estimates* what the final model does on new
-        data. A model chosen because it looks feasible on some data is optimistic there (a selection effect), so
-        an estimate for new data must come from rows that neither trained nor selected it. The cost is ``fraction``
-        of the validation rows: larger intervals for the validation-driven game, an unbiased held-out estimate.
-
-        Returns:
-            A copy whose ``validation`` keeps ``1 - fraction`` of the rows and whose :attr:`audit` holds the rest.
-
-        Raises:
-            ValueError: ``fraction`` not in (0, 1), or fewer than 2 validation rows.
-        """
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
-        v = self.validation
-        if len(v) < 2:
-            raise ValueError(f"the validation split has {len(v)} rows; an audit split needs at least 2")
-        strata = v.groups.numpy() * 2 + v.y.numpy().astype(np.int64)
-        keep, audit = stratified_split(strata, [1.0 - fraction, fraction], seed)
-        return replace(self, validation=v.subset(keep), audit=v.subset(audit, "audit"))
-
-    def group_counts(self) -> dict[str, np.ndarray]:
-        """Rows per group of every split: split name (``train``, ``validation``, ``test``, and ``audit`` when
-        present) -> ``(G,)`` int64 counts in group-id order (an absent group counts 0)."""
-        parts = [*self.splits(), *(() if self.audit is None else (self.audit,))]
-        return {p.name: np.bincount(p.groups.numpy(), minlength=self.num_groups).astype(np.int64) for p in parts}
-
-    def splits(self) -> Iterator[DatasetSplit]:
-        """Iterate over train, validation and test."""
-        return iter((self.train, self.validation, self.test))
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(X, y, groups)`` of a split: ``(N, D)`` float32, ``(N,)`` float32,

@@ -11,9 +11,10 @@ import pandas as pd
 
 from fairopt.groups import Groups
 
+from ._splits import check_nonempty
 from ._tabular import normalize_names
 from .image_io import IMAGENET_MEAN, IMAGENET_STD, ImageSize, RowOrigin
-from .images import ImageDataset, as_size, assemble_images, check_nonempty
+from .images import ImageDataset, as_size, assemble_images
 
 __all__ = ["CELEBA_PARTITIONS", "load_celeba"]
 
@@ -84,6 +85,9 @@ def load_celeba(
             duplicate image, an image without a partition (each naming file, line and column); an empty split;
             a target holding one value only.
     """
+    as_size(image_size)  # a bad size fails before the attribute file is read
+    if not 0.0 <= audit_fraction < 1.0:
+        raise ValueError(f"audit_fraction must be in [0, 1), got {audit_fraction}")
     base = _base_folder(Path(root))
     images = _image_folder(base)
     attrs, attr_origin = _read_attributes(base)
@@ -98,7 +102,7 @@ def load_celeba(
             )
     if target in sensitive:
         raise ValueError(f"the target {target!r} cannot also be a sensitive attribute")
-    partition = _read_partition(base, attrs, attr_origin)
+    partition, partition_origin = _read_partition(base, attrs, attr_origin)
     attrs = attrs.assign(partition=partition)
 
     if check_files:
@@ -123,27 +127,28 @@ def load_celeba(
     split_index = {name: np.flatnonzero(codes == code) for code, name in CELEBA_PARTITIONS.items()}
     check_nonempty(
         {name: len(rows) for name, rows in split_index.items()},
-        "the partition file lists no image with that code (0 = train, 1 = validation, 2 = test)",
+        f"{partition_origin.source}, column 'partition', lists no image with that code (0 = train, 1 = validation, "
+        "2 = test); give every split some images",
     )
     prefix = os.path.join(images, "")  # string joins: pathlib costs ~10 µs a path, 2 s for the 202,599 images
-    data = assemble_images(
+    return assemble_images(
         name="celeba",
         frame=attrs,
         labels=labels,
+        groups=groups,
         group_ids=group_ids,
-        group_names=groups.names,
-        sensitive=sensitive,
         target=target,
         split_index=split_index,
         origin=attr_origin,
-        image_size=as_size(image_size),
+        image_size=image_size,
         mean=mean,
         std=std,
         hflip=True,
         paths=np.asarray([prefix + f for f in attrs["image_id"].tolist()], dtype=object),
         center_crop=center_crop,
+        audit_fraction=audit_fraction,
+        seed=seed,
     )
-    return data.with_audit(audit_fraction, seed=seed) if audit_fraction else data
 
 
 def _base_folder(root: Path) -> Path:
@@ -167,8 +172,11 @@ def _read_attributes(base: Path) -> tuple[pd.DataFrame, RowOrigin]:
     """The attribute table (``image_id`` + one int64 -1/1 column per attribute) and where its rows came from."""
     txt, csv = base / "list_attr_celeba.txt", base / "list_attr_celeba.csv"
     if txt.is_file():
-        with open(txt) as handle:
-            count_line, names_line = handle.readline(), handle.readline()
+        try:
+            with open(txt) as handle:
+                count_line, names_line = handle.readline(), handle.readline()
+        except UnicodeDecodeError as error:
+            raise _not_text(txt, error) from None
         try:
             count = int(count_line.strip())
         except ValueError:
@@ -207,8 +215,9 @@ def _read_attributes(base: Path) -> tuple[pd.DataFrame, RowOrigin]:
     return pd.concat([frame[["image_id"]], values.astype(np.int64)], axis=1), origin
 
 
-def _read_partition(base: Path, attrs: pd.DataFrame, attr_origin: RowOrigin) -> pd.Series:
-    """The official partition code (0/1/2) of every row of ``attrs``, matched by ``image_id``."""
+def _read_partition(base: Path, attrs: pd.DataFrame, attr_origin: RowOrigin) -> tuple[pd.Series, RowOrigin]:
+    """The official partition code (0/1/2) of every row of ``attrs``, matched by ``image_id``, and where the codes
+    came from."""
     txt, csv = base / "list_eval_partition.txt", base / "list_eval_partition.csv"
     if txt.is_file():
         frame = _read_table(txt, sep=r"\s+", header=None, names=["image_id", "partition"])
@@ -238,7 +247,7 @@ def _read_partition(base: Path, attrs: pd.DataFrame, attr_origin: RowOrigin) -> 
             f"image {attrs['image_id'].iat[row]} ({attr_origin.describe(row)}) has no partition in {origin.source} "
             f"({len(unlisted)} images without one)"
         )
-    return pd.Series(codes.to_numpy(dtype=np.int64)[position], index=attrs.index, name="partition")
+    return pd.Series(codes.to_numpy(dtype=np.int64)[position], index=attrs.index, name="partition"), origin
 
 
 def _read_table(path: Path, **kwargs: object) -> pd.DataFrame:
@@ -248,6 +257,15 @@ def _read_table(path: Path, **kwargs: object) -> pd.DataFrame:
         raise ValueError(f"{path} is empty") from None
     except pd.errors.ParserError as error:
         raise ValueError(f"{path} is malformed: {str(error).strip()} (pandas counts lines from 1)") from None
+    except UnicodeDecodeError as error:
+        raise _not_text(path, error) from None
+
+
+def _not_text(path: Path, error: UnicodeDecodeError) -> ValueError:
+    return ValueError(
+        f"{path} is not a text file ({error.reason} at byte {error.start}); the CelebA list files are plain text "
+        f"(ASCII): is it the right file, complete and not compressed?"
+    )
 
 
 def _check_unique(ids: pd.Series, origin: RowOrigin, column: str | None = None) -> None:

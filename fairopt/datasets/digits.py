@@ -8,9 +8,9 @@ import torch
 
 from fairopt.groups import Groups
 
-from ._tabular import check_fractions, stratified_split
+from ._splits import check_fractions, stratified_split
 from .image_io import ImageSize, RowOrigin
-from .images import ImageDataset, as_size, assemble_images
+from .images import ImageDataset, assemble_images
 
 __all__ = ["DIGIT_TARGETS", "load_colored_digits"]
 
@@ -123,21 +123,20 @@ def load_colored_digits(
             "color": np.asarray(_COLORS, dtype=object)[group_ids],
         }
     )
-    groups = Groups({"color": list(_COLORS)})
-    data = assemble_images(
+    return assemble_images(
         name="colored_digits",
         frame=frame,
         labels=labels,
+        groups=Groups({"color": list(_COLORS)}),
         group_ids=group_ids,
-        group_names=groups.names,
-        sensitive=("color",),
         target=target,
         split_index={"train": train, "validation": validation, "test": test},
         origin=RowOrigin("sklearn.datasets.load_digits", None, "image"),
-        image_size=as_size(image_size),
+        image_size=image_size,
         mean=mean.tolist(),
         std=std.tolist(),
         hflip=False,
         images=torch.from_numpy(images),
+        audit_fraction=audit_fraction,
+        seed=seed,
     )
-    return data.with_audit(audit_fraction, seed=seed) if audit_fraction else data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,11 @@ import pandas as pd
 from fairopt.groups import Groups
 
 from ._categories import sorted_categories
-from ._csv import _match_label
-from ._tabular import check_fractions, normalize_names, stratified_split
+from ._csv import positive_values
+from ._splits import check_fractions, check_nonempty, grouped_split, stratified_split
+from ._tabular import normalize_names
 from .image_io import IMAGENET_MEAN, IMAGENET_STD, ImageSize, RowOrigin
-from .images import ImageDataset, as_size, assemble_images, check_nonempty, grouped_split
+from .images import ImageDataset, assemble_images
 
 __all__ = ["SPLIT_ALIASES", "load_image_csv"]
 
@@ -178,25 +179,25 @@ def load_image_csv(
 
     root = Path(image_root)
     paths = _paths(frame[path_column], root, origin, check_files)
-    data = assemble_images(
+    return assemble_images(
         name=name if name is not None else default_name,
         frame=frame,
         labels=labels,
+        groups=groups,
         group_ids=group_ids,
-        group_names=groups.names,
-        sensitive=sensitive,
         target=target,
         split_index=split_index,
         origin=origin,
-        image_size=as_size(image_size),
+        image_size=image_size,
         mean=mean,
         std=std,
         hflip=hflip,
         paths=paths,
         center_crop=center_crop,
         patients=patients,
+        audit_fraction=audit_fraction,
+        seed=seed,
     )
-    return data.with_audit(audit_fraction, seed=seed) if audit_fraction else data
 
 
 def _at(column: pd.Series, row: int) -> Any:
@@ -216,6 +217,15 @@ def _read(csv: Any, read_csv_kwargs: Mapping[str, Any] | None) -> tuple[pd.DataF
             frame = pd.read_csv(csv, **dict(read_csv_kwargs or {}))
         except pd.errors.EmptyDataError:
             raise ValueError(f"the CSV {source} is empty: no header and no data rows") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"the CSV {source} is not UTF-8 text ({error.reason} at byte {error.start}); if it is text in another "
+                "encoding, pass read_csv_kwargs={'encoding': 'latin-1'} (or its encoding)"
+            ) from None
+        except pd.errors.ParserError as error:
+            raise ValueError(
+                f"the CSV {source} is malformed: {str(error).strip()} (pandas counts lines from 1)"
+            ) from None
     if len(frame) == 0:
         raise ValueError(f"{source} has no data rows (columns: {[str(c) for c in frame.columns]})")
     return frame, source, default_name
@@ -242,18 +252,7 @@ def _labels(column: pd.Series, target: str, positive_label: Any, origin: RowOrig
             )
         labels = column.to_numpy().astype(np.int64)
     else:
-        given = (
-            list(positive_label)
-            if isinstance(positive_label, Collection) and not isinstance(positive_label, (str, bytes))
-            else [positive_label]
-        )
-        positives = [_match_label(p, values) for p in given]
-        absent = [p for p, match in zip(given, positives) if match is None]
-        if absent:
-            raise ValueError(
-                f"positive_label {absent if len(given) > 1 else absent[0]!r} does not occur in target column "
-                f"{target!r} of {origin.source}; values found: {shown}"
-            )
+        positives = positive_values(positive_label, values, f"target column {target!r} of {origin.source}")
         labels = column.isin(positives).to_numpy(dtype=np.int64)
     if len(np.unique(labels)) < 2:
         raise ValueError(

@@ -8,14 +8,14 @@ normalized with ``torchvision.transforms.v2``; :class:`ImageGroupDataset` serves
 
 from __future__ import annotations
 
-import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
@@ -129,27 +129,46 @@ def image_transform(
 def decode_image_file(path: str, *, channels: int = 3, where: str = "") -> torch.Tensor:
     """Read and decode one image file (JPEG, PNG, WebP, GIF) with ``torchvision.io``.
 
+    Args:
+        path: the file.
+        channels: 3 (RGB) or 1 (grayscale): the decoded image is converted to it, whatever the file holds.
+        where: the metadata row that names the file (e.g. ``"list_attr_celeba.txt line 7, column 'image_id'"``),
+            added to every error message.
+
     Returns:
-        ``(channels, H, W)`` uint8 tensor (``channels`` 3: RGB, 1: grayscale; converted from what the file holds).
+        ``(channels, H, W)`` uint8 tensor.
 
     Raises:
-        FileNotFoundError: no file at ``path`` (the message names it and ``where``, the metadata row).
-        ValueError: the file cannot be decoded (corrupt, truncated, or not an image); the message names the path.
+        FileNotFoundError: no file at ``path`` (the message names it and ``where``).
+        PermissionError: the file cannot be read (permissions).
+        ValueError: the file is empty, or cannot be decoded (corrupt, truncated, or not an image); the message names
+            the path, ``where`` and torchvision's reason.
     """
     torchvision_module()
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.io import ImageReadMode, decode_image
 
     suffix = f" ({where})" if where else ""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file {path} not found{suffix}")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FileNotFoundError(f"image file {path} not found{suffix}") from None
+    except PermissionError as error:
+        raise PermissionError(
+            f"cannot read image file {path}{suffix}: {error.strerror}; check its permissions"
+        ) from None
+    if not data:
+        raise ValueError(f"image file {path}{suffix} is empty (0 bytes); is it a valid image?")
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     try:
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its image codecs for TorchCodec's and warns on every call: once per image.
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.")
-            return decode_image(read_file(path), mode=mode)
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
     except RuntimeError as error:
-        reason = str(error).rsplit(", ", 1)[-1]  # torchvision prefixes its C++ source location
+        # torchvision's messages read "decode_jpeg, <C++ source file>:<line>, <reason>": keep the reason.
+        match = re.match(r"^\w+, \S+:\d+, (.*)$", str(error), flags=re.DOTALL)
+        reason = (match.group(1) if match else str(error)).rstrip(". ")
         raise ValueError(f"cannot decode image file {path}{suffix}: {reason}; is it a valid image?") from None
 
 
@@ -215,6 +234,7 @@ def image_loader(
     persistent_workers: bool | None = None,
     drop_last: bool = False,
     prefetch_factor: int | None = None,
+    batch_sampler: Sampler[list[int]] | None = None,
     **kwargs: Any,
 ) -> DataLoader:
     """A ``DataLoader`` set up for decoding images: worker processes, pinned memory, persistent workers.
@@ -223,26 +243,32 @@ def image_loader(
         dataset: e.g. an :class:`ImageGroupDataset`.
         batch_size: images per batch.
         shuffle: reshuffle every epoch.
-        seed: seeds the shuffling generator (and so the workers' RNGs, hence augmentation), ``None``: torch's global
-            RNG.
-        num_workers: decoding processes (0: in the main process), typically the CPU cores the training step leaves
-            free. Decoding a 178x218 JPEG and resizing it to 128x128 took 0.6 ms on one core here (synthetic images:
-            about 1,700 images/s per worker), so a GPU step of a few thousand images/s needs several workers.
-        pin_memory: page-locked batches for faster, asynchronous host-to-GPU copies; default: when CUDA is available.
-        persistent_workers: keep workers alive between epochs (their start-up is paid once); default: when
-            ``num_workers > 0`` (the DataLoader refuses it with 0 workers).
-        drop_last: drop the last incomplete batch.
+        seed: seeds the shuffling generator and, through it, each worker's RNG, hence the augmentation of
+            ``num_workers > 0`` loaders; ``None``: torch's global RNG. With 0 workers the augmentation draws from
+            torch's global RNG (seed it with ``torch.manual_seed``).
+        num_workers: decoding processes (default 0: decode in the main process, which works everywhere, including
+            notebooks and Windows' spawn start), typically the CPU cores the training step leaves free. See
+            ``benchmarks/bench_image_step.py`` for measured decoding rates per worker.
+        pin_memory: page-locked batches for faster, asynchronous host-to-GPU copies (pair with
+            ``move_images(..., non_blocking=True)``); default: when CUDA is available.
+        persistent_workers: keep workers alive between epochs (their start-up, ~0.1-1 s each, is paid once);
+            default: when ``num_workers > 0`` (the DataLoader refuses it with 0 workers).
+        drop_last: drop the last incomplete batch (training a BatchNorm network: a batch of one image cannot be
+            normalized; see :meth:`ImageDataset.loader`, which drops it by default for training).
         prefetch_factor: batches each worker loads ahead (default torch's, 2); only with workers.
+        batch_sampler: yields the index lists of the batches instead (e.g.
+            :class:`~fairopt.samplers.GroupBalancedBatchSampler`); ``batch_size``, ``shuffle`` and ``drop_last`` must
+            then keep their defaults.
         **kwargs: passed to ``DataLoader``.
 
     Raises:
         ValueError: ``batch_size < 1`` or ``num_workers < 0``; ``persistent_workers`` or ``prefetch_factor`` with
-            ``num_workers=0``.
+            ``num_workers=0``; ``shuffle`` or ``drop_last`` with a ``batch_sampler``.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (an int), got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (an int; 0: decode in the main process), got {num_workers!r}")
     if num_workers == 0 and (persistent_workers or prefetch_factor is not None):
         raise ValueError("persistent_workers and prefetch_factor need num_workers > 0")
     generator = None
@@ -251,14 +277,17 @@ def image_loader(
         generator.manual_seed(seed)
     if num_workers > 0 and prefetch_factor is not None:
         kwargs["prefetch_factor"] = prefetch_factor
+    if batch_sampler is not None:
+        if shuffle or drop_last:
+            raise ValueError("shuffle and drop_last do not apply with a batch_sampler: it decides the batches")
+        kwargs["batch_sampler"] = batch_sampler
+    else:
+        kwargs.update(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
-        drop_last=drop_last,
         generator=generator,
         **kwargs,
     )

@@ -13,16 +13,20 @@ embedded digits) is held in memory as uint8. Nothing is ever downloaded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ._tabular import SPLIT_NAMES, stratified_split
+from fairopt.groups import Groups
+from fairopt.samplers import GroupBalancedBatchSampler
+
+from ._splits import Split, SplitDataset, check_nonempty, grouped_split
 from .image_io import ImageGroupDataset, ImageSize, RowOrigin, image_loader, image_transform
 
 if TYPE_CHECKING:
@@ -97,7 +101,7 @@ class ImageSplit:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class ImageDataset:
+class ImageDataset(SplitDataset):
     """An image fairness dataset, split: the image twin of :class:`~fairopt.datasets.TabularDataset`.
 
     Attributes:
@@ -137,77 +141,15 @@ class ImageDataset:
     audit: ImageSplit | None = None
     patients: np.ndarray | None = None
 
-    @property
-    def num_groups(self) -> int:
-        """Number of groups ``G`` (all combinations of the sensitive attributes' categories)."""
-        return len(self.group_names)
+    _unit: ClassVar[str] = "images"
+
+    def _units(self, part: Split) -> np.ndarray | None:
+        return None if self.patients is None else self.patients[part.index]
 
     @property
     def channels(self) -> int:
         """Image channels ``C`` of the model input (3: RGB, 1: grayscale)."""
         return len(self.mean)
-
-    def split(self, name: str) -> ImageSplit:
-        """Split ``"train"``, ``"validation"``, ``"test"`` or (when present) ``"audit"``."""
-        if name == "audit":
-            if self.audit is None:
-                raise ValueError("this dataset has no audit split; make one with dataset.with_audit(fraction)")
-            return self.audit
-        if name not in SPLIT_NAMES:
-            raise ValueError(f"unknown split {name!r}; valid choices: {', '.join(SPLIT_NAMES)}, audit")
-        return getattr(self, name)
-
-    def splits(self) -> Iterator[ImageSplit]:
-        """Iterate over train, validation and test."""
-        return iter((self.train, self.validation, self.test))
-
-    def with_audit(self, fraction: float = 0.5, *, seed: int | None = 0) -> ImageDataset:
-        """Move ``fraction`` of the validation images into an *audit* split, stratified by group and label.
-
-        As :meth:`TabularDataset.with_audit <fairopt.datasets.TabularDataset.with_audit>`: the training split trains
-        θ, the remaining validation split drives held-out duals and chooses the final model, and the audit split
-        only *estimates* what that model does on new data, so the estimate comes from images that neither trained
-        nor selected it. With :attr:`patients` set, whole patients move (no patient in both splits).
-
-        Raises:
-            ValueError: ``fraction`` not in (0, 1); fewer than 2 validation images; an audit split exists already.
-        """
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
-        if self.audit is not None:
-            raise ValueError("this dataset has an audit split already; carve it once")
-        v = self.validation
-        if len(v) < 2:
-            raise ValueError(f"the validation split has {len(v)} images; an audit split needs at least 2")
-        strata = v.groups.numpy() * 2 + v.y.numpy().astype(np.int64)
-        if self.patients is None:
-            keep, audit = stratified_split(strata, [1.0 - fraction, fraction], seed)
-        else:
-            keep, audit = grouped_split(self.patients[v.index], strata, [1.0 - fraction, fraction], seed)
-        if len(keep) == 0 or len(audit) == 0:
-            raise ValueError(
-                f"carving {fraction} of {len(v)} validation images leaves an empty split; use a fraction nearer 0.5"
-            )
-        return replace(self, validation=v.subset(keep), audit=v.subset(audit, "audit"))
-
-    def subsample_train(self, size: int, *, seed: int = 0) -> ImageDataset:
-        """A copy whose training split keeps ``size`` images drawn without replacement (seeded); the other splits
-        and the normalization (fitted on the full training split) stay. Small training sets make over-parameterized
-        nets interpolate quickly (the setting of the capacity sweeps).
-
-        Raises:
-            ValueError: ``size`` not in ``[1, len(train)]``.
-        """
-        n = len(self.train)
-        if not 1 <= size <= n:
-            raise ValueError(f"size must be in [1, {n}] (the training split's size), got {size}")
-        order = np.random.default_rng(seed).permutation(n)
-        return replace(self, train=self.train.subset(order[:size]))
-
-    def group_counts(self) -> dict[str, np.ndarray]:
-        """Images per group of every split (``audit`` too when present): ``(G,)`` int64 counts in id order."""
-        parts = [*self.splits(), *(() if self.audit is None else (self.audit,))]
-        return {p.name: np.bincount(p.groups.numpy(), minlength=self.num_groups).astype(np.int64) for p in parts}
 
     def transform(self, *, augment: bool = False) -> v2.Compose:
         """The dataset's :func:`image_transform` (its size, crop, normalization; flips only when :attr:`hflip`)."""
@@ -235,18 +177,80 @@ class ImageDataset:
         augment: bool = False,
         seed: int | None = None,
         num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        drop_last: bool | None = None,
+        balance: str | None = None,
         **kwargs: Any,
     ) -> DataLoader:
         """A DataLoader over a split yielding ``(x, y, group)``: ``(B, C, H, W)`` float32, ``(B,)`` float32,
         ``(B,)`` int64.
 
-        ``shuffle`` defaults to ``True`` for ``"train"`` and ``False`` otherwise; see :func:`image_loader` for
-        workers, pinned memory and the rest.
+        Defaults differ between training and evaluation, as in timm's loaders: for ``"train"`` the batches are
+        shuffled and the last incomplete batch is dropped (``drop_last``), so every training batch holds
+        ``batch_size`` images: a BatchNorm network cannot normalize a batch of one image in training mode (PyTorch
+        raises once a feature map is 1x1), and a small last batch gives noisy rates. The other splits keep every
+        image, in order (evaluation runs the network in eval mode, where a batch of one is fine).
+
+        Args:
+            split: ``"train"``, ``"validation"``, ``"test"`` or ``"audit"``.
+            batch_size: images per batch.
+            shuffle: reshuffle every epoch (default: for ``"train"`` only).
+            augment: random resized crop and (where :attr:`hflip`) mirror (:meth:`transform`); training only.
+            seed: seeds the order (and the workers' augmentation, see :func:`image_loader`).
+            num_workers, pin_memory, persistent_workers: as :func:`image_loader`: 0 workers (decode in the main
+                process), pinned memory when CUDA is available, persistent workers when there are workers.
+            drop_last: drop the last incomplete batch (default: for ``"train"`` only).
+            balance: ``None`` (default), ``"group"`` or ``"group_label"``: draw the batches with a
+                :class:`~fairopt.samplers.GroupBalancedBatchSampler` (every batch holds each group, or group and
+                label, to within one image; seeded by ``seed``, default 0; call ``loader.batch_sampler.set_epoch(e)``
+                each epoch for new batches). Use it when a group is so rare that most batches hold none of it;
+                see :mod:`fairopt.samplers` for when the optimizer's running dual table suffices instead.
+            **kwargs: passed to ``DataLoader`` through :func:`image_loader` (e.g. ``prefetch_factor``).
+
+        Raises:
+            ValueError: with ``drop_last``, a split smaller than ``batch_size`` (no batch would be drawn); an
+                unknown ``balance``, or ``shuffle``/``drop_last`` with it; what :func:`image_loader` and the
+                sampler raise (e.g. a group without images).
+
+        Warns:
+            UserWarning: a training loader without ``drop_last`` whose last batch would hold one image.
         """
-        if shuffle is None:
-            shuffle = split == "train"
+        part = self.split(split)
+        training = split == "train"
         data = self.dataset(split, augment=augment)
-        return image_loader(data, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers, **kwargs)
+        options = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers)
+        if balance is not None:
+            if balance not in ("group", "group_label"):
+                raise ValueError(f"balance must be None, 'group' or 'group_label', got {balance!r}")
+            if shuffle or drop_last:
+                raise ValueError("shuffle and drop_last do not apply with balance=: the balanced sampler decides")
+            sampler = GroupBalancedBatchSampler(
+                part.groups,
+                batch_size,
+                labels=part.y if balance == "group_label" else None,
+                num_groups=self.num_groups,
+                seed=0 if seed is None else seed,
+            )
+            return image_loader(data, batch_sampler=sampler, seed=seed, **options, **kwargs)
+        shuffle = training if shuffle is None else shuffle
+        drop_last = training if drop_last is None else drop_last
+        n = len(part)
+        if drop_last and n < batch_size:
+            raise ValueError(
+                f"the {split} split has {n} images, fewer than batch_size={batch_size}: with drop_last (the default "
+                f"for training) no batch would be drawn; use batch_size <= {n}, or drop_last=False for one smaller "
+                "batch per epoch"
+            )
+        if training and not drop_last and isinstance(batch_size, int) and batch_size > 1 and n % batch_size == 1:
+            warnings.warn(
+                f"the last training batch holds 1 of the {n} images (batch_size={batch_size}); a BatchNorm network "
+                "cannot normalize it in training mode: use drop_last=True (the default for training) or another "
+                "batch_size",
+                UserWarning,
+                stacklevel=2,
+            )
+        return image_loader(data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, **options, **kwargs)
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A whole split as tensors ``(X, y, groups)``: ``(N, C, H, W)`` float32 (transformed, no augmentation),
@@ -285,13 +289,12 @@ def assemble_images(
     name: str,
     frame: pd.DataFrame,
     labels: np.ndarray,
+    groups: Groups,
     group_ids: np.ndarray,
-    group_names: Sequence[str],
-    sensitive: Sequence[str],
     target: str,
     split_index: dict[str, np.ndarray],
     origin: RowOrigin,
-    image_size: tuple[int, int] | None,
+    image_size: ImageSize | None,
     mean: Sequence[float],
     std: Sequence[float],
     hflip: bool,
@@ -299,10 +302,21 @@ def assemble_images(
     images: torch.Tensor | None = None,
     center_crop: ImageSize | None = None,
     patients: np.ndarray | None = None,
+    audit_fraction: float = 0.0,
+    seed: int | None = 0,
 ) -> ImageDataset:
-    """Build the splits (``split_index``: split name -> frame rows, ``train``/``validation``/``test`` and optionally
-    ``audit``) from ``(N,)`` labels 0/1, ``(N,)`` group ids and either ``(N,)`` paths or ``(N, C, H, W)`` uint8
-    images."""
+    """The tail every image loader shares, after it has parsed its rows: build the splits, then carve the audit
+    split.
+
+    ``split_index`` maps split names (``train``, ``validation``, ``test``, optionally ``audit``) to frame rows;
+    ``labels`` are ``(N,)`` 0/1, ``group_ids`` ``(N,)`` ids of ``groups`` (whose names and attributes the dataset
+    takes), and the images are either ``(N,)`` ``paths`` or ``(N, C, H, W)`` uint8 ``images``. With
+    ``audit_fraction > 0``, that share of the validation split becomes the audit split
+    (:meth:`ImageDataset.with_audit`, seeded by ``seed``).
+
+    Raises:
+        ValueError: a bad ``image_size``; what :meth:`ImageDataset.with_audit` raises.
+    """
     y_all = torch.as_tensor(np.asarray(labels, dtype=np.float32))
     g_all = torch.as_tensor(np.asarray(group_ids, dtype=np.int64))
     parts: dict[str, ImageSplit] = {}
@@ -317,16 +331,16 @@ def assemble_images(
             paths=None if paths is None else tuple(str(p) for p in paths[index]),
             images=None if images is None else images[keep],
         )
-    return ImageDataset(
+    data = ImageDataset(
         name=name,
         train=parts["train"],
         validation=parts["validation"],
         test=parts["test"],
-        group_names=tuple(group_names),
-        sensitive=tuple(sensitive),
+        group_names=tuple(groups.names),
+        sensitive=tuple(groups.attributes),
         target=target,
         frame=frame,
-        image_size=image_size,
+        image_size=as_size(image_size),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         hflip=hflip,
@@ -335,46 +349,4 @@ def assemble_images(
         audit=parts.get("audit"),
         patients=patients,
     )
-
-
-def check_nonempty(sizes: dict[str, int], hint: str) -> None:
-    """``ValueError`` naming the empty splits among ``train``, ``validation``, ``test`` (an ``audit`` split, when
-    asked for, too): a held-out number needs held-out images. ``hint`` says where the split came from."""
-    empty = [name for name, n in sizes.items() if n == 0]
-    if empty:
-        shown = ", ".join(f"{k} {v}" for k, v in sizes.items())
-        raise ValueError(f"split(s) {', '.join(map(repr, empty))} would be empty ({shown} images): {hint}")
-
-
-def grouped_split(
-    units: np.ndarray, strata: np.ndarray, fractions: Sequence[float], seed: int | None
-) -> list[np.ndarray]:
-    """Split rows ``0..N-1`` into ``len(fractions)`` disjoint, seeded parts that never divide a unit (a patient).
-
-    ``units`` and ``strata`` are ``(N,)``: each row's unit (any hashable codes) and stratum (int). Units are
-    stratified by their first row's stratum, shuffled within strata (``numpy.random.default_rng(seed)``), and dealt
-    out whole, each to the part furthest below its share of the rows dealt so far (the rule of the tabular
-    ``stratified_split``, counted in rows). Part sizes then match the fractions to within one unit's rows.
-
-    Returns:
-        The parts' row indices, each ascending (int64).
-    """
-    shares = np.asarray(fractions, dtype=np.float64)
-    _, first, inverse = np.unique(units, return_index=True, return_inverse=True)
-    sizes = np.bincount(inverse)
-    unit_strata = np.asarray(strata)[first]
-    rng = np.random.default_rng(seed)
-    order = [
-        members[rng.permutation(len(members))]
-        for members in (np.flatnonzero(unit_strata == s) for s in np.unique(unit_strata))
-    ]
-    assigned = np.zeros(len(shares))
-    part_of_unit = np.empty(len(sizes), dtype=np.int64)
-    dealt = 0
-    for unit in np.concatenate(order).tolist() if order else []:
-        dealt += sizes[unit]
-        part = int(np.argmax(dealt * shares - assigned))
-        part_of_unit[unit] = part
-        assigned[part] += sizes[unit]
-    part_of_row = part_of_unit[inverse]
-    return [np.flatnonzero(part_of_row == k).astype(np.int64) for k in range(len(shares))]
+    return data.with_audit(audit_fraction, seed=seed) if audit_fraction else data

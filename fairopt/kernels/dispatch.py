@@ -19,7 +19,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from fairopt import proxies as _proxies
+import fairopt.proxies as _proxies
 from fairopt._validation import describe_bad_values, require_1d, require_device, require_tensor, validate_args_enabled
 from fairopt.kernels.ops import group_stats_op
 from fairopt.proxies import Proxy, as_proxy

@@ -18,6 +18,7 @@ from fairopt.optim.base import DualPlayer
 from fairopt.optim.constrained import METHODS, ConstrainedOptimizer, StepResult
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.cooper_problem import FairnessCMP
+from fairopt.optim.distributed import AllReduceStats, StatsReducer, accumulated_step, carry_gradient, global_mean
 from fairopt.optim.dual_stats import DualStatistics
 from fairopt.optim.lagrangian import LagrangianPlayer, make_dual_optimizer
 from fairopt.optim.methods import AugmentedLagrangian, Lagrangian, Method, Penalty, ProxyLagrangian, resolve_method
@@ -31,6 +32,7 @@ from fairopt.optim.stochastic import StochasticClassifier, example_uniforms
 
 __all__ = [
     "METHODS",
+    "AllReduceStats",
     "AugmentedLagrangian",
     "ConstrainedOptimizer",
     "ConstraintSet",
@@ -47,11 +49,15 @@ __all__ = [
     "PenaltyPlayer",
     "ProxyLagrangian",
     "ProxyLagrangianPlayer",
+    "StatsReducer",
     "StepResult",
     "StochasticClassifier",
+    "accumulated_step",
     "best_distribution",
     "best_iterate",
+    "carry_gradient",
     "example_uniforms",
+    "global_mean",
     "make_dual_optimizer",
     "project_simplex",
     "resolve_method",

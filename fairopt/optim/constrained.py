@@ -40,7 +40,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -53,6 +54,7 @@ from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, value_tensors
 from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
 from fairopt.optim.constraint_set import ConstraintSet
+from fairopt.optim.distributed import StatsReducer, accumulated_step
 from fairopt.optim.dual_stats import DualStatistics
 from fairopt.optim.lagrangian import LagrangianPlayer
 from fairopt.optim.methods import LEGACY_OPTIONS, METHODS, Method, method_from_legacy, resolve_method
@@ -171,7 +173,14 @@ class ConstrainedOptimizer:
             it replaces the one ``dual_min_count`` would build (``dual_min_count`` is then ignored).
         sync: optional ``fn(stats) -> stats`` applied to the dual table first; under DDP pass
             ``fairopt.GroupStats.all_reduce`` (a sum over ranks): every rank then takes the same dual step and keeps
-            identical multipliers.
+            identical multipliers. The primal step still reads this rank's table; for a DDP step equal to one process
+            on the global batch use ``stats_reducer`` instead (not both).
+        stats_reducer: optional :class:`~fairopt.optim.distributed.AllReduceStats` (DDP): each step all-reduces the
+            batch's table once, as counts, and the constraints, their gradient ``W`` and the dual step read the global
+            table, with the constraint gradient scaled by the world size against DDP's average
+            (:mod:`fairopt.optim.distributed`). Tables given to the optimizer (``heldout()`` returning a
+            :class:`~fairopt.GroupStats`, :meth:`update_duals`) are taken as global; :meth:`observe_heldout` batches
+            are all-reduced.
         records: optional :class:`~fairopt.optim.IterateRecords` filled by :meth:`record` (saved in state_dict).
         grad_scaler: optional ``torch.amp.GradScaler`` for float16 mixed precision: the primal objective is scaled
             before ``backward`` and the step goes through ``scaler.step``/``scaler.update`` (bfloat16 autocast
@@ -179,6 +188,12 @@ class ConstrainedOptimizer:
         max_grad_norm: optional clipping of the total gradient norm of the wrapped optimizer's parameters before
             its step (``torch.nn.utils.clip_grad_norm_``; after unscaling when a ``grad_scaler`` is given).
         dtype: dtype of the statistics and of the dual state (float64 default).
+        backend: how the statistics table is computed (:func:`fairopt.group_stats`): ``"auto"`` (default: the fused
+            Triton kernel for CUDA tensors when triton is installed, else the torch path), ``"torch"``, ``"triton"``.
+        evaluator: how the constraints are evaluated (:class:`~fairopt.optim.ConstraintSet`): ``"auto"`` (default:
+            NumPy on the host for CPU tables, where it is faster; torch ops on the device elsewhere), ``"numpy"`` or
+            ``"device"``. With ``"device"`` and ``validate_args=False`` a step never reads a tensor on the host
+            (statistics, constraint values, primal objective and dual update stay in the device queue).
         validate_args: value checks (labels, group ids, finite scores and loss); None uses the global default
             (:class:`fairopt.set_validate_args`); each check costs one host synchronization. ``validate=`` is its
             deprecated name.
@@ -195,7 +210,7 @@ class ConstrainedOptimizer:
             or given with a method object, ``dual_source="heldout"`` or ``heldout`` for a method without held-out
             duals (``Penalty``), ``heldout`` without ``dual_source="heldout"`` or with ``dual_every=None`` (it would
             never be called), a constraint referring to a group ``>= num_groups``, a dual optimizer without
-            ``maximize=True``.
+            ``maximize=True``, both ``sync`` and ``stats_reducer``.
         TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, a constraint is not a fairopt constraint, an
             unknown keyword argument.
     """
@@ -220,10 +235,13 @@ class ConstrainedOptimizer:
         margin: float | Sequence[float] | np.ndarray | None = None,
         running: RunningGroupStats | None = None,
         sync: Callable[[GroupStats], GroupStats] | None = None,
+        stats_reducer: StatsReducer | None = None,
         records: IterateRecords | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
         max_grad_norm: float | None = None,
         dtype: torch.dtype = torch.float64,
+        backend: str = "auto",
+        evaluator: str = "auto",
         validate_args: bool | None = None,
         **legacy_options: Any,
     ) -> None:
@@ -260,6 +278,8 @@ class ConstrainedOptimizer:
                 raise ValueError(f"method={spec.name!r} {what}; dual_source does not apply")
         if heldout is not None and dual_source != "heldout":
             raise ValueError("heldout= feeds the dual player; it needs dual_source='heldout'")
+        if sync is not None and stats_reducer is not None:  # the dual table would be summed over ranks twice
+            raise ValueError("pass stats_reducer= or sync=, not both: stats_reducer already all-reduces the dual table")
         if heldout is not None and dual_every is None:
             raise ValueError(
                 "heldout= is called at the scheduled dual steps, and dual_every=None schedules none; pass dual_every=k "
@@ -269,9 +289,12 @@ class ConstrainedOptimizer:
         self._method = spec
         self.dual_update, self.dual_value = dual_update, dual_value
         self.validate_args, self.heldout, self.records = validate_args, heldout, records
+        self.stats_reducer = stats_reducer
         self.grad_scaler = grad_scaler
         self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
-        self.constraint_set = ConstraintSet(constraints, num_groups, proxy=proxy, threshold=threshold, dtype=dtype)
+        self.constraint_set = ConstraintSet(
+            constraints, num_groups, proxy=proxy, threshold=threshold, dtype=dtype, backend=backend, evaluator=evaluator
+        )
         if isinstance(dual_max_window, bool) or not isinstance(dual_max_window, int) or dual_max_window < 1:
             raise ValueError(f"dual_max_window must be an int >= 1 (tables), got {dual_max_window!r}")
         if dual_min_count is not None and (
@@ -414,9 +437,12 @@ class ConstrainedOptimizer:
             example_losses=example_losses,
             validate_args=self.validate_args,
         )
+        if self.stats_reducer is not None:  # DDP: the global table, whose gradient is this rank's (world_size x)
+            stats = self.stats_reducer.primal_table(stats)
         # Expression constraints: values in one NumPy pass, gradients by its reverse pass; the proxy gradient enters
-        # the objective below (see _primal_objective). Function constraints: a differentiable evaluation.
-        lin = cs.linearize(stats) if cs.linearizable else None
+        # the objective below (see _primal_objective). Function constraints, and the device evaluator (no host
+        # round trip, cs.on_device): a differentiable evaluation.
+        lin = cs.linearize(stats) if cs.linearizable and not cs.on_device(stats.device) else None
         if lin is None:
             value = cs.evaluate(stats)
         else:  # constants: the proxy gradient enters through _primal_objective
@@ -435,6 +461,35 @@ class ConstrainedOptimizer:
         if due and self.dual_update == "simultaneous":
             dual_value = self._dual_step(value)
         return StepResult(loss.detach(), objective.detach(), _detached(value), self.player.multipliers, dual_value)
+
+    def step_accumulated(
+        self,
+        micro_batches: Iterable[Any],
+        forward: Callable[[Any], Mapping[str, Any]],
+        *,
+        no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
+    ) -> StepResult:
+        """One step on the union of ``micro_batches`` (gradient accumulation), equal to :meth:`step` on the whole
+        batch: the constraints and their gradient are evaluated once, at the whole batch's table.
+
+        ``forward(micro_batch)`` returns :meth:`step`'s keyword arguments for one micro-batch (``loss`` its mean
+        loss); it is called twice per micro-batch (the table first, without a graph; then forward and backward):
+
+        .. code-block:: python
+
+            def forward(batch):
+                x, y, a = batch
+                scores = model(x).squeeze(-1)
+                loss = F.binary_cross_entropy_with_logits(scores, y)
+                return {"loss": loss, "scores": scores, "labels": y, "groups": a}
+
+            opt.zero_grad()
+            opt.step_accumulated(list(zip(x.split(64), y.split(64), a.split(64))), forward)
+
+        Details, ``no_sync`` (a DDP model's ``model.no_sync``) and errors:
+        :func:`fairopt.optim.distributed.accumulated_step`.
+        """
+        return accumulated_step(self, micro_batches, forward, no_sync=no_sync)
 
     def _raise_no_heldout(self, dual_steps: int) -> NoReturn:
         raise RuntimeError(
@@ -543,7 +598,9 @@ class ConstrainedOptimizer:
 
         Call it e.g. with a validation batch every few steps; the dual steps (every ``dual_every`` primal steps)
         read the sum of the tables observed since the previous dual step. Arguments as :meth:`step` (``scores``
-        ``(N,)`` or ``(N, 1)``). Returns the batch's table.
+        ``(N,)`` or ``(N, 1)``). Returns the batch's table; with a ``stats_reducer`` (DDP) the batch is this rank's
+        and the table returned is its sum over the ranks (give a ``DistributedSampler``'s padding rows weight 0, or
+        use ``update_duals(collect_stats(..., all_reduce=True)[0])``, which drops them).
 
         Raises:
             ValueError: the optimizer was built with ``dual_source="train"``; invalid inputs.
@@ -559,6 +616,8 @@ class ConstrainedOptimizer:
                 example_losses=example_losses,
                 validate_args=self.validate_args,
             )
+        if self.stats_reducer is not None:  # a batch is this rank's; a table given to update_duals is global
+            stats = self.stats_reducer.reduce(stats)
         self.dual_statistics.observe(stats)
         return stats
 

@@ -23,12 +23,16 @@ from torch import Tensor
 
 from fairopt._deprecation import renamed_kwargs
 from fairopt.constraints import Constraint, ConstraintValue
+from fairopt.constraints.device_evaluation import evaluate_device
 from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
+from fairopt.kernels import BACKENDS
 from fairopt.optim.base import as_score_vector
 from fairopt.proxies import Proxy, as_proxy
 from fairopt.stats import COLUMNS, GroupStats, group_stats
 
-__all__ = ["ConstraintSet"]
+__all__ = ["EVALUATORS", "ConstraintSet"]
+
+EVALUATORS = ("auto", "numpy", "device")
 
 # Rates that are computed without labels (a selection rate counts predictions only) or from the loss column.
 _CELLS = [COLUMNS.index(c) for c in ("tn", "fp", "fn", "tp")]  # the hard confusion cells
@@ -49,6 +53,15 @@ class ConstraintSet:
             :class:`~fairopt.proxies.Proxy` (see :mod:`fairopt.proxies`).
         threshold: decision threshold in logit units; a positive prediction is ``score > threshold``.
         dtype: floating dtype of the statistics table and of every constraint value (float64 by default).
+        backend: how :meth:`measure` computes the table (:func:`fairopt.group_stats`'s ``backend``): ``"auto"``
+            (default: the fused Triton kernel on CUDA tensors when triton is installed, else the torch path),
+            ``"torch"`` or ``"triton"``.
+        evaluator: how expression constraints are evaluated on a table: ``"numpy"`` (one host pass in float64,
+            :mod:`fairopt.constraints.evaluation`; copies a GPU table to the host), ``"device"`` (torch ops on the
+            table's device, no host synchronization, :mod:`fairopt.constraints.device_evaluation`), or ``"auto"``
+            (default: NumPy for a CPU table, where it is faster, the device evaluator for any other device). Same
+            values and gradients either way (float rounding aside). A :class:`~fairopt.constraints.FunctionConstraint`
+            is always evaluated by its own function.
 
     Attributes:
         num_constraints: m, the total number of entries.
@@ -60,7 +73,8 @@ class ConstraintSet:
 
     Raises:
         TypeError: an element is not a :class:`~fairopt.constraints.Constraint`.
-        ValueError: no constraints; a constraint refers to a group ``>= num_groups``; bad ``num_groups``.
+        ValueError: no constraints; a constraint refers to a group ``>= num_groups``; bad ``num_groups``; an
+            unknown ``backend`` or ``evaluator``.
     """
 
     def __init__(
@@ -71,6 +85,8 @@ class ConstraintSet:
         proxy: str | Proxy | Callable[[Tensor], Tensor] = "sigmoid",
         threshold: float = 0.0,
         dtype: torch.dtype = torch.float64,
+        backend: str = "auto",
+        evaluator: str = "auto",
     ) -> None:
         items = (constraints,) if isinstance(constraints, Constraint) else tuple(constraints)
         if not items:
@@ -87,6 +103,15 @@ class ConstraintSet:
             c.check_num_groups(num_groups)
         if not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"backend must be one of {BACKENDS} (how the statistics table is computed), got {backend!r}"
+            )
+        if evaluator not in EVALUATORS:
+            raise ValueError(
+                f"evaluator must be one of {EVALUATORS} (how constraints are evaluated), got {evaluator!r}"
+            )
+        self.backend, self.evaluator = backend, evaluator
         self.constraints: tuple[Constraint, ...] = items
         self.num_groups = num_groups
         self.proxy = as_proxy(proxy)
@@ -162,6 +187,7 @@ class ConstraintSet:
             proxy=self.proxy,
             threshold=self.threshold,
             dtype=self.dtype,
+            backend=self.backend,
             validate_args=validate_args,
         )
 
@@ -176,15 +202,27 @@ class ConstraintSet:
         return ", ".join(repr(n) for n in names)
 
     # evaluation ---------------------------------------------------------------------------------------------
+    def on_device(self, device: torch.device) -> bool:
+        """Whether :meth:`evaluate` uses the device evaluator for a table on ``device`` (:attr:`evaluator`, with
+        ``"auto"`` resolved: NumPy on the CPU, the device evaluator elsewhere); always False with a function
+        constraint in the set."""
+        if not self.linearizable or self.evaluator == "numpy":
+            return False
+        return self.evaluator == "device" or device.type != "cpu"
+
     def evaluate(self, stats: GroupStats) -> ConstraintValue:
         """All m entries on one table: ``hard (m,)`` (no gradient), ``proxy (m,)`` (differentiable w.r.t. the
-        table, first order), ``defined``; in :attr:`dtype` on the table's device.
+        table: first order with the NumPy evaluator, any order with the device evaluator), ``defined``; in
+        :attr:`dtype` on the table's device. With the device evaluator (:meth:`on_device`) nothing is read on the
+        host.
 
         Raises:
             ValueError: the table has another number of groups than G.
         """
         self._check_table(stats)
         table = stats.table.to(self.dtype)
+        if self.on_device(table.device):
+            return self._evaluate_device(table)
         if self.linearizable:
             lin = self._linearize(host_table(stats), gradients=table.requires_grad)
             return ConstraintValue(*value_tensors(lin, table))
@@ -192,6 +230,31 @@ class ConstraintSet:
         if len(values) == 1:
             return values[0]
         return ConstraintValue(*(torch.cat([getattr(v, f) for v in values]) for f in ("hard", "proxy", "defined")))
+
+    def evaluate_device(self, stats: GroupStats) -> ConstraintValue:
+        """:meth:`evaluate` by the device evaluator whatever :attr:`evaluator` says
+        (:func:`fairopt.constraints.device_evaluation.evaluate_device`, then ``- tolerance`` per constraint): torch
+        ops on the table's device only, no host synchronization; ``proxy`` is differentiable w.r.t. the table by
+        autograd.
+
+        Raises:
+            TypeError: a constraint is a :class:`~fairopt.constraints.FunctionConstraint` (no expression to walk).
+            ValueError: the table has another number of groups than G.
+        """
+        if not self.linearizable:
+            raise TypeError("the device evaluator walks expressions; a FunctionConstraint has none (use evaluate())")
+        self._check_table(stats)
+        return self._evaluate_device(stats.table.to(self.dtype))
+
+    def _evaluate_device(self, table: Tensor) -> ConstraintValue:
+        parts = [evaluate_device(c.expr, table).shifted(c.tolerance) for c in self.constraints]
+        if len(parts) == 1:
+            return ConstraintValue(parts[0].hard, parts[0].proxy_upper, parts[0].defined)
+        return ConstraintValue(
+            torch.cat([p.hard for p in parts]),
+            torch.cat([p.proxy_upper for p in parts]),
+            torch.cat([p.defined for p in parts]),
+        )
 
     def linearize(self, stats: GroupStats, *, gradients: bool = True) -> Linearization:
         """All m entries at one table in NumPy (float64), with the VJP of the proxy values w.r.t. the flattened

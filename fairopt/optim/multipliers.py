@@ -79,5 +79,5 @@ class FairnessMultiplier(DenseMultiplier):
             new = new.clamp(min=0.0, max=self.bound)
         elif self.bound is not None:
             new = new.clamp(min=-self.bound, max=self.bound)
-        self.weight.data = new
+        self.weight.data.copy_(new)  # in place: the weight keeps its storage (optimizer state, CUDA graphs)
         self._before = self._observed = None

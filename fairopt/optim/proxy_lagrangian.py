@@ -127,11 +127,13 @@ class ProxyLagrangianPlayer(DualPlayer):
         delta = torch.cat([hard.new_zeros(1), hard])
         mask = torch.cat([defined.new_ones(1), defined])
         gradient = delta[:, None] * self._lam[None, :] if self.regret == "swap" else delta[:, None]
+        # In place: the state keeps its storage from step to step, as a captured CUDA graph needs (it replays on the
+        # addresses it was captured with).
         if self.update_type == "multiplicative":
-            self._state = multiplicative_step(self._state, gradient, self.lr, mask, self.floor)
+            self._state.copy_(multiplicative_step(self._state, gradient, self.lr, mask, self.floor))
         else:
-            self._state = additive_step(self._state, gradient, self.lr, mask)
-        self._lam = self._distribution()
+            self._state.copy_(additive_step(self._state, gradient, self.lr, mask))
+        self._lam.copy_(self._distribution())
 
     def _distribution(self) -> Tensor:
         if self.regret == "swap":

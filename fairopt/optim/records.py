@@ -1,7 +1,8 @@
 r"""Iterate records: the candidates from which the final (possibly randomized) model is chosen.
 
-At chosen steps, keep the model's state together with its objective and hard constraint values measured on
-held-out data. Cotter, Jiang, Sridharan (ALT 2019) show that the (proxy-)Lagrangian game's guarantee holds for a
+At chosen steps, keep the model's state together with its objective and its signed hard constraint values ``g``
+(``<= 0``: met; the glossary's *constraint values*, of which a *violation* is ``max(0, g)``) measured on held-out
+data. Cotter, Jiang, Sridharan (ALT 2019) show that the (proxy-)Lagrangian game's guarantee holds for a
 *distribution* over iterates; :meth:`IterateRecords.best_distribution` finds the best one supported on at most
 ``m + 1`` recorded iterates, and :meth:`IterateRecords.best_index` the best single iterate by the rank heuristic
 (see :mod:`fairopt.optim.selection`). :meth:`IterateRecords.stochastic_classifier` turns a distribution into a
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fairopt._deprecation import renamed_attribute, renamed_kwargs
 from fairopt.optim.base import as_margin
 from fairopt.optim.selection import best_distribution, best_iterate, is_feasible
 from fairopt.optim.stochastic import StochasticClassifier
@@ -46,19 +48,25 @@ class IterateRecord:
     Attributes:
         step: the training step it was taken at.
         objective: objective value (e.g. held-out error rate), lower is better.
-        violations: ``(m,)`` float64 hard constraint values ``g`` (``<= 0`` satisfied; 0 where undefined).
+        values: ``(m,)`` float64 signed hard constraint values ``g`` (``<= 0`` satisfied; 0 where undefined).
+            ``violations`` is its deprecated name.
         defined: ``(m,)`` bool mask of the entries that were defined.
         state: the model's ``state_dict`` (CPU copies), or None.
-        margin: ``(m,)`` float64 selection margin (>= 0, constraint units): selection asks ``violations + margin
-            <= 0`` (zeros when none was given).
+        margin: ``(m,)`` float64 selection margin (>= 0, constraint units): selection asks ``values + margin <= 0``
+            (zeros when none was given).
     """
 
     step: int
     objective: float
-    violations: Tensor
+    values: Tensor
     defined: Tensor
     state: dict[str, Tensor] | None
     margin: Tensor | None = None
+
+    @property
+    def violations(self) -> Tensor:
+        """Deprecated name of :attr:`values` (signed ``g``, not the violation ``max(0, g)``)."""
+        return renamed_attribute(self, "violations", "values")
 
 
 class IterateRecords:
@@ -80,11 +88,12 @@ class IterateRecords:
     def __getitem__(self, index: int) -> IterateRecord:
         return self.records[index]
 
+    @renamed_kwargs(violations="values")
     def record(
         self,
         step: int,
         objective: float | Tensor,
-        violations: Tensor,
+        values: Tensor,
         *,
         defined: Tensor | None = None,
         model: nn.Module | None = None,
@@ -94,36 +103,37 @@ class IterateRecords:
 
         Args:
             step: training step. objective: scalar, lower is better.
-            violations: ``(m,)`` hard constraint values (e.g. ``optimizer.evaluate(heldout_stats).hard``).
+            values: ``(m,)`` signed hard constraint values ``g`` (e.g. ``optimizer.evaluate(heldout_stats).hard``);
+                ``violations=`` is its deprecated name.
             defined: optional ``(m,)`` bool mask (default all True).
             model: the model whose state to keep (required when ``keep_states``).
             margin: optional ``(m,)`` (or one number) margin >= 0 against estimation error: selection treats the
-                iterate as feasible only when ``violations + margin <= 0`` (e.g. ``1.645 *`` the values' standard
+                iterate as feasible only when ``values + margin <= 0`` (e.g. ``1.645 *`` the values' standard
                 errors, :meth:`~fairopt.optim.ConstraintSet.standard_errors`).
 
         Raises:
             ValueError: a different m than earlier records; non-finite values or a negative margin; missing model.
         """
-        violations = torch.as_tensor(violations).detach().to("cpu", torch.float64).reshape(-1)
+        values = torch.as_tensor(values).detach().to("cpu", torch.float64).reshape(-1)
         defined = (
-            torch.ones_like(violations, dtype=torch.bool)
+            torch.ones_like(values, dtype=torch.bool)
             if defined is None
             else torch.as_tensor(defined).detach().to("cpu", torch.bool).reshape(-1)
         )
         objective = float(objective)
-        if self.records and violations.numel() != self.records[0].violations.numel():
-            raise ValueError(f"records have m={self.records[0].violations.numel()} entries, got {violations.numel()}")
-        if not (np.isfinite(objective) and bool(torch.isfinite(violations).all())):
-            raise ValueError("objective and violations must be finite")
+        if self.records and values.numel() != self.records[0].values.numel():
+            raise ValueError(f"records have m={self.records[0].values.numel()} entries, got {values.numel()}")
+        if not (np.isfinite(objective) and bool(torch.isfinite(values).all())):
+            raise ValueError("objective and constraint values must be finite")
         if self.keep_states and model is None:
             raise ValueError("pass model=... to record its state (or build IterateRecords(keep_states=False))")
         state = None
         if self.keep_states and model is not None:
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        shift = torch.zeros_like(violations)
+        shift = torch.zeros_like(values)
         if margin is not None:  # undefined entries get no margin
-            shift = torch.where(defined, torch.from_numpy(as_margin(margin, violations.numel())), shift)
-        entry = IterateRecord(int(step), objective, violations, defined, state, shift)
+            shift = torch.where(defined, torch.from_numpy(as_margin(margin, values.numel())), shift)
+        entry = IterateRecord(int(step), objective, values, defined, state, shift)
         self.records.append(entry)
         return entry
 
@@ -132,17 +142,19 @@ class IterateRecords:
         """``(T,)`` float64 objective values."""
         return np.array([r.objective for r in self.records], dtype=np.float64)
 
+    def values(self) -> np.ndarray:
+        """``(T, m)`` float64 signed hard constraint values ``g`` (``<= 0`` met; 0 where undefined)."""
+        return np.stack([r.values.numpy() for r in self.records]) if self.records else np.zeros((0, 0))
+
     def violations(self) -> np.ndarray:
-        """``(T, m)`` float64 hard constraint values."""
-        return np.stack([r.violations.numpy() for r in self.records]) if self.records else np.zeros((0, 0))
+        """Deprecated name of :meth:`values` (signed ``g``, not the violations ``max(0, g)``)."""
+        return renamed_attribute(self, "violations", "values")()
 
     def margins(self) -> np.ndarray:
         """``(T, m)`` float64 selection margins (zeros where none was recorded)."""
         if not self.records:
             return np.zeros((0, 0))
-        return np.stack(
-            [np.zeros(r.violations.numel()) if r.margin is None else r.margin.numpy() for r in self.records]
-        )
+        return np.stack([np.zeros(r.values.numel()) if r.margin is None else r.margin.numpy() for r in self.records])
 
     def defined(self) -> np.ndarray:
         """``(T, m)`` bool: which entries were defined at each record."""
@@ -154,13 +166,13 @@ class IterateRecords:
         undefined-entry policy of the module docstring (with its warnings).
 
         Args:
-            feasible: ``feasible(violations)`` says whether a table ``(T', m')`` of candidates has a feasible choice
-                (default: some row with every entry ``<= 0``).
+            feasible: ``feasible(values)`` says whether a table ``(T', m')`` of candidates' constraint values has a
+                feasible choice (default: some row with every entry ``<= 0``).
         """
         self._require_records()
         if feasible is None:
             feasible = _some_feasible_row
-        defined, violations = self.defined(), self.violations()
+        defined, values = self.defined(), self.values()
         informative = defined.any(axis=0)
         everywhere = np.flatnonzero(informative)
         full = np.flatnonzero(defined[:, informative].all(axis=1))
@@ -169,7 +181,7 @@ class IterateRecords:
             problems.append(f"entries {np.flatnonzero(~informative).tolist()} are undefined for every record: ignored")
         if full.size == len(self.records):
             rows, columns = full, everywhere
-        elif full.size and feasible(violations[np.ix_(full, everywhere)]):
+        elif full.size and feasible(values[np.ix_(full, everywhere)]):
             rows, columns = full, everywhere
             problems.append(
                 f"{len(self.records) - full.size} of {len(self.records)} records skipped: an entry that other records "
@@ -192,15 +204,15 @@ class IterateRecords:
             )
         return rows, columns
 
-    def _violations_for_selection(
+    def _values_for_selection(
         self, feasible: Callable[[np.ndarray], bool], rows: np.ndarray, columns: np.ndarray
     ) -> np.ndarray:
-        """``violations + margin`` of the candidates' entries when some candidate is feasible with the margins, else
-        the plain violations (the data cannot certify any candidate with its margin: say so, choose as without one).
+        """``values + margin`` of the candidates' entries when some candidate is feasible with the margins, else
+        the plain values (the data cannot certify any candidate with its margin: say so, choose as without one).
         Sets :attr:`margin_used`."""
-        violations = self.violations()[np.ix_(rows, columns)]
+        values = self.values()[np.ix_(rows, columns)]
         margins = self.margins()[np.ix_(rows, columns)]
-        with_margin = violations + margins
+        with_margin = values + margins
         self.margin_used = bool(margins.any()) and feasible(with_margin)
         if margins.any() and not self.margin_used:
             warnings.warn(
@@ -209,27 +221,27 @@ class IterateRecords:
                 UserWarning,
                 stacklevel=3,
             )
-        return with_margin if self.margin_used else violations
+        return with_margin if self.margin_used else values
 
     def best_index(self, *, rank_objectives: bool = True) -> int:
-        """Index of the best single iterate (:func:`~fairopt.optim.best_iterate`) on ``violations + margin``, or
-        on the plain violations (with a warning) when no iterate is feasible with the margins. Only the
+        """Index of the best single iterate (:func:`~fairopt.optim.best_iterate`) on ``values + margin``, or on the
+        plain values (with a warning) when no iterate is feasible with the margins. Only the
         :meth:`candidates` compete (undefined entries: see the module docstring)."""
         rows, columns = self.candidates(_some_feasible_row)
-        g = self._violations_for_selection(_some_feasible_row, rows, columns)
+        g = self._values_for_selection(_some_feasible_row, rows, columns)
         return int(rows[best_iterate(self.objectives()[rows], g, rank_objectives=rank_objectives)])
 
     def best_distribution(self, *, tolerance: float = 1e-6) -> np.ndarray:
-        """``(T,)`` weights of the best distribution over iterates (:func:`~fairopt.optim.best_distribution`) on
-        ``violations + margin``, or on the plain violations (with a warning) when no distribution is feasible with
-        the margins. Records that are not :meth:`candidates` get weight 0."""
+        """``(T,)`` probabilities of the best distribution over iterates (:func:`~fairopt.optim.best_distribution`)
+        on ``values + margin``, or on the plain values (with a warning) when no distribution is feasible with the
+        margins. Records that are not :meth:`candidates` get probability 0."""
         objectives = self.objectives()
         rows, columns = self.candidates(lambda v: is_feasible(np.zeros(v.shape[0]), v))
         f = objectives[rows]
-        g = self._violations_for_selection(lambda v: is_feasible(f, v), rows, columns)
-        weights = np.zeros(len(self.records))
-        weights[rows] = best_distribution(f, g, tolerance=tolerance)
-        return weights
+        g = self._values_for_selection(lambda v: is_feasible(f, v), rows, columns)
+        probabilities = np.zeros(len(self.records))
+        probabilities[rows] = best_distribution(f, g, tolerance=tolerance)
+        return probabilities
 
     def export_best(self, model: nn.Module, *, rank_objectives: bool = True) -> int:
         """Load the best single iterate's state into ``model``; returns its index."""
@@ -237,19 +249,24 @@ class IterateRecords:
         model.load_state_dict(self._state(index))
         return index
 
+    @renamed_kwargs(weights="probabilities")
     def stochastic_classifier(
-        self, model: nn.Module, *, weights: np.ndarray | Tensor | None = None, seed: int = 0
+        self, model: nn.Module, *, probabilities: np.ndarray | Tensor | None = None, seed: int = 0
     ) -> StochasticClassifier:
         """A :class:`~fairopt.optim.StochasticClassifier` over the recorded states.
 
         Args:
             model: a module of the recorded architecture (its own parameters are not used).
-            weights: ``(T,)`` distribution (default :meth:`best_distribution`). seed: per-example sampling seed.
+            probabilities: ``(T,)`` mixture probabilities over the records (default :meth:`best_distribution`);
+                ``weights=`` is its deprecated name. seed: per-example sampling seed.
+
+        Raises:
+            ValueError: no records; ``probabilities`` of another shape than ``(T,)``; a record without a state.
         """
         self._require_records()
-        p = self.best_distribution() if weights is None else np.asarray(weights, dtype=np.float64)
+        p = self.best_distribution() if probabilities is None else np.asarray(probabilities, dtype=np.float64)
         if p.shape != (len(self.records),):
-            raise ValueError(f"weights must have shape ({len(self.records)},), got {p.shape}")
+            raise ValueError(f"probabilities must have shape ({len(self.records)},), got {p.shape}")
         support = [i for i in range(len(self.records)) if p[i] > 0]
         return StochasticClassifier(model, [self._state(i) for i in support], p[support], seed=seed)
 
@@ -271,7 +288,7 @@ class IterateRecords:
                 {
                     "step": r.step,
                     "objective": r.objective,
-                    "violations": r.violations,
+                    "values": r.values,
                     "defined": r.defined,
                     "state": r.state,
                     "margin": r.margin,
@@ -281,15 +298,22 @@ class IterateRecords:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (a state saved before the rename, with ``"violations"``, loads too)."""
         self.keep_states = bool(state["keep_states"])
         self.records = [
             IterateRecord(
-                int(r["step"]), float(r["objective"]), r["violations"], r["defined"], r["state"], r.get("margin")
+                int(r["step"]),
+                float(r["objective"]),
+                r["values"] if "values" in r else r["violations"],
+                r["defined"],
+                r["state"],
+                r.get("margin"),
             )
             for r in state["records"]
         ]
 
 
-def _some_feasible_row(violations: np.ndarray) -> bool:
-    """Whether some row of a ``(T, m)`` table meets every entry (``<= 0``); True without entries."""
-    return bool((violations.max(axis=1) <= 0).any()) if violations.shape[1] else True
+def _some_feasible_row(values: np.ndarray) -> bool:
+    """Whether some row of a ``(T, m)`` table of constraint values meets every entry (``<= 0``); True without
+    entries."""
+    return bool((values.max(axis=1) <= 0).any()) if values.shape[1] else True

@@ -12,7 +12,7 @@ measured on held-out data; ``g <= 0`` feasible):
       \min_{p \in Δ^T} \sum_t p_t f_t \quad\text{s.t.}\quad \sum_t p_t g_{t,i} \le ε \quad (i = 1..m),
 
   with ``ε = 0`` when feasible, else the smallest achievable ``ε`` found by bisection. A vertex solution has at most
-  ``m + 1`` non-zero weights (``m`` inequalities plus the simplex equality), so the randomized model mixes at most
+  ``m + 1`` non-zero probabilities (``m`` inequalities plus the simplex equality), so the randomized model mixes at most
   ``m + 1`` iterates. Solved with ``scipy.optimize.linprog(method="highs")``.
 
 These functions read finite numbers only: an undefined entry has no value to read. Records with undefined entries
@@ -25,32 +25,36 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from fairopt._deprecation import renamed_kwargs
+
 __all__ = ["best_distribution", "best_iterate", "is_feasible"]
 
-# Weights below this are rounding noise from the LP solver; they are set to 0 (and the rest renormalized).
+# Probabilities below this are rounding noise from the LP solver; they are set to 0 (and the rest renormalized).
 _WEIGHT_EPS = 1e-10
 
 
-def _check_table(objectives: ArrayLike, violations: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def _check_table(objectives: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     f = np.asarray(objectives, dtype=np.float64)
-    g = np.asarray(violations, dtype=np.float64)
+    g = np.asarray(values, dtype=np.float64)
     if f.ndim != 1 or f.size == 0:
         raise ValueError(f"objectives must have shape (T,) with T >= 1, got {f.shape}")
     if g.ndim == 1 and f.size == g.size:
         g = g[:, None]
     if g.ndim != 2 or g.shape[0] != f.size:
-        raise ValueError(f"violations must have shape (T, m) = ({f.size}, m), got {g.shape}")
+        raise ValueError(f"values must have shape (T, m) = ({f.size}, m), got {g.shape}")
     if not (np.isfinite(f).all() and np.isfinite(g).all()):
-        raise ValueError("objectives and violations must be finite")
+        raise ValueError("objectives and constraint values must be finite")
     return f, g
 
 
-def best_iterate(objectives: ArrayLike, violations: ArrayLike, *, rank_objectives: bool = True) -> int:
+@renamed_kwargs(violations="values")
+def best_iterate(objectives: ArrayLike, values: ArrayLike, *, rank_objectives: bool = True) -> int:
     """Index of the best single candidate by the rank heuristic (Cotter, Jiang, Sridharan, ALT 2019, Sec. 5.2).
 
     Args:
         objectives: ``(T,)`` objective values (lower is better), e.g. held-out error rates.
-        violations: ``(T, m)`` hard constraint values ``g`` (``<= 0`` satisfied).
+        values: ``(T, m)`` signed hard constraint values ``g`` (``<= 0`` satisfied); ``violations=`` is its
+            deprecated name.
         rank_objectives: rank the objective too (default); if False only the violation is ranked and the objective
             breaks ties.
 
@@ -62,7 +66,7 @@ def best_iterate(objectives: ArrayLike, violations: ArrayLike, *, rank_objective
     """
     from scipy.stats import rankdata  # scipy is imported when first needed: `import fairopt` stays light
 
-    f, g = _check_table(objectives, violations)
+    f, g = _check_table(objectives, values)
     worst = np.maximum(0.0, g.max(axis=1)) if g.shape[1] else np.zeros(f.size)
     ranks = rankdata(worst, method="min")  # every feasible candidate ties at rank 1
     if rank_objectives:
@@ -73,7 +77,7 @@ def best_iterate(objectives: ArrayLike, violations: ArrayLike, *, rank_objective
 
 
 def _solve(f: np.ndarray, g: np.ndarray, bound: float, method: str = "highs") -> np.ndarray | None:
-    """Weights minimizing ``f·p`` s.t. ``gᵀp <= bound``, ``p`` on the simplex; None when infeasible."""
+    """Probabilities minimizing ``f·p`` s.t. ``gᵀp <= bound``, ``p`` on the simplex; None when infeasible."""
     from scipy.optimize import linprog
 
     t = f.size
@@ -92,37 +96,44 @@ def _solve(f: np.ndarray, g: np.ndarray, bound: float, method: str = "highs") ->
     return p / p.sum()
 
 
-def is_feasible(objectives: ArrayLike, violations: ArrayLike) -> bool:
+@renamed_kwargs(violations="values")
+def is_feasible(objectives: ArrayLike, values: ArrayLike) -> bool:
     """Whether some distribution over the candidates meets every constraint in expectation (``Σ_t p_t g_t <= 0``).
+
+    Args:
+        objectives: ``(T,)`` objective values. values: ``(T, m)`` signed hard constraint values (``violations=``
+            is its deprecated name).
 
     Raises:
         ValueError: bad shapes or values.
     """
-    f, g = _check_table(objectives, violations)
+    f, g = _check_table(objectives, values)
     return _solve(f, g, 0.0) is not None
 
 
-def best_distribution(objectives: ArrayLike, violations: ArrayLike, *, tolerance: float = 1e-6) -> np.ndarray:
+@renamed_kwargs(violations="values")
+def best_distribution(objectives: ArrayLike, values: ArrayLike, *, tolerance: float = 1e-6) -> np.ndarray:
     r"""The best distribution over candidates: the shrinking LP (Cotter, Jiang, Sridharan, ALT 2019, Lemma 3).
 
     If some distribution satisfies every constraint in expectation, returns the one with the smallest expected
     objective. Otherwise bisects on the relaxation ``ε`` in ``[0, min_t max_i g_{t,i}]`` (the upper end is reached by
     the single least-violating candidate) until the bracket is narrower than ``tolerance``, and returns the best
-    distribution with every expected violation ``<= ε``.
+    distribution with every expected constraint value ``<= ε``.
 
     Args:
-        objectives: ``(T,)`` objective values. violations: ``(T, m)`` hard constraint values.
+        objectives: ``(T,)`` objective values. values: ``(T, m)`` signed hard constraint values (``violations=``
+            is its deprecated name).
         tolerance: width of the final bisection bracket, in constraint units (> 0).
 
     Returns:
-        ``(T,)`` float64 weights, non-negative, summing to 1, with at most ``m + 1`` non-zeros.
+        ``(T,)`` float64 probabilities, non-negative, summing to 1, with at most ``m + 1`` non-zeros.
 
     Raises:
         ValueError: bad shapes or values, ``tolerance <= 0``.
     """
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
-    f, g = _check_table(objectives, violations)
+    f, g = _check_table(objectives, values)
     m = g.shape[1]
     p = _solve(f, g, 0.0)
     if p is None:

@@ -6,7 +6,7 @@ with iterate ``t`` drawn with probability ``p_t``. To be auditable, the draw mus
 example, not of the batch it happens to be in: :func:`example_uniforms` hashes ``(seed, example id)`` to a number
 ``u`` in (0, 1) (MurmurHash3's 32-bit finalizer, in int64 arithmetic: the same on every device and batch
 composition), and the example is served by the candidate ``t`` with ``P_{t-1} <= u < P_t`` (``P`` the cumulative
-weights). The same example id and seed always get the same candidate.
+mixture probabilities). The same example id and seed always get the same candidate.
 
 Measured, a randomized classifier needs no draw at all: every table of fairopt is a sum over examples, so its
 expected table is the probability-weighted sum of its candidates' tables, exactly (:func:`expected_tables`; no
@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from fairopt._deprecation import renamed_attribute, renamed_kwargs
 
 __all__ = ["StochasticClassifier", "example_uniforms", "expected_tables"]
 
@@ -143,41 +145,59 @@ class StochasticClassifier(nn.Module):
     the example's id (reproducible), or averaged in :meth:`positive_probability`.
 
     The candidates' tensors are buffers of this module: ``.to(device)`` moves them, and ``state_dict()`` /
-    ``load_state_dict()`` save and restore them with the weights and the seed (the template ``model``'s own
-    parameters are saved too, unused).
+    ``load_state_dict()`` save and restore them with the mixture probabilities and the seed (the template
+    ``model``'s own parameters are saved too, unused; a state saved before the rename, with ``weights``, loads too).
 
     Args:
         model: a module of the candidates' architecture; each candidate's parameters and buffers replace its own
-            through :func:`torch.func.functional_call` (the module's own weights are not used).
+            through :func:`torch.func.functional_call` (the module's own parameters are not used).
         states: one ``state_dict`` per candidate (same keys).
-        weights: ``(K,)`` probabilities (non-negative, normalized here; zero-weight candidates are dropped).
+        probabilities: ``(K,)`` mixture probabilities of the candidates (non-negative, normalized here; candidates
+            with probability 0 are dropped); ``weights=`` is its deprecated name.
         seed: sampling seed.
 
+    Attributes:
+        probabilities: ``(K',)`` float64 buffer, the normalized probabilities of the kept candidates (``weights`` is
+            its deprecated name).
+
     Raises:
-        ValueError: no candidates, mismatched lengths or keys, negative or all-zero weights.
+        ValueError: no candidates, mismatched lengths or keys, negative, non-finite or all-zero probabilities.
     """
 
+    @renamed_kwargs(weights="probabilities")
     def __init__(
         self,
         model: nn.Module,
         states: Sequence[Mapping[str, Tensor]],
-        weights: Sequence[float] | np.ndarray | Tensor,
+        probabilities: Sequence[float] | np.ndarray | Tensor,
         *,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        p = torch.as_tensor(np.asarray(weights, dtype=np.float64)).reshape(-1)
+        p = torch.as_tensor(np.asarray(probabilities, dtype=np.float64)).reshape(-1)
         if len(states) == 0 or p.numel() != len(states):
-            raise ValueError(f"need one weight per state: got {p.numel()} weights and {len(states)} states")
+            raise ValueError(f"need one probability per state: got {p.numel()} probabilities and {len(states)} states")
         if not bool(torch.isfinite(p).all() and (p >= 0).all()) or float(p.sum()) <= 0:
-            raise ValueError("weights must be finite, >= 0 and not all 0")
+            raise ValueError("probabilities must be finite, >= 0 and not all 0")
         if any(set(state) != set(states[0]) for state in states):
             raise ValueError("every candidate state must have the same keys (one architecture)")
         keep = [i for i in range(p.numel()) if p[i] > 0]
         self.model = model
         self.candidates = nn.ModuleList(_Candidate(states[i]) for i in keep)
-        self.register_buffer("weights", p[keep] / p[keep].sum())
+        self.register_buffer("probabilities", p[keep] / p[keep].sum())
         self.seed = int(seed)
+
+    @property
+    def weights(self) -> Tensor:
+        """Deprecated name of :attr:`probabilities` (the glossary keeps ``weights`` for example weights)."""
+        return renamed_attribute(self, "weights", "probabilities")
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A state saved before the rename holds the probabilities under "weights": read it under the new name.
+        old, new = prefix + "weights", prefix + "probabilities"
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> dict[str, int]:
         return {"seed": self.seed}
@@ -192,17 +212,18 @@ class StochasticClassifier(nn.Module):
     def candidate(self, example_ids: Tensor) -> Tensor:
         """``(N,)`` int64 index of the candidate serving each example (a pure function of ids and seed)."""
         u = example_uniforms(example_ids, self.seed)
-        edges = self.weights.to(u.device, torch.float64).cumsum(0)[:-1]
+        edges = self.probabilities.to(u.device, torch.float64).cumsum(0)[:-1]
         return torch.searchsorted(edges, u, right=True)
 
     def candidate_forward(self, index: int, x: Tensor) -> Tensor:
-        """The output of candidate ``index`` (``0 <= index <`` :attr:`num_candidates`, weight ``weights[index]``)
-        on ``x``: ``model(x)`` with that candidate's state."""
+        """The output of candidate ``index`` (``0 <= index <`` :attr:`num_candidates`, probability
+        ``probabilities[index]``) on ``x``: ``model(x)`` with that candidate's state."""
         return functional_call(self.model, self.candidates[index].state(), (x,))
 
     def candidate_outputs(self, x: Tensor) -> list[tuple[float, Tensor]]:
-        """``(weights[t], output of candidate t on x)`` for every candidate: what :func:`expected_tables` mixes."""
-        return [(p, self.candidate_forward(t, x)) for t, p in enumerate(self.weights.tolist())]
+        """``(probabilities[t], output of candidate t on x)`` for every candidate: what :func:`expected_tables`
+        mixes."""
+        return [(p, self.candidate_forward(t, x)) for t, p in enumerate(self.probabilities.tolist())]
 
     def forward(self, x: Tensor, example_ids: Tensor) -> Tensor:
         """Scores of the sampled candidate for each example: the output of ``model(x)`` row by row.
@@ -230,5 +251,5 @@ class StochasticClassifier(nn.Module):
         total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         for index in range(self.num_candidates):
             scores = self.candidate_forward(index, x).reshape(x.shape[0], -1)[:, 0]
-            total = total + float(self.weights[index]) * (scores > threshold).to(torch.float64)
+            total = total + float(self.probabilities[index]) * (scores > threshold).to(torch.float64)
         return total

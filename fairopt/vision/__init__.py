@@ -7,7 +7,8 @@
   autocast on CUDA and CPU, with :class:`fairopt.ConstrainedOptimizer` unchanged.
 
 Rare groups in small batches: see :class:`fairopt.samplers.GroupBalancedBatchSampler` (changes what the batches
-hold) and the optimizer's ``dual_min_count`` (changes what the dual player reads).
+hold; ``ImageDataset.loader(split, batch_size, balance="group")``) and the optimizer's ``dual_min_count`` (changes
+what the dual player reads); :mod:`fairopt.samplers` says when to use which.
 """
 
 from fairopt.vision.factory import PAPER_WIDTHS, SOURCES, BinaryLogits, create_image_model, list_image_models

@@ -9,13 +9,17 @@ ECCV 2016 (Fig. 4(e)): normalization and ReLU come *before* each convolution and
     y = \mathrm{conv}_2(\mathrm{relu}(\mathrm{BN}_2(\mathrm{conv}_1(h)))) + s(x),
 
 with ``s(x) = x`` when shape is kept and a strided 1x1 convolution of ``h`` when it changes. Because nothing
-normalizes the last block's sum, a final BN-ReLU precedes the pooling (He et al. 2016, Section 4.1).
+normalizes the last block's sum, a final BN-ReLU precedes the pooling (He et al. 2016, Section 4.1); the CIFAR
+implementation that Nakkiran et al. adapted (github.com/kuangliu/pytorch-cifar, ``preact_resnet.py``) pools the
+raw sum instead: ``final_norm=False`` builds that variant exactly (``16 k`` fewer parameters).
 
 Width ``k`` as in Nakkiran, Kaplun, Bansal, Yang, Barak, Sutskever, "Deep Double Descent", ICLR 2020 (arXiv
 1912.02292, Section 3) and Veldanda, Brugere, Dutta, Mishra, Garg, "Fairness via In-Processing in the
 Over-parameterized Regime: A Cautionary Tale with MinDiff Loss", TMLR 2023: the four stages have ``k, 2k, 4k, 8k``
-channels; ``k = 64`` is the standard ResNet-18. With the CIFAR stem and batch norm the parameter count is exactly
-``2724 k² + 157 k + 1`` (11,167,553 at ``k = 64``; hand count in ``tests/test_vision.py``).
+channels (strides 1, 2, 2, 2; Nakkiran et al., Appendix A: "The layer widths for the 4 blocks are [k, 2k, 4k,
+8k]"); ``k = 64`` is the standard ResNet-18. With the CIFAR stem and batch norm the parameter count is exactly
+``2724 k² + 157 k + 1`` (11,167,553 at ``k = 64``; ``2724 k² + 141 k + 1`` with ``final_norm=False``; hand count in
+``tests/test_vision.py``).
 """
 
 from __future__ import annotations
@@ -90,6 +94,8 @@ class PreActResNet(nn.Module):
             He et al. 2016: 16x fewer activations, for 218x178 CelebA or 224x224 inputs).
         norm: ``"batch"`` (default), ``"group"`` (GroupNorm, batch-size independent: small or group-balanced batches)
             or ``"none"``.
+        final_norm: a norm-ReLU after the last stage, before the pooling (default True, He et al. 2016); False:
+            pool the last residual sum directly, as the CIFAR code Nakkiran et al. adapted does.
 
     Raises:
         ValueError: width, blocks or in_chans not positive integers; unknown stem or norm.
@@ -103,6 +109,7 @@ class PreActResNet(nn.Module):
         in_chans: int = 3,
         stem: str = "cifar",
         norm: str = "batch",
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("width", width), ("in_chans", in_chans)):
@@ -136,7 +143,9 @@ class PreActResNet(nn.Module):
             stages.append(nn.Sequential(*stage))
             planes_in = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.norm = _norm(norm, planes_in)
+        # without the final norm an Identity keeps the attribute (no parameters), and forward skips its ReLU too
+        self.norm = _norm(norm, planes_in) if final_norm else nn.Identity()
+        self.final_norm = final_norm
         self.fc = nn.Linear(planes_in, 1)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):  # as torchvision's ResNet: He init for ReLU nets
@@ -149,11 +158,13 @@ class PreActResNet(nn.Module):
                 f"in_chans={x.shape[1] if x.dim() == 4 else '...'} for other channel counts"
             )
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-        out = F.adaptive_avg_pool2d(F.relu(self.norm(out)), 1).flatten(1)
+        if self.final_norm:
+            out = F.relu(self.norm(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.fc(out).squeeze(-1).float()
 
 
 def preact_resnet18(width: int = 64, **kwargs: object) -> PreActResNet:
     """Pre-activation ResNet-18 of width ``k`` (``k, 2k, 4k, 8k`` channels); keyword arguments of
-    :class:`PreActResNet` (``in_chans``, ``stem``, ``norm``)."""
+    :class:`PreActResNet` (``in_chans``, ``stem``, ``norm``, ``final_norm``)."""
     return PreActResNet(width, (2, 2, 2, 2), **kwargs)  # type: ignore[arg-type]

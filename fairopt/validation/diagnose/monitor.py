@@ -15,7 +15,7 @@ Example::
         ...; batch_stats = group_stats(scores, labels=y, groups=g, num_groups=G)
         monitor.update(step, model, train_stats=batch_stats)
     monitor.history()           # DataFrame: step, split, constraint, entry, value, violation
-    plot_constraint_history(monitor, path="violations.png")
+    plot_constraint_history(monitor, path="constraint_history.png")
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class FairnessMonitor:
         for c in self.constraints:
             value = c.evaluate(stats)
             names = c.entry_names(self.group_names)
-            shown = value.expression_values(c.tolerance).tolist()
+            shown = c.expression_values(value).tolist()
             for name, hard, ok, expression in zip(names, value.hard.tolist(), value.defined.tolist(), shown):
                 self._rows.append(
                     {

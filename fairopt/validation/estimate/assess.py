@@ -226,7 +226,7 @@ def assess_constraint(
     stats = stats.detach()
     value = constraint.evaluate(stats)
     defined = value.defined.cpu().numpy().astype(bool)
-    values = value.expression_values(constraint.tolerance)
+    values = constraint.expression_values(value)
     lookup = RateLookup(stats)
     forms = _analytic_forms(constraint, lookup, values) if options.constraint_method == "auto" else None
 

@@ -123,7 +123,7 @@ def bootstrap_constraint_interval(
     generator = torch.Generator().manual_seed(int(seed))
     tables = resample_tables(stats, moments, int(n_resamples), generator, loss_nonnegative=loss_nonnegative)
     hard, defined = _evaluate_all(constraint, tables)
-    values = ConstraintValue(hard, hard, defined).expression_values(constraint.tolerance)
+    values = constraint.expression_values(ConstraintValue(hard, hard, defined))
     alpha = 1.0 - confidence
     usable = ~np.all(np.isnan(values), axis=0)
     lower = np.full(values.shape[1], np.nan)

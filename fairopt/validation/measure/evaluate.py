@@ -5,7 +5,7 @@ mode for the pass and restored after), reduces each batch to its ``(G, 9)`` :cla
 and ``(G, 7)`` :class:`~fairopt.validation.SecondMoments` tables on the model's device, and adds them up.
 Every column is a sum over examples, so the result is *exactly* the table of the whole dataset, whatever the
 batching (no per-batch averaging); nothing is copied to the host until the end (the per-batch value checks of
-:func:`fairopt.group_stats` do one sync each; ``validate=False`` skips them).
+:func:`fairopt.group_stats` do one sync each; ``validate_args=False`` skips them).
 
 :func:`evaluate` then builds a :class:`~fairopt.validation.report.fairness_report.FairnessReport`.
 
@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from fairopt._deprecation import renamed_kwargs
 from fairopt._validation import (
     MIN_SCORES_FOR_PROBABILITY_CHECK,
     PROBABILITY_HINT,
@@ -123,6 +124,7 @@ def _label_count(labels: Any) -> int:
     return labels.shape[0]
 
 
+@renamed_kwargs(validate="validate_args")
 def collect_stats(
     model: Callable[[Any], Tensor],
     data: Any,
@@ -135,7 +137,7 @@ def collect_stats(
     batch_size: int = 4096,
     unpack: Unpack | None = None,
     progress: bool | None = None,
-    validate: bool | None = None,
+    validate_args: bool | None = None,
     all_reduce: bool = False,
 ) -> tuple[GroupStats, SecondMoments]:
     """Stream ``data`` through ``model`` and return the exact tables of the whole dataset.
@@ -152,7 +154,8 @@ def collect_stats(
         batch_size: batch size when ``data`` is a Dataset or tensors.
         unpack: ``unpack(batch) -> (x, labels, groups, weights_or_None)`` for other batch layouts.
         progress: show a tqdm bar; ``None`` (default): when the data has >= 20 batches and stderr is a terminal.
-        validate: value checks of :func:`fairopt.group_stats` (``None``: the global default).
+        validate_args: value checks of :func:`fairopt.group_stats` (``None``: the global default); ``validate=`` is
+            its deprecated name.
         all_reduce: under ``torch.distributed`` with each rank evaluating its own shard, sum both tables over
             the ranks in one collective, so that every rank holds the tables of the whole dataset (ratios are never
             averaged). A no-op without a process group. Shard with a ``DataLoader(dataset,
@@ -175,11 +178,12 @@ def collect_stats(
     # A module's structure tells probabilities apart (checked above); the range test is for plain callables only,
     # since a fresh or weak module's logits can all sit inside [0, 1].
     check_range = output_layer is None and not isinstance(model, nn.Module)
+    # The warnings below use stacklevel=3: past the renamed_kwargs wrapper, so they name the caller's line.
     if output_layer is not None:
         warnings.warn(
             f"the model ends in {output_layer}: its outputs look like probabilities. {PROBABILITY_HINT}",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     count = 0
     low_high: list[Tensor] = []  # running min and max of the scores, to see whether all lie in [0, 1]
@@ -205,7 +209,7 @@ def collect_stats(
                 warnings.warn(
                     f"the model's output comes out of a {made}: it looks like probabilities. {PROBABILITY_HINT}",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             weighted_scores = [(p, _scores(out, n)) for p, out in outputs]
             if remaining is not None:  # a DistributedSampler's padding is the tail of the rank's stream
@@ -231,7 +235,7 @@ def collect_stats(
                 threshold=threshold,
                 loss_fn=loss_fn,
                 frequency_weights=frequency_weights,
-                validate=validate,
+                validate_args=validate_args,
             )
             # A stochastic classifier is evaluated in expectation: its candidates' tables weighted by their
             # probabilities (exact expected counts, no sampling noise and no example ids needed), added to the totals.
@@ -243,7 +247,7 @@ def collect_stats(
         warnings.warn(
             f"every one of the {count} scores lies in [0, 1]: they look like probabilities. {PROBABILITY_HINT}",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     if stats is None or moments is None:  # no batches (e.g. an empty shard): zero tables, where NCCL wants them
         where = run_device if run_device is not None and run_device.type == "cuda" else None
@@ -264,7 +268,7 @@ def _batch_tables(
     threshold: float,
     loss_fn: LossFn | None,
     frequency_weights: bool,
-    validate: bool | None,
+    validate_args: bool | None,
 ) -> tuple[GroupStats, SecondMoments]:
     """The ``GroupStats`` and ``SecondMoments`` of one candidate's scores on a batch (the ``tables`` of
     :func:`~fairopt.optim.stochastic.expected_tables`).
@@ -291,7 +295,7 @@ def _batch_tables(
         weights=w,
         example_losses=loss,
         threshold=threshold,
-        validate_args=validate,
+        validate_args=validate_args,
     )
     moments = second_moments(
         scores,
@@ -353,6 +357,7 @@ def _sum_over_ranks(stats: GroupStats, moments: SecondMoments) -> tuple[GroupSta
     return GroupStats(both[:, :k]), SecondMoments(both[:, k:])
 
 
+@renamed_kwargs(validate="validate_args")
 def evaluate(
     model: Callable[[Any], Tensor],
     data: Any,
@@ -371,7 +376,7 @@ def evaluate(
     batch_size: int = 4096,
     unpack: Unpack | None = None,
     progress: bool | None = None,
-    validate: bool | None = None,
+    validate_args: bool | None = None,
     all_reduce: bool = False,
 ) -> FairnessReport:
     """Evaluate a model on a dataset: per-group rates and constraint entries with intervals and verdicts.
@@ -399,7 +404,7 @@ def evaluate(
         batch_size: as :func:`collect_stats`.
         unpack: as :func:`collect_stats`.
         progress: as :func:`collect_stats`.
-        validate: as :func:`collect_stats`.
+        validate_args: as :func:`collect_stats` (``validate=``: its deprecated name).
         all_reduce: as :func:`collect_stats`.
 
     Returns:
@@ -425,7 +430,7 @@ def evaluate(
         batch_size=batch_size,
         unpack=unpack,
         progress=progress,
-        validate=validate,
+        validate_args=validate_args,
         all_reduce=all_reduce,
     )
     extra = {
