@@ -31,6 +31,7 @@ Run: ``python benchmarks/device/kernel_bench.py`` (about 1 minute on one H200); 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -271,6 +272,7 @@ def check_no_sync(device: torch.device, steps: int = 5) -> tuple[list[str], list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke check that runs on a CPU")
+    parser.add_argument("--json", metavar="PATH", help="also write the checks and the table to PATH as JSON")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick or device.type == "cpu"
@@ -312,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     header = ["N", "G", *[f"{k} ms" for k in impls], "kernel GB/s", "% of peak", "x torchmetrics", "x index_add_"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---:" for _ in header) + "|")
+    records: list[dict[str, object]] = []
     for n in sizes:
         for g in group_counts:
             data = make_data(n, g, device)
@@ -331,9 +334,16 @@ def main(argv: list[str] | None = None) -> int:
                 t = times.get(base)
                 row.append(f"{t / kernel:.1f}x" if t else "")
             print("| " + " | ".join(row) + " |")
+            records.append({"N": n, "G": g, "ms": {k: None if t is None else t * 1e3 for k, t in times.items()},
+                            "kernel_gbps": gbps, "peak_gbps": peak})  # fmt: skip
             del data
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    if args.json:
+        summary = {"device": name, "torch": torch.__version__, "failures": failures, "no_sync_passed": passed,
+                   "rows": records}  # fmt: skip
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
     return 1 if failures else 0
 
 

@@ -61,6 +61,10 @@ run_bench() {
 
 # The CelebA-shaped ResNet-18 step, plain vs constrained, and the data path's images/s (issue 12).
 run_bench image_step 170 benchmarks/device/image_step.py "$@"
+# The fused (G, 9) kernel vs a masking loop, torchmetrics and index_add_, GB/s vs peak; the no-sync step check (issue 13).
+KERNEL_ARGS=()
+for arg in "$@"; do [ "$arg" = "--quick" ] && KERNEL_ARGS+=(--quick); done
+run_bench kernel 240 benchmarks/device/kernel_bench.py "${KERNEL_ARGS[@]}"
 # Further benchmarks go here, one run_bench line each.
 
 exit "$STATUS"
