@@ -47,7 +47,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fairopt.bench.config import CONSTRAINTS, DATASETS, DEFAULT_METHODS, METHODS, PRESETS
+    from fairopt.bench.config import BENCH_METHODS, CONSTRAINTS, DATASETS, DEFAULT_METHODS, PRESETS
     from fairopt.bench.images import IMAGE_PRESETS
     from fairopt.bench.images_cli import add_image_arguments
     from fairopt.datasets._builtin import SENSITIVE_CHOICES
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--methods",
         type=_csv_list,
-        help=f"comma-separated subset of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})",
+        help=f"comma-separated subset of {', '.join(BENCH_METHODS)} (default: {','.join(DEFAULT_METHODS)})",
     )
     bench.add_argument("--models", type=_csv_list, help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
     bench.add_argument(
