@@ -70,8 +70,9 @@ def load_celeba(
             performance on new data.
         seed: seed of the audit carve-out.
         check_files: check that every listed image exists (one directory listing), rather than failing mid-epoch.
-        mean, std: normalization per RGB channel on the [0, 1] scale (default ImageNet's, as pretrained models
+        mean: normalization per RGB channel on the [0, 1] scale (default ImageNet's, as pretrained models
             expect).
+        std: see ``mean``.
 
     Returns:
         An :class:`ImageDataset` named ``"celeba"``: the official partition as ``train`` / ``validation`` /

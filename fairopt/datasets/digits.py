@@ -57,9 +57,10 @@ def load_colored_digits(
         target: ``"digit>=5"`` or ``"even"`` (:data:`DIGIT_TARGETS`).
         correlation: ``P(red | y = 1) = P(green | y = 0)``, in [0.5, 1]; 0.5 makes colour independent of the label.
         label_noise: probability that a label is flipped, in [0, 0.5).
-        validation_fraction, test_fraction: shares of the 1,797 images for the held-out splits (stratified by
+        validation_fraction: shares of the 1,797 images for the held-out splits (stratified by
             colour and label, seeded); the rest trains. The defaults give 449 / 449 / 899 images: a training split
             small enough for a small ResNet to interpolate in seconds, a test split large enough for tight gaps.
+        test_fraction: see ``validation_fraction``.
         audit_fraction: share of the validation images moved to an ``audit`` split (:meth:`ImageDataset.with_audit`).
         seed: seeds the colours, the label noise, the splits and the audit carve-out; the same seed gives the
             same dataset.

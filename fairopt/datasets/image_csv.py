@@ -90,7 +90,8 @@ def load_image_csv(
             ``{0: "train", 1: "validation", 2: "test"}`` (replaces the aliases).
         patient_column: images with one value here (a patient) are kept in one split: seeded splits move whole
             patients; with a ``split_column`` a patient in two splits is an error (leaked held-out data).
-        validation_fraction, test_fraction: shares of the rows for the held-out splits (seeded splits only).
+        validation_fraction: shares of the rows for the held-out splits (seeded splits only).
+        test_fraction: see ``validation_fraction``.
         audit_fraction: share of the *validation* rows moved to an ``audit`` split (estimates on new data only;
             see :meth:`ImageDataset.with_audit`); 0: none.
         seed: seed of the seeded splits and of the audit carve-out.
@@ -100,8 +101,9 @@ def load_image_csv(
         hflip: whether training augmentation may mirror images (skin lesions: yes; chest X-rays: no, the heart
             is on one side).
         center_crop: crop before resizing, or ``None``.
-        mean, std: per-channel normalization on the [0, 1] scale (default ImageNet's; for one channel its average,
+        mean: per-channel normalization on the [0, 1] scale (default ImageNet's; for one channel its average,
             0.449 and 0.226).
+        std: see ``mean``.
         check_files: check that every listed image exists before returning.
         name: the dataset's name (default: the CSV's stem, or ``"dataframe"``).
         read_csv_kwargs: more arguments of ``pandas.read_csv``.

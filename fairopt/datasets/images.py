@@ -198,8 +198,10 @@ class ImageDataset(SplitDataset):
             shuffle: reshuffle every epoch (default: for ``"train"`` only).
             augment: random resized crop and (where :attr:`hflip`) mirror (:meth:`transform`); training only.
             seed: seeds the order (and the workers' augmentation, see :func:`image_loader`).
-            num_workers, pin_memory, persistent_workers: as :func:`image_loader`: 0 workers (decode in the main
+            num_workers: as :func:`image_loader`: 0 workers (decode in the main
                 process), pinned memory when CUDA is available, persistent workers when there are workers.
+            pin_memory: see ``num_workers``.
+            persistent_workers: see ``num_workers``.
             drop_last: drop the last incomplete batch (default: for ``"train"`` only).
             balance: ``None`` (default), ``"group"`` or ``"group_label"``: draw the batches with a
                 :class:`~fairopt.samplers.GroupBalancedBatchSampler` (every batch holds each group, or group and
