@@ -22,35 +22,11 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 
-def _csv_list(text: str) -> tuple[str, ...]:
-    items = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in _csv_list(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from fairopt.bench.config import BENCH_METHODS, CONSTRAINTS, DATASETS, DEFAULT_METHODS, PRESETS
+    from fairopt.bench.config import BENCH_METHODS, DEFAULT_METHODS, PRESETS
     from fairopt.bench.images import IMAGE_PRESETS
     from fairopt.bench.images_cli import add_image_arguments
-    from fairopt.datasets._builtin import SENSITIVE_CHOICES
+    from fairopt.bench.options import add_study_options, csv_list
     from fairopt.models import MODELS
 
     d = PRESETS["default"]
@@ -80,79 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="a named study to start from (image studies: " + ", ".join(sorted(IMAGE_PRESETS)) + ")",
     )
     which.add_argument("--full", action="store_true", help="the complete study: all training rows (preset 'full')")
-    bench.add_argument(
-        "--dataset",
-        help=f"{', '.join(DATASETS)} (default: adult), or csv:PATH (then also --target, --sensitive); images: digits, "
-        "celeba:DIR, images:CSV (see 'image studies' below)",
-    )
-    bench.add_argument(
-        "--target",
-        help="csv datasets only: the label column, 0/1 unless --positive-label is given (a bundled dataset's target "
-        "is fixed: giving another is an error)",
-    )
-    bench.add_argument(
-        "--positive-label",
-        action="append",
-        metavar="VALUE",
-        help="csv datasets only: the --target value that means y = 1, every other value meaning 0 (repeat the option "
-        "for several values; '2' also matches the number 2)",
-    )
-    choices = "; ".join(f"{name} {','.join(attributes)}" for name, attributes in SENSITIVE_CHOICES.items())
-    bench.add_argument(
-        "--sensitive",
-        type=_csv_list,
-        help=f"sensitive attribute column(s), comma-separated; groups are their combinations (bundled datasets: "
-        f"{choices})",
-    )
-    bench.add_argument(
-        "--constraint", choices=sorted(CONSTRAINTS), help=f"the fairness constraint (default: {d.constraint})"
-    )
+    add_study_options(bench, image_datasets=True)
     bench.add_argument(
         "--tolerance", type=float, help="bound on the rate gap (default 0.05); for p_rule the ratio p (default 0.8)"
     )
     bench.add_argument(
         "--methods",
-        type=_csv_list,
+        type=csv_list,
         help=f"comma-separated subset of {', '.join(BENCH_METHODS)} (default: {','.join(DEFAULT_METHODS)})",
     )
-    bench.add_argument("--models", type=_csv_list, help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
-    bench.add_argument(
-        "--epochs",
-        type=int,
-        help=f"training epochs of every model, mlp-large included unless --epochs-large is given (default: {d.epochs}; "
-        f"mlp-large {d.epochs_large})",
-    )
+    bench.add_argument("--models", type=csv_list, help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
     bench.add_argument(
         "--epochs-large",
         type=int,
         help=f"training epochs of mlp-large only, overriding --epochs for it (default: {d.epochs_large}, or --epochs "
         "when given)",
     )
-    seeds = bench.add_mutually_exclusive_group()
-    seeds.add_argument(
-        "--seeds",
-        type=_int_list,
-        help="comma-separated seed numbers, not a count (default: 0,1,2): --seeds 1 runs seed number 1 only; for N "
-        "seeds use --num-seeds N",
-    )
-    seeds.add_argument("--num-seeds", type=_positive_int, metavar="N", help="run N seeds: 0, 1, ..., N-1")
-    bench.add_argument(
-        "--train-size",
-        type=int,
-        help=f"cap on training rows, 0 = all (default: {d.train_size}; a note says when it cuts the training split)",
-    )
-    bench.add_argument("--lr", type=float, help=f"Adam learning rate (default: {d.lr:g})")
-    bench.add_argument("--dual-lr", type=float, help=f"dual (multiplier) step size (default: {d.dual_lr:g})")
-    bench.add_argument(
-        "--batch-size", type=int, help="training batch size (default: about 50 steps per epoch, 64 to 512)"
-    )
-    bench.add_argument(
-        "--margin-z",
-        type=float,
-        help=f"margin in standard errors of each constraint entry on the selection split (default {d.margin_z:g}; 0 = "
-        "none)",
-    )
-    bench.add_argument("--device", help="torch device for training and evaluation: cpu (default), cuda, cuda:1, ...")
     bench.add_argument("--out", type=Path, help="output folder (default: fairopt-runs/<preset>-<timestamp>)")
     bench.add_argument("--peers", action="store_true", help="add fairlearn ExponentiatedGradient and plain cooper")
     bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -180,30 +99,20 @@ def _config_from_args(args: argparse.Namespace) -> StudyConfig:
             ``--positive-label`` with a bundled dataset, or a csv dataset without ``--target`` / ``--sensitive``.
     """
     from fairopt.bench.config import PRESETS, default_tolerance
+    from fairopt.bench.options import study_options
 
     config = PRESETS["full" if args.full else args.preset]
     if args.constraint is not None and args.tolerance is None and args.constraint != config.constraint:
         args.tolerance = default_tolerance(args.constraint)
-    changes = {
+    own = {
         "dataset": args.dataset,
         "csv_target": args.target,
-        "sensitive": args.sensitive,
-        "constraint": args.constraint,
         "tolerance": args.tolerance,
         "methods": args.methods,
         "models": args.models,
-        "epochs": args.epochs,
         "epochs_large": args.epochs if args.epochs_large is None else args.epochs_large,
-        "seeds": tuple(range(args.num_seeds)) if args.num_seeds is not None else args.seeds,
-        "lr": args.lr,
-        "dual_lr": args.dual_lr,
-        "batch_size": args.batch_size,
-        "margin_z": args.margin_z,
-        "device": args.device,
     }
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if args.train_size is not None:
-        changes["train_size"] = None if args.train_size == 0 else args.train_size
+    changes = {**study_options(args), **{k: v for k, v in own.items() if v is not None}}
     if args.dataset and args.dataset != config.dataset and args.sensitive is None:
         changes["sensitive"] = None  # the new dataset's default sensitive attribute
     if args.dataset and args.dataset.startswith("csv:") and args.sensitive:
@@ -276,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dataset and args.dataset.startswith("csv:") and not Path(args.dataset[4:]).is_file():
         bench.error(f"--dataset {args.dataset}: no such file")
 
-    from fairopt.bench.output import format_table, write_outputs
+    from fairopt.bench.output import print_and_write
     from fairopt.bench.study import run_study
 
     out = _writable(
@@ -302,13 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fairopt bench: error: {line}", file=sys.stderr)
 
         result.runs.extend(run_peers(config, log=log, on_error=failed))
-    print(format_table(result))
-    written = write_outputs(result, out, plots=not args.no_plots)
-    if not args.no_plots and not any(p.suffix == ".png" for p in written):
-        print("(no PNG plots: matplotlib is not installed; pip install 'fairopt[plots]')")
-    print(
-        f"\nwrote {len(written)} files to {out}/ ({', '.join(p.name for p in written)}); total {result.wall_time:.0f} s"
-    )
+    print_and_write(result, out, plots=not args.no_plots)
     return 1 if failures else 0
 
 

@@ -192,3 +192,22 @@ def test_a_failing_peer_is_reported_and_the_others_still_run(monkeypatch):
     assert len(failures) == 1 and "RuntimeError: no such option" in failures[0]
     with pytest.raises(RuntimeError, match="no such option"):
         peers.run_peers(config)  # without on_error the failure propagates
+
+
+def test_bench_and_sweep_parse_their_shared_options_alike(capsys):
+    from fairopt.bench.options import study_options
+    from fairopt.cli import build_parser
+
+    parser = build_parser()
+    argv = ["--seeds", "1,2", "--train-size", "0", "--epochs", "3", "--lr", "0.01", "--sensitive", "sex, race"]
+    argv += ["--margin-z", "0", "--constraint", "equal_opportunity"]
+    bench = study_options(parser.parse_args(["bench", *argv]))
+    sweep = study_options(parser.parse_args(["sweep", "--tolerances", "0.05", *argv]))
+    assert bench == sweep == {
+        "sensitive": ("sex", "race"), "constraint": "equal_opportunity", "epochs": 3, "seeds": (1, 2), "lr": 0.01,
+        "margin_z": 0.0, "train_size": None,
+    }  # fmt: skip
+    assert study_options(parser.parse_args(["sweep", "--tolerances", "0.05", "--num-seeds", "2"])) == {"seeds": (0, 1)}
+    with pytest.raises(SystemExit) as exit_info:  # the sweep offers every constraint but the p%-rule
+        parser.parse_args(["sweep", "--tolerances", "0.05", "--constraint", "p_rule"])
+    assert exit_info.value.code == 2 and "invalid choice: 'p_rule'" in capsys.readouterr().err

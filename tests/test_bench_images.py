@@ -24,10 +24,11 @@ from torchvision.io import encode_jpeg, encode_png, write_file  # noqa: E402
 from fairopt.bench.images import (  # noqa: E402
     IMAGE_PRESETS,
     ImageStudyConfig,
-    _heldout_forward,
     estimate_seconds,
     forward_flops,
+    image_forward,
 )
+from fairopt.bench.runner import heldout_batch  # noqa: E402
 from fairopt.cli import main  # noqa: E402
 from fairopt.vision import create_image_model  # noqa: E402
 
@@ -121,8 +122,19 @@ def test_celeba_folder_runs_through_the_cli_with_the_official_partition(celeba, 
         assert sum(g["count"] for g in test["groups"]) == 3
         defined = [g for g in (_gap(test, "tpr"), _gap(test, "fpr")) if not np.isnan(g)]  # 3 images: maybe none
         assert row["test_value"] == (pytest.approx(max(defined)) if defined else None)
-    assert "Constraint value by width k" in printed and "| 1 | unconstrained |" in printed
+    assert "Expression value by width k" in printed and "| 1 | unconstrained |" in printed
     assert "preact-resnet18-w1" in (out / "study.md").read_text()
+
+
+def test_group_thresholds_on_an_image_folder(celeba, tmp_path, capsys):
+    # the validation scores are streamed from the folder (no split held in memory), so post-processing runs on disk
+    out = tmp_path / "run"
+    argv = ["bench", "--dataset", f"celeba:{celeba}", *TINY, "--methods", "thresholds", "--out", str(out)]
+    code, _, err = _run([*argv, "--no-plots"], capsys)
+    assert code == 0, err
+    (run,) = json.loads((out / "study.json").read_text())["runs"]
+    assert run["method"] == "thresholds" and run["selection"].startswith("group thresholds on validation")
+    assert run["multipliers"] == [] and sum(g["count"] for g in run["reports"]["test"]["groups"]) == 3
 
 
 def test_images_csv_folder_with_a_positive_label(image_csv, tmp_path, capsys):
@@ -154,7 +166,6 @@ def test_images_csv_folder_with_a_positive_label(image_csv, tmp_path, capsys):
         (["--image-size", "12x"], "expected N or HxW in pixels"),
         (["--amp", "fp16"], "amp='fp16' is for CUDA"),
         (["--workers", "-1"], "expected a whole number >= 0"),
-        (["--methods", "thresholds"], "fit group thresholds"),
         (["--batch-size", "1"], "invalid batch_size: 1"),
         (["--image-root", "."], "--image-root and --positive-label are for images:CSV datasets"),
         (["--epochs-large", "3"], "--epochs-large: for tabular studies only"),
@@ -213,7 +224,7 @@ def test_oxonfair_preset_prints_the_published_numbers_beside_ours(celeba, tmp_pa
     head = printed.split("Wearing_Earrings")[0] if "Wearing_Earrings" in printed else printed
     assert "estimated training time" in head
     assert "published unconstrained (resnet18): test accuracy 0.9104, test equal_opportunity gap 0.5091" in head
-    assert "published lagrangian-heldout (resnet18): test accuracy 0.9011, test equal_opportunity gap 0.0148" in head
+    assert "published thresholds (resnet18): test accuracy 0.9011, test equal_opportunity gap 0.0148" in head
     # the comparison table after the run: published error 1 - 0.9104 and violation 0.5091 - 0.01, then ours
     assert "published error" in printed and "0.090" in printed and "0.499" in printed
     assert "DeepFairPredictor" in (tmp_path / "study.md").read_text()
@@ -258,6 +269,6 @@ def test_heldout_batches_leave_batch_norm_statistics_and_the_mode_alone():
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batches = iter([(torch.randn(4, 3, 8, 8), torch.tensor([0.0, 1.0, 1.0, 0.0]), torch.tensor([0, 1, 0, 1]))])
-    out = _heldout_forward(model, batches, ImageStudyConfig())
+    out = heldout_batch(model, batches, image_forward(ImageStudyConfig()))
     assert model.training and out["scores"].shape == (4,) and out["scores"].dtype == torch.float32
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

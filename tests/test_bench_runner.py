@@ -14,7 +14,9 @@ from fairopt.bench import StudyConfig
 from fairopt.bench.config import class_constraint
 from fairopt.bench.runner import (
     FinalModel,
+    _scores,
     evaluate_models,
+    plain_forward,
     run_one,
     select_models,
     split_stats,
@@ -133,3 +135,57 @@ def test_the_history_shows_expression_values_with_the_constraints_own_tolerance(
     by_hand = float(value.hard[value.defined].max()) + constraint.tolerance  # g + tolerance, the largest entry
     assert trained.history[-1]["test"] == pytest.approx(by_hand, abs=1e-12)
     assert trained.history[-1]["test"] == pytest.approx(float(np.nanmax(constraint.expression_values(stats))))
+
+
+class _Batched:
+    """A split that streams its rows in batches of ``size`` (as an image folder does), for :func:`_scores`."""
+
+    def __init__(self, split, size: int) -> None:
+        self.split, self.size, self.name = split, size, split.name
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def tensors(self):
+        return self.split.loader(self.size, shuffle=False)
+
+
+def test_threshold_scores_stream_over_the_split_in_eval_mode(data):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(data.num_features, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    model = torch.nn.Sequential(model, torch.nn.Flatten(0))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    streamed = _scores(model, _Batched(data.validation, 7), plain_forward)  # 7 rows a batch: a short last batch
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        whole = model.eval()(data.validation.X).double()
+    assert streamed.shape == (len(data.validation),) and streamed.dtype == torch.float64
+    torch.testing.assert_close(streamed, whole)  # the same scores in the split's order, batch norm's running stats
+    empty = data.validation.subset(np.array([], dtype=np.int64))
+    with pytest.raises(ValueError, match="split has no rows"):
+        _scores(model, _Batched(empty, 7))
+
+
+def test_train_model_runs_its_forward_hook_on_every_training_and_heldout_batch(data):
+    calls = {"train": 0, "eval": 0}
+    built = []
+
+    def build(name: str, seed: int) -> torch.nn.Module:
+        built.append((name, seed))
+        return _model(data, seed)
+
+    def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        calls["train" if model.training else "eval"] += 1
+        return plain_forward(model, x)
+
+    config = TINY.updated(methods=("lagrangian-heldout",))
+    constraint = config.build_constraint(data.group_names)
+    hooked = train_model(config, data, constraint, "logistic", "lagrangian-heldout", 0, build_model=build,
+                         forward=forward)  # fmt: skip
+    plain = train_model(config, data, constraint, "logistic", "lagrangian-heldout", 0)
+    batch = config.batch_size_for(len(data.train))
+    assert built == [("logistic", 0)]
+    assert calls["train"] == config.epochs * -(-len(data.train) // batch)  # every training step, ceil(N / B) an epoch
+    assert calls["eval"] >= 1  # the held-out duals' validation batches, in eval mode
+    assert hooked.history == plain.history  # the hooks are the defaults here: the same training

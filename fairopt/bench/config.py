@@ -72,6 +72,7 @@ __all__ = [
     "PRESETS",
     "PublishedResult",
     "StudyConfig",
+    "check_options",
     "class_constraint",
     "make_constraint",
 ]
@@ -155,6 +156,38 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def check_options(config: Any, checks: Sequence[tuple[str, bool]]) -> torch.device:
+    """Check the numeric options every study has (tabular :class:`StudyConfig` and image
+    :class:`~fairopt.bench.images.ImageStudyConfig`), then the study's own ``checks`` (``(field name, ok)`` pairs),
+    then ``config.device``; returns the device.
+
+    Raises:
+        ValueError: ``invalid NAME: VALUE`` for the first failing check; a device name torch does not know; a CUDA
+            device where CUDA is not available.
+    """
+    shared = [
+        ("audit_fraction", 0 < config.audit_fraction < 1),
+        ("margin_z", config.margin_z >= 0),
+        ("dual_min_count", config.dual_min_count is None or config.dual_min_count > 0),
+        ("lr", config.lr > 0),
+        ("dual_lr", config.dual_lr > 0),
+        ("records_per_run", config.records_per_run >= 1),
+        ("seeds", len(config.seeds) >= 1 and all(isinstance(x, int) and x >= 0 for x in config.seeds)),
+        ("methods", len(config.methods) >= 1),
+        ("models", len(config.models) >= 1),
+    ]
+    for name, ok in [*shared, *checks]:
+        if not ok:
+            raise ValueError(f"invalid {name}: {getattr(config, name)!r}")
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        raise ValueError(f"invalid device {config.device!r}; e.g. cpu, cuda, cuda:1, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {config.device!r} asked for, but CUDA is not available here; use --device cpu")
+    return device
+
+
 @dataclass(frozen=True)
 class PublishedResult:
     """A published (test error, test violation) pair to compare with, for one method and model."""
@@ -228,32 +261,16 @@ class StudyConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)} or csv:PATH")
         self._check_data_options()
         make_constraint(self.constraint, self.tolerance)
-        checks = [
-            ("epochs", self.epochs >= 1),
-            ("epochs_large", self.epochs_large >= 1),
-            ("batch_size", self.batch_size is None or self.batch_size >= 1),
-            ("audit_fraction", 0 < self.audit_fraction < 1),
-            ("margin_z", self.margin_z >= 0),
-            ("dual_min_count", self.dual_min_count is None or self.dual_min_count > 0),
-            ("lr", self.lr > 0),
-            ("dual_lr", self.dual_lr > 0),
-            ("records_per_run", self.records_per_run >= 1),
-            ("validation_fraction", 0 < self.validation_fraction < 1),
-            ("seeds", len(self.seeds) >= 1),
-            ("methods", len(self.methods) >= 1),
-            ("models", len(self.models) >= 1),
-            ("train_size", self.train_size is None or self.train_size >= 10),
-            ("seeds", all(isinstance(x, int) and x >= 0 for x in self.seeds)),
-        ]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(f"invalid device {self.device!r}; e.g. cpu, cuda, cuda:1, mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} asked for, but CUDA is not available here; use --device cpu")
+        check_options(
+            self,
+            [
+                ("epochs", self.epochs >= 1),
+                ("epochs_large", self.epochs_large >= 1),
+                ("batch_size", self.batch_size is None or self.batch_size >= 1),
+                ("validation_fraction", 0 < self.validation_fraction < 1),
+                ("train_size", self.train_size is None or self.train_size >= 10),
+            ],
+        )
 
     def _check_data_options(self) -> None:
         """The csv-only options are refused for a bundled dataset (never silently ignored); a csv needs its columns."""

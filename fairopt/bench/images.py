@@ -2,18 +2,20 @@
 
 An image study is a tabular study (:mod:`fairopt.bench.study`) whose data are images and whose models are image
 models (:func:`fairopt.vision.create_image_model`): the same methods, the same four report splits (train, validation,
-held-out = the audit split, test; :data:`~fairopt.bench.runner.SPLITS`), the same selection
-(:func:`~fairopt.bench.runner.select_models`), evaluation (:func:`~fairopt.bench.runner.evaluate_models`) and
-outputs (:mod:`fairopt.bench.output`). Only three things differ, and they live here:
+held-out = the audit split, test; :data:`~fairopt.bench.runner.SPLITS`), the same training, selection and evaluation
+(:func:`~fairopt.bench.runner.run_one`) and outputs (:mod:`fairopt.bench.output`). Only three things differ, and they
+live here:
 
 * the data: ``digits`` (the embedded semi-synthetic coloured digits, :func:`~fairopt.datasets.load_colored_digits`),
   ``celeba:DIR`` (:func:`~fairopt.datasets.load_celeba`) or ``images:CSV`` (:func:`~fairopt.datasets.load_image_csv`),
   each with an audit split carved from the validation split (:meth:`~fairopt.datasets.ImageDataset.with_audit`);
   :class:`ImageStudyData` serves them to the shared runner (in-memory images as transformed tensors, files through a
   DataLoader with workers);
-* the training step (:func:`train_image_model`): channels-last models, optional bfloat16 autocast
-  (:func:`fairopt.vision.autocast`), batch-norm-safe batches, and held-out dual batches measured in eval mode (a
-  validation image must never move the batch-norm statistics of the model it judges);
+* the model and its forward pass, the two hooks of :func:`~fairopt.bench.runner.train_model`
+  (:func:`image_model_builder`, :func:`image_forward`): channels-last models, optional bfloat16 autocast
+  (:func:`fairopt.vision.autocast`); training batches drop a last incomplete batch (batch norm), and the runner
+  measures held-out dual batches and threshold scores in eval mode (a validation image must never move the
+  batch-norm statistics of the model it judges);
 * the configuration (:class:`ImageStudyConfig`) and its presets (:data:`IMAGE_PRESETS`), with a run-time estimate
   (:func:`estimate_seconds`) for the GPU-sized ones.
 """
@@ -22,8 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from fairopt.constraints import Constraint
@@ -41,22 +41,8 @@ from fairopt.datasets.digits import DIGIT_TARGETS
 from fairopt.datasets.images import as_size
 from fairopt.vision import AMP_MODES, autocast, create_image_model, move_images, prepare_model
 
-from .config import BENCH_METHODS, PublishedResult, make_constraint
-from .runner import (
-    DATA_SPLIT,
-    HELDOUT_METHODS,
-    POSTPROCESSED,
-    SPLITS,
-    RunResult,
-    TrainedModel,
-    _check,
-    _largest_value,
-    _make_optimizer,
-    _margin,
-    evaluate_models,
-    select_models,
-    split_stats,
-)
+from .config import BENCH_METHODS, PublishedResult, check_options, make_constraint
+from .runner import HELDOUT_METHODS, BuildModel, Forward, RunResult, TrainedModel, run_one, train_model
 
 __all__ = [
     "CELEBA_SIZES",
@@ -67,6 +53,8 @@ __all__ = [
     "ImageStudyData",
     "StudySplit",
     "estimate_seconds",
+    "image_forward",
+    "image_model_builder",
     "is_image_dataset",
     "load_image_study_data",
     "model_width",
@@ -138,8 +126,8 @@ class ImageStudyConfig:
     Raises:
         ValueError: at construction, for an unknown dataset kind, method, model name or constraint; a missing CelebA
             folder, CSV or image root; a CSV without ``target``/``sensitive``; a digits target other than
-            :data:`~fairopt.datasets.digits.DIGIT_TARGETS`; a bad image size, ``amp`` or number; a post-processing
-            method on images read from disk; a CUDA device where CUDA is not available.
+            :data:`~fairopt.datasets.digits.DIGIT_TARGETS`; a bad image size, ``amp`` or number
+            (:func:`~fairopt.bench.config.check_options`); a CUDA device where CUDA is not available.
     """
 
     dataset: str = "digits"
@@ -186,30 +174,15 @@ class ImageStudyConfig:
         as_size(self.image_size, "--image-size")
         if self.amp not in AMP_MODES:
             raise ValueError(f"invalid --amp {self.amp!r}; choose from {', '.join(AMP_MODES)}")
-        checks = [
-            ("epochs", self.epochs >= 1),
-            ("batch_size", self.batch_size >= 2),  # batch norm needs two images per training batch
-            ("workers", self.workers >= 0),
-            ("audit_fraction", 0 < self.audit_fraction < 1),
-            ("margin_z", self.margin_z >= 0),
-            ("dual_min_count", self.dual_min_count is None or self.dual_min_count > 0),
-            ("lr", self.lr > 0),
-            ("dual_lr", self.dual_lr > 0),
-            ("records_per_run", self.records_per_run >= 1),
-            ("train_size", self.train_size is None or self.train_size >= 2),
-            ("seeds", len(self.seeds) >= 1 and all(isinstance(s, int) and s >= 0 for s in self.seeds)),
-            ("methods", len(self.methods) >= 1),
-            ("models", len(self.models) >= 1),
-        ]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(f"invalid device {self.device!r}; e.g. cpu, cuda, cuda:1") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} asked for, but CUDA is not available here; use --device cpu")
+        device = check_options(
+            self,
+            [
+                ("epochs", self.epochs >= 1),
+                ("batch_size", self.batch_size >= 2),  # batch norm needs two images per training batch
+                ("workers", self.workers >= 0),
+                ("train_size", self.train_size is None or self.train_size >= 2),
+            ],
+        )
         autocast(device, self.amp)  # raises for fp16 on a CPU, bf16 on a GPU without it
 
     def _check_data(self) -> None:
@@ -234,12 +207,6 @@ class ImageStudyConfig:
             raise ValueError(f"unknown image dataset {self.dataset!r}; choose {_KINDS}")
         if kind != "images" and (self.image_root is not None or self.positive_label):
             raise ValueError("--image-root and --positive-label are for images:CSV datasets")
-        on_disk = [m for m in self.methods if m in POSTPROCESSED and self.dataset != "digits"]
-        if on_disk:
-            raise ValueError(
-                f"method(s) {', '.join(on_disk)} fit group thresholds on every validation score held in memory at "
-                "once, which image folders do not allow yet; use them with --dataset digits"
-            )
 
     # --- the StudyConfig interface the shared runner reads --------------------------------------------------------
 
@@ -351,18 +318,20 @@ IMAGE_PRESETS: dict[str, ImagePreset] = {
             "sensitive": ("Male",),
             "constraint": "equal_opportunity",
             "tolerance": 0.01,
-            "methods": ("unconstrained", "lagrangian-heldout"),
+            # OxonFair's constrained model is group thresholds fitted on validation: ours is "thresholds"
+            "methods": ("unconstrained", "thresholds", "lagrangian-heldout"),
             "models": ("resnet18",),
             "epochs": 10,
             # test error = 1 - accuracy; violation = gap - 0.01 (the gap exceeds the bound): what the comparison reads
             "published": (
                 PublishedResult("unconstrained", 1 - 0.910380, 0.509111 - 0.01, _OXONFAIR, model="resnet18"),
-                PublishedResult("lagrangian-heldout", 1 - 0.901062, 0.014818 - 0.01, _OXONFAIR, model="resnet18"),
+                PublishedResult("thresholds", 1 - 0.901062, 0.014818 - 0.01, _OXONFAIR, model="resnet18"),
             ),
             "published_note": (
                 "OxonFair's constrained model is its DeepFairPredictor: per-group thresholds fitted on the "
-                "validation split over a two-head network (the second head infers the group), not in-training "
-                "duals; the notebook loads that network's saved outputs, so compare the gaps, not the training."
+                "validation split over a two-head network (the second head infers the group), compared here with "
+                "our thresholds (fitted on validation, the true group at prediction time); the notebook loads that "
+                "network's saved outputs, so compare the gaps, not the training."
             ),
         },
         dataset_kind="celeba",
@@ -511,117 +480,50 @@ def load_image_study_data(config: ImageStudyConfig, seed: int = 0) -> tuple[Imag
 # ----------------------------------------------------------------------------------------------------- training
 
 
-def _heldout_forward(
-    model: nn.Module, batches: Iterator[tuple[Tensor, ...]], config: ImageStudyConfig
-) -> Mapping[str, Tensor]:
-    """One validation batch's scores for the held-out duals, in eval mode: a training-mode forward would add the
-    validation images to the batch-norm running statistics (and use batch statistics, not the deployed model's)."""
-    device = torch.device(config.device)
-    x, y, a = next(batches)
-    was_training = model.training
-    model.eval()
-    try:
+def image_forward(config: ImageStudyConfig) -> Forward:
+    """The image :data:`~fairopt.bench.runner.Forward`: the batch moved to the study's device in its layout
+    (:func:`~fairopt.vision.move_images`, channels-last per :attr:`ImageStudyConfig.uses_channels_last`), the model
+    run under ``config.amp`` autocast (:func:`~fairopt.vision.autocast`), the logits cast back to float32 so the loss
+    and the group statistics are computed outside autocast."""
+    device, channels_last = torch.device(config.device), config.uses_channels_last
+
+    def forward(model: nn.Module, x: Tensor) -> Tensor:
         with autocast(device, config.amp):
-            scores = model(move_images(x, device, channels_last=config.uses_channels_last))
-    finally:
-        model.train(was_training)
-    return {"scores": scores.float(), "labels": y.to(device), "groups": a.to(device)}
+            scores = model(move_images(x, device, channels_last=channels_last))
+        return scores.float()
+
+    return forward
 
 
-def _cycle(split: StudySplit, batch_size: int, seed: int) -> Iterator[tuple[Tensor, ...]]:
-    epoch = 0
-    while True:
-        yield from split.loader(batch_size, shuffle=True, seed=seed * 1000 + epoch)
-        epoch += 1
+def image_model_builder(config: ImageStudyConfig, data: ImageStudyData) -> BuildModel:
+    """The image :data:`~fairopt.bench.runner.BuildModel`: :func:`~fairopt.vision.create_image_model` over the data's
+    channels, moved to the study's device in its layout (:func:`~fairopt.vision.prepare_model`)."""
+
+    def build(model_name: str, seed: int) -> nn.Module:
+        model = create_image_model(model_name, in_chans=data.channels, seed=seed)
+        return prepare_model(model, device=torch.device(config.device), channels_last=config.uses_channels_last)
+
+    return build
 
 
 def train_image_model(
     config: ImageStudyConfig, data: ImageStudyData, constraint: Constraint, model_name: str, method: str, seed: int
 ) -> TrainedModel:
-    """Train one configuration of an image study (``method`` a training method), as
-    :func:`fairopt.bench.runner.train_model` does for tables: the same constrained optimizer
-    (:func:`~fairopt.bench.runner._make_optimizer`), margins, iterate records on the selection split and history of
-    the largest constraint value on each report split, with the image model's step (channels-last, autocast) and
-    eval-mode held-out batches. The history's and records' evaluation time is excluded from ``seconds``."""
-    torch.manual_seed(seed)
-    device = torch.device(config.device)
-    model = create_image_model(model_name, in_chans=data.channels, seed=seed)
-    model = prepare_model(model, device=device, channels_last=config.uses_channels_last)
-    optimizer, constrained = _make_optimizer(config, method, model, constraint, data, seed)  # type: ignore[arg-type]
-    batch_size = config.batch_size_for(len(data.train))
-    if constrained is not None and method in HELDOUT_METHODS:
-        batches = _cycle(data.validation, batch_size, seed)
-        constrained.heldout = lambda: _heldout_forward(model, batches, config)
-    steps_per_epoch = max(1, len(data.train) // batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    record_every = max(1, total_steps // config.records_per_run)
-    records = None if constrained is None else constrained.records
-    record_split = data.validation if method in HELDOUT_METHODS else data.train
-    with_margin = constrained is not None and method != "penalty"
-    history: list[dict[str, float]] = []
-    step, evaluation_time = 0, 0.0
-
-    def measure(initial: bool = False) -> None:
-        """The margin from the current rates; after a step also a history point and an iterate record."""
-        record_stats = None
-        if with_margin or records is not None:  # one pass over the selection split serves both
-            record_stats = split_stats(model, record_split, data.num_groups)  # type: ignore[arg-type]
-        if with_margin:
-            assert constrained is not None and record_stats is not None
-            constrained.margin = _margin(config, constrained.constraint_set, record_stats)  # type: ignore[arg-type]
-        if initial:
-            return
-        point: dict[str, float] = {"step": float(step), "epoch": step / steps_per_epoch}
-        for name in SPLITS:
-            split = data.split(DATA_SPLIT[name])
-            known = record_stats is not None and split is record_split  # the same model: the same table
-            stats = record_stats if known else split_stats(model, split, data.num_groups)  # type: ignore[arg-type]
-            point[name] = _largest_value(constraint, stats)  # type: ignore[arg-type]
-        history.append(point)
-        if records is not None:
-            assert constrained is not None and record_stats is not None
-            constrained.record(record_stats, model=model)
-
-    start = time.perf_counter()
-    if with_margin:
-        t0 = time.perf_counter()
-        measure(initial=True)  # the first margin, from the untrained model's rates
-        evaluation_time += time.perf_counter() - t0
-    model.train()
-    for epoch in range(config.epochs):
-        for x, y, a in data.train.loader(batch_size, shuffle=True, seed=seed * 1000 + epoch):
-            x = move_images(x, device, channels_last=config.uses_channels_last)
-            y, a = y.to(device, non_blocking=True), a.to(device, non_blocking=True)
-            with autocast(device, config.amp):
-                scores = model(x)
-            scores = scores.float()  # the loss and the group statistics in float32, outside autocast
-            loss = F.binary_cross_entropy_with_logits(scores, y)
-            if constrained is None:
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            else:
-                constrained.zero_grad()
-                constrained.step(loss=loss, scores=scores, labels=y, groups=a)
-            step += 1
-            if step % record_every == 0 or step == total_steps:
-                t0 = time.perf_counter()
-                measure()
-                evaluation_time += time.perf_counter() - t0
-    seconds = time.perf_counter() - start - evaluation_time
-    warnings = _check(constrained, model, data, method)  # type: ignore[arg-type]
-    return TrainedModel(model, constrained, history, seconds, warnings)
+    """:func:`fairopt.bench.runner.train_model` with the image hooks (:func:`image_model_builder`,
+    :func:`image_forward`): the same constrained optimizer, margins, iterate records and history, with channels-last
+    autocast steps, and held-out dual batches in eval mode (a validation image never moves the batch-norm statistics
+    of the model it judges)."""
+    hooks = {"build_model": image_model_builder(config, data), "forward": image_forward(config)}
+    return train_model(config, data, constraint, model_name, method, seed, **hooks)  # type: ignore[arg-type]
 
 
 def run_image_one(
     config: ImageStudyConfig, data: ImageStudyData, constraint: Constraint, model_name: str, method: str, seed: int
 ) -> list[RunResult]:
-    """Train (:func:`train_image_model`), select and evaluate one configuration: the image twin of
-    :func:`fairopt.bench.runner.run_one`, sharing its selection and evaluation. One :class:`RunResult` per final
-    model."""
-    trained = train_image_model(config, data, constraint, model_name, POSTPROCESSED.get(method, method), seed)
-    selection = select_models(config, data, constraint, trained, method)  # type: ignore[arg-type]
-    return evaluate_models(data, constraint, trained, selection, model_name, seed)  # type: ignore[arg-type]
+    """:func:`fairopt.bench.runner.run_one` (train, select, evaluate) with the image hooks (:func:`image_model_builder`,
+    :func:`image_forward`). One :class:`~fairopt.bench.runner.RunResult` per final model."""
+    hooks = {"build_model": image_model_builder(config, data), "forward": image_forward(config)}
+    return run_one(config, data, constraint, model_name, method, seed, **hooks)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------------- estimates

@@ -113,6 +113,8 @@ def image_config_from_args(args: argparse.Namespace) -> tuple[ImagePreset, Image
     """
     from fairopt.bench.config import default_tolerance
 
+    from .options import study_options
+
     given = [opt for dest, opt in TABULAR_ONLY.items() if getattr(args, dest, None) not in (None, False)]
     if given:
         raise ValueError(f"{', '.join(given)}: for tabular studies only, not with image data")
@@ -129,28 +131,18 @@ def image_config_from_args(args: argparse.Namespace) -> tuple[ImagePreset, Image
         and constraint != preset.options.get("constraint", ImageStudyConfig.constraint)
     ):
         changes["tolerance"] = default_tolerance(constraint)
-    options = {
+    own = {
         "dataset": args.dataset,
         "target": args.target,
-        "sensitive": args.sensitive,
-        "constraint": constraint,
         "tolerance": args.tolerance,
         "methods": args.methods,
         "models": args.models,
-        "epochs": args.epochs,
-        "seeds": tuple(range(args.num_seeds)) if args.num_seeds is not None else args.seeds,
-        "lr": args.lr,
-        "dual_lr": args.dual_lr,
-        "batch_size": args.batch_size,
-        "margin_z": args.margin_z,
-        "device": args.device,
         **{dest: getattr(args, dest) for dest in IMAGE_ONLY},
     }
-    changes.update({k: v for k, v in options.items() if v is not None})
+    changes.update(study_options(args))
+    changes.update({k: v for k, v in own.items() if v is not None})
     if args.positive_label:
         changes["positive_label"] = tuple(args.positive_label)
-    if args.train_size is not None:
-        changes["train_size"] = None if args.train_size == 0 else args.train_size
     return preset, preset.config(**changes)
 
 
@@ -229,17 +221,12 @@ def run_image_bench(
     out = out_folder(args.out or Path("fairopt-runs") / f"{preset.name}-{datetime.now():%Y%m%d-%H%M%S}")
 
     from .images_study import format_image_table, run_image_study, write_image_outputs
+    from .output import print_and_write
 
     try:
         result = run_image_study(config, progress=not args.quiet, log=log)
     except (ValueError, FileNotFoundError) as err:
         print(f"fairopt bench: error: {err}", file=sys.stderr)
         return 2
-    print(format_image_table(result))
-    written = write_image_outputs(result, out, plots=not args.no_plots)
-    if not args.no_plots and not any(p.suffix == ".png" for p in written):
-        print("(no PNG plots: matplotlib is not installed; pip install 'fairopt[plots]')")
-    print(
-        f"\nwrote {len(written)} files to {out}/ ({', '.join(p.name for p in written)}); total {result.wall_time:.0f} s"
-    )
+    print_and_write(result, out, plots=not args.no_plots, table=format_image_table, write=write_image_outputs)
     return 0

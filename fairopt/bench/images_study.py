@@ -3,29 +3,24 @@
 :func:`run_image_study` gives a :class:`~fairopt.bench.study.StudyResult` like :func:`~fairopt.bench.run_study`, so
 the console table, ``study.json``, ``study.md``, ``runs.csv`` and the two PNGs come from :mod:`fairopt.bench.output`
 unchanged. What images add is the capacity sweep of Cherepanova et al. (arXiv 2102.06764) and Veldanda et al. (TMLR
-2023): for ``preact-resnet18-w{k}`` models, the constraint's largest value on train / validation / held-out / test by
-width k and method (:func:`width_table`), as Markdown and a plot of constraint value vs width
-(:func:`plot_constraint_vs_width`, ``constraint_vs_width.png``).
+2023): for ``preact-resnet18-w{k}`` models, the constraint's largest expression value (``g + tolerance``, the
+quantity compared with the bound; docs/glossary.md) on train / validation / held-out / test by width k and method
+(:func:`width_table`), as Markdown and a plot against width (:func:`plot_constraint_vs_width`,
+``constraint_vs_width.png``).
 """
 
 from __future__ import annotations
 
 import math
-import platform
-import time
-import warnings
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
-from .images import ImageStudyConfig, ImageStudyData, load_image_study_data, model_width, run_image_one
+from .images import ImageStudyConfig, load_image_study_data, model_width, run_image_one
 from .output import bound, format_table, to_markdown, write_outputs
-from .runner import DATA_SPLIT, SPLITS, RunResult
-from .study import StudyResult, data_notes, run_warnings, summarize
+from .runner import SPLITS
+from .study import StudyResult, run_study, summarize
 
 __all__ = [
     "format_image_table",
@@ -40,7 +35,9 @@ __all__ = [
 def run_image_study(
     config: ImageStudyConfig, *, progress: bool = True, log: Callable[[str], None] | None = None
 ) -> StudyResult:
-    """Run every (model, method, seed) of an image study: :func:`~fairopt.bench.run_study` for images.
+    """Run every (model, method, seed) of an image study: :func:`~fairopt.bench.run_study` with the image data
+    (:func:`~fairopt.bench.images.load_image_study_data`) and the image run of one configuration
+    (:func:`~fairopt.bench.images.run_image_one`).
 
     Each seed gets its own audit carve-out, training subsample, initialization and batch order. ``log`` receives the
     data's notes and the loaders' warnings once (:func:`~fairopt.bench.study.data_notes`), then one line per run
@@ -50,68 +47,20 @@ def run_image_study(
         ValueError, FileNotFoundError: from :func:`~fairopt.bench.images.load_image_study_data` (an unknown
             attribute or column, a missing image ...).
     """
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
-    runs: list[RunResult] = []
-    notes: list[str] = []
-
-    def note(line: str) -> None:
-        if line not in notes:
-            notes.append(line)
-            if log is not None:
-                log(line)
-
-    data_by_seed: dict[int, ImageStudyData] = {}
-
-    def load(seed: int) -> ImageStudyData:
-        if seed not in data_by_seed:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UserWarning)
-                data_by_seed[seed], rows = load_image_study_data(config, seed)
-            for w in caught:
-                note(f"warning: {w.message}")
-            if len(data_by_seed) == 1:
-                for line in data_notes(config, data_by_seed[seed], rows):  # type: ignore[arg-type]
-                    note(line)
-        return data_by_seed[seed]
-
-    load(config.seeds[0])  # a bad attribute or a missing image fails here, before the progress bar
-    combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
-    bar = tqdm(total=len(combos), desc="fairopt bench", unit="run", disable=not progress)
-    for seed, model, method in combos:
-        data = load(seed)
-        constraint = config.build_constraint(data.group_names)
-        bar.set_postfix_str(f"{model} / {method} / seed {seed}")
-        for run in run_image_one(config, data, constraint, model, method, seed):
-            runs.append(run)
-            if log is not None:
-                values = [e.value for e in run.reports["test"].constraints[0].entries if e.value is not None]
-                shown = f"{max(values):.3f}" if values else "undefined"
-                log(
-                    f"  {model:<22} {run.method:<30} seed {seed}: test constraint value {shown} ({run.wall_time:.1f} s)"
-                )
-                for problem in run_warnings(run):
-                    log(f"    warning: {problem}")
-        bar.update(1)
-    bar.close()
-    first = data_by_seed[config.seeds[0]]
-    return StudyResult(
-        config=config,  # type: ignore[arg-type]
-        runs=runs,
-        group_names=tuple(first.group_names),
-        split_sizes={s: len(first.split(DATA_SPLIT[s])) for s in SPLITS},
-        constraint=constraint.name,
-        wall_time=time.perf_counter() - t0,
-        started=started,
-        machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        notes=tuple(notes),
+    return run_study(
+        config,  # type: ignore[arg-type]
+        progress=progress,
+        log=log,
+        load=load_image_study_data,
+        run=run_image_one,
     )
 
 
 def width_table(result: StudyResult) -> pd.DataFrame:
     """One row per (width k, method) of the ``preact-resnet18-w{k}`` runs (mean over seeds): ``width``, ``method``,
-    ``train_accuracy``, ``test_accuracy`` and the constraint's largest value on each split (``train_value``,
-    ``validation_value``, ``held-out_value``, ``test_value``; rate units, to compare with the bound). Empty when the
+    ``train_accuracy``, ``test_accuracy`` and the constraint's largest expression value on each split
+    (``train_value``, ``validation_value``, ``held-out_value``, ``test_value``, the columns of
+    :func:`~fairopt.bench.study.summarize`; rate units, to compare with the bound). Empty when the
     study has no such model."""
     summary = summarize(result)
     widths = summary["model"].map(model_width)
@@ -134,7 +83,7 @@ def width_markdown(result: StudyResult) -> str:
     if table.empty:
         return ""
     lines = [
-        f"Constraint value by width k of preact-resnet18-w{{k}} (largest entry; bound {bound(result):g}); "
+        f"Expression value by width k of preact-resnet18-w{{k}} (largest entry; bound {bound(result):g}); "
         "held-out = the audit split, used neither to train nor to choose.",
         "",
         "| k | method | train acc | test acc | train | validation | held-out | test |",
@@ -147,7 +96,7 @@ def width_markdown(result: StudyResult) -> str:
 
 
 def plot_constraint_vs_width(result: StudyResult, path: Path) -> None:
-    """Constraint value (largest entry) vs width k on train / held-out / test, one panel per method, with the bound
+    """Expression value (largest entry) vs width k on each split, one panel per method, with the bound
     as a horizontal line: the training value falling to 0 while the held-out and test values stay is the "illusion
     of fairness" of an interpolating net (Cherepanova et al. 2021)."""
     import matplotlib
@@ -168,7 +117,7 @@ def plot_constraint_vs_width(result: StudyResult, path: Path) -> None:
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("width k", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("constraint value", fontsize=8)
+    axes[0][0].set_ylabel("expression value", fontsize=8)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{result.constraint} vs width (line: bound)", fontsize=9)
     fig.tight_layout()

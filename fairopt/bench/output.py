@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,15 @@ from fairopt.validation.report.formatting import format_number
 
 from .study import StudyResult, run_warnings, summarize, write_json
 
-__all__ = ["format_table", "plot_histories", "plot_tradeoff", "published_comparison", "to_markdown", "write_outputs"]
+__all__ = [
+    "format_table",
+    "plot_histories",
+    "plot_tradeoff",
+    "print_and_write",
+    "published_comparison",
+    "to_markdown",
+    "write_outputs",
+]
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -231,4 +240,26 @@ def write_outputs(result: StudyResult, out: Path, *, plots: bool = True) -> list
         plot_histories(result, out / "constraint_vs_epoch.png")
         plot_tradeoff(result, out / "accuracy_vs_constraint.png")
         written += [out / "constraint_vs_epoch.png", out / "accuracy_vs_constraint.png"]
+    return written
+
+
+def print_and_write(
+    result: StudyResult,
+    out: Path,
+    *,
+    plots: bool = True,
+    table: Callable[[StudyResult], str] = format_table,
+    write: Callable[..., list[Path]] = write_outputs,
+) -> list[Path]:
+    """What ``fairopt bench`` ends with: the console table (``table(result)``) on stdout, the files written to ``out``
+    (``write(result, out, plots=plots)``), a line when the plots were asked for but matplotlib is missing, and one
+    line naming the files and the study's total time. The image bench passes its own ``table`` and ``write``
+    (:func:`fairopt.bench.images_study.format_image_table`, :func:`~fairopt.bench.images_study.write_image_outputs`).
+    Returns the paths written."""
+    print(table(result))
+    written = write(result, out, plots=plots)
+    if plots and not any(p.suffix == ".png" for p in written):
+        print("(no PNG plots: matplotlib is not installed; pip install 'fairopt[plots]')")
+    names = ", ".join(p.name for p in written)
+    print(f"\nwrote {len(written)} files to {out}/ ({names}); total {result.wall_time:.0f} s")
     return written

@@ -13,6 +13,10 @@ and the records, :meth:`FinalModel.tables` for the reports). The final model of 
 distribution over recorded iterates (the shrinking linear program of Cotter, Jiang, Sridharan, ALT 2019); its rates
 are reported *exactly in expectation*: the table of a randomized classifier is the probability-weighted sum of its
 candidates' tables (:func:`fairopt.optim.stochastic.expected_tables`), so no sampling noise is added.
+
+The image bench (:mod:`fairopt.bench.images`) runs through the same three steps with two hooks: ``build_model``
+(an image model, channels-last) and ``forward`` (a batch's inputs to float32 logits: device move, autocast), which
+every forward pass of a run goes through: training batches, held-out dual batches and group-threshold scores.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -36,6 +41,7 @@ from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, P
 from fairopt.postprocessing import GroupThresholds
 from fairopt.stats import GroupStats
 from fairopt.validation import FairnessReport, SecondMoments, collect_stats
+from fairopt.validation.measure.batches import default_unpack, iterate_batches, move_to
 
 from .config import StudyConfig
 
@@ -44,13 +50,18 @@ __all__ = [
     "HELDOUT_METHODS",
     "POSTPROCESSED",
     "SPLITS",
+    "BuildModel",
     "FinalModel",
+    "Forward",
     "RunResult",
     "Selection",
     "TrainedModel",
     "constant_prediction",
+    "eval_mode",
     "evaluate_models",
     "fit_thresholds",
+    "heldout_batch",
+    "plain_forward",
     "run_one",
     "select_final",
     "select_models",
@@ -67,6 +78,30 @@ DATA_SPLIT = {"train": "train", "validation": "validation", "held-out": "audit",
 HELDOUT_METHODS = ("lagrangian-heldout", "proxy-lagrangian-heldout")
 # Post-processing methods -> the training they finish (group thresholds fitted on the validation split).
 POSTPROCESSED = {"thresholds": "unconstrained", "proxy-lagrangian+thresholds": "proxy-lagrangian"}
+
+# forward(model, x) -> (B,) float32 logits on the model's device, ``x`` a batch's inputs as the split's loader yields
+# them (on the CPU): the one place a run's forward passes differ between tables and images (device move, layout,
+# autocast). The caller chooses the mode: training batches in train mode, held-out and threshold batches in eval mode.
+Forward = Callable[[nn.Module, Any], Tensor]
+# build_model(model_name, seed) -> the untrained model on the study's device, ready to train.
+BuildModel = Callable[[str, int], nn.Module]
+
+
+def plain_forward(model: nn.Module, x: Any) -> Tensor:
+    """The tabular :data:`Forward`: ``model(x)`` with ``x`` moved to the model's device (a no-op where it is)."""
+    return model(move_to(x, next(model.parameters()).device))
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block, its own mode restored after: a held-out or threshold batch must not
+    move the batch-norm running statistics of the model it judges (nor use the batch's own statistics)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -118,22 +153,34 @@ def split_stats(model: nn.Module, split: DatasetSplit, num_groups: int) -> Group
     return stats
 
 
-def _batches(
-    split: DatasetSplit, batch_size: int, seed: int, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    for x, y, a in split.loader(batch_size=batch_size, shuffle=True, seed=seed):
-        yield x.to(device), y.to(device), a.to(device)
-
-
-def _cycle(split: DatasetSplit, batch_size: int, seed: int, device: torch.device) -> Iterator[tuple[Tensor, ...]]:
+def _cycle(split: DatasetSplit, batch_size: int, seed: int) -> Iterator[tuple[Tensor, ...]]:
+    """Shuffled ``(x, y, group)`` batches of ``split`` without end, epoch ``e`` seeded ``seed * 1000 + e``."""
     epoch = 0
     while True:
-        yield from _batches(split, batch_size, seed * 1000 + epoch, device)
+        yield from split.loader(batch_size=batch_size, shuffle=True, seed=seed * 1000 + epoch)
         epoch += 1
 
 
+def heldout_batch(
+    model: nn.Module, batches: Iterator[tuple[Tensor, ...]], forward: Forward = plain_forward
+) -> dict[str, Tensor]:
+    """The next validation batch for the held-out duals (``ConstrainedOptimizer(heldout=...)``): ``scores`` ``(B,)``
+    float32 from ``forward`` in eval mode (:func:`eval_mode`), ``labels`` and ``groups`` on the model's device."""
+    x, y, a = next(batches)
+    with eval_mode(model):
+        scores = forward(model, x)
+    device = scores.device
+    return {"scores": scores, "labels": y.to(device), "groups": a.to(device)}
+
+
 def _make_optimizer(
-    config: StudyConfig, method: str, model: nn.Module, constraint: Constraint, data: TabularDataset, seed: int
+    config: StudyConfig,
+    method: str,
+    model: nn.Module,
+    constraint: Constraint,
+    data: TabularDataset,
+    seed: int,
+    forward: Forward = plain_forward,
 ) -> tuple[torch.optim.Optimizer, ConstrainedOptimizer | None]:
     base = torch.optim.Adam(model.parameters(), lr=config.lr)
     if method == "unconstrained":
@@ -151,13 +198,10 @@ def _make_optimizer(
     if method in HELDOUT_METHODS:
         # the window never spans more than one pass over the validation split
         options["dual_max_window"] = max(1, -(-len(data.validation) // batch_size))
-        heldout_batches = _cycle(data.validation, batch_size, seed, torch.device(config.device))
-
-        def heldout() -> Mapping[str, Tensor]:
-            x, y, a = next(heldout_batches)
-            return {"scores": model(x), "labels": y, "groups": a}
-
-        options.update(dual_source="heldout", heldout=heldout)
+        options.update(
+            dual_source="heldout",
+            heldout=partial(heldout_batch, model, _cycle(data.validation, batch_size, seed), forward),
+        )
     else:
         options["dual_max_window"] = max(1, -(-len(data.train) // batch_size))
     return base, ConstrainedOptimizer(base, [constraint], data.num_groups, **options)
@@ -199,18 +243,41 @@ class TrainedModel:
 
 
 def train_model(
-    config: StudyConfig, data: TabularDataset, constraint: Constraint, model_name: str, method: str, seed: int
+    config: StudyConfig,
+    data: TabularDataset,
+    constraint: Constraint,
+    model_name: str,
+    method: str,
+    seed: int,
+    *,
+    build_model: BuildModel | None = None,
+    forward: Forward = plain_forward,
 ) -> TrainedModel:
     """Train one configuration (``method`` a training method: a post-processing method's is
     ``POSTPROCESSED[method]``), recording the history of expression values per split, the iterate records on the
-    selection split (validation for :data:`HELDOUT_METHODS`, else train) and the end-of-training check."""
+    selection split (validation for :data:`HELDOUT_METHODS`, else train) and the end-of-training check.
+
+    ``build_model(model_name, seed)`` gives the untrained model on the study's device (default: the tabular
+    :func:`fairopt.models.create_model` over ``data.num_features``); ``forward(model, x)`` its float32 logits for a
+    batch's inputs (:data:`Forward`; default :func:`plain_forward`), for the training batches (train mode) and the
+    held-out dual batches (eval mode). An epoch is one pass of the training split's loader (image training splits
+    drop a last incomplete batch). The margins', history's and records' evaluation is excluded from ``seconds``.
+    """
     torch.manual_seed(seed)
     device = torch.device(config.device)
-    model = create_model(model_name, data.num_features, seed=seed).to(device)
-    optimizer, constrained = _make_optimizer(config, method, model, constraint, data, seed)
+    if build_model is None:
+        model = create_model(model_name, data.num_features, seed=seed).to(device)
+    else:
+        model = build_model(model_name, seed)
+    optimizer, constrained = _make_optimizer(config, method, model, constraint, data, seed, forward)
     epochs = config.epochs_for(model_name)
     batch_size = config.batch_size_for(len(data.train))
-    steps_per_epoch = max(1, -(-len(data.train.y) // batch_size))
+
+    def epoch_batches(epoch: int) -> Any:
+        return data.train.loader(batch_size=batch_size, shuffle=True, seed=seed * 1000 + epoch)
+
+    first = epoch_batches(0)
+    steps_per_epoch = max(1, len(first))
     total_steps = epochs * steps_per_epoch
     record_every = max(1, total_steps // config.records_per_run)
     records = constrained.records if constrained is not None else None
@@ -218,16 +285,38 @@ def train_model(
     with_margin = constrained is not None and method != "penalty"
     history: list[dict[str, float]] = []
     step = 0
+
+    def measure(initial: bool = False) -> None:
+        """The margin from the current rates; after a step also a history point and an iterate record."""
+        record_stats = None
+        if with_margin or records is not None:  # one pass over the selection split serves both
+            record_stats = split_stats(model, record_split, data.num_groups)
+        if with_margin:  # the margin follows the current rates (their standard errors)
+            assert constrained is not None and record_stats is not None
+            constrained.margin = _margin(config, constrained.constraint_set, record_stats)
+        if initial:
+            return
+        point: dict[str, float] = {"step": float(step), "epoch": step / steps_per_epoch}
+        for name in SPLITS:
+            split = data.split(DATA_SPLIT[name])
+            known = record_stats is not None and split is record_split  # the same model: the same table
+            stats = record_stats if known else split_stats(model, split, data.num_groups)
+            point[name] = _largest_value(constraint, stats)  # type: ignore[arg-type]
+        history.append(point)
+        if records is not None:
+            assert constrained is not None and record_stats is not None
+            constrained.record(record_stats, model=model)
+
     start = time.perf_counter()
     evaluation_time = 0.0
-    if with_margin:
-        assert constrained is not None
-        constrained.margin = _margin(
-            config, constrained.constraint_set, split_stats(model, record_split, data.num_groups)
-        )
+    if with_margin:  # the first margin, from the untrained model's rates
+        measure(initial=True)
+        evaluation_time += time.perf_counter() - start
+    model.train()
     for epoch in range(epochs):
-        for x, y, a in _batches(data.train, batch_size, seed * 1000 + epoch, device):
-            scores = model(x)
+        for x, y, a in first if epoch == 0 else epoch_batches(epoch):
+            scores = forward(model, x)
+            y, a = y.to(scores.device, non_blocking=True), a.to(scores.device, non_blocking=True)
             loss = F.binary_cross_entropy_with_logits(scores, y)
             if constrained is None:
                 optimizer.zero_grad()
@@ -238,24 +327,9 @@ def train_model(
                 constrained.step(loss=loss, scores=scores, labels=y, groups=a)
             step += 1
             if step % record_every == 0 or step == total_steps:
-                record_stats = None
-                if with_margin or records is not None:  # one pass over the selection split serves both
-                    record_stats = split_stats(model, record_split, data.num_groups)
-                if with_margin:  # the margin follows the current rates (their standard errors)
-                    assert constrained is not None and record_stats is not None
-                    constrained.margin = _margin(config, constrained.constraint_set, record_stats)
                 t0 = time.perf_counter()
-                point: dict[str, float] = {"step": float(step), "epoch": step / steps_per_epoch}
-                for name in SPLITS:
-                    split = data.split(DATA_SPLIT[name])
-                    known = record_stats is not None and split is record_split  # the same model: the same table
-                    stats = record_stats if known else split_stats(model, split, data.num_groups)
-                    point[name] = _largest_value(constraint, stats)  # type: ignore[arg-type]
-                history.append(point)
+                measure()
                 evaluation_time += time.perf_counter() - t0
-                if records is not None:
-                    assert constrained is not None and record_stats is not None
-                    constrained.record(record_stats, model=model)
     seconds = time.perf_counter() - start - evaluation_time
     return TrainedModel(model, constrained, history, seconds, _check(constrained, model, data, method))
 
@@ -272,15 +346,17 @@ class FinalModel:
     selection: str
     policy: GroupThresholds | None = None
 
-    def tables(self, model: nn.Module, split: DatasetSplit, num_groups: int) -> tuple[GroupStats, SecondMoments | None]:
+    def tables(
+        self, model: nn.Module, split: DatasetSplit, num_groups: int, forward: Forward = plain_forward
+    ) -> tuple[GroupStats, SecondMoments | None]:
         """The final model's ``(G, K)`` table on ``split`` (float64, CPU) and its second moments (None: intervals
         from the counts) for the reports, ``model`` being the trained architecture: with states, the expected table
         of the randomized classifier over them (:class:`~fairopt.optim.StochasticClassifier` in
         :func:`~fairopt.validation.collect_stats`; intervals then treat the expected counts as counts of N
         examples); with a policy, its expected table on the model's scores (:meth:`GroupThresholds.stats`); else
-        the model's own table and moments."""
+        the model's own table and moments. ``forward``: the run's :data:`Forward`, for the policy's scores."""
         if self.policy is not None:
-            return self.policy.stats(_scores(model, split), labels=split.y, groups=split.groups), None
+            return self.policy.stats(_scores(model, split, forward), labels=split.y, groups=split.groups), None
         if self.states:
             device = next(model.parameters()).device
             mixture = StochasticClassifier(model, self.states, self.probabilities).to(device)
@@ -348,26 +424,35 @@ def constant_prediction(stats: GroupStats, split: str = "test") -> str | None:
     )
 
 
-def _scores(model: nn.Module, split: DatasetSplit) -> Tensor:
-    """``(N,)`` float64 CPU logits of ``model`` on a whole split, for fitting and applying group thresholds (which
-    need the scores themselves, not a table); eval mode for the pass, the model's mode restored after."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()
-            return model(split.X.to(device)).double().cpu()
-    finally:
-        model.train(was_training)
+def _scores(model: nn.Module, split: DatasetSplit, forward: Forward = plain_forward) -> Tensor:
+    """``(N,)`` float64 CPU logits of ``model`` on ``split``, in the split's order, for fitting and applying group
+    thresholds (which need the scores themselves, not a table): streamed over ``split.tensors()`` (a tabular split
+    or in-memory images: one batch of the whole split; images on disk: its evaluation loader, batch by batch) through
+    ``forward``, in eval mode and without gradients, the model's mode restored after."""
+    data = split.tensors()
+    batches, _ = iterate_batches(data, max(1, len(split)))
+    parts = []
+    with torch.no_grad(), eval_mode(model):
+        for batch in batches:
+            x, _, _, _ = default_unpack(batch)
+            parts.append(forward(model, x).double().cpu())
+    if not parts:
+        raise ValueError(f"the {split.name} split has no rows: there are no scores to fit or apply thresholds on")
+    return torch.cat(parts)
 
 
 def fit_thresholds(
-    config: StudyConfig, model: nn.Module, data: TabularDataset, constraint: Constraint
+    config: StudyConfig,
+    model: nn.Module,
+    data: TabularDataset,
+    constraint: Constraint,
+    forward: Forward = plain_forward,
 ) -> tuple[GroupThresholds, str]:
-    """Randomized group thresholds for ``model`` fitted on the validation split with ``margin_z`` standard errors of
-    margin (without it, and saying so, when no policy meets it). Returns the policy and a description."""
+    """Randomized group thresholds for ``model`` fitted on the validation split's scores (from ``forward``, streamed:
+    :func:`_scores`) with ``margin_z`` standard errors of margin (without it, and saying so, when no policy meets
+    it). Returns the policy and a description."""
     v = data.validation
-    scores = _scores(model, v)
+    scores = _scores(model, v, forward)
     margin = _margin(config, ConstraintSet([constraint], data.num_groups), split_stats(model, v, data.num_groups))
     fit = partial(
         GroupThresholds.fit, scores, labels=v.y, groups=v.groups, constraints=constraint, num_groups=data.num_groups
@@ -389,11 +474,17 @@ class Selection:
 
 
 def select_models(
-    config: StudyConfig, data: TabularDataset, constraint: Constraint, trained: TrainedModel, method: str
+    config: StudyConfig,
+    data: TabularDataset,
+    constraint: Constraint,
+    trained: TrainedModel,
+    method: str,
+    forward: Forward = plain_forward,
 ) -> Selection:
     """Choose the final model(s) of ``method`` from its training: :func:`select_final` on the records; for a
     post-processing method (:data:`POSTPROCESSED`), group thresholds fitted on the validation split
-    (:func:`fit_thresholds`) on its training's deterministic final model, which is loaded into ``trained.model``."""
+    (:func:`fit_thresholds`, scores from ``forward``) on its training's deterministic final model, which is loaded
+    into ``trained.model``."""
     t0 = time.perf_counter()
     trained_as = POSTPROCESSED.get(method, method)
     finals = select_final(trained.model, trained.constrained, trained_as)
@@ -401,7 +492,7 @@ def select_models(
         base = finals.get(f"{trained_as} (best iterate)", finals[trained_as])
         if base.states:
             trained.model.load_state_dict(base.states[0])
-        policy, text = fit_thresholds(config, trained.model, data, constraint)
+        policy, text = fit_thresholds(config, trained.model, data, constraint, forward)
         prefix = "" if trained_as == "unconstrained" else f"{base.selection}, then "
         finals = {method: FinalModel([], torch.ones(1), [0], prefix + text, policy)}
     return Selection(finals, time.perf_counter() - t0)
@@ -431,18 +522,19 @@ def evaluate_models(
     selection: Selection,
     model_name: str,
     seed: int,
+    forward: Forward = plain_forward,
 ) -> list[RunResult]:
     """One :class:`RunResult` per final model of ``selection``: its reports on every split
-    (:meth:`FinalModel.tables`), the training's history, multipliers and warnings, and a flag for a constant
-    prediction on test (:func:`constant_prediction`). Each wall time is the training time plus the selection."""
+    (:meth:`FinalModel.tables`; a policy's scores from ``forward``), the training's history, multipliers and
+    warnings, and a flag for a constant prediction on test (:func:`constant_prediction`). Each wall time is the
+    training time plus the selection."""
     constrained = trained.constrained
     multipliers = [] if constrained is None else [float(v) for v in constrained.multipliers.reshape(-1).tolist()]
     results = []
     for name, final in selection.finals.items():
         metadata = {"model": model_name, "method": name, "seed": seed}
-        reports = split_reports(
-            data, constraint, partial(final.tables, trained.model, num_groups=data.num_groups), metadata
-        )
+        tables = partial(final.tables, trained.model, num_groups=data.num_groups, forward=forward)
+        reports = split_reports(data, constraint, tables, metadata)
         constant = constant_prediction(reports["test"].stats)
         results.append(
             RunResult(
@@ -463,13 +555,25 @@ def evaluate_models(
 
 
 def run_one(
-    config: StudyConfig, data: TabularDataset, constraint: Constraint, model_name: str, method: str, seed: int
+    config: StudyConfig,
+    data: TabularDataset,
+    constraint: Constraint,
+    model_name: str,
+    method: str,
+    seed: int,
+    *,
+    build_model: BuildModel | None = None,
+    forward: Forward = plain_forward,
 ) -> list[RunResult]:
     """Train one configuration, choose its final model(s) and evaluate each on every split: train -> select ->
-    evaluate (:func:`train_model`, :func:`select_models`, :func:`evaluate_models`).
+    evaluate (:func:`train_model`, :func:`select_models`, :func:`evaluate_models`). ``build_model`` and ``forward``:
+    the hooks of :func:`train_model` (the image bench's :func:`fairopt.bench.images.run_image_one` passes its own).
 
     Returns one :class:`RunResult` per final model (two for the proxy-Lagrangian methods).
     """
-    trained = train_model(config, data, constraint, model_name, POSTPROCESSED.get(method, method), seed)
-    selection = select_models(config, data, constraint, trained, method)
-    return evaluate_models(data, constraint, trained, selection, model_name, seed)
+    trained_as = POSTPROCESSED.get(method, method)
+    trained = train_model(
+        config, data, constraint, model_name, trained_as, seed, build_model=build_model, forward=forward
+    )
+    selection = select_models(config, data, constraint, trained, method, forward)
+    return evaluate_models(data, constraint, trained, selection, model_name, seed, forward)

@@ -38,6 +38,11 @@ __all__ = [
 # warnings) and each run's "warnings" (a reader of 1.1 that ignores unknown keys reads them unchanged).
 STUDY_SCHEMA_VERSION = "1.1"
 
+# load(config, seed) -> (the seed's data, the training split's size before the train_size cap).
+Load = Callable[[Any, int], tuple[Any, int]]
+# run(config, data, constraint, model_name, method, seed) -> one RunResult per final model.
+Run = Callable[[Any, Any, Constraint, str, str, int], list[RunResult]]
+
 # The splits whose reports' warnings are shown with each run (train's illusion flags are in the table already).
 WARNED_SPLITS = ("held-out", "test")
 
@@ -80,13 +85,13 @@ def _load_study_data(config: StudyConfig, seed: int) -> tuple[TabularDataset, in
 
 
 def _load_noting(
-    config: StudyConfig, seed: int, note: Callable[[str], None], *, reissue: bool
-) -> tuple[TabularDataset, int]:
-    """:func:`_load_study_data`, passing each ``UserWarning`` of the loader to ``note`` as a ``"warning: ..."`` line,
+    load: Load, config: StudyConfig, seed: int, note: Callable[[str], None], *, reissue: bool
+) -> tuple[Any, int]:
+    """``load(config, seed)``, passing each ``UserWarning`` of the loader to ``note`` as a ``"warning: ..."`` line,
     and re-issuing it as a Python warning only when ``reissue`` (other categories are always re-issued)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loaded = _load_study_data(config, seed)
+        loaded = load(config, seed)
     for w in caught:
         is_user = issubclass(w.category, UserWarning)
         if is_user:
@@ -259,10 +264,21 @@ def summarize(result: StudyResult) -> pd.DataFrame:
     return out.reset_index()
 
 
-def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> StudyResult:
+def run_study(
+    config: StudyConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    load: Load | None = None,
+    run: Run | None = None,
+) -> StudyResult:
     """Run every (model, method, seed) of ``config``; seeds share nothing but the dataset files.
 
-    Each seed gets its own data split and subsample (``seed``), model initialization and batch order.
+    Each seed gets its own data split and subsample (``seed``), model initialization and batch order. ``load`` and
+    ``run`` are the study's data and its run of one configuration (default: the tabular :func:`load_study_data`,
+    with the training split's size before the cap, and :func:`~fairopt.bench.runner.run_one`); the image bench
+    passes its own (:func:`fairopt.bench.images_study.run_image_study`). The first seed's data is loaded before
+    anything trains, so a bad column or a missing file fails at once.
 
     ``log`` receives, once each: the data's notes and warnings (:func:`data_notes` of the first seed's data, whose
     splits differ from the other seeds' by about a row per group and label, and the loader's ``UserWarning`` s,
@@ -271,8 +287,10 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
     :attr:`StudyResult.notes` and each run's warnings in :attr:`RunResult.warnings`.
 
     Raises:
-        ValueError, FileNotFoundError: from :func:`load_study_data`.
+        ValueError, FileNotFoundError: from ``load`` (:func:`load_study_data`).
     """
+    load = load or _load_study_data
+    run = run or run_one
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     runs: list[RunResult] = []
@@ -284,37 +302,44 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
             if log is not None:
                 log(line)
 
-    combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
-    bar = tqdm(total=len(combos), desc="fairopt bench", unit="run", disable=not progress)
-    data_by_seed: dict[int, TabularDataset] = {}
-    for seed, model, method in combos:
+    data_by_seed: dict[int, Any] = {}
+
+    def data_of(seed: int) -> Any:
         if seed not in data_by_seed:
-            data_by_seed[seed], train_rows = _load_noting(config, seed, note, reissue=log is None)
+            data_by_seed[seed], train_rows = _load_noting(load, config, seed, note, reissue=log is None)
             if len(data_by_seed) == 1:
                 for line in data_notes(config, data_by_seed[seed], train_rows):
                     note(line)
-        constraint: Constraint = config.build_constraint(data_by_seed[seed].group_names)
+        return data_by_seed[seed]
+
+    data_of(config.seeds[0])  # a bad attribute or a missing file fails here, before the progress bar
+    combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
+    width = max(10, *(len(m) for m in config.models))  # the per-run lines' model column
+    bar = tqdm(total=len(combos), desc="fairopt bench", unit="run", disable=not progress)
+    for seed, model, method in combos:
+        data = data_of(seed)
+        constraint: Constraint = config.build_constraint(data.group_names)
         bar.set_postfix_str(f"{model} / {method} / seed {seed}")
-        for run in run_one(config, data_by_seed[seed], constraint, model, method, seed):
-            runs.append(run)
+        for result in run(config, data, constraint, model, method, seed):
+            runs.append(result)
             if log is not None:
-                test = _largest_entry(run.reports["test"])
+                test = _largest_entry(result.reports["test"])
                 shown = "undefined" if test is None else f"{test.value:.3f}"
-                window = "" if run.dual_window is None else f", dual window {run.dual_window} batches"
+                window = "" if result.dual_window is None else f", dual window {result.dual_window} batches"
                 log(
-                    f"  {model:<10} {run.method:<38} seed {seed}: test expression value {shown} "
-                    f"({run.wall_time:.1f} s{window})"
+                    f"  {model:<{width}} {result.method:<38} seed {seed}: test expression value {shown} "
+                    f"({result.wall_time:.1f} s{window})"
                 )
-                for problem in run_warnings(run):
+                for problem in run_warnings(result):
                     log(f"    warning: {problem}")
         bar.update(1)
     bar.close()
-    data = data_by_seed[config.seeds[0]]
+    first = data_by_seed[config.seeds[0]]
     return StudyResult(
         config=config,
         runs=runs,
-        group_names=tuple(data.group_names),
-        split_sizes={s: len(data.split(DATA_SPLIT[s]).y) for s in SPLITS},
+        group_names=tuple(first.group_names),
+        split_sizes={s: len(first.split(DATA_SPLIT[s]).y) for s in SPLITS},
         constraint=constraint.name,
         wall_time=time.perf_counter() - t0,
         started=started,

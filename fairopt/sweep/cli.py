@@ -12,63 +12,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fairopt.bench.options import add_study_options, float_list, study_options
+
 __all__ = ["add_parser", "run"]
-
-
-# Small argparse types of our own: importing fairopt.cli's would make an import circle with the module that registers
-# this subcommand.
-def _items(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(_items(text))
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in _items(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in _items(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _tolerances(text: str) -> tuple[float, ...]:
     from .run import check_tolerances
 
     try:
-        return check_tolerances(_float_list(text))
+        return check_tolerances(float_list(text))
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``sweep`` subcommand to ``sub`` (the ``add_subparsers`` object of the ``fairopt`` parser)."""
-    from fairopt.bench.config import CONSTRAINTS, DATASETS, PRESETS
+    from fairopt.bench.config import CONSTRAINTS
     from fairopt.models import MODELS
 
     from .run import DEFAULT_PENALTY_COEFFICIENTS
 
-    d = PRESETS["default"]
     p = sub.add_parser(
         "sweep",
         help="the accuracy-fairness frontier: K tolerances x S seeds in one vectorized run, chosen on held-out data",
@@ -83,31 +47,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--tolerances", type=_tolerances, required=True,
                    help="comma-separated bounds > 0, each once (e.g. 0.01,0.02,0.05,0.1)")  # fmt: skip
     p.add_argument("--bound", type=float, help="the bound to pick a member for (default 0.05)")
-    p.add_argument("--penalty-coefficients", type=_float_list,
+    p.add_argument("--penalty-coefficients", type=float_list,
                    help="the penalty baseline's coefficients c, comma-separated (default "
                         f"{','.join(f'{w:g}' for w in DEFAULT_PENALTY_COEFFICIENTS)}; none: --no-penalty)")  # fmt: skip
     p.add_argument("--no-penalty", action="store_true", help="no penalty baseline")
     p.add_argument("--heldout-duals", action="store_true",
                    help="the λ-players read validation batches (bench method proxy-lagrangian-heldout)")  # fmt: skip
-    p.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: adult), or csv:PATH (then also --target, "
-                                     "--sensitive)")  # fmt: skip
-    p.add_argument("--target", help="csv datasets only: the label column")
-    p.add_argument("--positive-label", action="append", metavar="VALUE",
-                   help="csv datasets only: the --target value that means y = 1 (repeatable)")  # fmt: skip
-    p.add_argument("--sensitive", type=_names, help="sensitive attribute column(s), comma-separated")
-    p.add_argument("--constraint", choices=sorted(k for k in CONSTRAINTS if k != "p_rule"),
-                   help=f"the fairness constraint (default: {d.constraint})")  # fmt: skip
+    add_study_options(p, constraints=[k for k in CONSTRAINTS if k != "p_rule"], default_seeds="0")
     p.add_argument("--model", choices=sorted(MODELS), default="mlp", help="the model (default: mlp)")
-    p.add_argument("--epochs", type=int, help=f"training epochs (default: {d.epochs}; mlp-large {d.epochs_large})")
-    seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=_int_list, help="comma-separated seed numbers (default: 0)")
-    seeds.add_argument("--num-seeds", type=_positive_int, metavar="N", help="seeds 0, 1, ..., N-1")
-    p.add_argument("--train-size", type=int, help=f"cap on training rows, 0 = all (default: {d.train_size})")
-    p.add_argument("--lr", type=float, help=f"Adam learning rate (default: {d.lr:g})")
-    p.add_argument("--dual-lr", type=float, help=f"proxy-Lagrangian step size (default: {d.dual_lr:g})")
-    p.add_argument("--batch-size", type=int, help="training batch size (default: about 50 steps per epoch)")
-    p.add_argument("--margin-z", type=float, help=f"margin in standard errors (default {d.margin_z:g}; 0 = none)")
-    p.add_argument("--device", help="torch device: cpu (default), cuda, ...")
     p.add_argument("--out", type=Path, help="output folder (default: fairopt-runs/sweep-<timestamp>)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -117,21 +64,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     from fairopt.bench.config import default_tolerance
 
-    given = {
-        "csv_target": args.target,
-        "sensitive": args.sensitive,
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "dual_lr": args.dual_lr,
-        "batch_size": args.batch_size,
-        "margin_z": args.margin_z,
-        "device": args.device,
-    }
-    options = {k: v for k, v in given.items() if v is not None}
+    options = study_options(args)
+    options.pop("constraint", None)  # with its default, below
+    options.pop("seeds", None)  # the sweep's default is one seed, below
+    if args.target is not None:
+        options["csv_target"] = args.target
     if args.epochs is not None:
         options["epochs_large"] = args.epochs
-    if args.train_size is not None:
-        options["train_size"] = None if args.train_size == 0 else args.train_size
     if args.dataset and args.dataset.startswith("csv:") and args.sensitive:
         options["csv_sensitive"] = args.sensitive
     if args.positive_label:
