@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -42,6 +41,7 @@ from fairopt.postprocessing import GroupThresholds
 from fairopt.stats import GroupStats
 from fairopt.validation import FairnessReport, SecondMoments, collect_stats
 from fairopt.validation.measure.batches import default_unpack, iterate_batches, move_to
+from fairopt.validation.measure.evaluate import eval_mode
 
 from .config import StudyConfig
 
@@ -90,18 +90,6 @@ BuildModel = Callable[[str, int], nn.Module]
 def plain_forward(model: nn.Module, x: Any) -> Tensor:
     """The tabular :data:`Forward`: ``model(x)`` with ``x`` moved to the model's device (a no-op where it is)."""
     return model(move_to(x, next(model.parameters()).device))
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode inside the block, its own mode restored after: a held-out or threshold batch must not
-    move the batch-norm running statistics of the model it judges (nor use the batch's own statistics)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 @dataclass

@@ -69,7 +69,7 @@ from fairopt.validation.measure.moments import SecondMoments, second_moments
 from fairopt.validation.report.fairness_report import DEFAULT_RATES, FairnessReport, resolve_group_names
 from fairopt.validation.report.options import ReportOptions
 
-__all__ = ["collect_stats", "evaluate", "log_loss"]
+__all__ = ["collect_stats", "eval_mode", "evaluate", "log_loss"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 _PROGRESS_MIN_BATCHES = 20
@@ -88,7 +88,10 @@ def _model_device(model: Any) -> torch.device | None:
 
 
 @contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
+def eval_mode(model: Any) -> Iterator[None]:
+    """``model`` in eval mode inside the block, its own mode restored after (also on an error): a held-out batch must
+    not move the batch-norm running statistics of the model it judges, nor use the batch's own statistics. A callable
+    that is not an ``nn.Module`` is left as it is."""
     if not isinstance(model, nn.Module):
         yield
         return
@@ -191,7 +194,7 @@ def collect_stats(
     show = progress if progress is not None else (None if (length or 0) >= _PROGRESS_MIN_BATCHES else False)
     stats: GroupStats | None = None
     moments: SecondMoments | None = None
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for batch in tqdm(batches, total=length, disable=(not show) if show is not None else None, leave=False):
             x, labels, groups, weights = unpack(batch)
             n = _label_count(labels)
