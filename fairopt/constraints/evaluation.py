@@ -307,9 +307,10 @@ class _Evaluator(ExprVisitor[_Node]):
                 f"{expr} refers to group {expr.max_group()} but the statistics have {self.num_groups} groups"
             )
         key = (expr.rate, expr.group)
-        if key not in self.cache:
-            self.cache[key] = self._rate_rows(expr.rate, expr.group)
-        return self.cache[key]
+        node = self.cache.get(key)
+        if node is None:
+            node = self.cache[key] = self._rate_rows(expr.rate, expr.group)
+        return node
 
     def _rate_rows(self, name: str, group: object) -> _Node:
         """One rate on the rows ``select @ table`` (each row a group, a pooled set of groups, or all), as
@@ -323,7 +324,8 @@ class _Evaluator(ExprVisitor[_Node]):
         defined = den > 0
         full = bool(defined.all())
         safe_den = den if full else np.where(defined, den, 1.0)
-        inv = np.where(defined, 1.0 / safe_den, 0.0)
+        # 1 / den where defined, else 0 (only the reverse pass reads it; np.where(True, x, 0) is x itself)
+        inv = None if not self.gradients else 1.0 / den if full else np.where(defined, 1.0 / safe_den, 0.0)
 
         def rows(c: np.ndarray) -> np.ndarray:  # a cotangent per pooled row -> per table row
             return c if select is None else select[0] * c[0]
@@ -428,7 +430,7 @@ class _Evaluator(ExprVisitor[_Node]):
             any_defined = _TRUE if not self.batch else np.ones((*self.batch, 1), dtype=bool)
         else:
             any_defined = a.d.sum(-1, keepdims=True) >= needed
-        full = bool(any_defined.all())
+        full = any_defined is _TRUE or bool(any_defined.all())
         if self.batch:
             v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None, ..., None], axis=-1)
             return _Node(v, any_defined, full, _no_back)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt._validation import finite
 from fairopt.constraints import ConstraintValue
 
 __all__ = [
@@ -131,7 +132,7 @@ def observed_values(value: ConstraintValue) -> tuple[Tensor, Tensor]:
         ``hard (m,)`` with 0 at undefined entries, ``defined (m,)`` bool. No host synchronization.
     """
     hard = value.hard.detach()
-    defined = value.defined.to(torch.bool) & torch.isfinite(hard)
+    defined = value.defined.to(torch.bool) & finite(hard)
     return torch.where(defined, hard, torch.zeros_like(hard)), defined
 
 

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from fairopt._validation import PROBABILITY_HINT, probability_op, validate_args_enabled
 from fairopt.constraints import Constraint, ConstraintValue
-from fairopt.constraints.evaluation import Linearization, value_tensors
+from fairopt.constraints.evaluation import Linearization, attach, host_table, value_tensors
 from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.distributed import StatsReducer, accumulated_step
@@ -95,6 +95,8 @@ class StepResult:
 
 
 def _detached(value: ConstraintValue) -> ConstraintValue:
+    if not (value.proxy.requires_grad or value.hard.requires_grad):  # NumPy evaluator values: constants already
+        return value
     return ConstraintValue(value.hard.detach(), value.proxy.detach(), value.defined)
 
 
@@ -305,6 +307,8 @@ class ConstrainedOptimizer:
             )
         if running is None and dual_min_count is not None:
             running = RunningGroupStats(num_groups, mode="count", window=dual_max_window, min_count=dual_min_count)
+        if running is not None and evaluator == "device":  # the device path throughout, on the CPU too
+            running.host_bookkeeping = False
         self.dual_statistics = DualStatistics(
             num_groups, source=dual_source, every=dual_every, running=running, sync=sync
         )
@@ -455,11 +459,12 @@ class ConstrainedOptimizer:
         if due and self.heldout is not None:  # measured at the same θ as the batch, before the primal step
             with torch.no_grad():
                 self._observe(self.heldout())
-        dual_value = self._dual_step(value) if due and self.dual_update == "alternating" else None
+        batch = None if lin is None else (stats, value)  # a dual table equal to this one reuses its values
+        dual_value = self._dual_step(value, batch) if due and self.dual_update == "alternating" else None
         objective = self._primal_objective(loss, stats, value, lin)
         self._primal_step(objective)
         if due and self.dual_update == "simultaneous":
-            dual_value = self._dual_step(value)
+            dual_value = self._dual_step(value, batch)
         return StepResult(loss.detach(), objective.detach(), _detached(value), self.player.multipliers, dual_value)
 
     def step_accumulated(
@@ -521,9 +526,9 @@ class ConstrainedOptimizer:
             differentiable = value_tensors(lin, table.to(self.constraint_set.dtype))
             return self.player.primal_objective(loss, ConstraintValue(*differentiable))
         w0, mu = weights
-        gradient = torch.from_numpy(vjp(mu, None)).to(device=table.device, dtype=table.dtype)  # ∂(μᵀg̃)/∂T
-        # Zero-valued, with gradient W: the term's value is μᵀg̃ exactly, its gradient W·∂T/∂θ.
-        term = torch.dot(gradient, (table - table.detach()).reshape(-1)) + float(mu @ lin.proxy_upper)
+        gradient = vjp(mu, None)  # W = ∂(μᵀg̃)/∂T, (G*K,)
+        # One autograd node: the value μᵀg̃ exactly, the gradient W·∂T/∂θ (attach's VJP of a linear map, c · W).
+        term = attach(np.asarray(mu @ lin.proxy_upper), lambda c: c * gradient, table)
         return (loss if w0 == 1.0 else w0 * loss) + term
 
     def _primal_step(self, objective: Tensor) -> None:
@@ -557,16 +562,28 @@ class ConstrainedOptimizer:
                 "rate or check the data"
             )
 
-    def _dual_step(self, batch_value: ConstraintValue) -> ConstraintValue | None:
+    def _dual_step(
+        self, batch_value: ConstraintValue, batch: tuple[GroupStats, ConstraintValue] | None = None
+    ) -> ConstraintValue | None:
         """One scheduled dual step; returns the values read (None if nothing was pending)."""
         if self.dual_statistics.passthrough:
             return self._apply_dual(_detached(batch_value))
-        return self._update_from_pending()
+        return self._update_from_pending(batch)
 
-    def _update_from_pending(self) -> ConstraintValue | None:
+    def _update_from_pending(self, batch: tuple[GroupStats, ConstraintValue] | None = None) -> ConstraintValue | None:
+        """A dual step on the pending statistics. ``batch``: this step's table and its values (NumPy evaluator):
+        when the dual table has the same hard counts and loss sums (e.g. a ``dual_min_count`` window of this one
+        batch), its hard values and defined mask are the batch's, the only ones the dual player reads, and the batch's
+        values are reused instead of evaluating the table again (its proxy values may differ from the batch's by
+        the rounding of the running sums, ~1e-16 relative)."""
         stats = self.dual_statistics.collect()
         if stats is None:
             return None
+        if batch is not None and self.dual_value == "hard" and stats.device.type == "cpu":
+            table, value = host_table(batch[0]), batch[1]
+            dual_table = host_table(stats)
+            if np.array_equal(dual_table[:, :4], table[:, :4]) and np.array_equal(dual_table[:, 8], table[:, 8]):
+                return self._apply_dual(_detached(value))
         with torch.no_grad():
             dual = self.constraint_set.evaluate(stats.detach())
         return self._apply_dual(dual)

@@ -175,7 +175,8 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
 
     def multiplier_values(self) -> Tensor:
         """``(m,)`` all multipliers in entry order (a detached copy)."""
-        return torch.cat([c.multiplier.weight.detach() for c in self.constraints()]).clone()
+        weights = [c.multiplier.weight.detach() for c in self.constraints()]
+        return weights[0].clone() if len(weights) == 1 else torch.cat(weights)  # cat copies already
 
     # cooper states --------------------------------------------------------------------------------------------
     def constraint_states(

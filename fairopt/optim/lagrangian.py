@@ -27,6 +27,7 @@ from typing import Any
 import cooper
 import numpy as np
 import torch
+import torch.optim.optimizer as _optimizer_module
 from cooper import CMPState
 from cooper.formulations import Lagrangian
 from cooper.penalty_coefficients import PenaltyCoefficientUpdater
@@ -79,6 +80,29 @@ def make_dual_optimizer(
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, maximize=True, **options)
     return cooper.optim.nuPI(params, lr=lr, maximize=True, **options)
+
+
+def _plain_sgd_lr(optimizer: torch.optim.Optimizer) -> float | None:
+    """The learning rate when ``optimizer`` is a plain SGD ascent on CPU multipliers (``torch.optim.SGD`` itself, one
+    group, ``maximize=True``, no momentum, weight decay, hooks, LR-scheduler wrapper, foreach/fused or differentiable
+    mode), whose step is then taken directly by :meth:`FairnessMultiplier.sgd_ascent_` with torch's own update
+    (same operations, same numbers) instead of ``Optimizer.step``'s generic machinery; None otherwise. Read every
+    step: a scheduler may change the learning rate, a user may add a hook."""
+    if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
+        return None
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer):
+        return None
+    if _optimizer_module._global_optimizer_pre_hooks or _optimizer_module._global_optimizer_post_hooks:
+        return None
+    group = optimizer.param_groups[0]
+    lr = group["lr"]
+    if not group["maximize"] or group["momentum"] != 0 or group["weight_decay"] != 0 or isinstance(lr, Tensor):
+        return None
+    if group["foreach"] or group["fused"] or group["differentiable"]:
+        return None
+    if any(p.device.type != "cpu" or p.is_sparse for p in group["params"]):
+        return None
+    return float(lr)
 
 
 class LagrangianPlayer(DualPlayer):
@@ -136,11 +160,17 @@ class LagrangianPlayer(DualPlayer):
         and projects (undefined entries keep their value, see :class:`~fairopt.optim.FairnessMultiplier`).
         """
         hard, defined = observed_values(value)
+        plain = _plain_sgd_lr(self.dual_optimizer)
         for constraint, entries in zip(self.problem.constraints(), self.problem.constraint_set.slices):
             multiplier = constraint.multiplier
-            multiplier.mask_next_update(defined[entries])
-            multiplier.weight.grad = hard[entries].to(multiplier.weight)
-        self._cooper.dual_step()
+            grad = hard[entries].to(multiplier.weight)
+            multiplier.weight.grad = grad
+            if plain is None:
+                multiplier.mask_next_update(defined[entries])
+            else:
+                multiplier.sgd_ascent_(grad, plain, defined[entries])
+        if plain is None:
+            self._cooper.dual_step()
         if self.penalty_updater is not None:
             states = self.problem.constraint_states(value, primal=False, mask_multipliers=False)
             self.penalty_updater.step(states)

@@ -21,6 +21,8 @@ from cooper.multipliers import DenseMultiplier
 from cooper.utils import ConstraintType
 from torch import Tensor
 
+from fairopt._validation import finite
+
 __all__ = ["FairnessMultiplier"]
 
 
@@ -67,14 +69,34 @@ class FairnessMultiplier(DenseMultiplier):
         self._observed = observed.detach().to(device=self.weight.device, dtype=torch.bool)
 
     @torch.no_grad()
+    def sgd_ascent_(self, grad: Tensor, lr: float, observed: Tensor) -> None:
+        """One step of ``torch.optim.SGD(lr=lr, maximize=True)`` (no momentum, no weight decay) followed by the
+        projection of :meth:`post_step_`, with the operation of torch's single-tensor SGD (``w.add_(-grad,
+        alpha=-lr)``), so the numbers are the same bit for bit, without the optimizer's per-step machinery (used by
+        :class:`~fairopt.optim.LagrangianPlayer` for a plain SGD dual optimizer).
+
+        Args:
+            grad: ``(m,)`` the ascent direction (the hard values ``g``), in the weight's dtype.
+            lr: the step size η > 0.
+            observed: ``(m,)`` bool, True for entries the step may move (as :meth:`mask_next_update`).
+        """
+        weight = self.weight.data
+        new = weight.add(-grad, alpha=-lr)
+        # the weight has not moved yet: it is the value an unobserved or non-finite entry keeps
+        self._project_(new, weight, finite(new) & observed.to(device=weight.device, dtype=torch.bool))
+
+    @torch.no_grad()
     def post_step_(self) -> None:
         """Project after a dual step: unobserved or non-finite entries keep their previous value; then clamp to
         ``[0, bound]`` for inequality constraints (cooper's projection, plus the bound)."""
         new = self.weight.data
-        ok = torch.isfinite(new)
+        ok = finite(new)
         if self._observed is not None:
             ok = ok & self._observed
-        new = torch.where(ok, new, torch.zeros_like(new) if self._before is None else self._before)
+        self._project_(new, torch.zeros_like(new) if self._before is None else self._before, ok)
+
+    def _project_(self, new: Tensor, keep: Tensor, ok: Tensor) -> None:
+        new = torch.where(ok, new, keep)
         if self.constraint_type == ConstraintType.INEQUALITY:
             new = new.clamp(min=0.0, max=self.bound)
         elif self.bound is not None:

@@ -1,0 +1,167 @@
+"""The CPU fast paths of the constrained step (issue 13, section 2) give the generic paths' numbers bit for bit.
+
+Each shortcut is checked against the path it replaces, run in the same process: the count window of
+:class:`fairopt.RunningGroupStats` in NumPy vs its tensor path, the direct SGD ascent on the multipliers vs
+``torch.optim.SGD.step`` + cooper's projection, the two-op finiteness test vs ``torch.isfinite``, and a whole training
+run with every shortcut vs one with each of them switched off.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fairopt
+from fairopt._validation import finite
+from fairopt.optim import ConstrainedOptimizer, Lagrangian
+from fairopt.optim.lagrangian import _plain_sgd_lr
+from fairopt.optim.multipliers import FairnessMultiplier
+from fairopt.stats import GroupStats, RunningGroupStats
+
+
+def _stream(num: int, num_groups: int, dtype: torch.dtype) -> list[GroupStats]:
+    """Tables of integer hard counts and fractional proxy sums, scaled so the chosen window varies (1 to the cap)."""
+    gen = torch.Generator().manual_seed(3)
+    tables = []
+    for i in range(num):
+        table = torch.rand(num_groups, 9, dtype=torch.float64, generator=gen) * (3 + 40 * (i % 5))
+        table[:, :4] = table[:, :4].round()
+        tables.append(GroupStats(table.to(dtype)))
+    return tables
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("window", "min_count"), [(1, 60.0), (4, 60.0), (50, 60.0), (6, 1e9)])
+def test_count_window_on_the_host_equals_the_tensor_path(dtype: torch.dtype, window: int, min_count: float) -> None:
+    runs = {}
+    for host in (True, False):
+        running = RunningGroupStats(3, mode="count", window=window, min_count=min_count)
+        running.host_bookkeeping = host
+        runs[host] = [(running.update(t).table.clone(), int(running.last_window)) for t in _stream(40, 3, dtype)]
+    windows = [w for _, w in runs[True]]
+    if min_count > 1e6:  # never enough: every window is all there is (the whole ring, once it is full)
+        assert windows == [min(i + 1, window) for i in range(40)]
+    else:  # windows of one table, longer ones, and the cap all occur
+        assert min(windows) == 1 and max(windows) == min(window, 4)
+    for (fast, w_fast), (slow, w_slow) in zip(runs[True], runs[False]):
+        assert w_fast == w_slow and fast.dtype == slow.dtype == dtype and torch.equal(fast, slow)
+
+
+def test_count_window_on_the_host_resumes_from_a_state_dict() -> None:
+    tables = _stream(30, 2, torch.float64)
+    whole = RunningGroupStats(2, mode="count", window=6, min_count=50.0)
+    for t in tables:
+        expected = whole.update(t).table
+    first = RunningGroupStats(2, mode="count", window=6, min_count=50.0)
+    for t in tables[:17]:
+        first.update(t)
+    resumed = RunningGroupStats(2, mode="count", window=6, min_count=50.0)
+    resumed.load_state_dict(first.state_dict())
+    for t in tables[17:]:
+        got = resumed.update(t).table
+    assert torch.equal(got, expected) and int(resumed.last_window) == int(whole.last_window)
+
+
+def test_finite_is_isfinite() -> None:
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        info = torch.finfo(dtype)
+        values = torch.tensor(
+            [0.0, -0.0, 1.0, -2.5, info.max, -info.max, info.tiny, info.tiny / 4, math.inf, -math.inf, math.nan],
+            dtype=dtype,
+        )
+        assert torch.equal(finite(values), torch.isfinite(values))
+
+
+def _multiplier(bound: float | None) -> FairnessMultiplier:
+    multiplier = FairnessMultiplier(5, init=torch.tensor([0.0, 0.3, 1.0, 0.01, 2.0], dtype=torch.float64), bound=bound)
+    multiplier.constraint_type = fairopt.optim.multipliers.ConstraintType.INEQUALITY
+    return multiplier
+
+
+@pytest.mark.parametrize("bound", [None, 1.5])
+def test_sgd_ascent_equals_torch_sgd_and_the_projection(bound: float | None) -> None:
+    grad = torch.tensor([-0.2, 0.7, math.nan, -0.05, 3.0], dtype=torch.float64)
+    observed = torch.tensor([True, True, True, False, True])
+    slow, fast = _multiplier(bound), _multiplier(bound)
+    sgd = torch.optim.SGD(slow.parameters(), lr=0.3, maximize=True)
+    slow.mask_next_update(observed)
+    slow.weight.grad = grad.clone()
+    sgd.step()
+    slow.post_step_()
+    fast.sgd_ascent_(grad, 0.3, observed)
+    assert torch.equal(fast.weight, slow.weight)
+    # hand-computed: clamp(w + 0.3 g) at [0, bound]; NaN and unobserved entries keep their value
+    top = math.inf if bound is None else bound
+    expected = [0.0, min(0.3 + 0.3 * 0.7, top), 1.0, 0.01, min(2.0 + 0.9, top)]
+    assert fast.weight.tolist() == pytest.approx(expected, abs=1e-15)
+
+
+def test_plain_sgd_is_recognized_and_everything_else_is_not() -> None:
+    weight = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    assert _plain_sgd_lr(torch.optim.SGD([weight], lr=0.05, maximize=True)) == 0.05
+    for options in ({"momentum": 0.9}, {"weight_decay": 1e-3}, {"maximize": False}, {"foreach": True}):
+        assert _plain_sgd_lr(torch.optim.SGD([weight], **{"lr": 0.05, "maximize": True, **options})) is None
+    assert _plain_sgd_lr(torch.optim.Adam([weight], lr=0.05, maximize=True)) is None
+    hooked = torch.optim.SGD([weight], lr=0.05, maximize=True)
+    hooked.register_step_pre_hook(lambda opt, args, kwargs: None)
+    assert _plain_sgd_lr(hooked) is None
+    scheduled = torch.optim.SGD([weight], lr=0.05, maximize=True)
+    torch.optim.lr_scheduler.StepLR(scheduled, step_size=1)  # wraps .step to count calls: keep torch's step
+    assert _plain_sgd_lr(scheduled) is None
+
+
+def _train(fast: bool, monkeypatch: pytest.MonkeyPatch, **options: object) -> tuple[torch.Tensor, ...]:
+    """Steps of a small problem with every fast path on, or each of them off (the generic path of the same code)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(192, 8, generator=gen)
+    y = (torch.rand(192, generator=gen) < 0.3).float()
+    a = torch.randint(0, 3, (192,), generator=gen)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    base = torch.optim.Adam(model.parameters(), lr=1e-2)
+    constraints = [fairopt.EqualizedOdds(0.02), fairopt.DemographicParity(0.01)]
+    opt = ConstrainedOptimizer(base, constraints, 4, dual_lr=0.5, dual_min_count=8, **options)  # group 3: absent
+    if not fast:
+        if opt.dual_statistics.running is not None:
+            opt.dual_statistics.running.host_bookkeeping = False
+        if opt.dual_optimizer is not None:
+            opt.dual_optimizer.register_step_pre_hook(lambda *args: None)  # not a plain SGD any more
+        generic = ConstrainedOptimizer._dual_step
+        monkeypatch.setattr(opt, "_dual_step", lambda value, batch=None: generic(opt, value, None))
+    objectives, windows = [], []
+    for i in range(24):
+        rows = slice(48 * (i % 4), 48 * (i % 4) + 48)
+        scores = model(x[rows]).squeeze(-1)
+        opt.zero_grad()
+        result = opt.step(
+            loss=F.binary_cross_entropy_with_logits(scores, y[rows]), scores=scores, labels=y[rows], groups=a[rows]
+        )
+        objectives.append(result.objective)
+        windows.append(opt.dual_window or 0)
+    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return params, opt.multipliers, torch.stack(objectives), torch.tensor(windows)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "lagrangian"},
+        {"method": Lagrangian(multiplier_bound=0.05), "dual_update": "alternating", "margin": 0.01},
+        {"method": "augmented_lagrangian"},
+        {"method": "proxy_lagrangian"},
+    ],
+    ids=["lagrangian", "bounded, alternating, margin", "augmented_lagrangian", "proxy_lagrangian"],
+)
+def test_a_run_with_the_fast_paths_equals_the_generic_run(
+    options: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = _train(True, monkeypatch, **options)
+    slow = _train(False, monkeypatch, **options)
+    _, multipliers, _, windows = fast
+    assert {1, 2} <= set(windows.tolist())  # windows of one batch (values reused) and of several both occur
+    assert multipliers.abs().max() > 0  # the duals moved
+    for got, expected in zip(fast, slow):
+        assert torch.equal(got, expected)
