@@ -14,8 +14,9 @@ tolerances, seed 0, on the same pre-drawn batches:
 * ``sweep``: one :class:`fairopt.sweep.SweepTrainer` holding the 8 members (``torch.func`` ``vmap``).
 
 Only the training steps are timed (no records, no evaluation; the batches are drawn before the clock starts). The
-two are interleaved ``--repeats`` times and the minimum of each is kept (robust to load drifting on a shared machine);
-the ratio is sequential / sweep. It also prints the largest parameter difference between a swept member and the same
+two are interleaved ``--repeats`` times; the minimum of each (robust to load drifting on a shared machine) and the
+median of the per-repeat ratios (each from two runs next to each other in time) are printed; the ratio is
+sequential / sweep. It also prints the largest parameter difference between a swept member and the same
 member trained alone (float rounding only). ``FAIROPT_BENCH_THREADS`` sets torch's thread count (default 1, as the
 other benchmarks: on a shared 2-core machine 2 OpenMP threads make small-op timings swing by 10x).
 """
@@ -98,6 +99,8 @@ def main() -> None:
         times["sequential"].append(t_seq)
         times["sweep"].append(t_sweep)
     best = {k: min(v) for k, v in times.items()}
+    ratios = sorted(s / w for s, w in zip(times["sequential"], times["sweep"]))
+    median_ratio = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1 :][:2]) / 2
     diff = max(
         (trainer.model.member_state(j)[n] - p.detach()).abs().max().item()
         for j, model in enumerate(alone)
@@ -108,6 +111,7 @@ def main() -> None:
     for name, t in best.items():
         print(f"  {name:<10} {t:8.3f} s  {t / steps * 1e3:7.3f} ms/step")
     print(f"  ratio sequential / sweep: {best['sequential'] / best['sweep']:.2f}x")
+    print(f"  median of the {args.repeats} per-repeat ratios: {median_ratio:.2f}x")
     print(f"  largest parameter difference, swept vs alone: {diff:.2e}")
 
 

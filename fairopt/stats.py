@@ -40,19 +40,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt._batch_checks import WEIGHT_TOLERANCE, check_batch, check_num_groups
 from fairopt._deprecation import renamed_kwargs
-from fairopt._validation import (
-    describe_bad_values,
-    finite,
-    require_1d,
-    require_device,
-    require_tensor,
-    validate_args_enabled,
-)
+from fairopt._validation import require_tensor, validate_args_enabled
 from fairopt.kernels import group_stats_table, resolve_backend
+from fairopt.kernels._common import derive_negative_cells
 from fairopt.proxies import Proxy, as_proxy
 
-__all__ = ["COLUMNS", "GroupStats", "RunningGroupStats", "group_stats"]
+__all__ = ["COLUMNS", "WEIGHT_TOLERANCE", "GroupStats", "RunningGroupStats", "group_stats"]
 
 COLUMNS: tuple[str, ...] = ("tn", "fp", "fn", "tp", "tn_proxy", "fp_proxy", "fn_proxy", "tp_proxy", "loss")
 _INDEX = {name: i for i, name in enumerate(COLUMNS)}
@@ -87,7 +82,7 @@ class GroupStats:
         cls, num_groups: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64
     ) -> GroupStats:
         """An empty table: the identity of ``+``."""
-        _check_num_groups(num_groups)
+        check_num_groups(num_groups)
         return cls(torch.zeros(num_groups, len(COLUMNS), device=device, dtype=dtype))
 
     @staticmethod
@@ -208,13 +203,6 @@ class GroupStats:
         return f"GroupStats(num_groups={self.num_groups}, dtype={self.dtype}, device={self.device})"
 
 
-def _check_num_groups(num_groups: int) -> None:
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise ValueError(
-            f"num_groups must be a positive int (the number of groups G, fixed up front), got {num_groups!r}"
-        )
-
-
 def _segment_sum(index: Tensor, values: Tensor | None, bins: int, count_dtype: torch.dtype) -> Tensor:
     """``out[b] = sum(values[index == b])`` (a count when ``values`` is None), ``out: (bins,)``, in one pass.
 
@@ -258,7 +246,7 @@ class _Table(torch.autograd.Function):
         pos = table[:, 5:8:2]  # fp_proxy, tp_proxy: one column per label
         pos.copy_(_segment_sum(code2, positive, 2 * g, dtype).view(g, 2))
         if negative is None:  # normalized proxy: negative = 1 - positive per example; sums follow from label counts
-            torch.sub(hard.view(g, 2, 2).sum(dim=2), pos, out=table[:, 4:8:2])
+            derive_negative_cells(table)
         else:
             table[:, 4:8:2] = _segment_sum(code2, negative, 2 * g, dtype).view(g, 2)  # tn_proxy, fn_proxy
         if loss is None:
@@ -346,8 +334,8 @@ def group_stats(
         RuntimeError: ``backend="triton"`` where it cannot run (no triton; a CPU tensor without ``TRITON_INTERPRET=1``).
     """
     proxy_obj = as_proxy(proxy)
-    _check_num_groups(num_groups)
-    scores, labels, groups, weights, loss = _check_inputs(
+    check_num_groups(num_groups)
+    scores, labels, groups, weights, loss = check_batch(
         scores, labels, groups, num_groups, weights, example_losses, validate_args_enabled(validate_args)
     )
     resolved = resolve_backend(backend, scores.device)
@@ -383,105 +371,6 @@ def group_stats(
         loss = None if loss is None else loss * weights
     table = _Table.apply(positive, negative, loss, code2, code4, groups, hard_weights, num_groups, dtype)
     return GroupStats(table)
-
-
-def _check_inputs(
-    scores: Tensor,
-    labels: Tensor,
-    groups: Tensor,
-    num_groups: int,
-    weights: Tensor | None,
-    loss: Tensor | None,
-    check_values: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    scores = require_tensor("scores", scores)
-    labels = require_tensor("labels", labels)
-    groups = require_tensor("groups", groups)
-    require_1d("scores", scores, None)
-    n, device = scores.shape[0], scores.device
-    if not scores.is_floating_point():
-        raise TypeError(f"scores must be floating point logits, got {scores.dtype}; pass scores.float()")
-    require_1d("labels", labels, n)
-    require_1d("groups", groups, n)
-    if labels.is_complex():
-        raise TypeError(f"labels must be bool, integer or floating 0/1, got {labels.dtype}")
-    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
-        raise TypeError(
-            f"groups must hold integer group ids, got {groups.dtype}; pass groups.long() "
-            "(or encode attributes with fairopt.Groups)"
-        )
-    require_device("labels", labels, device)
-    require_device("groups", groups, device)
-    for name, extra in (("weights", weights), ("example_losses", loss)):
-        if extra is not None:
-            require_tensor(name, extra)
-            require_1d(name, extra, n)
-            require_device(name, extra, device)
-            if not extra.is_floating_point():
-                raise TypeError(f"{name} must be floating point, got {extra.dtype}; pass {name}.float()")
-    if check_values and n > 0:
-        _check_values(scores, labels, groups, num_groups, weights, loss)
-    return scores, labels, groups, weights, loss
-
-
-WEIGHT_TOLERANCE = 16
-"""Weights down to ``-WEIGHT_TOLERANCE * eps * max(1, max|w|)`` (``eps`` of the weights' dtype: 3.6e-15 for float64,
-1.9e-6 for float32 at unit scale) are rounding errors of non-negative numbers: accepted, and counted as 0."""
-
-
-def _weight_tolerance(weights: Tensor) -> Tensor:
-    scale = weights.detach().abs().max().clamp(min=1.0)
-    return WEIGHT_TOLERANCE * torch.finfo(weights.dtype).eps * scale
-
-
-def _check_values(
-    scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int, weights: Tensor | None, loss: Tensor | None
-) -> None:
-    # All checks reduce to one bool vector and a single host sync (as few tensor operations as possible: this runs
-    # every training step); the offending values are located only on failure.
-    with torch.no_grad():
-        low, high = torch.aminmax(groups)
-        ok = [
-            finite(scores).all(),
-            (low >= 0) & (high < num_groups),
-            torch.ones((), dtype=torch.bool, device=labels.device)
-            if labels.dtype == torch.bool
-            else torch.logical_or(labels == 0, labels == 1).all(),
-        ]
-        if weights is not None:
-            ok.append((finite(weights) & (weights >= -_weight_tolerance(weights))).all())
-        if loss is not None:
-            ok.append(finite(loss).all())
-        flags = [not f for f in torch.stack(ok).tolist()]
-    if not any(flags):
-        return
-    bad_scores = ~torch.isfinite(scores)
-    bad_groups = (groups < 0) | (groups >= num_groups)
-    bad_labels = (labels != 0) & (labels != 1)
-    bad_weights = (~torch.isfinite(weights)) | (weights < -_weight_tolerance(weights)) if weights is not None else None
-    bad_loss = ~torch.isfinite(loss) if loss is not None else None
-    if flags[0]:
-        raise ValueError(
-            f"scores contain NaN or inf: {describe_bad_values(scores, bad_scores)}; "
-            "check the model output (e.g. a diverged loss) before computing fairness statistics"
-        )
-    if flags[1]:
-        raise ValueError(
-            f"groups must be ids in [0, {num_groups}) (num_groups={num_groups}): "
-            f"{describe_bad_values(groups, bad_groups)}; pass a larger num_groups or re-encode the sensitive "
-            "attribute with fairopt.Groups"
-        )
-    if flags[2]:
-        raise ValueError(
-            f"labels must be 0 or 1: {describe_bad_values(labels, bad_labels)}; map {{-1, 1}} labels with "
-            "(labels > 0), and threshold soft labels before computing rates"
-        )
-    rest = [("weights", bad_weights, weights), ("example_losses", bad_loss, loss)]
-    rest = [r for r in rest if r[1] is not None]
-    for (name, bad, values), flag in zip(rest, flags[3:]):
-        if flag:
-            what = "finite and >= 0 (up to rounding)" if name == "weights" else "finite"
-            raise ValueError(f"{name} must be {what}: {describe_bad_values(values, bad)}")
 
 
 def _label_counts(sums: np.ndarray) -> np.ndarray:
@@ -542,7 +431,7 @@ class RunningGroupStats:
         window: int = 10,
         min_count: float = 100.0,
     ) -> None:
-        _check_num_groups(num_groups)
+        check_num_groups(num_groups)
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         if mode == "ema" and not (0.0 <= decay < 1.0):

@@ -340,3 +340,82 @@ def test_the_whole_step_breaks_only_at_backward_and_torch_optim(method: str) -> 
     for r in explanation.break_reasons:  # the graph_break() is torch.optim's, not ours
         if r.reason.startswith(allowed[1]):
             assert "torch/optim" in r.user_stack[-1].filename, r.user_stack[-1]
+
+
+# one evaluator for one table, a stack of tables, and vmap ---------------------------------------------------------
+def stacked_tables(batch: tuple[int, ...], proxy: str = "sigmoid") -> torch.Tensor:
+    """``(*batch, G, 9)`` tables of different batches; in the second one group 2 has no positive label."""
+    count = int(np.prod(batch))
+    tables = [stats_for(10 + i, proxy, empty_group=i == 1).table.detach() for i in range(count)]
+    return torch.stack(tables).reshape(*batch, G, 9)
+
+
+@pytest.mark.parametrize("batch", [(4,), (2, 2)], ids=str)
+@pytest.mark.parametrize("expr", EXPRESSIONS, ids=str)
+def test_a_stack_of_tables_equals_each_table_alone(expr: fairopt.Expr, batch: tuple[int, ...]) -> None:
+    tables = stacked_tables(batch, "hinge").requires_grad_()
+    got = evaluate_device(expr, tables)
+    k = expr.size(G)
+    assert got.hard.shape == got.proxy_upper.shape == got.defined.shape == (*batch, k)
+    c_upper = torch.linspace(0.5, 1.5, k, dtype=torch.float64)
+    c_lower = torch.linspace(-1.0, 2.0, k, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(((got.proxy_upper * c_upper).sum() + (got.proxy_lower * c_lower).sum()), tables)
+    flat, flat_grad = tables.detach().reshape(-1, G, 9), grad.reshape(-1, G, 9)
+    for j in range(flat.shape[0]):
+        table = flat[j].clone().requires_grad_()
+        alone = evaluate_device(expr, table)
+        index = np.unravel_index(j, batch)
+        for name in ("hard", "proxy_upper", "proxy_lower"):
+            torch.testing.assert_close(getattr(got, name)[index], getattr(alone, name), rtol=1e-14, atol=1e-15)
+        assert torch.equal(got.defined[index], alone.defined)
+        objective = (alone.proxy_upper * c_upper).sum() + (alone.proxy_lower * c_lower).sum()
+        (g,) = torch.autograd.grad(objective, table, allow_unused=True)
+        torch.testing.assert_close(flat_grad[j], torch.zeros_like(table) if g is None else g, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("expr", [tpr.per_group().max() - tpr.per_group().min(), fpr(1) / (selection_rate() + 0.1)])
+def test_under_vmap_the_hard_columns_get_no_gradient(expr: fairopt.Expr) -> None:
+    # Under torch.func a table being differentiated has requires_grad False; the hard columns (tn fp fn tp) must be
+    # cut all the same, else the gradient w.r.t. them is the derivative of a count (the defect this guards against).
+    tables = stacked_tables((4,))
+
+    def objective(table: torch.Tensor) -> torch.Tensor:
+        value = evaluate_device(expr, table)
+        return value.proxy_upper.sum() + 0.5 * value.proxy_lower.sum()
+
+    grads = torch.func.vmap(torch.func.grad(objective))(tables)
+    assert torch.equal(grads[..., :4], torch.zeros_like(grads[..., :4]))
+    assert grads[..., 4:].abs().sum() > 0  # the proxy columns do carry the gradient
+    batched = tables.clone().requires_grad_()
+    value = evaluate_device(expr, batched)
+    (expected,) = torch.autograd.grad(value.proxy_upper.sum() + 0.5 * value.proxy_lower.sum(), batched)
+    torch.testing.assert_close(grads, expected, rtol=1e-13, atol=1e-15)
+    vmapped = torch.func.vmap(lambda t: tuple(evaluate_device(expr, t)))(tables)
+    for name, v in zip(("hard", "proxy_upper", "proxy_lower", "defined"), vmapped):
+        torch.testing.assert_close(v, getattr(value, name).detach(), rtol=1e-14, atol=1e-15)
+
+
+def test_a_per_table_offset_is_subtracted_at_defined_entries_only() -> None:
+    tables = stacked_tables((2,))  # the second table has an undefined TPR in group 2
+    tolerances = torch.tensor([[0.1], [0.25]], dtype=torch.float64)
+    expr = tpr.per_group() - 0.5
+    plain = evaluate_device(expr, tables)
+    for got in (evaluate_device(expr, tables, offset=tolerances), plain.shifted(tolerances)):
+        assert got.defined.tolist() == [[True, True, True], [True, True, False]]
+        expected = torch.where(plain.defined, plain.hard - tolerances, 0.0)
+        torch.testing.assert_close(got.hard, expected, rtol=0, atol=0)
+        torch.testing.assert_close(got.proxy_upper, torch.where(plain.defined, plain.proxy_upper - tolerances, 0.0))
+    assert evaluate_device(expr, tables, offset=0.0).hard.tolist() == plain.hard.tolist()
+
+
+def test_a_hand_computed_gap_on_a_stack() -> None:
+    # table 0: TPR 3/4 vs 1/4 (gap 0.5); table 1: 2/4 vs 2/4 (gap 0); FPR 0 everywhere (5 negatives, none predicted)
+    t = torch.zeros(2, 2, 9, dtype=torch.float64)
+    t[0, 0, 2:4], t[0, 1, 2:4] = torch.tensor([1.0, 3.0]), torch.tensor([3.0, 1.0])
+    t[1, :, 2:4] = 2.0
+    t[:, :, 0] = 5.0
+    got = evaluate_device(fairopt.EqualizedOdds(0.0).expr, t)
+    assert got.hard.tolist() == [[0.5, 0.0], [0.0, 0.0]]
+    assert got.defined.all()
+    with pytest.raises(ValueError, match=r"\(\.\.\., G, 9\)"):
+        evaluate_device(tpr(0), torch.zeros(3, 2, 4))

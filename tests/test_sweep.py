@@ -321,3 +321,27 @@ def test_the_cli_exits_2_on_bad_tolerances(tolerances, capsys):
         main(["sweep", "--tolerances", tolerances])
     assert exit_info.value.code == 2
     assert "--tolerances" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["mlp", "logistic", "sequential"])
+def test_the_direct_linear_path_equals_vmap_bit_for_bit(name):
+    gen = torch.Generator().manual_seed(3)
+    if name == "sequential":
+        torch.manual_seed(0)
+        models = [nn.Sequential(nn.Linear(D, 7), nn.ReLU(), nn.Linear(7, 1, bias=False)) for _ in range(3)]
+    else:
+        models = [create_model(name, D, seed=s) for s in range(3)]
+    direct, generic = StackedModel(models), StackedModel(models)
+    assert direct._plan is not None
+    generic._plan = None  # force torch.func.vmap(functional_call)
+    x = torch.randn(3, 11, D, generator=gen)
+    out, expected = direct(x), generic(x)
+    assert out.shape == (3, 11)
+    assert torch.equal(out, expected)
+    assert torch.equal(direct(x[0], shared=True), generic(x[0], shared=True))
+    grads = torch.autograd.grad(out.square().sum(), list(direct.params.values()))
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(generic.params.values()))
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
+    # anything else than Linear and ReLU layers (here a LayerNorm) takes the vmap path
+    assert StackedModel([nn.Sequential(nn.Linear(D, 4), nn.LayerNorm(4), nn.Linear(4, 1))])._plan is None

@@ -46,6 +46,9 @@ if not torch.cuda.is_available():  # the interpreter must be chosen before trito
 import fairopt as fo
 from fairopt.kernels import group_stats_table
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/, for the baselines
+from group_stats_baselines import masking_loop
+
 # Peak DRAM bandwidth in GB/s (vendor data sheets), matched against torch.cuda.get_device_name() in order.
 PEAK_GBPS: tuple[tuple[str, float], ...] = (
     ("H200", 4800.0),
@@ -135,22 +138,6 @@ def run_index_add(scores, labels, groups, g):
     neg = s.new_zeros(2 * g).index_add(0, code2, 1 - prob)
     table = torch.cat([hard.view(g, 4), torch.stack([neg.view(g, 2), pos.view(g, 2)], dim=2).view(g, 4)], dim=1)
     table[:, 4:8].sum().backward()
-    return table
-
-
-def run_masking_loop(scores, labels, groups, g):
-    s = scores.detach().requires_grad_()
-    prob, pred, y = torch.sigmoid(s), (s > 0).float(), labels.float()
-    rows = []
-    for k in range(g):
-        m = groups == k
-        pk, hk, yk = prob[m], pred[m], y[m]
-        rows.append(torch.stack([
-            ((1 - hk) * (1 - yk)).sum(), (hk * (1 - yk)).sum(), ((1 - hk) * yk).sum(), (hk * yk).sum(),
-            ((1 - pk) * (1 - yk)).sum(), (pk * (1 - yk)).sum(), ((1 - pk) * yk).sum(), (pk * yk).sum(),
-        ]))  # fmt: skip
-    table = torch.stack(rows)
-    table[:, 4:].sum().backward()
     return table
 
 
@@ -286,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton": run_triton,
         "fairopt torch": run_fairopt_torch,
         "index_add_": run_index_add,
-        "masking loop": run_masking_loop,
+        "masking loop": masking_loop,
         "torchmetrics": None,  # built per G
     }
     try:

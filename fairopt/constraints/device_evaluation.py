@@ -12,7 +12,17 @@ this one always takes the masked form (``torch.where``, ``gather``), so
   constrained step stays in the device queue (CUDA-graph-able, ``torch.cuda.set_sync_debug_mode("error")`` clean);
 * ``torch.compile(fullgraph=True)`` traces it with no graph break (the tree walk is Python over the expression, a
   constant: it unrolls at trace time);
-* the gradient w.r.t. the table is plain autograd through these ops (first and higher order).
+* the gradient w.r.t. the table is plain autograd through these ops (first and higher order), and ``torch.func``
+  transforms (``grad``, ``vjp``, ``vmap``) see the same graph: the hard columns enter detached in every case.
+
+It is the library's one torch evaluator: a table may carry leading batch dimensions, ``(..., G, K)``, and every node
+is then one tensor operation over the whole stack. The constrained step evaluates one ``(G, K)`` table
+(:class:`~fairopt.optim.ConstraintSet`, ``evaluator="device"``); a tolerance sweep
+(:class:`~fairopt.sweep.SweepTrainer`) evaluates the ``(M, G, K)`` tables of its M members and their dual tables in
+one call, with one tolerance per member (``offset``). Where two formulations of a node were measured, the faster one
+on both shapes is kept (e.g. cached 0-dim fill values instead of Python floats in ``torch.where``, ``index_select``
+with a cached index instead of list indexing); ``tests/test_no_sync.py`` checks that a stack equals its tables
+evaluated one by one, and equals ``vmap`` over them.
 
 The constants it needs (the rates' column mixers, group selections, pair indices) are built with torch ops on the
 table's device once per ``(device, dtype)`` and cached.
@@ -24,6 +34,7 @@ by default (``evaluator="auto"``).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -51,8 +62,6 @@ __all__ = ["DeviceValues", "evaluate_device"]
 
 _HARD = slice(0, 4)  # tn fp fn tp: counts, no derivative
 _LOSS = COLUMNS.index("loss")
-# CPU copies made once at import; moved to a device once per (device, dtype) in _constant.
-_MIXERS = {name: torch.from_numpy(mixer_matrix(spec)) for name, spec in RATES.items()}
 _KINDS = {
     name: "loss"
     if spec.numerator == ("loss",)
@@ -63,20 +72,61 @@ _KINDS = {
     else "ratio"
     for name, spec in RATES.items()
 }
+
+
+# CPU copies made once at import; moved to a device once per (device, dtype) in _constant. A label-conditioned rate
+# needs the first 4 columns only (no proxy denominator).
+_MIXERS = {
+    name: torch.from_numpy(mixer_matrix(spec)[:, :4] if _KINDS[name] == "label" else mixer_matrix(spec))
+    for name, spec in RATES.items()
+}
 # Rows of a node's value: [hard, proxy upper, proxy lower]; negating an interval swaps its bounds.
 _SWAP = (0, 2, 1)
 _CONSTANTS: dict[tuple[object, ...], Tensor] = {}
+_AFFINE: dict[tuple[object, ...], tuple[Tensor, Tensor]] = {}
+
+
+def _scalar(value: float, like: Tensor) -> Tensor:
+    """A cached 0-dim tensor of ``like``'s dtype and device. ``torch.where(mask, x, _scalar(0.0, x))`` is about
+    1.5x faster on the CPU than passing the Python float (which wraps a fresh tensor each call), and this runs at
+    every node of every step."""
+    key = ("scalar", value, like.dtype, like.device)
+    out = _CONSTANTS.get(key)
+    if out is None:
+        out = _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return out
+
+
+def _label_affine(like: Tensor) -> tuple[Tensor, Tensor]:
+    """Cached ``(3,)`` sign ``[1, 1, -1]`` and offset ``[0, 0, 1]`` in ``like``'s dtype and device."""
+    key = ("label_affine", like.dtype, like.device)
+    out = _AFFINE.get(key)
+    if out is None:
+        sign, offset = torch.tensor([[1.0, 1.0, -1.0], [0.0, 0.0, 1.0]], dtype=like.dtype, device=like.device)
+        out = _AFFINE[key] = (sign, offset)
+    return out
+
+
+def _swapped(v: Tensor) -> Tensor:
+    """The rows of ``-x`` read from those of ``x`` (``v (3, ..., k)``): negating an interval swaps its bounds.
+    ``index_select`` with a cached index, about 2x faster than indexing with a list (a new index tensor per call)."""
+    key = ("swap", v.device)
+    index = _CONSTANTS.get(key)
+    if index is None:
+        index = _CONSTANTS[key] = torch.tensor(_SWAP, device=v.device)
+    return v.index_select(0, index)
 
 
 class DeviceValues(NamedTuple):
-    """An expression's entries at one table, as tensors on the table's device.
+    """An expression's entries at one table (or a stack of tables), as tensors on the table's device.
 
     Attributes:
-        hard: ``(k,)`` true values (no gradient), in the table's dtype.
-        proxy_upper: ``(k,)`` proxy upper bound (a constraint's ``proxy`` value); differentiable w.r.t. the table's
-            proxy and loss columns when the table requires grad.
-        proxy_lower: ``(k,)`` proxy lower bound, differentiable the same way.
-        defined: ``(k,)`` bool; undefined entries hold 0 with zero derivative.
+        hard: ``(..., k)`` true values (no gradient), in the table's dtype; ``...`` the table's batch dimensions.
+        proxy_upper: ``(..., k)`` proxy upper bound (a constraint's ``proxy`` value); differentiable w.r.t. the
+            table's proxy and loss columns when the table requires grad (or is being differentiated by
+            ``torch.func``).
+        proxy_lower: ``(..., k)`` proxy lower bound, differentiable the same way.
+        defined: ``(..., k)`` bool; undefined entries hold 0 with zero derivative.
     """
 
     hard: Tensor
@@ -84,47 +134,63 @@ class DeviceValues(NamedTuple):
     proxy_lower: Tensor
     defined: Tensor
 
-    def shifted(self, offset: float) -> DeviceValues:
-        """Values minus ``offset`` at defined entries (0 elsewhere), e.g. ``expr - tolerance`` (no host branch)."""
-        if offset == 0.0:  # a Python float: a constant, not a tensor value
+    def shifted(self, offset: float | Tensor) -> DeviceValues:
+        """Values minus ``offset`` at defined entries (0 elsewhere), e.g. ``expr - tolerance`` (no host branch).
+
+        Args:
+            offset: a Python number, or a tensor that broadcasts against ``(..., k)``: e.g. ``(M, 1)`` tolerances,
+                one per table of an ``(M, G, 9)`` stack.
+        """
+        if isinstance(offset, (int, float)) and offset == 0.0:  # a Python number: a constant, not a tensor value
             return self
-        d = self.defined
+        d, zero = self.defined, _scalar(0.0, self.hard)
         return DeviceValues(
-            torch.where(d, self.hard - offset, 0.0),
-            torch.where(d, self.proxy_upper - offset, 0.0),
-            torch.where(d, self.proxy_lower - offset, 0.0),
+            torch.where(d, self.hard - offset, zero),
+            torch.where(d, self.proxy_upper - offset, zero),
+            torch.where(d, self.proxy_lower - offset, zero),
             d,
         )
 
 
-def evaluate_device(expr: Expr, table: Tensor) -> DeviceValues:
-    """Evaluate ``expr`` on a ``(G, K)`` table with torch ops on ``table.device`` (no host synchronization).
+def evaluate_device(expr: Expr, table: Tensor, *, offset: float | Tensor = 0.0) -> DeviceValues:
+    """Evaluate ``expr`` on a ``(..., G, K)`` table with torch ops on ``table.device`` (no host synchronization).
 
     Same values, defined mask and first derivatives as :func:`fairopt.constraints.evaluation.linearize` (float
-    rounding aside); the derivatives are autograd's, w.r.t. ``table``.
+    rounding aside), for every table of the stack; the derivatives are autograd's, w.r.t. ``table``. A leading batch
+    (``(M, G, K)``: the M members of a sweep, :class:`~fairopt.sweep.SweepTrainer`) costs the same number of tensor
+    operations as one table; ``torch.func.vmap`` over ``(G, K)`` tables gives the same values too.
 
     Args:
         expr: a rate expression (:mod:`fairopt.constraints.expressions`).
-        table: ``(G, K)`` floating tensor (``GroupStats.table``), ``K = 9``; may require grad.
+        table: ``(..., G, K)`` floating tensor (``GroupStats.table``, or a stack of them), ``K = 9``; may require
+            grad. Its hard-count columns (``tn fp fn tp``) always enter detached: the derivative w.r.t. them is 0.
+        offset: subtracted from every defined entry, as :meth:`DeviceValues.shifted` (one op instead of six): a
+            number, or a tensor broadcasting against ``(..., k)``, e.g. ``(M, 1)`` per-member tolerances.
 
     Returns:
-        :class:`DeviceValues` of ``k = expr.size(G)`` entries in ``table.dtype``.
+        :class:`DeviceValues` of ``(..., k)`` entries, ``k = expr.size(G)``, in ``table.dtype``.
 
     Raises:
-        ValueError: ``table`` is not ``(G, 9)``; the expression refers to a group ``>= G``; sizes that do not
+        ValueError: ``table`` is not ``(..., G, 9)``; the expression refers to a group ``>= G``; sizes that do not
             broadcast; ``pairwise`` of expressions of different sizes.
         TypeError: a non-floating table; a node type without a ``visit_*`` method (see
             :class:`~fairopt.constraints.ExprVisitor`).
     """
-    if not isinstance(table, Tensor) or table.dim() != 2 or table.shape[1] != len(COLUMNS):
+    if not isinstance(table, Tensor) or table.dim() < 2 or table.shape[-1] != len(COLUMNS):
         shape = tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__
-        raise ValueError(f"table must be a (G, {len(COLUMNS)}) tensor (GroupStats.table), got {shape}")
+        raise ValueError(
+            f"table must be a (G, {len(COLUMNS)}) tensor (GroupStats.table) or a (..., G, {len(COLUMNS)}) stack of "
+            f"them, got {shape}"
+        )
     if not table.is_floating_point():
         raise TypeError(f"table must be floating point (weighted counts), got {table.dtype}; pass table.double()")
     node = _DeviceEvaluator(table).visit(expr)
-    k = max(node.v.shape[-1], node.d.shape[-1])
-    d = node.d.expand(k)
-    v = torch.where(d, node.v.expand(3, k), 0.0)
+    shape = (*table.shape[:-2], max(node.v.shape[-1], node.d.shape[-1]))
+    d = node.d.expand(shape)
+    v = node.v.expand(3, *shape)
+    if not (isinstance(offset, (int, float)) and offset == 0.0):
+        v = v - offset  # broadcasts against (..., k), hence against (3, ..., k)
+    v = torch.where(d, v, _scalar(0.0, v))
     return DeviceValues(v[0].detach(), v[1], v[2], d)
 
 
@@ -138,34 +204,40 @@ def _constant(key: tuple[object, ...], build: object) -> Tensor:
 
 
 class _Node(NamedTuple):
-    """``v (3, k)``: [hard, upper, lower]; ``d (k,)`` bool defined mask (``k = 1`` broadcasts)."""
+    """``v (3, ..., k)``: [hard, upper, lower]; ``d (..., k)`` bool defined mask. Every node has the table's number
+    of batch dimensions; a constant has size 1 in each of them and ``k = 1`` (both broadcast)."""
 
     v: Tensor
     d: Tensor
 
 
+def _size(node: _Node) -> int:
+    return max(node.v.shape[-1], node.d.shape[-1])
+
+
 class _DeviceEvaluator(ExprVisitor[_Node]):
-    """One pass over an expression tree on one ``(G, K)`` table; each rate computed once per group selection."""
+    """One pass over an expression tree on one ``(..., G, K)`` table; each rate computed once per group selection."""
 
     def __init__(self, table: Tensor) -> None:
         # Derivatives w.r.t. the hard columns are 0 (they are counts), as in the NumPy evaluator: their part of the
-        # table enters detached, so autograd differentiates through the proxy and loss columns only.
-        if table.requires_grad:
-            table = torch.cat([table[:, _HARD].detach(), table[:, _HARD.stop :]], dim=1)
-        self.table = table
-        self.num_groups = table.shape[0]
+        # table enters detached, so autograd differentiates through the proxy and loss columns only. Always, not only
+        # when table.requires_grad: under torch.func (grad, vjp, vmap) that flag is False for a tensor being
+        # differentiated.
+        self.table = torch.cat([table[..., _HARD].detach(), table[..., _HARD.stop :]], dim=-1)
+        self.num_groups = table.shape[-2]
+        self.batch = tuple(table.shape[:-2])
+        self.batch_ones = (1,) * len(self.batch)  # a constant's batch shape
         self.device, self.dtype = table.device, table.dtype
         self.cache: dict[tuple[str, object], _Node] = {}
 
     def _key(self, *parts: object) -> tuple[object, ...]:
         return (*parts, self.device, self.dtype)
 
-    def _true(self) -> Tensor:
-        return _constant(self._key("true"), lambda: torch.ones(1, dtype=torch.bool, device=self.device))
-
     # leaves -------------------------------------------------------------------------------------------------
     def visit_const(self, expr: Const) -> _Node:
-        return _Node(self.table.new_full((3, 1), expr.value), self._true())
+        ones = (*self.batch_ones, 1)
+        true = _constant(("true", ones, self.device), lambda: torch.ones(ones, dtype=torch.bool, device=self.device))
+        return _Node(self.table.new_full((3, *ones), expr.value), true)
 
     def visit_rate(self, expr: RateRef) -> _Node:
         if expr.max_group() >= self.num_groups:
@@ -200,23 +272,30 @@ class _DeviceEvaluator(ExprVisitor[_Node]):
         kind = _KINDS[name]
         w = _constant(self._key("mixer", name), lambda: _MIXERS[name].to(device=self.device, dtype=self.dtype))
         select = self._selection(group)
-        rows = self.table if select is None else select @ self.table  # (r, K)
-        sums = (rows @ w).T  # (5, r): den, hard numerator, proxy numerator, complementary proxy, proxy denominator
-        den = sums[0]
+        rows = self.table if select is None else select @ self.table  # (..., r, K)
+        sums = rows @ w  # (..., r, 4 or 5), the columns of _device_mixer
+        den = sums[..., 0]
         defined = den > 0
-        safe_den = torch.where(defined, den, 1.0)
+        zero = _scalar(0.0, den)
+        safe_den = torch.where(defined, den, _scalar(1.0, den))
         if kind == "label":
-            v = sums[1:4] / safe_den  # divided, not multiplied by 1/den: ties break as in compute_rate
-            v = torch.stack([v[0], v[1], 1.0 - v[2]])
-        elif kind == "loss":
-            v = (rows[:, _LOSS] / safe_den).expand(3, -1)
+            # [hard, upper, 1 - complement] = offset + sign * ratios: one exact fused op (-x + 1 rounds as 1 - x), and
+            # divided, not multiplied by 1/den, so that values and hence ties are those of compute_rate.
+            sign, offset = _label_affine(den)
+            v = torch.addcmul(offset, sums[..., 1:] / safe_den[..., None], sign).movedim(-1, 0)
+            return _Node(torch.where(defined, v, zero), defined)
+        sums = sums.movedim(-1, 0)  # (5, ..., r): den, hard numerator, proxy numerator, complement, proxy denominator
+        if kind == "loss":
+            value = rows[..., _LOSS] / safe_den
+            v = value.expand(3, *value.shape)
         elif kind == "base":  # no proxy
-            v = (sums[1] / safe_den).expand(3, -1)
+            value = sums[1] / safe_den
+            v = value.expand(3, *value.shape)
         else:  # precision / NPV: the plain ratio of proxy counts (its denominator depends on the predictions)
             ok = defined & (sums[4] > 0)
-            value = torch.where(ok, sums[2] / torch.where(ok, sums[4], 1.0), 0.0)
+            value = torch.where(ok, sums[2] / torch.where(ok, sums[4], _scalar(1.0, den)), zero)
             v = torch.stack([sums[1] / safe_den, value, value])
-        return _Node(torch.where(defined, v, 0.0), defined)
+        return _Node(torch.where(defined, v, zero), defined)
 
     # operators ----------------------------------------------------------------------------------------------
     def visit_binop(self, expr: BinOp) -> _Node:
@@ -226,7 +305,7 @@ class _DeviceEvaluator(ExprVisitor[_Node]):
         if expr.op == "+":
             return _Node(a.v + b.v, defined)
         if expr.op == "-":  # the upper bound of a - b uses the lower bound of b
-            return _Node(a.v - b.v[_SWAP, :], defined)
+            return _Node(a.v - _swapped(b.v), defined)
         (ah, au, al), (bh, bu, bl) = a.v, b.v
         if expr.op == "*":  # the four corner products of the two intervals
             return _extreme_corners(ah * bh, defined, [au * bu, au * bl, al * bu, al * bl])
@@ -234,31 +313,31 @@ class _DeviceEvaluator(ExprVisitor[_Node]):
         nonzero = bh != 0
         positive = bl > 0
         safe = positive | nonzero
-        dens = [torch.where(safe, torch.where(positive, bound, bh), 1.0) for bound in (bu, bl)]
+        one = _scalar(1.0, bh)
+        dens = [torch.where(safe, torch.where(positive, bound, bh), one) for bound in (bu, bl)]
         corners = [num / den for num in (au, al) for den in dens]
-        return _extreme_corners(ah / torch.where(nonzero, bh, 1.0), defined & nonzero, corners)
+        return _extreme_corners(ah / torch.where(nonzero, bh, one), defined & nonzero, corners)
 
     def visit_abs(self, expr: Abs) -> _Node:
         # The branch follows the sign of the true value; |x| = -x on the negative side (hard row included).
         a = self.visit(expr.a)
-        return _Node(torch.where(a.v[0] >= 0, a.v, -a.v[_SWAP, :]), a.d)
+        return _Node(torch.where(a.v[0] >= 0, a.v, -_swapped(a.v)), a.d)
 
     def visit_reduce(self, expr: Reduce) -> _Node:
         # The entry is chosen among the defined ones by its true value: argmax/argmin on the device, then a gather
         # (the NumPy evaluator reads the index on the host). Fewer than needed() defined: undefined.
         a = self.visit(expr.a)
-        k = max(a.v.shape[-1], a.d.shape[-1])
-        d = a.d.expand(k)
-        v = a.v.expand(3, k)
-        fill = float("-inf") if expr.how == "max" else float("inf")
-        masked = torch.where(d, v[0], fill)
-        index = (masked.argmax() if expr.how == "max" else masked.argmin()).reshape(1)
-        enough = (d.sum() >= expr.needed()).reshape(1)
-        return _Node(v.index_select(1, index), enough)
+        shape = (*self.batch, _size(a))
+        d = a.d.expand(shape)
+        v = a.v.expand(3, *shape)
+        masked = torch.where(d, v[0], _scalar(-math.inf if expr.how == "max" else math.inf, v))
+        index = masked.argmax(-1, keepdim=True) if expr.how == "max" else masked.argmin(-1, keepdim=True)
+        enough = d.sum(-1, keepdim=True) >= expr.needed()
+        return _Node(v.gather(-1, index.expand(3, *index.shape)), enough)
 
     def visit_guard(self, expr: Guard) -> _Node:
         a, ref = self.visit(expr.a), self.visit(expr.reference)
-        enough = ref.d.sum() >= expr.count
+        enough = ref.d.sum(-1, keepdim=True) >= expr.count
         return _Node(a.v, a.d & enough)
 
     def visit_elementwise(self, expr: Elementwise) -> _Node:
@@ -273,14 +352,15 @@ class _DeviceEvaluator(ExprVisitor[_Node]):
         if n != b.v.shape[-1]:
             raise ValueError(f"pairwise() needs two expressions with the same number of entries, in {expr}")
         i, j = _pairs(n, expr.symmetric, self.device)
-        da, db = a.d.expand(n), b.d.expand(n)
-        return _Node(a.v[:, i] - b.v[_SWAP, :][:, j], da[i] & db[j])
+        da, db = a.d.expand(*a.d.shape[:-1], n), b.d.expand(*b.d.shape[:-1], n)
+        v = a.v.index_select(-1, i) - _swapped(b.v).index_select(-1, j)
+        return _Node(v, da.index_select(-1, i) & db.index_select(-1, j))
 
     def visit_concat(self, expr: Concat) -> _Node:
         parts = [self.visit(p) for p in expr.parts]
-        sizes = [max(p.v.shape[-1], p.d.shape[-1]) for p in parts]
-        v = torch.cat([p.v.expand(3, k) for p, k in zip(parts, sizes)], dim=-1)
-        d = torch.cat([p.d.expand(k) for p, k in zip(parts, sizes)], dim=-1)
+        sizes = [_size(p) for p in parts]
+        v = torch.cat([p.v.expand(3, *self.batch, k) for p, k in zip(parts, sizes)], dim=-1)
+        d = torch.cat([p.d.expand(*self.batch, k) for p, k in zip(parts, sizes)], dim=-1)
         return _Node(v, d)
 
 
@@ -300,7 +380,7 @@ def _pairs(n: int, symmetric: bool, device: torch.device) -> tuple[Tensor, Tenso
 
 
 def _check_sizes(a: _Node, b: _Node, expr: Expr) -> None:
-    n, m = a.v.shape[-1], b.v.shape[-1]
+    n, m = _size(a), _size(b)
     if n != m and n != 1 and m != 1:
         broadcast_sizes(n, m, str(expr))  # raises with the expression in the message
 
@@ -308,8 +388,10 @@ def _check_sizes(a: _Node, b: _Node, expr: Expr) -> None:
 def _extreme_corners(hard: Tensor, defined: Tensor, corners: list[Tensor]) -> _Node:
     """Bounds of an interval product or quotient: the largest and the smallest corner value (the first corner at a
     tie, as ``argmax``/``argmin`` return the first index); gradients flow through the chosen corner only."""
-    k = max(hard.shape[-1], defined.shape[-1], *(c.shape[-1] for c in corners))
-    stack = torch.stack([c.expand(k) for c in corners])  # (4, k)
+    shapes = {hard.shape, defined.shape, *(c.shape for c in corners)}
+    # torch.broadcast_shapes costs ~10 µs; the shapes are most often equal already
+    shape = shapes.pop() if len(shapes) == 1 else torch.broadcast_shapes(*shapes)
+    stack = torch.stack([c.expand(shape) for c in corners])  # (4, ..., k)
     upper = stack.gather(0, stack.argmax(0, keepdim=True))[0]
     lower = stack.gather(0, stack.argmin(0, keepdim=True))[0]
-    return _Node(torch.stack([hard.expand(k), upper, lower]), defined.expand(k))
+    return _Node(torch.stack([hard.expand(shape), upper, lower]), defined.expand(shape))

@@ -6,8 +6,9 @@ implementation otherwise; ``"torch"`` and ``"triton"`` force one (``"triton"`` o
 :func:`fairopt.group_stats` (same columns, same conventions) up to float32 rounding; it accumulates in float32, or
 float64 when ``dtype`` is float64, whatever the input dtypes (bf16/fp16 inputs included).
 
-This module imports neither :mod:`fairopt.stats` (which will call it; imports point one way) nor ``triton`` (which
-is imported on first use of the Triton backend).
+This module imports neither :mod:`fairopt.stats` (which calls it; imports point one way) nor ``triton`` (which is
+imported on first use of the Triton backend); the input checks are those of :func:`fairopt.group_stats`, shared
+through :func:`fairopt._batch_checks.check_batch`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from torch import Tensor
 
 import fairopt.proxies as _proxies
-from fairopt._validation import describe_bad_values, require_1d, require_device, require_tensor, validate_args_enabled
+from fairopt._batch_checks import check_batch, check_num_groups
+from fairopt._validation import validate_args_enabled
 from fairopt.kernels.ops import group_stats_op
 from fairopt.proxies import Proxy, as_proxy
 
@@ -131,15 +133,14 @@ def group_stats_table(
         RuntimeError: ``backend="triton"`` where it cannot run (see :func:`resolve_backend`).
     """
     proxy_obj = as_proxy(proxy)
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise ValueError(f"num_groups must be a positive int (the number of groups G), got {num_groups!r}")
+    check_num_groups(num_groups)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype for the table, got {dtype!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    _check_structure(scores, labels, groups, weights, example_losses)
-    if validate_args_enabled(validate_args) and scores.shape[0] > 0:
-        _check_values(scores, labels, groups, num_groups, weights, example_losses)
+    scores, labels, groups, weights, example_losses = check_batch(
+        scores, labels, groups, num_groups, weights, example_losses, validate_args_enabled(validate_args)
+    )
     resolved = resolve_backend(backend, scores.device)
     spec = proxy_spec(proxy_obj)
     positive = negative = None
@@ -155,61 +156,3 @@ def group_stats_table(
         scores, labels, groups, weights, example_losses, positive, negative, num_groups, kind, temperature,
         float(threshold), dtype, resolved, strategy,
     )  # fmt: skip
-
-
-def _check_structure(
-    scores: Tensor, labels: Tensor, groups: Tensor, weights: Tensor | None, loss: Tensor | None
-) -> None:
-    """Types, shapes and devices: free, always run (the rules of :func:`fairopt.group_stats`)."""
-    for name, value in (("scores", scores), ("labels", labels), ("groups", groups)):
-        require_tensor(name, value)
-    require_1d("scores", scores, None)
-    n, device = scores.shape[0], scores.device
-    if not scores.is_floating_point():
-        raise TypeError(f"scores must be floating point logits, got {scores.dtype}; pass scores.float()")
-    require_1d("labels", labels, n)
-    require_1d("groups", groups, n)
-    if labels.is_complex():
-        raise TypeError(f"labels must be bool, integer or floating 0/1, got {labels.dtype}")
-    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
-        raise TypeError(f"groups must hold integer group ids, got {groups.dtype}; pass groups.long()")
-    require_device("labels", labels, device)
-    require_device("groups", groups, device)
-    for name, extra in (("weights", weights), ("example_losses", loss)):
-        if extra is not None:
-            require_tensor(name, extra)
-            require_1d(name, extra, n)
-            require_device(name, extra, device)
-            if not extra.is_floating_point():
-                raise TypeError(f"{name} must be floating point, got {extra.dtype}; pass {name}.float()")
-
-
-def _check_values(
-    scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int, weights: Tensor | None, loss: Tensor | None
-) -> None:
-    """Value checks with one host sync; the offending values are located only on failure."""
-    with torch.no_grad():
-        bad = {
-            "scores": ~torch.isfinite(scores),
-            "groups": (groups < 0) | (groups >= num_groups),
-            "labels": torch.zeros_like(labels, dtype=torch.bool)
-            if labels.dtype == torch.bool
-            else (labels != 0) & (labels != 1),
-        }
-        if weights is not None:  # negatives within rounding count as 0, as in fairopt.group_stats
-            tol = 16 * torch.finfo(weights.dtype).eps * weights.detach().abs().max().clamp(min=1.0)
-            bad["weights"] = ~torch.isfinite(weights) | (weights < -tol)
-        if loss is not None:
-            bad["example_losses"] = ~torch.isfinite(loss)
-        flags = torch.stack([b.any() for b in bad.values()]).tolist()
-    fixes = {
-        "scores": "finite (check the model output)",
-        "groups": f"ids in [0, {num_groups}) (pass a larger num_groups or re-encode with fairopt.Groups)",
-        "labels": "0 or 1 (map {-1, 1} labels with labels > 0)",
-        "weights": "finite and >= 0",
-        "example_losses": "finite",
-    }
-    values = {"scores": scores, "groups": groups, "labels": labels, "weights": weights, "example_losses": loss}
-    for (name, mask), flag in zip(bad.items(), flags):
-        if flag:
-            raise ValueError(f"{name} must be {fixes[name]}: {describe_bad_values(values[name], mask)}")

@@ -55,6 +55,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fairopt.kernels._common import (
+    KINDS,
+    NUM_COLUMNS,
+    accumulator_dtype,
+    compute_dtype,
+    derive_negative_cells,
+    gradient_buffers,
+    sums_negative_cells,
+)
+
 __all__ = [
     "BLOCK_MAX_GROUPS",
     "KINDS",
@@ -66,11 +76,6 @@ __all__ = [
     "require_runnable",
 ]
 
-NUM_COLUMNS = 9
-KINDS: dict[str, int] = {"hard": 0, "sigmoid": 1, "hinge": 2, "softplus": 3, "values": 4}
-"""Proxy codes of the kernels: the built-ins of :mod:`fairopt.proxies`, and ``"values"`` (per-example positive
-and negative proxy values computed in torch, the fallback for user functions)."""
-NORMALIZED_KINDS = frozenset({"hard", "sigmoid"})
 BLOCK_MAX_GROUPS = 32
 """Largest G reduced in registers (strategy ``"block"``); above it, per-example atomics (``"atomic"``). The one-hot
 reduction costs about ``9 * G`` operations per example, the atomics 3-4 L2 round trips: to be tuned on a device."""
@@ -371,24 +376,45 @@ def _kernels(interpret: bool) -> tuple[object, object]:
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 @cache
 def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _prepare(*tensors: Tensor | None) -> list[Tensor | None]:
-    out: list[Tensor | None] = []
-    for t in tensors:
-        if t is not None:
-            t = t.contiguous()
-            if t.dtype == torch.bool:  # read as bytes; triton's i1 pointers are not portable across versions
-                t = t.view(torch.uint8)
-        out.append(t)
-    return out
+def _pointer(t: Tensor) -> Tensor:
+    t = t.contiguous()
+    return t.view(torch.uint8) if t.dtype == torch.bool else t  # bytes: triton's i1 pointers are not portable
+
+
+def _launch_inputs(
+    scores: Tensor,
+    labels: Tensor,
+    groups: Tensor,
+    weights: Tensor | None,
+    loss: Tensor | None,
+    positive: Tensor | None,
+    negative: Tensor | None,
+    kind: str,
+    temperature: float,
+    threshold: float,
+) -> tuple[list[Tensor], list[float], dict[str, object]]:
+    """What both kernels take first: the seven input pointers (an absent input is ``scores`` again, never read: a
+    constexpr flag compiles its load away), the split threshold and ``1 / temperature``, and the shared constexprs."""
+    values = kind == "values"
+    pos = positive if values else None
+    neg = negative if values else None
+    pointers = [_pointer(t) for t in (scores, labels, groups)]
+    pointers += [pointers[0] if t is None else _pointer(t) for t in (weights, loss, pos, neg)]
+    cdt = compute_dtype(scores, weights, loss, pos, neg)
+    constexprs: dict[str, object] = {
+        "KIND": KINDS[kind],
+        "HAS_WEIGHTS": weights is not None,
+        "HAS_LOSS": loss is not None,
+        "HAS_NEG": neg is not None,
+        "CDT": _TL_DTYPES[cdt],
+        "F64": cdt == torch.float64,
+    }
+    return pointers, [*_split(threshold), *_split(1.0 / temperature)], constexprs
 
 
 def require_runnable(device: torch.device) -> None:
@@ -427,17 +453,14 @@ def forward(
         strategy = choose_strategy(num_groups)
     if strategy not in ("block", "atomic"):
         raise ValueError(f"strategy must be 'auto', 'block' or 'atomic', got {strategy!r}")
-    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    acc_dtype = accumulator_dtype(dtype)
     buf = torch.zeros((num_groups, NUM_COLUMNS), dtype=acc_dtype, device=scores.device)
     n = scores.shape[0]
-    values = kind == "values"
-    has_neg = values and negative is not None
-    need_neg = kind in ("hinge", "softplus") or has_neg
+    need_neg = sums_negative_cells(kind, negative)
     if n > 0:
-        scores_, labels_, groups_, weights_, loss_, pos_, neg_ = _prepare(
-            scores, labels, groups, weights, loss, positive if values else None, negative if has_neg else None
+        pointers, floats, constexprs = _launch_inputs(
+            scores, labels, groups, weights, loss, positive, negative, kind, temperature, threshold
         )
-        cdt = _compute_dtype(scores, weights, loss, pos_, neg_)
         onehot = strategy == "block"
         gp = max(2, triton.next_power_of_2(num_groups)) if onehot else 2
         block = min(1024, max(32, 8192 // gp)) if onehot else 1024
@@ -448,38 +471,23 @@ def forward(
         cap = _num_sms(scores.device.index or 0) * (4 if onehot else 32) if on_gpu else 4
         grid = (min(num_tiles, cap),)
         fwd, _ = _kernels(interpreter_enabled())
-        thr = _split(threshold)
-        inv_t = _split(1.0 / temperature)
-        dummy = scores_
         fwd[grid](  # type: ignore[index]
-            scores_,
-            labels_,
-            groups_,
-            dummy if weights_ is None else weights_,
-            dummy if loss_ is None else loss_,
-            dummy if pos_ is None else pos_,
-            dummy if neg_ is None else neg_,
+            *pointers,
             buf,
             n,
             num_groups,
             num_tiles,
-            *thr,
-            *inv_t,
-            KIND=KINDS[kind],
-            HAS_WEIGHTS=weights is not None,
-            HAS_LOSS=loss is not None,
-            HAS_NEG=has_neg,
+            *floats,
+            **constexprs,
             NEED_NEG=need_neg,
-            CDT=_TL_DTYPES[cdt],
-            F64=cdt == torch.float64,
             ACC=_TL_DTYPES[acc_dtype],
             ONEHOT=onehot,
             GP=gp,
             BLOCK=block,
             num_warps=4 if onehot else 8,
         )
-    if not need_neg:  # normalized proxy: negative cells = label counts - positive cells (as fairopt.stats does)
-        buf[:, 4:8:2] = buf[:, :4].view(num_groups, 2, 2).sum(dim=2) - buf[:, 5:8:2]
+    if not need_neg:
+        derive_negative_cells(buf)
     return buf if buf.dtype == dtype else buf.to(dtype)
 
 
@@ -506,58 +514,29 @@ def backward(
     """
     require_runnable(scores.device)
     need_ds, need_dw, need_dloss, need_dpos, need_dneg = needs  # already restricted to the gradients that exist
-    values = kind == "values"
-    has_neg = values and negative is not None
     n = scores.shape[0]
-
-    def out(flag: bool, like: Tensor | None) -> Tensor:
-        if flag and like is not None:
-            return torch.empty_like(like, memory_format=torch.contiguous_format)
-        return scores.new_empty((0,))
-
-    d_s, d_w, d_l = out(need_ds, scores), out(need_dw, weights), out(need_dloss, loss)
-    d_p, d_n = out(need_dpos, positive), out(need_dneg, negative)
-    if n > 0 and (need_ds or need_dw or need_dloss or need_dpos or need_dneg):
-        scores_, labels_, groups_, weights_, loss_, pos_, neg_ = _prepare(
-            scores, labels, groups, weights, loss, positive if values else None, negative if has_neg else None
+    outputs = gradient_buffers(needs, (scores, weights, loss, positive, negative), scores)
+    if n > 0 and any(needs):
+        pointers, floats, constexprs = _launch_inputs(
+            scores, labels, groups, weights, loss, positive, negative, kind, temperature, threshold
         )
-        grad_ = grad.contiguous()
-        cdt = _compute_dtype(scores, weights, loss, pos_, neg_)
         block = 1024
         _, bwd = _kernels(interpreter_enabled())
-        thr = _split(threshold)
-        inv_t = _split(1.0 / temperature)
-        dummy = scores_
         bwd[(triton.cdiv(n, block),)](  # type: ignore[index]
-            grad_,
-            scores_,
-            labels_,
-            groups_,
-            dummy if weights_ is None else weights_,
-            dummy if loss_ is None else loss_,
-            dummy if pos_ is None else pos_,
-            dummy if neg_ is None else neg_,
-            d_s if need_ds else dummy,
-            d_w if need_dw else dummy,
-            d_l if need_dloss else dummy,
-            d_p if need_dpos else dummy,
-            d_n if need_dneg else dummy,
+            grad.contiguous(),
+            *pointers,
+            *(out if flag else pointers[0] for flag, out in zip(needs, outputs)),  # unneeded: never written
             n,
             num_groups,
-            *thr,
-            *inv_t,
-            KIND=KINDS[kind],
-            HAS_WEIGHTS=weights is not None,
-            HAS_LOSS=loss is not None,
-            HAS_NEG=has_neg,
+            *floats,
+            **constexprs,
             NEED_DS=need_ds,
             NEED_DW=need_dw,
             NEED_DLOSS=need_dloss,
             NEED_DPOS=need_dpos,
             NEED_DNEG=need_dneg,
-            CDT=_TL_DTYPES[cdt],
-            F64=cdt == torch.float64,
             BLOCK=block,
             num_warps=4,
         )
+    d_s, d_w, d_l, d_p, d_n = outputs
     return d_s, d_w, d_l, d_p, d_n

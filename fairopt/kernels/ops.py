@@ -12,7 +12,7 @@ Op arguments (all ``(N,)`` tensors on one device):
   integer ids (ids outside ``[0, num_groups)`` are dropped); ``weights`` and ``loss`` optional floating;
 - ``positive``/``negative``: for ``proxy == "values"`` only, the per-example proxy values of a user function
   (``negative=None``: normalized, the negative cells are derived as count - positive);
-- ``num_groups`` (G), ``proxy`` (one of :data:`~fairopt.kernels.group_stats_triton.KINDS`), ``temperature`` and
+- ``num_groups`` (G), ``proxy`` (one of :data:`~fairopt.kernels._common.KINDS`), ``temperature`` and
   ``threshold`` (logit units), ``dtype`` of the table, ``backend``, ``strategy`` (``"auto"``, ``"block"``,
   ``"atomic"``; Triton only).
 
@@ -27,13 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fairopt.kernels._common import (
+    accumulator_dtype,
+    compute_dtype,
+    derive_negative_cells,
+    gradient_buffers,
+    sums_negative_cells,
+)
+
 __all__ = ["group_stats_backward_op", "group_stats_op"]
 
 _LOG2E = 1.4426950408889634  # 1 / ln 2
-
-
-def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _proxy(kind: str, margin: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -89,19 +93,19 @@ def _torch_forward(
     temperature: float,
     threshold: float,
     dtype: torch.dtype,
+    strategy: str = "auto",
 ) -> Tensor:
-    cdt = _compute_dtype(scores, weights, loss, positive, negative)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    """The op's torch implementation (``strategy`` is unused: one reduction, index-add segment sums)."""
+    cdt = compute_dtype(scores, weights, loss, positive, negative)
+    acc = accumulator_dtype(dtype)
     g, y, _, w, _ = _torch_common(scores, labels, groups, weights, num_groups, cdt)
     margin = scores.to(cdt) - threshold
     if proxy == "values":
         assert positive is not None
-        pos = positive.to(cdt)
-        neg = None if negative is None else negative.to(cdt)
+        pos, neg = positive.to(cdt), negative
     else:
         pos, neg, _, _ = _proxy(proxy, margin, temperature)
-        if proxy in ("hard", "sigmoid"):
-            neg = None  # normalized: derived below, as fairopt.stats does
+    neg = None if neg is None or not sums_negative_cells(proxy, negative) else neg.to(cdt)  # None: from the counts
     code2 = 2 * g + y
     code4 = 2 * code2 + (margin > 0)
     gsz, device = num_groups, scores.device
@@ -113,7 +117,7 @@ def _torch_forward(
     table[:, :4] = segment_sum(code4, w, 4 * gsz).view(gsz, 4)
     table[:, 5:8:2] = segment_sum(code2, w * pos, 2 * gsz).view(gsz, 2)
     if neg is None:
-        table[:, 4:8:2] = table[:, :4].view(gsz, 2, 2).sum(dim=2) - table[:, 5:8:2]
+        derive_negative_cells(table)
     else:
         table[:, 4:8:2] = segment_sum(code2, w * neg, 2 * gsz).view(gsz, 2)
     if loss is not None:
@@ -136,7 +140,8 @@ def _torch_backward(
     threshold: float,
     needs: tuple[bool, bool, bool, bool, bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    cdt = _compute_dtype(scores, weights, loss, positive, negative)
+    """The backward op's torch implementation: the gather of the grad table, as the Triton backward kernel."""
+    cdt = compute_dtype(scores, weights, loss, positive, negative)
     g, y, valid, w, w_raw = _torch_common(scores, labels, groups, weights, num_groups, cdt)
     grad = grad.to(cdt)
     code2 = 2 * g + y
@@ -174,6 +179,22 @@ def _torch_backward(
     return d_s, d_w, d_l, d_p, d_n
 
 
+class _TorchImplementation:
+    """The torch path, with the ``forward``/``backward`` names of :mod:`fairopt.kernels.group_stats_triton`."""
+
+    forward = staticmethod(_torch_forward)
+    backward = staticmethod(_torch_backward)
+
+
+def _implementation(backend: str) -> Any:
+    """The module (or namespace) whose ``forward``/``backward`` run ``backend``; Triton is imported on first use."""
+    if backend == "triton":
+        import fairopt.kernels.group_stats_triton as group_stats_triton
+
+        return group_stats_triton
+    return _TorchImplementation
+
+
 @torch.library.custom_op("fairopt::group_stats", mutates_args=())
 def group_stats_op(
     scores: Tensor,
@@ -192,16 +213,11 @@ def group_stats_op(
     strategy: str,
 ) -> Tensor:
     """The ``(num_groups, 9)`` table in ``dtype`` (see the module docstring for the arguments)."""
-    if backend == "triton":
-        import fairopt.kernels.group_stats_triton as group_stats_triton
-
-        return group_stats_triton.forward(
-            scores, labels, groups, weights, loss, positive, negative, num_groups, proxy, temperature, threshold,
-            dtype, strategy,
-        )  # fmt: skip
-    return _torch_forward(
-        scores, labels, groups, weights, loss, positive, negative, num_groups, proxy, temperature, threshold, dtype
-    )
+    forward = _implementation(backend).forward
+    return forward(
+        scores, labels, groups, weights, loss, positive, negative, num_groups, proxy, temperature, threshold, dtype,
+        strategy,
+    )  # fmt: skip
 
 
 @group_stats_op.register_fake
@@ -243,14 +259,8 @@ def group_stats_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(d_scores, d_weights, d_loss, d_positive, d_negative)``; an unneeded one is an empty ``(0,)`` tensor."""
     flags = _needs(needs, weights, loss, positive, negative, proxy)
-    if backend == "triton":
-        import fairopt.kernels.group_stats_triton as group_stats_triton
-
-        return group_stats_triton.backward(
-            grad, scores, labels, groups, weights, loss, positive, negative, num_groups, proxy, temperature,
-            threshold, flags,
-        )  # fmt: skip
-    return _torch_backward(
+    backward = _implementation(backend).backward
+    return backward(
         grad, scores, labels, groups, weights, loss, positive, negative, num_groups, proxy, temperature, threshold,
         flags,
     )  # fmt: skip
@@ -293,11 +303,7 @@ def _(
     needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     flags = _needs(needs, weights, loss, positive, negative, proxy)
-    likes = (scores, weights, loss, positive, negative)
-    return tuple(  # type: ignore[return-value]
-        like.new_empty(like.shape) if flag and like is not None else scores.new_empty((0,))
-        for flag, like in zip(flags, likes)
-    )
+    return tuple(gradient_buffers(flags, (scores, weights, loss, positive, negative), scores))  # type: ignore[return-value]
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:

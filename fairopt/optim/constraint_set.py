@@ -247,7 +247,7 @@ class ConstraintSet:
         return self._evaluate_device(stats.table.to(self.dtype))
 
     def _evaluate_device(self, table: Tensor) -> ConstraintValue:
-        parts = [evaluate_device(c.expr, table).shifted(c.tolerance) for c in self.constraints]
+        parts = [evaluate_device(c.expr, table, offset=c.tolerance) for c in self.constraints]
         if len(parts) == 1:
             return ConstraintValue(parts[0].hard, parts[0].proxy_upper, parts[0].defined)
         return ConstraintValue(

@@ -5,6 +5,12 @@ Every function acts on the columns of an ``(n, k)`` tensor (a distribution is an
 each column are renormalized to the mass the column has left (``1 − Σ`` of the frozen entries). This is how an
 undefined constraint (a rate with a zero denominator) is kept from moving the λ-player's state.
 
+Every function also takes a stack of them, ``(..., n, k)`` with ``(..., n)`` masks (``(..., n)`` distributions for
+:func:`stationary_distribution`): reductions run over ``dim=-2``, so one call updates the λ-players of all the members
+of a sweep (:class:`~fairopt.sweep.SweepTrainer`) without ``vmap``. An unbatched input takes the same ops as
+before; a stack gives each matrix's result bit for bit, except the power method of :func:`stationary_distribution`
+(batched products may sum in another order: equal to rounding).
+
 No function synchronizes with the host; all are deterministic for a given input.
 """
 
@@ -27,26 +33,27 @@ def project_simplex(values: Tensor, mass: Tensor | float = 1.0, mask: Tensor | N
     the caller restores them. The result is rescaled to the exact ``mass`` against rounding.
 
     Args:
-        values: ``(n, k)`` finite floating.
-        mass: scalar or ``(k,)`` target sum per column (>= 0).
-        mask: optional ``(n,)`` bool rows to project (at least one True).
+        values: ``(..., n, k)`` finite floating.
+        mass: scalar or ``(..., k)`` target sum per column (>= 0).
+        mask: optional ``(..., n)`` bool rows to project (at least one True per matrix).
 
     Returns:
-        ``(n, k)`` projected columns (0 at rows outside ``mask``).
+        ``(..., n, k)`` projected columns (0 at rows outside ``mask``).
     """
-    n = values.shape[0]
-    mass_t = torch.as_tensor(mass, dtype=values.dtype, device=values.device).expand(values.shape[1])
+    n = values.shape[-2]
+    mass_t = torch.as_tensor(mass, dtype=values.dtype, device=values.device)
+    mass_t = mass_t.expand(*values.shape[:-2], values.shape[-1])
     if mask is not None:
-        values = torch.where(mask[:, None], values, -math.inf)
-    ordered = torch.sort(values, dim=0, descending=True).values
-    excess = ordered.cumsum(dim=0) - mass_t
+        values = torch.where(mask[..., None], values, -math.inf)
+    ordered = torch.sort(values, dim=-2, descending=True).values
+    excess = ordered.cumsum(dim=-2) - mass_t[..., None, :]
     k = torch.arange(1, n + 1, dtype=values.dtype, device=values.device)[:, None]
     in_support = ordered - excess / k > 0
-    rho = (in_support * k).amax(dim=0).clamp(min=1)  # largest index in the support (1-based)
-    theta = excess.gather(0, (rho - 1).long()[None, :]) / rho
+    rho = (in_support * k).amax(dim=-2, keepdim=True).clamp(min=1)  # largest index in the support (1-based)
+    theta = excess.gather(-2, (rho - 1).long()) / rho
     projected = (values - theta).clamp(min=0)
-    total = projected.sum(dim=0)
-    return projected * torch.where(total > 0, mass_t / total, torch.zeros_like(total))
+    total = projected.sum(dim=-2)
+    return projected * torch.where(total > 0, mass_t / total, torch.zeros_like(total))[..., None, :]
 
 
 def multiplicative_step(log_state: Tensor, gradient: Tensor, lr: float, mask: Tensor, floor: float) -> Tensor:
@@ -61,23 +68,24 @@ def multiplicative_step(log_state: Tensor, gradient: Tensor, lr: float, mask: Te
     positive and its stationary distribution unique (Cotter, Jiang, Sridharan, ALT 2019, Algorithm 2).
 
     Args:
-        log_state: ``(n, k)`` element-wise log of a column-stochastic matrix.
-        gradient: ``(n, k)`` ascent direction ``G`` (``Δ λᵀ`` for swap regret, ``Δ`` for external regret).
-        lr: step size η > 0. mask: ``(n,)`` bool rows that move. floor: γ in [0, 1).
+        log_state: ``(..., n, k)`` element-wise log of a column-stochastic matrix (or a stack of them).
+        gradient: ``(..., n, k)`` ascent direction ``G`` (``Δ λᵀ`` for swap regret, ``Δ`` for external regret).
+        lr: step size η > 0. mask: ``(..., n)`` bool rows that move. floor: γ in [0, 1).
 
     Returns:
-        ``(n, k)`` the new log-state; frozen rows unchanged, every column sums to 1 (to rounding).
+        ``(..., n, k)`` the new log-state; frozen rows unchanged, every column sums to 1 (to rounding).
     """
-    frozen = ~mask[:, None]
-    free_mass = 1.0 - torch.where(frozen, log_state.exp(), torch.zeros_like(log_state)).sum(dim=0)
+    frozen = ~mask[..., None]
+    free_mass = 1.0 - torch.where(frozen, log_state.exp(), torch.zeros_like(log_state)).sum(dim=-2, keepdim=True)
     log_free = torch.log(free_mass.clamp(min=torch.finfo(log_state.dtype).tiny))
     logits = torch.where(frozen, torch.full_like(log_state, -math.inf), log_state + lr * gradient)
     # Shift by the column maximum first and normalize the O(1) values: logsumexp would add the (possibly huge)
     # maximum back and lose the low digits of every entry.
-    shifted = logits - logits.amax(dim=0)
-    new = shifted - torch.log(torch.exp(shifted).sum(dim=0)) + log_free
+    shifted = logits - logits.amax(dim=-2, keepdim=True)
+    new = shifted - torch.log(torch.exp(shifted).sum(dim=-2, keepdim=True)) + log_free
     if floor > 0:
-        log_share = log_free - torch.log(mask.sum().to(log_state.dtype)) + math.log(floor)
+        free_rows = mask.sum(dim=-1, keepdim=True).to(log_state.dtype)[..., None]  # |D| per matrix
+        log_share = log_free - torch.log(free_rows) + math.log(floor)
         new = torch.logaddexp(new + math.log1p(-floor), log_share.expand_as(new))
     return torch.where(frozen, log_state, new)
 
@@ -88,10 +96,10 @@ def additive_step(state: Tensor, gradient: Tensor, lr: float, mask: Tensor) -> T
     (Euclidean projection, :func:`project_simplex`; TFCO's "additive" update).
 
     Args:
-        state: ``(n, k)`` column-stochastic. gradient: ``(n, k)``. lr: η > 0. mask: ``(n,)`` bool.
+        state: ``(..., n, k)`` column-stochastic. gradient: ``(..., n, k)``. lr: η > 0. mask: ``(..., n)`` bool.
     """
-    frozen = ~mask[:, None]
-    free_mass = (1.0 - torch.where(frozen, state, torch.zeros_like(state)).sum(dim=0)).clamp(min=0)
+    frozen = ~mask[..., None]
+    free_mass = (1.0 - torch.where(frozen, state, torch.zeros_like(state)).sum(dim=-2)).clamp(min=0)
     projected = project_simplex(state + lr * gradient, free_mass, mask)
     return torch.where(frozen, state, projected)
 
@@ -110,22 +118,23 @@ def stationary_distribution(matrix: Tensor, init: Tensor | None = None, squaring
       previous λ for continuity). TFCO uses the power method for the same eigenvector.
 
     Args:
-        matrix: ``(n, n)`` column-stochastic. init: optional ``(n,)`` distribution. squarings: see above.
+        matrix: ``(..., n, n)`` column-stochastic (or a stack of them). init: optional ``(..., n)`` distribution.
+        squarings: see above.
 
     Returns:
-        ``(n,)`` non-negative, summing to 1.
+        ``(..., n)`` non-negative, summing to 1.
     """
-    n = matrix.shape[0]
+    n = matrix.shape[-1]
     eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
     if init is None:
         # solve_ex: no singularity check, which would synchronize with the host on CUDA (the system is regular here).
-        ones = torch.ones(n, dtype=matrix.dtype, device=matrix.device)
+        ones = torch.ones(matrix.shape[:-1], dtype=matrix.dtype, device=matrix.device)
         lam = torch.linalg.solve_ex(eye - matrix + 1.0, ones).result
     else:
         power = 0.5 * (matrix + eye)
         for _ in range(squarings):
             power = power @ power
-            power = power / power.sum(dim=0, keepdim=True)
-        lam = power @ init
+            power = power / power.sum(dim=-2, keepdim=True)
+        lam = power @ init if init.dim() == 1 else (power @ init[..., None])[..., 0]
     lam = lam.clamp(min=0)
-    return lam / lam.sum()
+    return lam / lam.sum(dim=-1, keepdim=True)

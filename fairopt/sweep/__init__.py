@@ -3,9 +3,11 @@ the accuracy-fairness frontier chosen on held-out data and re-checked on test.
 
 * :func:`sweep` (and ``fairopt sweep``): the whole recipe on a tabular dataset, as ``fairopt bench`` loads it.
 * :class:`SweepTrainer`: the vectorized training of any M members of one architecture
-  (:class:`StackedModel`: ``stack_module_state`` + ``functional_call`` + ``vmap``), each with its own multipliers and
-  records.
-* :class:`BatchedEvaluator`: rate expressions on ``(M, G, K)`` tables with autograd (the batched expression walker).
+  (:class:`StackedModel`: ``stack_module_state`` + ``functional_call`` + ``vmap``, or one ``baddbmm`` per layer for
+  linear/ReLU stacks), each with its own multipliers and records.
+* :class:`BatchedEvaluator`, :func:`batched_constraint_values`: rate expressions on ``(M, G, K)`` tables with
+  autograd, by the library's one torch evaluator
+  (:func:`fairopt.constraints.device_evaluation.evaluate_device`, which takes a leading batch dimension).
 """
 
 from fairopt.sweep.evaluator import BatchedBounds, BatchedEvaluator, batched_constraint_values
