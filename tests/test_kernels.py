@@ -289,6 +289,41 @@ def test_bad_input_is_refused_with_the_fix():
         group_stats_table(s, labels=y, groups=g, num_groups=2, dtype=torch.int64)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"groups": lambda b: b["groups"].float()},  # TypeError: not integer ids
+        {"labels": lambda b: b["labels"][:9]},  # ValueError: shape
+        {"labels": lambda b: b["labels"] + 1},  # ValueError: labels not 0/1
+        {"groups": lambda b: b["groups"] + 2},  # ValueError: ids outside [0, 2)
+        {"scores": lambda b: b["scores"].masked_fill(b["groups"] == 0, math.nan)},  # ValueError: NaN scores
+        {"weights": lambda b: -torch.ones(10, dtype=torch.float64)},  # ValueError: negative weights
+        {"example_losses": lambda b: torch.ones(10, dtype=torch.int64)},  # TypeError: integer losses
+    ],
+)
+def test_bad_input_is_refused_like_group_stats(change):
+    # one set of checks (fairopt._batch_checks) behind both entry points: the same error type and message
+    b = _batch(10, 2)
+    ((key, make),) = change.items()
+    kwargs = {"labels": b["labels"], "groups": b["groups"], "num_groups": 2, "validate_args": True, key: make(b)}
+    scores = kwargs.pop("scores", b["scores"])
+    with pytest.raises((TypeError, ValueError)) as from_stats:
+        fo.group_stats(scores, backend="torch", **kwargs)
+    with pytest.raises(from_stats.type) as from_kernel:
+        group_stats_table(scores, backend="triton", **kwargs)
+    assert str(from_kernel.value) == str(from_stats.value)
+
+
+def test_derived_negative_cells_are_label_count_minus_positive():
+    from fairopt.kernels._common import derive_negative_cells
+
+    # group 0: tn fp fn tp = 3 1 2 4, positive sums (fp_proxy, tp_proxy) = 1.5, 5.0 -> tn_proxy 4 - 1.5, fn_proxy 6 - 5
+    table = torch.tensor([[3.0, 1.0, 2.0, 4.0, -1.0, 1.5, -1.0, 5.0, 7.0], [0.0] * 9], dtype=torch.float64)
+    derive_negative_cells(table)
+    assert table[0].tolist() == [3.0, 1.0, 2.0, 4.0, 2.5, 1.5, 1.0, 5.0, 7.0]
+    assert table[1].tolist() == [0.0] * 9  # an absent group stays a zero row
+
+
 def test_backend_resolution(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_backend("auto", cpu) == "torch" and resolve_backend("torch", cpu) == "torch"
