@@ -125,3 +125,15 @@ __all__ = [
     "tnr",
     "tpr",
 ]
+
+# Packages with heavier dependencies (torchvision, timm, triton) or that only the CLI needs are imported on first
+# attribute access, so ``import fairopt; fairopt.datasets.load_adult()`` works and ``import fairopt`` stays cheap.
+_LAZY_PACKAGES = ("bench", "datasets", "kernels", "postprocessing", "samplers", "vision")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_PACKAGES:
+        import importlib
+
+        return importlib.import_module(f"fairopt.{name}")
+    raise AttributeError(f"module 'fairopt' has no attribute {name!r}")

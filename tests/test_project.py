@@ -138,3 +138,30 @@ def test_the_docs_site_builds_with_warnings_as_errors(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (site / "glossary" / "index.html").exists() and (site / "api" / "optim" / "index.html").exists()
     assert "ExprVisitor" in (site / "api" / "constraints" / "index.html").read_text()
+    # the examples page shows the examples' code (a mangled snippet line would leave the page empty but valid)
+    examples = (site / "examples" / "index.html").read_text()
+    assert "--8" not in examples and "ConstrainedOptimizer" in examples and "init_process_group" in examples
+    # the README's links to docs pages and pictures resolve on the home page (mkdocs_hooks.py)
+    assert 'src="assets/sweep-adult.png"' in (site / "index.html").read_text()
+
+
+def test_subpackages_are_reachable_from_the_top_level_package():
+    """``import fairopt; fairopt.datasets.load_adult`` works (the docs write it so) without ``import fairopt`` loading
+    torchvision or timm up front."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fairopt; heavy = {'torchvision', 'timm'} & set(sys.modules); "
+        "assert not heavy, heavy; "
+        "print(fairopt.datasets.load_colored_digits.__name__, fairopt.vision.create_image_model.__name__, "
+        "fairopt.samplers.GroupBalancedBatchSampler.__name__, fairopt.bench.BENCH_METHODS[0])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "load_colored_digits",
+        "create_image_model",
+        "GroupBalancedBatchSampler",
+        "unconstrained",
+    ]
