@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "when given)",
     )
     bench.add_argument("--out", type=Path, help="output folder (default: fairopt-runs/<preset>-<timestamp>)")
-    bench.add_argument("--peers", action="store_true", help="add fairlearn ExponentiatedGradient and plain cooper")
+    bench.add_argument(
+        "--peers",
+        action="store_true",
+        help="add the peers: fairlearn ExponentiatedGradient and ThresholdOptimizer, and plain cooper",
+    )
     bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     bench.add_argument(
         "--quiet",

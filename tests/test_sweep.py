@@ -260,9 +260,9 @@ def test_sweep_end_to_end_on_german(tmp_path):
         assert p.audit.lower <= p.audit.value <= p.audit.upper
         assert p.test.value is not None
     if result.picked is not None:
-        assert result.points[result.picked].audit.upper <= result.target
+        assert result.points[result.picked].audit.upper <= result.bound
     written = result.write(tmp_path, plots=False)
-    assert json.loads(written[0].read_text())["target"] == 0.05
+    assert json.loads(written[0].read_text())["bound"] == 0.05
 
 
 def test_sweep_with_heldout_duals_on_german():

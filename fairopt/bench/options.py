@@ -83,15 +83,16 @@ def add_study_options(
     )
     parser.add_argument(
         "--target",
-        help="csv datasets only: the label column, 0/1 unless --positive-label is given (a bundled dataset's target "
-        "is fixed: giving another is an error)",
+        help="csv:PATH and images:CSV: the label column, 0/1 unless --positive-label is given; celeba:DIR: any of "
+        "the 40 attributes (default Blond_Hair); digits: digit>=5 or even; a bundled tabular dataset's target is "
+        "fixed (giving another is an error)",
     )
     parser.add_argument(
         "--positive-label",
         action="append",
         metavar="VALUE",
-        help="csv datasets only: the --target value that means y = 1, every other value meaning 0 (repeat the option "
-        "for several values; '2' also matches the number 2)",
+        help="csv:PATH and images:CSV: the --target value that means y = 1, every other value meaning 0 (repeat "
+        "the option for several values; '2' also matches the number 2)",
     )
     choices = "; ".join(f"{name} {','.join(attributes)}" for name, attributes in SENSITIVE_CHOICES.items())
     parser.add_argument(

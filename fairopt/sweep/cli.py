@@ -81,7 +81,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "constraint": constraint,
         "model": args.model,
         "seeds": tuple(range(args.num_seeds)) if args.num_seeds is not None else (args.seeds or (0,)),
-        "target": default_tolerance(constraint) if args.bound is None else args.bound,
+        "bound": default_tolerance(constraint) if args.bound is None else args.bound,
         **options,
     }
 

@@ -85,11 +85,11 @@ class FrontierPoint:
     constant: bool = False
 
 
-def pick_member(points: Sequence[FrontierPoint], target: float) -> int | None:
-    """The member a user would deploy for the bound ``target``, chosen without test data: the largest audit accuracy
-    among the members whose audit upper bound meets it (``audit.upper <= target``), constant classifiers excepted; ties
-    go to the first. None when no member certifies the target on the audit split."""
-    ok = [i for i, p in enumerate(points) if p.audit.upper is not None and p.audit.upper <= target and not p.constant]
+def pick_member(points: Sequence[FrontierPoint], bound: float) -> int | None:
+    """The member a user would deploy for ``bound``, chosen without test data: the largest audit accuracy
+    among the members whose audit upper bound meets it (``audit.upper <= bound``), constant classifiers excepted; ties
+    go to the first. None when no member certifies the bound on the audit split."""
+    ok = [i for i, p in enumerate(points) if p.audit.upper is not None and p.audit.upper <= bound and not p.constant]
     return max(ok, key=lambda i: (points[i].audit.accuracy, -i)) if ok else None
 
 
@@ -98,14 +98,14 @@ class SweepResult:
     """What :func:`fairopt.sweep` returns.
 
     Attributes:
-        points: one :class:`FrontierPoint` per member. target: the bound the pick is for. picked: index of the picked
+        points: one :class:`FrontierPoint` per member. bound: the bound the pick is for. picked: index of the picked
             member (:func:`pick_member`) or None. constraint: the constraint's expression (tolerance aside).
         config: the options the sweep ran with. seconds: training wall time (evaluation excluded). notes: what a
-            reader should know (data caps, a target no member meets).
+            reader should know (data caps, a bound no member meets).
     """
 
     points: list[FrontierPoint]
-    target: float
+    bound: float
     picked: int | None
     constraint: str
     config: dict[str, Any] = field(default_factory=dict)
@@ -132,7 +132,7 @@ class SweepResult:
             return f"[{f(lo)}, {f(hi)}]"
 
         lines = [
-            f"Constraint `{self.constraint}`; target {self.target:g}. Final iterates chosen on the validation split; "
+            f"Constraint `{self.constraint}`; bound {self.bound:g}. Final iterates chosen on the validation split; "
             "held-out = the audit split (95% intervals), test = the same members re-evaluated.",
             "",
             "| member | held-out acc | held-out value [95%] | test acc | test value | test verdict | pick |",
@@ -147,11 +147,11 @@ class SweepResult:
             )
         lines.append("")
         if self.picked is None:
-            lines.append(f"No member's held-out upper bound meets {self.target:g}: loosen the target or add data.")
+            lines.append(f"No member's held-out upper bound meets {self.bound:g}: loosen the bound or add audit data.")
         else:
             p = self.points[self.picked]
             lines.append(
-                f"Pick for target {self.target:g}: **{p.label}** (held-out accuracy {f(p.audit.accuracy)}, upper bound "
+                f"Pick for bound {self.bound:g}: **{p.label}** (held-out accuracy {f(p.audit.accuracy)}, upper bound "
                 f"{f(p.audit.upper)}); on test: accuracy {f(p.test.accuracy)}, value {f(p.test.value)}."
             )
         lines += [f"- {n}" for n in self.notes]
@@ -159,7 +159,7 @@ class SweepResult:
 
     def plot(self, path: str | Path) -> Path | None:
         """Accuracy vs constraint value, held-out (with intervals) and test side by side, one marker per method, the
-        pick circled and the target as a line. Returns the path, or None when matplotlib is not installed."""
+        pick circled and the bound as a line. Returns the path, or None when matplotlib is not installed."""
         try:
             import matplotlib
 
@@ -186,11 +186,11 @@ class SweepResult:
                 e = getattr(self.points[self.picked], split)
                 if e.value is not None:
                     ax.scatter([e.value], [e.accuracy], s=180, facecolors="none", edgecolors="k", label="pick")
-            ax.axvline(self.target, color="k", ls="--", lw=0.8)
+            ax.axvline(self.bound, color="k", ls="--", lw=0.8)
             ax.set_xlabel(f"largest entry, {'held-out (95% intervals)' if split == 'audit' else 'test'}")
             ax.set_title("chosen on held-out data" if split == "audit" else "re-checked on test data")
         axes[0].set_ylabel("accuracy")
-        fig.suptitle(f"{self.constraint}; bound {self.target:g} (dashed)", fontsize=9)
+        fig.suptitle(f"{self.constraint}; bound {self.bound:g} (dashed)", fontsize=9)
         axes[0].legend(fontsize=8)
         fig.tight_layout()
         out = Path(path)

@@ -99,7 +99,7 @@ def sweep(
     *,
     seeds: Sequence[int] = (0,),
     penalty_coefficients: Sequence[float] = DEFAULT_PENALTY_COEFFICIENTS,
-    target: float | None = None,
+    bound: float | None = None,
     dataset: str = "adult",
     constraint: str = "equalized_odds",
     model: str = "mlp",
@@ -116,7 +116,8 @@ def sweep(
         seeds: the S seeds (initialization and batch order of each member; the splits come from the first seed).
         penalty_coefficients: the fixed weights ``c`` of the penalty baseline, one member per coefficient and seed,
             trained at the strictest tolerance (``()``: no baseline).
-        target: the bound the pick is for (default: the bench's default tolerance, 0.05).
+        bound: the bound the pick is for: the member must meet it with its held-out upper bound (default: the
+            bench's default tolerance, 0.05).
         dataset: as ``fairopt bench --dataset`` (a bundled name or ``"csv:PATH"``).
         constraint: as ``fairopt bench --constraint``; ``p_rule`` is refused: its p sits inside the expression, not in
             the tolerance a sweep varies.
@@ -156,7 +157,7 @@ def sweep(
         dataset=dataset, constraint=constraint, tolerance=min(tols), models=(model,), seeds=seed_list,
         methods=("proxy-lagrangian",), **options,
     )  # fmt: skip
-    target = default_tolerance(constraint) if target is None else float(target)
+    bound = default_tolerance(constraint) if bound is None else float(bound)
     say = log or (lambda line: None)
     if data is None:
         data = load_study_data(config, seed=seed_list[0])
@@ -236,7 +237,7 @@ def sweep(
                       tuple(multipliers[j]), constant[j])
         for j, m in enumerate(members)
     ]  # fmt: skip
-    picked = pick_member(points, target)
+    picked = pick_member(points, bound)
     notes = [
         f"{len(data.train)} training, {len(data.validation)} validation, {len(data.audit)} held-out (audit), "
         f"{len(data.test)} test rows; groups {', '.join(data.group_names)}",
@@ -248,10 +249,10 @@ def sweep(
         notes.append(f"{sum(constant)} member(s) predict one label for every held-out row (marked constant, never "
                      "picked): their parity constraints are met trivially")  # fmt: skip
     if picked is None:
-        notes.append(f"no member's held-out upper bound meets the target {target:g}")
+        notes.append(f"no member's held-out upper bound meets the bound {bound:g}")
     say(f"sweep: trained in {seconds:.1f} s")
     settings = {**_config_dict(config, tols, weights), "heldout_duals": heldout_duals}
-    return SweepResult(points, target, picked, str(built[0].expr), config=settings,
+    return SweepResult(points, bound, picked, str(built[0].expr), config=settings,
                        seconds=seconds, notes=notes)  # fmt: skip
 
 
