@@ -36,9 +36,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from step_variants import training_step  # benchmarks/ is on sys.path under pytest (rootdir conftest)
 from torch import Tensor, nn
 
-import fairopt
 from fairopt.datasets import ImageDataset, load_image_csv
 from fairopt.vision import create_image_model
 
@@ -69,23 +69,7 @@ def make_step(
     a = torch.randint(0, 2, (BATCH,), generator=gen)
     model = create_image_model(MODEL, seed=0) if model is None else model
     base = torch.optim.Adam(model.parameters(), lr=1e-3)
-    options = VARIANTS[variant]
-    if options is None:
-
-        def plain() -> None:
-            base.zero_grad()
-            F.binary_cross_entropy_with_logits(model(x), y).backward()
-            base.step()
-
-        return plain
-    opt = fairopt.ConstrainedOptimizer(base, [fairopt.EqualizedOdds(0.05)], 2, dual_lr=0.01, **options)
-
-    def constrained() -> None:
-        scores = model(x)
-        opt.zero_grad()
-        opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, labels=y, groups=a)
-
-    return constrained
+    return training_step(model, base, x, y, a, VARIANTS[variant])
 
 
 class Shift(nn.Module):

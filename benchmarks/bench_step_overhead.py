@@ -32,11 +32,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from step_variants import training_step  # benchmarks/ is on sys.path under pytest (rootdir conftest)
 from torch import Tensor, nn
 
-import fairopt
 from fairopt.models import MLP
-from fairopt.optim import ConstrainedOptimizer
 
 VARIANTS = {
     "plain": None,
@@ -98,23 +97,7 @@ def make_step(model_name: str, variant: str) -> Callable[[], None]:
     base = torch.optim.Adam(model.parameters(), lr=1e-3)
     if variant == "hand-written floor":
         return hand_written_step(model, base, x, y, a)
-    options = VARIANTS[variant]
-    if options is None:
-
-        def plain() -> None:
-            base.zero_grad()
-            F.binary_cross_entropy_with_logits(model(x), y).backward()
-            base.step()
-
-        return plain
-    opt = ConstrainedOptimizer(base, [fairopt.EqualizedOdds(0.05)], 2, dual_lr=0.01, **options)
-
-    def constrained() -> None:
-        scores = model(x)
-        opt.zero_grad()
-        opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, labels=y, groups=a)
-
-    return constrained
+    return training_step(model, base, x, y, a, VARIANTS[variant])
 
 
 def hand_written_step(

@@ -40,8 +40,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-import fairopt
 from fairopt.vision import autocast, create_image_model, move_images, prepare_model
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/, for the step
+from step_variants import training_step
 
 # (model name, (C, H, W)) rows of the full run
 ROWS = [("resnet18", (3, 218, 178)), ("preact-resnet18-w64", (3, 128, 128))]
@@ -65,26 +67,12 @@ def make_step(name: str, shape: tuple[int, int, int], variant: str, args: argpar
         create_image_model(name, seed=0), device=device, channels_last=args.channels_last, compile=args.compile
     )
     base = torch.optim.Adam(model.parameters(), lr=1e-4)
-    options = VARIANTS[variant]
-    if options is None:
 
-        def plain() -> None:
-            base.zero_grad(set_to_none=True)
-            with autocast(device, args.amp):
-                logits = model(x)
-            F.binary_cross_entropy_with_logits(logits, y).backward()
-            base.step()
-
-        return plain
-    opt = fairopt.ConstrainedOptimizer(base, [fairopt.EqualizedOdds(0.05)], 2, dual_lr=0.01, **options)
-
-    def constrained() -> None:
+    def forward(images: torch.Tensor) -> torch.Tensor:
         with autocast(device, args.amp):
-            logits = model(x)
-        opt.zero_grad()
-        opt.step(loss=F.binary_cross_entropy_with_logits(logits, y), scores=logits, labels=y, groups=a)
+            return model(images)
 
-    return constrained
+    return training_step(forward, base, x, y, a, VARIANTS[variant])
 
 
 def _sync(device: torch.device) -> None:
