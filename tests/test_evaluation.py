@@ -186,29 +186,38 @@ def test_linearized_objective_has_the_value_and_gradient_of_the_differentiable_o
     assert (opt.multipliers > 0).any()
     cs = opt.constraint_set
 
-    def objective(linearized: bool) -> torch.Tensor:
+    def objective(path: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         scores = model(x).squeeze(-1)
         losses = F.binary_cross_entropy_with_logits(scores, y, reduction="none")
-        stats = cs.measure(scores, groups=a, labels=y, weights=w, example_losses=losses)
-        if linearized:
+        batch = {"groups": a, "labels": y, "weights": w, "example_losses": losses}
+        if path == "terms":  # the CPU step: the gradient through the per-example terms, the table without a graph
+            terms = cs.measure(scores, **batch, terms=True)
+            stats = terms.stats
+            return opt._primal_objective(losses.mean(), stats, opt.evaluate(stats), cs.linearize(stats), terms)
+        stats = cs.measure(scores, **batch)
+        if path == "table":
             return opt._primal_objective(losses.mean(), stats, opt.evaluate(stats), cs.linearize(stats))
         return opt.player.primal_objective(losses.mean(), cs.evaluate(stats))
 
-    _assert_same_value_and_gradient(model, objective)
+    _assert_same_value_and_gradient(model, objective, paths=("table", "terms"))
 
 
-def _assert_same_value_and_gradient(model: torch.nn.Module, objective) -> None:
-    """``objective(True)`` (the optimizer's linearized path) against ``objective(False)`` (a reference)."""
+def _assert_same_value_and_gradient(model: torch.nn.Module, objective, paths: tuple[str, ...] = ("table",)) -> None:
+    """``objective(path)`` for the optimizer's linearized paths (``(value, descended)`` pairs) against
+    ``objective("reference")`` (a tensor): same value, same gradient."""
     values, grads = [], []
-    for linearized in (True, False):
+    for path in (*paths, "reference"):
         model.zero_grad()
-        value = objective(linearized)
-        value.backward()
+        out = objective(path)
+        value, descended = out if isinstance(out, tuple) else (out.detach(), out)
+        assert not value.requires_grad
+        descended.backward()
         values.append(value.item())
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-    assert values[0] == pytest.approx(values[1], rel=1e-12)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
-    assert grads[0].abs().sum() > 0
+    for value, grad in zip(values[:-1], grads[:-1]):
+        assert value == pytest.approx(values[-1], rel=1e-12)
+        torch.testing.assert_close(grad, grads[-1], rtol=1e-10, atol=1e-12)
+    assert grads[-1].abs().sum() > 0
 
 
 def test_group_stats_gradient_of_the_derived_negative_proxy_columns():
@@ -300,11 +309,11 @@ def test_linearized_lagrangian_objective_matches_cooper_primal_lagrangian():
     assert (opt.multipliers > 0).any()
     cs = opt.constraint_set
 
-    def objective(linearized: bool) -> torch.Tensor:
+    def objective(path: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         scores = model(x).squeeze(-1)
         loss = F.binary_cross_entropy_with_logits(scores, y)
         stats = cs.measure(scores, groups=a, labels=y)
-        if linearized:
+        if path == "table":
             return opt._primal_objective(loss, stats, opt.evaluate(stats), cs.linearize(stats))
         states = opt.problem.constraint_states(cs.evaluate(stats), dual=False)
         return CMPState(loss=loss, observed_constraints=states).compute_primal_lagrangian().lagrangian

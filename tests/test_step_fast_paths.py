@@ -19,7 +19,7 @@ from fairopt._validation import finite
 from fairopt.optim import ConstrainedOptimizer, Lagrangian
 from fairopt.optim.lagrangian import _plain_sgd_lr
 from fairopt.optim.multipliers import FairnessMultiplier
-from fairopt.stats import GroupStats, RunningGroupStats
+from fairopt.stats import GroupStats, RunningGroupStats, example_terms, group_stats
 
 
 def _stream(num: int, num_groups: int, dtype: torch.dtype) -> list[GroupStats]:
@@ -131,6 +131,7 @@ def _train(fast: bool, monkeypatch: pytest.MonkeyPatch, **options: object) -> tu
             opt.dual_optimizer.register_step_pre_hook(lambda *args: None)  # not a plain SGD any more
         generic = ConstrainedOptimizer._dual_step
         monkeypatch.setattr(opt, "_dual_step", lambda value, batch=None: generic(opt, value, None))
+        monkeypatch.setattr(opt.constraint_set, "measures_terms", lambda scores: False)  # a differentiable table
     objectives, windows = [], []
     for i in range(24):
         rows = slice(48 * (i % 4), 48 * (i % 4) + 48)
@@ -165,3 +166,42 @@ def test_a_run_with_the_fast_paths_equals_the_generic_run(
     assert multipliers.abs().max() > 0  # the duals moved
     for got, expected in zip(fast, slow):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("case", ["plain", "weights", "example_losses", "hinge", "float32", "threshold", "weight_grad"])
+def test_example_terms_give_the_table_of_group_stats_and_its_gradient(case: str) -> None:
+    """ExampleTerms (the step's CPU path) is group_stats' table without a graph, and its linear term has the gradient
+    of ``Σ W ∘ T`` through the differentiable table, for every kind of column (derived or explicit negative
+    proxy, weights with and without a gradient, the loss column), bit for bit."""
+    gen = torch.Generator().manual_seed(7)
+    n, num_groups = 301, 4  # group 3 absent: a zero row
+    dtype = torch.float32 if case == "float32" else torch.float64
+    inputs = {
+        "scores": torch.randn(n, generator=gen, dtype=dtype),
+        "weights": torch.rand(n, generator=gen, dtype=dtype),
+        "example_losses": torch.rand(n, generator=gen, dtype=dtype),
+    }
+    labels = (torch.rand(n, generator=gen) < 0.4).float()
+    groups = torch.randint(0, 3, (n,), generator=gen)
+    trainable = {"scores", "example_losses", "weights"} if case == "weight_grad" else {"scores", "example_losses"}
+    options: dict[str, object] = {"proxy": "hinge" if case == "hinge" else "sigmoid", "dtype": dtype}
+    if case == "threshold":
+        options["threshold"] = 0.3
+    used = {"scores"} | ({"weights"} if case in ("weights", "weight_grad") else set())
+    used |= {"example_losses"} if case in ("example_losses", "weight_grad") else set()
+    weight = torch.rand(num_groups, 9, generator=gen, dtype=torch.float64)
+    grads = []
+    for build in (group_stats, example_terms):
+        leaves = {k: v.clone().requires_grad_(k in trainable) for k, v in inputs.items() if k in used}
+        extra = {k: v for k, v in leaves.items() if k != "scores"}
+        out = build(leaves["scores"], labels=labels, groups=groups, num_groups=num_groups, **extra, **options)
+        if build is group_stats:
+            table = out.table
+            (table * weight.to(table.dtype)).sum().backward()
+        else:
+            assert not out.stats.table.requires_grad and torch.equal(out.stats.table, table.detach())
+            out.linear_term(weight.to(dtype).double().numpy()).backward()
+        grads.append({k: v.grad for k, v in leaves.items() if v.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, expected in grads[0].items():
+        assert torch.equal(grads[1][name], expected), name

@@ -137,7 +137,8 @@ class Constraint:
         Raises:
             ValueError: the expression refers to a group ``>= G``.
         """
-        return linearize(self.expr, table, gradients=gradients).shifted(self.tolerance)
+        # offset= is .shifted(tolerance) in one operation on the stacked values (this runs twice a training step)
+        return linearize(self.expr, table, gradients=gradients, offset=self.tolerance)
 
     def expression_values(self, values: GroupStats | ConstraintValue) -> np.ndarray:
         """The value of each entry's expression, ``g + tolerance`` (a gap, a ratio, a rate): what reports compare with

@@ -140,13 +140,15 @@ def host_table(stats: GroupStats) -> np.ndarray:
     return table.double().numpy()
 
 
-def linearize(expr: Expr, table: np.ndarray, *, gradients: bool = True) -> Linearization:
+def linearize(expr: Expr, table: np.ndarray, *, gradients: bool = True, offset: float = 0.0) -> Linearization:
     """Evaluate ``expr`` on a ``(G, K)`` float64 table (or a ``(B, G, K)`` stack), with its VJP.
 
     Args:
         expr: a rate expression.
         table: ``(..., G, K)`` float64 array (:func:`host_table`).
         gradients: keep what :attr:`Linearization.vjp` needs (otherwise it is None); must be False for a stack.
+        offset: subtracted from every defined entry, as :meth:`Linearization.shifted` (``expr - tolerance``, the
+            same numbers) but in one operation on the stacked values instead of three.
 
     Returns:
         :class:`Linearization` with ``k = expr.size(G)`` entries; undefined entries are 0 with zero derivative.
@@ -156,29 +158,37 @@ def linearize(expr: Expr, table: np.ndarray, *, gradients: bool = True) -> Linea
             gradients asked for a stack of tables.
     """
     evaluator = _Evaluator(table, gradients)
-    node = evaluator.visit(expr)
-    v, d = node.v, node.d
-    if not node.full:
-        v = np.where(d, v, 0.0)
+    node = expr.accept(evaluator)
+    # The reverse-pass closures hold the evaluator (its grad) and the cache holds their nodes: dropping the cache
+    # leaves no reference cycle, so each step's graph is freed at once instead of by the cyclic collector.
+    evaluator.cache.clear()
+    v, d, full = node.v, node.d, node.full
     shape = (*table.shape[:-2], d.shape[-1])
     if d.shape != shape:  # a constant expression has one value for the whole stack
         d = np.broadcast_to(d, shape).copy()
-    elif not d.flags.writeable:  # the shared read-only mask of a one-entry reduction: torch wants its own
+    elif not d.flags.writeable:  # a shared read-only mask (a full node's, see _true): torch wants its own
         d = d.copy()
+    if offset != 0.0:  # values where defined minus offset, 0 elsewhere: the where below zeroes the rest
+        v = v - offset
+    if not full:
+        v = np.where(d, v, 0.0)
     if v.shape[1:] != shape or not v.flags.writeable:
         v = np.broadcast_to(v, (3, *shape)).copy()
     vjp = None
     if gradients:
-        defined, full, back = d, node.full, node.back
+        defined, back, k = d, node.back, d.shape[-1]
 
         def vjp(c_upper: Cotangent, c_lower: Cotangent) -> np.ndarray:
-            zero = np.zeros(defined.shape)
-            cu = zero if c_upper is None else np.asarray(c_upper, dtype=np.float64)
-            cl = zero if c_lower is None else np.asarray(c_lower, dtype=np.float64)
+            # The reverse pass carries one (2, k) cotangent, rows [upper, lower]: one NumPy call per operator.
+            c = np.zeros((2, k))
+            if c_upper is not None:
+                c[0] = c_upper
+            if c_lower is not None:
+                c[1] = c_lower
             if not full:  # undefined entries have zero derivative
-                cu, cl = np.where(defined, cu, 0.0), np.where(defined, cl, 0.0)
+                c = np.where(defined, c, 0.0)
             evaluator.grad = np.zeros((evaluator.num_groups, _K))
-            back(cu, cl)
+            back(c)
             return evaluator.grad.reshape(-1)
 
     return Linearization(v[0], v[1], v[2], d, vjp)
@@ -238,53 +248,132 @@ def evaluate_expr(expr: Expr, stats: GroupStats) -> Bounds:
     return Bounds(*to_tensors(linearize(expr, host_table(stats), gradients=stats.table.requires_grad), stats.table))
 
 
-Back = Callable[[np.ndarray, np.ndarray], None]
+Back = Callable[[np.ndarray], None]
+"""``back(c)`` adds a node's VJP into the evaluator's gradient; ``c`` is ``(2, k)``: rows [c_upper, c_lower]."""
+BackAt = Callable[[int, np.ndarray], None]
 
 
-def _no_back(cu: np.ndarray, cl: np.ndarray) -> None:
+def _no_back(c: np.ndarray) -> None:
     return None
 
 
 class _Node(NamedTuple):
     """An expression's value inside the evaluator: ``v (3, ..., k)`` stacks [hard, upper, lower], ``d (..., k)`` the
-    defined mask, ``full`` whether all are defined, ``back(c_upper, c_lower)`` adds the node's VJP into the
-    evaluator's gradient. Stacking the three values makes each operator one NumPy call instead of three: this runs
-    every training step."""
+    defined mask, ``full`` whether all are defined, ``back(c)`` adds the node's VJP into the evaluator's gradient
+    (:data:`Back`). Stacking the three values (and the two cotangents) makes each operator one NumPy call instead of
+    three: this runs every training step. ``d`` of a full node may be a shared read-only mask (:func:`_true`); it is
+    never written. ``back_at(i, c_i)``, where a node has it, is ``back(c)`` for a ``c`` that is zero but in entry
+    ``i`` (``c_i`` its two rows), the same numbers without the zeros (what a ``max``/``min`` sends back)."""
 
     v: np.ndarray
     d: np.ndarray
     full: bool
     back: Back
+    back_at: BackAt | None = None
 
 
-_TRUE = np.ones(1, dtype=bool)
-_TRUE.flags.writeable = False  # shared "defined" of one entry; combined with &, never written
+_TRUES: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def _true(shape: tuple[int, ...]) -> np.ndarray:
+    """A shared read-only all-True mask: a full node needs no mask computed, and combining full nodes needs no ``&``
+    (a NumPy call of ~1 µs each, several per step). Cached per shape (a few: one per entry count)."""
+    mask = _TRUES.get(shape)
+    if mask is None:
+        mask = np.ones(shape, dtype=bool)
+        mask.flags.writeable = False
+        if len(_TRUES) < 1024:  # stacks of many sizes (bootstrap) must not grow the cache without bound
+            _TRUES[shape] = mask
+    return mask
+
+
+_TRUE = _true((1,))  # "defined" of a one-entry reduction
+_FALSE = np.zeros(1, dtype=bool)
+_FALSE.flags.writeable = False
 
 # Negating an interval swaps its bounds: the rows of -x are -x[[hard, lower, upper]].
 _SWAP_V = np.array([0, 2, 1])
+_SWAP_V.flags.writeable = False
 
+# The smallest normal float64: 1 / x is finite for every x >= _NORMAL.
+_NORMAL = float(np.finfo(np.float64).tiny)
 
-def _swapped(v: np.ndarray) -> np.ndarray:
-    return v.take(_SWAP_V, axis=0)
+# 0.0 < x, as a C-level predicate: `all(map(_POSITIVE, den.tolist()))` is den > 0 everywhere (NaN is not), a few
+# times cheaper than (den > 0).all() on the G entries of one table.
+_POSITIVE = (0.0).__lt__
+
+# The reverse pass of a label-conditioned rate as one product: grad += [c_u/den, c_l/den]ᵀ @ [w_upper; -w_lower]. The
+# weights are 0/±1, so both products of an entry are exact and their sum is the one rounding of
+# (c_u/den) w_upper - (c_l/den) w_lower: the same numbers as two outer products and a difference, in one call.
+_LABEL_BACK = {name: np.stack([w[:, 2], -w[:, 3]]) for name, w in _MIXERS.items() if _KINDS[name] == "label"}
 
 
 def _sum_to(c: np.ndarray, size: int) -> np.ndarray:
-    """A cotangent of a broadcast operand: summed back to one entry when the operand had one."""
-    return c.sum(keepdims=True) if size == 1 and c.shape[-1] != 1 else c
+    """A cotangent ``(2, k)`` of a broadcast operand: summed back to one entry when the operand had one (row by row, as
+    each row alone would be summed)."""
+    return c.sum(-1, keepdims=True) if size == 1 and c.shape[-1] != 1 else c
+
+
+_SELECTIONS: dict[tuple[object, int], np.ndarray] = {}
 
 
 def _selection(group: object, num_groups: int) -> np.ndarray | None:
-    """``(1, G)`` 0/1 row pooling the table rows of a group id, a tuple of ids, or all (None); None for per-group."""
+    """``(1, G)`` 0/1 row pooling the table rows of a group id, a tuple of ids, or all (None); None for per-group.
+    Cached (read-only): it depends on the group and G only."""
     if group == PER_GROUP:
         return None
-    select = np.zeros((1, num_groups))
-    select[0, slice(None) if group is None else list(group) if isinstance(group, tuple) else [group]] = 1.0
+    key = (group, num_groups)
+    select = _SELECTIONS.get(key)
+    if select is None:
+        select = np.zeros((1, num_groups))
+        select[0, slice(None) if group is None else list(group) if isinstance(group, tuple) else [group]] = 1.0
+        select.flags.writeable = False
+        if len(_SELECTIONS) < 4096:
+            _SELECTIONS[key] = select
     return select
+
+
+class _Pairs(NamedTuple):
+    """The static index arrays of ``pairwise`` over ``n`` entries (one table): ``i``, ``j`` the pairs, ``take_a`` /
+    ``take_b`` flat indices giving ``a.v[:, i]`` and ``swapped(b.v)[:, j]`` in one ``take``, ``to_a`` / ``to_b`` the
+    bins of one ``bincount`` giving both rows of a cotangent per entry (``to_b`` swapped: the upper bound of an entry
+    uses the lower bound of b)."""
+
+    i: np.ndarray
+    j: np.ndarray
+    take_a: np.ndarray
+    take_b: np.ndarray
+    to_a: np.ndarray
+    to_b: np.ndarray
+
+
+_PAIRS: dict[tuple[int, bool], _Pairs] = {}
+
+
+def _pairs(expr: Pairwise, n: int) -> tuple[np.ndarray, np.ndarray, _Pairs | None]:
+    """``expr.pairs(n)`` and, for the built-in pair orders, their cached :class:`_Pairs`."""
+    if type(expr).pairs is not Pairwise.pairs:  # a subclass with its own pairs: computed as it says, every time
+        i, j = expr.pairs(n)
+        return i, j, None
+    key = (n, bool(expr.symmetric))
+    cached = _PAIRS.get(key)
+    if cached is None:
+        i, j = expr.pairs(n)
+        rows = np.arange(3)[:, None] * n
+        cached = _Pairs(
+            i, j, rows + i, _SWAP_V[:, None] * n + j, np.concatenate([i, i + n]), np.concatenate([j + n, j])
+        )
+        for array in cached:
+            array.flags.writeable = False
+        if len(_PAIRS) < 1024:
+            _PAIRS[key] = cached
+    return cached.i, cached.j, cached
 
 
 class _Evaluator(ExprVisitor[_Node]):
     """One pass over an expression tree on one table or a stack of tables (each rate computed once per group
-    selection); ``grad`` accumulates the ``(G, K)`` gradient of a reverse pass."""
+    selection); ``grad`` accumulates the ``(G, K)`` gradient of a reverse pass. Without gradients no reverse-pass
+    closure (nor what it reads, e.g. ``1 / den``) is built."""
 
     def __init__(self, table: np.ndarray, gradients: bool) -> None:
         self.table = table
@@ -296,20 +385,31 @@ class _Evaluator(ExprVisitor[_Node]):
         self.grad = np.zeros((self.num_groups, _K))
         self.cache: dict[tuple[str, object], _Node] = {}
 
+    def _defined(self, a: _Node, b: _Node, full: bool) -> np.ndarray:
+        """``a.d & b.d``; for two full operands the larger operand's mask (all True already) on one table."""
+        if full:
+            da, db = a.d, b.d
+            if da.shape == db.shape:
+                return da
+            if not self.batch:  # one-table masks are (k,) or (1,): the larger is the broadcast shape
+                return da if da.shape[-1] >= db.shape[-1] else db
+        return a.d & b.d
+
     # leaves -------------------------------------------------------------------------------------------------
     def visit_const(self, expr: Const) -> _Node:
         ones = (1,) * len(self.batch)  # broadcasts against a stack of tables
-        return _Node(np.full((3, *ones, 1), expr.value), np.ones((*ones, 1), dtype=bool), True, _no_back)
+        return _Node(np.full((3, *ones, 1), expr.value), _true((*ones, 1)), True, _no_back)
 
     def visit_rate(self, expr: RateRef) -> _Node:
+        key = (expr.rate, expr.group)
+        node = self.cache.get(key)
+        if node is not None:  # the same group, checked when the rate was computed
+            return node
         if expr.max_group() >= self.num_groups:
             raise ValueError(
                 f"{expr} refers to group {expr.max_group()} but the statistics have {self.num_groups} groups"
             )
-        key = (expr.rate, expr.group)
-        node = self.cache.get(key)
-        if node is None:
-            node = self.cache[key] = self._rate_rows(expr.rate, expr.group)
+        node = self.cache[key] = self._rate_rows(expr.rate, expr.group)
         return node
 
     def _rate_rows(self, name: str, group: object) -> _Node:
@@ -317,38 +417,52 @@ class _Evaluator(ExprVisitor[_Node]):
         :func:`fairopt.rates.compute_rate` computes it."""
         kind, w = _KINDS[name], _MIXERS[name]
         select = _selection(group, self.num_groups)
-        sums = self.table @ w if select is None else (select @ self.table) @ w
+        table = self.table
+        sums = table @ w if select is None else (select @ table) @ w
         # rows of sums: den, hard numerator, proxy numerator, complementary proxy, proxy denominator
-        sums = np.moveaxis(sums, -1, 0) if self.batch else sums.T
-        den = sums[0]
-        defined = den > 0
-        full = bool(defined.all())
+        if self.batch:
+            sums = np.moveaxis(sums, -1, 0)
+            den = sums[0]
+            defined = den > 0.0
+            full = np.count_nonzero(defined) == defined.size
+        else:
+            sums = sums.T
+            den = sums[0]
+            listed = den.tolist()
+            full = all(map(_POSITIVE, listed))
+            defined = _true(den.shape) if full else den > 0.0
         safe_den = den if full else np.where(defined, den, 1.0)
-        # 1 / den where defined, else 0 (only the reverse pass reads it; np.where(True, x, 0) is x itself)
-        inv = None if not self.gradients else 1.0 / den if full else np.where(defined, 1.0 / safe_den, 0.0)
-
-        def rows(c: np.ndarray) -> np.ndarray:  # a cotangent per pooled row -> per table row
-            return c if select is None else select[0] * c[0]
-
-        def add(c: np.ndarray, column: np.ndarray) -> None:  # grad += ∂(cᵀ (select @ table @ column)) / ∂ table
-            self.grad += rows(c)[:, None] * column
-
         back: Back = _no_back
+        back_at: BackAt | None = None
         if kind == "label":
             v = sums[1:4] / safe_den  # divided, not multiplied by 1/den: ties break as in compute_rate
-            v[2] = 1.0 - v[2]
+            np.subtract(1.0, v[2], out=v[2])
+            if self.gradients:
+                # 1 / den where defined, else 0 (np.where(True, x, 0) is x itself)
+                inv = 1.0 / den if full else np.where(defined, 1.0 / safe_den, 0.0)
+                weights = _LABEL_BACK[name]
 
-            w_upper, w_lower = w[:, 2], w[:, 3]
+                def back(c: np.ndarray) -> None:
+                    scaled = c * inv
+                    if select is not None:  # a cotangent per pooled row -> per table row
+                        scaled = select * scaled
+                    self.grad += scaled.T @ weights
 
-            def back(cu: np.ndarray, cl: np.ndarray) -> None:
-                self.grad += rows(cu * inv)[:, None] * w_upper - rows(cl * inv)[:, None] * w_lower
+                # With every 1 / den finite, the rows of back(c) outside entry i add exact zeros: leave them out.
+                if select is None and full and min(listed, default=0.0) >= _NORMAL:
+
+                    def back_at(i: int, c_i: np.ndarray) -> None:
+                        self.grad[i] += (c_i * inv[i]) @ weights
 
         elif kind == "loss":
-            loss = self.table[..., _LOSS] if select is None else self.table[..., _LOSS] @ select.T
+            loss = table[..., _LOSS] if select is None else table[..., _LOSS] @ select.T
             v = np.broadcast_to(loss / safe_den, (3, *den.shape))
+            if self.gradients:
+                inv = 1.0 / den if full else np.where(defined, 1.0 / safe_den, 0.0)
 
-            def back(cu: np.ndarray, cl: np.ndarray) -> None:
-                self.grad[:, _LOSS] += rows((cu + cl) * inv)
+                def back(c: np.ndarray) -> None:
+                    scaled = (c[0] + c[1]) * inv
+                    self.grad[:, _LOSS] += scaled if select is None else select[0] * scaled[0]
 
         elif kind == "base":  # no proxy
             v = np.broadcast_to(sums[1] / safe_den, (3, *den.shape))
@@ -357,44 +471,55 @@ class _Evaluator(ExprVisitor[_Node]):
             proxy_den = np.where(ok, sums[4], 1.0)
             value = np.where(ok, sums[2] / proxy_den, 0.0)
             v = np.stack([sums[1] / safe_den, value, value])
-            pinv = np.where(ok, 1.0 / proxy_den, 0.0)
+            if self.gradients:
+                pinv = np.where(ok, 1.0 / proxy_den, 0.0)
 
-            def back(cu: np.ndarray, cl: np.ndarray) -> None:  # ∂(num/den) = (∂num - (num/den) ∂den) / den
-                c = (cu + cl) * pinv
-                add(c, w[:, 2])
-                add(-c * value, w[:, 4])
+                def add(c: np.ndarray, column: np.ndarray) -> None:  # grad += ∂(cᵀ (select @ table @ column)) / ∂T
+                    self.grad += (c if select is None else select[0] * c[0])[:, None] * column
+
+                def back(c: np.ndarray) -> None:  # ∂(num/den) = (∂num - (num/den) ∂den) / den
+                    scaled = (c[0] + c[1]) * pinv
+                    add(scaled, w[:, 2])
+                    add(-scaled * value, w[:, 4])
 
         if not full:
             v = np.where(defined, v, 0.0)
-        return _Node(v, defined, full, back)
+        return _Node(v, defined, full, back, back_at)
 
     # operators ----------------------------------------------------------------------------------------------
     def visit_binop(self, expr: BinOp) -> _Node:
-        a, b = self.visit(expr.a), self.visit(expr.b)
+        ra, rb = expr.a, expr.b
+        if expr.op == "-" and type(ra) is Reduce and type(rb) is Reduce and ra.a is rb.a and not self.batch:
+            return self._range(ra, rb)
+        a, b = ra.accept(self), rb.accept(self)
         _check_sizes(a, b, expr)
-        defined, full = a.d & b.d, a.full and b.full
+        full = a.full and b.full
         ka, kb = a.d.shape[-1], b.d.shape[-1]
+        back: Back = _no_back
         if expr.op == "+":
+            if self.gradients:
 
-            def back(cu: np.ndarray, cl: np.ndarray) -> None:
-                a.back(_sum_to(cu, ka), _sum_to(cl, ka))
-                b.back(_sum_to(cu, kb), _sum_to(cl, kb))
+                def back(c: np.ndarray) -> None:
+                    a.back(_sum_to(c, ka))
+                    b.back(_sum_to(c, kb))
 
-            return _Node(a.v + b.v, defined, full, back)
+            return _Node(a.v + b.v, self._defined(a, b, full), full, back)
         if expr.op == "-":  # the upper bound of a - b uses the lower bound of b
+            if self.gradients:
 
-            def back(cu: np.ndarray, cl: np.ndarray) -> None:
-                a.back(_sum_to(cu, ka), _sum_to(cl, ka))
-                b.back(_sum_to(-cl, kb), _sum_to(-cu, kb))
+                def back(c: np.ndarray) -> None:
+                    a.back(_sum_to(c, ka))
+                    b.back(_sum_to(-c[::-1], kb))
 
-            return _Node(a.v - _swapped(b.v), defined, full, back)
+            return _Node(a.v - b.v.take(_SWAP_V, 0), self._defined(a, b, full), full, back)
+        defined = a.d & b.d
         (ah, au, al), (bh, bu, bl) = a.v, b.v
         if expr.op == "*":  # the four corner products of the two intervals
             xs, ys = (au, au, al, al), (bu, bl, bu, bl)
             values = [x * y for x, y in zip(xs, ys)]
             # ∂(x y) = y ∂x + x ∂y: corner i sends its cotangent to bound i // 2 of a and bound i % 2 of b
             d_a, d_b = ys, xs
-            return _extreme_corners(ah * bh, defined, values, d_a, d_b, a, b)
+            return self._extreme_corners(ah * bh, defined, values, d_a, d_b, a, b)
         # Division: interval quotient when the proxy denominator is surely positive, else by the hard value.
         nonzero = bh != 0
         defined = defined & nonzero
@@ -405,46 +530,77 @@ class _Evaluator(ExprVisitor[_Node]):
         # ∂(n/d) = ∂n / d - (n/d) ∂d / d; the denominator moves only where it is a proxy bound
         d_a = [1.0 / den for _ in (0, 1) for den in dens]
         d_b = [np.where(positive, -q / den, 0.0) for q, den in zip(values, dens * 2)]
-        return _extreme_corners(ah / np.where(nonzero, bh, 1.0), defined, values, d_a, d_b, a, b)
+        return self._extreme_corners(ah / np.where(nonzero, bh, 1.0), defined, values, d_a, d_b, a, b)
 
     def visit_abs(self, expr: Abs) -> _Node:
         # The branch follows the sign of the true value; |x| = -x on the negative side (hard row included).
-        a = self.visit(expr.a)
-        pos = a.v[0] >= 0
+        a = expr.a.accept(self)
+        pos = a.v[0] >= 0.0
+        back: Back = _no_back
+        if self.gradients:
 
-        def back(cu: np.ndarray, cl: np.ndarray) -> None:
-            a.back(np.where(pos, cu, -cl), np.where(pos, cl, -cu))
+            def back(c: np.ndarray) -> None:
+                a.back(np.where(pos, c, -c[::-1]))
 
-        return _Node(np.where(pos, a.v, -_swapped(a.v)), a.d, a.full, back)
+        return _Node(np.where(pos, a.v, -a.v.take(_SWAP_V, 0)), a.d, a.full, back)
 
     def visit_reduce(self, expr: Reduce) -> _Node:
         # The entry is chosen among the defined ones by its true value; fewer than needed() defined: undefined
         # (zeroed later).
-        a = self.visit(expr.a)
-        hard = a.v[0]
-        masked = hard if a.full else np.where(a.d, hard, -np.inf if expr.how == "max" else np.inf)
-        index = masked.argmax(-1) if expr.how == "max" else masked.argmin(-1)
+        a = expr.a.accept(self)
         k = a.d.shape[-1]
+        if not self.batch:
+            i, full = self._pick(expr, a)
+            back: Back = _no_back
+            if self.gradients:
+
+                def back(c: np.ndarray) -> None:
+                    _back_at(a, k, i, c[:, 0])
+
+            return _Node(a.v[:, i : i + 1], _TRUE if full else _FALSE, full, back)
+        hard = a.v[0]
+        is_max = expr.how == "max"
+        masked = hard if a.full else np.where(a.d, hard, -np.inf if is_max else np.inf)
         needed = expr.needed()
+        index = masked.argmax(-1) if is_max else masked.argmin(-1)
         if a.full and k >= needed:
-            any_defined = _TRUE if not self.batch else np.ones((*self.batch, 1), dtype=bool)
+            any_defined = np.ones((*self.batch, 1), dtype=bool)
         else:
             any_defined = a.d.sum(-1, keepdims=True) >= needed
-        full = any_defined is _TRUE or bool(any_defined.all())
-        if self.batch:
-            v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None, ..., None], axis=-1)
-            return _Node(v, any_defined, full, _no_back)
-        i = int(index)
+        v = np.take_along_axis(np.broadcast_to(a.v, (3, *masked.shape)), index[None, ..., None], axis=-1)
+        return _Node(v, any_defined, bool(any_defined.all()), _no_back)
 
-        def back(cu: np.ndarray, cl: np.ndarray) -> None:
-            c = np.zeros((2, k))
-            c[0, i], c[1, i] = cu[0], cl[0]
-            a.back(c[0], c[1])
+    def _pick(self, expr: Reduce, a: _Node) -> tuple[int, bool]:
+        """The entry a one-table reduction takes (by the true values, among the defined ones) and whether enough
+        entries are defined: :meth:`visit_reduce` without building its node."""
+        hard, is_max = a.v[0], expr.how == "max"
+        masked = hard if a.full else np.where(a.d, hard, -np.inf if is_max else np.inf)
+        needed = expr.needed()
+        full = a.d.shape[-1] >= needed if a.full else np.count_nonzero(a.d) >= needed
+        return int(masked.argmax() if is_max else masked.argmin()), full
 
-        return _Node(a.v[:, i : i + 1], any_defined, full, back)
+    def _range(self, ra: Reduce, rb: Reduce) -> _Node:
+        """``ra - rb``, two reductions of the same expression (``r.max() - r.min()``, the default convention): as
+        :meth:`visit_binop` over two :meth:`visit_reduce` nodes, the same numbers in the same order, with the
+        operand evaluated once and no node per reduction."""
+        a = ra.a.accept(self)
+        (i, full_a), (j, full_b) = self._pick(ra, a), self._pick(rb, a)
+        full = full_a and full_b
+        back: Back = _no_back
+        if self.gradients:
+            k = a.d.shape[-1]
+
+            def back(c: np.ndarray) -> None:
+                _back_at(a, k, i, c[:, 0])
+                _back_at(a, k, j, -c[::-1, 0])  # the upper bound of a - b uses the lower bound of b
+
+        v = a.v[:, i : i + 1] - a.v[:, j : j + 1].take(_SWAP_V, 0)
+        return _Node(v, _TRUE if full else _FALSE, full, back)
 
     def visit_guard(self, expr: Guard) -> _Node:
-        a, ref = self.visit(expr.a), self.visit(expr.reference)
+        a, ref = expr.a.accept(self), expr.reference.accept(self)
+        if ref.full and ref.d.shape[-1] >= expr.count:  # every entry of ref is defined (on every table)
+            return a
         enough = ref.d.sum(-1, keepdims=True) >= expr.count
         if bool(enough.all()):
             return a
@@ -452,33 +608,53 @@ class _Evaluator(ExprVisitor[_Node]):
         return _Node(a.v, defined, bool(defined.all()), a.back)
 
     def visit_elementwise(self, expr: Elementwise) -> _Node:
-        a, b = self.visit(expr.a), self.visit(expr.b)
+        a, b = expr.a.accept(self), expr.b.accept(self)
         _check_sizes(a, b, expr)
         take_a = a.v[0] >= b.v[0] if expr.how == "maximum" else a.v[0] <= b.v[0]
         ka, kb = a.d.shape[-1], b.d.shape[-1]
+        back: Back = _no_back
+        if self.gradients:
 
-        def back(cu: np.ndarray, cl: np.ndarray) -> None:
-            a.back(_sum_to(np.where(take_a, cu, 0.0), ka), _sum_to(np.where(take_a, cl, 0.0), ka))
-            b.back(_sum_to(np.where(take_a, 0.0, cu), kb), _sum_to(np.where(take_a, 0.0, cl), kb))
+            def back(c: np.ndarray) -> None:
+                a.back(_sum_to(np.where(take_a, c, 0.0), ka))
+                b.back(_sum_to(np.where(take_a, 0.0, c), kb))
 
-        return _Node(np.where(take_a, a.v, b.v), a.d & b.d, a.full and b.full, back)
+        full = a.full and b.full
+        return _Node(np.where(take_a, a.v, b.v), self._defined(a, b, full), full, back)
 
     def visit_pairwise(self, expr: Pairwise) -> _Node:
-        a, b = self.visit(expr.a), self.visit(expr.b)
+        a, b = expr.a.accept(self), expr.b.accept(self)
         n = a.d.shape[-1]
         if n != b.d.shape[-1]:
             raise ValueError(f"pairwise() needs two expressions with the same number of entries, in {expr}")
-        i, j = expr.pairs(n)
+        i, j, static = _pairs(expr, n)
+        full = a.full and b.full
+        if static is not None and not self.batch:
+            v = a.v.take(static.take_a) - b.v.take(static.take_b)
+            d = _true((len(i),)) if full else a.d[i] & b.d[j]
+        else:
+            v = a.v[..., i] - b.v.take(_SWAP_V, 0)[..., j]
+            d = a.d[..., i] & b.d[..., j]
+        back: Back = _no_back
+        if self.gradients:
+            if static is not None:  # both cotangent rows of each operand in one bincount (same sums, same order)
+                to_a, to_b, bins = static.to_a, static.to_b, 2 * n
 
-        def back(cu: np.ndarray, cl: np.ndarray) -> None:  # entry (i, j): upper a_u[i] - b_l[j], lower a_l[i] - b_u[j]
-            a.back(np.bincount(i, cu, n), np.bincount(i, cl, n))
-            b.back(-np.bincount(j, cl, n), -np.bincount(j, cu, n))
+                def back(c: np.ndarray) -> None:  # entry (i, j): upper a_u[i] - b_l[j], lower a_l[i] - b_u[j]
+                    flat = c.ravel()
+                    a.back(np.bincount(to_a, flat, bins).reshape(2, n))
+                    b.back(-np.bincount(to_b, flat, bins).reshape(2, n))
 
-        v = a.v[..., i] - _swapped(b.v)[..., j]
-        return _Node(v, a.d[..., i] & b.d[..., j], a.full and b.full, back)
+            else:
+
+                def back(c: np.ndarray) -> None:
+                    a.back(np.stack([np.bincount(i, c[0], n), np.bincount(i, c[1], n)]))
+                    b.back(np.stack([-np.bincount(j, c[1], n), -np.bincount(j, c[0], n)]))
+
+        return _Node(v, d, full, back)
 
     def visit_concat(self, expr: Concat) -> _Node:
-        parts = [self.visit(p) for p in expr.parts]
+        parts = [p.accept(self) for p in expr.parts]
         if self.batch:  # constants are (1,): give every part the batch shape first
             parts = [
                 p._replace(
@@ -487,53 +663,71 @@ class _Evaluator(ExprVisitor[_Node]):
                 )
                 for p in parts
             ]
-        bounds = list(itertools.accumulate((p.d.shape[-1] for p in parts), initial=0))
+        sizes = [p.d.shape[-1] for p in parts]
+        full = all(p.full for p in parts)
+        back: Back = _no_back
+        if self.gradients:
+            bounds = list(itertools.accumulate(sizes, initial=0))
 
-        def back(cu: np.ndarray, cl: np.ndarray) -> None:
-            for p, lo, hi in zip(parts, bounds[:-1], bounds[1:]):
-                p.back(cu[lo:hi], cl[lo:hi])
+            def back(c: np.ndarray) -> None:
+                for p, lo, hi in zip(parts, bounds[:-1], bounds[1:]):
+                    p.back(c[:, lo:hi])
 
-        v = np.concatenate([p.v for p in parts], axis=-1)
-        d = np.concatenate([p.d for p in parts], axis=-1)
-        return _Node(v, d, all(p.full for p in parts), back)
+        v = np.concatenate([p.v for p in parts], -1)
+        d = _true((sum(sizes),)) if full and not self.batch else np.concatenate([p.d for p in parts], -1)
+        return _Node(v, d, full, back)
+
+    def _extreme_corners(
+        self,
+        hard: np.ndarray,
+        defined: np.ndarray,
+        values: list[np.ndarray],
+        d_a: list[np.ndarray] | tuple[np.ndarray, ...],
+        d_b: list[np.ndarray] | tuple[np.ndarray, ...],
+        a: _Node,
+        b: _Node,
+    ) -> _Node:
+        """Bounds of an interval product or quotient: the largest and the smallest of the corner values (the first
+        corner at a tie). Corner ``c`` combines bound ``c // 2`` of ``a`` (upper, lower) with bound ``c % 2`` of
+        ``b``; ``d_a[c]``/``d_b[c]`` are its partial derivatives w.r.t. those bounds. One-entry operands are
+        broadcast."""
+        shape = np.broadcast_shapes(*(v.shape for v in [*values, hard, defined]))
+        v = np.stack([np.broadcast_to(x, shape) for x in values])
+        hi, lo = v.argmax(0), v.argmin(0)
+        upper = np.take_along_axis(v, hi[None], 0)[0]
+        lower = np.take_along_axis(v, lo[None], 0)[0]
+        ka, kb = a.d.shape[-1], b.d.shape[-1]
+        back: Back = _no_back
+        if self.gradients:
+
+            def back(c: np.ndarray) -> None:
+                cu, cl = c[0], c[1]
+                ca, cb = np.zeros((2, *shape)), np.zeros((2, *shape))
+                for corner in range(4):
+                    weight = np.where(hi == corner, cu, 0.0) + np.where(lo == corner, cl, 0.0)
+                    ca[corner // 2] += weight * d_a[corner]
+                    cb[corner % 2] += weight * d_b[corner]
+                a.back(_sum_to(ca, ka))
+                b.back(_sum_to(cb, kb))
+
+        defined = np.broadcast_to(defined, shape).copy()
+        return _Node(np.stack([np.broadcast_to(hard, shape), upper, lower]), defined, bool(defined.all()), back)
+
+
+def _back_at(node: _Node, k: int, i: int, c_i: np.ndarray) -> None:
+    """``node.back(c)`` for the ``(2, k)`` cotangent that is ``c_i`` in entry ``i`` and zero elsewhere."""
+    if node.back_at is not None:
+        node.back_at(i, c_i)
+        return
+    c = np.zeros((2, k))
+    c[:, i] = c_i
+    node.back(c)
 
 
 def _check_sizes(a: _Node, b: _Node, expr: Expr) -> None:
     n, m = a.d.shape[-1], b.d.shape[-1]
     if n != m and n != 1 and m != 1:
         broadcast_sizes(n, m, str(expr))  # raises with the expression in the message
-
-
-def _extreme_corners(
-    hard: np.ndarray,
-    defined: np.ndarray,
-    values: list[np.ndarray],
-    d_a: list[np.ndarray] | tuple[np.ndarray, ...],
-    d_b: list[np.ndarray] | tuple[np.ndarray, ...],
-    a: _Node,
-    b: _Node,
-) -> _Node:
-    """Bounds of an interval product or quotient: the largest and the smallest of the corner values (the first
-    corner at a tie). Corner ``c`` combines bound ``c // 2`` of ``a`` (upper, lower) with bound ``c % 2`` of ``b``;
-    ``d_a[c]``/``d_b[c]`` are its partial derivatives w.r.t. those bounds. One-entry operands are broadcast."""
-    shape = np.broadcast_shapes(*(v.shape for v in [*values, hard, defined]))
-    v = np.stack([np.broadcast_to(x, shape) for x in values])
-    hi, lo = v.argmax(0), v.argmin(0)
-    upper = np.take_along_axis(v, hi[None], 0)[0]
-    lower = np.take_along_axis(v, lo[None], 0)[0]
-    ka, kb = a.d.shape[-1], b.d.shape[-1]
-
-    def back(cu: np.ndarray, cl: np.ndarray) -> None:
-        ca, cb = [np.zeros(shape), np.zeros(shape)], [np.zeros(shape), np.zeros(shape)]
-        for c in range(4):
-            weight = np.where(hi == c, cu, 0.0) + np.where(lo == c, cl, 0.0)
-            ca[c // 2] += weight * d_a[c]
-            cb[c % 2] += weight * d_b[c]
-        a.back(_sum_to(ca[0], ka), _sum_to(ca[1], ka))
-        b.back(_sum_to(cb[0], kb), _sum_to(cb[1], kb))
-
-    defined = np.broadcast_to(defined, shape).copy()
-    return _Node(np.stack([np.broadcast_to(hard, shape), upper, lower]), defined, bool(defined.all()), back)
 
 
 link("evaluate_expr", evaluate_expr)

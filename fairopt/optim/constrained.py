@@ -23,7 +23,8 @@ One :meth:`ConstrainedOptimizer.step` follows one batch along the data path:
 2. the primal player descends on the method's objective, e.g. the Lagrangian ``f + λᵀ g̃``
    (:meth:`~fairopt.optim.DualPlayer.primal_objective`), with the user's optimizer; when the objective is linear in
    ``g̃`` (Lagrangian, proxy-Lagrangian: :meth:`~fairopt.optim.DualPlayer.primal_weights`) its constraint term is
-   built as ``W · T`` with ``W = μᵀ ∂g̃/∂T``, same value and gradient;
+   built as ``W · T`` with ``W = μᵀ ∂g̃/∂T``, same value and gradient; on the CPU the gradient ``W · ∂T/∂θ`` is taken
+   per example (:class:`~fairopt.stats.ExampleTerms`: a gather and a dot product), so the table has no graph;
 3. every ``dual_every`` steps the dual player steps on the hard values ``g`` of the dual table: this batch, the
    batches since the last dual step, or held-out statistics (:mod:`fairopt.optim.dual_stats`), before the primal
    step (``dual_update="alternating"``) or after it (``"simultaneous"``).
@@ -58,10 +59,11 @@ from fairopt.optim.distributed import StatsReducer, accumulated_step
 from fairopt.optim.dual_stats import DualStatistics
 from fairopt.optim.lagrangian import LagrangianPlayer
 from fairopt.optim.methods import LEGACY_OPTIONS, METHODS, Method, method_from_legacy, resolve_method
+from fairopt.optim.proxy_lagrangian import ProxyLagrangianPlayer
 from fairopt.optim.records import IterateRecords
 from fairopt.proxies import Proxy
 from fairopt.rates import compute_rate
-from fairopt.stats import GroupStats, RunningGroupStats
+from fairopt.stats import ExampleTerms, GroupStats, RunningGroupStats
 
 __all__ = ["DUAL_UPDATES", "DUAL_VALUES", "METHODS", "ConstrainedOptimizer", "StepResult"]
 
@@ -313,6 +315,9 @@ class ConstrainedOptimizer:
             num_groups, source=dual_source, every=dual_every, running=running, sync=sync
         )
         self.player, self.problem = spec.build(self.constraint_set, optimizer, self.dual_lr)
+        if isinstance(self.player, ProxyLagrangianPlayer):  # host arithmetic where the values are read there anyway
+            self.player.host_arithmetic = evaluator != "device"
+        self._linear_primal = self.player.primal_weights() is not None  # structural: fixed by the method
         self.margin = margin
         self.num_steps = 0
         # multipliers after recent dual steps (device tensors: no host sync), for check()
@@ -433,20 +438,27 @@ class ConstrainedOptimizer:
             warnings.warn(
                 f"the scores come out of a {op}: they look like probabilities. {PROBABILITY_HINT}", stacklevel=2
             )
-        stats = cs.measure(
+        # Expression constraints: values in one NumPy pass, gradients by its reverse pass; the proxy gradient enters
+        # the objective below (see _primal_objective). Function constraints, and the device evaluator (no host
+        # round trip, cs.on_device): a differentiable evaluation.
+        linearized = cs.linearizable and not cs.on_device(scores.device)
+        # ... and where the objective is linear in the proxy values, through the per-example terms of the table
+        # rather than the table (ExampleTerms: no Python autograd node on the step's graph)
+        by_terms = linearized and self._linear_primal and self.stats_reducer is None and cs.measures_terms(scores)
+        measured = cs.measure(
             scores,
             groups=groups,
             labels=labels,
             weights=weights,
             example_losses=example_losses,
             validate_args=self.validate_args,
+            terms=by_terms,
         )
+        terms = measured if isinstance(measured, ExampleTerms) else None
+        stats = measured.stats if isinstance(measured, ExampleTerms) else measured
         if self.stats_reducer is not None:  # DDP: the global table, whose gradient is this rank's (world_size x)
             stats = self.stats_reducer.primal_table(stats)
-        # Expression constraints: values in one NumPy pass, gradients by its reverse pass; the proxy gradient enters
-        # the objective below (see _primal_objective). Function constraints, and the device evaluator (no host
-        # round trip, cs.on_device): a differentiable evaluation.
-        lin = cs.linearize(stats) if cs.linearizable and not cs.on_device(stats.device) else None
+        lin = cs.linearize(stats) if linearized else None
         if lin is None:
             value = cs.evaluate(stats)
         else:  # constants: the proxy gradient enters through _primal_objective
@@ -461,11 +473,11 @@ class ConstrainedOptimizer:
                 self._observe(self.heldout())
         batch = None if lin is None else (stats, value)  # a dual table equal to this one reuses its values
         dual_value = self._dual_step(value, batch) if due and self.dual_update == "alternating" else None
-        objective = self._primal_objective(loss, stats, value, lin)
-        self._primal_step(objective)
+        objective, descended = self._primal_objective(loss, stats, value, lin, terms)
+        self._primal_step(descended)
         if due and self.dual_update == "simultaneous":
             dual_value = self._dual_step(value, batch)
-        return StepResult(loss.detach(), objective.detach(), _detached(value), self.player.multipliers, dual_value)
+        return StepResult(loss.detach(), objective, _detached(value), self.player.multipliers, dual_value)
 
     def step_accumulated(
         self,
@@ -507,29 +519,41 @@ class ConstrainedOptimizer:
         )
 
     def _primal_objective(
-        self, loss: Tensor, stats: GroupStats, value: ConstraintValue, lin: Linearization | None
-    ) -> Tensor:
-        """The method's primal objective, differentiable w.r.t. the model through ``loss`` and ``stats.table``.
+        self,
+        loss: Tensor,
+        stats: GroupStats,
+        value: ConstraintValue,
+        lin: Linearization | None,
+        terms: ExampleTerms | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The method's primal objective: ``(value, descended)``, its value (detached) and a scalar with its gradient
+        w.r.t. the model (through ``loss`` and ``stats.table``, or ``terms``), to ``backward`` on.
 
         With a linearization and a player whose objective is linear in the proxy values, ``w_0 f + μᵀ g̃(T)``, only
         ``W = μᵀ ∂g̃/∂T`` (a ``(G, K)`` array, one vector-Jacobian product) is needed: the objective is
         ``w_0 f + W · (T - T.detach()) + μᵀg̃``. Same value and gradient as the generic path, three tensor operations
-        instead of a differentiable evaluation.
+        instead of a differentiable evaluation; with ``terms`` (:class:`~fairopt.stats.ExampleTerms`) the gradient
+        ``W · ∂T/∂θ`` is taken per example (a gather and a dot product), and the table has no graph at all.
         """
         if lin is None:
-            return self.player.primal_objective(loss, value)
-        table = stats.table
+            objective = self.player.primal_objective(loss, value)
+            return objective.detach(), objective
         weights = self.player.primal_weights()
         vjp = lin.vjp
         assert vjp is not None
         if weights is None:
-            differentiable = value_tensors(lin, table.to(self.constraint_set.dtype))
-            return self.player.primal_objective(loss, ConstraintValue(*differentiable))
+            differentiable = value_tensors(lin, stats.table.to(self.constraint_set.dtype))
+            objective = self.player.primal_objective(loss, ConstraintValue(*differentiable))
+            return objective.detach(), objective
         w0, mu = weights
         gradient = vjp(mu, None)  # W = ∂(μᵀg̃)/∂T, (G*K,)
+        weighted = loss if w0 == 1.0 else w0 * loss
+        if terms is not None:
+            constant = torch.from_numpy(np.asarray(mu @ lin.proxy_upper)).to(stats.dtype)
+            return weighted.detach() + constant, weighted + terms.linear_term(gradient.reshape(stats.table.shape))
         # One autograd node: the value μᵀg̃ exactly, the gradient W·∂T/∂θ (attach's VJP of a linear map, c · W).
-        term = attach(np.asarray(mu @ lin.proxy_upper), lambda c: c * gradient, table)
-        return (loss if w0 == 1.0 else w0 * loss) + term
+        objective = weighted + attach(np.asarray(mu @ lin.proxy_upper), lambda c: c * gradient, stats.table)
+        return objective.detach(), objective
 
     def _primal_step(self, objective: Tensor) -> None:
         """``backward`` on the primal objective, optional clipping, the wrapped optimizer's step."""

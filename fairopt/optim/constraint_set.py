@@ -25,10 +25,10 @@ from fairopt._deprecation import renamed_kwargs
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.device_evaluation import evaluate_device
 from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
-from fairopt.kernels import BACKENDS
+from fairopt.kernels import BACKENDS, resolve_backend
 from fairopt.optim.base import as_score_vector
 from fairopt.proxies import Proxy, as_proxy
-from fairopt.stats import COLUMNS, GroupStats, group_stats
+from fairopt.stats import COLUMNS, ExampleTerms, GroupStats, example_terms, group_stats
 
 __all__ = ["EVALUATORS", "ConstraintSet"]
 
@@ -145,7 +145,8 @@ class ConstraintSet:
         weights: Tensor | None = None,
         example_losses: Tensor | None = None,
         validate_args: bool | None = None,
-    ) -> GroupStats:
+        terms: bool = False,
+    ) -> GroupStats | ExampleTerms:
         """Reduce one batch to its ``(G, K)`` table with this set's proxy, threshold and dtype.
 
         Args:
@@ -157,6 +158,9 @@ class ConstraintSet:
                 (required when :attr:`needs_example_losses`).
             validate_args: value checks of :func:`fairopt.group_stats` (None: the global default; ``validate=``
                 is its deprecated name).
+            terms: return :class:`~fairopt.stats.ExampleTerms` (the table without a graph, and the per-example terms
+                with theirs, :func:`fairopt.stats.example_terms`) instead of a differentiable table; only where
+                :meth:`measures_terms`.
 
         Raises:
             ValueError: a tensor that a constraint needs is missing (the message names the constraint); scores of
@@ -177,19 +181,16 @@ class ConstraintSet:
                 f"{self._names_needing('loss')} reads per-group mean losses; pass example_losses="
                 "F.binary_cross_entropy_with_logits(scores, labels, reduction='none') (shape (N,))"
             )
-        return group_stats(
-            scores,
-            labels=labels,
-            groups=groups,
-            num_groups=self.num_groups,
-            weights=weights,
-            example_losses=example_losses,
-            proxy=self.proxy,
-            threshold=self.threshold,
-            dtype=self.dtype,
-            backend=self.backend,
-            validate_args=validate_args,
-        )
+        batch = {"labels": labels, "groups": groups, "weights": weights, "example_losses": example_losses}
+        common = {"num_groups": self.num_groups, "proxy": self.proxy, "threshold": self.threshold, "dtype": self.dtype}
+        if terms:
+            return example_terms(scores, **batch, **common, validate_args=validate_args)
+        return group_stats(scores, **batch, **common, backend=self.backend, validate_args=validate_args)
+
+    def measures_terms(self, scores: Tensor) -> bool:
+        """Whether :meth:`measure` can return :class:`~fairopt.stats.ExampleTerms` for ``scores``: the torch backend
+        computes the table (``backend="auto"`` on a CPU tensor, or ``"torch"``) and nothing is being compiled."""
+        return resolve_backend(self.backend, scores.device) == "torch" and not torch.compiler.is_compiling()
 
     def _names_needing(self, what: str) -> str:
         names = []

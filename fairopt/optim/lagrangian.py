@@ -41,6 +41,8 @@ __all__ = ["DUAL_OPTIMIZERS", "LagrangianPlayer", "check_dual_optimizer", "make_
 
 DualOptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 DUAL_OPTIMIZERS = ("sgd", "nupi")
+_CPU = torch.device("cpu")
+_HOST_DTYPES = (torch.float32, torch.float64)
 
 
 def check_dual_optimizer(kind: str | DualOptimizerFactory) -> None:
@@ -100,9 +102,25 @@ def _plain_sgd_lr(optimizer: torch.optim.Optimizer) -> float | None:
         return None
     if group["foreach"] or group["fused"] or group["differentiable"]:
         return None
-    if any(p.device.type != "cpu" or p.is_sparse for p in group["params"]):
-        return None
+    for p in group["params"]:  # is_cpu, not device.type: ~0.1 µs instead of ~0.5 µs a parameter
+        if not p.is_cpu or p.is_sparse:
+            return None
     return float(lr)
+
+
+def _observed_host(value: ConstraintValue) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`~fairopt.optim.base.observed_values` in NumPy for CPU values: ``(hard, defined)`` as arrays, the same
+    numbers (a selection and an exact finiteness test); None for values it does not cover (not on the CPU, or a dtype
+    NumPy lacks), which take the tensor path."""
+    hard, defined = value.hard, value.defined
+    if not (hard.is_cpu and defined.is_cpu) or (hard.dtype != torch.float64 and hard.dtype != torch.float32):
+        return None
+    h = hard.detach().numpy()
+    d = defined.detach().numpy()
+    if d.dtype != np.bool_:
+        d = d.astype(bool)  # as Tensor.to(torch.bool): nonzero is True
+    ok = d & np.isfinite(h)  # as finite() in observed_values (h - h == 0 would warn at inf - inf)
+    return np.where(ok, h, 0.0), ok
 
 
 class LagrangianPlayer(DualPlayer):
@@ -137,6 +155,7 @@ class LagrangianPlayer(DualPlayer):
             problem, primal_optimizers=primal_optimizer, dual_optimizers=dual_optimizer
         )
         self.num_constraints = problem.constraint_set.num_constraints
+        self._slices = problem.constraint_set.slices
         self._plain_lagrangian = all(c.formulation_type is Lagrangian for c in problem.constraints())
 
     def primal_objective(self, loss: Tensor, value: ConstraintValue) -> Tensor:
@@ -159,8 +178,31 @@ class LagrangianPlayer(DualPlayer):
         ``.grad`` directly instead of through an autograd pass; cooper's ``dual_step`` then steps the dual optimizer
         and projects (undefined entries keep their value, see :class:`~fairopt.optim.FairnessMultiplier`).
         """
-        hard, defined = observed_values(value)
         plain = _plain_sgd_lr(self.dual_optimizer)
+        # Plain SGD on CPU multipliers (plain is None otherwise): the whole step on the host, ~5x fewer tensor
+        # operations, unless the constraint set is forced onto the device evaluator (evaluator="device": that path
+        # must not read tensors on the host, tests/test_no_sync.py).
+        host = None
+        if plain is not None and not self.problem.constraint_set.on_device(_CPU):
+            constraints = self.problem.constraints()
+            if all(c.multiplier.weight.dtype in _HOST_DTYPES for c in constraints):  # NumPy has no bfloat16
+                host = _observed_host(value)
+        if host is not None:
+            assert plain is not None
+            hard_np, defined_np = host
+            hard_t = torch.from_numpy(hard_np)
+            for constraint, entries in zip(self.problem.constraints(), self.problem.constraint_set.slices):
+                multiplier = constraint.multiplier
+                grad = hard_t[entries] if len(self._slices) > 1 else hard_t  # one constraint: all the entries
+                if grad.dtype != multiplier.weight.dtype:
+                    grad = grad.to(multiplier.weight.dtype)
+                multiplier.weight.grad = grad
+                multiplier.sgd_ascent_host_(grad, plain, defined_np[entries])
+            if self.penalty_updater is not None:
+                states = self.problem.constraint_states(value, primal=False, mask_multipliers=False)
+                self.penalty_updater.step(states)
+            return
+        hard, defined = observed_values(value)
         for constraint, entries in zip(self.problem.constraints(), self.problem.constraint_set.slices):
             multiplier = constraint.multiplier
             grad = hard[entries].to(multiplier.weight)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from cooper.multipliers import DenseMultiplier
 from cooper.utils import ConstraintType
@@ -84,6 +85,39 @@ class FairnessMultiplier(DenseMultiplier):
         new = weight.add(-grad, alpha=-lr)
         # the weight has not moved yet: it is the value an unobserved or non-finite entry keeps
         self._project_(new, weight, finite(new) & observed.to(device=weight.device, dtype=torch.bool))
+
+    def sgd_ascent_host_(self, grad: Tensor, lr: float, observed: np.ndarray) -> None:
+        """:meth:`sgd_ascent_` for a CPU weight, with the projection in NumPy on views of the same storage (~1 µs
+        per operation instead of ~5 µs per tensor operation on a few entries): the same numbers bit for bit.
+
+        The step itself stays torch's SGD operation, ``w + lr * g`` as ``Tensor.add(grad, alpha=lr)`` (equal to
+        SGD's ``w.add(-g, alpha=-lr)``: ``(-lr)(-g) = lr g`` exactly, fused or not), whose rounding NumPy would not
+        reproduce where torch fuses the multiply-add. ``where(ok, new, keep)`` and the clamp are selections and
+        comparisons, exact in both (the clamp as ``where(x < 0, 0, x)``: the same result as torch's for ``-0.0`` and
+        NaN too; a Python-float bound is cast to the weight's dtype first, as by torch). No ``torch.no_grad``
+        needed: ``grad`` is a constant, ``weight.data`` carries no graph.
+
+        Args:
+            grad: ``(m,)`` CPU tensor, the ascent direction, in the weight's dtype (float32 or float64).
+            lr: the step size η > 0.
+            observed: ``(m,)`` NumPy bool, True for entries the step may move.
+        """
+        weight = self.weight.data
+        keep = weight.numpy()  # the weight's storage; it has not moved yet: unobserved, non-finite entries keep it
+        new = weight.add(grad, alpha=lr).numpy()
+        # in place, selections only: w = where(finite(new) & observed, new, w), then clamp(w) as where(w < 0, 0, w);
+        # the weight keeps its storage (optimizer state, CUDA graphs)
+        np.copyto(keep, new, where=np.isfinite(new) & observed)
+        bound = self.bound
+        if self.constraint_type == ConstraintType.INEQUALITY:
+            np.copyto(keep, 0.0, where=keep < 0.0)
+            if bound is not None:
+                np.copyto(keep, bound, where=keep > bound)
+        elif bound is not None:
+            np.copyto(keep, -bound, where=keep < -bound)
+            np.copyto(keep, bound, where=keep > bound)
+        if self._before is not None or self._observed is not None:  # nn.Module.__setattr__ costs ~5 µs a call
+            self._before = self._observed = None
 
     @torch.no_grad()
     def post_step_(self) -> None:

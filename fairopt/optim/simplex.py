@@ -76,9 +76,10 @@ def multiplicative_step(log_state: Tensor, gradient: Tensor, lr: float, mask: Te
         ``(..., n, k)`` the new log-state; frozen rows unchanged, every column sums to 1 (to rounding).
     """
     frozen = ~mask[..., None]
-    free_mass = 1.0 - torch.where(frozen, log_state.exp(), torch.zeros_like(log_state)).sum(dim=-2, keepdim=True)
+    # scalar branches of torch.where: the same values as zeros_like/full_like, one tensor operation fewer each
+    free_mass = 1.0 - torch.where(frozen, log_state.exp(), 0.0).sum(dim=-2, keepdim=True)
     log_free = torch.log(free_mass.clamp(min=torch.finfo(log_state.dtype).tiny))
-    logits = torch.where(frozen, torch.full_like(log_state, -math.inf), log_state + lr * gradient)
+    logits = torch.where(frozen, -math.inf, log_state + lr * gradient)
     # Shift by the column maximum first and normalize the O(1) values: logsumexp would add the (possibly huge)
     # maximum back and lose the low digits of every entry.
     shifted = logits - logits.amax(dim=-2, keepdim=True)
@@ -104,7 +105,14 @@ def additive_step(state: Tensor, gradient: Tensor, lr: float, mask: Tensor) -> T
     return torch.where(frozen, state, projected)
 
 
-def stationary_distribution(matrix: Tensor, init: Tensor | None = None, squarings: int = 24) -> Tensor:
+def stationary_distribution(
+    matrix: Tensor,
+    init: Tensor | None = None,
+    squarings: int = 24,
+    *,
+    eye: Tensor | None = None,
+    ones: Tensor | None = None,
+) -> Tensor:
     r"""A stationary distribution ``λ = M λ`` of a column-stochastic ``(n, n)`` matrix ``M``.
 
     Two ways, both without host synchronization and bitwise reproducible:
@@ -120,15 +128,20 @@ def stationary_distribution(matrix: Tensor, init: Tensor | None = None, squaring
     Args:
         matrix: ``(..., n, n)`` column-stochastic (or a stack of them). init: optional ``(..., n)`` distribution.
         squarings: see above.
+        eye, ones: optional constants a caller that solves every step keeps (``torch.eye(n)`` and, for ``init=None``,
+            ones of shape ``matrix.shape[:-1]``, in the matrix's dtype and device): the same result, two tensor
+            operations fewer.
 
     Returns:
         ``(..., n)`` non-negative, summing to 1.
     """
     n = matrix.shape[-1]
-    eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
+    if eye is None:
+        eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
     if init is None:
         # solve_ex: no singularity check, which would synchronize with the host on CUDA (the system is regular here).
-        ones = torch.ones(matrix.shape[:-1], dtype=matrix.dtype, device=matrix.device)
+        if ones is None:
+            ones = torch.ones(matrix.shape[:-1], dtype=matrix.dtype, device=matrix.device)
         lam = torch.linalg.solve_ex(eye - matrix + 1.0, ones).result
     else:
         power = 0.5 * (matrix + eye)
