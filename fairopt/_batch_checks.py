@@ -7,6 +7,7 @@ only :mod:`fairopt._validation`), so the kernels package need not import :mod:`f
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,11 +84,11 @@ def weight_tolerance(weights: Tensor) -> Tensor:
     return WEIGHT_TOLERANCE * torch.finfo(weights.dtype).eps * scale
 
 
-def _check_values(
+def _device_flags(
     scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int, weights: Tensor | None, loss: Tensor | None
-) -> None:
-    # All checks reduce to one bool vector and a single host sync (as few tensor operations as possible: this runs
-    # every training step); the offending values are located only on failure.
+) -> list[bool]:
+    """One flag per check (scores, groups, labels, then weights and losses where given), True where it fails: tensor
+    reductions stacked into one vector, read with a single host sync."""
     with torch.no_grad():
         low, high = torch.aminmax(groups)
         ok = [
@@ -102,6 +103,51 @@ def _check_values(
         if loss is not None:
             ok.append(finite(loss).all())
         flags = [not f for f in torch.stack(ok).tolist()]
+    return flags
+
+
+# dtypes NumPy holds (bfloat16 it does not): CPU tensors of these are checked through NumPy views
+_NUMPY_DTYPES = frozenset(
+    {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32,
+     torch.float64}
+)  # fmt: skip
+
+
+def _host_flags(
+    scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int, weights: Tensor | None, loss: Tensor | None
+) -> list[bool] | None:
+    """:func:`_device_flags` through NumPy views of CPU tensors (no copy; ~1 µs a reduction instead of ~5 for a
+    tensor operation): the same predicates on the same values, so the same flags. None where NumPy cannot read a
+    tensor (another device, bfloat16): the caller then takes the tensor path."""
+    present = [t for t in (scores, labels, groups, weights, loss) if t is not None]
+    if any(t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES for t in present):
+        return None
+    s, y, g = scores.detach().numpy(), labels.detach().numpy(), groups.detach().numpy()
+    flags = [
+        not np.isfinite(s).all(),
+        not (g.min() >= 0 and g.max() < num_groups),
+        labels.dtype != torch.bool and not ((y == 0) | (y == 1)).all(),
+    ]
+    if weights is not None:
+        w = weights.detach().numpy()
+        # the tolerance in the weights' dtype, as weight_tolerance computes it (16 eps is a power of two: exact)
+        scale = max(np.abs(w).max(), w.dtype.type(1.0))
+        tolerance = w.dtype.type(WEIGHT_TOLERANCE * torch.finfo(weights.dtype).eps) * scale
+        flags.append(not (np.isfinite(w).all() and (w >= -tolerance).all()))
+    if loss is not None:
+        flags.append(not np.isfinite(loss.detach().numpy()).all())
+    return flags
+
+
+def _check_values(
+    scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int, weights: Tensor | None, loss: Tensor | None
+) -> None:
+    # All checks reduce to one bool vector and a single host sync (as few tensor operations as possible: this runs
+    # every training step), or on the CPU to NumPy reductions on views; the offending values are located only on
+    # failure.
+    flags = _host_flags(scores, labels, groups, num_groups, weights, loss)
+    if flags is None:
+        flags = _device_flags(scores, labels, groups, num_groups, weights, loss)
     if not any(flags):
         return
     bad_scores = ~torch.isfinite(scores)

@@ -273,9 +273,9 @@ _HOST_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
 
 
 def _on_host(sums: Tensor, dtype: torch.dtype) -> np.ndarray:
-    """A CPU tensor of sums as a NumPy array NumPy can cast into a ``dtype`` table as torch's ``copy_`` would:
-    int64 counts and ``dtype`` sums as they are, other dtypes (bfloat16, which NumPy lacks) cast by torch first."""
-    return (sums if sums.dtype in (torch.int64, dtype) else sums.to(dtype)).numpy()
+    """A CPU tensor of sums as a NumPy array that NumPy casts into a ``dtype`` table as torch's ``copy_`` would
+    (both round to nearest): bfloat16, which NumPy lacks, is cast by torch first."""
+    return (sums.to(dtype) if sums.dtype == torch.bfloat16 else sums).numpy()
 
 
 def _proxy_cotangents(grad: Tensor, derived_negative: bool) -> tuple[Tensor, Tensor]:

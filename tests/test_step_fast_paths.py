@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import fairopt
+from fairopt._batch_checks import _device_flags, _host_flags
 from fairopt._validation import finite
 from fairopt.optim import ConstrainedOptimizer, Lagrangian
 from fairopt.optim.lagrangian import _plain_sgd_lr
@@ -205,3 +206,43 @@ def test_example_terms_give_the_table_of_group_stats_and_its_gradient(case: str)
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name, expected in grads[0].items():
         assert torch.equal(grads[1][name], expected), name
+
+
+def test_value_checks_through_numpy_give_the_flags_of_the_tensor_checks() -> None:
+    """The CPU checks (NumPy views) and the tensor checks agree on every flag, including the edge cases: NaN/inf,
+    ids at the ends of [0, G), labels near 0/1, weights at the rounding tolerance, float16; bfloat16 stays on the
+    tensor path."""
+    gen = torch.Generator().manual_seed(11)
+    eps32 = torch.finfo(torch.float32).eps
+    cases = 0
+    for trial in range(300):
+        n = int(torch.randint(1, 40, (1,), generator=gen))
+        dtype = (torch.float32, torch.float64, torch.float16)[trial % 3]
+        scores = torch.randn(n, generator=gen).to(dtype)
+        labels = torch.randint(0, 2, (n,), generator=gen)
+        labels = (labels.bool(), labels.float(), labels.to(torch.int32), labels.double())[trial % 4]
+        groups = torch.randint(0, 3, (n,), generator=gen).to((torch.int64, torch.int32, torch.uint8)[trial % 3])
+        weights = torch.rand(n, generator=gen, dtype=dtype) if trial % 2 else None
+        loss = torch.rand(n, generator=gen, dtype=dtype) if trial % 5 == 0 else None
+        i = int(torch.randint(0, n, (1,), generator=gen))
+        kind = trial % 10
+        if kind == 1:
+            scores[i] = (math.nan, math.inf, -math.inf)[trial % 3]
+        elif kind == 2 and groups.dtype != torch.uint8:
+            groups[i] = (-1, 3)[trial % 2]
+        elif kind == 3:
+            groups[i] = 2  # the largest id: valid
+        elif kind == 4 and labels.dtype != torch.bool:
+            labels[i] = (2, -1)[trial % 2] if not labels.is_floating_point() else (0.5, 1 + 1e-7, math.nan)[trial % 3]
+        elif kind == 5 and weights is not None and dtype == torch.float32:
+            weights[i] = (-16 * eps32, -17 * eps32)[trial % 2]  # at the tolerance (accepted), just past it
+        elif kind == 6 and weights is not None:
+            weights[i] = math.nan
+        elif kind == 7 and loss is not None:
+            loss[i] = math.inf
+        host = _host_flags(scores, labels, groups, 3, weights, loss)
+        assert host == _device_flags(scores, labels, groups, 3, weights, loss), trial
+        cases += any(host)
+    assert cases > 50  # failing checks of every kind occurred
+    bf16 = torch.randn(5).bfloat16()
+    assert _host_flags(bf16, torch.ones(5), torch.zeros(5, dtype=torch.int64), 1, None, None) is None
