@@ -157,7 +157,8 @@ class DualPlayer(abc.ABC):
 
     def primal_weights(self) -> tuple[float, np.ndarray] | None:
         r"""``(w_0, μ)`` when :meth:`primal_objective` is linear in the proxy values, ``w_0 f + Σ_i μ_i g̃_i`` at the
-        current state (a float and an ``(m,)`` float64 array on the host); None otherwise (the default). The
+        current state (a float and an ``(m,)`` float64 array on the host, possibly a view of the state: read it before
+        the next :meth:`update`); None otherwise (the default). The
         optimizer then builds the objective's gradient from ``Σ_i μ_i ∂g̃_i/∂T`` directly
         (:mod:`fairopt.constraints.evaluation`)."""
         return None

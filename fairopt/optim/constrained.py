@@ -477,7 +477,9 @@ class ConstrainedOptimizer:
         self._primal_step(descended)
         if due and self.dual_update == "simultaneous":
             dual_value = self._dual_step(value, batch)
-        return StepResult(loss.detach(), objective, _detached(value), self.player.multipliers, dual_value)
+        # the multipliers after the step: those the dual step just stored, if it moved them (the primal step never does)
+        multipliers = self.player.multipliers if dual_value is None else self._trace[-1]
+        return StepResult(loss.detach(), objective, _detached(value), multipliers, dual_value)
 
     def step_accumulated(
         self,
@@ -608,9 +610,7 @@ class ConstrainedOptimizer:
             dual_table = host_table(stats)
             if np.array_equal(dual_table[:, :4], table[:, :4]) and np.array_equal(dual_table[:, 8], table[:, 8]):
                 return self._apply_dual(_detached(value))
-        with torch.no_grad():
-            dual = self.constraint_set.evaluate(stats.detach())
-        return self._apply_dual(dual)
+        return self._apply_dual(self.constraint_set.evaluate(stats.detach()))  # no graph: a detached table
 
     def _apply_dual(self, dual: ConstraintValue) -> ConstraintValue:
         if self.dual_value == "proxy":
@@ -622,7 +622,7 @@ class ConstrainedOptimizer:
                 self._margin_tensor = shift  # one host-to-device copy per margin, not per step
             dual = ConstraintValue(dual.hard + torch.where(dual.defined, shift, 0.0), dual.proxy, dual.defined)
         self.player.update(dual)
-        self._trace.append(self.player.multipliers.detach())
+        self._trace.append(self.player.multipliers.detach())  # a copy; the step returns it too (one copy a step)
         return dual
 
     # held-out statistics --------------------------------------------------------------------------------------

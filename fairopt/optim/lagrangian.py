@@ -169,6 +169,9 @@ class LagrangianPlayer(DualPlayer):
         """``(1, λ)`` for the Lagrangian; None for the augmented Lagrangian (quadratic in ``g̃``)."""
         if not self._plain_lagrangian:
             return None
+        weights = [c.multiplier.weight for c in self.problem.constraints()]
+        if len(weights) == 1 and weights[0].is_cpu and weights[0].dtype == torch.float64:
+            return 1.0, weights[0].detach().numpy()  # a view, read before the next dual step: no copy needed
         return 1.0, self.problem.multiplier_values().cpu().double().numpy()
 
     def update(self, value: ConstraintValue) -> None:
