@@ -372,7 +372,12 @@ class ExampleTerms:
 
     @staticmethod
     def _dot(cells: np.ndarray, index: Tensor, values: Tensor) -> Tensor:
-        """``Σ_i cells.flat[index_i] * values_i``, the cell weights cast to the values' dtype first."""
+        """``Σ_i cells.flat[index_i] * values_i``, the cell weights cast to the values' dtype first; half-precision
+        values are promoted to float64 instead, so that the backward pass multiplies the float64 weights by the
+        incoming gradient (e.g. a GradScaler's scale) before the cast, as the table's backward does: a weight below
+        float16's normal range (6e-5) would lose its bits in a cast before the scaling."""
+        if values.dtype in (torch.float16, torch.bfloat16):
+            values = values.double()
         coefficients = torch.from_numpy(np.ascontiguousarray(cells).reshape(-1)).to(
             device=values.device, dtype=values.dtype
         )

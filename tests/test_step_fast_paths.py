@@ -246,3 +246,24 @@ def test_value_checks_through_numpy_give_the_flags_of_the_tensor_checks() -> Non
     assert cases > 50  # failing checks of every kind occurred
     bf16 = torch.randn(5).bfloat16()
     assert _host_flags(bf16, torch.ones(5), torch.zeros(5, dtype=torch.int64), 1, None, None) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_example_terms_scale_tiny_weights_before_the_cast_as_the_table_does(dtype: torch.dtype) -> None:
+    """A loss scale (GradScaler's 65536) multiplies the float64 cell weights before they meet half-precision
+    gradients, in both paths: weights far below float16's normal range keep their bits (the same gradient bit for
+    bit; cast first, they would flush to 0)."""
+    gen = torch.Generator().manual_seed(5)
+    scores = torch.randn(64, generator=gen).to(dtype)
+    labels = (torch.rand(64, generator=gen) < 0.5).float()
+    groups = torch.randint(0, 2, (64,), generator=gen)
+    weight = (torch.rand(2, 9, generator=gen, dtype=torch.float64) - 0.5) * 1e-8  # |W| < 5e-9: float16 subnormal
+    grads = []
+    for build in (group_stats, example_terms):
+        leaf = scores.clone().requires_grad_(True)
+        out = build(leaf, labels=labels, groups=groups, num_groups=2)
+        term = (out.table * weight).sum() if build is group_stats else out.linear_term(weight.numpy())
+        (term * 65536.0).backward()
+        grads.append(leaf.grad)
+    assert grads[0].abs().min() > 0  # nothing flushed to zero
+    assert torch.equal(grads[1], grads[0])
