@@ -93,7 +93,7 @@ def _device_flags(
         low, high = torch.aminmax(groups)
         ok = [
             finite(scores).all(),
-            (low >= 0) & (high < num_groups),
+            (low >= 0) & (high.long() < num_groups),  # in int64: a uint8/int8 tensor would wrap num_groups
             torch.ones((), dtype=torch.bool, device=labels.device)
             if labels.dtype == torch.bool
             else torch.logical_or(labels == 0, labels == 1).all(),

@@ -267,3 +267,15 @@ def test_example_terms_scale_tiny_weights_before_the_cast_as_the_table_does(dtyp
         grads.append(leaf.grad)
     assert grads[0].abs().min() > 0  # nothing flushed to zero
     assert torch.equal(grads[1], grads[0])
+
+
+def test_small_integer_group_ids_are_checked_in_int64_on_every_path() -> None:
+    """uint8 ids up to 255 with num_groups=256 are valid: the tensor checks compare in int64 (uint8 would wrap 256 to
+    0 and reject them) and agree with the NumPy checks; 256 itself is out of range on both."""
+    groups = torch.tensor([0, 255, 200, 1], dtype=torch.uint8)
+    scores, labels = torch.randn(4), torch.tensor([0.0, 1.0, 1.0, 0.0])
+    for check in (_host_flags, _device_flags):
+        assert check(scores, labels, groups, 256, None, None) == [False, False, False]
+        assert check(scores, labels, groups, 255, None, None)[1]
+    table = group_stats(scores.bfloat16(), labels=labels, groups=groups, num_groups=256).table  # tensor checks
+    assert table[[0, 1, 200, 255], :4].sum().item() == 4

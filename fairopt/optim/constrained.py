@@ -477,8 +477,8 @@ class ConstrainedOptimizer:
         self._primal_step(descended)
         if due and self.dual_update == "simultaneous":
             dual_value = self._dual_step(value, batch)
-        # the multipliers after the step: those the dual step just stored, if it moved them (the primal step never does)
-        multipliers = self.player.multipliers if dual_value is None else self._trace[-1]
+        # the multipliers after the step: those the dual step just stored (a clone: cheaper than collecting them again)
+        multipliers = self.player.multipliers if dual_value is None else self._trace[-1].clone()  # the trace keeps its own
         return StepResult(loss.detach(), objective, _detached(value), multipliers, dual_value)
 
     def step_accumulated(
@@ -622,7 +622,7 @@ class ConstrainedOptimizer:
                 self._margin_tensor = shift  # one host-to-device copy per margin, not per step
             dual = ConstraintValue(dual.hard + torch.where(dual.defined, shift, 0.0), dual.proxy, dual.defined)
         self.player.update(dual)
-        self._trace.append(self.player.multipliers.detach())  # a copy; the step returns it too (one copy a step)
+        self._trace.append(self.player.multipliers.detach())  # a copy, owned by the trace
         return dual
 
     # held-out statistics --------------------------------------------------------------------------------------

@@ -115,6 +115,8 @@ def _observed_host(value: ConstraintValue) -> tuple[np.ndarray, np.ndarray] | No
     hard, defined = value.hard, value.defined
     if not (hard.is_cpu and defined.is_cpu) or (hard.dtype != torch.float64 and hard.dtype != torch.float32):
         return None
+    if defined.dtype not in (torch.bool, torch.uint8, torch.int64, torch.int32, torch.float32, torch.float64):
+        return None  # a dtype NumPy cannot read (e.g. bfloat16): the tensor path
     h = hard.detach().numpy()
     d = defined.detach().numpy()
     if d.dtype != np.bool_:
@@ -171,7 +173,9 @@ class LagrangianPlayer(DualPlayer):
             return None
         weights = [c.multiplier.weight for c in self.problem.constraints()]
         if len(weights) == 1 and weights[0].is_cpu and weights[0].dtype == torch.float64:
-            return 1.0, weights[0].detach().numpy()  # a view, read before the next dual step: no copy needed
+            view = weights[0].detach().numpy()  # a view, read before the next dual step: no copy needed
+            view.flags.writeable = False  # never a way to write the multipliers
+            return 1.0, view
         return 1.0, self.problem.multiplier_values().cpu().double().numpy()
 
     def update(self, value: ConstraintValue) -> None:

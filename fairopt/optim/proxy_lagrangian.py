@@ -166,7 +166,7 @@ class ProxyLagrangianPlayer(DualPlayer):
         dtype = self._state.dtype
         if not (hard.is_cpu and defined.is_cpu) or (dtype != torch.float64 and dtype != torch.float32):
             return None
-        if hard.dtype != torch.float64 and hard.dtype != torch.float32:
+        if (hard.dtype != torch.float64 and hard.dtype != torch.float32) or defined.dtype != torch.bool:
             return None
         h = hard.detach().numpy()
         if not (defined.detach().numpy().all() and np.isfinite(h).all()):
