@@ -477,8 +477,8 @@ class ConstrainedOptimizer:
         self._primal_step(descended)
         if due and self.dual_update == "simultaneous":
             dual_value = self._dual_step(value, batch)
-        # the multipliers after the step: those the dual step just stored (a clone: cheaper than collecting them again)
-        multipliers = self.player.multipliers if dual_value is None else self._trace[-1].clone()  # the trace keeps its own
+        # the multipliers after the step: those the dual step just stored (cloned: the trace keeps its own)
+        multipliers = self.player.multipliers if dual_value is None else self._trace[-1].clone()
         return StepResult(loss.detach(), objective, _detached(value), multipliers, dual_value)
 
     def step_accumulated(
