@@ -11,7 +11,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fairopt._validation import describe_bad_values, finite, require_1d, require_device, require_tensor
+from fairopt._validation import (
+    NUMPY_DTYPES,
+    describe_bad_values,
+    finite,
+    require_1d,
+    require_device,
+    require_tensor,
+)
 
 __all__ = ["WEIGHT_TOLERANCE", "check_batch", "check_num_groups", "weight_tolerance"]
 
@@ -106,13 +113,6 @@ def _device_flags(
     return flags
 
 
-# dtypes NumPy holds (bfloat16 it does not): CPU tensors of these are checked through NumPy views
-_NUMPY_DTYPES = frozenset(
-    {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32,
-     torch.float64}
-)  # fmt: skip
-
-
 def _host_flags(
     scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int, weights: Tensor | None, loss: Tensor | None
 ) -> list[bool] | None:
@@ -120,7 +120,7 @@ def _host_flags(
     tensor operation): the same predicates on the same values, so the same flags. None where NumPy cannot read a
     tensor (another device, bfloat16): the caller then takes the tensor path."""
     present = [t for t in (scores, labels, groups, weights, loss) if t is not None]
-    if any(t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES for t in present):
+    if any(t.device.type != "cpu" or t.dtype not in NUMPY_DTYPES for t in present):
         return None
     s, y, g = scores.detach().numpy(), labels.detach().numpy(), groups.detach().numpy()
     flags = [

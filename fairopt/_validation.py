@@ -92,6 +92,13 @@ def require_device(name: str, value: Tensor, device: torch.device) -> None:
         )
 
 
+# dtypes NumPy holds (bfloat16 it does not): CPU tensors of these can be read through NumPy views
+NUMPY_DTYPES = frozenset(
+    {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32,
+     torch.float64}
+)  # fmt: skip
+
+
 def finite(values: Tensor) -> Tensor:
     """``torch.isfinite(values)`` for a floating tensor, in two tensor operations instead of torch's five (``==``,
     ``abs``, ``!=``, ``*``, ``&``): ``values - values == 0`` holds exactly for the finite numbers (``inf - inf`` and

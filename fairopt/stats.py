@@ -34,7 +34,7 @@ import numbers
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -269,6 +269,8 @@ def _table_sums(
     return table
 
 
+_Cells = TypeVar("_Cells", Tensor, np.ndarray)  # a (G, K) table cotangent, torch or NumPy
+
 # Table dtypes that NumPy holds (bfloat16 does not; float16 tables stay on the torch path too, for its rounding).
 _HOST_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
 
@@ -279,10 +281,11 @@ def _on_host(sums: Tensor, dtype: torch.dtype) -> np.ndarray:
     return (sums.to(dtype) if sums.dtype == torch.bfloat16 else sums).numpy()
 
 
-def _proxy_cotangents(grad: Tensor, derived_negative: bool) -> tuple[Tensor, Tensor]:
-    """A ``(G, K)`` cotangent of the table as the ``(G, 2)`` cotangents of the per-example positive and negative
-    proxy terms, one column per label (``fp/tp_proxy`` and ``tn/fn_proxy``). A derived negative column (label count
-    minus the positive column) sends its cotangent to the positive terms with the opposite sign."""
+def _proxy_cotangents(grad: _Cells, derived_negative: bool) -> tuple[_Cells, _Cells]:
+    """A ``(G, K)`` cotangent of the table (a tensor, or a NumPy array) as the ``(G, 2)`` cotangents of the
+    per-example positive and negative proxy terms, one column per label (``fp/tp_proxy`` and ``tn/fn_proxy``). A
+    derived negative column (label count minus the positive column) sends its cotangent to the positive terms with the
+    opposite sign."""
     d_neg = grad[:, 4:8:2]  # tn_proxy, fn_proxy
     d_pos = grad[:, 5:8:2]  # fp_proxy, tp_proxy
     if derived_negative:  # neg = count - pos
@@ -360,9 +363,8 @@ class ExampleTerms:
 
         Its value is *not* ``Σ W ∘ T``: it lacks the terms that carry no gradient (hard columns; the label counts
         of a derived negative column). Compute the value from :attr:`stats` where it is needed."""
-        # the (G, K) arithmetic in NumPy (float64, as _Table.backward does it in torch), then one gather per term
-        d_neg = weights[:, 4:8:2]
-        d_pos = weights[:, 5:8:2] - d_neg if self.negative is None else weights[:, 5:8:2]
+        # the (G, K) arithmetic of _Table.backward, in NumPy (float64), then one gather per term
+        d_pos, d_neg = _proxy_cotangents(weights, self.negative is None)
         term = self._dot(d_pos, self.code2, self.positive)
         if self.negative is not None:
             term = term + self._dot(d_neg, self.code2, self.negative)

@@ -455,7 +455,7 @@ class ConstrainedOptimizer:
             terms=by_terms,
         )
         terms = measured if isinstance(measured, ExampleTerms) else None
-        stats = measured.stats if isinstance(measured, ExampleTerms) else measured
+        stats = measured if terms is None else terms.stats
         if self.stats_reducer is not None:  # DDP: the global table, whose gradient is this rank's (world_size x)
             stats = self.stats_reducer.primal_table(stats)
         lin = cs.linearize(stats) if linearized else None

@@ -33,6 +33,7 @@ from cooper.formulations import Lagrangian
 from cooper.penalty_coefficients import PenaltyCoefficientUpdater
 from torch import Tensor
 
+from fairopt._validation import NUMPY_DTYPES
 from fairopt.constraints import ConstraintValue
 from fairopt.optim.base import DualPlayer, load_plain_optimizer_state, observed_values, plain_optimizer_state
 from fairopt.optim.cooper_problem import FairnessCMP
@@ -115,7 +116,7 @@ def _observed_host(value: ConstraintValue) -> tuple[np.ndarray, np.ndarray] | No
     hard, defined = value.hard, value.defined
     if not (hard.is_cpu and defined.is_cpu) or (hard.dtype != torch.float64 and hard.dtype != torch.float32):
         return None
-    if defined.dtype not in (torch.bool, torch.uint8, torch.int64, torch.int32, torch.float32, torch.float64):
+    if defined.dtype not in NUMPY_DTYPES:
         return None  # a dtype NumPy cannot read (e.g. bfloat16): the tensor path
     h = hard.detach().numpy()
     d = defined.detach().numpy()
