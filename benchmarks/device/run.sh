@@ -65,6 +65,8 @@ run_bench image_step 170 benchmarks/device/image_step.py "$@"
 KERNEL_ARGS=()
 for arg in "$@"; do [ "$arg" = "--quick" ] && KERNEL_ARGS+=(--quick); done
 run_bench kernel 240 benchmarks/device/kernel_bench.py "${KERNEL_ARGS[@]}"
+# The whole step under torch.compile, with and without CUDA graphs: ms/step, recompiles, cudagraph skips (issue 13).
+run_bench compiled_step 200 benchmarks/device/compiled_step.py "$@"
 # Further benchmarks go here, one run_bench line each.
 
 exit "$STATUS"

@@ -40,8 +40,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -75,6 +74,58 @@ _STATE_FORMATS = (1, 2)  # format 1 (before the entries were stored) still loads
 _TRACE_LENGTH = 200  # dual steps kept for check()'s settling test
 
 HeldoutFn = Callable[[], "GroupStats | Mapping[str, Tensor]"]
+
+
+class _MultiplierTrace:
+    """The multipliers after each of the last ``length`` dual steps, for :meth:`ConstrainedOptimizer.check`: a
+    ``(length, m)`` ring on the multipliers' device, written in place (one ``copy_`` per dual step, no host sync).
+
+    A ring rather than a growing container: under ``torch.compile`` a list or deque that grows every step is guarded
+    on its length, so the compiled step would be compiled again at every dual step; an integer slot becomes one
+    symbolic integer after the first steps (as :attr:`ConstrainedOptimizer.num_steps` does)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.count = 0  # dual steps recorded (the newest is in slot (count - 1) % length)
+        self._ring: Tensor | None = None
+
+    def append(self, multipliers: Tensor) -> None:
+        ring = self._ring
+        # the first dual step, or multipliers moved to another device or dtype: what was kept moves with them
+        moved = ring is not None and (ring.dtype != multipliers.dtype or ring.device != multipliers.device)
+        if ring is None or moved or ring.shape[1:] != multipliers.shape:
+            kept = self.stacked()
+            ring = self._ring = multipliers.new_zeros((self.length, *multipliers.shape))
+            if len(kept):
+                ring[: len(kept)] = kept.to(ring)
+            self.count = len(kept)
+        ring[self.count % self.length].copy_(multipliers.detach())
+        self.count += 1
+
+    def __len__(self) -> int:
+        return min(self.count, self.length)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        """The kept multipliers, oldest first (copies)."""
+        return iter(self.state())
+
+    def stacked(self) -> Tensor:
+        """``(len(self), m)``, oldest first (a copy)."""
+        if self._ring is None:
+            return torch.zeros((0, 0))
+        n, start = len(self), self.count % self.length
+        order = torch.arange(start, start + n, device=self._ring.device) % self.length if n == self.length else None
+        return self._ring[:n].clone() if order is None else self._ring.index_select(0, order)
+
+    def state(self) -> list[Tensor]:
+        """The kept multipliers as a list of ``(m,)`` tensors, oldest first (the format of ``multiplier_trace``)."""
+        return list(self.stacked().unbind(0)) if len(self) else []
+
+    def load(self, tensors: Iterable[Tensor]) -> None:
+        kept = list(tensors)[-self.length :]
+        self._ring, self.count = None, 0
+        for t in kept:
+            self.append(t)
 
 
 @dataclass(frozen=True)
@@ -321,7 +372,8 @@ class ConstrainedOptimizer:
         self.margin = margin
         self.num_steps = 0
         # multipliers after recent dual steps (device tensors: no host sync), for check()
-        self._trace: deque[Tensor] = deque(maxlen=_TRACE_LENGTH)
+        self._trace = _MultiplierTrace(_TRACE_LENGTH)
+        self._dual_multipliers: Tensor | None = None  # those the last dual step stored (for StepResult)
 
     # properties ---------------------------------------------------------------------------------------------
     @property
@@ -434,7 +486,8 @@ class ConstrainedOptimizer:
         if unfed and dual_stats.num_unfed >= 1:
             self._raise_no_heldout(dual_stats.num_unfed + 1)
         cs = self.constraint_set
-        if self.num_steps == 0 and (op := probability_op(scores)) is not None:  # once, from the graph: no sync
+        # once, from the autograd graph (no sync); an eager-mode check: torch.compile cannot read grad_fn
+        if self.num_steps == 0 and not torch.compiler.is_compiling() and (op := probability_op(scores)) is not None:
             warnings.warn(
                 f"the scores come out of a {op}: they look like probabilities. {PROBABILITY_HINT}", stacklevel=2
             )
@@ -477,8 +530,8 @@ class ConstrainedOptimizer:
         self._primal_step(descended)
         if due and self.dual_update == "simultaneous":
             dual_value = self._dual_step(value, batch)
-        # the multipliers after the step: those the dual step just stored (cloned: the trace keeps its own)
-        multipliers = self.player.multipliers if dual_value is None else self._trace[-1].clone()
+        # the multipliers after the step: those the dual step just read (the trace has copied them into its ring)
+        multipliers = self.player.multipliers if dual_value is None else self._dual_multipliers
         return StepResult(loss.detach(), objective, _detached(value), multipliers, dual_value)
 
     def step_accumulated(
@@ -622,7 +675,8 @@ class ConstrainedOptimizer:
                 self._margin_tensor = shift  # one host-to-device copy per margin, not per step
             dual = ConstraintValue(dual.hard + torch.where(dual.defined, shift, 0.0), dual.proxy, dual.defined)
         self.player.update(dual)
-        self._trace.append(self.player.multipliers.detach())  # a copy, owned by the trace
+        self._dual_multipliers = self.player.multipliers  # a copy (the player's contract)
+        self._trace.append(self._dual_multipliers)
         return dual
 
     # held-out statistics --------------------------------------------------------------------------------------
@@ -757,7 +811,7 @@ class ConstrainedOptimizer:
                     "raise dual_lr, train longer or loosen the tolerance"
                 )
         if len(self._trace) >= 8:
-            trace = torch.stack(list(self._trace)).double().cpu().numpy()
+            trace = self._trace.stacked().double().cpu().numpy()
             quarter = len(trace) // 4
             last, before = trace[-quarter:].mean(axis=0), trace[-2 * quarter : -quarter].mean(axis=0)
             change = np.abs(last - before)
@@ -794,7 +848,7 @@ class ConstrainedOptimizer:
             "dual_statistics": self.dual_statistics.state_dict(),
             "records": None if self.records is None else self.records.state_dict(),
             "margin": None if self._margin is None else torch.from_numpy(self._margin.copy()),
-            "multiplier_trace": [t.clone() for t in self._trace],
+            "multiplier_trace": self._trace.state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -827,7 +881,7 @@ class ConstrainedOptimizer:
         self.num_steps = int(state["num_steps"])
         if "margin" in state:  # states saved before margins existed keep the constructor's
             self.margin = state["margin"]
-        self._trace = deque((t.clone() for t in state.get("multiplier_trace", [])), maxlen=_TRACE_LENGTH)
+        self._trace.load(state.get("multiplier_trace", []))
 
     def _check_constraints(self, saved: Mapping[str, Any]) -> None:
         """Refuse a state saved for other constraints, before cooper's multipliers meet a state of another size."""

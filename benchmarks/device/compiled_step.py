@@ -1,0 +1,181 @@
+"""The whole constrained step under ``torch.compile`` on a GPU, with and without CUDA graphs: one Markdown table.
+
+Issue 13, section 2: the step with no host round trip (``validate_args=False``, ``evaluator="device"``) compiled as
+one function (``model(x)``, ``opt.zero_grad()``, ``opt.step(...)``), eager vs ``torch.compile`` (inductor) vs
+``torch.compile(mode="reduce-overhead")`` (inductor with CUDA graphs), plain and constrained (equalized odds over
+4 groups, Lagrangian and proxy-Lagrangian, a dual step every step). For each it prints the median ms per step, the
+ratio to the plain step of the same mode, the graphs compiled during the timed steps (0: the step stopped compiling
+after its warm-up) and inductor's reasons for not using CUDA graphs (``cudagraph_skips`` and the logged reasons),
+which is what is left to remove for a captured step.
+
+Run through ``bash benchmarks/device/run.sh``, or ``python benchmarks/device/compiled_step.py`` (about 1-2 minutes
+on one GPU, most of it compilation); ``--device cpu --quick`` is a smoke test of the script (``aot_eager``: no C++
+compiler needed, no CUDA graphs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fairopt
+
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "plain": None,
+    "lagrangian": {"method": "lagrangian"},
+    "proxy_lagrangian": {"method": "proxy_lagrangian"},
+}
+
+
+class CountingBackend:
+    """Wraps a ``torch.compile`` backend and counts the graphs it is given."""
+
+    def __init__(self, backend: Any, options: dict[str, Any]) -> None:
+        self.backend, self.options, self.graphs = backend, options, 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        self.graphs += 1
+        if self.backend == "inductor":
+            from torch._inductor.compile_fx import compile_fx
+
+            return compile_fx(gm, example_inputs, config_patches=self.options)
+        from torch._dynamo.backends.registry import lookup_backend
+
+        return lookup_backend(self.backend)(gm, example_inputs)
+
+
+class SkipReasons(logging.Handler):
+    """Collects inductor's "skipping cudagraphs due to ..." log lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "skipping cudagraphs" in text:
+            self.reasons.append(text.split("due to", 1)[-1].strip()[:160])
+
+
+def make_step(variant: str, device: torch.device, n: int) -> Callable[[], Any]:
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, 64, device=device, generator=gen)
+    a = torch.randint(0, 4, (n,), device=device, generator=gen)
+    y = (torch.rand(n, device=device, generator=gen) < torch.sigmoid(x[:, 0] + 0.5 * a)).float()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1)).to(device)
+    base = torch.optim.Adam(model.parameters(), lr=1e-3)
+    options = VARIANTS[variant]
+    if options is None:
+
+        def plain() -> Any:
+            base.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+            loss.backward()
+            base.step()
+            return loss.detach()
+
+        return plain
+    opt = fairopt.ConstrainedOptimizer(
+        base,
+        [fairopt.EqualizedOdds(0.02)],
+        4,
+        dual_lr=0.05,
+        dual_min_count=None,
+        validate_args=False,
+        evaluator="device",
+        **options,
+    )
+
+    def constrained() -> Any:
+        scores = model(x).squeeze(-1)
+        opt.zero_grad()
+        return opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, labels=y, groups=a).objective
+
+    return constrained
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(mode: str, variant: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    step = make_step(variant, device, args.batch)
+    backend = None
+    if mode != "eager":
+        name = "aot_eager" if device.type == "cpu" else "inductor"
+        patches = {"triton.cudagraphs": True} if mode == "reduce-overhead" else {}
+        backend = CountingBackend(name, patches)
+        step = torch.compile(step, backend=backend)
+    handler = SkipReasons()
+    logger = logging.getLogger("torch._inductor")
+    logger.addHandler(handler)
+    try:
+        for _ in range(args.warmup):
+            step()
+        _sync(device)
+        before = backend.graphs if backend else 0
+        rounds = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            _sync(device)
+            rounds.append((time.perf_counter() - start) / args.steps)
+    finally:
+        logger.removeHandler(handler)
+    skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
+    return {
+        "mode": mode,
+        "variant": variant,
+        "ms": statistics.median(rounds) * 1e3,
+        "graphs_compiled": (backend.graphs if backend else 0),
+        "graphs_after_warmup": (backend.graphs - before) if backend else 0,
+        "cudagraph_skips": skips,
+        "skip_reasons": sorted(set(handler.reasons)),
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="few steps, small batch: a smoke test (CPU)")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    args.batch = args.batch or (1024 if args.quick else 8192)
+    args.warmup, args.rounds, args.steps = (6, 3, 5) if args.quick else (12, 5, 50)
+    modes = ["eager", "default"] + (["reduce-overhead"] if device.type == "cuda" else [])
+    rows = [run(mode, variant, device, args) for mode in modes for variant in VARIANTS]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; torch {torch.__version__}; MLP 64-256-256-1 at batch {args.batch}, Adam; median ms per "
+          f"step over {args.rounds} rounds of {args.steps} steps after {args.warmup} warm-up steps")  # fmt: skip
+    print()
+    print("| mode | variant | ms / step | x plain (same mode) | graphs (after warm-up) | cudagraph skips | reasons |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    plain = {r["mode"]: r["ms"] for r in rows if r["variant"] == "plain"}
+    for r in rows:
+        cells = [r["mode"], r["variant"], f"{r['ms']:.3f}", f"{r['ms'] / plain[r['mode']]:.2f}x"]
+        cells += [f"{r['graphs_compiled']} ({r['graphs_after_warmup']})", str(r["cudagraph_skips"])]
+        print("| " + " | ".join([*cells, "; ".join(r["skip_reasons"])]) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The whole constrained step under ``torch.compile`` (issue 13, section 2), checked on the CPU.
+
+With the device evaluator and the value checks off (the configuration that never reads a tensor on the host, see
+``test_no_sync.py``), a training step ``model -> opt.zero_grad() -> opt.step(...)`` compiled as one function must
+
+* train as the same step run eagerly: parameters, multipliers and values agree to 1e-6 at every step (float32
+  rounding: under ``torch.compile`` the table is the custom op's torch implementation, which sums in another order);
+* be compiled a bounded number of times: after the first dual steps (the multiplier trace is allocated, the step
+  counters become symbolic integers) no later step compiles anything again;
+* break the graph only inside torch itself (``Tensor.backward``, which dynamo does not trace, and
+  ``Optimizer.zero_grad``, which it skips), never in fairopt code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fairopt
+from fairopt.optim import ConstrainedOptimizer
+
+SCHEDULES = {"window (defaults)": {}, "per batch": {"dual_min_count": None}, "dual_every=3": {"dual_every": 3}}
+# Where a graph break may happen: the innermost fairopt frame of each break (file stem, function)
+ALLOWED_BREAKS = {("constrained", "_primal_step"), ("constrained", "zero_grad")}
+
+
+def make_run(method: str, options: dict[str, Any]) -> tuple[nn.Module, ConstrainedOptimizer, Callable[[], Any]]:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(192, 6, generator=gen)
+    a = torch.randint(0, 2, (192,), generator=gen)
+    y = ((x[:, 0] + 0.8 * a + 0.3 * torch.randn(192, generator=gen)) > 0.4).float()
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.5),
+        [fairopt.EqualizedOdds(0.02)],
+        2,
+        method=method,
+        dual_lr=0.5,
+        evaluator="device",
+        validate_args=False,
+        **options,
+    )
+
+    def step() -> Any:
+        scores = model(x).squeeze(-1)
+        opt.zero_grad()
+        return opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, labels=y, groups=a)
+
+    return model, opt, step
+
+
+class CountingBackend:
+    """A ``torch.compile`` backend that runs the traced graph as it is (as ``backend="eager"``) and counts graphs."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        self.graphs += 1
+        return gm.forward
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo() -> Any:
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+# every schedule with the Lagrangian, each other method with one (a compile costs seconds)
+CASES = [("lagrangian", schedule) for schedule in SCHEDULES] + [
+    ("proxy_lagrangian", "window (defaults)"),
+    ("augmented_lagrangian", "per batch"),
+    ("penalty", "window (defaults)"),
+]
+
+
+@pytest.mark.parametrize(("method", "schedule"), CASES)
+def test_compiled_step_trains_as_the_eager_step_and_stops_compiling(method: str, schedule: str) -> None:
+    eager_model, eager_opt, eager_step = make_run(method, SCHEDULES[schedule])
+    model, opt, step = make_run(method, SCHEDULES[schedule])
+    backend = CountingBackend()
+    compiled = torch.compile(step, backend=backend)
+    graphs = []
+    for _ in range(14):
+        expected, result = eager_step(), compiled()
+        graphs.append(backend.graphs)
+        for field in ("objective", "multipliers"):
+            torch.testing.assert_close(getattr(result, field), getattr(expected, field), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(result.value, expected.value, rtol=1e-6, atol=1e-6)
+        assert (result.dual_value is None) == (expected.dual_value is None)
+    for p, q in zip(model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    assert graphs[-1] > 0
+    # nothing compiles after the third dual step (step 9 with dual_every=3): the counters are symbolic by then
+    assert graphs[8] == graphs[-1], f"graphs compiled after each step: {graphs}"
+    if method != "penalty":  # the trace check() reads is the eager one's
+        torch.testing.assert_close(opt._trace.stacked(), eager_opt._trace.stacked(), rtol=1e-6, atol=1e-6)
+        assert len(opt._trace) == len(eager_opt._trace) > 0
+
+
+@pytest.mark.parametrize("method", ["lagrangian", "proxy_lagrangian"])
+def test_compiled_step_breaks_the_graph_only_inside_torch(method: str) -> None:
+    _, _, step = make_run(method, {})
+    for _ in range(3):
+        step()
+    explanation = torch._dynamo.explain(step)()
+    assert explanation.graph_break_count >= 1  # backward: dynamo does not trace it
+    where = set()
+    for reason in explanation.break_reasons:
+        ours = [f for f in reason.user_stack if "/fairopt/" in f.filename.replace("\\", "/")]
+        if ours:
+            where.add((ours[-1].filename.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".py"), ours[-1].name))
+    assert where <= ALLOWED_BREAKS, f"graph breaks in fairopt code: {where - ALLOWED_BREAKS}"
+
+
+def test_multiplier_trace_keeps_the_last_entries_in_order_across_a_state_round_trip() -> None:
+    _, opt, step = make_run("lagrangian", {"dual_min_count": None})
+    trace = opt._trace
+    trace.length = 5  # a short ring: wraps within the test
+    trace.load([])
+    seen = []
+    for _ in range(8):
+        seen.append(step().multipliers.clone())
+    assert len(trace) == 5 and trace.count == 8
+    assert torch.equal(trace.stacked(), torch.stack(seen[-5:]))
+    state = opt.state_dict()["multiplier_trace"]
+    assert [t.tolist() for t in state] == [t.tolist() for t in seen[-5:]]
+    _, other, _ = make_run("lagrangian", {"dual_min_count": None})
+    other._trace.length = 5
+    other.load_state_dict(opt.state_dict())
+    assert torch.equal(other._trace.stacked(), torch.stack(seen[-5:]))
+    other._trace.append(torch.full_like(seen[0], 7.0))
+    assert torch.equal(other._trace.stacked(), torch.stack([*seen[-4:], torch.full_like(seen[0], 7.0)]))
