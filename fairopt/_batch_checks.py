@@ -120,7 +120,7 @@ def _host_flags(
     tensor operation): the same predicates on the same values, so the same flags. None where NumPy cannot read a
     tensor (another device, bfloat16): the caller then takes the tensor path."""
     present = [t for t in (scores, labels, groups, weights, loss) if t is not None]
-    if any(t.device.type != "cpu" or t.dtype not in NUMPY_DTYPES for t in present):
+    if any(not t.is_cpu or t.dtype not in NUMPY_DTYPES for t in present):  # is_cpu: ~0.1 µs, .device ~0.5
         return None
     s, y, g = scores.detach().numpy(), labels.detach().numpy(), groups.detach().numpy()
     flags = [

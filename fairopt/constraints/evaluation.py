@@ -220,7 +220,9 @@ def attach(value: np.ndarray, vjp: Callable[[np.ndarray], np.ndarray] | None, ta
     Returns:
         ``(k,)`` tensor on ``table.device`` in ``table.dtype``.
     """
-    out = torch.from_numpy(value).to(device=table.device, dtype=table.dtype)
+    out = torch.from_numpy(value)
+    if not table.is_cpu or table.dtype != out.dtype:  # a no-op Tensor.to still costs several µs
+        out = out.to(device=table.device, dtype=table.dtype)
     if vjp is None or not table.requires_grad:
         return out
     return _Attach.apply(table, out, vjp)
@@ -229,8 +231,9 @@ def attach(value: np.ndarray, vjp: Callable[[np.ndarray], np.ndarray] | None, ta
 def value_tensors(lin: Linearization, table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(hard, upper, defined)`` tensors on ``table``'s device and dtype; ``upper`` (a constraint's proxy value) is
     differentiable w.r.t. ``table`` when the linearization has a VJP (:func:`attach`)."""
-    hard = torch.from_numpy(lin.hard).to(device=table.device, dtype=table.dtype)
-    defined = torch.from_numpy(lin.defined).to(table.device)
+    hard, defined = torch.from_numpy(lin.hard), torch.from_numpy(lin.defined)
+    if not table.is_cpu or table.dtype != torch.float64:  # a no-op Tensor.to still costs several µs
+        hard, defined = hard.to(device=table.device, dtype=table.dtype), defined.to(table.device)
     vjp = lin.vjp
     return hard, attach(lin.proxy_upper, None if vjp is None else lambda c: vjp(c, None), table), defined
 

@@ -463,7 +463,11 @@ class Reduce(Expr):
         depends on the number of groups (it compares groups) and 1 for a vector of fixed length."""
         if self.min_defined is not None:
             return self.min_defined
-        return 2 if self.a.size(2) != self.a.size(3) else 1
+        # a walk over the operand (~3 µs, twice per reduction and step): remembered for this operand
+        cached = self.__dict__.get("_needed")
+        if cached is None or cached[0] is not self.a:
+            cached = self._needed = (self.a, 2 if self.a.size(2) != self.a.size(3) else 1)
+        return cached[1]
 
     def _children(self) -> tuple[Expr, ...]:
         return (self.a,)

@@ -221,7 +221,9 @@ class ConstraintSet:
             ValueError: the table has another number of groups than G.
         """
         self._check_table(stats)
-        table = stats.table.to(self.dtype)
+        table = stats.table
+        if table.dtype != self.dtype:  # a no-op Tensor.to still costs several µs
+            table = table.to(self.dtype)
         if self.on_device(table.device):
             return self._evaluate_device(table)
         if self.linearizable:
