@@ -23,6 +23,7 @@ from torch import nn
 
 import fairopt
 from fairopt.optim import ConstrainedOptimizer
+from fairopt.optim.constrained import _MultiplierTrace
 
 SCHEDULES = {"window (defaults)": {}, "per batch": {"dual_min_count": None}, "dual_every=3": {"dual_every": 3}}
 # Where a graph break may happen: the innermost fairopt frame of each break (file stem, function)
@@ -138,3 +139,15 @@ def test_multiplier_trace_keeps_the_last_entries_in_order_across_a_state_round_t
     assert torch.equal(other._trace.stacked(), torch.stack(seen[-5:]))
     other._trace.append(torch.full_like(seen[0], 7.0))
     assert torch.equal(other._trace.stacked(), torch.stack([*seen[-4:], torch.full_like(seen[0], 7.0)]))
+
+
+def test_multiplier_trace_survives_inference_mode_and_a_change_of_shape() -> None:
+    trace = _MultiplierTrace(3)
+    with torch.inference_mode():  # the first dual step in an evaluation loop (update_duals)
+        trace.append(torch.tensor([1.0, 2.0]))
+    trace.append(torch.tensor([3.0, 4.0]))  # a training step after it writes the same ring
+    assert trace.stacked().tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    trace.append(torch.tensor([5.0, 6.0], dtype=torch.float64))  # another dtype: what was kept moves along
+    assert trace.stacked().dtype == torch.float64 and trace.stacked().tolist() == [[1, 2], [3, 4], [5, 6]]
+    trace.append(torch.tensor([7.0, 8.0, 9.0]))  # another shape: other constraints, the old entries are dropped
+    assert trace.stacked().tolist() == [[7.0, 8.0, 9.0]] and len(trace) == 1

@@ -91,14 +91,20 @@ class _MultiplierTrace:
 
     def append(self, multipliers: Tensor) -> None:
         ring = self._ring
-        # the first dual step, or multipliers moved to another device or dtype: what was kept moves with them
+        # the first dual step, or multipliers moved to another device or dtype (what was kept moves with them), or of
+        # another shape (what was kept is dropped: it describes other constraints)
         moved = ring is not None and (ring.dtype != multipliers.dtype or ring.device != multipliers.device)
         if ring is None or moved or ring.shape[1:] != multipliers.shape:
-            kept = self.stacked()
-            ring = self._ring = multipliers.new_zeros((self.length, *multipliers.shape))
-            if len(kept):
-                ring[: len(kept)] = kept.to(ring)
-            self.count = len(kept)
+            kept = self.stacked() if ring is not None and ring.shape[1:] == multipliers.shape else None
+            # a normal tensor even when the first dual step runs under torch.inference_mode (e.g. update_duals in an
+            # evaluation loop): an inference tensor could not be written by the training steps after it
+            with torch.inference_mode(False):
+                ring = self._ring = torch.zeros(
+                    (self.length, *multipliers.shape), dtype=multipliers.dtype, device=multipliers.device
+                )
+            self.count = 0 if kept is None else len(kept)
+            if self.count:
+                ring[: self.count] = kept.to(ring)
         ring[self.count % self.length].copy_(multipliers.detach())
         self.count += 1
 
