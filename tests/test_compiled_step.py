@@ -14,6 +14,7 @@ With the device evaluator and the value checks off (the configuration that never
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,8 @@ from fairopt.optim import ConstrainedOptimizer
 from fairopt.optim.constrained import _MultiplierTrace
 
 SCHEDULES = {"window (defaults)": {}, "per batch": {"dual_min_count": None}, "dual_every=3": {"dual_every": 3}}
-# Where a graph break may happen: the innermost fairopt frame of each break (file stem, function)
+# Where a graph break may happen: the innermost fairopt frame of each break (file stem, function; in
+# _primal_step only its backward call)
 ALLOWED_BREAKS = {("constrained", "_primal_step"), ("constrained", "zero_grad")}
 
 
@@ -89,21 +91,26 @@ def test_compiled_step_trains_as_the_eager_step_and_stops_compiling(method: str,
     backend = CountingBackend()
     compiled = torch.compile(step, backend=backend)
     graphs = []
-    for _ in range(14):
-        expected, result = eager_step(), compiled()
-        graphs.append(backend.graphs)
-        for field in ("objective", "multipliers"):
-            torch.testing.assert_close(getattr(result, field), getattr(expected, field), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(result.value, expected.value, rtol=1e-6, atol=1e-6)
-        assert (result.dual_value is None) == (expected.dual_value is None)
+    # A frame that reaches dynamo's recompile limit (8) silently runs eagerly from then on, so its graph count stops
+    # growing as if it had stopped compiling: the limit is raised, and reaching it fails the test instead.
+    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+        for _ in range(14):
+            expected, result = eager_step(), compiled()
+            graphs.append(backend.graphs)
+            for field in ("objective", "multipliers"):
+                torch.testing.assert_close(getattr(result, field), getattr(expected, field), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(result.value, expected.value, rtol=1e-6, atol=1e-6)
+            assert (result.dual_value is None) == (expected.dual_value is None)
+            if expected.dual_value is not None:
+                torch.testing.assert_close(result.dual_value, expected.dual_value, rtol=1e-6, atol=1e-6)
     for p, q in zip(model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
-    assert graphs[-1] > 0
-    # nothing compiles after the third dual step (step 9 with dual_every=3): the counters are symbolic by then
-    assert graphs[8] == graphs[-1], f"graphs compiled after each step: {graphs}"
-    if method != "penalty":  # the trace check() reads is the eager one's
+    # nothing compiles after the third dual step (step 9 with dual_every=3): the counters are symbolic by then; and
+    # few graphs in all (a growing container in the step made this 14+ at the recompile limit)
+    assert graphs[8] == graphs[-1] <= 12, f"graphs compiled after each step: {graphs}"
+    assert len(opt._trace) == len(eager_opt._trace)  # the penalty method has no dual steps: both 0
+    if len(opt._trace):
         torch.testing.assert_close(opt._trace.stacked(), eager_opt._trace.stacked(), rtol=1e-6, atol=1e-6)
-        assert len(opt._trace) == len(eager_opt._trace) > 0
 
 
 @pytest.mark.parametrize("method", ["lagrangian", "proxy_lagrangian"])
@@ -114,10 +121,13 @@ def test_compiled_step_breaks_the_graph_only_inside_torch(method: str) -> None:
     explanation = torch._dynamo.explain(step)()
     assert explanation.graph_break_count >= 1  # backward: dynamo does not trace it
     where = set()
+    package = Path(fairopt.__file__).resolve().parent  # not a substring of the path: a checkout may be named fairopt
     for reason in explanation.break_reasons:
-        ours = [f for f in reason.user_stack if "/fairopt/" in f.filename.replace("\\", "/")]
+        ours = [f for f in reason.user_stack if Path(f.filename).resolve().is_relative_to(package)]
         if ours:
-            where.add((ours[-1].filename.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".py"), ours[-1].name))
+            frame = ours[-1]
+            allowed_line = frame.name != "_primal_step" or ".backward()" in (frame.line or "")
+            where.add((Path(frame.filename).stem, frame.name if allowed_line else f"{frame.name}: {frame.line}"))
     assert where <= ALLOWED_BREAKS, f"graph breaks in fairopt code: {where - ALLOWED_BREAKS}"
 
 

@@ -86,7 +86,7 @@ class _MultiplierTrace:
 
     def __init__(self, length: int) -> None:
         self.length = length
-        self.count = 0  # dual steps recorded (the newest is in slot (count - 1) % length)
+        self.count = 0  # entries written since the ring was (re)allocated; the newest is in slot (count - 1) % length
         self._ring: Tensor | None = None
 
     def append(self, multipliers: Tensor) -> None:
