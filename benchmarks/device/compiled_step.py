@@ -6,7 +6,9 @@ one function (``model(x)``, ``opt.zero_grad()``, ``opt.step(...)``), eager vs ``
 4 groups, Lagrangian and proxy-Lagrangian, a dual step every step). For each it prints the median ms per step, the
 ratio to the plain step of the same mode, the graphs compiled during the timed steps (0: the step stopped compiling
 after its warm-up) and inductor's reasons for not using CUDA graphs (``cudagraph_skips`` and the logged reasons),
-which is what is left to remove for a captured step.
+which is what is left to remove for a captured step. Rows print as they end (CUDA graphs first): a failure or the
+time limit loses only the rows after it. Not visible in the table: a graph taking a symbolic integer (a step counter)
+is recorded again for every value, which would show only as a slow ``reduce-overhead`` row.
 
 Run through ``bash benchmarks/device/run.sh``, or ``python benchmarks/device/compiled_step.py`` (about 1-2 minutes
 on one GPU, most of it compilation); ``--device cpu --quick`` is a smoke test of the script (``aot_eager``: no C++
@@ -16,6 +18,7 @@ compiler needed, no CUDA graphs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import statistics
@@ -122,20 +125,29 @@ def run(mode: str, variant: str, device: torch.device, args: argparse.Namespace)
     handler = SkipReasons()
     logger = logging.getLogger("torch._inductor")
     logger.addHandler(handler)
-    try:
-        for _ in range(args.warmup):
+    # a frame at dynamo's recompile limit (8) would run eagerly and look settled: raised, so recompiles show
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch._dynamo.config.patch(recompile_limit=64))
+        stack.callback(logger.removeHandler, handler)
+        # a training loop: with CUDA graphs, each call begins a new step of the graph tree
+        begin = torch.compiler.cudagraph_mark_step_begin if mode == "reduce-overhead" else None
+
+        def one_step() -> None:
+            if begin is not None:
+                begin()
             step()
+
+        for _ in range(args.warmup):
+            one_step()
         _sync(device)
         before = backend.graphs if backend else 0
         rounds = []
         for _ in range(args.rounds):
             start = time.perf_counter()
             for _ in range(args.steps):
-                step()
+                one_step()
             _sync(device)
             rounds.append((time.perf_counter() - start) / args.steps)
-    finally:
-        logger.removeHandler(handler)
     skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
     return {
         "mode": mode,
@@ -158,22 +170,36 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     device = torch.device(args.device)
     args.batch = args.batch or (1024 if args.quick else 8192)
     args.warmup, args.rounds, args.steps = (6, 3, 5) if args.quick else (12, 5, 50)
-    modes = ["eager", "default"] + (["reduce-overhead"] if device.type == "cuda" else [])
-    rows = [run(mode, variant, device, args) for mode in modes for variant in VARIANTS]
+    # CUDA graphs first (what the check is for), then inductor without them; each row prints as it ends, so a time
+    # limit or an error loses only the rows after it
+    modes = ["eager"] + (["reduce-overhead"] if device.type == "cuda" else []) + ["default"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; MLP 64-256-256-1 at batch {args.batch}, Adam; median ms per "
           f"step over {args.rounds} rounds of {args.steps} steps after {args.warmup} warm-up steps")  # fmt: skip
     print()
     print("| mode | variant | ms / step | x plain (same mode) | graphs (after warm-up) | cudagraph skips | reasons |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    plain = {r["mode"]: r["ms"] for r in rows if r["variant"] == "plain"}
-    for r in rows:
-        cells = [r["mode"], r["variant"], f"{r['ms']:.3f}", f"{r['ms'] / plain[r['mode']]:.2f}x"]
-        cells += [f"{r['graphs_compiled']} ({r['graphs_after_warmup']})", str(r["cudagraph_skips"])]
-        print("| " + " | ".join([*cells, "; ".join(r["skip_reasons"])]) + " |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    print("|---|---|---:|---:|---:|---:|---|", flush=True)  # each row as it ends
+    rows: list[dict[str, Any]] = []
+    plain: dict[str, float] = {}
+    for mode in modes:
+        for variant in VARIANTS:
+            try:
+                r = run(mode, variant, device, args)
+            except Exception as error:  # reported in its row; the next rows still run
+                r = {"mode": mode, "variant": variant, "error": f"{type(error).__name__}: {str(error)[:200]}"}
+                print(f"| {mode} | {variant} | failed | | | | {r['error']} |", flush=True)
+                rows.append(r)
+                continue
+            rows.append(r)
+            if variant == "plain":
+                plain[mode] = r["ms"]
+            ratio = f"{r['ms'] / plain[mode]:.2f}x" if mode in plain else ""
+            cells = [mode, variant, f"{r['ms']:.3f}", ratio]
+            cells += [f"{r['graphs_compiled']} ({r['graphs_after_warmup']})", str(r["cudagraph_skips"])]
+            print("| " + " | ".join([*cells, "; ".join(r["skip_reasons"])]) + " |", flush=True)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
     return rows
 
 

@@ -64,9 +64,9 @@ run_bench image_step 170 benchmarks/device/image_step.py "$@"
 # The fused (G, 9) kernel vs a masking loop, torchmetrics and index_add_, GB/s vs peak; the no-sync step check (issue 13).
 KERNEL_ARGS=()
 for arg in "$@"; do [ "$arg" = "--quick" ] && KERNEL_ARGS+=(--quick); done
-run_bench kernel 240 benchmarks/device/kernel_bench.py "${KERNEL_ARGS[@]}"
+run_bench kernel 230 benchmarks/device/kernel_bench.py "${KERNEL_ARGS[@]}"
 # The whole step under torch.compile, with and without CUDA graphs: ms/step, recompiles, cudagraph skips (issue 13).
-run_bench compiled_step 200 benchmarks/device/compiled_step.py "$@"
+run_bench compiled_step 170 benchmarks/device/compiled_step.py "$@"
 # Further benchmarks go here, one run_bench line each.
 
 exit "$STATUS"
