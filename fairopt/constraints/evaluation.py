@@ -209,6 +209,16 @@ class _Attach(torch.autograd.Function):
         return torch.from_numpy(g).to(device=grad.device, dtype=grad.dtype).view(ctx.shape), None, None
 
 
+def _as_tensor_of(array: np.ndarray, table: Tensor, *, keep_dtype: bool = False) -> Tensor:
+    """``array`` as a tensor on ``table``'s device, in ``table``'s dtype unless ``keep_dtype`` (a bool mask): a view
+    of the array where it is there already, without a ``Tensor.to`` call (a no-op one still costs several µs, and
+    this runs several times a training step)."""
+    out = torch.from_numpy(array)
+    if table.is_cpu and (keep_dtype or out.dtype == table.dtype):
+        return out
+    return out.to(table.device) if keep_dtype else out.to(device=table.device, dtype=table.dtype)
+
+
 def attach(value: np.ndarray, vjp: Callable[[np.ndarray], np.ndarray] | None, table: Tensor) -> Tensor:
     """``value`` as a tensor whose gradient w.r.t. ``table`` is given by ``vjp`` (exact value, first order).
 
@@ -220,9 +230,7 @@ def attach(value: np.ndarray, vjp: Callable[[np.ndarray], np.ndarray] | None, ta
     Returns:
         ``(k,)`` tensor on ``table.device`` in ``table.dtype``.
     """
-    out = torch.from_numpy(value)
-    if not table.is_cpu or table.dtype != out.dtype:  # a no-op Tensor.to still costs several µs
-        out = out.to(device=table.device, dtype=table.dtype)
+    out = _as_tensor_of(value, table)
     if vjp is None or not table.requires_grad:
         return out
     return _Attach.apply(table, out, vjp)
@@ -231,9 +239,7 @@ def attach(value: np.ndarray, vjp: Callable[[np.ndarray], np.ndarray] | None, ta
 def value_tensors(lin: Linearization, table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(hard, upper, defined)`` tensors on ``table``'s device and dtype; ``upper`` (a constraint's proxy value) is
     differentiable w.r.t. ``table`` when the linearization has a VJP (:func:`attach`)."""
-    hard, defined = torch.from_numpy(lin.hard), torch.from_numpy(lin.defined)
-    if not table.is_cpu or table.dtype != torch.float64:  # a no-op Tensor.to still costs several µs
-        hard, defined = hard.to(device=table.device, dtype=table.dtype), defined.to(table.device)
+    hard, defined = _as_tensor_of(lin.hard, table), _as_tensor_of(lin.defined, table, keep_dtype=True)
     vjp = lin.vjp
     return hard, attach(lin.proxy_upper, None if vjp is None else lambda c: vjp(c, None), table), defined
 
