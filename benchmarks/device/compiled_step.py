@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from device_timing import sync  # this folder is on sys.path: the script's own
 from torch import nn
 
 import fairopt
@@ -107,11 +108,6 @@ def make_step(variant: str, device: torch.device, n: int) -> Callable[[], Any]:
     return constrained
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(mode: str, variant: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -139,14 +135,14 @@ def run(mode: str, variant: str, device: torch.device, args: argparse.Namespace)
 
         for _ in range(args.warmup):
             one_step()
-        _sync(device)
+        sync(device)
         before = backend.graphs if backend else 0
         rounds = []
         for _ in range(args.rounds):
             start = time.perf_counter()
             for _ in range(args.steps):
                 one_step()
-            _sync(device)
+            sync(device)
             rounds.append((time.perf_counter() - start) / args.steps)
     skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
     return {

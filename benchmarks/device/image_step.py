@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from fairopt.vision import autocast, create_image_model, move_images, prepare_model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/, for the step
+from device_timing import sync  # this folder is on sys.path: the script's own
 from step_variants import training_step
 
 # (model name, (C, H, W)) rows of the full run
@@ -75,26 +76,21 @@ def make_step(name: str, shape: tuple[int, int, int], variant: str, args: argpar
     return training_step(forward, base, x, y, a, VARIANTS[variant])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(name: str, shape: tuple[int, int, int], args: argparse.Namespace) -> list[dict[str, object]]:
     device = torch.device(args.device)
     steps = {v: make_step(name, shape, v, args) for v in VARIANTS}
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    _sync(device)
+    sync(device)
     rounds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for variant, step in steps.items():
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(args.steps):
                 step()
-            _sync(device)
+            sync(device)
             rounds[variant].append((time.perf_counter() - start) / args.steps)
     plain = statistics.median(rounds["plain"])
     rows = []

@@ -47,6 +47,7 @@ import fairopt as fo
 from fairopt.kernels import group_stats_table
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/, for the baselines
+from device_timing import sync  # this folder is on sys.path: the script's own
 from group_stats_baselines import masking_loop
 
 # Peak DRAM bandwidth in GB/s (vendor data sheets), matched against torch.cuda.get_device_name() in order.
@@ -71,33 +72,28 @@ def peak_bandwidth(name: str) -> float | None:
     return None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(fn: Callable[[], object], device: torch.device) -> float:
     """Median seconds per call: one warm-up call (compilation, caches), then repetitions filling the budget."""
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     first = time.perf_counter() - start
     if first > 2 * TIME_BUDGET_S:  # slow baselines: one more call is the measurement
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         return time.perf_counter() - start
     # the warm-up call may include compilation: time one more call to size the repetitions
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     reps = int(min(50, max(1, TIME_BUDGET_S / max(time.perf_counter() - start, 1e-6))))
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -241,7 +237,7 @@ def check_no_sync(device: torch.device, steps: int = 5) -> tuple[list[str], list
             try:
                 step()  # warm-up: Triton compilation and lazy state are allowed to synchronize once
                 if device.type == "cuda":
-                    _sync(device)
+                    sync(device)
                     torch.cuda.set_sync_debug_mode("error")
                 try:
                     for _ in range(steps):
@@ -249,7 +245,7 @@ def check_no_sync(device: torch.device, steps: int = 5) -> tuple[list[str], list
                 finally:
                     if device.type == "cuda":
                         torch.cuda.set_sync_debug_mode("default")
-                _sync(device)
+                sync(device)
                 passed.append(label)
             except Exception as error:  # reported, and the exit status says so
                 failed.append(f"{label}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
