@@ -42,6 +42,7 @@ from torch import Tensor
 
 from fairopt._batch_checks import WEIGHT_TOLERANCE, check_batch, check_num_groups
 from fairopt._deprecation import renamed_kwargs
+from fairopt._step_count import StepCount
 from fairopt._validation import require_tensor, validate_args_enabled
 from fairopt.kernels import group_stats_table, resolve_backend
 from fairopt.kernels._common import derive_negative_cells
@@ -614,7 +615,7 @@ class RunningGroupStats:
         self._dtype = torch.float64  # of the tables given (the window is returned in it)
         self._value: Tensor | None = None
         self.last_window: Tensor | None = None
-        self.num_updates = 0
+        self._updates = StepCount()  # num_updates: grows every step, never a Python int in a compiled step
         # a CPU tensor is on the host already: reading it there waits for nothing (see the class docstring)
         self.host_bookkeeping = True
         # NumPy views of the CPU ring and the ring index, kept while the ring tensors stay the same objects (see
@@ -630,12 +631,21 @@ class RunningGroupStats:
             self._ema = table.clone() if self._ema is None else self._ema.to(table) * self.decay + table
         elif self.mode == "window":
             self._tables.append(table.clone())
-        self.num_updates += 1
+        self._updates.increment(table)
         if self.mode == "count":
             self._dtype = table.dtype
             self._append_prefix(table)
             self._value = self._count_window_host() if self._on_host() else self._count_window()
         return self.value
+
+    @property
+    def num_updates(self) -> int:
+        """Tables folded in so far (after compiled steps, reading it waits for the device)."""
+        return int(self._updates)
+
+    @num_updates.setter
+    def num_updates(self, value: int) -> None:
+        self._updates.set(value)
 
     def _on_host(self) -> bool:
         return self.host_bookkeeping and self._prefix is not None and self._prefix.is_cpu
@@ -664,8 +674,8 @@ class RunningGroupStats:
             # e.g. a checkpoint loaded on the CPU, training on a GPU (is_cpu first: reading .device costs ~1 µs)
             self._prefix, self._times = self._prefix.to(table.device), self._times.to(table.device)  # type: ignore[union-attr]
         assert self._times is not None
-        step = self.num_updates  # this table's step (1-based)
         if self._on_host():  # the same float64 sum, written through NumPy views of the ring
+            step = self.num_updates  # this table's step (1-based)
             prefix, times, _ = self._host_ring()
             source = table.detach()
             if source.dtype != torch.float64 and source.dtype != torch.float32:  # NumPy has no bfloat16
@@ -674,15 +684,19 @@ class RunningGroupStats:
             np.add(prefix[(step - 1) % slots], source.numpy(), out=prefix[step % slots])
             times[step % slots] = step
             return
-        self._prefix[step % slots] = self._prefix[(step - 1) % slots] + table.to(self._prefix)
-        self._times[step % slots] = step
+        # the step as a device index (no host read, and no integer input of a compiled step: see StepCount)
+        index = self._updates.as_tensor(self._prefix.device)
+        slot = index % slots
+        previous = self._prefix.index_select(0, (index - 1) % slots)
+        self._prefix.index_copy_(0, slot, previous + table.to(self._prefix))
+        self._times.index_copy_(0, slot, index)
 
     def _count_window(self) -> Tensor:
         """Sum of the shortest recent window meeting ``min_count`` (tensor ops only: no host sync)."""
         assert self._prefix is not None and self._times is not None
-        step = self.num_updates  # the newest table's step
+        step = self._updates.as_tensor(self._prefix.device)  # (1,): the newest table's step, on the device
         slots = self.window + 1
-        sums = self._prefix[step % slots] - self._prefix  # (W + 1, G, K): the window since each stored step
+        sums = self._prefix.index_select(0, step % slots) - self._prefix  # (W + 1, G, K): since each stored step
         lengths = step - self._times  # tables in each window
         valid = (self._times >= 0) & (lengths >= 1)
         labels = torch.stack([sums[..., _INDEX["fn"]] + sums[..., _INDEX["tp"]],

@@ -5,8 +5,12 @@ With the device evaluator and the value checks off (the configuration that never
 
 * train as the same step run eagerly: parameters, multipliers and values agree to 1e-6 at every step (float32
   rounding: under ``torch.compile`` the table is the custom op's torch implementation, which sums in another order);
-* be compiled a bounded number of times: after the first dual steps (the multiplier trace is allocated, the step
-  counters become symbolic integers) no later step compiles anything again;
+* be compiled a bounded number of times: after the first dual steps (the multiplier trace is allocated) no later
+  step compiles anything again;
+* take no integer input that grows with the steps: CUDA graphs (``mode="reduce-overhead"``) record a new graph for
+  every value of an integer input, so a step counter passed as one would record a graph per step (the counters are
+  ``fairopt._step_count.StepCount``: device tensors inside a compiled step); only the schedule's phase, with at most
+  ``dual_every`` values, may be one;
 * break the graph only inside torch itself (``Tensor.backward``, which dynamo does not trace, and
   ``Optimizer.zero_grad``, which it skips), never in fairopt code.
 """
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fairopt
+from fairopt._step_count import StepCount
 from fairopt.optim import ConstrainedOptimizer
 from fairopt.optim.constrained import _MultiplierTrace
 
@@ -59,14 +64,24 @@ def make_run(method: str, options: dict[str, Any]) -> tuple[nn.Module, Constrain
 
 
 class CountingBackend:
-    """A ``torch.compile`` backend that runs the traced graph as it is (as ``backend="eager"``) and counts graphs."""
+    """A ``torch.compile`` backend that runs the traced graph as it is (as ``backend="eager"``), counts graphs and
+    records, per graph and input position, the integer inputs it is called with."""
 
     def __init__(self) -> None:
         self.graphs = 0
+        self.int_inputs: dict[tuple[int, int], list[int]] = {}
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        graph = self.graphs
         self.graphs += 1
-        return gm.forward
+
+        def run(*args: Any) -> Any:
+            for position, arg in enumerate(args):
+                if isinstance(arg, int):
+                    self.int_inputs.setdefault((graph, position), []).append(arg)
+            return gm.forward(*args)
+
+        return run
 
 
 @pytest.fixture(autouse=True)
@@ -105,9 +120,20 @@ def test_compiled_step_trains_as_the_eager_step_and_stops_compiling(method: str,
                 torch.testing.assert_close(result.dual_value, expected.dual_value, rtol=1e-6, atol=1e-6)
     for p, q in zip(model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
-    # nothing compiles after the third dual step (step 9 with dual_every=3): the counters are symbolic by then; and
-    # few graphs in all (a growing container in the step made this 14+ at the recompile limit)
+    # nothing compiles after the third dual step (step 9 with dual_every=3); and few graphs in all (a growing
+    # container in the step made this 14+ at the recompile limit)
     assert graphs[8] == graphs[-1] <= 12, f"graphs compiled after each step: {graphs}"
+    # each integer input takes at most dual_every values over the last 8 steps (a step counter would take 8)
+    every = SCHEDULES[schedule].get("dual_every", 1)
+    growing = {key: values[-8:] for key, values in backend.int_inputs.items() if len(set(values[-8:])) > every}
+    assert not growing, f"integer inputs of the compiled graphs that change with the step: {growing}"
+    # the counters, partly on the device after compiled steps, read as the eager run's
+    counts = [(o.num_steps, o.dual_statistics.num_observed, o.dual_statistics.num_pending) for o in (opt, eager_opt)]
+    assert counts[0] == counts[1] and counts[0][0] == 14
+    running, eager_running = opt.dual_statistics.running, eager_opt.dual_statistics.running
+    if running is not None:
+        assert running.num_updates == eager_running.num_updates
+        assert (running.num_updates > 0) == (method != "penalty")  # the penalty has no dual table to fold in
     assert len(opt._trace) == len(eager_opt._trace)  # the penalty method has no dual steps: both 0
     if len(opt._trace):
         torch.testing.assert_close(opt._trace.stacked(), eager_opt._trace.stacked(), rtol=1e-6, atol=1e-6)
@@ -139,7 +165,7 @@ def test_multiplier_trace_keeps_the_last_entries_in_order_across_a_state_round_t
     seen = []
     for _ in range(8):
         seen.append(step().multipliers.clone())
-    assert len(trace) == 5 and trace.count == 8
+    assert len(trace) == 5 and int(trace.count) == 8
     assert torch.equal(trace.stacked(), torch.stack(seen[-5:]))
     state = opt.state_dict()["multiplier_trace"]
     assert [t.tolist() for t in state] == [t.tolist() for t in seen[-5:]]
@@ -161,3 +187,25 @@ def test_multiplier_trace_survives_inference_mode_and_a_change_of_shape() -> Non
     assert trace.stacked().dtype == torch.float64 and trace.stacked().tolist() == [[1, 2], [3, 4], [5, 6]]
     trace.append(torch.tensor([7.0, 8.0, 9.0]))  # another shape: other constraints, the old entries are dropped
     assert trace.stacked().tolist() == [[7.0, 8.0, 9.0]] and len(trace) == 1
+
+
+def test_step_count_adds_eager_and_compiled_increments() -> None:
+    count = StepCount(3)
+    like = torch.zeros(2)
+    count.increment(like)
+    assert (int(count), count.host, count.device, bool(count)) == (4, 4, None, True)
+
+    def bump(t: torch.Tensor) -> torch.Tensor:
+        count.increment(t)
+        return t + 1
+
+    compiled = torch.compile(bump, backend=CountingBackend())
+    for _ in range(5):
+        compiled(like)
+    assert count.host == 4 and count.device is not None and int(count.device) == 5  # compiled: on the device
+    assert int(count) == 9 and count.as_tensor(like.device).tolist() == [9]
+    count.increment(like)  # eager again: the Python part
+    assert (int(count), count.host) == (10, 5)
+    count.set(0)
+    assert (int(count), bool(count), count.device) == (0, False, None)
+    assert count.as_tensor(like.device).tolist() == [0]

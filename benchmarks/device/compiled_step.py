@@ -6,9 +6,10 @@ one function (``model(x)``, ``opt.zero_grad()``, ``opt.step(...)``), eager vs ``
 4 groups, Lagrangian and proxy-Lagrangian, a dual step every step). For each it prints the median ms per step, the
 ratio to the plain step of the same mode, the graphs compiled during the timed steps (0: the step stopped compiling
 after its warm-up) and inductor's reasons for not using CUDA graphs (``cudagraph_skips`` and the logged reasons),
-which is what is left to remove for a captured step. Rows print as they end (CUDA graphs first): a failure or the
-time limit loses only the rows after it. Not visible in the table: a graph taking a symbolic integer (a step counter)
-is recorded again for every value, which would show only as a slow ``reduce-overhead`` row.
+which is what is left to remove for a captured step, and the CUDA graphs recorded (after warm-up: 0 once every
+graph is captured; a graph taking an integer input, e.g. a step counter, is recorded again for every value it
+takes, i.e. at every step). Rows print as they end (CUDA graphs first): a failure or the time limit loses only the
+rows after it.
 
 Run through ``bash benchmarks/device/run.sh``, or ``python benchmarks/device/compiled_step.py`` (about 1-2 minutes
 on one GPU, most of it compilation); ``--device cpu --quick`` is a smoke test of the script (``aot_eager``: no C++
@@ -23,6 +24,7 @@ import json
 import logging
 import statistics
 import time
+import unittest.mock
 from collections.abc import Callable
 from typing import Any
 
@@ -125,6 +127,17 @@ def run(mode: str, variant: str, device: torch.device, args: argparse.Namespace)
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch._dynamo.config.patch(recompile_limit=64))
         stack.callback(logger.removeHandler, handler)
+        recordings = [0]  # cudagraph trees call cudagraphify once per recording (per graph and integer inputs)
+        if mode == "reduce-overhead":
+            import torch._inductor.cudagraph_trees as trees
+
+            record = trees.cudagraphify
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                recordings[0] += 1
+                return record(*args, **kwargs)
+
+            stack.enter_context(unittest.mock.patch.object(trees, "cudagraphify", counted))
         # a training loop: with CUDA graphs, each call begins a new step of the graph tree
         begin = torch.compiler.cudagraph_mark_step_begin if mode == "reduce-overhead" else None
 
@@ -136,7 +149,7 @@ def run(mode: str, variant: str, device: torch.device, args: argparse.Namespace)
         for _ in range(args.warmup):
             one_step()
         sync(device)
-        before = backend.graphs if backend else 0
+        before, recorded = (backend.graphs if backend else 0), recordings[0]
         rounds = []
         for _ in range(args.rounds):
             start = time.perf_counter()
@@ -152,6 +165,8 @@ def run(mode: str, variant: str, device: torch.device, args: argparse.Namespace)
         "graphs_compiled": (backend.graphs if backend else 0),
         "graphs_after_warmup": (backend.graphs - before) if backend else 0,
         "cudagraph_skips": skips,
+        "cudagraphs_recorded": recordings[0],
+        "cudagraphs_recorded_after_warmup": recordings[0] - recorded,
         "skip_reasons": sorted(set(handler.reasons)),
     }
 
@@ -173,8 +188,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"device: {name}; torch {torch.__version__}; MLP 64-256-256-1 at batch {args.batch}, Adam; median ms per "
           f"step over {args.rounds} rounds of {args.steps} steps after {args.warmup} warm-up steps")  # fmt: skip
     print()
-    print("| mode | variant | ms / step | x plain (same mode) | graphs (after warm-up) | cudagraph skips | reasons |")
-    print("|---|---|---:|---:|---:|---:|---|", flush=True)  # each row as it ends
+    print(
+        "| mode | variant | ms / step | x plain (same mode) | graphs (after warm-up) | cudagraph skips "
+        "| CUDA graphs recorded (after warm-up) | reasons |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|", flush=True)  # each row as it ends
     rows: list[dict[str, Any]] = []
     plain: dict[str, float] = {}
     for mode in modes:
@@ -183,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 r = run(mode, variant, device, args)
             except Exception as error:  # reported in its row; the next rows still run
                 r = {"mode": mode, "variant": variant, "error": f"{type(error).__name__}: {str(error)[:200]}"}
-                print(f"| {mode} | {variant} | failed | | | | {r['error']} |", flush=True)
+                print(f"| {mode} | {variant} | failed | | | | | {r['error']} |", flush=True)
                 rows.append(r)
                 continue
             rows.append(r)
@@ -192,6 +210,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             ratio = f"{r['ms'] / plain[mode]:.2f}x" if mode in plain else ""
             cells = [mode, variant, f"{r['ms']:.3f}", ratio]
             cells += [f"{r['graphs_compiled']} ({r['graphs_after_warmup']})", str(r["cudagraph_skips"])]
+            cells.append(f"{r['cudagraphs_recorded']} ({r['cudagraphs_recorded_after_warmup']})")
             print("| " + " | ".join([*cells, "; ".join(r["skip_reasons"])]) + " |", flush=True)
             if args.json:
                 with open(args.json, "w") as f:

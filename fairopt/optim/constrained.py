@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fairopt._step_count import StepCount
 from fairopt._validation import PROBABILITY_HINT, probability_op, validate_args_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, attach, host_table, value_tensors
@@ -81,12 +82,14 @@ class _MultiplierTrace:
     ``(length, m)`` ring on the multipliers' device, written in place (one ``copy_`` per dual step, no host sync).
 
     A ring rather than a growing container: under ``torch.compile`` a list or deque that grows every step is guarded
-    on its length, so the compiled step would be compiled again at every dual step; an integer slot becomes one
-    symbolic integer after the first steps (as :attr:`ConstrainedOptimizer.num_steps` does)."""
+    on its length, so the compiled step would be compiled again at every dual step. The write count is a
+    :class:`~fairopt._step_count.StepCount`: a compiled dual step writes its slot through a device index, so no
+    graph takes the count as an integer input (CUDA graphs would record a new graph for each value)."""
 
     def __init__(self, length: int) -> None:
         self.length = length
-        self.count = 0  # entries written since the ring was (re)allocated; the newest is in slot (count - 1) % length
+        # entries written since the ring was (re)allocated; the newest is in slot (count - 1) % length
+        self.count = StepCount()
         self._ring: Tensor | None = None
 
     def append(self, multipliers: Tensor) -> None:
@@ -102,14 +105,18 @@ class _MultiplierTrace:
                 ring = self._ring = torch.zeros(
                     (self.length, *multipliers.shape), dtype=multipliers.dtype, device=multipliers.device
                 )
-            self.count = 0 if kept is None else len(kept)
-            if self.count:
-                ring[: self.count] = kept.to(ring)
-        ring[self.count % self.length].copy_(multipliers.detach())
-        self.count += 1
+            self.count.set(0 if kept is None else len(kept))
+            if kept is not None and len(kept):
+                ring[: len(kept)] = kept.to(ring)
+        if torch.compiler.is_compiling():
+            slot = self.count.as_tensor(ring.device).remainder_(self.length)
+            ring.index_copy_(0, slot, multipliers.detach().unsqueeze(0))
+        else:
+            ring[int(self.count) % self.length].copy_(multipliers.detach())
+        self.count.increment(ring)
 
     def __len__(self) -> int:
-        return min(self.count, self.length)
+        return min(int(self.count), self.length)
 
     def __iter__(self) -> Iterator[Tensor]:
         """The kept multipliers, oldest first (copies)."""
@@ -119,7 +126,7 @@ class _MultiplierTrace:
         """``(len(self), m)``, oldest first (a copy)."""
         if self._ring is None:
             return torch.zeros((0, 0))
-        n, start = len(self), self.count % self.length
+        n, start = len(self), int(self.count) % self.length
         order = torch.arange(start, start + n, device=self._ring.device) % self.length if n == self.length else None
         return self._ring[:n].clone() if order is None else self._ring.index_select(0, order)
 
@@ -129,7 +136,8 @@ class _MultiplierTrace:
 
     def load(self, tensors: Iterable[Tensor]) -> None:
         kept = list(tensors)[-self.length :]
-        self._ring, self.count = None, 0
+        self._ring = None
+        self.count.set(0)
         for t in kept:
             self.append(t)
 
@@ -376,7 +384,12 @@ class ConstrainedOptimizer:
             self.player.host_arithmetic = evaluator != "device"
         self._linear_primal = self.player.primal_weights() is not None  # structural: fixed by the method
         self.margin = margin
-        self.num_steps = 0
+        # primal steps taken (num_steps), and how many since the last scheduled dual step (0 <= phase < dual_every):
+        # the schedule reads the phase, a Python int with at most dual_every values, never the count itself, so a
+        # compiled step takes no integer input that grows with the step (see StepCount)
+        self._steps = StepCount()
+        self._phase = 0
+        self._scores_checked = False  # the once-only look at how the scores were computed (see step)
         # multipliers after recent dual steps (device tensors: no host sync), for check()
         self._trace = _MultiplierTrace(_TRACE_LENGTH)
         self._dual_multipliers: Tensor | None = None  # those the last dual step stored (for StepResult)
@@ -392,6 +405,19 @@ class ConstrainedOptimizer:
         """The method object with its options, e.g. ``ProxyLagrangian(regret="external")`` (read-only: the λ-player
         was built from it; :attr:`method` stays the name, which the state and user code compare)."""
         return self._method
+
+    @property
+    def num_steps(self) -> int:
+        """Primal steps taken. After steps compiled with ``torch.compile`` the count is partly on the device, and
+        reading it waits for the device (a host sync on a GPU): read it between epochs, not inside a step loop that
+        must not synchronize."""
+        return int(self._steps)
+
+    @num_steps.setter
+    def num_steps(self, value: int) -> None:
+        self._steps.set(value)
+        every = self.dual_statistics.every
+        self._phase = 0 if every is None else int(value) % every
 
     @property
     def num_constraints(self) -> int:
@@ -487,16 +513,18 @@ class ConstrainedOptimizer:
         """
         self._check_loss(loss)
         dual_stats = self.dual_statistics
-        due = self.method_spec.has_dual_player and dual_stats.due(self.num_steps + 1)
-        unfed = due and self.heldout is None and dual_stats.source == "heldout" and dual_stats.num_observed == 0
+        due = self.method_spec.has_dual_player and dual_stats.due(self._phase + 1)
+        unfed = due and self.heldout is None and dual_stats.source == "heldout" and not dual_stats.has_observed
         if unfed and dual_stats.num_unfed >= 1:
             self._raise_no_heldout(dual_stats.num_unfed + 1)
         cs = self.constraint_set
         # once, from the autograd graph (no sync); an eager-mode check: torch.compile cannot read grad_fn
-        if self.num_steps == 0 and not torch.compiler.is_compiling() and (op := probability_op(scores)) is not None:
-            warnings.warn(
-                f"the scores come out of a {op}: they look like probabilities. {PROBABILITY_HINT}", stacklevel=2
-            )
+        if not self._scores_checked and not torch.compiler.is_compiling():
+            self._scores_checked = True
+            if (op := probability_op(scores)) is not None:
+                warnings.warn(
+                    f"the scores come out of a {op}: they look like probabilities. {PROBABILITY_HINT}", stacklevel=2
+                )
         # Expression constraints: values in one NumPy pass, gradients by its reverse pass; the proxy gradient enters
         # the objective below (see _primal_objective). Function constraints, and the device evaluator (no host
         # round trip, cs.on_device): a differentiable evaluation.
@@ -522,8 +550,11 @@ class ConstrainedOptimizer:
             value = cs.evaluate(stats)
         else:  # constants: the proxy gradient enters through _primal_objective
             value = ConstraintValue(*value_tensors(lin._replace(vjp=None), stats.table.detach().to(cs.dtype)))
-        self.num_steps += 1
-        if dual_stats.source == "train" and not dual_stats.passthrough:
+        self._steps.increment(scores)
+        if dual_stats.every is not None and dual_stats.every > 1:
+            self._phase = (self._phase + 1) % dual_stats.every
+        # the dual player's table (a method without one, the penalty, never reads it)
+        if dual_stats.source == "train" and not dual_stats.passthrough and self.method_spec.has_dual_player:
             dual_stats.observe(stats)
         if unfed:
             dual_stats.num_unfed += 1

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
+from fairopt._step_count import StepCount
 from fairopt.stats import GroupStats, RunningGroupStats
 
 __all__ = ["DUAL_SOURCES", "DualStatistics"]
@@ -73,9 +74,32 @@ class DualStatistics:
         self.num_groups, self.source, self.every = num_groups, source, every
         self.running, self.sync = running, sync
         self._pending: Tensor | None = None
-        self.num_pending = 0
-        self.num_observed = 0
+        # counts that grow with the steps: never a Python int in a compiled step (see StepCount)
+        self._num_pending, self._observed = StepCount(), StepCount()
         self.num_unfed = 0
+
+    @property
+    def num_pending(self) -> int:
+        """Tables observed since the last :meth:`collect` (after compiled steps, reading it waits for the device)."""
+        return int(self._num_pending)
+
+    @num_pending.setter
+    def num_pending(self, value: int) -> None:
+        self._num_pending.set(value)
+
+    @property
+    def num_observed(self) -> int:
+        """Tables observed since construction (after compiled steps, reading it waits for the device)."""
+        return int(self._observed)
+
+    @num_observed.setter
+    def num_observed(self, value: int) -> None:
+        self._observed.set(value)
+
+    @property
+    def has_observed(self) -> bool:
+        """Whether any table was ever observed (:attr:`num_observed` > 0, without reading the device)."""
+        return bool(self._observed)
 
     @property
     def passthrough(self) -> bool:
@@ -97,8 +121,8 @@ class DualStatistics:
             raise ValueError(f"expected statistics with {self.num_groups} groups, got {stats.num_groups}")
         table = stats.table.detach()
         self._pending = table.clone() if self._pending is None else self._pending + table.to(self._pending)
-        self.num_pending += 1
-        self.num_observed += 1
+        self._num_pending.increment(table)
+        self._observed.increment(table)
 
     def collect(self) -> GroupStats | None:
         """The table for the next dual step (pending sum → sync → running estimate), or None when nothing is
