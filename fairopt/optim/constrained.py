@@ -108,7 +108,9 @@ class _MultiplierTrace:
             self.count.set(0 if kept is None else len(kept))
             if kept is not None and len(kept):
                 ring[: len(kept)] = kept.to(ring)
-        if torch.compiler.is_compiling():
+        # through a device index while compiling, and eagerly once compiled steps have counted on the device (an
+        # int slot would read that count: a host sync on a GPU); a Python slot otherwise (cheaper on the CPU)
+        if torch.compiler.is_compiling() or self.count.device is not None:
             slot = self.count.as_tensor(ring.device).remainder_(self.length)
             ring.index_copy_(0, slot, multipliers.detach().unsqueeze(0))
         else:
