@@ -12,10 +12,12 @@ what ``torch.optim`` does for its own ``step`` (a tensor, on the device with ``c
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["StepCount"]
+__all__ = ["CountAttribute", "StepCount"]
 
 
 class StepCount:
@@ -64,3 +66,27 @@ class StepCount:
 
     def __repr__(self) -> str:
         return f"StepCount(host={self.host}, device={self.device})"
+
+
+class CountAttribute:
+    """A read/write ``int`` attribute kept in the :class:`StepCount` that the instance holds as ``field``: reading it
+    gives the count (after compiled increments, a read of the device), assigning it sets the count.
+
+    .. code-block:: python
+
+        class Stats:
+            num_updates = CountAttribute("_updates", "Tables folded in so far.")
+
+            def __init__(self) -> None:
+                self._updates = StepCount()
+    """
+
+    def __init__(self, field: str, doc: str) -> None:
+        self.field = field
+        self.__doc__ = f"{doc} After compiled steps, reading it waits for the device (a host sync on a GPU)."
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        return self if obj is None else int(getattr(obj, self.field))
+
+    def __set__(self, obj: object, value: int) -> None:
+        getattr(obj, self.field).set(value)

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from fairopt._batch_checks import WEIGHT_TOLERANCE, check_batch, check_num_groups
 from fairopt._deprecation import renamed_kwargs
-from fairopt._step_count import StepCount
+from fairopt._step_count import CountAttribute, StepCount
 from fairopt._validation import require_tensor, validate_args_enabled
 from fairopt.kernels import group_stats_table, resolve_backend
 from fairopt.kernels._common import derive_negative_cells
@@ -583,6 +583,7 @@ class RunningGroupStats:
     """
 
     MODES = ("ema", "window", "count")
+    num_updates = CountAttribute("_updates", "Tables folded in so far.")
     # mode "count" on the host: candidate windows tried one by one before the rest are compared at once
     _SCAN = 4
 
@@ -637,15 +638,6 @@ class RunningGroupStats:
             self._append_prefix(table)
             self._value = self._count_window_host() if self._on_host() else self._count_window()
         return self.value
-
-    @property
-    def num_updates(self) -> int:
-        """Tables folded in so far (after compiled steps, reading it waits for the device)."""
-        return int(self._updates)
-
-    @num_updates.setter
-    def num_updates(self, value: int) -> None:
-        self._updates.set(value)
 
     def _on_host(self) -> bool:
         return self.host_bookkeeping and self._prefix is not None and self._prefix.is_cpu

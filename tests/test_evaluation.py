@@ -348,3 +348,65 @@ def test_group_stats_gradients_in_low_precision_follow_the_float64_ones(dtype, p
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
     for got, want in zip(grads[dtype], grads[F64]):
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def _range_case_expr(case: int):
+    tpr, sel = fo.tpr.per_group(), fo.selection_rate.per_group()
+    err = RateRef("error_rate").per_group()
+    return [
+        fo.EqualizedOdds(0.05).expr,
+        fo.DemographicParity(0.1).expr,
+        fo.EqualOpportunity(0.02).expr,
+        fo.ErrorRateParity(0.0).expr,
+        concat(tpr.min() - tpr.max(), err.max(min_defined=3) - err.min(min_defined=1), sel.max() - sel.min()),
+    ][case]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
+    """The built-in parity constraints (ranges of per-group label-conditioned rates) take a path without a node per
+    operator (``_linearize_ranges``); it must give the walk's values, mask and gradients exactly, on tables with
+    absent groups, a single group, weighted (non-integer) cells, ties and denominators below float64's normal range."""
+    from fairopt.constraints.evaluation import _linearize_walk, _rate_ranges, linearize
+
+    expr = _range_case_expr(case)
+    assert _rate_ranges(expr) is not None  # the fast path is taken
+    rng = np.random.default_rng(case)
+    checked_undefined = 0
+    for trial in range(300):
+        num_groups = int(rng.integers(1, 6))
+        table = rng.integers(0, 5, (num_groups, 9)).astype(float)
+        if trial % 2:
+            table *= rng.random((num_groups, 9))  # weighted counts and proxy sums
+        if trial % 5 == 0:
+            table[rng.integers(0, num_groups)] = 0.0  # an absent group
+        if trial % 11 == 0:
+            table[:, :4] *= 1e-310  # subnormal denominators: 1 / den overflows
+        for offset in (0.0, 0.05):
+            with np.errstate(all="ignore"):
+                fast = linearize(expr, table, offset=offset)
+                walk = _linearize_walk(expr, table, True, offset)
+                for got, want in zip(fast[:4], walk[:4]):
+                    assert got.dtype == want.dtype and got.shape == want.shape
+                    np.testing.assert_array_equal(got, want)
+                k = walk.hard.shape[0]
+                c_upper, c_lower = rng.normal(size=k), rng.normal(size=k)
+                for cu, cl in ((c_upper, None), (c_upper, c_lower), (None, c_lower)):
+                    np.testing.assert_array_equal(fast.vjp(cu, cl), walk.vjp(cu, cl))
+                nograd = linearize(expr, table, gradients=False, offset=offset)
+            assert nograd.vjp is None
+            np.testing.assert_array_equal(nograd.proxy_upper, walk.proxy_upper)
+            checked_undefined += int(not walk.defined.all())
+    assert checked_undefined > 0  # the undefined cases were met
+
+
+def test_range_fast_path_is_only_taken_for_ranges_of_per_group_label_rates() -> None:
+    from fairopt.constraints.evaluation import _rate_ranges
+
+    tpr = fo.tpr.per_group()
+    assert _rate_ranges(fo.EqualizedOdds(0.05).expr) is not None
+    assert _rate_ranges(fo.EqualizedOdds(0.05, convention="pairwise").expr) is None
+    assert _rate_ranges(RateRef("precision").per_group().max() - RateRef("precision").per_group().min()) is None
+    assert _rate_ranges(tpr.max() - fo.fpr.per_group().min()) is None  # two different rates
+    assert _rate_ranges(fo.tpr((0, 1)) - fo.tpr()) is None
+    assert _rate_ranges(concat(tpr.max() - tpr.min(), fo.tpr(1))) is None

@@ -157,6 +157,13 @@ def linearize(expr: Expr, table: np.ndarray, *, gradients: bool = True, offset: 
         ValueError: the expression refers to a group ``>= G``; ``pairwise`` of expressions of different sizes;
             gradients asked for a stack of tables.
     """
+    if table.ndim == 2 and (ranges := _rate_ranges(expr)) is not None:
+        return _linearize_ranges(ranges, table, gradients, offset)
+    return _linearize_walk(expr, table, gradients, offset)
+
+
+def _linearize_walk(expr: Expr, table: np.ndarray, gradients: bool, offset: float) -> Linearization:
+    """:func:`linearize` by the general tree walk (:class:`_Evaluator`)."""
     evaluator = _Evaluator(table, gradients)
     node = expr.accept(evaluator)
     # The reverse-pass closures hold the evaluator (its grad) and the cache holds their nodes: dropping the cache
@@ -180,16 +187,123 @@ def linearize(expr: Expr, table: np.ndarray, *, gradients: bool = True, offset: 
 
         def vjp(c_upper: Cotangent, c_lower: Cotangent) -> np.ndarray:
             # The reverse pass carries one (2, k) cotangent, rows [upper, lower]: one NumPy call per operator.
-            c = np.zeros((2, k))
-            if c_upper is not None:
-                c[0] = c_upper
-            if c_lower is not None:
-                c[1] = c_lower
-            if not full:  # undefined entries have zero derivative
-                c = np.where(defined, c, 0.0)
+            c = _cotangent(c_upper, c_lower, k, None if full else defined)
             evaluator.grad = np.zeros((evaluator.num_groups, _K))
             back(c)
             return evaluator.grad.reshape(-1)
+
+    return Linearization(v[0], v[1], v[2], d, vjp)
+
+
+def _cotangent(c_upper: Cotangent, c_lower: Cotangent, k: int, defined: np.ndarray | None) -> np.ndarray:
+    """The ``(2, k)`` cotangent ``[c_upper; c_lower]`` of a VJP (None: zeros), zero at undefined entries (``defined``
+    None: all are defined): undefined entries have zero derivative."""
+    c = np.zeros((2, k))
+    if c_upper is not None:
+        c[0] = c_upper
+    if c_lower is not None:
+        c[1] = c_lower
+    return c if defined is None else np.where(defined, c, 0.0)
+
+
+class _RateRange(NamedTuple):
+    """One entry ``a(r) - b(r)`` of :func:`_rate_ranges`: two reductions (``how`` "max"/"min", the defined entries
+    each needs) of the per-group rate ``r`` (a label-conditioned one)."""
+
+    rate: str
+    how_a: str
+    how_b: str
+    needed_a: int
+    needed_b: int
+
+
+def _rate_range(expr: Expr) -> _RateRange | None:
+    if not (type(expr) is BinOp and expr.op == "-" and type(expr.a) is Reduce and type(expr.b) is Reduce):
+        return None
+    ra, rb = expr.a, expr.b
+    rate = ra.a
+    if rb.a is not rate or type(rate) is not RateRef or rate.group != PER_GROUP or _KINDS[rate.rate] != "label":
+        return None
+    return _RateRange(rate.rate, ra.how, rb.how, ra.needed(), rb.needed())
+
+
+def _rate_ranges(expr: Expr) -> tuple[_RateRange, ...] | None:
+    """The entries of ``expr`` when it is a range of a per-group label-conditioned rate (``r.max() - r.min()``, the
+    default convention of demographic parity, equal opportunity, ...) or a concatenation of such (equalized odds);
+    None otherwise. Remembered on the expression (with the parts it was read from: expressions are not modified)."""
+    parts = expr.parts if type(expr) is Concat else (expr,)
+    cached = expr.__dict__.get("_rate_ranges")
+    if cached is not None and cached[0] == tuple(map(id, parts)):
+        return cached[1]
+    ranges = tuple(_rate_range(p) for p in parts)
+    result = None if None in ranges else ranges
+    expr.__dict__["_rate_ranges"] = (tuple(map(id, parts)), result)
+    return result  # type: ignore[return-value]
+
+
+def _linearize_ranges(
+    ranges: tuple[_RateRange, ...], table: np.ndarray, gradients: bool, offset: float
+) -> Linearization:
+    """:func:`linearize` of :func:`_rate_ranges` entries on one table: the operations of the walk (``_rate_rows``,
+    ``_range``, ``visit_concat`` and the reverse pass), in the same order on the same numbers, so the same values and
+    gradients bit for bit (``tests/test_evaluation.py`` compares them), without a node, a visitor call or a closure
+    per node: the built-in parity constraints are evaluated every training step, twice with a dual window."""
+    num_groups = table.shape[0]
+    entries = []
+    picks = []  # per entry: rate, the two rows taken, 1 / den, whether a row's VJP may skip the others (back_at)
+    defined_entries = []
+    for entry in ranges:
+        sums = (table @ _MIXERS[entry.rate]).T  # rows: den, hard numerator, proxy numerator, complementary proxy
+        den = sums[0]
+        listed = den.tolist()
+        full = all(map(_POSITIVE, listed))
+        defined = None if full else den > 0.0
+        safe_den = den if defined is None else np.where(defined, den, 1.0)
+        v = sums[1:4] / safe_den
+        np.subtract(1.0, v[2], out=v[2])
+        inv = None
+        if gradients:
+            inv = 1.0 / den if defined is None else np.where(defined, 1.0 / safe_den, 0.0)
+        hard = v[0]
+        if defined is None:
+            masked_a = masked_b = hard
+            count = num_groups
+        else:
+            v = np.where(defined, v, 0.0)
+            hard = v[0]
+            masked_a = np.where(defined, hard, -np.inf if entry.how_a == "max" else np.inf)
+            masked_b = np.where(defined, hard, -np.inf if entry.how_b == "max" else np.inf)
+            count = np.count_nonzero(defined)
+        i = int(masked_a.argmax() if entry.how_a == "max" else masked_a.argmin())
+        j = int(masked_b.argmax() if entry.how_b == "max" else masked_b.argmin())
+        entries.append(v[:, i : i + 1] - v[:, j : j + 1].take(_SWAP_V, 0))
+        defined_entries.append(count >= entry.needed_a and count >= entry.needed_b)
+        picks.append((entry.rate, i, j, inv, full and min(listed, default=0.0) >= _NORMAL))
+    k = len(ranges)
+    v = entries[0] if k == 1 else np.concatenate(entries, -1)
+    full = all(defined_entries)
+    d = np.ones(k, dtype=bool) if full else np.array(defined_entries)
+    if offset != 0.0:
+        v = v - offset
+    if not full:
+        v = np.where(d, v, 0.0)
+    vjp = None
+    if gradients:
+
+        def vjp(c_upper: Cotangent, c_lower: Cotangent) -> np.ndarray:
+            c = _cotangent(c_upper, c_lower, k, None if full else d)
+            grad = np.zeros((num_groups, _K))
+            for r, (rate, i, j, inv, one_row) in enumerate(picks):
+                weights = _LABEL_BACK[rate]
+                # the upper bound of a - b uses the lower bound of b
+                for row, c_row in ((i, c[:, r]), (j, -c[::-1, r])):
+                    if one_row:
+                        grad[row] += (c_row * inv[row]) @ weights
+                    else:
+                        c_rows = np.zeros((2, num_groups))
+                        c_rows[:, row] = c_row
+                        grad += (c_rows * inv).T @ weights
+            return grad.reshape(-1)
 
     return Linearization(v[0], v[1], v[2], d, vjp)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fairopt._step_count import StepCount
+from fairopt._step_count import CountAttribute, StepCount
 from fairopt.stats import GroupStats, RunningGroupStats
 
 __all__ = ["DUAL_SOURCES", "DualStatistics"]
@@ -53,6 +53,9 @@ class DualStatistics:
         ValueError: unknown source, ``every`` not None nor an int >= 1, a running estimator for another G.
     """
 
+    num_pending = CountAttribute("_num_pending", "Tables observed since the last :meth:`collect`.")
+    num_observed = CountAttribute("_observed", "Tables observed since construction.")
+
     def __init__(
         self,
         num_groups: int,
@@ -77,24 +80,6 @@ class DualStatistics:
         # counts that grow with the steps: never a Python int in a compiled step (see StepCount)
         self._num_pending, self._observed = StepCount(), StepCount()
         self.num_unfed = 0
-
-    @property
-    def num_pending(self) -> int:
-        """Tables observed since the last :meth:`collect` (after compiled steps, reading it waits for the device)."""
-        return int(self._num_pending)
-
-    @num_pending.setter
-    def num_pending(self, value: int) -> None:
-        self._num_pending.set(value)
-
-    @property
-    def num_observed(self) -> int:
-        """Tables observed since construction (after compiled steps, reading it waits for the device)."""
-        return int(self._observed)
-
-    @num_observed.setter
-    def num_observed(self, value: int) -> None:
-        self._observed.set(value)
 
     @property
     def has_observed(self) -> bool:
