@@ -195,6 +195,28 @@ def _linearize_walk(expr: Expr, table: np.ndarray, gradients: bool, offset: floa
     return Linearization(v[0], v[1], v[2], d, vjp)
 
 
+def _denominator(den: np.ndarray) -> tuple[list[float], bool, np.ndarray]:
+    """``(den.tolist(), every den > 0, the defined mask)`` of one table's ``(G,)`` rate denominators; the mask of a
+    fully defined rate is the shared read-only one (:func:`_true`)."""
+    listed = den.tolist()
+    full = all(map(_POSITIVE, listed))
+    return listed, full, _true(den.shape) if full else den > 0.0
+
+
+def _reciprocal(den: np.ndarray, safe_den: np.ndarray, defined: np.ndarray, full: bool) -> np.ndarray:
+    """``1 / den`` where defined, else 0 (``safe_den``: ``den`` with 1 where undefined)."""
+    return 1.0 / den if full else np.where(defined, 1.0 / safe_den, 0.0)
+
+
+def _pick_entry(hard: np.ndarray, defined: np.ndarray, full: bool, how: str, needed: int) -> tuple[int, bool]:
+    """The entry a one-table ``max``/``min`` reduction takes (by the true values ``hard``, among the ``defined``
+    ones; ``full``: all are) and whether at least ``needed`` entries are defined."""
+    is_max = how == "max"
+    masked = hard if full else np.where(defined, hard, -np.inf if is_max else np.inf)
+    enough = defined.shape[-1] >= needed if full else np.count_nonzero(defined) >= needed
+    return int(masked.argmax() if is_max else masked.argmin()), enough
+
+
 def _cotangent(c_upper: Cotangent, c_lower: Cotangent, k: int, defined: np.ndarray | None) -> np.ndarray:
     """The ``(2, k)`` cotangent ``[c_upper; c_lower]`` of a VJP (None: zeros), zero at undefined entries (``defined``
     None: all are defined): undefined entries have zero derivative."""
@@ -232,12 +254,13 @@ def _rate_ranges(expr: Expr) -> tuple[_RateRange, ...] | None:
     default convention of demographic parity, equal opportunity, ...) or a concatenation of such (equalized odds);
     None otherwise. Remembered on the expression (with the parts it was read from: expressions are not modified)."""
     parts = expr.parts if type(expr) is Concat else (expr,)
+    key = tuple(map(id, parts))
     cached = expr.__dict__.get("_rate_ranges")
-    if cached is not None and cached[0] == tuple(map(id, parts)):
+    if cached is not None and cached[0] == key:
         return cached[1]
     ranges = tuple(_rate_range(p) for p in parts)
     result = None if None in ranges else ranges
-    expr.__dict__["_rate_ranges"] = (tuple(map(id, parts)), result)
+    expr.__dict__["_rate_ranges"] = (key, result)
     return result  # type: ignore[return-value]
 
 
@@ -255,30 +278,18 @@ def _linearize_ranges(
     for entry in ranges:
         sums = (table @ _MIXERS[entry.rate]).T  # rows: den, hard numerator, proxy numerator, complementary proxy
         den = sums[0]
-        listed = den.tolist()
-        full = all(map(_POSITIVE, listed))
-        defined = None if full else den > 0.0
-        safe_den = den if defined is None else np.where(defined, den, 1.0)
+        listed, rate_full, defined = _denominator(den)
+        safe_den = den if rate_full else np.where(defined, den, 1.0)
         v = sums[1:4] / safe_den
         np.subtract(1.0, v[2], out=v[2])
-        inv = None
-        if gradients:
-            inv = 1.0 / den if defined is None else np.where(defined, 1.0 / safe_den, 0.0)
-        hard = v[0]
-        if defined is None:
-            masked_a = masked_b = hard
-            count = num_groups
-        else:
+        inv = _reciprocal(den, safe_den, defined, rate_full) if gradients else None
+        if not rate_full:
             v = np.where(defined, v, 0.0)
-            hard = v[0]
-            masked_a = np.where(defined, hard, -np.inf if entry.how_a == "max" else np.inf)
-            masked_b = np.where(defined, hard, -np.inf if entry.how_b == "max" else np.inf)
-            count = np.count_nonzero(defined)
-        i = int(masked_a.argmax() if entry.how_a == "max" else masked_a.argmin())
-        j = int(masked_b.argmax() if entry.how_b == "max" else masked_b.argmin())
+        i, defined_a = _pick_entry(v[0], defined, rate_full, entry.how_a, entry.needed_a)
+        j, defined_b = _pick_entry(v[0], defined, rate_full, entry.how_b, entry.needed_b)
         entries.append(v[:, i : i + 1] - v[:, j : j + 1].take(_SWAP_V, 0))
-        defined_entries.append(count >= entry.needed_a and count >= entry.needed_b)
-        picks.append((entry.rate, i, j, inv, full and min(listed, default=0.0) >= _NORMAL))
+        defined_entries.append(defined_a and defined_b)
+        picks.append((entry.rate, i, j, inv, rate_full and min(listed, default=0.0) >= _NORMAL))
     k = len(ranges)
     v = entries[0] if k == 1 else np.concatenate(entries, -1)
     full = all(defined_entries)
@@ -551,9 +562,7 @@ class _Evaluator(ExprVisitor[_Node]):
         else:
             sums = sums.T
             den = sums[0]
-            listed = den.tolist()
-            full = all(map(_POSITIVE, listed))
-            defined = _true(den.shape) if full else den > 0.0
+            listed, full, defined = _denominator(den)
         safe_den = den if full else np.where(defined, den, 1.0)
         back: Back = _no_back
         back_at: BackAt | None = None
@@ -561,8 +570,7 @@ class _Evaluator(ExprVisitor[_Node]):
             v = sums[1:4] / safe_den  # divided, not multiplied by 1/den: ties break as in compute_rate
             np.subtract(1.0, v[2], out=v[2])
             if self.gradients:
-                # 1 / den where defined, else 0 (np.where(True, x, 0) is x itself)
-                inv = 1.0 / den if full else np.where(defined, 1.0 / safe_den, 0.0)
+                inv = _reciprocal(den, safe_den, defined, full)
                 weights = _LABEL_BACK[name]
 
                 def back(c: np.ndarray) -> None:
@@ -581,7 +589,7 @@ class _Evaluator(ExprVisitor[_Node]):
             loss = table[..., _LOSS] if select is None else table[..., _LOSS] @ select.T
             v = np.broadcast_to(loss / safe_den, (3, *den.shape))
             if self.gradients:
-                inv = 1.0 / den if full else np.where(defined, 1.0 / safe_den, 0.0)
+                inv = _reciprocal(den, safe_den, defined, full)
 
                 def back(c: np.ndarray) -> None:
                     scaled = (c[0] + c[1]) * inv
@@ -696,11 +704,7 @@ class _Evaluator(ExprVisitor[_Node]):
     def _pick(self, expr: Reduce, a: _Node) -> tuple[int, bool]:
         """The entry a one-table reduction takes (by the true values, among the defined ones) and whether enough
         entries are defined: :meth:`visit_reduce` without building its node."""
-        hard, is_max = a.v[0], expr.how == "max"
-        masked = hard if a.full else np.where(a.d, hard, -np.inf if is_max else np.inf)
-        needed = expr.needed()
-        full = a.d.shape[-1] >= needed if a.full else np.count_nonzero(a.d) >= needed
-        return int(masked.argmax() if is_max else masked.argmin()), full
+        return _pick_entry(a.v[0], a.d, a.full, expr.how, expr.needed())
 
     def _range(self, ra: Reduce, rb: Reduce) -> _Node:
         """``ra - rb``, two reductions of the same expression (``r.max() - r.min()``, the default convention): as
