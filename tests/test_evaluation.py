@@ -365,16 +365,25 @@ def _range_case_expr(case: int):
 @pytest.mark.parametrize("case", range(5))
 def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
     """The built-in parity constraints (ranges of per-group label-conditioned rates) take a path without a node per
-    operator (``_linearize_ranges``); it must give the walk's values, mask and gradients exactly, on tables with
-    absent groups, a single group, weighted (non-integer) cells, ties and denominators below float64's normal range."""
-    from fairopt.constraints.evaluation import _linearize_walk, _rate_ranges, linearize
+    operator: on Python floats for a few groups (``_linearize_small``), in NumPy otherwise (``_linearize_ranges``).
+    Each must give the walk's values, mask and gradients exactly, on tables with absent groups, a single group,
+    weighted (non-integer) cells, ties and denominators below float64's normal range (where the float path declines)."""
+    from fairopt.constraints.evaluation import (
+        _SMALL_TABLE,
+        _linearize_ranges,
+        _linearize_small,
+        _linearize_walk,
+        _rate_ranges,
+        linearize,
+    )
 
     expr = _range_case_expr(case)
-    assert _rate_ranges(expr) is not None  # the fast path is taken
+    ranges = _rate_ranges(expr)
+    assert ranges is not None  # the fast path is taken
     rng = np.random.default_rng(case)
-    checked_undefined = 0
+    checked_undefined = checked_small = declined = 0
     for trial in range(300):
-        num_groups = int(rng.integers(1, 6))
+        num_groups = int(rng.integers(1, 6)) if trial % 7 else int(rng.integers(_SMALL_TABLE - 1, _SMALL_TABLE + 4))
         table = rng.integers(0, 5, (num_groups, 9)).astype(float)
         if trial % 2:
             table *= rng.random((num_groups, 9))  # weighted counts and proxy sums
@@ -384,19 +393,30 @@ def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
             table[:, :4] *= 1e-310  # subnormal denominators: 1 / den overflows
         for offset in (0.0, 0.05):
             with np.errstate(all="ignore"):
-                fast = linearize(expr, table, offset=offset)
                 walk = _linearize_walk(expr, table, True, offset)
-                for got, want in zip(fast[:4], walk[:4]):
-                    assert got.dtype == want.dtype and got.shape == want.shape
-                    np.testing.assert_array_equal(got, want)
+                fast = [linearize(expr, table, offset=offset), _linearize_ranges(ranges, table, True, offset)]
+                small = _linearize_small(ranges, table, True, offset)
+                if small is None:
+                    declined += 1
+                else:
+                    fast.append(small)
+                    checked_small += 1
                 k = walk.hard.shape[0]
                 c_upper, c_lower = rng.normal(size=k), rng.normal(size=k)
-                for cu, cl in ((c_upper, None), (c_upper, c_lower), (None, c_lower)):
-                    np.testing.assert_array_equal(fast.vjp(cu, cl), walk.vjp(cu, cl))
-                nograd = linearize(expr, table, gradients=False, offset=offset)
-            assert nograd.vjp is None
-            np.testing.assert_array_equal(nograd.proxy_upper, walk.proxy_upper)
+                for lin in fast:
+                    for got, want in zip(lin[:4], walk[:4]):
+                        assert got.dtype == want.dtype and got.shape == want.shape
+                        np.testing.assert_array_equal(got, want)
+                    for cu, cl in ((c_upper, None), (c_upper, c_lower), (None, c_lower)):
+                        np.testing.assert_array_equal(lin.vjp(cu, cl), walk.vjp(cu, cl))
+                nograd = [linearize(expr, table, gradients=False, offset=offset)]
+                nograd.append(_linearize_small(ranges, table, False, offset))
+            for lin in nograd:
+                assert lin is not None and lin.vjp is None  # without gradients, subnormal denominators are fine
+                for got, want in zip(lin[:4], walk[:4]):
+                    np.testing.assert_array_equal(got, want)
             checked_undefined += int(not walk.defined.all())
+    assert checked_small > 400 and declined > 0
     assert checked_undefined > 0  # the undefined cases were met
 
 
