@@ -385,6 +385,9 @@ class ExampleTerms:
         float16's normal range (6e-5) would lose its bits in a cast before the scaling."""
         if values.dtype in (torch.float16, torch.bfloat16):
             values = values.double()
+        host = _HOST_DTYPES.get(values.dtype) if index.is_cpu and values.is_cpu else None
+        if host is not None:  # cast and gather in NumPy: the same numbers, ~1 µs an operation instead of ~5
+            return torch.dot(torch.from_numpy(cells.astype(host).reshape(-1)[index.numpy()]), values)
         coefficients = torch.from_numpy(np.ascontiguousarray(cells).reshape(-1)).to(
             device=values.device, dtype=values.dtype
         )

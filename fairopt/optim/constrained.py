@@ -550,8 +550,9 @@ class ConstrainedOptimizer:
         lin = cs.linearize(stats) if linearized else None
         if lin is None:
             value = cs.evaluate(stats)
-        else:  # constants: the proxy gradient enters through _primal_objective
-            value = ConstraintValue(*value_tensors(lin._replace(vjp=None), stats.table.detach().to(cs.dtype)))
+        else:  # constants (of a detached table): the proxy gradient enters through _primal_objective
+            table = stats.table.detach()
+            value = ConstraintValue(*value_tensors(lin, table if table.dtype == cs.dtype else table.to(cs.dtype)))
         self._steps.increment(scores)
         if dual_stats.every is not None and dual_stats.every > 1:
             self._phase = (self._phase + 1) % dual_stats.every
@@ -703,14 +704,15 @@ class ConstrainedOptimizer:
         if (
             batch is not None
             and self.dual_value == "hard"
-            and stats.device.type == "cpu"
+            and stats.table.is_cpu
             and not (running is not None and running.last_window is not None and int(running.last_window) > 1)
         ):
             table, value = host_table(batch[0]), batch[1]
             dual_table = host_table(stats)
             if np.array_equal(dual_table[:, :4], table[:, :4]) and np.array_equal(dual_table[:, 8], table[:, 8]):
                 return self._apply_dual(_detached(value))
-        return self._apply_dual(self.constraint_set.evaluate(stats.detach()))  # no graph: a detached table
+        # no graph: a detached table (the running ones have none already)
+        return self._apply_dual(self.constraint_set.evaluate(stats.detach() if stats.table.requires_grad else stats))
 
     def _apply_dual(self, dual: ConstraintValue) -> ConstraintValue:
         if self.dual_value == "proxy":

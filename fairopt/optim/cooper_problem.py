@@ -119,6 +119,8 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
 
     Attributes:
         constraint_set: the :class:`~fairopt.optim.ConstraintSet` (entry order = multiplier order).
+        multiplier_modules: the :class:`~fairopt.optim.FairnessMultiplier` of each constraint, in entry order (empty
+            for a formulation without multipliers).
 
     Raises:
         ValueError: ``num_groups`` disagrees with a given ConstraintSet; ``penalty_coefficient <= 0``.
@@ -167,6 +169,11 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
                 penalty_coefficient=coefficient,
             )
             setattr(self, f"constraint_{index}", constraint)  # registered by cooper's __setattr__
+        # fixed from here on; constraints() is a generator over cooper's registry, a few µs a call, and the multipliers
+        # are read several times a training step
+        self.multiplier_modules: tuple[FairnessMultiplier, ...] = tuple(
+            c.multiplier for c in self.constraints() if c.multiplier is not None
+        )
 
     @property
     def has_multipliers(self) -> bool:
@@ -175,7 +182,7 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
 
     def multiplier_values(self) -> Tensor:
         """``(m,)`` all multipliers in entry order (a detached copy)."""
-        weights = [c.multiplier.weight.detach() for c in self.constraints()]
+        weights = [m.weight.detach() for m in self.multiplier_modules]
         return weights[0].clone() if len(weights) == 1 else torch.cat(weights)  # cat copies already
 
     # cooper states --------------------------------------------------------------------------------------------

@@ -160,6 +160,7 @@ class LagrangianPlayer(DualPlayer):
         self.num_constraints = problem.constraint_set.num_constraints
         self._slices = problem.constraint_set.slices
         self._plain_lagrangian = all(c.formulation_type is Lagrangian for c in problem.constraints())
+        self._multipliers = problem.multiplier_modules
 
     def primal_objective(self, loss: Tensor, value: ConstraintValue) -> Tensor:
         r""":math:`f + \sum_i λ_i \tilde g_i` (or cooper's augmented form)."""
@@ -172,7 +173,7 @@ class LagrangianPlayer(DualPlayer):
         """``(1, λ)`` for the Lagrangian; None for the augmented Lagrangian (quadratic in ``g̃``)."""
         if not self._plain_lagrangian:
             return None
-        weights = [c.multiplier.weight for c in self.problem.constraints()]
+        weights = [m.weight for m in self._multipliers]
         if len(weights) == 1 and weights[0].is_cpu and weights[0].dtype == torch.float64:
             view = weights[0].detach().numpy()  # a view, read before the next dual step: no copy needed
             view.flags.writeable = False  # never a way to write the multipliers
@@ -191,28 +192,26 @@ class LagrangianPlayer(DualPlayer):
         # operations, unless the constraint set is forced onto the device evaluator (evaluator="device": that path
         # must not read tensors on the host, tests/test_no_sync.py).
         host = None
-        if plain is not None and not self.problem.constraint_set.on_device(_CPU):
-            constraints = self.problem.constraints()
-            if all(c.multiplier.weight.dtype in _HOST_DTYPES for c in constraints):  # NumPy has no bfloat16
-                host = _observed_host(value)
+        on_host = plain is not None and not self.problem.constraint_set.on_device(_CPU)
+        if on_host and all(m.weight.dtype in _HOST_DTYPES for m in self._multipliers):  # NumPy has no bfloat16
+            host = _observed_host(value)
         if host is not None:
             assert plain is not None
             hard_np, defined_np = host
             hard_t = torch.from_numpy(hard_np)
-            for constraint, entries in zip(self.problem.constraints(), self.problem.constraint_set.slices):
-                multiplier = constraint.multiplier
+            for multiplier, entries in zip(self._multipliers, self._slices):
                 grad = hard_t[entries] if len(self._slices) > 1 else hard_t  # one constraint: all the entries
-                if grad.dtype != multiplier.weight.dtype:
-                    grad = grad.to(multiplier.weight.dtype)
-                multiplier.weight.grad = grad
+                weight = multiplier.weight  # nn.Module attribute lookup: ~1 µs each
+                if grad.dtype != weight.dtype:
+                    grad = grad.to(weight.dtype)
+                weight.grad = grad
                 multiplier.sgd_ascent_host_(grad, plain, defined_np[entries])
             if self.penalty_updater is not None:
                 states = self.problem.constraint_states(value, primal=False, mask_multipliers=False)
                 self.penalty_updater.step(states)
             return
         hard, defined = observed_values(value)
-        for constraint, entries in zip(self.problem.constraints(), self.problem.constraint_set.slices):
-            multiplier = constraint.multiplier
+        for multiplier, entries in zip(self._multipliers, self._slices):
             grad = hard[entries].to(multiplier.weight)
             multiplier.weight.grad = grad
             if plain is None:
