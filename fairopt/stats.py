@@ -40,10 +40,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fairopt._batch_checks import WEIGHT_TOLERANCE, check_batch, check_num_groups
+from fairopt._batch_checks import (
+    WEIGHT_TOLERANCE,
+    HostViews,
+    check_batch,
+    check_batch_values,
+    check_num_groups,
+    host_views,
+)
 from fairopt._deprecation import renamed_kwargs
 from fairopt._step_count import CountAttribute, StepCount
-from fairopt._validation import NUMPY_DTYPES, require_tensor, validate_args_enabled
+from fairopt._validation import require_tensor, validate_args_enabled
 from fairopt.kernels import group_stats_table, resolve_backend
 from fairopt.kernels._common import derive_negative_cells
 from fairopt.proxies import Proxy, as_proxy
@@ -247,11 +254,15 @@ def _table_sums(
     ``on_host``: assemble a CPU table in NumPy (faster; the device path, e.g. ``evaluator="device"`` on the CPU,
     reads nothing on the host, so :func:`group_stats` does not)."""
     g = num_groups
-    hard = _segment_sum(code4, weights, 4 * g, dtype, on_host).view(g, 4)  # tn fp fn tp
-    pos = _segment_sum(code2, positive, 2 * g, dtype).view(g, 2)  # fp_proxy, tp_proxy: one column per label
-    neg = None if negative is None else _segment_sum(code2, negative, 2 * g, dtype).view(g, 2)  # tn_proxy, fn_proxy
+    hard = _segment_sum(code4, weights, 4 * g, dtype, on_host)  # (4G,): tn fp fn tp of each group
+    pos = _segment_sum(code2, positive, 2 * g, dtype)  # (2G,): fp_proxy, tp_proxy, one per (group, label)
+    neg = None if negative is None else _segment_sum(code2, negative, 2 * g, dtype)  # tn_proxy, fn_proxy
     total = None if loss is None else _segment_sum(groups, loss, g, dtype)
-    host = _HOST_DTYPES.get(dtype) if on_host and code2.device.type == "cpu" else None
+    host = _HOST_DTYPES.get(dtype) if on_host and code2.is_cpu else None
+    if host is np.float64 and g <= _FEW_GROUPS:
+        return torch.from_numpy(_rows_on_floats(hard, pos, neg, total, g))
+    hard, pos = hard.view(g, 4), pos.view(g, 2)
+    neg = None if neg is None else neg.view(g, 2)
     if host is not None:  # assembled in NumPy: the same casts and sums, ~1 µs an operation instead of ~5
         out = np.empty((g, len(COLUMNS)), dtype=host)
         out[:, :4] = _on_host(hard, dtype)  # int64 counts, or sums in the weights' dtype
@@ -278,6 +289,30 @@ _Cells = TypeVar("_Cells", Tensor, np.ndarray)  # a (G, K) table cotangent, torc
 
 # Table dtypes that NumPy holds (bfloat16 does not; float16 tables stay on the torch path too, for its rounding).
 _HOST_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+
+# Up to this many groups a float64 table is assembled on Python floats (_rows_on_floats): in a training step every
+# NumPy call costs several µs (cold caches, not arithmetic), and the table is a few dozen numbers.
+_FEW_GROUPS = 16
+
+
+def _rows_on_floats(hard: Tensor, pos: Tensor, neg: Tensor | None, total: Tensor | None, g: int) -> np.ndarray:
+    """The float64 ``(G, K)`` table of :func:`_table_sums`' NumPy branch from the flat CPU sums ``hard (4G,)``,
+    ``pos``/``neg (2G,)``, ``total (G,)``, built on Python floats: the same numbers (every sum converts to float64
+    exactly, as NumPy's cast does; a derived negative cell is ``(float(tn) + float(fp)) - fp_proxy``, the same two
+    float64 roundings)."""
+    h, p = hard.tolist(), pos.tolist()
+    n = None if neg is None else neg.tolist()
+    t = None if total is None else total.tolist()
+    rows = []
+    for i in range(g):
+        tn, fp, fn, tp = h[4 * i : 4 * i + 4]
+        fp_proxy, tp_proxy = p[2 * i], p[2 * i + 1]
+        if n is None:  # label counts minus the positive cells (derive_negative_cells)
+            tn_proxy, fn_proxy = (float(tn) + float(fp)) - fp_proxy, (float(fn) + float(tp)) - tp_proxy
+        else:
+            tn_proxy, fn_proxy = n[2 * i], n[2 * i + 1]
+        rows.append((tn, fp, fn, tp, tn_proxy, fp_proxy, fn_proxy, tp_proxy, 0.0 if t is None else t[i]))
+    return np.array(rows, dtype=np.float64)
 
 
 def _on_host(sums: Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -394,17 +429,12 @@ class ExampleTerms:
         return torch.dot(coefficients.index_select(0, index), values)
 
 
-def _host_codes(labels: Tensor, groups: Tensor, margin: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-    """``(code2, code4, int64 groups)`` of :func:`_example_terms` computed in NumPy on views of CPU tensors: the same
-    integers (``2 * group + label bit``, then ``2 * code2 + (margin > 0)``) at ~1 µs an operation instead of ~5-10 for
-    a tensor operation on a batch of a few hundred. None where NumPy cannot read a tensor (another device, bfloat16):
-    the caller then takes the tensor path."""
-    if not (labels.is_cpu and groups.is_cpu and margin.is_cpu):  # is_cpu: ~0.1 µs, .device ~0.5
-        return None
-    if labels.dtype not in NUMPY_DTYPES or groups.dtype not in NUMPY_DTYPES or margin.dtype not in NUMPY_DTYPES:
-        return None
-    y, m = labels.detach().numpy(), margin.detach().numpy()
-    g = groups.numpy()
+def _host_codes(views: HostViews, margin: Tensor | None, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(code2, code4, int64 groups)`` of :func:`_example_terms` computed in NumPy on the batch's views (``margin``:
+    ``scores - threshold``, None for a threshold of 0): the same integers (``2 * group + label bit``, then
+    ``2 * code2 + (margin > 0)``) at a NumPy call each instead of a tensor operation."""
+    s, y, g = views
+    m = s if margin is None else margin.detach().numpy()
     g64 = g if g.dtype == np.int64 else g.astype(np.int64)
     code2 = g64 + g64
     np.add(code2, y if y.dtype == np.bool_ else y > 0, out=code2)
@@ -421,24 +451,24 @@ def _example_terms(
     loss: Tensor | None,
     proxy: Proxy,
     threshold: float,
-    on_host: bool = False,
+    views: HostViews | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor, Tensor, Tensor | None]:
     """``(positive, negative, loss, code2, code4, groups, hard_weights)`` of a checked batch: the per-example terms
-    and the cell indices that :func:`_table_sums` adds up. ``on_host``: the indices of CPU tensors may be computed in
-    NumPy (:func:`_host_codes`; the device path, e.g. ``evaluator="device"`` on the CPU, reads nothing on the host)."""
+    and the cell indices that :func:`_table_sums` adds up. ``views``: :func:`~fairopt._batch_checks.host_views` of
+    the batch, to compute the indices in NumPy (:func:`_host_codes`); without them, tensor operations only (the
+    device path, e.g. ``evaluator="device"`` on the CPU, reads nothing on the host)."""
     # code2 = 2*group + label indexes the (group, label) cells; code4 adds the hard prediction bit. One fused
     # add each: index arithmetic dominates the cost of this function on CPU.
     # A 0/1 bit, whatever the labels hold: with the value checks off, a label outside {0, 1} (e.g. -1 or 2) must not
     # shift code2 into another group's row (it counts as positive when > 0, negative otherwise, in its own group).
     margin = scores if threshold == 0 else scores - threshold
-    codes = _host_codes(labels, groups, margin) if on_host else None
-    if codes is None:
+    if views is None:
         label_bit = labels if labels.dtype == torch.bool else labels > 0
         groups = groups if groups.dtype == torch.int64 else groups.to(torch.int64)  # a no-op .to() still costs ~3 µs
         code2 = torch.add(label_bit, groups, alpha=2)
         code4 = torch.add(margin.detach() > 0, code2, alpha=2)
     else:
-        code2, code4, groups = codes
+        code2, code4, groups = _host_codes(views, None if threshold == 0 else margin, groups)
     # Proxy sums accumulate in the scores' dtype (a float64 copy of the batch would cost more than the whole
     # scatter); the small table is then cast. Hard counts are exact integer counts when unweighted.
     if weights is not None:  # rounding negatives (accepted by the check) count as 0
@@ -556,10 +586,13 @@ def example_terms(
     proxy_obj = as_proxy(proxy)
     check_num_groups(num_groups)
     scores, labels, groups, weights, loss = check_batch(
-        scores, labels, groups, num_groups, weights, example_losses, validate_args_enabled(validate_args)
+        scores, labels, groups, num_groups, weights, example_losses, False
     )
+    views = host_views(scores, labels, groups)  # taken once, for the value checks and the cell indices
+    if validate_args_enabled(validate_args) and scores.shape[0] > 0:
+        check_batch_values(scores, labels, groups, num_groups, weights, loss, views)
     positive, negative, loss, code2, code4, groups, hard_weights = _example_terms(
-        scores, labels, groups, weights, loss, proxy_obj, threshold, True
+        scores, labels, groups, weights, loss, proxy_obj, threshold, views
     )
     detached = [None if t is None else t.detach() for t in (positive, negative, loss)]  # cheaper than no_grad()
     table = _table_sums(*detached, code2, code4, groups, hard_weights, num_groups, dtype, True)

@@ -171,13 +171,16 @@ def test_a_run_with_the_fast_paths_equals_the_generic_run(
         assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("case", ["plain", "weights", "example_losses", "hinge", "float32", "threshold", "weight_grad"])
+@pytest.mark.parametrize(
+    "case", ["plain", "weights", "example_losses", "hinge", "float32", "threshold", "weight_grad", "many_groups"]
+)
 def test_example_terms_give_the_table_of_group_stats_and_its_gradient(case: str) -> None:
     """ExampleTerms (the step's CPU path) is group_stats' table without a graph, and its linear term has the gradient
     of ``Σ W ∘ T`` through the differentiable table, for every kind of column (derived or explicit negative
     proxy, weights with and without a gradient, the loss column), bit for bit."""
     gen = torch.Generator().manual_seed(7)
-    n, num_groups = 301, 4  # group 3 absent: a zero row
+    # group 3 absent: a zero row; many groups: the table assembled in NumPy rather than on Python floats
+    n, num_groups = 301, 20 if case == "many_groups" else 4
     dtype = torch.float32 if case == "float32" else torch.float64
     inputs = {
         "scores": torch.randn(n, generator=gen, dtype=dtype),
@@ -185,7 +188,7 @@ def test_example_terms_give_the_table_of_group_stats_and_its_gradient(case: str)
         "example_losses": torch.rand(n, generator=gen, dtype=dtype),
     }
     labels = (torch.rand(n, generator=gen) < 0.4).float()
-    groups = torch.randint(0, 3, (n,), generator=gen)
+    groups = torch.randint(0, num_groups - 1, (n,), generator=gen)
     trainable = {"scores", "example_losses", "weights"} if case == "weight_grad" else {"scores", "example_losses"}
     options: dict[str, object] = {"proxy": "hinge" if case == "hinge" else "sigmoid", "dtype": dtype}
     if case == "threshold":
