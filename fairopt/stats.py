@@ -259,7 +259,7 @@ def _table_sums(
     neg = None if negative is None else _segment_sum(code2, negative, 2 * g, dtype)  # tn_proxy, fn_proxy
     total = None if loss is None else _segment_sum(groups, loss, g, dtype)
     host = _HOST_DTYPES.get(dtype) if on_host and code2.is_cpu else None
-    if host is np.float64 and g <= _FEW_GROUPS:
+    if host is np.float64 and g <= FEW_GROUPS:
         return torch.from_numpy(_rows_on_floats(hard, pos, neg, total, g))
     hard, pos = hard.view(g, 4), pos.view(g, 2)
     neg = None if neg is None else neg.view(g, 2)
@@ -290,9 +290,10 @@ _Cells = TypeVar("_Cells", Tensor, np.ndarray)  # a (G, K) table cotangent, torc
 # Table dtypes that NumPy holds (bfloat16 does not; float16 tables stay on the torch path too, for its rounding).
 _HOST_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
 
-# Up to this many groups a float64 table is assembled on Python floats (_rows_on_floats): in a training step every
-# NumPy call costs several µs (cold caches, not arithmetic), and the table is a few dozen numbers.
-_FEW_GROUPS = 16
+FEW_GROUPS = 16
+"""Up to this many groups, the per-step work on a table (assembling it, :func:`_rows_on_floats`; evaluating ranges of
+rates, :func:`fairopt.constraints.evaluation.linearize`) runs on Python floats: in a training step every NumPy call
+costs several µs (cold caches, not arithmetic), and such a table is a few dozen numbers."""
 
 
 def _rows_on_floats(hard: Tensor, pos: Tensor, neg: Tensor | None, total: Tensor | None, g: int) -> np.ndarray:

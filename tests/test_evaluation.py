@@ -369,13 +369,13 @@ def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
     Each must give the walk's values, mask and gradients exactly, on tables with absent groups, a single group,
     weighted (non-integer) cells, ties and denominators below float64's normal range (where the float path declines)."""
     from fairopt.constraints.evaluation import (
-        _SMALL_TABLE,
         _linearize_ranges,
         _linearize_small,
         _linearize_walk,
         _rate_ranges,
         linearize,
     )
+    from fairopt.stats import FEW_GROUPS
 
     expr = _range_case_expr(case)
     ranges = _rate_ranges(expr)
@@ -383,7 +383,7 @@ def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
     rng = np.random.default_rng(case)
     checked_undefined = checked_small = declined = 0
     for trial in range(300):
-        num_groups = int(rng.integers(1, 6)) if trial % 7 else int(rng.integers(_SMALL_TABLE - 1, _SMALL_TABLE + 4))
+        num_groups = int(rng.integers(1, 6)) if trial % 7 else int(rng.integers(FEW_GROUPS - 1, FEW_GROUPS + 4))
         table = rng.integers(0, 5, (num_groups, 9)).astype(float)
         if trial % 2:
             table *= rng.random((num_groups, 9))  # weighted counts and proxy sums

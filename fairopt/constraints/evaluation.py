@@ -53,7 +53,7 @@ from fairopt.constraints.expressions import (
     link,
 )
 from fairopt.rates import RATES, is_label_conditioned, mixer_matrix
-from fairopt.stats import COLUMNS, GroupStats
+from fairopt.stats import COLUMNS, FEW_GROUPS, GroupStats
 
 __all__ = ["Linearization", "attach", "evaluate_expr", "host_table", "linearize", "to_tensors", "value_tensors"]
 
@@ -158,7 +158,7 @@ def linearize(expr: Expr, table: np.ndarray, *, gradients: bool = True, offset: 
             gradients asked for a stack of tables.
     """
     if table.ndim == 2 and (ranges := _rate_ranges(expr)) is not None:
-        if table.shape[0] <= _SMALL_TABLE and (small := _linearize_small(ranges, table, gradients, offset)) is not None:
+        if table.shape[0] <= FEW_GROUPS and (small := _linearize_small(ranges, table, gradients, offset)) is not None:
             return small
         return _linearize_ranges(ranges, table, gradients, offset)
     return _linearize_walk(expr, table, gradients, offset)
@@ -319,11 +319,6 @@ def _linearize_ranges(
             return grad.reshape(-1)
 
     return Linearization(v[0], v[1], v[2], d, vjp)
-
-
-# Up to this many groups, _linearize_small evaluates ranges of rates on Python floats: ~1 µs a group and rate there,
-# against ~1 µs a NumPy call (a dozen or so per rate, whatever G) in _linearize_ranges.
-_SMALL_TABLE = 16
 
 
 # The table columns that a label-conditioned rate's proxy numerator (its upper bound's) and complementary proxy (its
@@ -531,7 +526,9 @@ _POSITIVE = (0.0).__lt__
 # The reverse pass of a label-conditioned rate as one product: grad += [c_u/den, c_l/den]ᵀ @ [w_upper; -w_lower]. The
 # weights are 0/±1, so both products of an entry are exact and their sum is the one rounding of
 # (c_u/den) w_upper - (c_l/den) w_lower: the same numbers as two outer products and a difference, in one call.
-_LABEL_BACK = {name: np.stack([w[:, 2], -w[:, 3]]) for name, w in _MIXERS.items() if _KINDS[name] == "label"}
+_LABEL_BACK = {
+    name: np.stack([w[:, _UPPER], -w[:, _COMPLEMENT]]) for name, w in _MIXERS.items() if _KINDS[name] == "label"
+}
 
 
 def _sum_to(c: np.ndarray, size: int) -> np.ndarray:
