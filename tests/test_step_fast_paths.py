@@ -76,28 +76,41 @@ def test_finite_is_isfinite() -> None:
         assert torch.equal(finite(values), torch.isfinite(values))
 
 
-def _multiplier(bound: float | None) -> FairnessMultiplier:
-    multiplier = FairnessMultiplier(5, init=torch.tensor([0.0, 0.3, 1.0, 0.01, 2.0], dtype=torch.float64), bound=bound)
-    multiplier.constraint_type = fairopt.optim.multipliers.ConstraintType.INEQUALITY
+def _multiplier(bound: float | None, kind: str, dtype: torch.dtype) -> FairnessMultiplier:
+    init = torch.tensor([0.0, 0.3, 1.0, 0.01, 2.0, 0.7, 0.2], dtype=dtype)
+    multiplier = FairnessMultiplier(7, init=init, bound=bound, dtype=dtype)
+    multiplier.constraint_type = getattr(fairopt.optim.multipliers.ConstraintType, kind.upper())
     return multiplier
 
 
-@pytest.mark.parametrize("bound", [None, 1.5])
-def test_sgd_ascent_equals_torch_sgd_and_the_projection(bound: float | None) -> None:
-    grad = torch.tensor([-0.2, 0.7, math.nan, -0.05, 3.0], dtype=torch.float64)
-    observed = torch.tensor([True, True, True, False, True])
-    slow, fast = _multiplier(bound), _multiplier(bound)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["inequality", "equality"])
+@pytest.mark.parametrize("bound", [None, 1.5, 0.1])
+def test_sgd_ascent_equals_torch_sgd_and_the_projection(bound: float | None, kind: str, dtype: torch.dtype) -> None:
+    """Both shortcuts (on tensors; on Python floats, which also set ``.grad`` from the raw hard values) against
+    ``torch.optim.SGD.step`` and cooper's projection: NaN, inf, an undefined entry, a float64 value that overflows
+    float32, steps below 0 and above the bound."""
+    hard = [-0.2, 0.7, math.nan, -0.05, 3.0, math.inf, 1e300]
+    defined = [True, True, True, False, True, True, True]
+    observed = torch.tensor(defined) & torch.isfinite(torch.tensor(hard, dtype=torch.float64))
+    grad = torch.where(observed, torch.tensor(hard, dtype=torch.float64), 0.0).to(dtype)
+    slow, fast, floats = (_multiplier(bound, kind, dtype) for _ in range(3))
     sgd = torch.optim.SGD(slow.parameters(), lr=0.3, maximize=True)
     slow.mask_next_update(observed)
     slow.weight.grad = grad.clone()
     sgd.step()
     slow.post_step_()
     fast.sgd_ascent_(grad, 0.3, observed)
-    assert torch.equal(fast.weight, slow.weight)
-    # hand-computed: clamp(w + 0.3 g) at [0, bound]; NaN and unobserved entries keep their value
+    floats.sgd_ascent_floats_(hard, defined, 0.3)
+    assert torch.equal(fast.weight, slow.weight) and torch.equal(floats.weight, slow.weight)
+    assert floats.weight.dtype == dtype and torch.equal(floats.weight.grad, grad)
+    # hand-computed: w + 0.3 g where observed and finite, else w; then the clamp to [0, bound] ([-bound, bound] for
+    # an equality). NaN, inf and the undefined entry keep their value; 1e300 overflows float32 (the step is inf: kept)
     top = math.inf if bound is None else bound
-    expected = [0.0, min(0.3 + 0.3 * 0.7, top), 1.0, 0.01, min(2.0 + 0.9, top)]
-    assert fast.weight.tolist() == pytest.approx(expected, abs=1e-15)
+    low = 0.0 if kind == "inequality" else -top
+    moved = [0.0 - 0.06, 0.3 + 0.21, 1.0, 0.01, 2.0 + 0.9, 0.7, 0.2 + 3e299 if dtype == torch.float64 else 0.2]
+    expected = [min(max(v, low), top) for v in moved]
+    assert floats.weight.tolist() == pytest.approx(expected, rel=1e-6)
 
 
 def test_plain_sgd_is_recognized_and_everything_else_is_not() -> None:

@@ -33,7 +33,6 @@ from cooper.formulations import Lagrangian
 from cooper.penalty_coefficients import PenaltyCoefficientUpdater
 from torch import Tensor
 
-from fairopt._validation import NUMPY_DTYPES
 from fairopt.constraints import ConstraintValue
 from fairopt.optim.base import DualPlayer, load_plain_optimizer_state, observed_values, plain_optimizer_state
 from fairopt.optim.cooper_problem import FairnessCMP
@@ -44,6 +43,8 @@ DualOptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Opti
 DUAL_OPTIMIZERS = ("sgd", "nupi")
 _CPU = torch.device("cpu")
 _HOST_DTYPES = (torch.float32, torch.float64)
+# up to this many constraint entries, a plain-SGD dual step on CPU multipliers runs on Python floats
+_FEW_ENTRIES = 16
 
 
 def check_dual_optimizer(kind: str | DualOptimizerFactory) -> None:
@@ -109,23 +110,6 @@ def _plain_sgd_lr(optimizer: torch.optim.Optimizer) -> float | None:
     return float(lr)
 
 
-def _observed_host(value: ConstraintValue) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`~fairopt.optim.base.observed_values` in NumPy for CPU values: ``(hard, defined)`` as arrays, the same
-    numbers (a selection and an exact finiteness test); None for values it does not cover (not on the CPU, or a dtype
-    NumPy lacks), which take the tensor path."""
-    hard, defined = value.hard, value.defined
-    if not (hard.is_cpu and defined.is_cpu) or (hard.dtype != torch.float64 and hard.dtype != torch.float32):
-        return None
-    if defined.dtype not in NUMPY_DTYPES:
-        return None  # a dtype NumPy cannot read (e.g. bfloat16): the tensor path
-    h = hard.detach().numpy()
-    d = defined.detach().numpy()
-    if d.dtype != np.bool_:
-        d = d.astype(bool)  # as Tensor.to(torch.bool): nonzero is True
-    ok = d & np.isfinite(h)  # as finite() in observed_values (h - h == 0 would warn at inf - inf)
-    return np.where(ok, h, 0.0), ok
-
-
 class LagrangianPlayer(DualPlayer):
     """λ-player of the (augmented) Lagrangian: cooper formulation + multipliers + dual optimizer.
 
@@ -188,24 +172,23 @@ class LagrangianPlayer(DualPlayer):
         and projects (undefined entries keep their value, see :class:`~fairopt.optim.FairnessMultiplier`).
         """
         plain = _plain_sgd_lr(self.dual_optimizer)
-        # Plain SGD on CPU multipliers (plain is None otherwise): the whole step on the host, ~5x fewer tensor
-        # operations, unless the constraint set is forced onto the device evaluator (evaluator="device": that path
-        # must not read tensors on the host, tests/test_no_sync.py).
-        host = None
-        on_host = plain is not None and not self.problem.constraint_set.on_device(_CPU)
-        if on_host and all(m.weight.dtype in _HOST_DTYPES for m in self._multipliers):  # NumPy has no bfloat16
-            host = _observed_host(value)
-        if host is not None:
-            assert plain is not None
-            hard_np, defined_np = host
-            hard_t = torch.from_numpy(hard_np)
+        # Plain SGD on a few CPU multipliers: the whole step on Python floats, a handful of calls instead of ~20
+        # tensor operations, unless the constraint set is forced onto the device evaluator (evaluator="device": that
+        # path must not read tensors on the host, tests/test_no_sync.py). Many entries: tensor operations, whose
+        # fixed cost is then small beside the rest of the step.
+        hard, defined = value.hard, value.defined
+        if (
+            plain is not None
+            and self.num_constraints <= _FEW_ENTRIES
+            and hard.is_cpu
+            and defined.is_cpu
+            and hard.dtype in _HOST_DTYPES
+            and all(m.weight.dtype in _HOST_DTYPES for m in self._multipliers)
+            and not self.problem.constraint_set.on_device(_CPU)
+        ):
+            hard_values, defined_values = hard.tolist(), defined.tolist()
             for multiplier, entries in zip(self._multipliers, self._slices):
-                grad = hard_t[entries] if len(self._slices) > 1 else hard_t  # one constraint: all the entries
-                weight = multiplier.weight  # nn.Module attribute lookup: ~1 µs each
-                if grad.dtype != weight.dtype:
-                    grad = grad.to(weight.dtype)
-                weight.grad = grad
-                multiplier.sgd_ascent_host_(grad, plain, defined_np[entries])
+                multiplier.sgd_ascent_floats_(hard_values[entries], defined_values[entries], plain)
             if self.penalty_updater is not None:
                 states = self.problem.constraint_states(value, primal=False, mask_multipliers=False)
                 self.penalty_updater.step(states)
