@@ -350,7 +350,10 @@ def _linearize_small(
         sums = (table @ _MIXERS[entry.rate]).tolist()
         rates: list[tuple[float, float, float, float] | None] = []  # per group: hard, upper, lower, 1 / den
         count = 0
-        for den, num, proxy, complement, _ in sums:
+        # the rows of the max and the min of the defined rates: the first at a tie, as argmax/argmin
+        top = bottom = 0
+        high = low = 0.0
+        for g, (den, num, proxy, complement, _) in enumerate(sums):
             if den > 0.0:
                 if gradients and den < _NORMAL:
                     return None
@@ -358,14 +361,18 @@ def _linearize_small(
                 if h - h != 0.0:  # inf or NaN: argmax/argmin have their own rules for these
                     return None
                 rates.append((h, proxy / den, 1.0 - complement / den, 1.0 / den))
+                if not count or h > high:
+                    top, high = g, h
+                if not count or h < low:
+                    bottom, low = g, h
                 count += 1
             else:
                 rates.append(None)
         if count < entry.needed_a or count < entry.needed_b:
             continue  # undefined: 0, zero derivative
-        i, j = _pick_small(rates, entry.how_a), _pick_small(rates, entry.how_b)
+        i, j = (top if entry.how_a == "max" else bottom), (top if entry.how_b == "max" else bottom)
         a, b = rates[i], rates[j]
-        assert a is not None and b is not None  # count >= needed >= 1: a defined row is picked
+        assert a is not None and b is not None  # count >= needed >= 1: defined rows are picked
         # a - b: hard values; upper bound a's upper - b's lower; lower bound a's lower - b's upper
         entry_values = (a[0] - b[0], a[1] - b[2], a[2] - b[1])
         if offset != 0.0:
@@ -395,15 +402,6 @@ def _linearize_small(
             return np.array(grad)
 
     return Linearization(hard, upper, lower, defined, vjp)
-
-
-def _pick_small(rates: list[tuple[float, float, float, float] | None], how: str) -> int:
-    """The row a ``max``/``min`` takes among the defined ones: the first at a tie, as ``argmax``/``argmin``."""
-    best, value = -1, 0.0
-    for g, rate in enumerate(rates):
-        if rate is not None and (best < 0 or (rate[0] > value if how == "max" else rate[0] < value)):
-            best, value = g, rate[0]
-    return best
 
 
 class _Attach(torch.autograd.Function):
