@@ -644,7 +644,9 @@ class ConstrainedOptimizer:
         gradient = vjp(mu, None)  # W = ∂(μᵀg̃)/∂T, (G*K,)
         weighted = loss if w0 == 1.0 else w0 * loss
         if terms is not None:
-            constant = torch.from_numpy(np.asarray(mu @ lin.proxy_upper)).to(stats.dtype)
+            constant = torch.from_numpy(np.asarray(mu @ lin.proxy_upper))  # float64
+            if constant.dtype != stats.dtype:  # a no-op Tensor.to still costs several µs
+                constant = constant.to(stats.dtype)
             return weighted.detach() + constant, weighted + terms.linear_term(gradient.reshape(stats.table.shape))
         # One autograd node: the value μᵀg̃ exactly, the gradient W·∂T/∂θ (attach's VJP of a linear map, c · W).
         objective = weighted + attach(np.asarray(mu @ lin.proxy_upper), lambda c: c * gradient, stats.table)
