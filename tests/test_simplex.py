@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from fairopt.optim.simplex import additive_step, multiplicative_step, project_simplex, stationary_distribution
+from fairopt.optim.simplex import (
+    TREE_STATES,
+    additive_step,
+    multiplicative_step,
+    project_simplex,
+    stationary_distribution,
+    tree_weights,
+)
 
 F64 = torch.float64
 P, N = 5, 4
@@ -78,3 +86,39 @@ def test_hand_computed_cases() -> None:
     got = multiplicative_step(log_state, gradient, math.log(2.0), mask, 0.0).exp()
     torch.testing.assert_close(got[0], torch.tensor([[1 / 3, 1 / 3], [2 / 3, 2 / 3]], dtype=F64))
     torch.testing.assert_close(got[1], torch.full((2, 2), 0.5, dtype=F64))  # frozen row kept; the free one has 0.5
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_tree_weights_give_the_solved_distribution_and_the_same_numbers_on_scalars(n: int) -> None:
+    """Chains of up to 3 states take the Markov chain tree theorem instead of the solve: the same distribution to
+    rounding (the solve still covers n > 3), the same numbers bit for bit on a stack and on NumPy scalars (the
+    proxy-Lagrangian's host path), in float64 and float32."""
+    assert TREE_STATES == 3
+    gen = torch.Generator().manual_seed(5)
+    matrix = stochastic(gen, P, n, n)
+    eye, ones = torch.eye(n, dtype=F64), torch.ones(P, n, dtype=F64)
+    solved = torch.linalg.solve(eye - matrix + 1.0, ones).clamp(min=0)
+    solved = solved / solved.sum(dim=-1, keepdim=True)
+    lam = stationary_distribution(matrix)
+    torch.testing.assert_close(lam, solved, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close((matrix @ lam[..., None])[..., 0], lam, rtol=1e-13, atol=1e-15)
+    for dtype in (torch.float64, torch.float32):
+        typed = matrix.to(dtype)
+        stack = torch.stack(tree_weights(lambda i, j, m=typed: m[..., i, j], n), dim=-1)
+        assert stack.dtype == dtype
+        for p in range(P):
+            array = typed[p].numpy()
+            scalars = tree_weights(lambda i, j, a=array: a[i, j], n)
+            assert all(w.dtype == array.dtype for w in scalars)  # NumPy scalars compute in the matrix's dtype
+            assert np.array_equal(np.array(scalars), stack[p].numpy())
+
+
+def test_tree_weights_hand_computed() -> None:
+    # state 0 -> 1; 1 -> 0 or 2 (1/2 each); 2 -> 0 (column j: where state j goes): π = (2, 2, 1) / 5, as
+    # π0 = π1 / 2 + π2, π1 = π0, π2 = π1 / 2
+    matrix = torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=F64)
+    assert [float(w) for w in tree_weights(lambda i, j: matrix[i, j], 3)] == [1.0, 1.0, 0.5]
+    assert stationary_distribution(matrix).tolist() == [0.4, 0.4, 0.2]
+    assert stationary_distribution(torch.tensor([[0.9, 0.2], [0.1, 0.8]], dtype=F64)).tolist() == [2 / 3, 1 / 3]
+    with pytest.raises(ValueError, match="1 to 3 states"):
+        tree_weights(lambda i, j: 0.0, 4)

@@ -127,8 +127,12 @@ def test_plain_sgd_is_recognized_and_everything_else_is_not() -> None:
     assert _plain_sgd_lr(scheduled) is None
 
 
-def _train(fast: bool, monkeypatch: pytest.MonkeyPatch, **options: object) -> tuple[torch.Tensor, ...]:
-    """Steps of a small problem with every fast path on, or each of them off (the generic path of the same code)."""
+def _train(
+    fast: bool, monkeypatch: pytest.MonkeyPatch, entries: int = 3, **options: object
+) -> tuple[torch.Tensor, ...]:
+    """Steps of a small problem with every fast path on, or each of them off (the generic path of the same code).
+    ``entries``: 3 (equalized odds and demographic parity; the proxy-Lagrangian solves for its 4-state chain) or 2
+    (equalized odds alone: a 3-state chain, whose distribution takes the tree weights)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(192, 8, generator=gen)
     y = (torch.rand(192, generator=gen) < 0.3).float()
@@ -136,7 +140,7 @@ def _train(fast: bool, monkeypatch: pytest.MonkeyPatch, **options: object) -> tu
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     base = torch.optim.Adam(model.parameters(), lr=1e-2)
-    constraints = [fairopt.EqualizedOdds(0.02), fairopt.DemographicParity(0.01)]
+    constraints = [fairopt.EqualizedOdds(0.02), fairopt.DemographicParity(0.01)][: 1 if entries == 2 else 2]
     opt = ConstrainedOptimizer(base, constraints, 4, dual_lr=0.5, dual_min_count=8, **options)  # group 3: absent
     if not fast:
         if opt.dual_statistics.running is not None:
@@ -169,8 +173,9 @@ def _train(fast: bool, monkeypatch: pytest.MonkeyPatch, **options: object) -> tu
         {"method": Lagrangian(multiplier_bound=0.05), "dual_update": "alternating", "margin": 0.01},
         {"method": "augmented_lagrangian"},
         {"method": "proxy_lagrangian"},
+        {"method": "proxy_lagrangian", "entries": 2},
     ],
-    ids=["lagrangian", "bounded, alternating, margin", "augmented_lagrangian", "proxy_lagrangian"],
+    ids=["lagrangian", "bounded, alternating, margin", "augmented_lagrangian", "proxy_lagrangian", "proxy, 2 entries"],
 )
 def test_a_run_with_the_fast_paths_equals_the_generic_run(
     options: dict[str, object], monkeypatch: pytest.MonkeyPatch

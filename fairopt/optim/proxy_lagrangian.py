@@ -43,7 +43,7 @@ from torch import Tensor
 
 from fairopt.constraints import ConstraintValue
 from fairopt.optim.base import DualPlayer, check_positive, observed_values
-from fairopt.optim.simplex import additive_step, multiplicative_step, stationary_distribution
+from fairopt.optim.simplex import TREE_STATES, additive_step, multiplicative_step, stationary_distribution, tree_weights
 
 __all__ = ["REGRETS", "UPDATES", "ProxyLagrangianPlayer"]
 
@@ -208,7 +208,10 @@ class ProxyLagrangianPlayer(DualPlayer):
             torch.logaddexp(b.mixed_t, b.log_share.expand_as(b.mixed_t), out=self._state)
         matrix = torch.exp(self._state, out=b.work_t).numpy()
         column = b.column
-        if self.regret == "swap":  # stationary_distribution(matrix): solve (I - M + 1 1ᵀ) λ = 1
+        n = column.shape[0]
+        if self.regret == "swap" and n <= TREE_STATES:  # stationary_distribution(matrix): its tree weights
+            column[:] = tree_weights(lambda i, j: matrix[i, j], n)  # NumPy scalars: the state's dtype
+        elif self.regret == "swap":  # stationary_distribution(matrix): solve (I - M + 1 1ᵀ) λ = 1
             np.subtract(b.eye, matrix, out=b.system)
             np.add(b.system, 1.0, out=b.system)
             np.copyto(column, torch.linalg.solve_ex(b.system_t, b.ones).result.numpy())

@@ -17,11 +17,16 @@ No function synchronizes with the host; all are deterministic for a given input.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = ["additive_step", "multiplicative_step", "project_simplex", "stationary_distribution"]
+
+# Chains of up to this many states take the spanning-tree weights of tree_weights instead of a linear solve.
+TREE_STATES = 3
 
 
 def project_simplex(values: Tensor, mass: Tensor | float = 1.0, mask: Tensor | None = None) -> Tensor:
@@ -119,7 +124,10 @@ def stationary_distribution(
 
     * ``init=None``: solve ``(I − M + 1 1ᵀ) λ = 1`` (one ``n × n`` solve). Exact when the stationary distribution
       is unique (e.g. every entry of ``M`` positive, as with multiplicative updates and a floor): summing the
-      equations gives ``1ᵀλ = 1``, and then ``(I − M) λ = 0``.
+      equations gives ``1ᵀλ = 1``, and then ``(I − M) λ = 0``. For ``n <= 3`` (:data:`TREE_STATES`: one or two
+      constraint entries, e.g. equalized odds as the range of TPR and of FPR, whatever the number of groups) the
+      same distribution by the Markov chain tree theorem (:func:`tree_weights`) instead: sums of products of
+      entries, with no cancellation and no solve (elementwise operations, the same numbers on the host).
     * ``init`` given: repeated squaring of the lazy chain ``P = (M + I)/2`` (same stationary distributions,
       aperiodic), ``λ = P^{2^s} init`` with ``s = squarings``; columns are renormalized after each product. Use it
       when ``M`` may be reducible (additive updates): the result is the limit reached from ``init`` (pass the
@@ -142,7 +150,10 @@ def stationary_distribution(
         # solve_ex: no singularity check, which would synchronize with the host on CUDA (the system is regular here).
         if ones is None:
             ones = torch.ones(matrix.shape[:-1], dtype=matrix.dtype, device=matrix.device)
-        lam = torch.linalg.solve_ex(eye - matrix + 1.0, ones).result
+        if n <= TREE_STATES:
+            lam = torch.stack(tree_weights(lambda i, j: matrix[..., i, j], n), dim=-1)
+        else:
+            lam = torch.linalg.solve_ex(eye - matrix + 1.0, ones).result
     else:
         power = 0.5 * (matrix + eye)
         for _ in range(squarings):
@@ -151,3 +162,32 @@ def stationary_distribution(
         lam = power @ init if init.dim() == 1 else (power @ init[..., None])[..., 0]
     lam = lam.clamp(min=0)
     return lam / lam.sum(dim=-1, keepdim=True)
+
+
+def tree_weights(entry: Callable[[int, int], Any], n: int) -> list[Any]:
+    r"""Unnormalized stationary weights of a column-stochastic ``n × n`` chain, ``n <= 3``, by the Markov chain tree
+    theorem (Leighton and Rivest, "Estimating a probability using finite memory", IEEE Trans. Inf. Theory 32(6),
+    1986; Anantharam and Tsoucas, Stat. Probab. Lett. 8, 1989): the weight of state ``i`` is the sum, over the
+    spanning trees directed to ``i``, of the products of their transition probabilities ``M[k, j]`` (edge
+    ``j -> k``). For ``n = 2``: ``(M[0, 1], M[1, 0])``. For ``n = 3``:
+    :math:`w_0 = M_{01} (M_{02} + M_{12}) + M_{02} M_{21}`, and the same with the states relabelled.
+
+    Sums of products of non-negative entries, so no cancellation; positive entries give positive weights. Written
+    once for tensors and scalars: ``entry(i, j)`` returns ``M[..., i, j]`` (a tensor: a stack of matrices) or one
+    float (NumPy or Python scalars: the host path of :class:`~fairopt.optim.ProxyLagrangianPlayer`), and the same
+    IEEE operations in the same order give the same numbers.
+
+    Returns:
+        ``n`` weights (tensors of the stack's shape, or scalars): :func:`stationary_distribution` normalizes them.
+
+    Raises:
+        ValueError: ``n`` outside ``1..3``.
+    """
+    if n == 1:
+        return [entry(0, 0)]
+    if n == 2:
+        return [entry(0, 1), entry(1, 0)]
+    if n != 3:
+        raise ValueError(f"tree_weights covers chains of 1 to {TREE_STATES} states, got {n}")
+    m01, m02, m10, m12, m20, m21 = (entry(i, j) for i, j in ((0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)))
+    return [m01 * (m02 + m12) + m02 * m21, m10 * (m12 + m02) + m12 * m20, m20 * (m21 + m01) + m21 * m10]
