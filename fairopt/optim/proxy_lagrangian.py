@@ -191,7 +191,8 @@ class ProxyLagrangianPlayer(DualPlayer):
         sums (whose order torch chooses) and the solve as the same tensor operations on tensors of the same shapes
         (written into preallocated tensors: ``out=`` and in-place variants run the same kernels); a chain of up to 3
         states takes :func:`~fairopt.optim.simplex.tree_weights` on NumPy scalars (exact in the state's dtype, as
-        the elementwise tensor operations). Without frozen rows the frozen mass is 0, so ``log_free = log(1) = 0`` and adding it changes nothing."""
+        the elementwise tensor operations). Without frozen rows the frozen mass is 0, so ``log_free = log(1) = 0``
+        and adding it changes nothing."""
         b = self._host_constants()
         b.delta[1:] = hard
         lam = b.lam_np
