@@ -62,10 +62,11 @@ def test_a_stack_of_additive_steps_and_projections_equals_each_alone() -> None:
     torch.testing.assert_close(projected.sum(dim=-2), mass)
 
 
-def test_a_stack_of_stationary_distributions_equals_each_alone() -> None:
+@pytest.mark.parametrize("n", [2, 3, N])  # the tree weights (up to 3 states) and the solve
+def test_a_stack_of_stationary_distributions_equals_each_alone(n: int) -> None:
     gen = torch.Generator().manual_seed(2)
-    matrix = stochastic(gen, P, N, N)
-    init = stochastic(gen, P, N, 1)[..., 0]
+    matrix = stochastic(gen, P, n, n)
+    init = stochastic(gen, P, n, 1)[..., 0]
     solved, powered = stationary_distribution(matrix), stationary_distribution(matrix, init=init)
     for p in range(P):
         assert torch.equal(solved[p], stationary_distribution(matrix[p]))

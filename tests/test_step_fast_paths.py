@@ -77,8 +77,8 @@ def test_finite_is_isfinite() -> None:
 
 
 def _multiplier(bound: float | None, kind: str, dtype: torch.dtype) -> FairnessMultiplier:
-    init = torch.tensor([0.0, 0.3, 1.0, 0.01, 2.0, 0.7, 0.2], dtype=dtype)
-    multiplier = FairnessMultiplier(7, init=init, bound=bound, dtype=dtype)
+    init = torch.tensor([0.0, 0.3, 1.0, 0.01, 2.0, 0.7, 0.2, -0.0], dtype=dtype)
+    multiplier = FairnessMultiplier(8, init=init, bound=bound, dtype=dtype)
     multiplier.constraint_type = getattr(fairopt.optim.multipliers.ConstraintType, kind.upper())
     return multiplier
 
@@ -89,9 +89,9 @@ def _multiplier(bound: float | None, kind: str, dtype: torch.dtype) -> FairnessM
 def test_sgd_ascent_equals_torch_sgd_and_the_projection(bound: float | None, kind: str, dtype: torch.dtype) -> None:
     """Both shortcuts (on tensors; on Python floats, which also set ``.grad`` from the raw hard values) against
     ``torch.optim.SGD.step`` and cooper's projection: NaN, inf, an undefined entry, a float64 value that overflows
-    float32, steps below 0 and above the bound."""
-    hard = [-0.2, 0.7, math.nan, -0.05, 3.0, math.inf, 1e300]
-    defined = [True, True, True, False, True, True, True]
+    float32, steps below 0 and above the bound, a -0.0 that keeps its sign (undefined, then clamped)."""
+    hard = [-0.2, 0.7, math.nan, -0.05, 3.0, math.inf, 1e300, 0.5]
+    defined = [True, True, True, False, True, True, True, False]
     observed = torch.tensor(defined) & torch.isfinite(torch.tensor(hard, dtype=torch.float64))
     grad = torch.where(observed, torch.tensor(hard, dtype=torch.float64), 0.0).to(dtype)
     slow, fast, floats = (_multiplier(bound, kind, dtype) for _ in range(3))
@@ -103,14 +103,21 @@ def test_sgd_ascent_equals_torch_sgd_and_the_projection(bound: float | None, kin
     fast.sgd_ascent_(grad, 0.3, observed)
     floats.sgd_ascent_floats_(hard, defined, 0.3)
     assert torch.equal(fast.weight, slow.weight) and torch.equal(floats.weight, slow.weight)
+    assert torch.equal(torch.signbit(floats.weight), torch.signbit(slow.weight)) and torch.signbit(slow.weight[7])
     assert floats.weight.dtype == dtype and torch.equal(floats.weight.grad, grad)
     # hand-computed: w + 0.3 g where observed and finite, else w; then the clamp to [0, bound] ([-bound, bound] for
     # an equality). NaN, inf and the undefined entry keep their value; 1e300 overflows float32 (the step is inf: kept)
     top = math.inf if bound is None else bound
     low = 0.0 if kind == "inequality" else -top
-    moved = [0.0 - 0.06, 0.3 + 0.21, 1.0, 0.01, 2.0 + 0.9, 0.7, 0.2 + 3e299 if dtype == torch.float64 else 0.2]
+    moved = [0.0 - 0.06, 0.3 + 0.21, 1.0, 0.01, 2.0 + 0.9, 0.7, 0.2 + 3e299 if dtype == torch.float64 else 0.2, 0.0]
     expected = [min(max(v, low), top) for v in moved]
     assert floats.weight.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_bound_the_multiplier_dtype_cannot_hold_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"exceeds the largest torch\.float32"):
+        FairnessMultiplier(2, bound=1e300, dtype=torch.float32)
+    assert FairnessMultiplier(2, bound=1e300, dtype=torch.float64).bound == 1e300
 
 
 def test_plain_sgd_is_recognized_and_everything_else_is_not() -> None:

@@ -43,9 +43,9 @@ DualOptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Opti
 DUAL_OPTIMIZERS = ("sgd", "nupi")
 _CPU = torch.device("cpu")
 _HOST_DTYPES = (torch.float32, torch.float64)
-# up to this many constraint entries, a plain-SGD dual step on CPU multipliers runs on Python floats (measured:
-# 3x faster than tensor operations at 16 entries, even near 256, 4x slower at 1024)
-_FEW_ENTRIES = 128
+# up to this many constraint entries, a plain-SGD dual step on CPU multipliers runs on Python floats (measured in a
+# tight loop against the tensor path: 4x faster at 2 entries, 3x at 16, even between 128 and 256, 5x slower at 1024)
+_FEW_ENTRIES = 64
 
 
 def check_dual_optimizer(kind: str | DualOptimizerFactory) -> None:

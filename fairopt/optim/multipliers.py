@@ -38,7 +38,8 @@ class FairnessMultiplier(DenseMultiplier):
         device, dtype: of the weight (``(m,)``).
 
     Raises:
-        ValueError: ``bound`` not a finite number > 0; negative or non-finite ``init``.
+        ValueError: ``bound`` not a finite number > 0, or above the largest value of ``dtype``; negative or
+            non-finite ``init``.
     """
 
     def __init__(
@@ -52,6 +53,11 @@ class FairnessMultiplier(DenseMultiplier):
     ) -> None:
         if bound is not None and not (isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0):
             raise ValueError(f"multiplier bound must be a finite number > 0, got {bound!r}")
+        if bound is not None and bound > torch.finfo(dtype).max:  # torch's clamp could not convert it
+            raise ValueError(
+                f"multiplier bound {bound!r} exceeds the largest {dtype} ({torch.finfo(dtype).max:g}); pass a smaller "
+                "bound, or no bound, or dtype=torch.float64"
+            )
         if init is not None and not bool(torch.isfinite(init).all() and (init >= 0).all()):
             raise ValueError("initial multipliers must be finite and >= 0")
         super().__init__(num_constraints=num_constraints, init=init, device=device, dtype=dtype)
@@ -97,7 +103,7 @@ class FairnessMultiplier(DenseMultiplier):
         entry keeps its value unless it is observed and its new value finite, then the clamp (``x < 0`` is False for
         ``-0.0`` and NaN, as in torch's). The weight is written in place through a NumPy view: it keeps its storage
         (optimizer state, CUDA graphs); a clamped float32 entry gets the bound rounded to float32, as torch's clamp
-        (no float32 lies strictly between a bound and its rounding, so comparing with either selects the same).
+        (no float32 lies strictly between a bound and its rounding, so comparing with either gives the same value).
 
         Args:
             hard: ``m`` hard values (``hard.tolist()`` of a float32/float64 tensor).

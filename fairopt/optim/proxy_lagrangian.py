@@ -68,14 +68,14 @@ class ProxyLagrangianPlayer(DualPlayer):
         device, dtype: of the state (float64 by default).
 
     Attributes:
-        host_arithmetic: multiplicative updates of a CPU state (float32/float64) with every entry defined: take the
-            step with the elementwise arithmetic in NumPy on views of the same tensors, and only the transcendental
-            functions, the reductions and the solve as tensor operations (7 instead of ~50; the same operations on the
-            same numbers, so the same state bit for bit). It reads the values on the host, so it is off by default:
-            a :class:`~fairopt.ConstrainedOptimizer` whose constraints are evaluated on the host (the NumPy
-            evaluator: ``not constraint_set.on_device(device)``) can switch it on; with ``evaluator="device"`` the
-            step must read nothing on the host (``tests/test_no_sync.py``). Frozen (undefined) entries, additive
-            updates and other devices take the tensor path.
+        host_arithmetic: multiplicative updates of a CPU state (float32/float64) with every entry defined: take the step
+            with the elementwise arithmetic in NumPy on views of the same tensors, and only the transcendental
+            functions, the reductions and the solve (of more than 3 states) as tensor operations (7 instead of ~50; the
+            same operations on the same numbers, so the same state bit for bit). It reads the values on the host, so it
+            is off by default: a :class:`~fairopt.ConstrainedOptimizer` whose constraints are evaluated on the host (the
+            NumPy evaluator: ``not constraint_set.on_device(device)``) can switch it on; with ``evaluator="device"`` the
+            step must read nothing on the host (``tests/test_no_sync.py``). Frozen (undefined) entries, additive updates
+            and other devices take the tensor path.
 
     Raises:
         ValueError: a bad ``regret``/``update`` name, ``lr <= 0``, ``minimum_weight`` out of range or given with
