@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt._tensors import detached
 from fairopt._validation import (
     NUMPY_DTYPES,
     describe_bad_values,
@@ -133,7 +134,7 @@ def host_views(scores: Tensor, labels: Tensor, groups: Tensor) -> HostViews | No
         return None
     if scores.dtype not in NUMPY_DTYPES or labels.dtype not in NUMPY_DTYPES or groups.dtype not in NUMPY_DTYPES:
         return None
-    return scores.detach().numpy(), labels.detach().numpy(), groups.detach().numpy()
+    return detached(scores).numpy(), detached(labels).numpy(), detached(groups).numpy()
 
 
 def _host_flags(

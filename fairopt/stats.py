@@ -31,6 +31,7 @@ w.r.t. ``loss``. Derived counts (``count``, ``label_pos``, ``pred_pos``, ``error
 from __future__ import annotations
 
 import numbers
+import operator
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from fairopt._batch_checks import (
 )
 from fairopt._deprecation import renamed_kwargs
 from fairopt._step_count import CountAttribute, StepCount
+from fairopt._tensors import detached
 from fairopt._validation import require_tensor, validate_args_enabled
 from fairopt.kernels import group_stats_table, resolve_backend
 from fairopt.kernels._common import derive_negative_cells
@@ -693,7 +695,7 @@ class RunningGroupStats:
         """Fold one batch's table in and return the current running table."""
         if stats.num_groups != self.num_groups:
             raise ValueError(f"expected a GroupStats with {self.num_groups} groups, got {stats.num_groups}")
-        table = stats.table.detach()
+        table = detached(stats.table)
         if self.mode == "ema":
             self._ema = table.clone() if self._ema is None else self._ema.to(table) * self.decay + table
         elif self.mode == "window":
@@ -735,7 +737,7 @@ class RunningGroupStats:
         if self._on_host():  # the same float64 sum, written through NumPy views of the ring
             step = self.num_updates  # this table's step (1-based)
             prefix, times, _ = self._host_ring()
-            source = table.detach()
+            source = table
             if source.dtype != torch.float64 and source.dtype != torch.float32:  # NumPy has no bfloat16
                 source = source.to(torch.float64)
             # a float32 table is widened by np.add exactly as by .to(torch.float64) (every float32 is a float64)
@@ -795,8 +797,8 @@ class RunningGroupStats:
         enough = [c if c <= count or c != c else count for c in label_counts((step - longest) % slots)]
         length = 0  # none found yet
         for candidate in range(1, min(longest, self._SCAN) + 1):
-            # `not >=` rather than `<`: a NaN count fails, as in (labels >= enough).all()
-            if not any(not c >= e for c, e in zip(label_counts((step - candidate) % slots), enough)):
+            # >= rather than `not <`: a NaN count fails, as in (labels >= enough).all()
+            if all(map(operator.ge, label_counts((step - candidate) % slots), enough)):
                 length = candidate
                 break
         if not length and longest > self._SCAN:  # the longer windows at once: their start slots, shortest first

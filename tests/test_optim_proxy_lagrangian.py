@@ -140,6 +140,23 @@ def test_primal_objective_weighs_objective_and_proxies():
     assert player.objective_weight == lam[0] and torch.equal(player.multipliers, lam[1:])
 
 
+def test_primal_weights_follow_every_update_and_a_loaded_state():
+    """``primal_weights`` (a cached read-only view of λ) reads λ after each update, the new λ after
+    ``load_state_dict`` (which replaces the tensor), and never writes it."""
+    player = ProxyLagrangianPlayer(2, lr=1.0)
+    other = ProxyLagrangianPlayer(2, lr=1.0)
+    other.update(value([0.9, -0.3]))
+    for _ in range(3):
+        player.update(value([0.4, 0.1]))
+        w0, mu = player.primal_weights()
+        assert [w0, *mu.tolist()] == player.distribution.tolist()
+    with pytest.raises(ValueError, match="read-only"):
+        mu[0] = 0.0
+    player.load_state_dict(other.state_dict())
+    w0, mu = player.primal_weights()
+    assert [w0, *mu.tolist()] == other.distribution.tolist() != [1.0, 0.0, 0.0]
+
+
 def test_state_dict_round_trip_and_checks():
     player = ProxyLagrangianPlayer(2, lr=0.3)
     player.update(value([0.5, 0.2]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,31 @@ def test_sgd_ascent_equals_torch_sgd_and_the_projection(bound: float | None, kin
     moved = [0.0 - 0.06, 0.3 + 0.21, 1.0, 0.01, 2.0 + 0.9, 0.7, 0.2 + 3e299 if dtype == torch.float64 else 0.2, 0.0]
     expected = [min(max(v, low), top) for v in moved]
     assert floats.weight.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_cached_host_view_follows_the_weight_to_new_storage() -> None:
+    """The cached NumPy view of a multiplier (read by the Lagrangian's primal weights, written by the float step) is
+    the weight's own storage; a module ``.to()`` or an assignment to ``.data`` that moves the weight to new storage
+    is seen, and a weight NumPy cannot view (bfloat16) gets None."""
+    multiplier = _multiplier(None, "inequality", torch.float64)
+    data, view, read_only = multiplier.host_view()
+    assert data.data_ptr() == multiplier.weight.data_ptr()
+    assert multiplier.host_view()[1] is view  # cached
+    multiplier.sgd_ascent_floats_([1.0] * 8, [True] * 8, 0.5)
+    assert view.tolist() == multiplier.weight.tolist() == read_only.tolist() and view[0] == 0.5
+    with pytest.raises(ValueError, match="read-only"):
+        read_only[0] = 1.0
+    multiplier.to(torch.float32)  # new storage for the same Parameter object
+    _, view32, _ = multiplier.host_view()
+    assert view32.dtype == np.float32 and view32.tolist() == multiplier.weight.tolist()
+    multiplier.sgd_ascent_floats_([1.0] * 8, [True] * 8, 0.5)
+    assert multiplier.weight[0].item() == 1.0 and view32[0] == 1.0 and view[0] == 0.5
+    multiplier.weight.data = torch.full((8,), 7.0, dtype=torch.float64)
+    assert multiplier.host_view()[1].tolist() == [7.0] * 8
+    multiplier.to(torch.bfloat16)
+    assert multiplier.host_view() is None
+    with pytest.raises(ValueError, match="float32 or float64 weight on the CPU"):
+        multiplier.sgd_ascent_floats_([1.0] * 8, [True] * 8, 0.5)
 
 
 def test_a_bound_the_multiplier_dtype_cannot_hold_is_refused() -> None:

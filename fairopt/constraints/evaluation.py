@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from fairopt._deprecation import renamed_attribute as _renamed
+from fairopt._tensors import detached
 from fairopt.constraints.expressions import (
     PER_GROUP,
     Abs,
@@ -134,7 +135,7 @@ class Linearization(NamedTuple):
 
 def host_table(stats: GroupStats) -> np.ndarray:
     """The table as a ``(G, K)`` float64 NumPy array (a view when it already is one on the CPU)."""
-    table = stats.table.detach()
+    table = detached(stats.table)
     if table.device.type != "cpu":
         table = table.cpu()
     return table.double().numpy()
@@ -374,10 +375,10 @@ def _linearize_small(
         a, b = rates[i], rates[j]
         assert a is not None and b is not None  # count >= needed >= 1: defined rows are picked
         # a - b: hard values; upper bound a's upper - b's lower; lower bound a's lower - b's upper
-        entry_values = (a[0] - b[0], a[1] - b[2], a[2] - b[1])
-        if offset != 0.0:
-            entry_values = tuple(v - offset for v in entry_values)
-        hard[r], upper[r], lower[r] = entry_values
+        # a - b, then - offset (one subtraction at a time, as the NumPy path: never a - (b + offset))
+        hard[r] = (a[0] - b[0]) - offset
+        upper[r] = (a[1] - b[2]) - offset
+        lower[r] = (a[2] - b[1]) - offset
         defined[r] = True
         picks.append((r, entry.rate, i, a[3], j, b[3]))
     vjp = None

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from fairopt._step_count import StepCount
+from fairopt._tensors import detached
 from fairopt._validation import PROBABILITY_HINT, probability_op, validate_args_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, attach, host_table, value_tensors
@@ -114,7 +115,7 @@ class _MultiplierTrace:
             slot = self.count.as_tensor(ring.device).remainder_(self.length)
             ring.index_copy_(0, slot, multipliers.detach().unsqueeze(0))
         else:
-            ring[int(self.count) % self.length].copy_(multipliers.detach())
+            ring[int(self.count) % self.length].copy_(detached(multipliers))
         self.count.increment(ring)
 
     def __len__(self) -> int:
@@ -166,7 +167,7 @@ class StepResult:
 def _detached(value: ConstraintValue) -> ConstraintValue:
     if not (value.proxy.requires_grad or value.hard.requires_grad):  # NumPy evaluator values: constants already
         return value
-    return ConstraintValue(value.hard.detach(), value.proxy.detach(), value.defined)
+    return ConstraintValue(detached(value.hard), detached(value.proxy), value.defined)
 
 
 def _describe(summary: Mapping[str, Any]) -> str:
@@ -551,7 +552,7 @@ class ConstrainedOptimizer:
         if lin is None:
             value = cs.evaluate(stats)
         else:  # constants (of a detached table): the proxy gradient enters through _primal_objective
-            table = stats.table.detach()
+            table = detached(stats.table)
             value = ConstraintValue(*value_tensors(lin, table if table.dtype == cs.dtype else table.to(cs.dtype)))
         self._steps.increment(scores)
         if dual_stats.every is not None and dual_stats.every > 1:

@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from fairopt._step_count import CountAttribute, StepCount
+from fairopt._tensors import detached
 from fairopt.stats import GroupStats, RunningGroupStats
 
 __all__ = ["DUAL_SOURCES", "DualStatistics"]
@@ -104,7 +105,7 @@ class DualStatistics:
         """
         if stats.num_groups != self.num_groups:
             raise ValueError(f"expected statistics with {self.num_groups} groups, got {stats.num_groups}")
-        table = stats.table.detach()
+        table = detached(stats.table)
         self._pending = table.clone() if self._pending is None else self._pending + table.to(self._pending)
         self._num_pending.increment(table)
         self._observed.increment(table)

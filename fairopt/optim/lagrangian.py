@@ -158,11 +158,10 @@ class LagrangianPlayer(DualPlayer):
         """``(1, λ)`` for the Lagrangian; None for the augmented Lagrangian (quadratic in ``g̃``)."""
         if not self._plain_lagrangian:
             return None
-        weights = [m.weight for m in self._multipliers]
-        if len(weights) == 1 and weights[0].is_cpu and weights[0].dtype == torch.float64:
-            view = weights[0].detach().numpy()  # a view, read before the next dual step: no copy needed
-            view.flags.writeable = False  # never a way to write the multipliers
-            return 1.0, view
+        if len(self._multipliers) == 1 and (host := self._multipliers[0].host_view()) is not None:
+            data, _, read_only = host
+            if data.dtype == torch.float64:  # a read-only view, read before the next dual step: no copy needed
+                return 1.0, read_only
         return 1.0, self.problem.multiplier_values().cpu().double().numpy()
 
     def update(self, value: ConstraintValue) -> None:

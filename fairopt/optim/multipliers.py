@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from cooper.multipliers import DenseMultiplier
 from cooper.utils import ConstraintType
@@ -64,6 +65,28 @@ class FairnessMultiplier(DenseMultiplier):
         self.bound = None if bound is None else float(bound)
         self._before: Tensor | None = None
         self._observed: Tensor | None = None
+        # (weight, its storage address, weight.data, a NumPy view of it, a read-only one) for a CPU weight, kept while
+        # the weight keeps its storage (see host_view)
+        self._host: tuple[Tensor, int, Tensor, np.ndarray, np.ndarray] | None = None
+
+    def host_view(self) -> tuple[Tensor, np.ndarray, np.ndarray] | None:
+        """``(weight.data, a NumPy view of it, a read-only one)`` of a CPU weight of a dtype NumPy reads; None
+        otherwise. The same objects from step to step (a view costs ~2 µs, and the multipliers are read several
+        times a training step) while the weight keeps its storage: the dual steps write it in place, and a module
+        ``.to()`` or an assignment to ``.data`` that gives it new storage is seen by its address (the cached view
+        keeps the old storage alive, so no new one can take its address)."""
+        weight = self._parameters["weight"]  # Module.__getattr__ costs ~1.5 µs a lookup
+        cache = self._host
+        if cache is not None and cache[0] is weight and cache[1] == weight.data_ptr():
+            return cache[2], cache[3], cache[4]
+        if not weight.is_cpu or weight.dtype not in (torch.float64, torch.float32):
+            return None
+        data = weight.data
+        view = data.numpy()
+        read_only = view.view()
+        read_only.flags.writeable = False
+        self._host = (weight, weight.data_ptr(), data, view, read_only)
+        return data, view, read_only
 
     def mask_next_update(self, observed: Tensor) -> None:
         """Remember the current values; the next :meth:`post_step_` restores entries where ``observed`` is False.
@@ -110,12 +133,18 @@ class FairnessMultiplier(DenseMultiplier):
             defined: ``m`` flags, True (nonzero) for entries defined in the statistics the dual step read.
             lr: the step size η > 0.
         """
-        weight = self.weight
-        data = weight.data
+        host = self.host_view()
+        if host is None:
+            raise ValueError("sgd_ascent_floats_ needs a float32 or float64 weight on the CPU")
+        data, keep, _ = host  # keep: the weight's storage; it has not moved yet: unobserved, non-finite entries keep it
         observed = [bool(d) and h - h == 0.0 for h, d in zip(hard, defined)]  # h - h: 0 unless inf or NaN
-        grad = torch.tensor([h if ok else 0.0 for h, ok in zip(hard, observed)], dtype=data.dtype)
-        weight.grad = grad
-        keep = data.numpy()  # the weight's storage; it has not moved yet: unobserved, non-finite entries keep it
+        values = [h if ok else 0.0 for h, ok in zip(hard, observed)]
+        # float64: the same numbers through NumPy at a third of torch.tensor's cost; float32 rounds in torch.tensor
+        # (NumPy's cast would warn where a float64 value overflows float32)
+        grad = (
+            torch.from_numpy(np.array(values)) if keep.dtype == np.float64 else torch.tensor(values, dtype=data.dtype)
+        )
+        self._parameters["weight"].grad = grad
         high = self.bound  # compared as a float64; written as the weight's dtype (rounded as torch casts it)
         low = 0.0 if self.constraint_type == ConstraintType.INEQUALITY else None if high is None else -high
         out = []
