@@ -96,14 +96,6 @@ class GroupStats:
 
     # construction ---------------------------------------------------------------------------------------------
     @classmethod
-    def _of(cls, table: Tensor) -> GroupStats:
-        """A table that fairopt built, of the right shape and dtype by construction (a batch's sums, a running or
-        pending sum of checked tables): without the checks of ``__init__`` (a few µs, several times a step)."""
-        stats = object.__new__(cls)
-        object.__setattr__(stats, "table", table)  # as the frozen dataclass's __init__ sets it
-        return stats
-
-    @classmethod
     def zeros(
         cls, num_groups: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64
     ) -> GroupStats:
@@ -569,9 +561,9 @@ def group_stats(
             scores, labels=labels, groups=groups, num_groups=num_groups, weights=weights, example_losses=loss,
             proxy=proxy_obj, threshold=threshold, dtype=dtype, backend=resolved, validate_args=False,
         )  # fmt: skip
-        return GroupStats._of(table)
+        return GroupStats(table)
     terms = _example_terms(scores, labels, groups, weights, loss, proxy_obj, threshold)
-    return GroupStats._of(_Table.apply(*terms, num_groups, dtype))
+    return GroupStats(_Table.apply(*terms, num_groups, dtype))
 
 
 def example_terms(
@@ -607,7 +599,7 @@ def example_terms(
     )
     detached = [None if t is None else t.detach() for t in (positive, negative, loss)]  # cheaper than no_grad()
     table = _table_sums(*detached, code2, code4, groups, hard_weights, num_groups, dtype, True)
-    return ExampleTerms(GroupStats._of(table), positive, negative, loss, code2, groups)
+    return ExampleTerms(GroupStats(table), positive, negative, loss, code2, groups)
 
 
 def _label_counts(sums: np.ndarray) -> np.ndarray:
