@@ -51,7 +51,7 @@ from fairopt._batch_checks import (
 )
 from fairopt._deprecation import renamed_kwargs
 from fairopt._step_count import CountAttribute, StepCount
-from fairopt._tensors import detached
+from fairopt._tensors import ViewCache, detached
 from fairopt._validation import require_tensor, validate_args_enabled
 from fairopt.kernels import group_stats_table, resolve_backend
 from fairopt.kernels._common import derive_negative_cells
@@ -688,8 +688,8 @@ class RunningGroupStats:
         # a CPU tensor is on the host already: reading it there waits for nothing (see the class docstring)
         self.host_bookkeeping = True
         # NumPy views of the CPU ring and the ring index, kept while the ring tensors stay the same objects (see
-        # _host_ring): a view costs ~1 µs per call, several per step
-        self._ring_cache: tuple[Tensor, Tensor, int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        # _host_ring): a view costs ~1 µs per call, several per step; copies and pickles start without (ViewCache)
+        self._ring_cache = ViewCache()
 
     def update(self, stats: GroupStats) -> GroupStats:
         """Fold one batch's table in and return the current running table."""
@@ -717,11 +717,11 @@ class RunningGroupStats:
         window is unchanged (``load_state_dict`` and ``reset`` replace the tensors, which invalidates it)."""
         assert self._prefix is not None and self._times is not None
         slots = self.window + 1
-        cache = self._ring_cache
+        cache = self._ring_cache.value
         if cache is None or cache[0] is not self._prefix or cache[1] is not self._times or cache[2] != slots:
             ring_index = np.tile(np.arange(slots), 2)
             cache = (self._prefix, self._times, slots, self._prefix.numpy(), self._times.numpy(), ring_index)
-            self._ring_cache = cache
+            self._ring_cache.value = cache
         return cache[3], cache[4], cache[5]
 
     def _append_prefix(self, table: Tensor) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -155,6 +157,25 @@ def test_primal_weights_follow_every_update_and_a_loaded_state():
     player.load_state_dict(other.state_dict())
     w0, mu = player.primal_weights()
     assert [w0, *mu.tolist()] == other.distribution.tolist() != [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_player_continues_as_the_original(how):
+    """The host path and the primal weights keep NumPy views of the state and of λ: a copy (deepcopy, pickle, as
+    torch.save does) must not keep the original's views, whose memory the copy's tensors no longer share, but
+    continue exactly as the original does."""
+    player = ProxyLagrangianPlayer(2, lr=1.0)
+    player.host_arithmetic = True
+    for hard in ([0.4, 0.1], [0.2, -0.3]):
+        player.update(value(hard))
+        player.primal_weights()
+    copied = copy.deepcopy(player) if how == "deepcopy" else pickle.loads(pickle.dumps(player))
+    for hard in ([0.9, -0.3], [-0.1, 0.5], [0.3, 0.3]):
+        for p in (player, copied):
+            p.update(value(hard))
+            w0, mu = p.primal_weights()
+            assert [w0, *mu.tolist()] == p.distribution.tolist()
+        assert torch.equal(copied.matrix, player.matrix) and torch.equal(copied.distribution, player.distribution)
 
 
 def test_state_dict_round_trip_and_checks():

@@ -8,7 +8,10 @@ run with every shortcut vs one with each of them switched off.
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,10 +137,45 @@ def test_the_cached_host_view_follows_the_weight_to_new_storage() -> None:
     assert multiplier.weight[0].item() == 1.0 and view32[0] == 1.0 and view[0] == 0.5
     multiplier.weight.data = torch.full((8,), 7.0, dtype=torch.float64)
     assert multiplier.host_view()[1].tolist() == [7.0] * 8
+    # the same storage seen with another shape or dtype
+    multiplier.weight.data = multiplier.weight.data[:4]
+    assert multiplier.host_view()[1].shape == (4,)
+    multiplier.weight.data = multiplier.weight.data.view(torch.float32)
+    assert multiplier.host_view()[1].dtype == np.float32 and multiplier.host_view()[1].shape == (8,)
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        multiplier.host_view()[2].flags.writeable = True
     multiplier.to(torch.bfloat16)
     assert multiplier.host_view() is None
     with pytest.raises(ValueError, match="float32 or float64 weight on the CPU"):
         multiplier.sgd_ascent_floats_([1.0] * 8, [True] * 8, 0.5)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_start_without_the_cached_views(how: str) -> None:
+    """A copied multiplier and a copied count window (deepcopy, pickle: what torch.save does) write and read their
+    own tensors, not the original's cached views: both continue with the same numbers, independently."""
+
+    def copied(obj: Any) -> Any:
+        return copy.deepcopy(obj) if how == "deepcopy" else pickle.loads(pickle.dumps(obj))
+
+    multiplier = _multiplier(None, "inequality", torch.float64)
+    multiplier.sgd_ascent_floats_([0.5] * 8, [True] * 8, 0.1)
+    twin = copied(multiplier)
+    for m in (multiplier, twin):
+        m.sgd_ascent_floats_([1.0] * 8, [True] * 8, 0.5)
+    assert torch.equal(twin.weight, multiplier.weight) and twin.weight.tolist()[1] == 0.3 + 0.05 + 0.5
+    twin.sgd_ascent_floats_([1.0] * 8, [True] * 8, 0.5)
+    assert twin.weight.tolist()[0] == multiplier.weight.tolist()[0] + 0.5
+    tables = _stream(12, 3, torch.float64)
+    running = RunningGroupStats(3, mode="count", window=5, min_count=60.0)
+    for t in tables[:6]:
+        running.update(t)
+    other = copied(running)
+    for t in tables[6:]:
+        assert torch.equal(running.update(t).table, other.update(t).table)
+        assert int(running.last_window) == int(other.last_window)
+    # the copy's ring tensors themselves were written (what its state_dict saves), not arrays that only look like them
+    assert torch.equal(other.state_dict()["prefix"], running.state_dict()["prefix"])
 
 
 def test_a_bound_the_multiplier_dtype_cannot_hold_is_refused() -> None:

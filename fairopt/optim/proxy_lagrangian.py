@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt._tensors import ViewCache
 from fairopt.constraints import ConstraintValue
 from fairopt.optim.base import DualPlayer, check_positive, observed_values
 from fairopt.optim.simplex import TREE_STATES, additive_step, multiplicative_step, stationary_distribution, tree_weights
@@ -118,13 +119,13 @@ class ProxyLagrangianPlayer(DualPlayer):
         state = column[:, None].expand(n, n if regret == "swap" else 1).clone()
         self._state = state.log() if update == "multiplicative" else state
         self._lam = column.clone()
-        self._lam_view: tuple[Tensor, np.ndarray] | None = None  # see primal_weights
+        self._lam_view = ViewCache()  # (λ, a read-only view of it): see primal_weights
         self.host_arithmetic = False
         # constants of the tensor path, built once for the state's dtype and device: the first entries of Δ and of
         # the mask, and the eye and ones of the stationary distribution (a tensor operation each, every step)
         self._constants: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         # host path constants, built on first use for the state's dtype and floor (see _host_constants)
-        self._host_cache: _HostBuffers | None = None
+        self._host_cache = ViewCache()  # of _HostBuffers
 
     # the game ---------------------------------------------------------------------------------------------------
     def primal_objective(self, loss: Tensor, value: ConstraintValue) -> Tensor:
@@ -135,13 +136,13 @@ class ProxyLagrangianPlayer(DualPlayer):
     def primal_weights(self) -> tuple[float, np.ndarray]:
         """``(λ_0, λ_{1:})``: the primal objective is linear in the proxy values."""
         lam = self._lam
-        cached = self._lam_view
+        cached = self._lam_view.value
         if cached is not None and cached[0] is lam:  # the same tensor, written in place by every update
             view = cached[1]
         elif lam.is_cpu and lam.dtype == torch.float64:  # a read-only view (~3 µs), kept from step to step
-            view = lam.numpy().view()
+            view = lam.numpy()
             view.flags.writeable = False
-            self._lam_view = (lam, view)
+            self._lam_view.value = (lam, view)
         else:
             view = lam.cpu().double().numpy()
         return float(view[0]), view[1:]
@@ -189,9 +190,9 @@ class ProxyLagrangianPlayer(DualPlayer):
     def _host_constants(self) -> _HostBuffers:
         """The constants and buffers of the host path (:class:`_HostBuffers`), built again when the state tensors are
         replaced (:meth:`load_state_dict`) or the floor changes."""
-        cache = self._host_cache
+        cache = self._host_cache.value
         if cache is None or cache.state is not self._state or cache.lam is not self._lam or cache.floor != self.floor:
-            cache = self._host_cache = _HostBuffers(self._state, self._lam, self.floor)
+            cache = self._host_cache.value = _HostBuffers(self._state, self._lam, self.floor)
         return cache
 
     def _update_host(self, hard: np.ndarray) -> None:
