@@ -139,6 +139,9 @@ class FairnessMultiplier(DenseMultiplier):
             hard: ``m`` hard values (``hard.tolist()`` of a float32/float64 tensor).
             defined: ``m`` flags, True (nonzero) for entries defined in the statistics the dual step read.
             lr: the step size η > 0.
+
+        Raises:
+            ValueError: the weight is not a float32 or float64 CPU tensor (:meth:`sgd_ascent_` takes any).
         """
         host = self.host_view()
         if host is None:
