@@ -92,8 +92,8 @@ def test_hand_computed_cases() -> None:
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_tree_weights_give_the_solved_distribution_and_the_same_numbers_on_scalars(n: int) -> None:
     """Chains of up to 3 states take the Markov chain tree theorem instead of the solve: the same distribution to
-    rounding (the solve still covers n > 3), the same numbers bit for bit on a stack and on NumPy scalars (the
-    proxy-Lagrangian's host path), in float64 and float32."""
+    rounding (the solve still covers n > 3), the same numbers bit for bit on a stack, on NumPy scalars and on
+    Python floats (the proxy-Lagrangian's host path), in float64 and float32."""
     assert TREE_STATES == 3
     gen = torch.Generator().manual_seed(5)
     matrix = stochastic(gen, P, n, n)
@@ -112,6 +112,10 @@ def test_tree_weights_give_the_solved_distribution_and_the_same_numbers_on_scala
             scalars = tree_weights(lambda i, j, a=array: a[i, j], n)
             assert all(w.dtype == array.dtype for w in scalars)  # NumPy scalars compute in the matrix's dtype
             assert np.array_equal(np.array(scalars), stack[p].numpy())
+            if dtype == torch.float64:  # Python floats (the host path's float64 route): the same IEEE operations
+                rows = array.tolist()
+                floats = tree_weights(lambda i, j, r=rows: r[i][j], n)
+                assert all(type(w) is float for w in floats) and np.array_equal(np.array(floats), stack[p].numpy())
 
 
 def test_tree_weights_hand_computed() -> None:

@@ -201,9 +201,9 @@ class ProxyLagrangianPlayer(DualPlayer):
         in the same order, the elementwise ones (exact in NumPy as in torch) on NumPy views, exp/log/logaddexp, the
         sums (whose order torch chooses) and the solve as the same tensor operations on tensors of the same shapes
         (written into preallocated tensors: ``out=`` and in-place variants run the same kernels); a chain of up to 3
-        states takes :func:`~fairopt.optim.simplex.tree_weights` on NumPy scalars (exact in the state's dtype, as
-        the elementwise tensor operations). Without frozen rows the frozen mass is 0, so ``log_free = log(1) = 0``
-        and adding it changes nothing."""
+        states takes :func:`~fairopt.optim.simplex.tree_weights` on Python floats (float64) or NumPy scalars
+        (float32): exact in the state's dtype, as the elementwise tensor operations. Without frozen rows the frozen
+        mass is 0, so ``log_free = log(1) = 0`` and adding it changes nothing."""
         b = self._host_constants()
         b.delta[1:] = hard
         lam = b.lam_np
@@ -218,19 +218,25 @@ class ProxyLagrangianPlayer(DualPlayer):
             np.copyto(b.state_np, b.mixed)
         else:  # in place into the state: it keeps its storage (CUDA graphs, see update)
             np.add(b.mixed, math.log1p(-self.floor), out=b.mixed)
-            torch.logaddexp(b.mixed_t, b.log_share.expand_as(b.mixed_t), out=self._state)
-        matrix = torch.exp(self._state, out=b.work_t).numpy()
+            torch.logaddexp(b.mixed_t, b.log_share_expanded, out=self._state)
+        torch.exp(self._state, out=b.work_t)
+        matrix = b.work
         column = b.column
         n = column.shape[0]
-        if self.regret == "swap" and n <= TREE_STATES:  # stationary_distribution(matrix): its tree weights
-            column[:] = tree_weights(lambda i, j: matrix[i, j], n)  # NumPy scalars: the state's dtype
+        tree = self.regret == "swap" and n <= TREE_STATES
+        if tree:  # stationary_distribution(matrix): its tree weights, sums of products of exp() values (never < 0)
+            # on Python floats for float64 (the same IEEE operations as NumPy's float64 scalars), else NumPy scalars
+            # of the state's dtype
+            entries = matrix.tolist() if matrix.dtype == np.float64 else matrix
+            column[:] = tree_weights(lambda i, j: entries[i][j], n)
         elif self.regret == "swap":  # stationary_distribution(matrix): solve (I - M + 1 1ᵀ) λ = 1
             np.subtract(b.eye, matrix, out=b.system)
             np.add(b.system, 1.0, out=b.system)
             np.copyto(column, torch.linalg.solve_ex(b.system_t, b.ones).result.numpy())
         else:  # _distribution's first column
             np.copyto(column, matrix[:, 0])
-        np.copyto(column, 0.0, where=column < 0.0)  # clamp(min=0), -0.0 and all
+        if not tree:  # clamp(min=0), -0.0 and all (a no-op on tree weights: none is below 0, NaN is not)
+            np.copyto(column, 0.0, where=column < 0.0)
         # external regret: _distribution's column.sum(), the same reduction over the one dimension
         torch.sum(b.column_t, dim=-1, keepdim=True, out=b.column_total_t)
         np.divide(column, b.column_total, out=lam)
@@ -321,11 +327,12 @@ class _HostBuffers:
             log_free = torch.log(free_mass.clamp(min=torch.finfo(dtype).tiny))
             free_rows = torch.full((1, 1), n, dtype=torch.int64).to(dtype)
             self.log_share = log_free - torch.log(free_rows) + math.log(floor)
+        self.log_share_expanded = None if self.log_share is None else self.log_share.expand(n, k)
         self.delta = np.zeros(n, dtype=np_dtype)
         self.eye = np.eye(n, dtype=np_dtype)
         self.ones = torch.ones((n,), dtype=dtype)
         self.shifted, self.shifted_t = _pair((n, k), np_dtype)
-        self.work_t = torch.empty((n, k), dtype=dtype)
+        self.work, self.work_t = _pair((n, k), np_dtype)
         self.total, self.total_t = _pair((1, k), np_dtype)
         self.mixed, self.mixed_t = _pair((n, k), np_dtype)
         self.system, self.system_t = _pair((n, n), np_dtype)
