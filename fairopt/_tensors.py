@@ -1,9 +1,13 @@
-"""Tensor helpers of the per-step path: :func:`detached`, and :class:`ViewCache` for NumPy views kept across steps."""
+"""Tensor helpers of the per-step path: :func:`detached`, and :class:`ViewCache` / :func:`numpy_views` for NumPy views
+kept across steps."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor
 
 
@@ -35,3 +39,33 @@ class ViewCache:
 
     def __reduce__(self) -> tuple[type[ViewCache], tuple[()]]:
         return ViewCache, ()
+
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def numpy_views(
+    cache: ViewCache, tensor: Tensor, dtypes: Collection[torch.dtype] = _FLOAT_DTYPES
+) -> tuple[Tensor, np.ndarray, np.ndarray] | None:
+    """``(tensor.data, a NumPy view of it, a read-only one)`` of a CPU ``tensor`` whose dtype is in ``dtypes`` (NumPy
+    reads float32 and float64); None otherwise. The same objects from call to call, kept in ``cache``, while
+    ``tensor`` keeps its identity, storage address, shape and dtype: an in-place write keeps them; a ``.to()`` or an
+    assignment to ``.data`` changes the address, shape or dtype (the cached view keeps the old storage alive, so no
+    new storage takes its address). Two views, because a read-only view's flag cannot be set back (a caller that
+    hands one out cannot have it written through)."""
+    cached = cache.value
+    if (
+        cached is not None
+        and cached[0] is tensor
+        and cached[1] == tensor.data_ptr()
+        and cached[2].dtype == tensor.dtype
+        and cached[2].shape == tensor.shape
+    ):
+        return cached[2], cached[3], cached[4]
+    if not tensor.is_cpu or tensor.dtype not in dtypes:
+        return None
+    data = tensor.data
+    view, read_only = data.numpy(), data.numpy()
+    read_only.flags.writeable = False
+    cache.value = (tensor, tensor.data_ptr(), data, view, read_only)
+    return data, view, read_only

@@ -737,11 +737,10 @@ class RunningGroupStats:
         if self._on_host():  # the same float64 sum, written through NumPy views of the ring
             step = self.num_updates  # this table's step (1-based)
             prefix, times, _ = self._host_ring()
-            source = table
-            if source.dtype != torch.float64 and source.dtype != torch.float32:  # NumPy has no bfloat16
-                source = source.to(torch.float64)
+            if table.dtype != torch.float64 and table.dtype != torch.float32:  # NumPy has no bfloat16
+                table = table.to(torch.float64)
             # a float32 table is widened by np.add exactly as by .to(torch.float64) (every float32 is a float64)
-            np.add(prefix[(step - 1) % slots], source.numpy(), out=prefix[step % slots])
+            np.add(prefix[(step - 1) % slots], table.numpy(), out=prefix[step % slots])
             times[step % slots] = step
             return
         # the step as a device index (no host read, and no integer input of a compiled step: see StepCount)

@@ -22,7 +22,7 @@ from cooper.multipliers import DenseMultiplier
 from cooper.utils import ConstraintType
 from torch import Tensor
 
-from fairopt._tensors import ViewCache
+from fairopt._tensors import ViewCache, numpy_views
 from fairopt._validation import finite
 
 __all__ = ["FairnessMultiplier"]
@@ -66,34 +66,15 @@ class FairnessMultiplier(DenseMultiplier):
         self.bound = None if bound is None else float(bound)
         self._before: Tensor | None = None
         self._observed: Tensor | None = None
-        # (weight, its storage address, weight.data, a NumPy view of it, a read-only one) for a CPU weight, kept while
-        # the weight keeps its storage, shape and dtype (see host_view)
-        self._host = ViewCache()
+        self._host = ViewCache()  # of numpy_views(weight): see host_view
 
     def host_view(self) -> tuple[Tensor, np.ndarray, np.ndarray] | None:
         """``(weight.data, a NumPy view of it, a read-only one)`` of a CPU weight of a dtype NumPy reads (float32,
         float64); None otherwise. The same objects from step to step (a view costs ~2 µs, and the multipliers are read
-        several times a training step) while the weight keeps its storage, shape and dtype: the dual steps write it
-        in place; a module ``.to()`` or an assignment to ``.data`` is seen by the storage address, shape and dtype (the
-        cached view keeps the old storage alive, so no new storage takes its address); a copy or a pickle of the
-        multiplier starts with no view (:class:`~fairopt._tensors.ViewCache`)."""
-        weight = self._parameters["weight"]  # Module.__getattr__ costs ~1.5 µs a lookup
-        cache = self._host.value
-        if (
-            cache is not None
-            and cache[0] is weight
-            and cache[1] == weight.data_ptr()
-            and cache[2].dtype == weight.dtype
-            and cache[2].shape == weight.shape
-        ):
-            return cache[2], cache[3], cache[4]
-        if not weight.is_cpu or weight.dtype not in (torch.float64, torch.float32):
-            return None
-        data = weight.data
-        view, read_only = data.numpy(), data.numpy()  # two views: the read-only one's flag cannot be set back
-        read_only.flags.writeable = False
-        self._host.value = (weight, weight.data_ptr(), data, view, read_only)
-        return data, view, read_only
+        several times a training step) while the weight keeps its storage, shape and dtype
+        (:func:`~fairopt._tensors.numpy_views`); a copy or a pickle of the multiplier starts with no view
+        (:class:`~fairopt._tensors.ViewCache`)."""
+        return numpy_views(self._host, self._parameters["weight"])  # Module.__getattr__ costs ~1.5 µs a lookup
 
     def mask_next_update(self, observed: Tensor) -> None:
         """Remember the current values; the next :meth:`post_step_` restores entries where ``observed`` is False.

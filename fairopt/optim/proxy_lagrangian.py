@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fairopt._tensors import ViewCache
+from fairopt._tensors import ViewCache, numpy_views
 from fairopt.constraints import ConstraintValue
 from fairopt.optim.base import DualPlayer, check_positive, observed_values
 from fairopt.optim.simplex import TREE_STATES, additive_step, multiplicative_step, stationary_distribution, tree_weights
@@ -119,7 +119,7 @@ class ProxyLagrangianPlayer(DualPlayer):
         state = column[:, None].expand(n, n if regret == "swap" else 1).clone()
         self._state = state.log() if update == "multiplicative" else state
         self._lam = column.clone()
-        self._lam_view = ViewCache()  # (λ, a read-only view of it): see primal_weights
+        self._lam_view = ViewCache()  # of numpy_views(λ): see primal_weights
         self.host_arithmetic = False
         # constants of the tensor path, built once for the state's dtype and device: the first entries of Δ and of
         # the mask, and the eye and ones of the stationary distribution (a tensor operation each, every step)
@@ -136,15 +136,9 @@ class ProxyLagrangianPlayer(DualPlayer):
     def primal_weights(self) -> tuple[float, np.ndarray]:
         """``(λ_0, λ_{1:})``: the primal objective is linear in the proxy values."""
         lam = self._lam
-        cached = self._lam_view.value
-        if cached is not None and cached[0] is lam:  # the same tensor, written in place by every update
-            view = cached[1]
-        elif lam.is_cpu and lam.dtype == torch.float64:  # a read-only view (~3 µs), kept from step to step
-            view = lam.numpy()
-            view.flags.writeable = False
-            self._lam_view.value = (lam, view)
-        else:
-            view = lam.cpu().double().numpy()
+        # a read-only view, the same from step to step (λ is written in place by every update)
+        host = numpy_views(self._lam_view, lam, (torch.float64,))
+        view = lam.cpu().double().numpy() if host is None else host[2]
         return float(view[0]), view[1:]
 
     def update(self, value: ConstraintValue) -> None:
