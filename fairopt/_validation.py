@@ -9,6 +9,7 @@ shapes, dtypes and devices are free and always run.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import weakref
@@ -63,6 +64,25 @@ def validate_args_enabled(validate_args: bool | None = None) -> bool:
 
 
 validation_enabled = validate_args_enabled  # the internal name before the rename; callers move to the new one
+
+
+def require_number(name: str, value: object, hint: str) -> float:
+    """``value`` as a finite float (a Python or NumPy number, a 0-d tensor, anything with ``__float__``).
+
+    Raises:
+        TypeError: a string, a bool or anything else that is not a number (``float("0.05")`` would accept a string
+            that is a typo away from an error). ValueError: NaN or inf. Both messages name ``name`` and say what it
+            holds (``hint``, e.g. "a rate difference such as 0.05").
+    """
+    if isinstance(value, (str, bytes, bool)) or not hasattr(value, "__float__"):
+        raise TypeError(f"{name} must be a number ({hint}), got {value!r} ({type(value).__name__})")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError) as error:  # e.g. a tensor of several elements
+        raise TypeError(f"{name} must be a single number ({hint}), got {value!r}: {error}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite ({hint}), got {number}")
+    return number
 
 
 def require_tensor(name: str, value: object) -> Tensor:

@@ -113,6 +113,43 @@ def test_disparate_impact_conventions():
         fo.DisparateImpact(1.5)
 
 
+@pytest.mark.parametrize(
+    ("make", "bad", "error", "match"),
+    [
+        (fo.EqualizedOdds, "0.05", TypeError, r"tolerance must be a number .*got '0\.05' \(str\)"),
+        (fo.DemographicParity, "abc", TypeError, r"tolerance must be a number .*got 'abc' \(str\)"),
+        (fo.EqualOpportunity, True, TypeError, r"got True \(bool\)"),
+        (fo.EqualizedOdds, None, TypeError, r"got None \(NoneType\)"),
+        (fo.EqualizedOdds, torch.tensor([0.1, 0.2]), TypeError, "must be a single number"),
+        (fo.EqualizedOdds, float("nan"), ValueError, "tolerance must be finite"),
+        (fo.EqualizedOdds, 1.5, ValueError, r"must be in \[0, 1\], got 1\.5"),
+        (fo.BoundedGroupLoss, "0.3", TypeError, r"bound must be a number .*got '0\.3' \(str\)"),
+        (fo.DisparateImpact, "0.8", TypeError, r"p must be a number .*got '0\.8' \(str\)"),
+        (lambda m: fo.RateBound("tpr", min=m), "0.8", TypeError, r"min must be a number .*got '0\.8' \(str\)"),
+        (lambda m: fo.RateBound("tpr", max=m), float("inf"), ValueError, "max must be finite"),
+        (lambda t: Constraint(fo.tpr(1) - fo.tpr(0), t), "0.05", TypeError, "tolerance must be a number"),
+        (lambda t: FunctionConstraint(lambda r: r.tpr, 2, t), [0.1], TypeError, r"got \[0\.1\] \(list\)"),
+    ],
+)
+def test_a_tolerance_or_bound_that_is_not_a_number_is_refused(make, bad, error, match):
+    # float("0.05") would take a string; a tolerance read from a config file unconverted is a bug to report
+    with pytest.raises(error, match=match):
+        make(bad)
+
+
+def test_numbers_of_any_kind_are_accepted_as_tolerances():
+    assert fo.EqualizedOdds(np.float32(0.25)).tolerance == 0.25
+    assert fo.EqualizedOdds(torch.tensor(0.25, dtype=F64)).tolerance == 0.25
+    assert fo.EqualizedOdds(0).tolerance == 0.0 and type(fo.EqualizedOdds(0).tolerance) is float
+
+
+def test_repr_of_built_ins_is_their_constructor_call_and_of_comparisons_the_comparison():
+    assert repr(fo.EqualizedOdds(0.05)) == "EqualizedOdds(tolerance=0.05, max_min)"
+    assert repr(fo.DemographicParity(0.1, convention="pairwise")) == "DemographicParity(tolerance=0.1, pairwise)"
+    assert repr(fo.BoundedGroupLoss(0.3)) == "BoundedGroupLoss(bound=0.3)"
+    assert repr(fo.tpr(1) - fo.tpr(0) <= 0.05) == "Constraint('tpr[1] - tpr[0] <= 0.05')"
+
+
 def test_rate_bound_and_bounded_group_loss():
     rb = fo.RateBound("tpr", min=0.8)
     torch.testing.assert_close(rb.evaluate(HAND).hard, torch.tensor([0.3, -0.2, 0.0, 0.0], dtype=F64))

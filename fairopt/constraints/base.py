@@ -12,7 +12,6 @@ it neither pushes the model nor moves a multiplier; reports list it as undefined
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairopt._validation import require_number
 from fairopt.constraints.evaluation import Linearization, host_table, linearize, value_tensors
 from fairopt.constraints.expressions import Expr, link
 from fairopt.rates import RateValue, compute_rate
@@ -87,9 +87,7 @@ class Constraint:
     ) -> None:
         if not isinstance(expr, Expr):
             raise TypeError(f"expr must be a fairopt rate expression, got {type(expr).__name__}")
-        tolerance = float(tolerance)
-        if not math.isfinite(tolerance):
-            raise ValueError(f"tolerance must be finite, got {tolerance}")
+        tolerance = require_number("tolerance", tolerance, "the bound, in the units of the expression")
         self.expr, self.tolerance = expr, tolerance
         # (left, "<=" or ">=", right) as the comparison was written, to render it with group names (label)
         self._describe = None if name is not None else (describe or (expr, "<=", tolerance))
@@ -187,6 +185,8 @@ class Constraint:
             )
 
     def __repr__(self) -> str:
+        if self.name.startswith(f"{type(self).__name__}("):  # a built-in's name is already its constructor call
+            return self.name
         return f"{type(self).__name__}({self.name!r})"
 
 
@@ -253,7 +253,7 @@ class FunctionConstraint(Constraint):
         names: Sequence[str] | Callable[[Sequence[str]], list[str]] | None = None,
     ) -> None:
         self.fn, self._num_entries, self._names = fn, num_entries, names
-        self.tolerance = float(tolerance)
+        self.tolerance = require_number("tolerance", tolerance, "the bound, in the units of fn's values")
         self.name = name or getattr(fn, "__name__", "custom")
 
     def _call(self, stats: GroupStats, proxy: bool) -> tuple[Tensor, Tensor]:

@@ -18,6 +18,7 @@ compares groups, so with fewer than two groups that have the rate its entries ar
 
 from __future__ import annotations
 
+from fairopt._validation import require_number
 from fairopt.constraints.base import Constraint
 from fairopt.constraints.expressions import Expr, RateRef, compares_groups, concat, pairwise
 from fairopt.rates import canonical_rate_name
@@ -45,7 +46,7 @@ def _check_convention(convention: str) -> None:
 
 
 def _check_tolerance(tolerance: float) -> float:
-    tolerance = float(tolerance)
+    tolerance = require_number("tolerance", tolerance, "a rate difference in [0, 1], e.g. 0.05")
     if not (0.0 <= tolerance <= 1.0):
         raise ValueError(f"tolerance is a rate difference and must be in [0, 1], got {tolerance}")
     return tolerance
@@ -148,7 +149,7 @@ class DisparateImpact(Constraint):
 
     def __init__(self, p: float = 0.8, *, rate: str = "selection_rate", convention: str = "max_min") -> None:
         _check_convention(convention)
-        p = float(p)
+        p = require_number("p", p, "the p%-rule ratio in (0, 1], e.g. 0.8")
         if not (0.0 < p <= 1.0):
             raise ValueError(f"p (the p%-rule ratio) must be in (0, 1], got {p}")
         rate = canonical_rate_name(rate)
@@ -172,7 +173,7 @@ class BoundedGroupLoss(Constraint):
     """
 
     def __init__(self, bound: float) -> None:
-        self.bound = float(bound)
+        self.bound = require_number("bound", bound, "a mean loss per group, in the loss's units")
         super().__init__(RateRef("mean_loss").per_group(), self.bound, name=f"BoundedGroupLoss(bound={bound:g})")
 
 
@@ -190,14 +191,16 @@ class RateBound(Constraint):
     def __init__(self, rate: str, *, min: float | None = None, max: float | None = None, overall: bool = False) -> None:
         if min is None and max is None:
             raise ValueError("RateBound needs min=, max= or both")
+        min = None if min is None else require_number("min", min, "a rate in [0, 1], e.g. 0.8")
+        max = None if max is None else require_number("max", max, "a rate in [0, 1], e.g. 0.2")
         if min is not None and max is not None and min > max:
             raise ValueError(f"RateBound min={min} is larger than max={max}")
         ref = RateRef(rate)() if overall else RateRef(rate).per_group()
         parts: list[Expr] = []
         if min is not None:
-            parts.append(float(min) - ref)
+            parts.append(min - ref)
         if max is not None:
-            parts.append(ref - float(max))
+            parts.append(ref - max)
         expr = parts[0] if len(parts) == 1 else concat(*parts)
         self.rate, self.min, self.max = canonical_rate_name(rate), min, max
         bounds = ", ".join(f"{k}={v:g}" for k, v in (("min", min), ("max", max)) if v is not None)
