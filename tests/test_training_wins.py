@@ -4,6 +4,7 @@ the audit split, end-of-training checks, and group-threshold post-processing (ag
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 import fairopt
 import fairopt.datasets
+from fairopt.constraints.expressions import value_range
 from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords
 from fairopt.postprocessing import GroupThresholds, expected_stats
 from fairopt.stats import GroupStats, RunningGroupStats
@@ -120,9 +122,10 @@ def test_margin_shifts_what_the_dual_reads():
     plain = ConstrainedOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.5)], 2, **common
     )
-    shifted = ConstrainedOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.5)], 2, margin=0.6, **common
-    )
+    with pytest.warns(UserWarning, match="margin too large on 1 entry"):  # 0.6 > 0.5: a gap cannot reach -0.1
+        shifted = ConstrainedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.5)], 2, margin=0.6, **common
+        )
     g = train_step(plain, model, x, y, a).value.hard.item()
     train_step(shifted, model, x, y, a)
     assert g < 0 and plain.multipliers.item() == 0.0  # satisfied: no weight
@@ -139,6 +142,52 @@ def test_margin_shifts_what_the_dual_reads():
         ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [DP], 2, dual_min_count=True)
     with pytest.raises(ValueError, match="shape"):
         shifted.margin = [0.1, 0.2]
+
+
+def test_value_range_bounds_every_value_and_is_tight_for_the_parity_conventions():
+    tpr, fpr = fairopt.tpr, fairopt.fpr
+    # hand values: a gap max - min of one vector and |.| are >= 0; a difference of two rates is in [-1, 1]
+    assert value_range(fairopt.EqualizedOdds(0.05).expr) == (0.0, 1.0)
+    assert value_range(fairopt.DemographicParity(0.1, convention="vs_overall").expr) == (0.0, 1.0)
+    assert value_range(fairopt.DemographicParity(0.1, convention="pairwise").expr) == (0.0, 1.0)
+    assert value_range((tpr(1) - tpr(0)) * 2 + 0.5) == (-1.5, 2.5)
+    assert value_range(0.8 - tpr.per_group()) == pytest.approx((-0.2, 0.8))
+    assert value_range(tpr(1) / 2) == (0.0, 0.5)
+    assert value_range(tpr(1) / (fpr(0) - 0.5)) == (-math.inf, math.inf)  # the denominator can be 0
+    assert value_range(fairopt.BoundedGroupLoss(1.0).expr) == (-math.inf, math.inf)  # losses are any numbers
+    # the bound holds on random tables (every entry, every constraint)
+    rng = np.random.default_rng(0)
+    constraints = [fairopt.EqualizedOdds(0.05), fairopt.DisparateImpact(0.8), fairopt.PredictiveParity(0.1)]
+    constraints += [fairopt.tpr(1) - 2 * fairopt.fpr(0) <= 0.1, fairopt.ErrorRateParity(0.1, convention="pairwise")]
+    for c in constraints:
+        lo, hi = value_range(c.expr)
+        for _ in range(50):
+            values = c.evaluate(_cells(rng.integers(0, 30, (3, 4)).tolist()))
+            expr = values.hard.numpy()[values.defined.numpy()] + c.tolerance
+            assert (expr >= lo - 1e-12).all() and (expr <= hi + 1e-12).all(), (c.name, expr, lo, hi)
+
+
+def test_a_margin_no_model_can_meet_warns_once_and_check_reports_it():
+    model = torch.nn.Linear(3, 1)
+    constraints = [fairopt.EqualizedOdds(0.05), fairopt.RateBound("tpr", min=0.8)]
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), constraints, 2)
+    np.testing.assert_allclose(opt.constraint_set.lowest_values(), [-0.05, -0.05, -0.2, -0.2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.margin = [0.049, 0.0, 0.19, 0.0]  # below what each tolerance leaves: no warning
+    assert opt._unreachable_margin() is None
+    # the README recipe on a small selection split: 1.645 standard errors of 0.066 exceed the tolerance of 0.05
+    with pytest.warns(UserWarning, match=r"margin too large on 2 entries \(EqualizedOdds.*tpr.*margin 0\.108, but g "
+                      r"= expr - tolerance is never below -0\.05; RateBound.*margin 0\.2,"):  # fmt: skip
+        opt.margin = [0.108, 0.0, 0.2, 0.0]
+    with warnings.catch_warnings():  # once per optimizer, not at every epoch's reassignment
+        warnings.simplefilter("error")
+        opt.margin = [0.108, 0.0, 0.2, 0.0]
+    stats = _cells([[40, 10, 10, 40], [45, 5, 15, 35]])
+    problems = opt.check(stats, warn=False)
+    assert sum("margin too large on 2 entries" in p for p in problems) == 1
+    opt.margin = 0.01
+    assert not any("margin too large" in p for p in opt.check(stats, warn=False))
 
 
 def test_selection_honours_the_margin_and_falls_back_with_a_warning():

@@ -281,7 +281,9 @@ def train_model(
             record_stats = split_stats(model, record_split, data.num_groups)
         if with_margin:  # the margin follows the current rates (their standard errors)
             assert constrained is not None and record_stats is not None
-            constrained.margin = _margin(config, constrained.constraint_set, record_stats)
+            with warnings.catch_warnings():  # an out-of-reach margin is one of the run's warnings (_check)
+                warnings.filterwarnings("ignore", message="margin too large", category=UserWarning)
+                constrained.margin = _margin(config, constrained.constraint_set, record_stats)
         if initial:
             return
         point: dict[str, float] = {"step": float(step), "epoch": step / steps_per_epoch}

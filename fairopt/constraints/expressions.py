@@ -34,6 +34,7 @@ gap that "looks satisfied" because the groups that could violate it were dropped
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ __all__ = [
     "maximum",
     "minimum",
     "pairwise",
+    "value_range",
 ]
 
 Number = int | float
@@ -607,3 +609,81 @@ class Concat(Expr):
 def concat(*parts: Expr) -> Expr:
     """Stack the entries of several expressions into one vector."""
     return Concat(parts)
+
+
+Interval = tuple[float, float]
+_ANY: Interval = (-math.inf, math.inf)
+
+
+class _ValueRange(ExprVisitor[Interval]):
+    """:func:`value_range` by interval arithmetic, one interval per node (over all of its entries)."""
+
+    def visit_const(self, node: Const) -> Interval:
+        return node.value, node.value
+
+    def visit_rate(self, node: RateRef) -> Interval:
+        return _ANY if node.rate == "mean_loss" else (0.0, 1.0)  # a rate is a ratio of counts; a loss is any number
+
+    def visit_binop(self, node: BinOp) -> Interval:
+        (a_lo, a_hi), (b_lo, b_hi) = node.a.accept(self), node.b.accept(self)
+        if node.op == "+":
+            return a_lo + b_lo, a_hi + b_hi
+        if node.op == "-":
+            if _is_range(node):  # max(v) - min(v) of one vector: never below 0 (interval arithmetic alone says -1)
+                return max(0.0, a_lo - b_hi), a_hi - b_lo
+            return a_lo - b_hi, a_hi - b_lo
+        if node.op == "/":
+            if b_lo <= 0.0 <= b_hi:
+                return _ANY
+            b_lo, b_hi = 1.0 / b_hi, 1.0 / b_lo
+        ends = [a * b for a in (a_lo, a_hi) for b in (b_lo, b_hi)]
+        return _ANY if any(map(math.isnan, ends)) else (min(ends), max(ends))  # NaN: 0 * inf, unbounded
+
+    def visit_abs(self, node: Abs) -> Interval:
+        lo, hi = node.a.accept(self)
+        top = max(abs(lo), abs(hi))
+        return (0.0, top) if lo <= 0.0 <= hi else (min(abs(lo), abs(hi)), top)
+
+    def visit_reduce(self, node: Reduce) -> Interval:
+        return node.a.accept(self)
+
+    def visit_guard(self, node: Guard) -> Interval:
+        return node.a.accept(self)
+
+    def visit_elementwise(self, node: Elementwise) -> Interval:
+        (a_lo, a_hi), (b_lo, b_hi) = node.a.accept(self), node.b.accept(self)
+        pick = max if node.how == "maximum" else min
+        return pick(a_lo, b_lo), pick(a_hi, b_hi)
+
+    def visit_pairwise(self, node: Pairwise) -> Interval:
+        (a_lo, a_hi), (b_lo, b_hi) = node.a.accept(self), node.b.accept(self)
+        return a_lo - b_hi, a_hi - b_lo
+
+    def visit_concat(self, node: Concat) -> Interval:
+        ranges = [p.accept(self) for p in node.parts]
+        return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+
+    def visit_unknown(self, node: Expr) -> Interval:
+        return _ANY
+
+
+def _is_range(node: BinOp) -> bool:
+    a, b = node.a, node.b
+    return (
+        type(a) is Reduce
+        and type(b) is Reduce
+        and a.how == "max"
+        and b.how == "min"
+        and (a.a is b.a or str(a.a) == str(b.a))  # the same vector (str renders rates with their group ids)
+    )
+
+
+def value_range(expr: Expr) -> Interval:
+    """``(lowest, highest)``: bounds on every value that any entry of ``expr`` can take, on any table.
+
+    Interval arithmetic over the tree: a rate is in ``[0, 1]``, a mean loss unbounded; ``r.max() - r.min()`` of one
+    vector is at least 0 (the default parity convention), ``|x|`` too. The bounds hold but need not be tight (e.g.
+    ``r(1) - r(1)`` gives ``[-1, 1]``); ``(-inf, inf)`` for a node type this module does not define. Used to tell a
+    target that no model can meet (``expr <= tolerance - margin`` below ``lowest``) from one that is merely hard.
+    """
+    return expr.accept(_ValueRange())

@@ -386,6 +386,7 @@ class ConstrainedOptimizer:
         if isinstance(self.player, ProxyLagrangianPlayer):  # host arithmetic where the values are read there anyway
             self.player.host_arithmetic = evaluator != "device"
         self._linear_primal = self.player.primal_weights() is not None  # structural: fixed by the method
+        self._margin_warned = False
         self.margin = margin
         # primal steps taken (num_steps), and how many since the last scheduled dual step (0 <= phase < dual_every):
         # the schedule reads the phase, a Python int with at most dual_every values, never the count itself, so a
@@ -444,11 +445,42 @@ class ConstrainedOptimizer:
 
     @margin.setter
     def margin(self, value: float | Sequence[float] | np.ndarray | None) -> None:
+        """Raises ValueError for a margin of another size, NaN or < 0; warns (once per optimizer) when an entry's
+        dual target ``g <= -margin`` is out of reach (see :meth:`check`)."""
         self._margin_tensor: Tensor | None = None
         if value is None:
             self._margin = None
             return
         self._margin = as_margin(value, self.num_constraints)
+        if not self._margin_warned and (problem := self._unreachable_margin()) is not None:
+            self._margin_warned = True  # once per optimizer: a loop that reassigns the margin every epoch
+            warnings.warn(problem, UserWarning, stacklevel=2)
+
+    def _unreachable_margin(self) -> str | None:
+        """The problem with entries whose dual target ``g <= -margin`` no model can meet (``-margin`` at or below
+        the lowest value ``g`` can take, :meth:`~fairopt.optim.ConstraintSet.lowest_values`: for a gap ``max - min``,
+        a margin at or above the tolerance), or None. Training towards it drives the model to one class for
+        everyone, whose rates are all 0 (or 1) and so certify with no margin at all."""
+        margin = self._margin
+        if margin is None:
+            return None
+        unreachable = np.flatnonzero((margin > 0.0) & (-margin <= self.constraint_set.lowest_values()))
+        if unreachable.size == 0:
+            return None
+        names, lowest = self.constraint_set.entry_names(), self.constraint_set.lowest_values()
+        shown = "; ".join(
+            f"{names[i]}: margin {margin[i]:.3g}, but g = expr - tolerance is never below {lowest[i]:.3g}"
+            for i in unreachable[:5].tolist()
+        )
+        more = f" (and {unreachable.size - 5} more)" if unreachable.size > 5 else ""
+        return (
+            f"margin too large on {unreachable.size} entr{'y' if unreachable.size == 1 else 'ies'} ({shown}{more}): "
+            "the dual player asks for g <= -margin, which no model meets (for a gap such as max - min, a margin at "
+            "or above the tolerance), and training drives the model toward predicting one class for everyone. A "
+            "margin this large says that the data it was estimated on is too small to certify this tolerance (a "
+            "rate's standard error is about 0.5 / sqrt(examples per group and label)): estimate it on more rows, "
+            "use a smaller multiple of the standard error, or cap it (e.g. np.minimum(margin, 0.5 * tolerance))"
+        )
 
     @property
     def dual_window(self) -> int | None:
@@ -845,6 +877,9 @@ class ConstrainedOptimizer:
         * *not settled*: over the last dual steps (up to 200), the mean multipliers of the last quarter differ from
           those of the quarter before by more than 25% (and 0.05): the game is still moving; train longer or lower
           ``dual_lr``, and choose the final model from :attr:`records` rather than the last iterate.
+        * *margin too large*: the current :attr:`margin` asks an entry for ``g <= -margin`` below the lowest value
+          ``g`` can take (for a gap ``max - min``: a margin at or above the tolerance), so training was driven toward
+          a constant prediction; estimate the margin on more rows, or cap it.
 
         Raises:
             ValueError: the table has another number of groups.
@@ -862,6 +897,8 @@ class ConstrainedOptimizer:
                     f"constraint entry {name} is violated by {g:.4f} (standard error {se:.4f}) at the end of training; "
                     "raise dual_lr, train longer or loosen the tolerance"
                 )
+        if (unreachable := self._unreachable_margin()) is not None:
+            problems.append(unreachable)
         if len(self._trace) >= 8:
             trace = self._trace.stacked().double().cpu().numpy()
             quarter = len(trace) // 4

@@ -25,6 +25,7 @@ from fairopt._deprecation import renamed_kwargs
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.device_evaluation import evaluate_device
 from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
+from fairopt.constraints.expressions import value_range
 from fairopt.kernels import BACKENDS, resolve_backend
 from fairopt.optim.base import as_score_vector
 from fairopt.proxies import Proxy, as_proxy
@@ -128,6 +129,14 @@ class ConstraintSet:
 
     def __len__(self) -> int:
         return self.num_constraints
+
+    def lowest_values(self) -> np.ndarray:
+        """``(m,)`` float64: a bound below every hard value ``g = expr - tolerance`` that each entry can take on any
+        table (:func:`~fairopt.constraints.expressions.value_range`: e.g. ``-tolerance`` for a gap ``max - min``);
+        ``-inf`` for a :class:`~fairopt.constraints.FunctionConstraint` (nothing is known of its function). An
+        entry asked to meet ``g <= -margin`` with ``-margin`` at or below this bound asks for the impossible."""
+        lowest = [value_range(c.expr)[0] - c.tolerance if c.expression_based else -np.inf for c in self.constraints]
+        return np.repeat(np.array(lowest, dtype=np.float64), [s.stop - s.start for s in self.slices])
 
     def entry_names(self, group_names: Sequence[str] | None = None) -> list[str]:
         """One readable name per entry, ``"<constraint name>: <entry>"`` (group ids are used when no names)."""
