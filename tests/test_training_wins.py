@@ -175,6 +175,7 @@ def test_a_margin_no_model_can_meet_warns_once_and_check_reports_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt.margin = [0.049, 0.0, 0.19, 0.0]  # below what each tolerance leaves: no warning
+        opt.margin = [0.05, 0.05, 0.2, 0.0]  # a gap of 0 (equal rates, e.g. a perfect classifier) is reachable
     assert opt._unreachable_margin() is None
     # the README recipe on a small selection split: 1.645 standard errors of 0.066 exceed the tolerance of 0.05
     with pytest.warns(UserWarning, match=r"margin too large on 2 entries \(EqualizedOdds.*tpr.*margin 0\.108, but g "

@@ -457,14 +457,14 @@ class ConstrainedOptimizer:
             warnings.warn(problem, UserWarning, stacklevel=2)
 
     def _unreachable_margin(self) -> str | None:
-        """The problem with entries whose dual target ``g <= -margin`` no model can meet (``-margin`` at or below
-        the lowest value ``g`` can take, :meth:`~fairopt.optim.ConstraintSet.lowest_values`: for a gap ``max - min``,
-        a margin at or above the tolerance), or None. Training towards it drives the model to one class for
+        """The problem with entries whose dual target ``g <= -margin`` no model can meet (``-margin`` below the
+        lowest value ``g`` can take, :meth:`~fairopt.optim.ConstraintSet.lowest_values`: for a gap ``max - min``, a
+        margin above the tolerance), or None. Training towards it drives the model to one class for
         everyone, whose rates are all 0 (or 1) and so certify with no margin at all."""
         margin = self._margin
         if margin is None:
             return None
-        unreachable = np.flatnonzero((margin > 0.0) & (-margin <= self.constraint_set.lowest_values()))
+        unreachable = np.flatnonzero((margin > 0.0) & (-margin < self.constraint_set.lowest_values()))
         if unreachable.size == 0:
             return None
         names, lowest = self.constraint_set.entry_names(), self.constraint_set.lowest_values()
@@ -475,8 +475,8 @@ class ConstrainedOptimizer:
         more = f" (and {unreachable.size - 5} more)" if unreachable.size > 5 else ""
         return (
             f"margin too large on {unreachable.size} entr{'y' if unreachable.size == 1 else 'ies'} ({shown}{more}): "
-            "the dual player asks for g <= -margin, which no model meets (for a gap such as max - min, a margin at "
-            "or above the tolerance), and training drives the model toward predicting one class for everyone. A "
+            "the dual player asks for g <= -margin, which no model meets (for a gap such as max - min, a margin "
+            "above the tolerance), and training drives the model toward predicting one class for everyone. A "
             "margin this large says that the data it was estimated on is too small to certify this tolerance (a "
             "rate's standard error is about 0.5 / sqrt(examples per group and label)): estimate it on more rows, "
             "use a smaller multiple of the standard error, or cap it (e.g. np.minimum(margin, 0.5 * tolerance))"
@@ -878,7 +878,7 @@ class ConstrainedOptimizer:
           those of the quarter before by more than 25% (and 0.05): the game is still moving; train longer or lower
           ``dual_lr``, and choose the final model from :attr:`records` rather than the last iterate.
         * *margin too large*: the current :attr:`margin` asks an entry for ``g <= -margin`` below the lowest value
-          ``g`` can take (for a gap ``max - min``: a margin at or above the tolerance), so training was driven toward
+          ``g`` can take (for a gap ``max - min``: a margin above the tolerance), so training was driven toward
           a constant prediction; estimate the margin on more rows, or cap it.
 
         Raises:

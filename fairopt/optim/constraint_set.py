@@ -134,7 +134,7 @@ class ConstraintSet:
         """``(m,)`` float64: a bound below every hard value ``g = expr - tolerance`` that each entry can take on any
         table (:func:`~fairopt.constraints.expressions.value_range`: e.g. ``-tolerance`` for a gap ``max - min``);
         ``-inf`` for a :class:`~fairopt.constraints.FunctionConstraint` (nothing is known of its function). An
-        entry asked to meet ``g <= -margin`` with ``-margin`` at or below this bound asks for the impossible."""
+        entry asked to meet ``g <= -margin`` with ``-margin`` below this bound asks for the impossible."""
         lowest = [value_range(c.expr)[0] - c.tolerance if c.expression_based else -np.inf for c in self.constraints]
         return np.repeat(np.array(lowest, dtype=np.float64), [s.stop - s.start for s in self.slices])
 
