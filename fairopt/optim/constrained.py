@@ -464,10 +464,13 @@ class ConstrainedOptimizer:
         margin = self._margin
         if margin is None:
             return None
-        unreachable = np.flatnonzero((margin > 0.0) & (-margin < self.constraint_set.lowest_values()))
+        lowest = self.constraint_set.lowest_values()
+        # (a margin equal to the room up to rounding, e.g. 0.2 for 0.8 - tpr >= -0.19999999999999996, is reachable)
+        beyond = (-margin < lowest) & ~np.isclose(-margin, lowest, rtol=1e-9, atol=1e-12)
+        unreachable = np.flatnonzero((margin > 0.0) & beyond)
         if unreachable.size == 0:
             return None
-        names, lowest = self.constraint_set.entry_names(), self.constraint_set.lowest_values()
+        names = self.constraint_set.entry_names()
         shown = "; ".join(
             f"{names[i]}: margin {margin[i]:.3g}, but g = expr - tolerance is never below {lowest[i]:.3g}"
             for i in unreachable[:5].tolist()
