@@ -220,6 +220,10 @@ def test_stochastic_classifier_is_per_example_and_batch_independent():
     clone.load_state_dict(classifier.state_dict())
     assert clone.seed == 7
     torch.testing.assert_close(clone(x[:50], ids[:50]), full[:50])
+    with pytest.raises(TypeError, match=r"call it as final\(x, example_ids\).*positive_probability\(x\)"):
+        classifier(x)  # called like the model it wraps
+    with pytest.raises(ValueError, match="example_ids has 3 entries but x has 10000 rows"):
+        classifier(x, ids[:3])
     with pytest.raises(ValueError, match="one probability per state"):
         StochasticClassifier(linear_model(0.0), states, [1.0, 0.0])
     with pytest.raises(ValueError, match="not all 0"):

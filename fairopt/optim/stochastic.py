@@ -225,12 +225,23 @@ class StochasticClassifier(nn.Module):
         mixes."""
         return [(p, self.candidate_forward(t, x)) for t, p in enumerate(self.probabilities.tolist())]
 
-    def forward(self, x: Tensor, example_ids: Tensor) -> Tensor:
+    def forward(self, x: Tensor, example_ids: Tensor | None = None) -> Tensor:
         """Scores of the sampled candidate for each example: the output of ``model(x)`` row by row.
 
         Args:
             x: ``(N, ...)`` model input. example_ids: ``(N,)`` integer ids (same id, same candidate).
+
+        Raises:
+            TypeError: no ``example_ids`` (a randomized model needs them to choose a candidate per example; for its
+                expected prediction call :meth:`positive_probability`). ValueError: ids and rows differ in number.
         """
+        if example_ids is None:
+            raise TypeError(
+                "a StochasticClassifier serves each example with a candidate drawn from its id: call it as "
+                "final(x, example_ids) with (N,) integer ids (the same id gets the same candidate), or use "
+                "final.positive_probability(x) for the expected prediction, which is what fairopt.validation.evaluate "
+                "and generalization_gap report"
+            )
         ids = example_ids.reshape(-1)
         if ids.shape[0] != x.shape[0]:
             raise ValueError(f"example_ids has {ids.shape[0]} entries but x has {x.shape[0]} rows")
