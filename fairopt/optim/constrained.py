@@ -276,6 +276,17 @@ class ConstrainedOptimizer:
             ``method=fairopt.optim.ProxyLagrangian(regret="external")``; ``penalty`` is ``AugmentedLagrangian(
             penalty=...)`` or ``Penalty(coefficients=...)``.
 
+    Attributes:
+        optimizer: the wrapped ``torch.optim`` optimizer (schedulers attach to it).
+        constraint_set: the :class:`~fairopt.optim.ConstraintSet` built from ``constraints``: its ``constraints``,
+            ``entry_names()``, ``standard_errors(stats)`` (for a :attr:`margin`), ``measure`` and ``evaluate``.
+        records: the :class:`~fairopt.optim.IterateRecords` given (filled by :meth:`record`), or None.
+        dual_statistics: what the dual player reads (pending tables, the count window) and when (its schedule).
+        player: the dual player (the multipliers and their update); :attr:`multipliers` reads them.
+
+    Properties: :attr:`method`, :attr:`num_steps`, :attr:`num_constraints`, :attr:`multipliers`,
+    :attr:`objective_weight`, :attr:`margin` (settable), :attr:`dual_window`, :attr:`dual_optimizer`.
+
     Raises:
         ValueError: an unknown method name, ``dual_lr <= 0`` (or not finite), ``dual_every`` neither None nor an int
             >= 1, a bad method option (see the method classes), a deprecated option that does not apply to the method
