@@ -117,6 +117,11 @@ def test_step_refuses_bad_losses():
     with pytest.raises(ValueError, match="NaN or inf"):
         opt.step(loss=nan_loss, scores=scores, labels=y, groups=a)
     assert opt.num_steps == 0
+    loss = F.binary_cross_entropy_with_logits(scores, y)
+    loss.backward()  # the plain-optimizer habit: step() calls backward itself
+    with pytest.raises(RuntimeError, match=r"do not call loss.backward\(\) before opt.step") as caught:
+        opt.step(loss=loss, scores=scores, labels=y, groups=a)
+    assert "a second time" in str(caught.value.__cause__)  # torch's own message stays attached
 
 
 def test_step_names_the_missing_tensor_and_the_constraint_that_needs_it():

@@ -702,7 +702,17 @@ class ConstrainedOptimizer:
     def _primal_step(self, objective: Tensor) -> None:
         """``backward`` on the primal objective, optional clipping, the wrapped optimizer's step."""
         scaler = self.grad_scaler
-        (objective if scaler is None else scaler.scale(objective)).backward()
+        try:
+            (objective if scaler is None else scaler.scale(objective)).backward()
+        except RuntimeError as error:
+            if "backward through the graph a second time" not in str(error):
+                raise
+            raise RuntimeError(
+                "step() calls backward itself, and the graph of this batch was already freed: do not call "
+                "loss.backward() before opt.step(loss=..., scores=...) (gradients in .grad before step are added "
+                "to, as with a plain optimizer); if the scores come from a graph shared with an earlier backward, "
+                "pass retain_graph=True there"
+            ) from error
         if self.max_grad_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)
