@@ -90,6 +90,21 @@ def test_constraints_are_checked_against_num_groups():
         ConstrainedOptimizer(nn.Linear(2, 1), [DP], 2)
 
 
+def test_a_constraint_that_no_table_of_g_groups_defines_is_refused():
+    model = mlp(3)
+    # a gap needs two groups: with one, every step would skip it and training would be silently unconstrained
+    with pytest.raises(ValueError, match=r"'EqualizedOdds.*cannot be computed with num_groups=1: its entries "
+                       r"\['max_g tpr\[g\] - min_g tpr\[g\]', 'max_g fpr\[g\] - min_g fpr\[g\]'\]"):  # fmt: skip
+        make_opt(model.parameters(), constraints=[fairopt.EqualizedOdds(0.05)], num_groups=1)
+    with pytest.raises(ValueError, match=r"selection_rate\[0\] - selection_rate\[overall\]"):
+        fairopt.optim.ConstraintSet(fairopt.DemographicParity(0.1, convention="vs_overall"), 1)
+    # what one group can have: a floor on its rate, a rate of its own
+    assert (
+        fairopt.optim.ConstraintSet([fairopt.RateBound("tpr", min=0.8), fairopt.tpr(0) >= 0.5], 1).num_constraints == 2
+    )
+    assert fairopt.optim.ConstraintSet(fairopt.EqualizedOdds(0.05), 2).num_constraints == 2
+
+
 def test_method_names_accept_hyphens_and_report_themselves():
     opt = make_opt([nn.Parameter(torch.zeros(1))], method="proxy-lagrangian")
     assert opt.method == "proxy_lagrangian"

@@ -74,8 +74,9 @@ class ConstraintSet:
 
     Raises:
         TypeError: an element is not a :class:`~fairopt.constraints.Constraint`.
-        ValueError: no constraints; a constraint refers to a group ``>= num_groups``; bad ``num_groups``; an
-            unknown ``backend`` or ``evaluator``.
+        ValueError: no constraints; a constraint refers to a group ``>= num_groups``; an expression entry that no
+            table of ``num_groups`` groups defines (e.g. a gap between groups with ``num_groups=1``: nothing would
+            enforce it); bad ``num_groups``; an unknown ``backend`` or ``evaluator``.
     """
 
     def __init__(
@@ -126,6 +127,24 @@ class ConstraintSet:
         self.needs_labels = any(r is None or not r <= _LABEL_FREE_RATES for r in rates)
         self.needs_example_losses = any(r is not None and "mean_loss" in r for r in rates)
         self.linearizable = all(c.linearizable for c in items)
+        self._check_definable()
+
+    def _check_definable(self) -> None:
+        """Raise ValueError for an expression entry that no table of G groups defines, e.g. a gap between groups with
+        ``num_groups=1``: it would be skipped at every step, and training would be silently unconstrained. A table
+        with every cell 1 defines everything that any table can (every denominator > 0, every group present)."""
+        full = GroupStats(torch.ones(self.num_groups, len(COLUMNS), dtype=torch.float64))
+        for c in self.constraints:
+            if not c.expression_based:
+                continue  # a function's own rules of definedness are not known
+            defined = c.linearize(host_table(full), gradients=False).defined
+            if not defined.all():
+                names = [n for n, ok in zip(c.entry_names(self.num_groups), defined.tolist()) if not ok]
+                raise ValueError(
+                    f"constraint {c.name!r} cannot be computed with num_groups={self.num_groups}: its entries "
+                    f"{names} compare more groups than there are (a gap needs at least 2), so nothing would enforce "
+                    "them; pass the number of groups in the data, or drop the constraint"
+                )
 
     def __len__(self) -> int:
         return self.num_constraints
