@@ -133,6 +133,11 @@ def test_step_refuses_bad_losses():
         opt.step(loss=nan_loss, scores=scores, labels=y, groups=a)
     assert opt.num_steps == 0
     loss = F.binary_cross_entropy_with_logits(scores, y)
+    with pytest.raises(ValueError, match=r"scores is required .*pass scores=\.\.\. to step\(\)"):
+        opt.step(loss=loss, scores=None, labels=y, groups=a)
+    with pytest.raises(TypeError, match=r"scores must be a torch\.Tensor, got ndarray"):
+        opt.step(loss=loss, scores=scores.detach().numpy(), labels=y, groups=a)
+    assert opt.num_steps == 0
     loss.backward()  # the plain-optimizer habit: step() calls backward itself
     with pytest.raises(RuntimeError, match=r"do not call loss.backward\(\) before opt.step") as caught:
         opt.step(loss=loss, scores=scores, labels=y, groups=a)

@@ -447,6 +447,11 @@ def test_the_optimizer_warns_once_when_the_first_scores_look_like_probabilities(
     opt = fairopt.ConstrainedOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.DemographicParity(0.1)], 2, method="lagrangian"
     )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a step that fails on its input warns of nothing and uses up nothing
+        out = model(x)
+        with pytest.raises(TypeError, match="groups must hold integer group ids"):
+            opt.step(loss=out.mean(), scores=out, groups=a.float(), labels=y)
     with pytest.warns(UserWarning, match="the scores come out of a sigmoid"):
         out = model(x)
         opt.step(loss=out.mean(), scores=out, groups=a, labels=y)

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from fairopt._step_count import StepCount
 from fairopt._tensors import detached
-from fairopt._validation import PROBABILITY_HINT, probability_op, validate_args_enabled
+from fairopt._validation import PROBABILITY_HINT, probability_op, require_tensor, validate_args_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, attach, host_table, value_tensors
 from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
@@ -561,19 +561,15 @@ class ConstrainedOptimizer:
                 is tolerated, for loops that observe a held-out batch right after each step.
         """
         self._check_loss(loss)
+        if scores is None:
+            raise ValueError("scores is required to measure fairness constraints; pass scores=... to step()")
+        require_tensor("scores", scores)  # before scores.device is read below
         dual_stats = self.dual_statistics
         due = self.method_spec.has_dual_player and dual_stats.due(self._phase + 1)
         unfed = due and self.heldout is None and dual_stats.source == "heldout" and not dual_stats.has_observed
         if unfed and dual_stats.num_unfed >= 1:
             self._raise_no_heldout(dual_stats.num_unfed + 1)
         cs = self.constraint_set
-        # once, from the autograd graph (no sync); an eager-mode check: torch.compile cannot read grad_fn
-        if not self._scores_checked and not torch.compiler.is_compiling():
-            self._scores_checked = True
-            if (op := probability_op(scores)) is not None:
-                warnings.warn(
-                    f"the scores come out of a {op}: they look like probabilities. {PROBABILITY_HINT}", stacklevel=2
-                )
         # Expression constraints: values in one NumPy pass, gradients by its reverse pass; the proxy gradient enters
         # the objective below (see _primal_objective). Function constraints, and the device evaluator (no host
         # round trip, cs.on_device): a differentiable evaluation.
@@ -590,6 +586,14 @@ class ConstrainedOptimizer:
             validate_args=self.validate_args,
             terms=by_terms,
         )
+        # once, on the first batch measured without an error (from the autograd graph, no sync); an eager-mode check:
+        # torch.compile cannot read grad_fn
+        if not self._scores_checked and not torch.compiler.is_compiling():
+            self._scores_checked = True
+            if (op := probability_op(scores)) is not None:
+                warnings.warn(
+                    f"the scores come out of a {op}: they look like probabilities. {PROBABILITY_HINT}", stacklevel=2
+                )
         terms = measured if isinstance(measured, ExampleTerms) else None
         stats = measured if terms is None else terms.stats
         if self.stats_reducer is not None:  # DDP: the global table, whose gradient is this rank's (world_size x)
