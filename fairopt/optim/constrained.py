@@ -470,8 +470,8 @@ class ConstrainedOptimizer:
     def _unreachable_margin(self) -> str | None:
         """The problem with entries whose dual target ``g <= -margin`` no model can meet (``-margin`` below the
         lowest value ``g`` can take, :meth:`~fairopt.optim.ConstraintSet.lowest_values`: for a gap ``max - min``, a
-        margin above the tolerance), or None. Training towards it drives the model to one class for
-        everyone, whose rates are all 0 (or 1) and so certify with no margin at all."""
+        margin above the tolerance), or None. Training towards it pushes the model toward one class for everyone,
+        whose rates are all 0 (or 1): the only models that then meet the margin on any data."""
         margin = self._margin
         if margin is None:
             return None
@@ -490,10 +490,12 @@ class ConstrainedOptimizer:
         return (
             f"margin too large on {unreachable.size} entr{'y' if unreachable.size == 1 else 'ies'} ({shown}{more}): "
             "the dual player asks for g <= -margin, which no model meets (for a gap such as max - min, a margin "
-            "above the tolerance), and training drives the model toward predicting one class for everyone. A "
-            "margin this large says that the data it was estimated on is too small to certify this tolerance (a "
-            "rate's standard error is about 0.5 / sqrt(examples per group and label)): estimate it on more rows, "
-            "use a smaller multiple of the standard error, or cap it (e.g. np.minimum(margin, 0.5 * tolerance))"
+            "above the tolerance): its multipliers keep growing, pushing the model toward predicting one class for "
+            "everyone (how far depends on dual_lr and the number of steps), and the records can certify no other "
+            "model. A margin this large says that the data it was estimated on is too small to certify this "
+            "tolerance (a rate's standard error is about 0.5 / sqrt(examples per group and label)): estimate it on "
+            "more rows, use a smaller multiple of the standard error, or cap it (e.g. np.minimum(margin, 0.5 * "
+            "tolerance)), checking the result on held-out data"
         )
 
     @property
