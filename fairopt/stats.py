@@ -840,8 +840,10 @@ class RunningGroupStats:
             "min_count": self.min_count,
             "ema": self._ema,
             "tables": list(self._tables),
-            "prefix": self._prefix,
-            "times": self._times,
+            # copies: the ring is written in place (through NumPy views on the CPU), so a state that shared it would
+            # change as training goes on, and two objects loaded from one state would write into each other
+            "prefix": None if self._prefix is None else self._prefix.clone(),
+            "times": None if self._times is None else self._times.clone(),
             "dtype": self._dtype,
             "num_updates": self.num_updates,
         }
@@ -854,7 +856,9 @@ class RunningGroupStats:
         self._ema = state["ema"]
         self.min_count = float(state.get("min_count", self.min_count))
         self._tables = deque(state["tables"], maxlen=self.window)
-        self._prefix, self._times = state.get("prefix"), state.get("times")
+        prefix, times = state.get("prefix"), state.get("times")
+        self._prefix = None if prefix is None else prefix.clone()  # this object's own ring (see state_dict)
+        self._times = None if times is None else times.clone()
         self.num_updates = int(state["num_updates"])
         self._value, self.last_window = None, None
         if self.mode == "count" and self._prefix is not None:

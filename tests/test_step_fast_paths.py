@@ -63,11 +63,21 @@ def test_count_window_on_the_host_resumes_from_a_state_dict() -> None:
     first = RunningGroupStats(2, mode="count", window=6, min_count=50.0)
     for t in tables[:17]:
         first.update(t)
+    snapshot = first.state_dict()
+    saved = {key: snapshot[key].clone() for key in ("prefix", "times")}
     resumed = RunningGroupStats(2, mode="count", window=6, min_count=50.0)
-    resumed.load_state_dict(first.state_dict())
+    resumed.load_state_dict(snapshot)
     for t in tables[17:]:
         got = resumed.update(t).table
+        first.update(GroupStats(t.table * 2.0))  # the original goes on with other tables: neither writes into the other
     assert torch.equal(got, expected) and int(resumed.last_window) == int(whole.last_window)
+    # a state is a snapshot: the rings written since (in place, through NumPy views) left it as it was
+    assert all(torch.equal(snapshot[key], saved[key]) for key in saved)
+    again = RunningGroupStats(2, mode="count", window=6, min_count=50.0)
+    again.load_state_dict(snapshot)
+    for t in tables[17:]:
+        got = again.update(t).table
+    assert torch.equal(got, expected)
 
 
 def test_finite_is_isfinite() -> None:
