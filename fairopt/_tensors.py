@@ -21,10 +21,13 @@ def detached(t: Tensor) -> Tensor:
 
 class ViewCache:
     """A slot for NumPy views of tensors (and what was built with them), kept from step to step: a view costs ~1-2 µs
-    a call, several a step. Copies and pickles of the owner get an empty slot (``copy``, ``deepcopy``, ``pickle``,
+    a call, several a step. Deep copies and pickles of the owner get an empty slot (``deepcopy``, ``pickle``,
     ``torch.save``): a copied view is an array of its own that no longer shares the copied tensor's memory, so a
-    copy that kept it would read stale values and write where nothing reads. Owners check that a cached entry still
-    belongs to their current tensors (identity, storage address, shape, dtype) before using it."""
+    copy that kept it would read stale values and write where nothing reads (a shallow ``copy`` of the owner shares
+    the slot, as it shares the tensors). Owners check that a cached entry still belongs to their current tensors
+    before using it: :func:`numpy_views` by identity, storage address, shape, strides and dtype; the ring of
+    :class:`~fairopt.stats.RunningGroupStats` and the proxy-Lagrangian's host buffers by the identity of tensors
+    that fairopt replaces (``load_state_dict``, ``reset``) and never re-points."""
 
     __slots__ = ("value",)
 
@@ -49,8 +52,8 @@ def numpy_views(
 ) -> tuple[Tensor, np.ndarray, np.ndarray] | None:
     """``(tensor.data, a NumPy view of it, a read-only one)`` of a CPU ``tensor`` whose dtype is in ``dtypes`` (NumPy
     reads float32 and float64); None otherwise. The same objects from call to call, kept in ``cache``, while
-    ``tensor`` keeps its identity, storage address, shape and dtype: an in-place write keeps them; a ``.to()`` or an
-    assignment to ``.data`` changes the address, shape or dtype (the cached view keeps the old storage alive, so no
+    ``tensor`` keeps its identity, storage address, shape, strides and dtype: an in-place write keeps them; a
+    ``.to()`` or an assignment to ``.data`` changes one of them (the cached view keeps the old storage alive, so no
     new storage takes its address). Two views, because a read-only view's flag cannot be set back (a caller that
     hands one out cannot have it written through)."""
     cached = cache.value
@@ -60,6 +63,7 @@ def numpy_views(
         and cached[1] == tensor.data_ptr()
         and cached[2].dtype == tensor.dtype
         and cached[2].shape == tensor.shape
+        and cached[2].stride() == tensor.stride()
     ):
         return cached[2], cached[3], cached[4]
     if not tensor.is_cpu or tensor.dtype not in dtypes:

@@ -147,7 +147,14 @@ def test_the_cached_host_view_follows_the_weight_to_new_storage() -> None:
     assert multiplier.weight[0].item() == 1.0 and view32[0] == 1.0 and view[0] == 0.5
     multiplier.weight.data = torch.full((8,), 7.0, dtype=torch.float64)
     assert multiplier.host_view()[1].tolist() == [7.0] * 8
-    # the same storage seen with another shape or dtype
+    multiplier.weight.data = torch.full((8,), 9.0, dtype=torch.float64)  # only the storage address differs
+    assert multiplier.host_view()[1].tolist() == [9.0] * 8
+    # the same storage seen with other strides (one element 8 times), shape or dtype
+    multiplier.weight.data = torch.arange(8.0, dtype=torch.float64)
+    multiplier.host_view()
+    multiplier.weight.data = multiplier.weight.data[:1].expand(8)
+    assert multiplier.host_view()[1].tolist() == [0.0] * 8
+    multiplier.weight.data = torch.full((8,), 7.0, dtype=torch.float64)
     multiplier.weight.data = multiplier.weight.data[:4]
     assert multiplier.host_view()[1].shape == (4,)
     multiplier.weight.data = multiplier.weight.data.view(torch.float32)
