@@ -14,6 +14,7 @@ import os
 import warnings
 import weakref
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -70,11 +71,12 @@ def require_number(name: str, value: object, hint: str) -> float:
     """``value`` as a finite float (a Python or NumPy number, a 0-d tensor, anything with ``__float__``).
 
     Raises:
-        TypeError: a string, a bool or anything else that is not a number (``float("0.05")`` would accept a string
-            that is a typo away from an error). ValueError: NaN or inf. Both messages name ``name`` and say what it
-            holds (``hint``, e.g. "a rate difference such as 0.05").
+        TypeError: a string (``float("0.05")`` would accept one that is a typo away from an error), a bool (Python,
+            NumPy or a bool tensor), or anything else that is not one number. ValueError: NaN or inf. Both messages
+            name ``name`` and say what it holds (``hint``, e.g. "a rate difference such as 0.05").
     """
-    if isinstance(value, (str, bytes, bool)) or not hasattr(value, "__float__"):
+    is_bool = isinstance(value, (bool, np.bool_)) or (isinstance(value, Tensor) and value.dtype == torch.bool)
+    if is_bool or isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
         raise TypeError(f"{name} must be a number ({hint}), got {value!r} ({type(value).__name__})")
     try:
         number = float(value)  # type: ignore[arg-type]

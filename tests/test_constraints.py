@@ -119,6 +119,8 @@ def test_disparate_impact_conventions():
         (fo.EqualizedOdds, "0.05", TypeError, r"tolerance must be a number .*got '0\.05' \(str\)"),
         (fo.DemographicParity, "abc", TypeError, r"tolerance must be a number .*got 'abc' \(str\)"),
         (fo.EqualOpportunity, True, TypeError, r"got True \(bool\)"),
+        (fo.DemographicParity, np.True_, TypeError, r"got (np\.)?True_? \(bool_?\)"),
+        (fo.BoundedGroupLoss, torch.tensor(True), TypeError, r"bound must be a number .*\(Tensor\)"),
         (fo.EqualizedOdds, None, TypeError, r"got None \(NoneType\)"),
         (fo.EqualizedOdds, torch.tensor([0.1, 0.2]), TypeError, "must be a single number"),
         (fo.EqualizedOdds, float("nan"), ValueError, "tolerance must be finite"),
@@ -141,6 +143,7 @@ def test_numbers_of_any_kind_are_accepted_as_tolerances():
     assert fo.EqualizedOdds(np.float32(0.25)).tolerance == 0.25
     assert fo.EqualizedOdds(torch.tensor(0.25, dtype=F64)).tolerance == 0.25
     assert fo.EqualizedOdds(0).tolerance == 0.0 and type(fo.EqualizedOdds(0).tolerance) is float
+    assert repr(fo.BoundedGroupLoss(torch.tensor([0.5]))) == "BoundedGroupLoss(bound=0.5)"  # a one-element tensor
 
 
 def test_repr_of_built_ins_is_their_constructor_call_and_of_comparisons_the_comparison():

@@ -174,7 +174,7 @@ class BoundedGroupLoss(Constraint):
 
     def __init__(self, bound: float) -> None:
         self.bound = require_number("bound", bound, "a mean loss per group, in the loss's units")
-        super().__init__(RateRef("mean_loss").per_group(), self.bound, name=f"BoundedGroupLoss(bound={bound:g})")
+        super().__init__(RateRef("mean_loss").per_group(), self.bound, name=f"BoundedGroupLoss(bound={self.bound:g})")
 
 
 class RateBound(Constraint):
