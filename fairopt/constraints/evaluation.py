@@ -375,10 +375,12 @@ def _linearize_small(
         a, b = rates[i], rates[j]
         assert a is not None and b is not None  # count >= needed >= 1: defined rows are picked
         # a - b: hard values; upper bound a's upper - b's lower; lower bound a's lower - b's upper
-        # a - b, then - offset (one subtraction at a time, as the NumPy path: never a - (b + offset))
-        hard[r] = (a[0] - b[0]) - offset
-        upper[r] = (a[1] - b[2]) - offset
-        lower[r] = (a[2] - b[1]) - offset
+        # a - b, then - offset (one subtraction at a time, as the NumPy path: never a - (b + offset)), and only a
+        # nonzero offset, as there (x - -0.0 would turn a -0.0 into +0.0)
+        h, u, lo = a[0] - b[0], a[1] - b[2], a[2] - b[1]
+        if offset != 0.0:
+            h, u, lo = h - offset, u - offset, lo - offset
+        hard[r], upper[r], lower[r] = h, u, lo
         defined[r] = True
         picks.append((r, entry.rate, i, a[3], j, b[3]))
     vjp = None
