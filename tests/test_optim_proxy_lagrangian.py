@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -229,3 +230,17 @@ def test_the_lambda_player_stays_on_the_simplex_under_adversarial_violations(ste
             assert (matrix > 0).all()
         frozen = torch.cat([torch.tensor([False]), ~mask | ~torch.isfinite(hard)])
         torch.testing.assert_close(matrix[frozen], before[frozen], atol=0, rtol=0)
+
+
+def test_host_update_of_a_float32_state_takes_float64_values_beyond_float32_silently_as_the_tensor_path():
+    # 1e300 becomes inf in float32 (then the ±MAX_VIOLATION clamp) on both paths; NumPy's cast would warn of overflow
+    def run(host: bool) -> torch.Tensor:
+        player = ProxyLagrangianPlayer(2, lr=0.1, dtype=torch.float32)
+        player.host_arithmetic = host
+        hard = torch.tensor([1e300, 0.1], dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            player.update(ConstraintValue(hard, hard, torch.tensor([True, True])))
+        return player.multipliers
+
+    assert torch.equal(run(True), run(False)) and run(True)[0] > 0.99

@@ -178,7 +178,8 @@ class ProxyLagrangianPlayer(DualPlayer):
             return None  # frozen rows: the masked algorithm, on tensors
         # observed_values leaves every entry as it is; then .to(state dtype) (round to nearest, as astype) and the
         # clamp to ±MAX_VIOLATION (min/max: a tie is the same number; np.clip's wrapper costs ~8 µs more)
-        h = h.astype(self._host_constants().state_np.dtype, copy=False)
+        with np.errstate(over="ignore"):  # float64 -> float32 overflows to inf as torch's .to does, which is silent
+            h = h.astype(self._host_constants().state_np.dtype, copy=False)
         return np.minimum(np.maximum(h, -MAX_VIOLATION), MAX_VIOLATION)
 
     def _host_constants(self) -> _HostBuffers:
