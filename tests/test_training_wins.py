@@ -95,6 +95,9 @@ def test_standard_errors_are_binomial_for_a_rate_and_add_for_a_gap():
     dp = ConstraintSet([fairopt.DemographicParity(0.05)], 2).standard_errors(stats)
     s0, s1 = 50 / 100, 95 / 150
     np.testing.assert_allclose(dp, [math.sqrt(s0 * (1 - s0) / 100 + s1 * (1 - s1) / 150)], rtol=1e-6)
+    function = fairopt.FunctionConstraint(lambda r: r.tpr[1] - r.tpr[0], 1, 0.05)
+    with pytest.raises(TypeError, match=r"a FunctionConstraint has none: write it with rate expressions .*or choose"):
+        ConstraintSet([function], 2).standard_errors(stats)
 
 
 def test_standard_errors_match_the_bootstrap_against_the_pooled_rate_and_undefined_is_inf():

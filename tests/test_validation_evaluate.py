@@ -268,6 +268,10 @@ def test_errors_are_clear(data, model):
         evaluate(model, data.tensors(), num_groups=2)
     with pytest.raises(TypeError, match="returned"):
         evaluate(lambda x: x.tolist(), data.tensors(), num_groups=G)
+    with pytest.raises(TypeError, match=r"got the string 'abc' \(it would be read as one name per character\)"):
+        evaluate(model, data.tensors(), group_names="abc")
+    with pytest.raises(ValueError, match="group_names has 2 names but num_groups is 3"):
+        evaluate(model, data.tensors(), num_groups=3, group_names=["a", "b"])
 
 
 def test_frequency_weights_equal_replicated_examples(model):

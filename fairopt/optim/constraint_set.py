@@ -354,7 +354,11 @@ class ConstraintSet:
             TypeError: a constraint is a :class:`~fairopt.constraints.FunctionConstraint`. ValueError: another G.
         """
         if not self.linearizable:
-            raise TypeError("hard-value derivatives need expression constraints; a FunctionConstraint has none")
+            raise TypeError(
+                "standard errors (hard-value derivatives) need expression constraints, and a FunctionConstraint has "
+                "none: write it with rate expressions (e.g. fairopt.tpr(1) - fairopt.tpr(0) <= 0.05), or choose a "
+                "margin yourself (one number, or one per entry)"
+            )
         self._check_table(stats)
         table = host_table(stats)
         counts = np.maximum(table[:, _CELLS], 0.0)  # (G, 4)

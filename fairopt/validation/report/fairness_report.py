@@ -84,8 +84,14 @@ def resolve_group_names(group_names: Sequence[str] | Groups | None, num_groups: 
     """G unique group names from ``group_names`` (a sequence or a :class:`~fairopt.groups.Groups`) or ``num_groups``.
 
     Raises:
-        ValueError: neither given, lengths disagree, duplicate names, or the reserved name ``"overall"``.
+        TypeError: a single string (it would be read as one name per character). ValueError: neither given, lengths
+            disagree, duplicate names, or the reserved name ``"overall"``.
     """
+    if isinstance(group_names, (str, bytes)):
+        raise TypeError(
+            f"group_names must be a sequence of G names, got the string {group_names!r} (it would be read as one "
+            f"name per character); pass a list, e.g. [{group_names!r}] for one group or ['female', 'male']"
+        )
     if isinstance(group_names, Groups):
         names = list(group_names.names)
     elif group_names is not None:
