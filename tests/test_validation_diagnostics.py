@@ -124,6 +124,14 @@ def test_generalization_gap_side_by_side(splits):
     assert "| constraint | entry | train | held-out | test | gap (test - train) |" in text
     assert "illusion of fairness" in text
     assert GeneralizationGap.from_json(gap.to_json()) == gap
+    named = generalization_gap(
+        nearest_neighbour(train),
+        {name: data.tensors() for name, data in splits.items()},
+        [fo.tpr(1) - fo.tpr(0) <= 0.05],
+        group_names=[f"g{i}" for i in range(G)],
+    )
+    # a comparison's label with the group names, as FairnessReport.to_markdown shows it (was "tpr[1] - tpr[0] ...")
+    assert "| tpr[g1] - tpr[g0] <= 0.05 | tpr[g1] - tpr[g0] |" in named.to_markdown()
 
 
 def test_generalization_gap_errors(splits):
