@@ -98,6 +98,11 @@ def test_a_constraint_that_no_table_of_g_groups_defines_is_refused():
         make_opt(model.parameters(), constraints=[fairopt.EqualizedOdds(0.05)], num_groups=1)
     with pytest.raises(ValueError, match=r"selection_rate\[0\] - selection_rate\[overall\]"):
         fairopt.optim.ConstraintSet(fairopt.DemographicParity(0.1, convention="vs_overall"), 1)
+    with pytest.raises(ValueError, match=r"'DemographicParity.*pairwise\)' has no entries with num_groups=1"):
+        fairopt.optim.ConstraintSet(fairopt.DemographicParity(0.1, convention="pairwise"), 1)
+    # a ratio whose denominator is 0 on some tables (every cell 1: equal rates) is defined on others: accepted
+    tpr, sel = fairopt.tpr, fairopt.selection_rate
+    assert fairopt.optim.ConstraintSet((tpr(1) - tpr(0)) / (sel(1) - sel(0)) <= 2, 2).num_constraints == 1
     # what one group can have: a floor on its rate, a rate of its own
     assert (
         fairopt.optim.ConstraintSet([fairopt.RateBound("tpr", min=0.8), fairopt.tpr(0) >= 0.5], 1).num_constraints == 2

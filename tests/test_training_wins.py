@@ -158,6 +158,12 @@ def test_value_range_bounds_every_value_and_is_tight_for_the_parity_conventions(
     assert value_range(tpr(1) / 2) == (0.0, 0.5)
     assert value_range(tpr(1) / (fpr(0) - 0.5)) == (-math.inf, math.inf)  # the denominator can be 0
     assert value_range(fairopt.BoundedGroupLoss(1.0).expr) == (-math.inf, math.inf)  # losses are any numbers
+    assert value_range(fairopt.Constraint(fairopt.tpr(1), 0.0).expr / 0.1)[0] == 0.0
+    assert value_range((fairopt.tpr(1) * 0 + 0.3) / 0.1) == (0.3 / 0.1, 0.3 / 0.1)  # rounded as evaluated: 2.9999...
+    # max - min of one vector object is >= 0; of two vectors that merely print alike, not
+    r = fairopt.tpr.per_group()
+    assert value_range(r.max() - r.min())[0] == 0.0
+    assert value_range((r * 1e6).max() - (r * 1000004.0).min())[0] < 0.0  # both print as tpr[g] * 1e+06
     # the bound holds on random tables (every entry, every constraint)
     rng = np.random.default_rng(0)
     constraints = [fairopt.EqualizedOdds(0.05), fairopt.DisparateImpact(0.8), fairopt.PredictiveParity(0.1)]
@@ -175,6 +181,14 @@ def test_a_margin_no_model_can_meet_warns_once_and_check_reports_it():
     constraints = [fairopt.EqualizedOdds(0.05), fairopt.RateBound("tpr", min=0.8)]
     opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), constraints, 2)
     np.testing.assert_allclose(opt.constraint_set.lowest_values(), [-0.05, -0.05, -0.2, -0.2])
+    # per entry: a floor and a ceiling in one constraint (a concat) each get their own bound
+    both = ConstraintSet(fairopt.RateBound("tpr", min=0.8, max=0.9), 2)
+    np.testing.assert_allclose(both.lowest_values(), [-0.2, -0.2, -0.9, -0.9])
+    # a dual reading proxy values, or a method with no dual player, is not judged by the hard values' bounds
+    for kwargs in ({"dual_value": "proxy"}, {"method": "penalty"}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), constraints, 2, margin=0.5, **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt.margin = [0.049, 0.0, 0.19, 0.0]  # below what each tolerance leaves: no warning

@@ -66,6 +66,7 @@ __all__ = [
     "as_expr",
     "compares_groups",
     "concat",
+    "entry_value_ranges",
     "maximum",
     "minimum",
     "pairwise",
@@ -632,12 +633,11 @@ class _ValueRange(ExprVisitor[Interval]):
             if _is_range(node):  # max(v) - min(v) of one vector: never below 0 (interval arithmetic alone says -1)
                 return max(0.0, a_lo - b_hi), a_hi - b_lo
             return a_lo - b_hi, a_hi - b_lo
-        if node.op == "/":
-            if b_lo <= 0.0 <= b_hi:
-                return _ANY
-            b_lo, b_hi = 1.0 / b_hi, 1.0 / b_lo
-        ends = [a * b for a in (a_lo, a_hi) for b in (b_lo, b_hi)]
-        return _ANY if any(map(math.isnan, ends)) else (min(ends), max(ends))  # NaN: 0 * inf, unbounded
+        if node.op == "/" and b_lo <= 0.0 <= b_hi:
+            return _ANY
+        # the corners as the evaluator computes them (a / b, not a * (1 / b): one rounding, the same one)
+        ends = [a / b if node.op == "/" else a * b for a in (a_lo, a_hi) for b in (b_lo, b_hi)]
+        return _ANY if any(map(math.isnan, ends)) else (min(ends), max(ends))  # NaN: 0 * inf, inf / inf
 
     def visit_abs(self, node: Abs) -> Interval:
         lo, hi = node.a.accept(self)
@@ -674,7 +674,7 @@ def _is_range(node: BinOp) -> bool:
         and type(b) is Reduce
         and a.how == "max"
         and b.how == "min"
-        and (a.a is b.a or str(a.a) == str(b.a))  # the same vector (str renders rates with their group ids)
+        and a.a is b.a  # the same vector object (two that print alike may differ: a constant's :g, min_defined)
     )
 
 
@@ -682,8 +682,18 @@ def value_range(expr: Expr) -> Interval:
     """``(lowest, highest)``: bounds on every value that any entry of ``expr`` can take, on any table.
 
     Interval arithmetic over the tree: a rate is in ``[0, 1]``, a mean loss unbounded; ``r.max() - r.min()`` of one
-    vector is at least 0 (the default parity convention), ``|x|`` too. The bounds hold but need not be tight (e.g.
-    ``r(1) - r(1)`` gives ``[-1, 1]``); ``(-inf, inf)`` for a node type this module does not define. Used to tell a
-    target that no model can meet (``expr <= tolerance - margin`` below ``lowest``) from one that is merely hard.
+    vector object is at least 0 (the built-in parity conventions), ``|x|`` too. The bounds hold (a quotient's corners
+    are rounded as the evaluator rounds them) but need not be tight: e.g. ``r(1) - r(1)`` gives ``[-1, 1]``, the
+    linear p%-rule ``p * r.max() - r.min()`` ``[-1, p]`` (its least value is ``p - 1``); ``(-inf, inf)`` for a node
+    type this module does not define. Used to tell a target that no model can meet (``expr <= tolerance - margin``
+    below ``lowest``) from one that is merely hard: a loose bound only misses such a target.
     """
     return expr.accept(_ValueRange())
+
+
+def entry_value_ranges(expr: Expr, num_groups: int) -> list[Interval]:
+    """:func:`value_range` of each of the ``expr.size(num_groups)`` entries: the parts of a top-level
+    :func:`concat` (nested ones too) each get their own bounds, any other node its one interval for all entries."""
+    if type(expr) is Concat:
+        return [r for part in expr.parts for r in entry_value_ranges(part, num_groups)]
+    return [value_range(expr)] * expr.size(num_groups)

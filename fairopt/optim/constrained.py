@@ -463,7 +463,8 @@ class ConstrainedOptimizer:
             self._margin = None
             return
         self._margin = as_margin(value, self.num_constraints)
-        if not self._margin_warned and (problem := self._unreachable_margin()) is not None:
+        # (getattr: an optimizer pickled before this flag existed)
+        if not getattr(self, "_margin_warned", False) and (problem := self._unreachable_margin()) is not None:
             self._margin_warned = True  # once per optimizer: a loop that reassigns the margin every epoch
             warnings.warn(problem, UserWarning, stacklevel=2)
 
@@ -473,7 +474,9 @@ class ConstrainedOptimizer:
         margin above the tolerance), or None. Training towards it pushes the model toward one class for everyone,
         whose rates are all 0 (or 1): the only models that then meet the margin on any data."""
         margin = self._margin
-        if margin is None:
+        # hard values only: a proxy can be below the lowest hard value (a max - min picks rows by hard value, and a
+        # proxy dual reads the proxy gap there); a method without a dual player (the penalty) reads no margin
+        if margin is None or self.dual_value == "proxy" or not self.method_spec.has_dual_player:
             return None
         lowest = self.constraint_set.lowest_values()
         # (a margin equal to the room up to rounding, e.g. 0.2 for 0.8 - tpr >= -0.19999999999999996, is reachable)

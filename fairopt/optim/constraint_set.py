@@ -25,7 +25,7 @@ from fairopt._deprecation import renamed_kwargs
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.device_evaluation import evaluate_device
 from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
-from fairopt.constraints.expressions import value_range
+from fairopt.constraints.expressions import entry_value_ranges
 from fairopt.kernels import BACKENDS, resolve_backend
 from fairopt.optim.base import as_score_vector
 from fairopt.proxies import Proxy, as_proxy
@@ -130,14 +130,28 @@ class ConstraintSet:
         self._check_definable()
 
     def _check_definable(self) -> None:
-        """Raise ValueError for an expression entry that no table of G groups defines, e.g. a gap between groups with
-        ``num_groups=1``: it would be skipped at every step, and training would be silently unconstrained. A table
-        with every cell 1 defines everything that any table can (every denominator > 0, every group present)."""
-        full = GroupStats(torch.ones(self.num_groups, len(COLUMNS), dtype=torch.float64))
-        for c in self.constraints:
+        """Raise ValueError for a constraint with no entries, or an expression entry that no table of G groups
+        defines, at G groups (e.g. a pairwise or max - min gap with ``num_groups=1``): it would be skipped at every
+        step, and training would be silently unconstrained. An entry counts as definable when one of a few varied
+        tables defines it (every cell 1, which leaves no denominator 0 and every group present, and three seeded
+        random ones, on which differences of rates, e.g. a denominator ``tpr(1) - tpr(0)``, are not 0)."""
+        rng = np.random.default_rng(0)
+        tables = [np.ones((self.num_groups, len(COLUMNS)))]
+        for _ in range(3):
+            table = rng.integers(1, 50, (self.num_groups, len(COLUMNS))).astype(np.float64)
+            table[:, 4:8] = table[:, :4]  # proxy sums as the hard counts
+            tables.append(table)
+        for c, part in zip(self.constraints, self.slices):
+            if part.stop == part.start:
+                raise ValueError(
+                    f"constraint {c.name!r} has no entries with num_groups={self.num_groups} (it compares pairs or "
+                    "ranges of groups), so nothing would enforce it; pass the number of groups in the data, or drop it"
+                )
             if not c.expression_based:
                 continue  # a function's own rules of definedness are not known
-            defined = c.linearize(host_table(full), gradients=False).defined
+            defined = np.zeros(part.stop - part.start, dtype=bool)
+            for table in tables:
+                defined |= c.linearize(table, gradients=False).defined
             if not defined.all():
                 names = [n for n, ok in zip(c.entry_names(self.num_groups), defined.tolist()) if not ok]
                 raise ValueError(
@@ -151,11 +165,17 @@ class ConstraintSet:
 
     def lowest_values(self) -> np.ndarray:
         """``(m,)`` float64: a bound below every hard value ``g = expr - tolerance`` that each entry can take on any
-        table (:func:`~fairopt.constraints.expressions.value_range`: e.g. ``-tolerance`` for a gap ``max - min``);
-        ``-inf`` for a :class:`~fairopt.constraints.FunctionConstraint` (nothing is known of its function). An
-        entry asked to meet ``g <= -margin`` with ``-margin`` below this bound asks for the impossible."""
-        lowest = [value_range(c.expr)[0] - c.tolerance if c.expression_based else -np.inf for c in self.constraints]
-        return np.repeat(np.array(lowest, dtype=np.float64), [s.stop - s.start for s in self.slices])
+        table (:func:`~fairopt.constraints.expressions.entry_value_ranges`: e.g. ``-tolerance`` for a gap
+        ``max - min``); ``-inf`` for a :class:`~fairopt.constraints.FunctionConstraint` (nothing is known of its
+        function). An entry asked to meet ``g <= -margin`` with ``-margin`` below this bound asks for the
+        impossible."""
+        lowest: list[float] = []
+        for c, part in zip(self.constraints, self.slices):
+            if c.expression_based:
+                lowest += [lo - c.tolerance for lo, _ in entry_value_ranges(c.expr, self.num_groups)]
+            else:
+                lowest += [-np.inf] * (part.stop - part.start)
+        return np.array(lowest, dtype=np.float64)
 
     def entry_names(self, group_names: Sequence[str] | None = None) -> list[str]:
         """One readable name per entry, ``"<constraint name>: <entry>"`` (group ids are used when no names)."""
