@@ -146,6 +146,16 @@ def test_numbers_of_any_kind_are_accepted_as_tolerances():
     assert repr(fo.BoundedGroupLoss(torch.tensor([0.5]))) == "BoundedGroupLoss(bound=0.5)"  # a one-element tensor
 
 
+def test_comparisons_and_arithmetic_take_numpy_and_0_d_tensor_numbers():
+    for bound in (0.25, np.float32(0.25), np.float64(0.25), torch.tensor(0.25, dtype=F64)):
+        upper, lower = fo.tpr(1) - fo.tpr(0) <= bound, fo.tpr(0) >= bound
+        assert (upper.tolerance, upper.name, lower.name) == (0.25, "tpr[1] - tpr[0] <= 0.25", "tpr[0] >= 0.25")
+        assert _hard(fo.selection_rate(0) * bound <= 0.0) == [round(2 / 3 * 0.25, 12)]
+    for bad in (True, "0.25", torch.tensor([0.1, 0.2]), np.array([0.25])):
+        with pytest.raises(TypeError, match="expected a rate expression or a number"):
+            fo.tpr(1) <= bad  # noqa: B015
+
+
 def test_repr_of_built_ins_is_their_constructor_call_and_of_comparisons_the_comparison():
     assert repr(fo.EqualizedOdds(0.05)) == "EqualizedOdds(tolerance=0.05, max_min)"
     assert repr(fo.DemographicParity(0.1, convention="pairwise")) == "DemographicParity(tolerance=0.1, pairwise)"
