@@ -163,6 +163,8 @@ def test_value_range_bounds_every_value_and_is_tight_for_the_parity_conventions(
     # max - min of one vector object is >= 0; of two vectors that merely print alike, not
     r = fairopt.tpr.per_group()
     assert value_range(r.max() - r.min())[0] == 0.0
+    assert value_range(fairopt.DisparateImpact(0.8).expr) == (0.8 - 1.0, 0.8)  # p * max - min >= p - 1, exactly
+    assert value_range(1.5 * r.max() - r.min())[0] == -1.0  # c > 1: no such bound (interval arithmetic)
     assert value_range((r * 1e6).max() - (r * 1000004.0).min())[0] < 0.0  # both print as tpr[g] * 1e+06
     # the bound holds on random tables (every entry, every constraint)
     rng = np.random.default_rng(0)

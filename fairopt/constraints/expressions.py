@@ -643,8 +643,11 @@ class _ValueRange(ExprVisitor[Interval]):
         if node.op == "+":
             return a_lo + b_lo, a_hi + b_hi
         if node.op == "-":
-            if _is_range(node):  # max(v) - min(v) of one vector: never below 0 (interval arithmetic alone says -1)
-                return max(0.0, a_lo - b_hi), a_hi - b_lo
+            if (scale := _range_scale(node)) is not None:
+                # c * max(v) - min(v) of one vector, 0 <= c <= 1, v >= 0: at least (c - 1) * max(v) >= (c - 1) * hi
+                # (0 for a plain range; p - 1 for the p%-rule's linear form), where interval arithmetic says -hi
+                _, v_hi = node.b.a.accept(self)  # type: ignore[attr-defined]
+                return max((scale - 1.0) * v_hi, a_lo - b_hi), a_hi - b_lo
             return a_lo - b_hi, a_hi - b_lo
         if node.op == "/" and b_lo <= 0.0 <= b_hi:
             return _ANY
@@ -680,26 +683,34 @@ class _ValueRange(ExprVisitor[Interval]):
         return _ANY
 
 
-def _is_range(node: BinOp) -> bool:
+def _range_scale(node: BinOp) -> float | None:
+    """``c`` when ``node`` is ``c * max(v) - min(v)`` (or ``max(v) - min(v)``: 1) of one vector object ``v`` whose
+    values are all >= 0, with ``0 <= c <= 1``; else None."""
     a, b = node.a, node.b
-    return (
+    scale = 1.0
+    if type(a) is BinOp and a.op == "*" and type(a.a) is Const:
+        scale, a = a.a.value, a.b
+    if not (
         type(a) is Reduce
         and type(b) is Reduce
         and a.how == "max"
         and b.how == "min"
         and a.a is b.a  # the same vector object (two that print alike may differ: a constant's :g, min_defined)
-    )
+        and 0.0 <= scale <= 1.0
+    ):
+        return None
+    return scale if a.a.accept(_ValueRange())[0] >= 0.0 else None
 
 
 def value_range(expr: Expr) -> Interval:
     """``(lowest, highest)``: bounds on every value that any entry of ``expr`` can take, on any table.
 
     Interval arithmetic over the tree: a rate is in ``[0, 1]``, a mean loss unbounded; ``r.max() - r.min()`` of one
-    vector object is at least 0 (the built-in parity conventions), ``|x|`` too. The bounds hold (a quotient's corners
-    are rounded as the evaluator rounds them) but need not be tight: e.g. ``r(1) - r(1)`` gives ``[-1, 1]``, the
-    linear p%-rule ``p * r.max() - r.min()`` ``[-1, p]`` (its least value is ``p - 1``); ``(-inf, inf)`` for a node
-    type this module does not define. Used to tell a target that no model can meet (``expr <= tolerance - margin``
-    below ``lowest``) from one that is merely hard: a loose bound only misses such a target.
+    vector object is at least 0 (the built-in parity conventions), ``c * r.max() - r.min()`` (``0 <= c <= 1``, the
+    p%-rule's linear form) at least ``c - 1``, ``|x|`` at least 0. The bounds hold (a quotient's corners are rounded
+    as the evaluator rounds them) but need not be tight: e.g. ``r(1) - r(1)`` gives ``[-1, 1]``; ``(-inf, inf)`` for
+    a node type this module does not define. Used to tell a target that no model can meet (``expr <= tolerance -
+    margin`` below ``lowest``) from one that is merely hard: a loose bound only misses such a target.
     """
     return expr.accept(_ValueRange())
 
