@@ -68,7 +68,8 @@ validation_enabled = validate_args_enabled  # the internal name before the renam
 
 
 def require_number(name: str, value: object, hint: str) -> float:
-    """``value`` as a finite float (a Python or NumPy number, a 0-d tensor, anything with ``__float__``).
+    """``value`` as a finite float (a Python or NumPy number, a 0-d tensor or array, anything else with
+    ``__float__``); an array or tensor with dimensions is refused even with one element, as rate expressions do.
 
     Raises:
         TypeError: a string (``float("0.05")`` would accept one that is a typo away from an error), a bool (Python,
@@ -78,9 +79,12 @@ def require_number(name: str, value: object, hint: str) -> float:
     is_bool = isinstance(value, (bool, np.bool_)) or (isinstance(value, Tensor) and value.dtype == torch.bool)
     if is_bool or isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
         raise TypeError(f"{name} must be a number ({hint}), got {value!r} ({type(value).__name__})")
+    if isinstance(value, (Tensor, np.ndarray)) and value.ndim != 0:  # float() takes a (1,) tensor, not a (1,) array
+        raise TypeError(f"{name} must be a single number ({hint}), got a {type(value).__name__} of shape "
+                        f"{tuple(value.shape)}; pass one number, e.g. {name}=float(x)")  # fmt: skip
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, RuntimeError) as error:  # e.g. a tensor of several elements
+    except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"{name} must be a single number ({hint}), got {value!r}: {error}") from None
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite ({hint}), got {number}")

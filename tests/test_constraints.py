@@ -122,7 +122,7 @@ def test_disparate_impact_conventions():
         (fo.DemographicParity, np.True_, TypeError, r"got (np\.)?True_? \(bool_?\)"),
         (fo.BoundedGroupLoss, torch.tensor(True), TypeError, r"bound must be a number .*\(Tensor\)"),
         (fo.EqualizedOdds, None, TypeError, r"got None \(NoneType\)"),
-        (fo.EqualizedOdds, torch.tensor([0.1, 0.2]), TypeError, "must be a single number"),
+        (fo.EqualizedOdds, torch.tensor([0.1, 0.2]), TypeError, r"must be a single number .*of shape \(2,\)"),
         (fo.EqualizedOdds, float("nan"), ValueError, "tolerance must be finite"),
         (fo.EqualizedOdds, 1.5, ValueError, r"must be in \[0, 1\], got 1\.5"),
         (fo.BoundedGroupLoss, "0.3", TypeError, r"bound must be a number .*got '0\.3' \(str\)"),
@@ -143,7 +143,11 @@ def test_numbers_of_any_kind_are_accepted_as_tolerances():
     assert fo.EqualizedOdds(np.float32(0.25)).tolerance == 0.25
     assert fo.EqualizedOdds(torch.tensor(0.25, dtype=F64)).tolerance == 0.25
     assert fo.EqualizedOdds(0).tolerance == 0.0 and type(fo.EqualizedOdds(0).tolerance) is float
-    assert repr(fo.BoundedGroupLoss(torch.tensor([0.5]))) == "BoundedGroupLoss(bound=0.5)"  # a one-element tensor
+    assert repr(fo.BoundedGroupLoss(torch.tensor(0.5))) == "BoundedGroupLoss(bound=0.5)"  # a 0-d tensor
+    assert fo.EqualizedOdds(np.array(0.25)).tolerance == 0.25  # a 0-d array
+    for one_element in (torch.tensor([0.5]), np.array([0.5])):  # refused alike, as comparisons refuse them
+        with pytest.raises(TypeError, match=r"must be a single number .*of shape \(1,\)"):
+            fo.BoundedGroupLoss(one_element)
 
 
 def test_comparisons_and_arithmetic_take_numpy_and_0_d_tensor_numbers():
