@@ -198,8 +198,9 @@ def test_a_margin_no_model_can_meet_warns_once_and_check_reports_it():
     assert opt._unreachable_margin() is None
     # the README recipe on a small selection split: 1.645 standard errors of 0.066 exceed the tolerance of 0.05
     with pytest.warns(UserWarning, match=r"margin too large on 2 entries \(EqualizedOdds.*tpr.*margin 0\.108, but g "
-                      r"= expr - tolerance is never below -0\.05; RateBound.*margin 0\.25,"):  # fmt: skip
+                      r"= expr - tolerance is never below -0\.05; RateBound.*margin 0\.25,") as caught:  # fmt: skip
         opt.margin = [0.108, 0.0, 0.25, 0.0]
+    assert caught[0].filename == __file__  # points at the assignment, not into fairopt
     with warnings.catch_warnings():  # once per optimizer, not at every epoch's reassignment
         warnings.simplefilter("error")
         opt.margin = [0.108, 0.0, 0.25, 0.0]

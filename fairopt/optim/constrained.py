@@ -398,7 +398,7 @@ class ConstrainedOptimizer:
             self.player.host_arithmetic = evaluator != "device"
         self._linear_primal = self.player.primal_weights() is not None  # structural: fixed by the method
         self._margin_warned = False
-        self.margin = margin
+        self._set_margin(margin, stacklevel=3)
         # primal steps taken (num_steps), and how many since the last scheduled dual step (0 <= phase < dual_every):
         # the schedule reads the phase, a Python int with at most dual_every values, never the count itself, so a
         # compiled step takes no integer input that grows with the step (see StepCount)
@@ -458,6 +458,11 @@ class ConstrainedOptimizer:
     def margin(self, value: float | Sequence[float] | np.ndarray | None) -> None:
         """Raises ValueError for a margin of another size, NaN or < 0; warns (once per optimizer) when an entry's
         dual target ``g <= -margin`` is out of reach (see :meth:`check`)."""
+        self._set_margin(value, stacklevel=3)
+
+    def _set_margin(self, value: float | Sequence[float] | np.ndarray | None, stacklevel: int) -> None:
+        """:attr:`margin`'s setter; ``stacklevel`` of its warning points at the user's line (an assignment, the
+        constructor or ``load_state_dict``)."""
         self._margin_tensor: Tensor | None = None
         if value is None:
             self._margin = None
@@ -466,7 +471,7 @@ class ConstrainedOptimizer:
         # (getattr: an optimizer pickled before this flag existed)
         if not getattr(self, "_margin_warned", False) and (problem := self._unreachable_margin()) is not None:
             self._margin_warned = True  # once per optimizer: a loop that reassigns the margin every epoch
-            warnings.warn(problem, UserWarning, stacklevel=2)
+            warnings.warn(problem, UserWarning, stacklevel=stacklevel)
 
     def _unreachable_margin(self) -> str | None:
         """The problem with entries whose dual target ``g <= -margin`` no model can meet (``-margin`` below the
@@ -1002,7 +1007,7 @@ class ConstrainedOptimizer:
             self.records.load_state_dict(state["records"])
         self.num_steps = int(state["num_steps"])
         if "margin" in state:  # states saved before margins existed keep the constructor's
-            self.margin = state["margin"]
+            self._set_margin(state["margin"], stacklevel=3)
         self._trace.load(state.get("multiplier_trace", []))
 
     def _check_constraints(self, saved: Mapping[str, Any]) -> None:
