@@ -369,6 +369,17 @@ def test_load_csv_group_ids_include_absent_categories():
     assert data.group_names == ("g=a", "g=b", "g=z")
 
 
+def test_load_csv_refuses_data_in_one_group():
+    frame = pd.DataFrame({"x": np.arange(40.0), "country": ["US"] * 40, "y": [0, 1] * 20})
+    with pytest.raises(ValueError, match=r"every row of <DataFrame> is in one group \('country' is always 'US'\)"):
+        load_csv(frame, target="y", sensitive="country")
+    # one constant column among varying ones, or declared categories the data lacks, still make groups
+    assert load_csv(frame.assign(s=["F", "M"] * 20), target="y", sensitive=["country", "s"]).num_groups == 2
+    assert (
+        load_csv(frame, target="y", sensitive="country", sensitive_categories={"country": ["US", "CA"]}).num_groups == 2
+    )
+
+
 # ------------------------------------------------------------------------ loaders
 
 

@@ -100,7 +100,8 @@ def load_csv(
         is not binary and no ``positive_label`` is given; ``positive_label``
         does not occur; the target holds one label only (every row ``y = 0``,
         or every row ``y = 1``); the target or a sensitive attribute has
-        missing values; fractions are out of range.
+        missing values; every row is in one group (each sensitive column has
+        one value); fractions are out of range.
 
     Warns
     -----
@@ -167,6 +168,13 @@ def load_csv(
             categories[attribute] = tuple(raw[attribute].cat.categories)
         else:
             categories[attribute] = sorted_categories(raw[attribute])
+    if all(len(c) == 1 for c in categories.values()):
+        only = ", ".join(f"{a!r} is always {c[0]!r}" for a, c in categories.items())
+        raise ValueError(
+            f"every row of {source} is in one group ({only}): no fairness constraint can compare groups; choose a "
+            "sensitive column with at least two values (--sensitive on the command line), or list the categories "
+            "the data should have with sensitive_categories="
+        )
     data = build_dataset(
         raw,
         labels,
