@@ -4,6 +4,7 @@ equals the NumPy one; per-member multipliers; resume; the frontier's pick; bad i
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -321,6 +322,23 @@ def test_the_cli_exits_2_on_bad_tolerances(tolerances, capsys):
         main(["sweep", "--tolerances", tolerances])
     assert exit_info.value.code == 2
     assert "--tolerances" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--bound", "2"], r"--bound must be in \[0, 1\] .*got 2\.0"),
+        (["--bound", "-1"], r"--bound must be in \[0, 1\]"),
+        (["--no-penalty", "--penalty-coefficients", "1"], "pass one of the two"),
+    ],
+)
+def test_the_cli_exits_2_on_a_bound_out_of_range_and_contradictory_penalty_options(options, message, capsys, tmp_path):
+    from fairopt.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--tolerances", "0.05", "--quiet", "--out", str(tmp_path), *options])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("name", ["mlp", "logistic", "sequential"])

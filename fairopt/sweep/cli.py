@@ -90,6 +90,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``fairopt sweep`` with parsed ``args``; ``parser.error`` (exit 2) on a bad option."""
     from .run import DEFAULT_PENALTY_COEFFICIENTS, sweep
 
+    if args.no_penalty and args.penalty_coefficients:
+        parser.error("--no-penalty drops the penalty members and --penalty-coefficients sets them: pass one of the two")
+    if args.bound is not None and not 0.0 <= args.bound <= 1.0:  # NaN fails too
+        parser.error(f"--bound must be in [0, 1] (the constraint's bound, e.g. a rate gap of 0.05), got {args.bound}")
     coefficients = () if args.no_penalty else (args.penalty_coefficients or DEFAULT_PENALTY_COEFFICIENTS)
     options = _options(args)
     out = args.out or Path("fairopt-runs") / f"sweep-{datetime.now():%Y%m%d-%H%M%S}"
