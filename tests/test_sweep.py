@@ -247,6 +247,8 @@ def test_the_pick_is_the_most_accurate_member_whose_heldout_upper_bound_meets_th
     assert pick_member(points, 0.03) is None
     result = SweepResult(points, 0.05, 2, "max_g tpr[g] - min_g tpr[g]")
     assert "**picked**" in result.to_markdown().splitlines()[6]
+    # the verdict is each member's against its own tolerance, not against the bound the table names: say so
+    assert "| test verdict at its tolerance |" in result.to_markdown().splitlines()[2]
     assert json.loads(result.to_json())["points"][3]["audit"]["value"] is None
 
 

@@ -135,7 +135,8 @@ class SweepResult:
             f"Constraint `{self.constraint}`; bound {self.bound:g}. Final iterates chosen on the validation split; "
             "held-out = the audit split (95% intervals), test = the same members re-evaluated.",
             "",
-            "| member | held-out acc | held-out value [95%] | test acc | test value | test verdict | pick |",
+            "| member | held-out acc | held-out value [95%] | test acc | test value | test verdict at its tolerance "
+            "| pick |",
             "|---|---|---|---|---|---|---|",
         ]
         for i, p in enumerate(self.points):
