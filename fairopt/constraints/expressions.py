@@ -643,11 +643,11 @@ class _ValueRange(ExprVisitor[Interval]):
         if node.op == "+":
             return a_lo + b_lo, a_hi + b_hi
         if node.op == "-":
-            if (scale := _range_scale(node)) is not None:
-                # c * max(v) - min(v) of one vector, 0 <= c <= 1, v >= 0: at least (c - 1) * max(v) >= (c - 1) * hi
-                # (0 for a plain range; p - 1 for the p%-rule's linear form), where interval arithmetic says -hi
-                _, v_hi = node.b.a.accept(self)  # type: ignore[attr-defined]
-                return max((scale - 1.0) * v_hi, a_lo - b_hi), a_hi - b_lo
+            if (scale := _range_scale(node)) is not None and b_lo >= 0.0:
+                # c * max(v) - min(v) of one vector, 0 <= c <= 1, v >= 0 (min(v)'s range is v's, [b_lo, b_hi]): at
+                # least (c - 1) * max(v) >= (c - 1) * b_hi (0 for a plain range; p - 1 for the p%-rule's linear
+                # form), where interval arithmetic says -b_hi
+                return max((scale - 1.0) * b_hi, a_lo - b_hi), a_hi - b_lo
             return a_lo - b_hi, a_hi - b_lo
         if node.op == "/" and b_lo <= 0.0 <= b_hi:
             return _ANY
@@ -684,8 +684,8 @@ class _ValueRange(ExprVisitor[Interval]):
 
 
 def _range_scale(node: BinOp) -> float | None:
-    """``c`` when ``node`` is ``c * max(v) - min(v)`` (or ``max(v) - min(v)``: 1) of one vector object ``v`` whose
-    values are all >= 0, with ``0 <= c <= 1``; else None."""
+    """``c`` when ``node`` is ``c * max(v) - min(v)`` (or ``max(v) - min(v)``: 1) of one vector object ``v``, with
+    ``0 <= c <= 1``; else None (the caller checks that ``v >= 0``)."""
     a, b = node.a, node.b
     scale = 1.0
     if type(a) is BinOp and a.op == "*" and type(a.a) is Const:
@@ -699,7 +699,7 @@ def _range_scale(node: BinOp) -> float | None:
         and 0.0 <= scale <= 1.0
     ):
         return None
-    return scale if a.a.accept(_ValueRange())[0] >= 0.0 else None
+    return scale
 
 
 def value_range(expr: Expr) -> Interval:
