@@ -67,25 +67,34 @@ def validate_args_enabled(validate_args: bool | None = None) -> bool:
 validation_enabled = validate_args_enabled  # the internal name before the rename; callers move to the new one
 
 
+def as_number(value: object) -> float | None:
+    """``value`` as a float when it is one real number (a Python or NumPy number, a 0-d tensor or array, anything
+    else with ``__float__``), else None: a string (``float("0.05")`` would accept one that is a typo away from an
+    error), a bool (Python, NumPy, or a bool tensor or array: a typo more often than a bound), an array or tensor
+    with dimensions (even of one element), a complex number. NaN and inf are numbers here."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or not hasattr(value, "__float__"):
+        return None
+    if isinstance(value, (Tensor, np.ndarray)) and (value.ndim != 0 or value.dtype in (torch.bool, np.bool_)):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):  # e.g. a complex tensor
+        return None
+
+
 def require_number(name: str, value: object, hint: str) -> float:
-    """``value`` as a finite float (a Python or NumPy number, a 0-d tensor or array, anything else with
-    ``__float__``); an array or tensor with dimensions is refused even with one element, as rate expressions do.
+    """``value`` as a finite float (:func:`as_number`: one real number, not a string or a bool).
 
     Raises:
-        TypeError: a string (``float("0.05")`` would accept one that is a typo away from an error), a bool (Python,
-            NumPy or a bool tensor), or anything else that is not one number. ValueError: NaN or inf. Both messages
-            name ``name`` and say what it holds (``hint``, e.g. "a rate difference such as 0.05").
+        TypeError: not one number (:func:`as_number` is None). ValueError: NaN or inf. Both messages name ``name``
+            and say what it holds (``hint``, e.g. "a rate difference such as 0.05").
     """
-    is_bool = isinstance(value, (bool, np.bool_)) or (isinstance(value, Tensor) and value.dtype == torch.bool)
-    if is_bool or isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+    number = as_number(value)
+    if number is None:
+        if isinstance(value, (Tensor, np.ndarray)) and value.ndim != 0:
+            raise TypeError(f"{name} must be a single number ({hint}), got a {type(value).__name__} of shape "
+                            f"{tuple(value.shape)}; pass one number, e.g. {name}=float(x)")  # fmt: skip
         raise TypeError(f"{name} must be a number ({hint}), got {value!r} ({type(value).__name__})")
-    if isinstance(value, (Tensor, np.ndarray)) and value.ndim != 0:  # float() takes a (1,) tensor, not a (1,) array
-        raise TypeError(f"{name} must be a single number ({hint}), got a {type(value).__name__} of shape "
-                        f"{tuple(value.shape)}; pass one number, e.g. {name}=float(x)")  # fmt: skip
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"{name} must be a single number ({hint}), got {value!r}: {error}") from None
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite ({hint}), got {number}")
     return number

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from fairopt._deprecation import renamed_attribute as _renamed
+from fairopt._validation import as_number
 from fairopt.rates import canonical_rate_name
 from fairopt.stats import GroupStats
 
@@ -199,14 +199,14 @@ class Expr:
     # comparisons give constraints ---------------------------------------------------------------------------
     def __le__(self, other: Expr | Number) -> Constraint:  # type: ignore[override]
         Constraint = _linked("Constraint")
-        if (number := _as_number(other)) is not None:
+        if (number := as_number(other)) is not None:
             return Constraint(self, tolerance=number, describe=(self, "<=", number))
         return Constraint(self - as_expr(other), describe=(self, "<=", as_expr(other)))
 
     def __ge__(self, other: Expr | Number) -> Constraint:  # type: ignore[override]
         Constraint = _linked("Constraint")
         other_expr = as_expr(other)
-        number = _as_number(other)
+        number = as_number(other)
         return Constraint(other_expr - self, describe=(self, ">=", other_expr if number is None else number))
 
     __hash__ = object.__hash__
@@ -261,23 +261,12 @@ class ExprVisitor(Generic[T]):
         )
 
 
-def _as_number(value: object) -> float | None:
-    """``value`` as a float when it is one real number (a Python int or float, a NumPy scalar, a 0-d tensor; not a
-    bool, which is a typo more often than a bound), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool and not value.is_complex():
-        return float(value)
-    return None
-
-
 def as_expr(value: Expr | Number) -> Expr:
-    """Wrap a number (a Python, NumPy or 0-d tensor one) as a constant expression; pass expressions through."""
+    """Wrap a number (:func:`fairopt._validation.as_number`: a Python or NumPy one, a 0-d tensor) as a constant
+    expression; pass expressions through."""
     if isinstance(value, Expr):
         return value
-    if (number := _as_number(value)) is not None:
+    if (number := as_number(value)) is not None:
         return Const(number)
     raise TypeError(f"expected a rate expression or a number, got {type(value).__name__}")
 
