@@ -52,6 +52,13 @@ def _check_tolerance(tolerance: float) -> float:
     return tolerance
 
 
+def _check_p(p: float) -> float:
+    p = require_number("p", p, "the p%-rule ratio in (0, 1], e.g. 0.8")
+    if not (0.0 < p <= 1.0):
+        raise ValueError(f"p (the p%-rule ratio) must be in (0, 1], got {p}")
+    return p
+
+
 def rate_parity(rate: str, convention: str = "max_min") -> Expr:
     """The expression whose value is bounded by a parity constraint on ``rate`` under ``convention``."""
     _check_convention(convention)
@@ -149,9 +156,7 @@ class DisparateImpact(Constraint):
 
     def __init__(self, p: float = 0.8, *, rate: str = "selection_rate", convention: str = "max_min") -> None:
         _check_convention(convention)
-        p = require_number("p", p, "the p%-rule ratio in (0, 1], e.g. 0.8")
-        if not (0.0 < p <= 1.0):
-            raise ValueError(f"p (the p%-rule ratio) must be in (0, 1], got {p}")
+        p = _check_p(p)
         rate = canonical_rate_name(rate)
         r = RateRef(rate).per_group()
         if convention == "max_min":

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from fairopt._validation import require_number
 from fairopt.constraints.base import Constraint
-from fairopt.constraints.builtin import _check_tolerance
+from fairopt.constraints.builtin import _check_p, _check_tolerance
 from fairopt.constraints.expressions import Expr, RateRef, concat
 from fairopt.groups import Groups
 from fairopt.rates import canonical_rate_name
@@ -172,9 +171,7 @@ class ProtectedClassDisparateImpact(_PerClass):
     def __init__(
         self, classes: ClassIds, p: float = 0.8, *, rate: str = "selection_rate", name: str | None = None
     ) -> None:
-        p = require_number("p", p, "the p%-rule ratio in (0, 1], e.g. 0.8")
-        if not (0.0 < p <= 1.0):
-            raise ValueError(f"p (the p%-rule ratio) must be in (0, 1], got {p}")
+        p = _check_p(p)
         self.p, self.rate = p, canonical_rate_name(rate)
         default = f"ProtectedClassDisparateImpact(p={p:g}, {self.rate}; {', '.join(_class_ids(classes))})"
         super().__init__(classes, [_ratio_form(self.rate, p)], 0.0, name or default)

@@ -51,11 +51,11 @@ from torch import Tensor, nn
 
 from fairopt._step_count import StepCount
 from fairopt._tensors import detached
-from fairopt._validation import PROBABILITY_HINT, probability_op, require_tensor, validate_args_enabled
+from fairopt._validation import PROBABILITY_HINT, probability_op, validate_args_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, attach, host_table, value_tensors
 from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
-from fairopt.optim.constraint_set import ConstraintSet
+from fairopt.optim.constraint_set import ConstraintSet, require_batch_tensor
 from fairopt.optim.distributed import StatsReducer, accumulated_step
 from fairopt.optim.dual_stats import DualStatistics
 from fairopt.optim.lagrangian import LagrangianPlayer
@@ -571,9 +571,7 @@ class ConstrainedOptimizer:
                 is tolerated, for loops that observe a held-out batch right after each step.
         """
         self._check_loss(loss)
-        if scores is None:
-            raise ValueError("scores is required to measure fairness constraints; pass scores=... to step()")
-        require_tensor("scores", scores)  # before scores.device is read below
+        require_batch_tensor("scores", scores)  # before scores.device is read below (measure checks it too)
         dual_stats = self.dual_statistics
         due = self.method_spec.has_dual_player and dual_stats.due(self._phase + 1)
         unfed = due and self.heldout is None and dual_stats.source == "heldout" and not dual_stats.has_observed

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from fairopt._deprecation import renamed_kwargs
+from fairopt._validation import require_tensor
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.device_evaluation import evaluate_device
 from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
@@ -38,6 +39,17 @@ EVALUATORS = ("auto", "numpy", "device")
 # Rates that are computed without labels (a selection rate counts predictions only) or from the loss column.
 _CELLS = [COLUMNS.index(c) for c in ("tn", "fp", "fn", "tp")]  # the hard confusion cells
 _LABEL_FREE_RATES = frozenset({"selection_rate", "mean_loss"})
+
+
+def require_batch_tensor(name: str, value: object) -> Tensor:
+    """``value``, a batch tensor of :meth:`ConstraintSet.measure` (``scores``, ``groups``).
+
+    Raises:
+        ValueError: None (the message names the ``step()`` argument). TypeError: not a tensor.
+    """
+    if value is None:
+        raise ValueError(f"{name} is required to measure fairness constraints; pass {name}=... to step()")
+    return require_tensor(name, value)
 
 
 class ConstraintSet:
@@ -214,9 +226,8 @@ class ConstraintSet:
             ValueError: a tensor that a constraint needs is missing (the message names the constraint); scores of
                 another shape than ``(N,)`` / ``(N, 1)``; plus everything :func:`fairopt.group_stats` raises.
         """
-        if scores is None or groups is None:
-            missing = "scores" if scores is None else "groups"
-            raise ValueError(f"{missing} is required to measure fairness constraints; pass {missing}=... to step()")
+        require_batch_tensor("scores", scores)
+        require_batch_tensor("groups", groups)
         scores = as_score_vector(scores)
         if labels is None:
             if self.needs_labels:
