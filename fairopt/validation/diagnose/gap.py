@@ -87,8 +87,8 @@ class GeneralizationGap:
         headers = ["constraint", "entry", *self.splits, f"gap ({last} - {first})"]
         rows = []
         # constraints as the reports show them (with group names in place of ids, FairnessReport.to_markdown)
-        shown = [c.shown for c in self.reports[first].constraints for _ in c.entries]
-        for index, (_, entry) in enumerate(_layout(self.reports[first])):
+        layout = [(c.shown, e.name) for c in self.reports[first].constraints for e in c.entries]
+        for index, (constraint, entry) in enumerate(layout):
             cells = []
             values = []
             for report in self.reports.values():
@@ -96,7 +96,7 @@ class GeneralizationGap:
                 cells.append(f"{format_estimate(e.value, e.lower, e.upper, digits)}: {e.verdict.value}")
                 values.append(e.value)
             gap = None if values[0] is None or values[-1] is None else values[-1] - values[0]
-            rows.append([shown[index], entry, *cells, format_number(gap, digits)])
+            rows.append([constraint, entry, *cells, format_number(gap, digits)])
         level = f"{next(iter(self.reports.values())).options.confidence:.0%}"
         notes = [w for r in self.reports.values() for w in r.warnings]
         out = ["## Generalization gap", "", f"Constraint values with {level} intervals and verdicts.", ""]
