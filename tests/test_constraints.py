@@ -121,6 +121,7 @@ def test_disparate_impact_conventions():
         (fo.EqualOpportunity, True, TypeError, r"got True \(bool\)"),
         (fo.DemographicParity, np.True_, TypeError, r"got (np\.)?True_? \(bool_?\)"),
         (fo.BoundedGroupLoss, torch.tensor(True), TypeError, r"bound must be a number .*\(Tensor\)"),
+        (fo.EqualizedOdds, np.array(True), TypeError, r"tolerance must be a number .*\(ndarray\)"),
         (fo.EqualizedOdds, None, TypeError, r"got None \(NoneType\)"),
         (fo.EqualizedOdds, torch.tensor([0.1, 0.2]), TypeError, r"must be a single number .*of shape \(2,\)"),
         (fo.EqualizedOdds, float("nan"), ValueError, "tolerance must be finite"),
