@@ -166,7 +166,7 @@ def test_images_csv_folder_with_a_positive_label(image_csv, tmp_path, capsys):
         (["--image-size", "12x"], "expected N or HxW in pixels"),
         (["--amp", "fp16"], "amp='fp16' is for CUDA"),
         (["--workers", "-1"], "expected a whole number >= 0"),
-        (["--batch-size", "1"], "invalid batch_size: 1"),
+        (["--batch-size", "1"], "invalid batch_size: 1; it must be >= 2 (batch norm needs two images"),
         (["--image-root", "."], "--image-root and --positive-label are for images:CSV datasets"),
         (["--epochs-large", "3"], "--epochs-large: for tabular studies only"),
     ],

@@ -332,6 +332,8 @@ def test_the_cli_exits_2_on_bad_tolerances(tolerances, capsys):
         (["--bound", "2"], r"--bound must be in \[0, 1\] .*got 2\.0"),
         (["--bound", "-1"], r"--bound must be in \[0, 1\]"),
         (["--no-penalty", "--penalty-coefficients", "1"], "pass one of the two"),
+        (["--epochs", "0"], "invalid epochs: 0; it must be >= 1"),
+        (["--margin-z", "-1"], r"invalid margin_z: -1\.0; it must be >= 0"),
     ],
 )
 def test_the_cli_exits_2_on_a_bound_out_of_range_and_contradictory_penalty_options(options, message, capsys, tmp_path):
@@ -365,3 +367,19 @@ def test_the_direct_linear_path_equals_vmap_bit_for_bit(name):
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
     # anything else than Linear and ReLU layers (here a LayerNorm) takes the vmap path
     assert StackedModel([nn.Sequential(nn.Linear(D, 4), nn.LayerNorm(4), nn.Linear(4, 1))])._plan is None
+
+
+def test_the_cli_help_names_only_the_data_the_sweep_takes(capsys):
+    """The data options are shared with fairopt bench, whose help also describes image datasets; the sweep trains
+    tabular models only, so its help must not offer celeba:DIR, images:CSV or digits."""
+    from fairopt.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "csv:PATH: the label column" in text
+    assert not any(kind in text for kind in ("celeba", "images:CSV", "digits"))
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "celeba:DIR: any of the 40 attributes" in " ".join(capsys.readouterr().out.split())

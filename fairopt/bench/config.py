@@ -156,29 +156,34 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def check_options(config: Any, checks: Sequence[tuple[str, bool]]) -> torch.device:
+def check_options(config: Any, checks: Sequence[tuple[str, bool, str]]) -> torch.device:
     """Check the numeric options every study has (tabular :class:`StudyConfig` and image
-    :class:`~fairopt.bench.images.ImageStudyConfig`), then the study's own ``checks`` (``(field name, ok)`` pairs),
-    then ``config.device``; returns the device.
+    :class:`~fairopt.bench.images.ImageStudyConfig`), then the study's own ``checks`` (``(field name, ok, what a
+    valid value is)`` triples), then ``config.device``; returns the device.
 
     Raises:
-        ValueError: ``invalid NAME: VALUE`` for the first failing check; a device name torch does not know; a CUDA
-            device where CUDA is not available.
+        ValueError: ``invalid NAME: VALUE; it must be ...`` for the first failing check (NAME is the field, the
+            command-line option with ``-`` for ``_``); a device name torch does not know; a CUDA device where CUDA
+            is not available.
     """
     shared = [
-        ("audit_fraction", 0 < config.audit_fraction < 1),
-        ("margin_z", config.margin_z >= 0),
-        ("dual_min_count", config.dual_min_count is None or config.dual_min_count > 0),
-        ("lr", config.lr > 0),
-        ("dual_lr", config.dual_lr > 0),
-        ("records_per_run", config.records_per_run >= 1),
-        ("seeds", len(config.seeds) >= 1 and all(isinstance(x, int) and x >= 0 for x in config.seeds)),
-        ("methods", len(config.methods) >= 1),
-        ("models", len(config.models) >= 1),
+        ("audit_fraction", 0 < config.audit_fraction < 1, "a fraction strictly between 0 and 1"),
+        ("margin_z", config.margin_z >= 0, ">= 0 (standard errors; 0 = no margin)"),
+        ("dual_min_count", config.dual_min_count is None or config.dual_min_count > 0, "> 0, or None (no window)"),
+        ("lr", config.lr > 0, "> 0"),
+        ("dual_lr", config.dual_lr > 0, "> 0"),
+        ("records_per_run", config.records_per_run >= 1, ">= 1"),
+        (
+            "seeds",
+            len(config.seeds) >= 1 and all(isinstance(x, int) and x >= 0 for x in config.seeds),
+            "one or more integers >= 0",
+        ),
+        ("methods", len(config.methods) >= 1, "one or more method names"),
+        ("models", len(config.models) >= 1, "one or more model names"),
     ]
-    for name, ok in [*shared, *checks]:
+    for name, ok, valid in [*shared, *checks]:
         if not ok:
-            raise ValueError(f"invalid {name}: {getattr(config, name)!r}")
+            raise ValueError(f"invalid {name}: {getattr(config, name)!r}; it must be {valid}")
     try:
         device = torch.device(config.device)
     except RuntimeError:
@@ -264,11 +269,15 @@ class StudyConfig:
         check_options(
             self,
             [
-                ("epochs", self.epochs >= 1),
-                ("epochs_large", self.epochs_large >= 1),
-                ("batch_size", self.batch_size is None or self.batch_size >= 1),
-                ("validation_fraction", 0 < self.validation_fraction < 1),
-                ("train_size", self.train_size is None or self.train_size >= 10),
+                ("epochs", self.epochs >= 1, ">= 1"),
+                ("epochs_large", self.epochs_large >= 1, ">= 1"),
+                ("batch_size", self.batch_size is None or self.batch_size >= 1, ">= 1, or None (automatic)"),
+                ("validation_fraction", 0 < self.validation_fraction < 1, "a fraction strictly between 0 and 1"),
+                (
+                    "train_size",
+                    self.train_size is None or self.train_size >= 10,
+                    ">= 10 rows, or None for all (--train-size 0)",
+                ),
             ],
         )
 

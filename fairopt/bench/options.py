@@ -81,18 +81,21 @@ def add_study_options(
         "--dataset",
         help=f"{', '.join(DATASETS)} (default: adult), or csv:PATH (then also --target, --sensitive){images}",
     )
+    # the image kinds are named only where they are accepted (fairopt sweep refuses them)
+    csv_kinds = "csv:PATH and images:CSV" if image_datasets else "csv:PATH"
+    image_targets = "; celeba:DIR: any of the 40 attributes (default Blond_Hair); digits: digit>=5 or even"
+    image_targets = image_targets if image_datasets else ""
     parser.add_argument(
         "--target",
-        help="csv:PATH and images:CSV: the label column, 0/1 unless --positive-label is given; celeba:DIR: any of "
-        "the 40 attributes (default Blond_Hair); digits: digit>=5 or even; a bundled tabular dataset's target is "
-        "fixed (giving another is an error)",
+        help=f"{csv_kinds}: the label column, 0/1 unless --positive-label is given{image_targets}"
+        "; a bundled tabular dataset's target is fixed (giving another is an error)",
     )
     parser.add_argument(
         "--positive-label",
         action="append",
         metavar="VALUE",
-        help="csv:PATH and images:CSV: the --target value that means y = 1, every other value meaning 0 (repeat "
-        "the option for several values; '2' also matches the number 2)",
+        help=f"{csv_kinds}: the --target value that means y = 1, every other value meaning 0 (repeat the option for "
+        "several values; '2' also matches the number 2)",
     )
     choices = "; ".join(f"{name} {','.join(attributes)}" for name, attributes in SENSITIVE_CHOICES.items())
     parser.add_argument(
