@@ -268,6 +268,32 @@ def test_sweep_end_to_end_on_german(tmp_path):
     assert json.loads(written[0].read_text())["bound"] == 0.05
 
 
+def test_sweep_json_records_a_csv_datasets_label_column_and_positive_values(tmp_path):
+    """sweep.json must be enough to run the sweep again: for a csv dataset that includes --target and
+    --positive-label, and the sensitive columns used."""
+    pd = pytest.importorskip("pandas")
+    from fairopt.bench.config import DEFAULT_SENSITIVE
+
+    rng = np.random.default_rng(0)
+    n = 600
+    s = rng.choice(["a", "b"], n)
+    x = rng.normal(size=n) + (s == "a")
+    frame = pd.DataFrame({"x": x, "s": s, "approved": np.where(x + rng.normal(size=n) > 0.5, "yes", "no")})
+    path = tmp_path / "people.csv"
+    frame.to_csv(path, index=False)
+    result = sweep([0.1], dataset=f"csv:{path}", csv_target="approved", csv_positive_label=("yes",),
+                   csv_sensitive=("s",), model="logistic", epochs=1, penalty_coefficients=(), records_per_run=2,
+                   constraint="demographic_parity", train_size=None)  # fmt: skip
+    written = result.write(tmp_path / "out", plots=False)
+    config = json.loads(next(p for p in written if p.suffix == ".json").read_text())["config"]
+    assert config["dataset"] == f"csv:{path}"
+    assert config["csv_target"] == "approved" and config["csv_positive_label"] == ["yes"]
+    assert config["sensitive"] == ["s"]
+    german = sweep([0.1], dataset="german", model="logistic", epochs=1, penalty_coefficients=(), records_per_run=2,
+                   constraint="demographic_parity", train_size=None)  # fmt: skip
+    assert german.config["sensitive"] == DEFAULT_SENSITIVE["german"] and "csv_target" not in german.config
+
+
 def test_sweep_with_heldout_duals_on_german():
     result = sweep([0.05, 0.1], dataset="german", model="logistic", epochs=1, penalty_coefficients=(), seeds=(0, 1),
                    constraint="demographic_parity", records_per_run=2, train_size=None, heldout_duals=True)  # fmt: skip

@@ -257,8 +257,13 @@ def sweep(
 
 
 def _config_dict(config: StudyConfig, tols: tuple[float, ...], weights: tuple[float, ...]) -> dict[str, Any]:
-    keep = ("dataset", "sensitive", "constraint", "models", "epochs", "seeds", "lr", "dual_lr", "proxy", "train_size",
+    """The settings a sweep ran with, enough to run it again (written to sweep.json): a csv dataset's label column
+    and positive values too, and the sensitive columns actually used (the bundled default when none was given)."""
+    keep = ("dataset", "constraint", "models", "epochs", "seeds", "lr", "dual_lr", "proxy", "train_size",
             "batch_size", "margin_z", "dual_min_count", "records_per_run", "device")  # fmt: skip
     out = {k: getattr(config, k) for k in keep}
+    out["sensitive"] = config.sensitive_attributes()
+    if config.dataset.startswith("csv:"):
+        out.update(csv_target=config.csv_target, csv_positive_label=config.csv_positive_label)
     out.update(tolerances=list(tols), penalty_coefficients=list(weights))
     return out
