@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Train every (model, method, seed) under one fairness constraint and report accuracy and the "
             "constraint on train, held-out and test data, with a 95% interval (one seed) or the spread over seeds, "
             "and a verdict. With no options: the default study on UCI Adult (equalized odds within 0.05, 6 methods "
-            "x 3 model sizes, 3 seeds; 5 to 11 minutes on 2 CPU cores). Options override the chosen preset. Writes "
-            "study.json, study.md, runs.csv and PNG plots to the output folder it names at the end."
+            "x 3 model sizes, 3 seeds; 5 to 15 minutes on 2 CPU cores, by their load). Options override the chosen "
+            "preset. Writes study.json, study.md, runs.csv and PNG plots to the output folder it names at the end."
         ),
     )
     which = bench.add_mutually_exclusive_group()

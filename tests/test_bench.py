@@ -69,6 +69,15 @@ def test_cli_entry_point_reports_errors_without_traceback():
     assert result.returncode == 2 and "Traceback" not in result.stderr and "--tolerance" in result.stderr
 
 
+def test_the_progress_bar_stays_out_of_a_pipe(capsys):
+    """stderr captured here is not a terminal: the per-run lines come, the bar's carriage returns do not."""
+    lines: list[str] = []
+    run_study(StudyConfig(**{**TINY, "methods": ("unconstrained",)}), progress=True, log=lines.append)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "fairopt bench:" not in err
+    assert sum("unconstrained" in line and "seed 0" in line for line in lines) == 1
+
+
 def test_tiny_study_end_to_end(tmp_path):
     result = run_study(StudyConfig(**TINY), progress=False)
     # the proxy-Lagrangian run gives two final models: the shrinking-LP distribution and its best single iterate

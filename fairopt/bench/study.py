@@ -280,11 +280,12 @@ def run_study(
     passes its own (:func:`fairopt.bench.images_study.run_image_study`). The first seed's data is loaded before
     anything trains, so a bad column or a missing file fails at once.
 
-    ``log`` receives, once each: the data's notes and warnings (:func:`data_notes` of the first seed's data, whose
-    splits differ from the other seeds' by about a row per group and label, and the loader's ``UserWarning`` s,
-    which then do not also go to Python's warning output), one line per run, and under it the run's warnings
-    (:func:`run_warnings`). Without ``log`` the loader's warnings are Python warnings. Either way the notes are in
-    :attr:`StudyResult.notes` and each run's warnings in :attr:`RunResult.warnings`.
+    ``progress``: a bar on stderr when it is a terminal (never into a pipe or file). ``log`` receives, once each:
+    the data's notes and warnings (:func:`data_notes` of the first seed's data, whose splits differ from the other
+    seeds' by about a row per group and label, and the loader's ``UserWarning`` s, which then do not also go to
+    Python's warning output), one line per run, and under it the run's warnings (:func:`run_warnings`). Without
+    ``log`` the loader's warnings are Python warnings. Either way the notes are in :attr:`StudyResult.notes` and
+    each run's warnings in :attr:`RunResult.warnings`.
 
     Raises:
         ValueError, FileNotFoundError: from ``load`` (:func:`load_study_data`).
@@ -315,7 +316,9 @@ def run_study(
     data_of(config.seeds[0])  # a bad attribute or a missing file fails here, before the progress bar
     combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
     width = max(10, *(len(m) for m in config.models))  # the per-run lines' model column
-    bar = tqdm(total=len(combos), desc="fairopt bench", unit="run", disable=not progress)
+    # disable=None: tqdm draws the bar on a terminal only; into a pipe or a log file its carriage returns would
+    # interleave with the per-run lines (which ``log`` prints either way)
+    bar = tqdm(total=len(combos), desc="fairopt bench", unit="run", disable=None if progress else True)
     for seed, model, method in combos:
         data = data_of(seed)
         constraint: Constraint = config.build_constraint(data.group_names)
