@@ -315,3 +315,26 @@ def test_all_reduce_sums_the_shards_of_all_ranks(tmp_path):
     for rank in range(2):
         shard = FairnessReport.from_json((tmp_path / f"rank{rank}.json").read_text())
         _assert_same_report(whole, shard)
+
+
+def test_a_positional_batch_with_groups_before_labels_gets_a_hint_on_the_order():
+    gen = torch.Generator().manual_seed(0)
+    x, y, a = torch.randn(40, 3, generator=gen), torch.arange(40) % 2, torch.arange(40) % 4
+    model = torch.nn.Linear(3, 1)
+
+    def scores(inputs):
+        return model(inputs).squeeze(-1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, a, y), batch_size=16)
+    for data in ((x, a, y), loader):
+        with pytest.raises(ValueError, match=r"labels must be 0 or 1: .*read by position as \(x, labels, groups"):
+            collect_stats(scores, data, 4)
+    # named columns or a group id out of range without a positional batch: the message alone
+    with pytest.raises(ValueError, match=r"labels must be 0 or 1") as info:
+        collect_stats(scores, {"x": x, "labels": a, "groups": y}, 4)
+    assert "by position" not in str(info.value)
+    with pytest.raises(ValueError, match=r"groups must be ids in \[0, 2\).*read by position"):
+        collect_stats(scores, (x, y, a), 2)
+    with pytest.raises(ValueError, match=r"groups must be ids in \[0, 2\)") as info:
+        collect_stats(scores, (x, y, a), 2, unpack=lambda batch: (batch[0], batch[1], batch[2], None))
+    assert "by position" not in str(info.value)

@@ -128,6 +128,20 @@ def _label_count(labels: Any) -> int:
 
 
 @renamed_kwargs(validate="validate_args")
+def _with_order_hint(error: ValueError, batch: Any, unpack: Unpack) -> ValueError:
+    """``error`` with a hint when a positional batch may hold its columns in another order: labels and group ids
+    are both small integers, and swapped they fail the label or group check (or, with 2 groups, pass it)."""
+    text = str(error)
+    positional = unpack is default_unpack and isinstance(batch, Sequence) and not isinstance(batch, Mapping)
+    if not positional or not text.startswith(("labels must be 0 or 1", "groups must be ids in")):
+        return error
+    return ValueError(
+        f"{text}. Batches are read by position as (x, labels, groups[, weights]): if yours hold the groups "
+        "before the labels, reorder them, pass dicts ({'x': ..., 'labels': ..., 'groups': ...}) or "
+        "unpack=lambda batch: (x, labels, groups, weights_or_None)"
+    )
+
+
 def collect_stats(
     model: Callable[[Any], Tensor],
     data: Any,
@@ -242,7 +256,12 @@ def collect_stats(
             )
             # A stochastic classifier is evaluated in expectation: its candidates' tables weighted by their
             # probabilities (exact expected counts, no sampling noise and no example ids needed), added to the totals.
-            stats, moments = expected_tables(weighted_scores, tables, into=None if stats is None else (stats, moments))
+            try:
+                stats, moments = expected_tables(
+                    weighted_scores, tables, into=None if stats is None else (stats, moments)
+                )
+            except ValueError as error:
+                raise _with_order_hint(error, batch, unpack) from None
     enough = count >= MIN_SCORES_FOR_PROBABILITY_CHECK and threshold == 0.0 and low_high
     # In [0, 1] *and* spread over half of it: near-constant logits can sit in a narrow band inside [0, 1].
     looks = (low_high[0] >= 0) & (low_high[1] <= 1) & (low_high[1] - low_high[0] >= 0.5) if enough else None
