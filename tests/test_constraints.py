@@ -295,7 +295,8 @@ def test_pooled_groups_sum_counts_before_the_ratio():
     # groups 0 and 1 pooled: cells tn 2, fp 1, fn 1, tp 2 → TPR 2/3, selection 3/6
     c = fo.tpr((0, 1)) - fo.tpr() <= 0.0
     assert _hard(c) == [0.0]  # overall TPR is also 2/3 (group 2 has no positives)
-    assert c.entry_names(["A", "B", "C", "D"]) == ["tpr[A + B] - tpr[overall]"]
+    assert c.entry_names(["A", "B", "C", "D"]) == ["tpr[{A, B}] - tpr[overall]"]
+    assert str(c.expr) == "tpr[{0, 1}] - tpr[overall]"
     assert _hard(fo.selection_rate([0, 1]) <= 0.5) == [0.0]
     with pytest.raises(ValueError, match="refers to group 7"):
         (fo.tpr((0, 7)) <= 1).check_num_groups(4)

@@ -35,7 +35,7 @@ gap that "looks satisfied" because the groups that could violate it were dropped
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -357,7 +357,7 @@ class RateRef(Expr):
             return [f"{short}[{n}]" for n in group_names]
         ids = self.group if isinstance(self.group, tuple) else (self.group,)
         names = [group_names[g] if g < len(group_names) else str(g) for g in ids]  # type: ignore[operator]
-        return [f"{short}[{' + '.join(names)}]"]
+        return [f"{short}[{_pooled(names)}]"]
 
     def max_group(self) -> int:
         if isinstance(self.group, tuple):
@@ -374,10 +374,17 @@ class RateRef(Expr):
             return names[g] if names is not None and g < len(names) else str(g)
 
         if isinstance(self.group, tuple):
-            return f"{short}[{' + '.join(map(shown, self.group))}]"
+            return f"{short}[{_pooled(map(shown, self.group))}]"
         if isinstance(self.group, int):
             return f"{short}[{shown(self.group)}]"
         return f"{short}[overall]" if self.group is None else f"{short}[g]"
+
+
+def _pooled(names: Iterable[str]) -> str:
+    """The groups a rate is over: one as itself, several (pooled) as their set, ``tpr[{0, 2}]`` (``0 + 2`` would
+    read as group 2)."""
+    shown = list(names)
+    return shown[0] if len(shown) == 1 else "{" + ", ".join(shown) + "}"
 
 
 def _check_group_id(group: object) -> None:
