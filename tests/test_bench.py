@@ -78,6 +78,17 @@ def test_the_progress_bar_stays_out_of_a_pipe(capsys):
     assert sum("unconstrained" in line and "seed 0" in line for line in lines) == 1
 
 
+def test_a_p_rule_studys_caption_says_what_its_values_are():
+    """The p%-rule's values are its linear form p * max - min (<= 0), not the min/max ratio users know."""
+    result = run_study(StudyConfig(**{**TINY, "methods": ("unconstrained",), "constraint": "p_rule"}), progress=False)
+    text = " ".join(format_table(result).split())
+    assert "p * max - min of the group selection rates (<= 0 exactly when min/max >= p" in text
+    assert "to compare with its bound 0;" in text
+    other = " ".join(format_table(run_study(StudyConfig(**{**TINY, "methods": ("unconstrained",)}),
+                                            progress=False)).split())  # fmt: skip
+    assert "the constraint's largest entry (e.g. a rate gap), to compare with its bound 0.05" in other
+
+
 def test_tiny_study_end_to_end(tmp_path):
     result = run_study(StudyConfig(**TINY), progress=False)
     # the proxy-Lagrangian run gives two final models: the shrinking-LP distribution and its best single iterate

@@ -110,6 +110,14 @@ def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+def value_description(constraint: str) -> str:
+    """What the train / held-out / test columns of a study of ``constraint`` hold, for the table's caption."""
+    if _key(constraint) == "p_rule":
+        return ("the p%-rule's linear form p * max - min of the group selection rates (<= 0 exactly when min/max >= p; "
+                "-0.10 means the lowest rate is 0.10 above p times the highest)")  # fmt: skip
+    return "the constraint's largest entry (e.g. a rate gap)"
+
+
 def default_tolerance(constraint: str) -> float:
     """0.8 for the p%-rule (the 80% rule), else 0.05 (5 percentage points)."""
     return 0.8 if _key(constraint) == "p_rule" else 0.05

@@ -11,6 +11,7 @@ import pandas as pd
 
 from fairopt.validation.report.formatting import format_number
 
+from .config import value_description
 from .study import StudyResult, run_warnings, summarize, write_json
 
 __all__ = [
@@ -94,8 +95,8 @@ def _caption(result: StudyResult) -> str:
     sizes = ", ".join(f"{k} {v:,}" for k, v in result.split_sizes.items())
     return (
         f"{c.dataset}: {result.constraint}; groups {', '.join(result.group_names)}; {sizes} rows; "
-        f"seeds {list(c.seeds)}. Columns train / validation / held-out / test: the constraint's largest entry (e.g. a "
-        f"rate gap), to compare with its bound {bound(result):g}; validation drove the held-out duals and chose the "
+        f"seeds {list(c.seeds)}. Columns train / validation / held-out / test: {value_description(c.constraint)}, to "
+        f"compare with its bound {bound(result):g}; validation drove the held-out duals and chose the "
         "final model, held-out (the audit split) did neither: it is the estimate for new data. Test verdict at 95% "
         "confidence, for the whole constraint (violated if any entry is, satisfied if all are)."
     )
