@@ -390,3 +390,32 @@ def test_small_integer_group_ids_are_checked_in_int64_on_every_path() -> None:
         assert check(scores, labels, groups, 255, None, None)[1]
     table = group_stats(scores.bfloat16(), labels=labels, groups=groups, num_groups=256).table  # tensor checks
     assert table[[0, 1, 200, 255], :4].sum().item() == 4
+
+
+@pytest.mark.parametrize("method", ["lagrangian", "augmented_lagrangian", "proxy_lagrangian", "penalty"])
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_goes_on_as_the_original(method, how):
+    """copy.deepcopy / pickle of a whole ConstrainedOptimizer (with its model's optimizer) recursed without end in
+    cooper's problem; the copy must go on training exactly as the original does."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = ConstrainedOptimizer(torch.optim.Adam(model.parameters(), lr=0.05), [fairopt.EqualizedOdds(0.05)],
+                                  num_groups=2, method=method, dual_lr=0.5)  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    x, y, a = torch.randn(64, 3, generator=gen), torch.arange(64) % 2, (torch.arange(64) // 2) % 2
+
+    def step(m: torch.nn.Module, o: ConstrainedOptimizer) -> None:
+        scores = m(x).squeeze(-1)
+        o.zero_grad()
+        o.step(loss=F.binary_cross_entropy_with_logits(scores, y.float()), scores=scores, labels=y, groups=a)
+
+    for _ in range(3):
+        step(model, opt)
+    pair = (model, opt)
+    copied_model, copied = copy.deepcopy(pair) if how == "deepcopy" else pickle.loads(pickle.dumps(pair))
+    for _ in range(3):
+        step(model, opt)
+        step(copied_model, copied)
+    assert torch.equal(copied.multipliers, opt.multipliers) and bool((opt.multipliers > 0).any())
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), copied_model.parameters()))
+    assert copied.num_steps == opt.num_steps == 6

@@ -32,6 +32,7 @@ Optimizers that evaluate the problem twice per step (cooper's ``AlternatingPrima
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import cooper
 import torch
@@ -125,6 +126,14 @@ class FairnessCMP(cooper.ConstrainedMinimizationProblem):
     Raises:
         ValueError: ``num_groups`` disagrees with a given ConstraintSet; ``penalty_coefficient <= 0``.
     """
+
+    def __getattr__(self, name: str) -> Any:
+        # cooper's __getattr__ reads self._constraints, which copy.deepcopy and pickle look up (as __setstate__,
+        # __deepcopy__, ...) on an object built without __init__: without this guard the lookup recursed until
+        # RecursionError, so a ConstrainedOptimizer could be neither deep-copied nor pickled (torch.save(opt))
+        if name == "_constraints":
+            raise AttributeError(name)
+        return super().__getattr__(name)
 
     def __init__(
         self,
