@@ -149,6 +149,60 @@ def test_step_refuses_bad_losses():
     assert "a second time" in str(caught.value.__cause__)  # torch's own message stays attached
 
 
+def _same(a: object, b: object) -> bool:
+    """Equal nested states: dicts, lists, tensors (exactly), anything else by ==."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize(
+    ("method", "heldout"), [("lagrangian", False), ("proxy_lagrangian", False), ("proxy_lagrangian", True)]
+)
+def test_a_step_whose_backward_fails_leaves_the_optimizer_as_it_was(method, heldout):
+    """After the plain-optimizer habit (loss.backward() before step), step() raises; the optimizer must not have
+    counted the step, put the batch in its dual window or moved the multipliers, so that a corrected retry runs
+    exactly as a run without the mistake (bit for bit)."""
+    x, y, a = tabular(256, seed=0)
+    batches = [(x[i : i + 64], y[i : i + 64], a[i : i + 64]) for i in range(0, 256, 64)]
+    xv, yv, av = tabular(128, seed=1)
+
+    def run(mistake: bool) -> tuple[ConstrainedOptimizer, nn.Module]:
+        torch.manual_seed(0)
+        model = mlp(x.shape[1])
+        source = {"heldout": lambda: {"scores": model(xv).squeeze(-1), "labels": yv, "groups": av}} if heldout else {}
+        source = {**source, "dual_source": "heldout"} if heldout else source
+        opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.02)], method=method, dual_lr=0.5, **source)
+        for i, (xb, yb, ab) in enumerate(batches):
+            opt.zero_grad()
+            scores = model(xb).squeeze(-1)
+            loss = F.binary_cross_entropy_with_logits(scores, yb)
+            if mistake and i == 2:
+                before, before_multipliers = opt.state_dict(), opt.multipliers.clone()
+                loss.backward()
+                with pytest.raises(RuntimeError, match=r"do not call loss.backward\(\) before opt.step"):
+                    opt.step(loss=loss, scores=scores, labels=yb, groups=ab)
+                after = opt.state_dict()
+                assert after["num_steps"] == before["num_steps"] == 2
+                assert torch.equal(opt.multipliers, before_multipliers)
+                assert _same(after["dual_statistics"], before["dual_statistics"])
+                opt.zero_grad()  # the corrected retry
+                scores = model(xb).squeeze(-1)
+                loss = F.binary_cross_entropy_with_logits(scores, yb)
+            opt.step(loss=loss, scores=scores, labels=yb, groups=ab)
+        return opt, model
+
+    clean, clean_model = run(False)
+    retried, retried_model = run(True)
+    assert retried.num_steps == clean.num_steps == 4
+    assert torch.equal(retried.multipliers, clean.multipliers) and bool((clean.multipliers > 0).any())
+    assert all(torch.equal(p, q) for p, q in zip(clean_model.parameters(), retried_model.parameters()))
+
+
 def test_step_names_the_missing_tensor_and_the_constraint_that_needs_it():
     x, y, a = tabular(64, seed=0)
     model = mlp(x.shape[1])

@@ -612,26 +612,44 @@ class ConstrainedOptimizer:
         else:  # constants (of a detached table): the proxy gradient enters through _primal_objective
             table = detached(stats.table)
             value = ConstraintValue(*value_tensors(lin, table if table.dtype == cs.dtype else table.to(cs.dtype)))
+        # A step that fails in its backward (e.g. after the user's own loss.backward()) leaves the optimizer as it
+        # was, so that it can be retried: the count and phase are taken back, and the dual player's tables and the
+        # multipliers change only after the backward (simultaneous updates; an alternating dual step reads this
+        # batch before it). The count moves first: heldout() sees the number of the step in progress.
+        phase = self._phase
         self._steps.increment(scores)
         if dual_stats.every is not None and dual_stats.every > 1:
             self._phase = (self._phase + 1) % dual_stats.every
-        # the dual player's table (a method without one, the penalty, never reads it)
+        heldout = None
+        if due and self.heldout is not None:  # measured at the same θ as the batch, before the primal step
+            with torch.no_grad():
+                heldout = self.heldout()
+        batch = None if lin is None else (stats, value)  # a dual table equal to this one reuses its values
+        dual_value = None
+        alternating = self.dual_update == "alternating"
+        if alternating:
+            self._observe_step(stats, unfed, heldout)
+            dual_value = self._dual_step(value, batch) if due else None
+        objective, descended = self._primal_objective(loss, stats, value, lin, terms)
+        self._primal_step(descended, phase)
+        if not alternating:
+            self._observe_step(stats, unfed, heldout)
+            dual_value = self._dual_step(value, batch) if due else None
+        # the multipliers after the step: those the dual step just read (the trace has copied them into its ring)
+        multipliers = self.player.multipliers if dual_value is None else self._dual_multipliers
+        return StepResult(loss.detach(), objective, _detached(value), multipliers, dual_value)
+
+    def _observe_step(self, stats: GroupStats, unfed: bool, heldout: Any) -> None:
+        """What the dual player reads of one step: its training table (a method without a dual player, the
+        penalty, never reads it) and held-out statistics (``heldout``: what ``heldout()`` returned this step, or
+        None)."""
+        dual_stats = self.dual_statistics
         if dual_stats.source == "train" and not dual_stats.passthrough and self.method_spec.has_dual_player:
             dual_stats.observe(stats)
         if unfed:
             dual_stats.num_unfed += 1
-        if due and self.heldout is not None:  # measured at the same θ as the batch, before the primal step
-            with torch.no_grad():
-                self._observe(self.heldout())
-        batch = None if lin is None else (stats, value)  # a dual table equal to this one reuses its values
-        dual_value = self._dual_step(value, batch) if due and self.dual_update == "alternating" else None
-        objective, descended = self._primal_objective(loss, stats, value, lin, terms)
-        self._primal_step(descended)
-        if due and self.dual_update == "simultaneous":
-            dual_value = self._dual_step(value, batch)
-        # the multipliers after the step: those the dual step just read (the trace has copied them into its ring)
-        multipliers = self.player.multipliers if dual_value is None else self._dual_multipliers
-        return StepResult(loss.detach(), objective, _detached(value), multipliers, dual_value)
+        if heldout is not None:
+            self._observe(heldout)
 
     def step_accumulated(
         self,
@@ -711,13 +729,18 @@ class ConstrainedOptimizer:
         objective = weighted + attach(np.asarray(mu @ lin.proxy_upper), lambda c: c * gradient, stats.table)
         return objective.detach(), objective
 
-    def _primal_step(self, objective: Tensor) -> None:
-        """``backward`` on the primal objective, optional clipping, the wrapped optimizer's step."""
+    def _primal_step(self, objective: Tensor, phase: int) -> None:
+        """``backward`` on the primal objective, optional clipping, the wrapped optimizer's step. A failed backward
+        takes back the step's count and its dual phase (``phase``: the one before the step)."""
         scaler = self.grad_scaler
+        # the one try of the step, around the backward (torch.compile breaks the graph there, and cannot inside a
+        # try that spans a call)
         try:
             (objective if scaler is None else scaler.scale(objective)).backward()
-        except RuntimeError as error:
-            if "backward through the graph a second time" not in str(error):
+        except BaseException as error:
+            self._steps.set(int(self._steps) - 1)
+            self._phase = phase
+            if not (isinstance(error, RuntimeError) and "backward through the graph a second time" in str(error)):
                 raise
             raise RuntimeError(
                 "step() calls backward itself, and the graph of this batch was already freed: do not call "

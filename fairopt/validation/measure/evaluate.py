@@ -127,7 +127,6 @@ def _label_count(labels: Any) -> int:
     return labels.shape[0]
 
 
-@renamed_kwargs(validate="validate_args")
 def _with_order_hint(error: ValueError, batch: Any, unpack: Unpack) -> ValueError:
     """``error`` with a hint when a positional batch may hold its columns in another order: labels and group ids
     are both small integers, and swapped they fail the label or group check (or, with 2 groups, pass it)."""
@@ -142,6 +141,7 @@ def _with_order_hint(error: ValueError, batch: Any, unpack: Unpack) -> ValueErro
     )
 
 
+@renamed_kwargs(validate="validate_args")
 def collect_stats(
     model: Callable[[Any], Tensor],
     data: Any,
