@@ -413,3 +413,19 @@ def test_the_augmented_lagrangian_term_passes_gradcheck_in_float64():
     assert bool(((lam + penalty.detach() * violation.detach()).abs() > 1e-3).all())
     assert torch.autograd.gradcheck(augmented_lagrangian_term, (lam, penalty, violation), eps=1e-6, atol=1e-9)
     assert torch.autograd.gradgradcheck(augmented_lagrangian_term, (lam, penalty, violation), eps=1e-6, atol=1e-9)
+
+
+def test_a_state_saved_with_pooled_groups_named_the_old_way_loads():
+    """Up to 2026-12 a rate pooled over groups was named tpr[0 + 2]; a checkpoint holding such names must load
+    into the same constraints, now named tpr[{0, 2}], and another pooling is still refused."""
+    pooled = [fairopt.tpr((0, 1)) >= 0.99]
+    source, state = trained(pooled)
+    [[name]] = state["constraints"]["entries"]
+    assert "tpr[{0, 1}]" in name
+    state["constraints"]["entries"] = [[name.replace("{0, 1}", "0 + 1")]]
+    target = optimizer_for(pooled)
+    target.load_state_dict(state)
+    assert torch.equal(target.multipliers, source.multipliers)
+    other = optimizer_for([fairopt.tpr(1) >= 0.99])
+    with pytest.raises(ValueError, match="state_dict was saved for the constraints"):
+        other.load_state_dict(state)

@@ -35,6 +35,7 @@ gap that "looks satisfied" because the groups that could violate it were dropped
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -385,6 +386,15 @@ def _pooled(names: Iterable[str]) -> str:
     read as group 2)."""
     shown = list(names)
     return shown[0] if len(shown) == 1 else "{" + ", ".join(shown) + "}"
+
+
+_LEGACY_POOLED = re.compile(r"\[([^\[\]{}]+?(?: \+ [^\[\]{}]+?)+)\]")
+
+
+def upgrade_pooled_names(name: str) -> str:
+    """A name written before pooled groups were shown as a set (``tpr[0 + 2]``, up to 2026-12) in today's form,
+    ``tpr[{0, 2}]``; other names unchanged. For comparing names stored in checkpoints with today's."""
+    return _LEGACY_POOLED.sub(lambda m: f"[{_pooled(m.group(1).split(' + '))}]", name)
 
 
 def _check_group_id(group: object) -> None:

@@ -54,6 +54,7 @@ from fairopt._tensors import detached
 from fairopt._validation import PROBABILITY_HINT, probability_op, validate_args_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, attach, host_table, value_tensors
+from fairopt.constraints.expressions import upgrade_pooled_names
 from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
 from fairopt.optim.constraint_set import ConstraintSet, require_batch_tensor
 from fairopt.optim.distributed import StatsReducer, accumulated_step
@@ -1035,10 +1036,12 @@ class ConstrainedOptimizer:
         """Refuse a state saved for other constraints, before cooper's multipliers meet a state of another size."""
         mine = self.constraint_set.describe()
         same = all(saved[key] == mine[key] for key in ("num_constraints", "num_groups"))
+        # names saved before pooled groups were shown as sets (tpr[0 + 2]) compare in today's form (tpr[{0, 2}])
         if "entries" in saved:
-            same = same and [list(entries) for entries in saved["entries"]] == mine["entries"]
+            entries = [[upgrade_pooled_names(name) for name in names] for names in saved["entries"]]
+            same = same and entries == mine["entries"]
         else:  # format 1 stored the names only
-            same = same and list(saved["constraints"]) == mine["constraints"]
+            same = same and [upgrade_pooled_names(name) for name in saved["constraints"]] == mine["constraints"]
         if not same:
             raise ValueError(
                 f"state_dict was saved for the constraints {_describe(saved)}, but this optimizer has "

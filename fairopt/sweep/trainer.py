@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fairopt.constraints import Constraint, ConstraintValue
+from fairopt.constraints.expressions import upgrade_pooled_names
 from fairopt.optim.base import as_margin, check_positive, observed_values
 from fairopt.optim.proxy_lagrangian import MAX_VIOLATION
 from fairopt.optim.records import IterateRecords
@@ -411,7 +412,7 @@ class SweepTrainer:
         if saved != list(self.members):
             raise ValueError(f"the state was saved for members {[m.label for m in saved]}, this trainer has "
                              f"{[m.label for m in self.members]}")  # fmt: skip
-        if list(state["constraint"]) != self.constraint.entry_names(self.num_groups):
+        if [upgrade_pooled_names(name) for name in state["constraint"]] != self.constraint.entry_names(self.num_groups):
             raise ValueError(
                 f"the state was saved for the constraint entries {list(state['constraint'])}, this trainer has "
                 f"{self.constraint.entry_names(self.num_groups)}"
