@@ -144,9 +144,53 @@ def test_step_refuses_bad_losses():
         opt.step(loss=loss, scores=scores.detach().numpy(), labels=y, groups=a)
     assert opt.num_steps == 0
     loss.backward()  # the plain-optimizer habit: step() calls backward itself
-    with pytest.raises(RuntimeError, match=r"do not call loss.backward\(\) before opt.step") as caught:
+    with (
+        pytest.raises(RuntimeError, match=r"do not call loss.backward\(\) before opt.step") as caught,
+        pytest.warns(UserWarning, match=r"found gradients in .grad already"),
+    ):
         opt.step(loss=loss, scores=scores, labels=y, groups=a)
     assert "a second time" in str(caught.value.__cause__)  # torch's own message stays attached
+
+
+def test_detached_scores_are_refused_they_would_train_unconstrained():
+    """The constraints reach the model only through the scores' graph: detached scores (or scores computed under
+    no_grad) used to run silently, unconstrained, while the multipliers grew."""
+    x, y, a = tabular(64, seed=0)
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
+    scores = model(x).squeeze(-1)
+    loss = F.binary_cross_entropy_with_logits(scores, y)
+    with pytest.raises(ValueError, match=r"scores carry no autograd graph .*not \.detach\(\)"):
+        opt.step(loss=loss, scores=scores.detach(), labels=y, groups=a)
+    assert opt.num_steps == 0 and opt.multipliers.sum() == 0
+    opt.step(loss=loss, scores=scores, labels=y, groups=a)  # the same batch, corrected
+    assert opt.num_steps == 1
+
+
+def test_the_first_step_warns_once_when_gradients_are_in_grad_already():
+    """loss.backward(retain_graph=True) before step() doubled the loss's gradient without a word."""
+    x, y, a = tabular(64, seed=0)
+    model = mlp(x.shape[1])
+    opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
+
+    def step(backward_first: bool) -> None:
+        scores = model(x).squeeze(-1)
+        loss = F.binary_cross_entropy_with_logits(scores, y)
+        if backward_first:
+            loss.backward(retain_graph=True)
+        opt.step(loss=loss, scores=scores, labels=y, groups=a)
+
+    with pytest.warns(UserWarning, match=r"the first step\(\) found gradients in .grad already") as caught:
+        step(True)
+    assert caught[0].filename == __file__  # the user's line
+    opt.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        step(True)  # once per optimizer
+        clean = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
+        opt = clean
+        opt.zero_grad()
+        step(False)  # no gradients before the first step: nothing to say
 
 
 def _same(a: object, b: object) -> bool:

@@ -406,6 +406,7 @@ class ConstrainedOptimizer:
         self._steps = StepCount()
         self._phase = 0
         self._scores_checked = False  # the once-only look at how the scores were computed (see step)
+        self._grads_checked = False  # the once-only look for gradients already in .grad (see step)
         # multipliers after recent dual steps (device tensors: no host sync), for check()
         self._trace = _MultiplierTrace(_TRACE_LENGTH)
         self._dual_multipliers: Tensor | None = None  # those the last dual step stored (for StepResult)
@@ -573,6 +574,16 @@ class ConstrainedOptimizer:
         """
         self._check_loss(loss)
         require_batch_tensor("scores", scores)  # before scores.device is read below (measure checks it too)
+        if not scores.requires_grad:  # the constraints' gradient could not reach the model: training unconstrained
+            raise ValueError(
+                "scores carry no autograd graph (detached, or computed under torch.no_grad()): the constraints' "
+                "gradient could not reach the model, which would train unconstrained while the multipliers grow; "
+                "pass the model's output itself (scores=model(x).squeeze(-1), not .detach())"
+            )
+        # (getattr: an optimizer pickled before this flag existed has stepped already)
+        if not getattr(self, "_grads_checked", True) and not torch.compiler.is_compiling():
+            self._grads_checked = True
+            self._warn_on_earlier_gradients()
         dual_stats = self.dual_statistics
         due = self.method_spec.has_dual_player and dual_stats.due(self._phase + 1)
         unfed = due and self.heldout is None and dual_stats.source == "heldout" and not dual_stats.has_observed
@@ -651,6 +662,17 @@ class ConstrainedOptimizer:
             dual_stats.num_unfed += 1
         if heldout is not None:
             self._observe(heldout)
+
+    def _warn_on_earlier_gradients(self) -> None:
+        """Warn when the first step finds gradients in ``.grad`` already: mostly a ``loss.backward(retain_graph=True)``
+        before ``step()``, which calls backward itself, so the loss's gradient would count twice."""
+        if any(p.grad is not None for group in self.optimizer.param_groups for p in group["params"]):
+            warnings.warn(
+                "the first step() found gradients in .grad already: step() calls backward itself, so after your own "
+                "loss.backward() the loss's gradient counts twice; remove that call and run opt.zero_grad() before "
+                "each step (to accumulate micro-batches on purpose, use opt.step_accumulated)",
+                stacklevel=3,
+            )
 
     def step_accumulated(
         self,

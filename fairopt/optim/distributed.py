@@ -338,6 +338,7 @@ def accumulated_step(
     out["loss"] = out["loss"] * (rows[last] / total)
     # The last micro-batch goes through step itself, with the accumulated table standing in for its own.
     opt.stats_reducer = whole
+    opt._grads_checked = True  # the earlier micro-batches' gradients are in .grad by design
     try:
         result = opt.step(**out)
     finally:
