@@ -333,8 +333,14 @@ def test_a_positional_batch_with_groups_before_labels_gets_a_hint_on_the_order()
     with pytest.raises(ValueError, match=r"labels must be 0 or 1") as info:
         collect_stats(scores, {"x": x, "labels": a, "groups": y}, 4)
     assert "by position" not in str(info.value)
-    with pytest.raises(ValueError, match=r"groups must be ids in \[0, 2\).*read by position"):
-        collect_stats(scores, (x, y, a), 2)
+    # the right order with a num_groups that is too small, or {-1, 1} labels: swapping would not help, no hint
     with pytest.raises(ValueError, match=r"groups must be ids in \[0, 2\)") as info:
-        collect_stats(scores, (x, y, a), 2, unpack=lambda batch: (batch[0], batch[1], batch[2], None))
+        collect_stats(scores, (x, y, a), 2)
+    assert "by position" not in str(info.value)
+    with pytest.raises(ValueError, match=r"labels must be 0 or 1: .*map \{-1, 1\}") as info:
+        collect_stats(scores, (x, 2 * y - 1, a), 4)
+    assert "by position" not in str(info.value)
+    # a custom unpack reads the columns its own way: no hint
+    with pytest.raises(ValueError, match=r"labels must be 0 or 1") as info:
+        collect_stats(scores, (x, a, y), 4, unpack=lambda batch: (batch[0], batch[1], batch[2], None))
     assert "by position" not in str(info.value)

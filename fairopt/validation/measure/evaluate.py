@@ -127,12 +127,20 @@ def _label_count(labels: Any) -> int:
     return labels.shape[0]
 
 
-def _with_order_hint(error: ValueError, batch: Any, unpack: Unpack) -> ValueError:
-    """``error`` with a hint when a positional batch may hold its columns in another order: labels and group ids
-    are both small integers, and swapped they fail the label or group check (or, with 2 groups, pass it)."""
+def _with_order_hint(
+    error: ValueError, batch: Any, unpack: Unpack, labels: Any, groups: Any, num_groups: int
+) -> ValueError:
+    """``error`` with a hint when a positional batch holds its group ids before its labels: then the labels
+    read are group ids (the label check fails) and the group ids read are 0/1. Only where swapping the two would
+    pass both checks (so not for {-1, 1} labels, nor for a num_groups that is too small)."""
     text = str(error)
-    positional = unpack is default_unpack and isinstance(batch, Sequence) and not isinstance(batch, Mapping)
-    if not positional or not text.startswith(("labels must be 0 or 1", "groups must be ids in")):
+    if not (unpack is default_unpack and isinstance(batch, Sequence) and text.startswith("labels must be 0 or 1")):
+        return error
+    if not (isinstance(labels, Tensor) and isinstance(groups, Tensor)) or labels.is_floating_point():
+        return error
+    labels_are_ids = bool(((labels >= 0) & (labels < num_groups)).all())
+    groups_are_labels = bool(((groups == 0) | (groups == 1)).all())
+    if not (labels_are_ids and groups_are_labels):
         return error
     return ValueError(
         f"{text}. Batches are read by position as (x, labels, groups[, weights]): if yours hold the groups "
@@ -261,7 +269,7 @@ def collect_stats(
                     weighted_scores, tables, into=None if stats is None else (stats, moments)
                 )
             except ValueError as error:
-                raise _with_order_hint(error, batch, unpack) from None
+                raise _with_order_hint(error, batch, unpack, labels, groups, num_groups) from None
     enough = count >= MIN_SCORES_FOR_PROBABILITY_CHECK and threshold == 0.0 and low_high
     # In [0, 1] *and* spread over half of it: near-constant logits can sit in a narrow band inside [0, 1].
     looks = (low_high[0] >= 0) & (low_high[1] <= 1) & (low_high[1] - low_high[0] >= 0.5) if enough else None
