@@ -288,7 +288,11 @@ def test_sweep_json_records_a_csv_datasets_label_column_and_positive_values(tmp_
     config = json.loads(next(p for p in written if p.suffix == ".json").read_text())["config"]
     assert config["dataset"] == f"csv:{path}"
     assert config["csv_target"] == "approved" and config["csv_positive_label"] == ["yes"]
-    assert config["sensitive"] == ["s"]
+    assert config["sensitive"] == ["s"] and config["model"] == "logistic" and config["epochs"] == 1
+    # sweep.json is sweep()'s arguments: running it again gives the same frontier, to the last digit
+    bound = json.loads(next(p for p in written if p.suffix == ".json").read_text())["bound"]
+    again = sweep(config.pop("tolerances"), bound=bound, **config)
+    assert [(p.label, p.audit, p.test) for p in again.points] == [(p.label, p.audit, p.test) for p in result.points]
     german = sweep([0.1], dataset="german", model="logistic", epochs=1, penalty_coefficients=(), records_per_run=2,
                    constraint="demographic_parity", train_size=None)  # fmt: skip
     assert german.config["sensitive"] == DEFAULT_SENSITIVE["german"] and "csv_target" not in german.config

@@ -240,7 +240,8 @@ def sweep(
     picked = pick_member(points, bound)
     notes = [
         f"{len(data.train)} training, {len(data.validation)} validation, {len(data.audit)} held-out (audit), "
-        f"{len(data.test)} test rows; groups {', '.join(data.group_names)}",
+        f"{len(data.test)} test rows; groups {', '.join(data.group_names)}; {epochs} epochs x {steps_per_epoch} "
+        f"steps of {batch_size} rows",
         f"penalty members train at the strictest tolerance ({min(tols):g}) and keep their last iterate"
         if weights
         else "no penalty baseline",
@@ -257,11 +258,15 @@ def sweep(
 
 
 def _config_dict(config: StudyConfig, tols: tuple[float, ...], weights: tuple[float, ...]) -> dict[str, Any]:
-    """The settings a sweep ran with, enough to run it again (written to sweep.json): a csv dataset's label column
-    and positive values too, and the sensitive columns actually used (the bundled default when none was given)."""
-    keep = ("dataset", "constraint", "models", "epochs", "seeds", "lr", "dual_lr", "proxy", "train_size",
-            "batch_size", "margin_z", "dual_min_count", "records_per_run", "device")  # fmt: skip
+    """The settings a sweep ran with (written to sweep.json), as :func:`sweep`'s arguments, so that
+    ``sweep(settings.pop("tolerances"), bound=..., **settings)`` runs it again: a csv dataset's label column and
+    positive values too, the sensitive columns actually used (the bundled default when none was given) and the
+    split fractions."""
+    keep = ("dataset", "constraint", "epochs", "epochs_large", "seeds", "lr", "dual_lr", "proxy", "train_size",
+            "batch_size", "margin_z", "dual_min_count", "records_per_run", "device", "validation_fraction",
+            "audit_fraction")  # fmt: skip
     out = {k: getattr(config, k) for k in keep}
+    (out["model"],) = config.models
     out["sensitive"] = config.sensitive_attributes()
     if config.dataset.startswith("csv:"):
         out.update(csv_target=config.csv_target, csv_positive_label=config.csv_positive_label)
