@@ -87,6 +87,11 @@ def test_a_p_rule_studys_caption_says_what_its_values_are():
     other = " ".join(format_table(run_study(StudyConfig(**{**TINY, "methods": ("unconstrained",)}),
                                             progress=False)).split())  # fmt: skip
     assert "the constraint's largest entry (e.g. a rate gap), to compare with its bound 0.05" in other
+    # protected classes against the overall rate (the cotter2019-adult preset's form)
+    config = StudyConfig(**{**TINY, "methods": ("unconstrained",), "constraint": "p_rule",
+                            "classes": (("sex", "Female"), ("sex", "Male"))})  # fmt: skip
+    by_class = " ".join(format_table(run_study(config, progress=False)).split())
+    assert "p * overall rate - a class's selection rate, the largest over the classes" in by_class
 
 
 def test_tiny_study_end_to_end(tmp_path):

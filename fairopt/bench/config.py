@@ -110,12 +110,16 @@ def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def value_description(constraint: str) -> str:
-    """What the train / held-out / test columns of a study of ``constraint`` hold, for the table's caption."""
-    if _key(constraint) == "p_rule":
-        return ("the p%-rule's linear form p * max - min of the group selection rates (<= 0 exactly when min/max >= p; "
-                "-0.10 means the lowest rate is 0.10 above p times the highest)")  # fmt: skip
-    return "the constraint's largest entry (e.g. a rate gap)"
+def value_description(constraint: str, *, classes: bool = False) -> str:
+    """What the train / held-out / test columns of a study of ``constraint`` hold, for the table's caption
+    (``classes``: the study constrains protected classes against the overall rate, :func:`class_constraint`)."""
+    if _key(constraint) != "p_rule":
+        return "the constraint's largest entry (e.g. a rate gap)"
+    if classes:
+        return ("the p%-rule's linear form p * overall rate - a class's selection rate, the largest over the classes "
+                "(<= 0 exactly when every class's rate is >= p times the overall)")  # fmt: skip
+    return ("the p%-rule's linear form p * max - min of the group selection rates (<= 0 exactly when min/max >= p; "
+            "-0.10 means the lowest rate is 0.10 above p times the highest)")  # fmt: skip
 
 
 def default_tolerance(constraint: str) -> float:

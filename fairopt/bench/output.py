@@ -93,9 +93,10 @@ def _rows(result: StudyResult) -> tuple[list[str], list[list[str]]]:
 def _caption(result: StudyResult) -> str:
     c = result.config
     sizes = ", ".join(f"{k} {v:,}" for k, v in result.split_sizes.items())
+    values = value_description(c.constraint, classes=bool(c.classes))
     return (
         f"{c.dataset}: {result.constraint}; groups {', '.join(result.group_names)}; {sizes} rows; "
-        f"seeds {list(c.seeds)}. Columns train / validation / held-out / test: {value_description(c.constraint)}, to "
+        f"seeds {list(c.seeds)}. Columns train / validation / held-out / test: {values}, to "
         f"compare with its bound {bound(result):g}; validation drove the held-out duals and chose the "
         "final model, held-out (the audit split) did neither: it is the estimate for new data. Test verdict at 95% "
         "confidence, for the whole constraint (violated if any entry is, satisfied if all are)."
