@@ -135,6 +135,10 @@ def test_margin_shifts_what_the_dual_reads():
     assert shifted.multipliers.item() == pytest.approx(0.5 * (g + 0.6), abs=1e-12)
     with pytest.raises(ValueError, match="margin must"):
         shifted.margin = -0.1
+    for text in ("0.01", True, [True], np.array(["0.01"])):  # text or flags are no margin, and nothing changes
+        with pytest.raises(TypeError, match=r"margin must be a number or numbers .*got"):
+            shifted.margin = text
+        assert shifted.margin.tolist() == [0.6]
     shifted.margin = [math.inf]  # standard_errors' value for an undefined entry: no margin there
     assert shifted.margin.tolist() == [0.0]
     with pytest.raises(ValueError, match="dual_max_window"):

@@ -54,9 +54,16 @@ def as_margin(value: Any, num_entries: int) -> np.ndarray:
     :meth:`~fairopt.optim.ConstraintSet.standard_errors` gives an undefined entry) becomes 0, no margin.
 
     Raises:
+        TypeError: text or booleans (``"0.01"`` would read as 0.01 and ``True`` as 1.0: neither is a margin).
         ValueError: another number of entries, NaN or a negative value.
     """
-    margin = np.asarray(value.cpu() if isinstance(value, Tensor) else value, dtype=np.float64).reshape(-1)
+    raw = np.asarray(value.cpu() if isinstance(value, Tensor) else value)
+    if raw.dtype.kind not in "iuf":  # no str, bool, object or complex (np.asarray(..., float64) would parse "0.01")
+        raise TypeError(
+            f"margin must be a number or numbers (constraint units, e.g. 0.02 or opt.constraint_set.standard_errors"
+            f"(stats)), got {value!r} ({type(value).__name__}, dtype {raw.dtype})"
+        )
+    margin = raw.astype(np.float64).reshape(-1)
     if margin.size == 1:
         margin = np.repeat(margin, num_entries)
     if margin.shape != (num_entries,):
