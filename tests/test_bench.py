@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -76,6 +77,21 @@ def test_the_progress_bar_stays_out_of_a_pipe(capsys):
     err = capsys.readouterr().err
     assert "\r" not in err and "fairopt bench:" not in err
     assert sum("unconstrained" in line and "seed 0" in line for line in lines) == 1
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    run_study(StudyConfig(**{**TINY, "methods": ("unconstrained",)}), progress=True)
+    assert "fairopt bench:" in terminal.getvalue() and "1/1" in terminal.getvalue()
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    run_study(StudyConfig(**{**TINY, "methods": ("unconstrained",)}), progress=False)
+    assert quiet.getvalue() == ""
 
 
 def test_a_p_rule_studys_caption_says_what_its_values_are():
