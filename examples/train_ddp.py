@@ -12,7 +12,8 @@ batches in one process (rank 0) and asserts that parameters, multipliers and the
 trains in float64 so that no hard prediction can flip on a rounding difference between the two runs). The held-out
 table is computed by ``collect_stats(..., all_reduce=True)``, which counts a ``DistributedSampler``'s padding rows
 once; ``--heldout-duals`` moves the multipliers from it once per epoch (Cotter et al., ICML 2019). A checkpoint is
-saved by rank 0 and loaded by every rank; a resumed run equals the uninterrupted one.
+saved by rank 0 and loaded by every rank, into a run of the same precision (to ``--check`` a resumed run, save the
+checkpoint with ``--float64``); a resumed run equals the uninterrupted one.
 
 Data: UCI Adult (embedded, sensitive attribute sex), or ``--synthetic N`` rows of a small seeded problem.
 """
@@ -136,6 +137,13 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         state = torch.load(args.resume, map_location=device, weights_only=True)
         if state["world"] != world:  # the shards, hence the batches, depend on the world size
             raise SystemExit(f"{args.resume} was saved by {state['world']} ranks; resume it with {state['world']}")
+        saved = state.get("dtype", "float32")  # a float32 state loaded into float64 weights is not the same run
+        if saved != str(dtype).removeprefix("torch."):
+            raise SystemExit(
+                f"{args.resume} was saved by a {saved} run, this one trains in {str(dtype).removeprefix('torch.')}: "
+                "--check and --float64 train in float64, so save the checkpoint with the same flag (e.g. "
+                "--stop-after 20 --float64) or resume without it"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
@@ -159,7 +167,8 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         if step == args.stop_after:
             if rank == 0:
                 args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "world": world}
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "world": world,
+                         "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
                 torch.save(state, args.checkpoint)
             dist.barrier()  # no rank goes on (or loads) before the checkpoint is written
             break

@@ -112,6 +112,16 @@ def _observed_ddp(rank: int) -> Tensor:
     return opt.observe_heldout(scores=x[rows, 0], labels=y[rows], groups=a[rows]).table
 
 
+def _resume_error(example: Any, checkpoint: str, rank: int, world: int) -> str:
+    """Resuming the float64 checkpoint in a float32 run: refused on every rank (before any collective)."""
+    float32 = [a for a in ARGS if a != "--float64"]
+    try:
+        example.train(example.parse_args([*float32, "--resume", checkpoint]), rank, world, torch.device("cpu"))
+    except SystemExit as error:
+        return str(error)
+    return "resumed"
+
+
 def _worker(rank: int, world: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
@@ -130,6 +140,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
             "resumed": example.train(
                 example.parse_args([*ARGS, "--heldout-duals", "--resume", f"{out}/run.pt"]), rank, world, cpu
             ),
+            "precision": _resume_error(example, f"{out}/run.pt", rank, world),
             "accumulated": _accumulated_ddp(rank),
             "observed": _observed_ddp(rank),
             # uneven shards: rank 0 holds 2 rows, rank 1 holds 3
@@ -184,6 +195,13 @@ def test_ddp_heldout_table_counts_every_row_once(ranks):
         assert table.count.sum().item() == 75.0
         torch.testing.assert_close(table.count, torch.bincount(a, minlength=2).double(), rtol=0, atol=0)
         torch.testing.assert_close(table.label_pos, torch.bincount(a, weights=y, minlength=2), rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_another_precision_is_refused(ranks):
+    """--check and --float64 train in float64: a float32 checkpoint loaded there silently was another run (and
+    --check failed with a bare assertion); the dtypes must match."""
+    for r in ranks:
+        assert "was saved by a float64 run, this one trains in float32" in r["precision"]
 
 
 def test_resume_under_ddp_gives_the_uninterrupted_run(ranks):
