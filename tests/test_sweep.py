@@ -298,6 +298,20 @@ def test_sweep_json_records_a_csv_datasets_label_column_and_positive_values(tmp_
     assert german.config["sensitive"] == DEFAULT_SENSITIVE["german"] and "csv_target" not in german.config
 
 
+def test_members_below_the_majority_label_baseline_are_noted():
+    """An untrained model (lr 1e-7) is worse on German credit than predicting 'good' (70% of the held-out rows) for
+    everyone, a classifier that meets demographic parity trivially: the notes must say so, naming the members."""
+    result = sweep([0.05, 0.1], dataset="german", model="logistic", epochs=1, penalty_coefficients=(),
+                   records_per_run=2, constraint="demographic_parity", train_size=None, lr=1e-7)  # fmt: skip
+    [note] = [n for n in result.notes if "below" in n and "held-out accuracy" in n]
+    assert note.startswith("2 member(s) have a held-out accuracy below 0.700, that of predicting 1 for every")
+    assert all(p.label in note for p in result.points) and all(p.audit.accuracy < 0.7 for p in result.points)
+    trained = sweep([0.1], dataset="german", model="logistic", epochs=20, penalty_coefficients=(), records_per_run=2,
+                    constraint="demographic_parity", train_size=None)  # fmt: skip
+    assert trained.points[0].audit.accuracy == pytest.approx(0.76)  # 76 of the 100 held-out rows
+    assert not any("held-out accuracy below" in n for n in trained.notes)
+
+
 def test_sweep_with_heldout_duals_on_german():
     result = sweep([0.05, 0.1], dataset="german", model="logistic", epochs=1, penalty_coefficients=(), seeds=(0, 1),
                    constraint="demographic_parity", records_per_run=2, train_size=None, heldout_duals=True)  # fmt: skip

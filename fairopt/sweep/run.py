@@ -249,12 +249,34 @@ def sweep(
     if any(constant):
         notes.append(f"{sum(constant)} member(s) predict one label for every held-out row (marked constant, never "
                      "picked): their parity constraints are met trivially")  # fmt: skip
+    notes += _below_majority_notes(points, data.audit, picked)
     if picked is None:
         notes.append(f"no member's held-out upper bound meets the bound {bound:g}")
     say(f"sweep: trained in {seconds:.1f} s")
     settings = {**_config_dict(config, tols, weights), "heldout_duals": heldout_duals}
     return SweepResult(points, bound, picked, str(built[0].expr), config=settings,
                        seconds=seconds, notes=notes)  # fmt: skip
+
+
+def _below_majority_notes(points: Sequence[FrontierPoint], audit: Any, picked: int | None) -> list[str]:
+    """A note on the members whose held-out accuracy is below predicting the majority label for every held-out
+    row: a constant prediction meets every parity constraint and would be the better model (typical when a group
+    holds a handful of rows, whose rates then swing the gaps)."""
+    positives = float(audit.tensors()[1].double().sum())
+    rows = len(audit)
+    majority = max(positives, rows - positives) / rows
+    below = [p for p in points if not p.constant and p.audit.accuracy is not None and p.audit.accuracy < majority]
+    if not below:
+        return []
+    label = 1 if positives > rows - positives else 0
+    notes = [
+        f"{len(below)} member(s) have a held-out accuracy below {majority:.3f}, that of predicting {label} for every "
+        f"held-out row (a constant classifier meets parity constraints trivially): {', '.join(p.label for p in below)}"
+    ]
+    if picked is not None and points[picked] in below:
+        notes.append("the pick is one of them: look at the group sizes above (a group with few rows makes every "
+                     "gap noisy), pool small groups, or loosen the bound")  # fmt: skip
+    return notes
 
 
 def _config_dict(config: StudyConfig, tols: tuple[float, ...], weights: tuple[float, ...]) -> dict[str, Any]:
