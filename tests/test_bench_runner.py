@@ -189,3 +189,23 @@ def test_train_model_runs_its_forward_hook_on_every_training_and_heldout_batch(d
     assert calls["train"] == config.epochs * -(-len(data.train) // batch)  # every training step, ceil(N / B) an epoch
     assert calls["eval"] >= 1  # the held-out duals' validation batches, in eval mode
     assert hooked.history == plain.history  # the hooks are the defaults here: the same training
+
+
+def test_below_majority_compares_with_predicting_the_majority_label_for_everyone():
+    from fairopt.bench.runner import below_majority, majority_baseline
+
+    labels = torch.tensor([1, 1, 1, 1, 1, 1, 1, 0, 0, 0])  # 7 of 10 positive: the baseline is 0.7, label 1
+    groups = torch.tensor([0, 1] * 5)
+
+    def table(predicted: list[int]):
+        scores = torch.tensor(predicted, dtype=torch.float64) * 2 - 1  # logits +-1
+        return group_stats(scores, labels=labels, groups=groups, num_groups=2)
+
+    weak = table([1, 1, 0, 0, 1, 0, 0, 1, 1, 0])  # right on rows 0, 1, 4 and 9: 4 of 10
+    assert majority_baseline(weak) == (pytest.approx(0.7), 1)
+    message = below_majority(weak)
+    assert message is not None and message.startswith("the final model's test accuracy 0.400 is below 0.700")
+    assert "that of predicting 1 for every test row" in message
+    assert below_majority(table([1, 1, 1, 1, 1, 1, 0, 0, 0, 1])) is None  # 8 of 10 right: above the baseline
+    assert below_majority(table([1] * 10)) is None  # constant: constant_prediction's warning, not this one
+    assert below_majority(table([1, 1, 1, 1, 1, 1, 1, 0, 0, 0])) is None  # perfect

@@ -56,11 +56,13 @@ __all__ = [
     "RunResult",
     "Selection",
     "TrainedModel",
+    "below_majority",
     "constant_prediction",
     "eval_mode",
     "evaluate_models",
     "fit_thresholds",
     "heldout_batch",
+    "majority_baseline",
     "plain_forward",
     "run_one",
     "select_final",
@@ -414,6 +416,35 @@ def constant_prediction(stats: GroupStats, split: str = "test") -> str | None:
     )
 
 
+def majority_baseline(stats: GroupStats) -> tuple[float, int] | None:
+    """``(accuracy, label)`` of predicting the more frequent label for every row of a ``(G, K)`` table (None for
+    an empty table): the constant classifier that meets every parity constraint trivially, which a constrained
+    model must beat to be worth having."""
+    overall = stats.overall()
+    positives, rows = float(overall.label_pos.sum()), float(overall.count.sum())
+    if rows == 0:
+        return None
+    return max(positives, rows - positives) / rows, int(positives > rows - positives)
+
+
+def below_majority(stats: GroupStats, split: str = "test") -> str | None:
+    """A warning when a model that does not predict one label for everyone (see :func:`constant_prediction`) is
+    still less accurate on ``split`` than the constant prediction of the majority label, else None."""
+    baseline = majority_baseline(stats)
+    if baseline is None or constant_prediction(stats, split) is not None:
+        return None
+    overall = stats.overall()
+    accuracy = 1.0 - float(overall.errors.sum()) / float(overall.count.sum())
+    majority, label = baseline
+    if accuracy >= majority:
+        return None
+    return (
+        f"the final model's {split} accuracy {accuracy:.3f} is below {majority:.3f}, that of predicting {label} for "
+        f"every {split} row (a constant classifier, which meets parity constraints trivially): a small group's noisy "
+        "rates may drive the constraint; pool small groups, train longer or loosen --tolerance"
+    )
+
+
 def _scores(model: nn.Module, split: DatasetSplit, forward: Forward = plain_forward) -> Tensor:
     """``(N,)`` float64 CPU logits of ``model`` on ``split``, in the split's order, for fitting and applying group
     thresholds (which need the scores themselves, not a table): streamed over ``split.tensors()`` (a tabular split
@@ -525,7 +556,8 @@ def evaluate_models(
         metadata = {"model": model_name, "method": name, "seed": seed}
         tables = partial(final.tables, trained.model, num_groups=data.num_groups, forward=forward)
         reports = split_reports(data, constraint, tables, metadata)
-        constant = constant_prediction(reports["test"].stats)
+        test = reports["test"].stats
+        problems = [w for w in (constant_prediction(test), below_majority(test)) if w is not None]
         results.append(
             RunResult(
                 model=model_name,
@@ -538,7 +570,7 @@ def evaluate_models(
                 multipliers=multipliers,
                 wall_time=trained.seconds + selection.seconds,
                 dual_window=None if constrained is None else constrained.dual_window,
-                warnings=trained.warnings if constant is None else (*trained.warnings, constant),
+                warnings=(*trained.warnings, *problems),
             )
         )
     return results

@@ -226,6 +226,7 @@ def sweep(
         tables = trainer.evaluate(*_split_tensors(data.split(split), device)).cpu()
         if split == "audit":
             constant = [constant_prediction(GroupStats(t.double())) is not None for t in tables]
+            audit_table = GroupStats(tables[0].double())
         reports[split] = [
             FairnessReport.from_stats(GroupStats(tables[j].double()), [make_constraint(constraint, m.tolerance)],
                                       group_names=data.group_names, split=split, rates=("accuracy",))
@@ -249,7 +250,7 @@ def sweep(
     if any(constant):
         notes.append(f"{sum(constant)} member(s) predict one label for every held-out row (marked constant, never "
                      "picked): their parity constraints are met trivially")  # fmt: skip
-    notes += _below_majority_notes(points, data.audit, picked)
+    notes += _below_majority_notes(points, audit_table, picked)
     if picked is None:
         notes.append(f"no member's held-out upper bound meets the bound {bound:g}")
     say(f"sweep: trained in {seconds:.1f} s")
@@ -258,17 +259,20 @@ def sweep(
                        seconds=seconds, notes=notes)  # fmt: skip
 
 
-def _below_majority_notes(points: Sequence[FrontierPoint], audit: Any, picked: int | None) -> list[str]:
+def _below_majority_notes(points: Sequence[FrontierPoint], audit: GroupStats, picked: int | None) -> list[str]:
     """A note on the members whose held-out accuracy is below predicting the majority label for every held-out
-    row: a constant prediction meets every parity constraint and would be the better model (typical when a group
-    holds a handful of rows, whose rates then swing the gaps)."""
-    positives = float(audit.tensors()[1].double().sum())
-    rows = len(audit)
-    majority = max(positives, rows - positives) / rows
+    row (``audit``: a member's held-out table; the labels are the same for all): a constant prediction meets every
+    parity constraint and would be the better model (typical when a group holds a handful of rows, whose rates then
+    swing the gaps)."""
+    from fairopt.bench.runner import majority_baseline
+
+    baseline = majority_baseline(audit)
+    if baseline is None:
+        return []
+    majority, label = baseline
     below = [p for p in points if not p.constant and p.audit.accuracy is not None and p.audit.accuracy < majority]
     if not below:
         return []
-    label = 1 if positives > rows - positives else 0
     notes = [
         f"{len(below)} member(s) have a held-out accuracy below {majority:.3f}, that of predicting {label} for every "
         f"held-out row (a constant classifier meets parity constraints trivially): {', '.join(p.label for p in below)}"
