@@ -356,7 +356,7 @@ class StudyConfig:
 _COTTER = "Cotter et al., ICML 2019, Table 2 (50-unit net, hinge proxies, shrinking)"
 
 PRESETS: dict[str, StudyConfig] = {
-    # The default: a ~5 minute study on 2 CPU cores showing capacity vs generalization of the constraint.
+    # The default: a 5 to 15 minute study on 2 CPU cores showing capacity vs generalization of the constraint.
     "default": StudyConfig(preset="default"),
     # The complete study: all 24,130 training rows (so 12x more steps per epoch; mlp-large gets 40 epochs).
     "full": StudyConfig(train_size=None, epochs=20, epochs_large=40, validation_fraction=0.2, preset="full"),
