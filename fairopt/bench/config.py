@@ -106,14 +106,15 @@ CONSTRAINTS: dict[str, tuple[Callable[[float], Constraint], str]] = {
 DEFAULT_SENSITIVE = {"adult": ("sex",), "compas": ("race",), "german": ("sex",)}
 
 
-def _key(name: str) -> str:
+def constraint_key(name: str) -> str:
+    """A constraint name as :data:`CONSTRAINTS` spells it (``"P-Rule "`` -> ``"p_rule"``)."""
     return name.strip().lower().replace("-", "_")
 
 
 def value_description(constraint: str, *, classes: bool = False) -> str:
     """What the train / held-out / test columns of a study of ``constraint`` hold, for the table's caption
     (``classes``: the study constrains protected classes against the overall rate, :func:`class_constraint`)."""
-    if _key(constraint) != "p_rule":
+    if constraint_key(constraint) != "p_rule":
         return "the constraint's largest entry (e.g. a rate gap)"
     if classes:
         return ("the p%-rule's linear form p * overall rate - a class's selection rate, the largest over the classes "
@@ -124,12 +125,12 @@ def value_description(constraint: str, *, classes: bool = False) -> str:
 
 def default_tolerance(constraint: str) -> float:
     """0.8 for the p%-rule (the 80% rule), else 0.05 (5 percentage points)."""
-    return 0.8 if _key(constraint) == "p_rule" else 0.05
+    return 0.8 if constraint_key(constraint) == "p_rule" else 0.05
 
 
 def make_constraint(name: str, tolerance: float) -> Constraint:
     """Build the study's constraint; raises ValueError listing the choices for an unknown name."""
-    key = _key(name)
+    key = constraint_key(name)
     if key not in CONSTRAINTS:
         raise ValueError(f"unknown constraint {name!r}; choose one of {sorted(CONSTRAINTS)}")
     return CONSTRAINTS[key][0](tolerance)
@@ -148,7 +149,7 @@ def class_constraint(
         ValueError: an unknown constraint name or out-of-range tolerance; a class that matches no group (the message
             lists the group names).
     """
-    key = _key(name)
+    key = constraint_key(name)
     built = make_constraint(key, tolerance)
     ids = protected_classes(group_names, classes)
     classes_text = ", ".join(f"{a}={v}" for a, v in classes)
@@ -283,7 +284,11 @@ class StudyConfig:
             [
                 ("epochs", self.epochs >= 1, ">= 1"),
                 ("epochs_large", self.epochs_large >= 1, ">= 1"),
-                ("batch_size", self.batch_size is None or self.batch_size >= 1, ">= 1, or None (automatic)"),
+                (
+                    "batch_size",
+                    self.batch_size is None or self.batch_size >= 1,
+                    ">= 1, or None (automatic: no --batch-size)",
+                ),
                 ("validation_fraction", 0 < self.validation_fraction < 1, "a fraction strictly between 0 and 1"),
                 (
                     "train_size",

@@ -180,7 +180,11 @@ class ImageStudyConfig:
                 ("epochs", self.epochs >= 1, ">= 1"),
                 ("batch_size", self.batch_size >= 2, ">= 2 (batch norm needs two images per training batch)"),
                 ("workers", self.workers >= 0, ">= 0"),
-                ("train_size", self.train_size is None or self.train_size >= 2, ">= 2 images, or None for all"),
+                (
+                    "train_size",
+                    self.train_size is None or self.train_size >= 2,
+                    ">= 2 images, or None for all (--train-size 0)",
+                ),
             ],
         )
         autocast(device, self.amp)  # raises for fp16 on a CPU, bf16 on a GPU without it

@@ -70,7 +70,8 @@ def add_study_options(
         constraints: the ``--constraint`` choices (default: every name of
             :data:`~fairopt.bench.config.CONSTRAINTS`).
         default_seeds: the seeds used when neither ``--seeds`` nor ``--num-seeds`` is given, for the help.
-        image_datasets: say in ``--dataset``'s help that image datasets are accepted (``fairopt bench`` only).
+        image_datasets: say in the help of ``--dataset``, ``--target`` and ``--positive-label`` that image datasets
+            are accepted (``fairopt bench`` only; ``fairopt sweep``'s help names tabular data only).
     """
     from fairopt.bench.config import CONSTRAINTS, DATASETS, PRESETS
     from fairopt.datasets._builtin import SENSITIVE_CHOICES

@@ -548,7 +548,8 @@ class ConstrainedOptimizer:
         ``loss.backward(); optimizer.step()``.
 
         Every argument is keyword-only, so two tensors of the same shape and kind (``labels`` and ``groups`` are
-        both ``(N,)`` small integers) can never be swapped by position without an error.
+        both ``(N,)`` small integers) can never be swapped by position without an error. Swapped by keyword
+        (``labels=a, groups=y``) they pass every check where both hold 0/1 (two groups): no check can tell.
 
         Args:
             loss: scalar objective ``f`` (e.g. mean cross-entropy), differentiable.
@@ -955,6 +956,8 @@ class ConstrainedOptimizer:
         * *violated*: an entry is above its bound by more than two standard errors of ``stats``
           (:meth:`~fairopt.optim.ConstraintSet.standard_errors`): not a sampling accident. Usual fixes: a larger
           ``dual_lr``, more epochs, or a looser tolerance.
+        * *cannot tell*: an entry is above its bound, but within two standard errors: these rows cannot tell
+          whether it is met (more rows, or a margin).
         * *undefined*: an entry cannot be computed on ``stats`` (e.g. a group without positives): nothing enforced it.
         * *not settled*: over the last dual steps (up to 200), the mean multipliers of the last quarter differ from
           those of the quarter before by more than 25% (and 0.05): the game is still moving; train longer or lower
@@ -978,6 +981,12 @@ class ConstrainedOptimizer:
                 problems.append(
                     f"constraint entry {name} is violated by {g:.4f} (standard error {se:.4f}) at the end of training; "
                     "raise dual_lr, train longer or loosen the tolerance"
+                )
+            elif g > 0:  # silence would read as "met"
+                problems.append(
+                    f"constraint entry {name} is above its bound by {g:.4f} at the end of training, within two "
+                    f"standard errors ({se:.4f}) of these statistics: they cannot tell whether it is met; check on "
+                    "more rows, or train with a margin (opt.margin) so that the bound holds with room"
                 )
         if (unreachable := self._unreachable_margin()) is not None:
             problems.append(unreachable)

@@ -139,7 +139,7 @@ def sweep(
             constraint, or a bad option (from :class:`~fairopt.bench.config.StudyConfig`); ``p_rule``; data without
             an audit split; a model that cannot be vmapped (the message says what to change).
     """
-    from fairopt.bench.config import StudyConfig, default_tolerance, make_constraint
+    from fairopt.bench.config import StudyConfig, constraint_key, default_tolerance, make_constraint
     from fairopt.bench.runner import constant_prediction
     from fairopt.bench.study import load_study_data
 
@@ -150,7 +150,7 @@ def sweep(
     weights = tuple(float(w) for w in penalty_coefficients)
     if any(not math.isfinite(w) or w < 0 for w in weights) or len(set(weights)) != len(weights):
         raise ValueError(f"penalty_coefficients must be distinct finite numbers >= 0, got {list(penalty_coefficients)}")
-    if constraint.strip().lower().replace("-", "_") == "p_rule":
+    if constraint_key(constraint) == "p_rule":
         raise ValueError("a sweep varies the tolerance of one expression; p_rule's p sits inside the expression. "
                          "Sweep demographic_parity (the selection-rate gap) instead")  # fmt: skip
     config = StudyConfig(
