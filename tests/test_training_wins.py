@@ -261,6 +261,21 @@ def test_check_reports_violation_and_unsettled_multipliers():
     assert quiet.check(stats) == []
 
 
+def test_check_says_cannot_tell_for_an_entry_above_its_bound_within_noise():
+    """Selection rates 6/10 and 5/10: a gap of 0.1 above a bound of 0 with a standard error of
+    sqrt(0.6*0.4/10 + 0.5*0.5/10) = 0.221, so 20 rows cannot tell; an empty list read as "met"."""
+    groups = torch.tensor([0] * 10 + [1] * 10)
+    predicted = torch.tensor([1] * 6 + [0] * 4 + [1] * 5 + [0] * 5, dtype=torch.float64)
+    stats = fairopt.group_stats(2 * predicted - 1, labels=torch.zeros(20), groups=groups, num_groups=2)
+    model = torch.nn.Linear(1, 1)
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.0)], 2)
+    with pytest.warns(UserWarning, match="cannot tell whether it is met"):
+        [problem] = opt.check(stats)
+    assert "is above its bound by 0.1000 at the end of training, within two standard errors (0.2214)" in problem
+    met = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.1)], 2)
+    assert met.check(stats) == []  # a gap of exactly the bound is met
+
+
 # the audit split -----------------------------------------------------------------------------------------------
 def test_with_audit_is_disjoint_stratified_and_seeded():
     data = fairopt.datasets.load_german(seed=0)
