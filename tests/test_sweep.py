@@ -312,6 +312,16 @@ def test_members_below_the_majority_label_baseline_are_noted():
     assert not any("held-out accuracy below" in n for n in trained.notes)
 
 
+def test_the_sweep_notes_groups_with_few_rows():
+    """As fairopt bench does (bench.study.data_notes): COMPAS by race has 1 Native American row in the held-out
+    split, which makes every gap over the groups swing."""
+    result = sweep([0.1], dataset="compas", sensitive=("race",), model="logistic", epochs=1, penalty_coefficients=(),
+                   records_per_run=2, constraint="equal_opportunity", train_size=None)  # fmt: skip
+    small = [n for n in result.notes if n.startswith("warning: group ")]
+    assert [n.split("'")[1] for n in small] == ["race=Asian", "race=Native American"]
+    assert "held-out 1," in small[1] and "fewer than 30 rows" in small[1]
+
+
 def test_sweep_with_heldout_duals_on_german():
     result = sweep([0.05, 0.1], dataset="german", model="logistic", epochs=1, penalty_coefficients=(), seeds=(0, 1),
                    constraint="demographic_parity", records_per_run=2, train_size=None, heldout_duals=True)  # fmt: skip

@@ -141,7 +141,7 @@ def sweep(
     """
     from fairopt.bench.config import StudyConfig, constraint_key, default_tolerance, make_constraint
     from fairopt.bench.runner import constant_prediction
-    from fairopt.bench.study import load_study_data
+    from fairopt.bench.study import data_notes, load_study_data
 
     tols = check_tolerances(tolerances)
     seed_list = tuple(seeds)
@@ -163,6 +163,9 @@ def sweep(
         data = load_study_data(config, seed=seed_list[0])
     if data.audit is None:
         raise ValueError("the data have no audit split: build it with data.with_audit(0.5)")
+    data_warnings = data_notes(config, data)  # e.g. a group with a handful of rows: every gap then swings
+    for line in data_warnings:
+        say(f"sweep: {line}")
     built = [make_constraint(constraint, t) for t in tols]
     if len({str(c.expr) for c in built}) != 1:
         raise ValueError(f"constraint {constraint!r} changes its expression with the tolerance; a sweep needs one "
@@ -246,6 +249,7 @@ def sweep(
         f"penalty members train at the strictest tolerance ({min(tols):g}) and keep their last iterate"
         if weights
         else "no penalty baseline",
+        *data_warnings,
     ]
     if any(constant):
         notes.append(f"{sum(constant)} member(s) predict one label for every held-out row (marked constant, never "
