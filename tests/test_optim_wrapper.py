@@ -90,6 +90,22 @@ def test_constraints_are_checked_against_num_groups():
         ConstrainedOptimizer(nn.Linear(2, 1), [DP], 2)
 
 
+def test_a_constraint_that_no_data_can_violate_warns():
+    """tpr(1) - tpr(0) <= 5 (5 meant as percentage points) is at most 1 on any data: training is unconstrained."""
+    tpr, sel = fairopt.tpr, fairopt.selection_rate
+    with pytest.warns(UserWarning, match=r"'tpr\[1\] - tpr\[0\] <= 5' can never be violated: its expression is at "
+                      r"most 1 on any data and its bound is 5") as caught:  # fmt: skip
+        fairopt.optim.ConstraintSet(tpr(1) - tpr(0) <= 5, 2)
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="EqualizedOdds.*can never be violated"):
+        fairopt.optim.ConstraintSet(fairopt.EqualizedOdds(1.0), 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for reachable in (tpr(1) - tpr(0) <= 0.99, fairopt.DisparateImpact(0.8), sel.per_group() >= 0.8 * sel(),
+                          fairopt.BoundedGroupLoss(5.0), (tpr(1) - tpr(0)) / (sel(1) - sel(0)) <= 2):  # fmt: skip
+            fairopt.optim.ConstraintSet(reachable, 2)
+
+
 def test_a_constraint_that_no_table_of_g_groups_defines_is_refused():
     model = mlp(3)
     # a gap needs two groups: with one, every step would skip it and training would be silently unconstrained

@@ -14,6 +14,7 @@ computes identical values.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -140,6 +141,25 @@ class ConstraintSet:
         self.needs_example_losses = any(r is not None and "mean_loss" in r for r in rates)
         self.linearizable = all(c.linearizable for c in items)
         self._check_definable()
+        self._warn_vacuous()
+
+    def _warn_vacuous(self) -> None:
+        """Warn for an expression constraint that no table can violate: every entry's highest value
+        (:func:`~fairopt.constraints.expressions.entry_value_ranges`, a sound bound) is at most its tolerance,
+        e.g. ``tpr(1) - tpr(0) <= 5`` (rates are in [0, 1]: 0.05 is 5 percentage points). Training with it is
+        unconstrained."""
+        for c in self.constraints:
+            if not c.expression_based:
+                continue
+            highest = max(hi for _, hi in entry_value_ranges(c.expr, self.num_groups))
+            if highest <= c.tolerance:
+                warnings.warn(
+                    f"constraint {c.name!r} can never be violated: its expression is at most {highest:g} on any data "
+                    f"and its bound is {c.tolerance:g}, so it constrains nothing (rates are in [0, 1]: a bound of "
+                    "5 percentage points is 0.05)",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     def _check_definable(self) -> None:
         """Raise ValueError for a constraint with no entries, or an expression entry that no table of G groups
