@@ -234,15 +234,18 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             gaps = ", ".join(f"{v:+.4f}" for v in result["value"].tolist())
             print(f"{world} ranks, {result['step']} steps; multipliers {result['multipliers'].tolist()}")
-            print(f"held-out equalized-odds entries minus tolerance (every row once): {gaps}")
+            verdict = "met" if max(result["value"].tolist()) <= 0 else "not met on these rows (an entry is > 0)"
+            print(f"held-out equalized-odds entries minus tolerance (every row once): {gaps}: {verdict}")
             if args.check:
                 differences = compare(result, replay(args, world))
                 print(
                     "largest difference DDP vs one process: "
                     + ", ".join(f"{k} {v:.2e}" for k, v in differences.items())
                 )
-                assert max(differences.values()) <= TOLERANCE, differences
-                print(f"check passed (<= {TOLERANCE:g})")
+                if max(differences.values()) > TOLERANCE:
+                    raise SystemExit(f"check failed: DDP and one process differ by more than {TOLERANCE:g}")
+                print(f"check passed: the DDP run equals one process on the same global batches (<= {TOLERANCE:g}); "
+                      "it says nothing of whether the constraint is met")  # fmt: skip
         dist.barrier()
     finally:
         dist.destroy_process_group()
