@@ -168,14 +168,19 @@ def test_step_refuses_bad_losses():
     assert "a second time" in str(caught.value.__cause__)  # torch's own message stays attached
 
 
+def _equalized_odds_batch() -> tuple[ConstrainedOptimizer, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An equalized-odds optimizer over 2 groups and one batch of 64 rows: ``(opt, scores, loss, labels, groups)``."""
+    x, y, a = tabular(64, seed=0)
+    model = mlp(x.shape[1])
+    scores = model(x).squeeze(-1)
+    loss = F.binary_cross_entropy_with_logits(scores, y)
+    return make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)]), scores, loss, y, a
+
+
 def test_detached_scores_are_refused_they_would_train_unconstrained():
     """The constraints reach the model only through the scores' graph: detached scores (or scores computed under
     no_grad) used to run silently, unconstrained, while the multipliers grew."""
-    x, y, a = tabular(64, seed=0)
-    model = mlp(x.shape[1])
-    opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
-    scores = model(x).squeeze(-1)
-    loss = F.binary_cross_entropy_with_logits(scores, y)
+    opt, scores, loss, y, a = _equalized_odds_batch()
     with pytest.raises(ValueError, match=r"scores carry no autograd graph .*not \.detach\(\)"):
         opt.step(loss=loss, scores=scores.detach(), labels=y, groups=a)
     assert opt.num_steps == 0 and opt.multipliers.sum() == 0
@@ -264,18 +269,14 @@ def test_a_step_whose_backward_fails_leaves_the_optimizer_as_it_was(method, held
 
 
 def test_step_names_the_missing_tensor_and_the_constraint_that_needs_it():
-    x, y, a = tabular(64, seed=0)
-    model = mlp(x.shape[1])
-    opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
-    scores = model(x).squeeze(-1)
-    loss = F.binary_cross_entropy_with_logits(scores, y)
+    opt, scores, loss, y, a = _equalized_odds_batch()
     with pytest.raises(ValueError, match=r"labels are required by 'EqualizedOdds"):
         opt.step(loss=loss, scores=scores, groups=a)
     with pytest.raises(ValueError, match="groups is required"):
         opt.step(loss=loss, scores=scores, labels=y, groups=None)
     with pytest.raises(ValueError, match=r"groups must be ids in \[0, 2\)"):
         opt.step(loss=loss, scores=scores, labels=y, groups=a + 1)
-    bounded = make_opt(model.parameters(), [fairopt.BoundedGroupLoss(0.3)])
+    bounded = make_opt(opt.optimizer.param_groups[0]["params"], [fairopt.BoundedGroupLoss(0.3)])
     with pytest.raises(ValueError, match="example_losses"):
         bounded.step(loss=loss, scores=scores, labels=y, groups=a)
 
