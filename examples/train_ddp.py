@@ -137,12 +137,15 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         state = torch.load(args.resume, map_location=device, weights_only=True)
         if state["world"] != world:  # the shards, hence the batches, depend on the world size
             raise SystemExit(f"{args.resume} was saved by {state['world']} ranks; resume it with {state['world']}")
-        saved = state.get("dtype", "float32")  # a float32 state loaded into float64 weights is not the same run
-        if saved != str(dtype).removeprefix("torch."):
+        # a float32 state loaded into float64 weights is not the same run (older checkpoints: the weights' dtype)
+        saved = state.get("dtype") or str(next(iter(state["model"].values())).dtype).removeprefix("torch.")
+        mine = str(dtype).removeprefix("torch.")
+        if saved != mine:
+            fix = ("resume with --float64" if saved == "float64" else
+                   "save the checkpoint with --float64 too, or resume without --check / --float64")  # fmt: skip
             raise SystemExit(
-                f"{args.resume} was saved by a {saved} run, this one trains in {str(dtype).removeprefix('torch.')}: "
-                "--check and --float64 train in float64, so save the checkpoint with the same flag (e.g. "
-                "--stop-after 20 --float64) or resume without it"
+                f"{args.resume} was saved by a {saved} run, this one trains in {mine} (--check and --float64 train in "
+                f"float64): {fix}"
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 import weakref
 
@@ -19,6 +20,18 @@ import torch
 from torch import Tensor
 
 __all__ = ["set_validate_args", "set_validation", "validate_args_enabled"]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function name the first frame outside
+    fairopt (the user's line), however deep in fairopt the call is (Python 3.12's ``skip_file_prefixes``)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
 
 _OFF = {"0", "false", "no", "off"}
 _VALIDATE_ARGS = (

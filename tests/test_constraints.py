@@ -296,6 +296,13 @@ def test_pooled_groups_sum_counts_before_the_ratio():
     c = fo.tpr((0, 1)) - fo.tpr() <= 0.0
     assert _hard(c) == [0.0]  # overall TPR is also 2/3 (group 2 has no positives)
     assert c.entry_names(["A", "B", "C", "D"]) == ["tpr[{A, B}] - tpr[overall]"]
+    # checkpoints saved before: their names compare in today's form; today's and other names are left as they are
+    from fairopt.constraints.expressions import upgrade_pooled_names
+
+    assert upgrade_pooled_names("tpr[A + B] - tpr[overall]") == "tpr[{A, B}] - tpr[overall]"
+    assert upgrade_pooled_names("Constraint(0.6 - tpr[0 + 2 + 3] <= 0)") == "Constraint(0.6 - tpr[{0, 2, 3}] <= 0)"
+    for kept in ("tpr[{A, B}] - tpr[overall]", "max_g tpr[g] - min_g tpr[g]", "sel[female]", "tpr[2]"):
+        assert upgrade_pooled_names(kept) == kept
     assert str(c.expr) == "tpr[{0, 1}] - tpr[overall]"
     assert _hard(fo.selection_rate([0, 1]) <= 0.5) == [0.0]
     with pytest.raises(ValueError, match="refers to group 7"):

@@ -202,6 +202,7 @@ def test_a_checkpoint_of_another_precision_is_refused(ranks):
     --check failed with a bare assertion); the dtypes must match."""
     for r in ranks:
         assert "was saved by a float64 run, this one trains in float32" in r["precision"]
+        assert r["precision"].endswith("resume with --float64")
 
 
 def test_resume_under_ddp_gives_the_uninterrupted_run(ranks):

@@ -97,8 +97,9 @@ def test_a_constraint_that_no_data_can_violate_warns():
                       r"most 1 on any data and its bound is 5") as caught:  # fmt: skip
         fairopt.optim.ConstraintSet(tpr(1) - tpr(0) <= 5, 2)
     assert caught[0].filename == __file__
-    with pytest.warns(UserWarning, match="EqualizedOdds.*can never be violated"):
-        fairopt.optim.ConstraintSet(fairopt.EqualizedOdds(1.0), 3)
+    with pytest.warns(UserWarning, match="EqualizedOdds.*can never be violated") as caught:  # through the optimizer
+        make_opt(mlp(3).parameters(), [fairopt.EqualizedOdds(1.0)], num_groups=3)
+    assert caught[0].filename == __file__
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for reachable in (tpr(1) - tpr(0) <= 0.99, fairopt.DisparateImpact(0.8), sel.per_group() >= 0.8 * sel(),
@@ -208,10 +209,28 @@ def test_the_first_step_warns_once_when_gradients_are_in_grad_already():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         step(True)  # once per optimizer
-        clean = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
-        opt = clean
+        opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
         opt.zero_grad()
         step(False)  # no gradients before the first step: nothing to say
+        opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
+        opt.zero_grad(set_to_none=False)  # zeros in .grad: nothing counts twice
+        step(False)
+    # step_accumulated looks before its first micro-batch (whose gradients are then there by design)
+    opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)])
+    F.binary_cross_entropy_with_logits(model(x).squeeze(-1), y).backward()
+
+    def forward(rows: slice) -> dict[str, torch.Tensor]:
+        scores = model(x[rows]).squeeze(-1)
+        return {"loss": F.binary_cross_entropy_with_logits(scores, y[rows]), "scores": scores, "labels": y[rows],
+                "groups": a[rows]}  # fmt: skip
+
+    with pytest.warns(UserWarning, match=r"found gradients in .grad already") as caught:
+        opt.step_accumulated([slice(0, 32), slice(32, 64)], forward)
+    assert len(caught) == 1 and caught[0].filename == __file__
+    opt.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step_accumulated([slice(0, 32), slice(32, 64)], forward)
 
 
 def _same(a: object, b: object) -> bool:
@@ -226,9 +245,18 @@ def _same(a: object, b: object) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("method", "heldout"), [("lagrangian", False), ("proxy_lagrangian", False), ("proxy_lagrangian", True)]
+    ("method", "heldout", "dual_every"),
+    [
+        ("lagrangian", False, 1),
+        ("lagrangian", False, 3),  # the failed step is the third: its dual step is due, and the phase taken back
+        ("augmented_lagrangian", False, 1),
+        ("penalty", False, 1),
+        ("proxy_lagrangian", False, 1),
+        ("proxy_lagrangian", True, 1),
+        ("proxy_lagrangian", True, 3),
+    ],
 )
-def test_a_step_whose_backward_fails_leaves_the_optimizer_as_it_was(method, heldout):
+def test_a_step_whose_backward_fails_leaves_the_optimizer_as_it_was(method, heldout, dual_every):
     """After the plain-optimizer habit (loss.backward() before step), step() raises; the optimizer must not have
     counted the step, put the batch in its dual window or moved the multipliers, so that a corrected retry runs
     exactly as a run without the mistake (bit for bit)."""
@@ -241,7 +269,8 @@ def test_a_step_whose_backward_fails_leaves_the_optimizer_as_it_was(method, held
         model = mlp(x.shape[1])
         source = {"heldout": lambda: {"scores": model(xv).squeeze(-1), "labels": yv, "groups": av}} if heldout else {}
         source = {**source, "dual_source": "heldout"} if heldout else source
-        opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.02)], method=method, dual_lr=0.5, **source)
+        opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.02)], method=method, dual_lr=0.5,
+                       dual_every=dual_every, **source)  # fmt: skip
         for i, (xb, yb, ab) in enumerate(batches):
             opt.zero_grad()
             scores = model(xb).squeeze(-1)
@@ -264,8 +293,28 @@ def test_a_step_whose_backward_fails_leaves_the_optimizer_as_it_was(method, held
     clean, clean_model = run(False)
     retried, retried_model = run(True)
     assert retried.num_steps == clean.num_steps == 4
-    assert torch.equal(retried.multipliers, clean.multipliers) and bool((clean.multipliers > 0).any())
+    moved = bool((clean.multipliers != (1.0 if method == "penalty" else 0.0)).any())
+    assert torch.equal(retried.multipliers, clean.multipliers) and (moved or method == "penalty")
     assert all(torch.equal(p, q) for p, q in zip(clean_model.parameters(), retried_model.parameters()))
+
+
+def test_a_bad_heldout_batch_raises_before_the_model_moves():
+    """heldout()'s batch is checked and measured before the backward: an invalid one changes nothing."""
+    x, y, a = tabular(64, seed=0)
+    model = mlp(x.shape[1])
+    bad = {"scores": model(x).squeeze(-1).detach(), "labels": y + 2, "groups": a}
+    opt = make_opt(model.parameters(), [fairopt.EqualizedOdds(0.05)], method="proxy_lagrangian",
+                   dual_source="heldout", heldout=lambda: bad)  # fmt: skip
+    before = [p.detach().clone() for p in model.parameters()]
+    for returned in (bad, {"scores": bad["scores"], "group": a}, [1, 2]):
+        bad_value = returned
+        opt.heldout = lambda: bad_value  # noqa: B023 (read at once, in the step)
+        scores = model(x).squeeze(-1)
+        with pytest.raises((ValueError, TypeError), match=r"labels must be 0 or 1|heldout\(\) must return"):
+            opt.step(loss=F.binary_cross_entropy_with_logits(scores, y), scores=scores, labels=y, groups=a)
+        opt.zero_grad()
+        assert opt.num_steps == 0 and opt.dual_statistics.num_pending == 0
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
 
 def test_step_names_the_missing_tensor_and_the_constraint_that_needs_it():

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from fairopt._step_count import StepCount
 from fairopt._tensors import detached
-from fairopt._validation import PROBABILITY_HINT, probability_op, validate_args_enabled
+from fairopt._validation import PROBABILITY_HINT, probability_op, user_stacklevel, validate_args_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, attach, host_table, value_tensors
 from fairopt.constraints.expressions import upgrade_pooled_names
@@ -458,8 +458,8 @@ class ConstrainedOptimizer:
 
     @margin.setter
     def margin(self, value: float | Sequence[float] | np.ndarray | None) -> None:
-        """Raises ValueError for a margin of another size, NaN or < 0; warns (once per optimizer) when an entry's
-        dual target ``g <= -margin`` is out of reach (see :meth:`check`)."""
+        """Raises ValueError for a margin of another size, NaN or < 0, TypeError for text or booleans; warns (once
+        per optimizer) when an entry's dual target ``g <= -margin`` is out of reach (see :meth:`check`)."""
         self._set_margin(value, stacklevel=3)
 
     def _set_margin(self, value: float | Sequence[float] | np.ndarray | None, stacklevel: int) -> None:
@@ -565,9 +565,12 @@ class ConstrainedOptimizer:
 
         Raises:
             TypeError: ``loss`` is not a tensor; an argument passed by position. ValueError: ``loss`` is not a
-                scalar, does not require grad, or is NaN/inf (when validation is on); a tensor a constraint needs is
+                scalar, does not require grad, or is NaN/inf (when validation is on); ``scores`` carry no autograd
+                graph (detached: the constraints could not reach the model); a tensor a constraint needs is
                 missing; scores of another shape than ``(N,)`` or ``(N, 1)``; invalid scores, labels or group ids
-                (see :func:`fairopt.group_stats`).
+                (see :func:`fairopt.group_stats`); invalid ``heldout()`` batches. A step that raises before its
+                backward is done leaves the optimizer as it was (with ``dual_update="alternating"``, a failed backward
+                leaves the dual step it took before).
             RuntimeError: ``dual_source="heldout"`` without ``heldout=``, and this is the second scheduled dual step
                 with no held-out statistics ever given (:meth:`observe_heldout` / :meth:`update_duals`): the
                 multipliers would stay at their initial values, i.e. training would be unconstrained. One such step
@@ -625,25 +628,33 @@ class ConstrainedOptimizer:
         else:  # constants (of a detached table): the proxy gradient enters through _primal_objective
             table = detached(stats.table)
             value = ConstraintValue(*value_tensors(lin, table if table.dtype == cs.dtype else table.to(cs.dtype)))
-        # A step that fails in its backward (e.g. after the user's own loss.backward()) leaves the optimizer as it
-        # was, so that it can be retried: the count and phase are taken back, and the dual player's tables and the
-        # multipliers change only after the backward (simultaneous updates; an alternating dual step reads this
-        # batch before it). The count moves first: heldout() sees the number of the step in progress.
+        # A step that fails before its backward is done (a bad heldout() batch, the user's own loss.backward()
+        # before step()) leaves the optimizer as it was, so that it can be retried: the count and phase are taken
+        # back, held-out batches are checked and measured before the backward, and the dual player's tables and the
+        # multipliers change only after it (simultaneous updates, the default; an alternating dual step reads this
+        # batch before the backward, so a failed backward there has moved the multipliers). The count moves before
+        # heldout(), which sees the number of the step in progress.
+        batch = None if lin is None else (stats, value)  # a dual table equal to this one reuses its values
+        alternating = self.dual_update == "alternating"
+        if not alternating:  # the multipliers it reads are the ones before this step's dual step
+            objective, descended = self._primal_objective(loss, stats, value, lin, terms)
         phase = self._phase
         self._steps.increment(scores)
         if dual_stats.every is not None and dual_stats.every > 1:
             self._phase = (self._phase + 1) % dual_stats.every
         heldout = None
         if due and self.heldout is not None:  # measured at the same θ as the batch, before the primal step
-            with torch.no_grad():
-                heldout = self.heldout()
-        batch = None if lin is None else (stats, value)  # a dual table equal to this one reuses its values
+            try:
+                with torch.no_grad():
+                    heldout = self._heldout_stats(self.heldout())
+            except BaseException:
+                self._take_back_step(phase)
+                raise
         dual_value = None
-        alternating = self.dual_update == "alternating"
         if alternating:
             self._observe_step(stats, unfed, heldout)
             dual_value = self._dual_step(value, batch) if due else None
-        objective, descended = self._primal_objective(loss, stats, value, lin, terms)
+            objective, descended = self._primal_objective(loss, stats, value, lin, terms)
         self._primal_step(descended, phase)
         if not alternating:
             self._observe_step(stats, unfed, heldout)
@@ -652,27 +663,36 @@ class ConstrainedOptimizer:
         multipliers = self.player.multipliers if dual_value is None else self._dual_multipliers
         return StepResult(loss.detach(), objective, _detached(value), multipliers, dual_value)
 
-    def _observe_step(self, stats: GroupStats, unfed: bool, heldout: Any) -> None:
+    def _observe_step(self, stats: GroupStats, unfed: bool, heldout: GroupStats | None) -> None:
         """What the dual player reads of one step: its training table (a method without a dual player, the
-        penalty, never reads it) and held-out statistics (``heldout``: what ``heldout()`` returned this step, or
-        None)."""
+        penalty, never reads it) and the held-out table (``heldout``: :meth:`_heldout_stats` of what ``heldout()``
+        returned this step, or None)."""
         dual_stats = self.dual_statistics
         if dual_stats.source == "train" and not dual_stats.passthrough and self.method_spec.has_dual_player:
             dual_stats.observe(stats)
         if unfed:
             dual_stats.num_unfed += 1
         if heldout is not None:
-            self._observe(heldout)
+            dual_stats.observe(heldout)
+
+    def _take_back_step(self, phase: int) -> None:
+        """Undo a failed step's count and dual phase (``phase``: the one before the step)."""
+        self._steps.set(int(self._steps) - 1)
+        self._phase = phase
 
     def _warn_on_earlier_gradients(self) -> None:
         """Warn when the first step finds gradients in ``.grad`` already: mostly a ``loss.backward(retain_graph=True)``
-        before ``step()``, which calls backward itself, so the loss's gradient would count twice."""
-        if any(p.grad is not None for group in self.optimizer.param_groups for p in group["params"]):
+        before ``step()``, which calls backward itself, so the loss's gradient would count twice. On the CPU only
+        nonzero gradients count (``zero_grad(set_to_none=False)`` leaves zeros); elsewhere reading them would wait
+        for the device, so any gradient tensor does."""
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if any(not g.is_cpu or bool(g.any()) for g in grads):
             warnings.warn(
                 "the first step() found gradients in .grad already: step() calls backward itself, so after your own "
                 "loss.backward() the loss's gradient counts twice; remove that call and run opt.zero_grad() before "
-                "each step (to accumulate micro-batches on purpose, use opt.step_accumulated)",
-                stacklevel=3,
+                "each step (to add another loss's gradient or accumulate micro-batches on purpose, ignore this "
+                "warning or use opt.step_accumulated)",
+                stacklevel=user_stacklevel(),
             )
 
     def step_accumulated(
@@ -762,8 +782,7 @@ class ConstrainedOptimizer:
         try:
             (objective if scaler is None else scaler.scale(objective)).backward()
         except BaseException as error:
-            self._steps.set(int(self._steps) - 1)
-            self._phase = phase
+            self._take_back_step(phase)
             if not (isinstance(error, RuntimeError) and "backward through the graph a second time" in str(error)):
                 raise
             raise RuntimeError(
@@ -869,6 +888,19 @@ class ConstrainedOptimizer:
         """
         if self.dual_statistics.source != "heldout":
             raise ValueError("observe_heldout() needs dual_source='heldout' (the dual player reads training batches)")
+        stats = self._heldout_table(scores, groups, labels, weights, example_losses)
+        self.dual_statistics.observe(stats)
+        return stats
+
+    def _heldout_table(
+        self,
+        scores: Tensor,
+        groups: Tensor,
+        labels: Tensor | None,
+        weights: Tensor | None,
+        example_losses: Tensor | None,
+    ) -> GroupStats:
+        """One held-out batch measured (checked) and, with a ``stats_reducer`` (DDP), summed over the ranks."""
         with torch.no_grad():
             stats = self.constraint_set.measure(
                 scores,
@@ -880,19 +912,25 @@ class ConstrainedOptimizer:
             )
         if self.stats_reducer is not None:  # a batch is this rank's; a table given to update_duals is global
             stats = self.stats_reducer.reduce(stats)
-        self.dual_statistics.observe(stats)
         return stats
 
-    def _observe(self, data: GroupStats | Mapping[str, Tensor]) -> None:
+    def _heldout_stats(self, data: GroupStats | Mapping[str, Tensor]) -> GroupStats:
+        """The table of what ``heldout()`` returned: a :class:`GroupStats` as it is, a batch mapping measured."""
         if isinstance(data, GroupStats):
-            self.dual_statistics.observe(data)
-        elif isinstance(data, Mapping):
-            self.observe_heldout(**data)
-        else:
-            raise TypeError(
-                "heldout() must return a fairopt.GroupStats or a mapping with scores/groups/labels, "
-                f"got {type(data).__name__}"
-            )
+            return data
+        if isinstance(data, Mapping):
+            batch = {k: data.get(k) for k in ("labels", "weights", "example_losses")}
+            unknown = set(data) - {"scores", "groups", *batch}
+            if unknown or "scores" not in data or "groups" not in data:
+                raise TypeError(
+                    "heldout() must return a mapping with scores=, groups= (and labels=, weights=, example_losses= "
+                    f"where needed), got the keys {sorted(data)}"
+                )
+            return self._heldout_table(data["scores"], data["groups"], **batch)
+        raise TypeError(
+            "heldout() must return a fairopt.GroupStats or a mapping with scores/groups/labels, "
+            f"got {type(data).__name__}"
+        )
 
     def update_duals(self, stats: GroupStats | None = None) -> ConstraintValue | None:
         """Take one dual step now, on ``stats`` plus anything pending (e.g. a full validation pass).

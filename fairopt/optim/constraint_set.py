@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from fairopt._deprecation import renamed_kwargs
-from fairopt._validation import require_tensor
+from fairopt._validation import require_tensor, user_stacklevel
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.device_evaluation import evaluate_device
 from fairopt.constraints.evaluation import Linearization, host_table, value_tensors
@@ -158,7 +158,7 @@ class ConstraintSet:
                     f"and its bound is {c.tolerance:g}, so it constrains nothing (rates are in [0, 1]: a bound of "
                     "5 percentage points is 0.05)",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=user_stacklevel(),
                 )
 
     def _check_definable(self) -> None:

@@ -286,6 +286,9 @@ def accumulated_step(
             f"accumulated steps need dual_update='simultaneous' (got {opt.dual_update!r}): an alternating dual step "
             "would have to come before the backward pass of every micro-batch"
         )
+    if not getattr(opt, "_grads_checked", True):  # a stray loss.backward() before the first accumulated step
+        opt._grads_checked = True
+        opt._warn_on_earlier_gradients()
     cs, reducer = opt.constraint_set, opt.stats_reducer
     rng = _rng_states()
     local: GroupStats | None = None
@@ -338,7 +341,6 @@ def accumulated_step(
     out["loss"] = out["loss"] * (rows[last] / total)
     # The last micro-batch goes through step itself, with the accumulated table standing in for its own.
     opt.stats_reducer = whole
-    opt._grads_checked = True  # the earlier micro-batches' gradients are in .grad by design
     try:
         result = opt.step(**out)
     finally:
