@@ -204,7 +204,7 @@ def test_below_majority_compares_with_predicting_the_majority_label_for_everyone
     weak = table([1, 1, 0, 0, 1, 0, 0, 1, 1, 0])  # right on rows 0, 1, 4 and 9: 4 of 10
     assert majority_baseline(weak) == (pytest.approx(0.7), 1)
     message = below_majority(weak)
-    assert message is not None and message.startswith("the final model's test accuracy 0.400 is below 0.700")
+    assert message is not None and message.startswith("the final model's test accuracy 0.4000 is below 0.7000")
     assert "that of predicting 1 for every test row" in message
     assert below_majority(table([1, 1, 1, 1, 1, 1, 0, 0, 0, 1])) is None  # 8 of 10 right: above the baseline
     assert below_majority(table([1] * 10)) is None  # constant: constant_prediction's warning, not this one

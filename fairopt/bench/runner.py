@@ -439,7 +439,7 @@ def below_majority(stats: GroupStats, split: str = "test") -> str | None:
     if accuracy >= majority:
         return None
     return (
-        f"the final model's {split} accuracy {accuracy:.3f} is below {majority:.3f}, that of predicting {label} for "
+        f"the final model's {split} accuracy {accuracy:.4f} is below {majority:.4f}, that of predicting {label} for "
         f"every {split} row (a constant classifier, which meets parity constraints trivially): a small group's noisy "
         "rates may drive the constraint; pool small groups, train longer or loosen --tolerance"
     )
