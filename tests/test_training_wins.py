@@ -276,6 +276,21 @@ def test_check_says_cannot_tell_for_an_entry_above_its_bound_within_noise():
     assert met.check(stats) == []  # a gap of exactly the bound is met
 
 
+def test_check_names_groups_without_examples():
+    """num_groups=3 for data with 2 groups trained without a word: check() names the empty group."""
+    groups = torch.tensor([0] * 10 + [1] * 10)
+    predicted = torch.tensor([1, 0] * 10, dtype=torch.float64)
+    stats = fairopt.group_stats(2 * predicted - 1, labels=torch.zeros(20), groups=groups, num_groups=3)
+    model = torch.nn.Linear(1, 1)
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.1)], 3)
+    with pytest.warns(UserWarning, match="have no examples"):
+        [problem] = opt.check(stats, group_names=["a", "b", "c"])
+    assert problem.startswith("group(s) c have no examples in these statistics (num_groups=3): nothing constrains")
+    two = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.1)], 2)
+    full = fairopt.group_stats(2 * predicted - 1, labels=torch.zeros(20), groups=groups, num_groups=2)
+    assert two.check(full) == []
+
+
 # the audit split -----------------------------------------------------------------------------------------------
 def test_with_audit_is_disjoint_stratified_and_seeded():
     data = fairopt.datasets.load_german(seed=0)

@@ -440,8 +440,9 @@ def below_majority(stats: GroupStats, split: str = "test") -> str | None:
         return None
     return (
         f"the final model's {split} accuracy {accuracy:.4f} is below {majority:.4f}, that of predicting {label} for "
-        f"every {split} row (a constant classifier, which meets parity constraints trivially): a small group's noisy "
-        "rates may drive the constraint; pool small groups, train longer or loosen --tolerance"
+        f"every {split} row (a constant classifier, which meets parity constraints trivially): the model is worth "
+        "less than that; under a constraint, a small group's noisy rates may drive it (pool small groups, train "
+        "longer or loosen --tolerance)"
     )
 
 

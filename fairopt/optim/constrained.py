@@ -996,6 +996,7 @@ class ConstrainedOptimizer:
           ``dual_lr``, more epochs, or a looser tolerance.
         * *cannot tell*: an entry is above its bound, but within two standard errors: these rows cannot tell
           whether it is met (more rows, or a margin).
+        * *empty groups*: a group has no examples in ``stats`` (e.g. ``num_groups`` larger than the data's).
         * *undefined*: an entry cannot be computed on ``stats`` (e.g. a group without positives): nothing enforced it.
         * *not settled*: over the last dual steps (up to 200), the mean multipliers of the last quarter differ from
           those of the quarter before by more than 25% (and 0.05): the game is still moving; train longer or lower
@@ -1011,6 +1012,7 @@ class ConstrainedOptimizer:
         hard, defined = value.hard.cpu().numpy(), value.defined.cpu().numpy()
         errors = self.constraint_set.standard_errors(stats) if self.constraint_set.linearizable else np.zeros_like(hard)
         names = self.entry_names(group_names)
+        names_of = list(range(stats.num_groups)) if group_names is None else list(group_names)
         problems = []
         for name, g, se, ok in zip(names, hard, errors, defined):
             if not ok:
@@ -1026,6 +1028,13 @@ class ConstrainedOptimizer:
                     f"standard errors ({se:.4f}) of these statistics: they cannot tell whether it is met; check on "
                     "more rows, or train with a margin (opt.margin) so that the bound holds with room"
                 )
+        empty = [str(names_of[g]) for g in (stats.count == 0).nonzero().flatten().tolist()]
+        if empty:  # e.g. num_groups larger than the data's: entries over groups skip them without a word
+            problems.append(
+                f"group(s) {', '.join(empty)} have no examples in these statistics (num_groups="
+                f"{self.constraint_set.num_groups}): nothing constrains them; if the data have fewer groups, pass "
+                "their number as num_groups"
+            )
         if (unreachable := self._unreachable_margin()) is not None:
             problems.append(unreachable)
         if len(self._trace) >= 8:
