@@ -399,7 +399,7 @@ class ConstrainedOptimizer:
             self.player.host_arithmetic = evaluator != "device"
         self._linear_primal = self.player.primal_weights() is not None  # structural: fixed by the method
         self._margin_warned = False
-        self._set_margin(margin, stacklevel=3)
+        self._set_margin(margin)
         # primal steps taken (num_steps), and how many since the last scheduled dual step (0 <= phase < dual_every):
         # the schedule reads the phase, a Python int with at most dual_every values, never the count itself, so a
         # compiled step takes no integer input that grows with the step (see StepCount)
@@ -460,11 +460,11 @@ class ConstrainedOptimizer:
     def margin(self, value: float | Sequence[float] | np.ndarray | None) -> None:
         """Raises ValueError for a margin of another size, NaN or < 0, TypeError for text or booleans; warns (once
         per optimizer) when an entry's dual target ``g <= -margin`` is out of reach (see :meth:`check`)."""
-        self._set_margin(value, stacklevel=3)
+        self._set_margin(value)
 
-    def _set_margin(self, value: float | Sequence[float] | np.ndarray | None, stacklevel: int) -> None:
-        """:attr:`margin`'s setter; ``stacklevel`` of its warning points at the user's line (an assignment, the
-        constructor or ``load_state_dict``)."""
+    def _set_margin(self, value: float | Sequence[float] | np.ndarray | None) -> None:
+        """:attr:`margin`'s setter; its warning names the user's line (an assignment, the constructor or
+        ``load_state_dict``)."""
         self._margin_tensor: Tensor | None = None
         if value is None:
             self._margin = None
@@ -473,7 +473,7 @@ class ConstrainedOptimizer:
         # (getattr: an optimizer pickled before this flag existed)
         if not getattr(self, "_margin_warned", False) and (problem := self._unreachable_margin()) is not None:
             self._margin_warned = True  # once per optimizer: a loop that reassigns the margin every epoch
-            warnings.warn(problem, UserWarning, stacklevel=stacklevel)
+            warnings.warn(problem, UserWarning, stacklevel=user_stacklevel())
 
     def _unreachable_margin(self) -> str | None:
         """The problem with entries whose dual target ``g <= -margin`` no model can meet (``-margin`` below the
@@ -584,10 +584,8 @@ class ConstrainedOptimizer:
                 "gradient could not reach the model, which would train unconstrained while the multipliers grow; "
                 "pass the model's output itself (scores=model(x).squeeze(-1), not .detach())"
             )
-        # (getattr: an optimizer pickled before this flag existed has stepped already)
-        if not getattr(self, "_grads_checked", True) and not torch.compiler.is_compiling():
-            self._grads_checked = True
-            self._warn_on_earlier_gradients()
+        if not torch.compiler.is_compiling():
+            self._check_earlier_gradients()
         dual_stats = self.dual_statistics
         due = self.method_spec.has_dual_player and dual_stats.due(self._phase + 1)
         unfed = due and self.heldout is None and dual_stats.source == "heldout" and not dual_stats.has_observed
@@ -680,11 +678,16 @@ class ConstrainedOptimizer:
         self._steps.set(int(self._steps) - 1)
         self._phase = phase
 
-    def _warn_on_earlier_gradients(self) -> None:
-        """Warn when the first step finds gradients in ``.grad`` already: mostly a ``loss.backward(retain_graph=True)``
-        before ``step()``, which calls backward itself, so the loss's gradient would count twice. On the CPU only
-        nonzero gradients count (``zero_grad(set_to_none=False)`` leaves zeros); elsewhere reading them would wait
-        for the device, so any gradient tensor does."""
+    def _check_earlier_gradients(self) -> None:
+        """Once per optimizer, before its first step (:meth:`step` or :meth:`step_accumulated`): warn when gradients
+        are in ``.grad`` already, mostly a ``loss.backward(retain_graph=True)`` before ``step()``, which calls backward
+        itself, so the loss's gradient would count twice. On the CPU only nonzero gradients count
+        (``zero_grad(set_to_none=False)`` leaves zeros); elsewhere reading them would wait for the device, so any
+        gradient tensor does."""
+        # (getattr: an optimizer pickled before this flag existed has stepped already)
+        if getattr(self, "_grads_checked", True):
+            return
+        self._grads_checked = True
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         if any(not g.is_cpu or bool(g.any()) for g in grads):
             warnings.warn(
@@ -1107,7 +1110,7 @@ class ConstrainedOptimizer:
             self.records.load_state_dict(state["records"])
         self.num_steps = int(state["num_steps"])
         if "margin" in state:  # states saved before margins existed keep the constructor's
-            self._set_margin(state["margin"], stacklevel=3)
+            self._set_margin(state["margin"])
         self._trace.load(state.get("multiplier_trace", []))
 
     def _check_constraints(self, saved: Mapping[str, Any]) -> None:

@@ -286,9 +286,7 @@ def accumulated_step(
             f"accumulated steps need dual_update='simultaneous' (got {opt.dual_update!r}): an alternating dual step "
             "would have to come before the backward pass of every micro-batch"
         )
-    if not getattr(opt, "_grads_checked", True):  # a stray loss.backward() before the first accumulated step
-        opt._grads_checked = True
-        opt._warn_on_earlier_gradients()
+    opt._check_earlier_gradients()  # a stray loss.backward() before the first micro-batch (whose are there by design)
     cs, reducer = opt.constraint_set, opt.stats_reducer
     rng = _rng_states()
     local: GroupStats | None = None
