@@ -6,6 +6,7 @@ optimizers (:mod:`fairopt.optim`) → held-out validation and reports (:mod:`fai
 """
 
 from fairopt._validation import set_validate_args, set_validation
+from fairopt._version import __version__
 from fairopt.constraints import (
     BoundedGroupLoss,
     Constraint,
@@ -50,8 +51,6 @@ from fairopt.validation import (
     generalization_gap,
     leveling_down,
 )
-
-__version__ = "0.1.0"
 
 # Rate references for the expression algebra: tpr(1) - tpr(0) <= 0.05, abs(tpr.per_group() - tpr()) <= 0.05.
 selection_rate = RateRef("selection_rate")

@@ -2,6 +2,8 @@
 the accuracy-fairness frontier chosen on held-out data and re-checked on test.
 
 * :func:`sweep` (and ``fairopt sweep``): the whole recipe on a tabular dataset, as ``fairopt bench`` loads it.
+* :func:`replay` (and ``fairopt sweep --replay sweep.json``): run a sweep again from its sweep.json, refusing changed
+  data, and compare every estimate with the record.
 * :class:`SweepTrainer`: the vectorized training of any M members of one architecture
   (:class:`StackedModel`: ``stack_module_state`` + ``functional_call`` + ``vmap``, or one ``baddbmm`` per layer for
   linear/ReLU stacks), each with its own multipliers and records.
@@ -12,6 +14,7 @@ the accuracy-fairness frontier chosen on held-out data and re-checked on test.
 
 from fairopt.sweep.evaluator import BatchedBounds, BatchedEvaluator, batched_constraint_values
 from fairopt.sweep.frontier import FrontierPoint, SplitEstimate, SweepResult, pick_member
+from fairopt.sweep.replay import SweepReplay, replay
 from fairopt.sweep.run import DEFAULT_PENALTY_COEFFICIENTS, check_tolerances, sweep
 from fairopt.sweep.stacked import StackedModel, check_vmappable
 from fairopt.sweep.trainer import SWEEP_METHODS, Member, SweepTrainer
@@ -25,11 +28,13 @@ __all__ = [
     "Member",
     "SplitEstimate",
     "StackedModel",
+    "SweepReplay",
     "SweepResult",
     "SweepTrainer",
     "batched_constraint_values",
     "check_tolerances",
     "check_vmappable",
     "pick_member",
+    "replay",
     "sweep",
 ]

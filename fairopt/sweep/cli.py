@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fairopt.bench.options import add_study_options, float_list, study_options
+
+if TYPE_CHECKING:
+    from .frontier import SweepResult
 
 __all__ = ["add_parser", "run"]
 
@@ -41,11 +45,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             "penalty at several penalty coefficients (the baseline) in one vectorized run (torch.func.vmap). Each "
             "member's final iterate is chosen on the validation split; the frontier is reported on the held-out "
             "(audit) split with 95% intervals and re-evaluated on test beside it, with the member to pick for --bound. "
-            "Writes sweep.json, sweep.md and sweep.png to the output folder it names at the end."
+            "Writes sweep.json, sweep.md and sweep.png to the output folder it names at the end. With --replay "
+            "FILE it runs the sweep recorded in a sweep.json again (refusing a csv file that changed since) and "
+            "exits with status 1 if any estimate differs from the record."
         ),
     )
-    p.add_argument("--tolerances", type=_tolerances, required=True,
-                   help="comma-separated bounds > 0, each once (e.g. 0.01,0.02,0.05,0.1)")  # fmt: skip
+    p.add_argument("--tolerances", type=_tolerances,
+                   help="comma-separated bounds > 0, each once (e.g. 0.01,0.02,0.05,0.1); required without "
+                        "--replay")  # fmt: skip
+    p.add_argument("--replay", type=Path, metavar="FILE",
+                   help="run the sweep recorded in FILE (a sweep.json) again with its settings and compare every "
+                        "estimate with the record (only --out, --no-plots and --quiet go with it)")  # fmt: skip
     p.add_argument("--bound", type=float, help="the bound to pick a member for (default 0.05)")
     p.add_argument("--penalty-coefficients", type=float_list,
                    help="the penalty baseline's coefficients c, comma-separated (default "
@@ -86,35 +96,91 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# the options that go with --replay (everything else is the recorded settings')
+_REPLAY_OPTIONS = {"replay", "out", "no_plots", "quiet", "command"}
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``fairopt sweep`` with parsed ``args``; ``parser.error`` (exit 2) on a bad option."""
     from .run import DEFAULT_PENALTY_COEFFICIENTS, sweep
 
+    if args.replay is not None:
+        return _replay(args, parser)
+    if args.tolerances is None:
+        parser.error("--tolerances is required (e.g. --tolerances 0.02,0.05,0.1), or --replay FILE to rerun a sweep")
     if args.no_penalty and args.penalty_coefficients:
         parser.error("--no-penalty drops the penalty members and --penalty-coefficients sets them: pass one of the two")
     if args.bound is not None and not 0.0 <= args.bound <= 1.0:  # NaN fails too
         parser.error(f"--bound must be in [0, 1] (the constraint's bound, e.g. a rate gap of 0.05), got {args.bound}")
     coefficients = () if args.no_penalty else (args.penalty_coefficients or DEFAULT_PENALTY_COEFFICIENTS)
     options = _options(args)
-    out = args.out or Path("fairopt-runs") / f"sweep-{datetime.now():%Y%m%d-%H%M%S}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        parser.error(f"--out {out}: cannot write there ({err.strerror or err})")
-
-    def log(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr)
-
+    out = _out_folder(args, parser, "sweep")
     try:
         result = sweep(
-            args.tolerances, penalty_coefficients=coefficients, heldout_duals=args.heldout_duals, log=log, **options
+            args.tolerances,
+            penalty_coefficients=coefficients,
+            heldout_duals=args.heldout_duals,
+            log=_log(args),
+            **options,
         )
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))  # exits with status 2
     print(result.to_markdown())
+    _write(result, out, args)
+    return 0
+
+
+def _replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``fairopt sweep --replay FILE``: 0 when every estimate is the recorded one, 1 otherwise."""
+    from .replay import replay
+
+    given = [
+        a.option_strings[0]
+        for a in parser._actions
+        if a.dest not in _REPLAY_OPTIONS and a.option_strings and getattr(args, a.dest, a.default) != a.default
+    ]
+    if given:
+        parser.error(f"--replay reruns the settings recorded in {args.replay}; drop {', '.join(given)} (to change a "
+                     "setting, run a new sweep with the options instead)")  # fmt: skip
+    out = _out_folder(args, parser, "replay")
+    try:
+        replayed = replay(args.replay, log=_log(args))
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    print(replayed.result.to_markdown())
+    for note in replayed.notes:
+        print(f"note: {note}")
+    _write(replayed.result, out, args)
+    members = len(replayed.result.points)
+    if replayed.identical:
+        print(f"replay of {args.replay}: identical, every estimate of the {members} members and the pick to the last "
+              "digit")  # fmt: skip
+        return 0
+    print(f"replay of {args.replay}: {len(replayed.differences)} difference(s) from the record:")
+    for line in replayed.differences:
+        print(f"  {line}")
+    return 1
+
+
+def _out_folder(args: argparse.Namespace, parser: argparse.ArgumentParser, kind: str) -> Path:
+    out: Path = args.out or Path("fairopt-runs") / f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {out}: cannot write there ({err.strerror or err})")
+    return out
+
+
+def _log(args: argparse.Namespace) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr)
+
+    return log
+
+
+def _write(result: SweepResult, out: Path, args: argparse.Namespace) -> None:
     written = result.write(out, plots=not args.no_plots)
     if not args.no_plots and not any(p.suffix == ".png" for p in written):
         print("(no PNG: matplotlib is not installed; pip install 'fairopt[plots]')")
     print(f"wrote {', '.join(p.name for p in written)} to {out}/; trained in {result.seconds:.1f} s")
-    return 0

@@ -18,7 +18,8 @@ from fairopt.validation import FairnessReport
 
 __all__ = ["FrontierPoint", "SplitEstimate", "SweepResult", "pick_member"]
 
-_FORMAT = 1
+# 2: with provenance (1: without; fairopt.sweep.replay reads both)
+_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,10 @@ class SweepResult:
     Attributes:
         points: one :class:`FrontierPoint` per member. bound: the bound the pick is for. picked: index of the picked
             member (:func:`pick_member`) or None. constraint: the constraint's expression (tolerance aside).
-        config: the options the sweep ran with. seconds: training wall time (evaluation excluded). notes: what a
-            reader should know (data caps, a bound no member meets).
+        config: the options the sweep ran with, as :func:`fairopt.sweep`'s arguments. seconds: training wall time
+            (evaluation excluded). notes: what a reader should know (data caps, a bound no member meets).
+        provenance: the versions, the machine and the data it ran on (:func:`fairopt.sweep.run.provenance`: the
+            data file's SHA-256 among them), for :func:`fairopt.sweep.replay`.
     """
 
     points: list[FrontierPoint]
@@ -111,6 +114,7 @@ class SweepResult:
     config: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-native (``None`` for undefined values)."""

@@ -11,11 +11,15 @@ penalty coefficient at the strictest tolerance as the baseline, and keeps its la
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+import platform
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -159,6 +163,7 @@ def sweep(
     )  # fmt: skip
     bound = default_tolerance(constraint) if bound is None else float(bound)
     say = log or (lambda line: None)
+    given = data is not None
     if data is None:
         data = load_study_data(config, seed=seed_list[0])
     if data.audit is None:
@@ -259,8 +264,8 @@ def sweep(
         notes.append(f"no member's held-out upper bound meets the bound {bound:g}")
     say(f"sweep: trained in {seconds:.1f} s")
     settings = {**_config_dict(config, tols, weights), "heldout_duals": heldout_duals}
-    return SweepResult(points, bound, picked, str(built[0].expr), config=settings,
-                       seconds=seconds, notes=notes)  # fmt: skip
+    return SweepResult(points, bound, picked, str(built[0].expr), config=settings, seconds=seconds, notes=notes,
+                       provenance=provenance(config, data, given=given))  # fmt: skip
 
 
 def _below_majority_notes(points: Sequence[FrontierPoint], audit: GroupStats, picked: int | None) -> list[str]:
@@ -296,9 +301,49 @@ def _config_dict(config: StudyConfig, tols: tuple[float, ...], weights: tuple[fl
             "batch_size", "margin_z", "dual_min_count", "records_per_run", "device", "validation_fraction",
             "audit_fraction")  # fmt: skip
     out = {k: getattr(config, k) for k in keep}
+    if config.dataset.startswith("csv:"):  # absolute: a rerun from another working directory reads the same file
+        out["dataset"] = f"csv:{Path(config.dataset[4:]).resolve()}"
     (out["model"],) = config.models
     out["sensitive"] = config.sensitive_attributes()
     if config.dataset.startswith("csv:"):
         out.update(csv_target=config.csv_target, csv_positive_label=config.csv_positive_label)
     out.update(tolerances=list(tols), penalty_coefficients=list(weights))
     return out
+
+
+def provenance(config: StudyConfig, data: TabularDataset, *, given: bool = False) -> dict[str, Any]:
+    """What a sweep ran on besides its settings (written to sweep.json as ``provenance``): the versions of Python,
+    fairopt, torch and NumPy, the machine, and the data: ``"data"`` holds ``source`` (``"csv"``, ``"bundled"`` or
+    ``"in memory"`` for ``sweep(data=...)``, which no file can reproduce), the file's path and SHA-256 of its bytes
+    (a csv; for a bundled dataset the SHA-256 of its packaged files, which fairopt checks when it loads them), its
+    rows, the label column and the feature columns the model read. :func:`fairopt.sweep.replay` compares them."""
+    from fairopt._version import __version__
+    from fairopt.datasets._checksums import SHA256
+
+    described: dict[str, Any] = {"name": data.name, "target": data.target, "rows": len(data.frame),
+                                 "feature_names": list(data.feature_names)}  # fmt: skip
+    if given:
+        described["source"] = "in memory"
+    elif config.dataset.startswith("csv:"):
+        path = Path(config.dataset[4:]).resolve()
+        described.update(source="csv", path=str(path), sha256=file_sha256(path))
+    else:
+        files = {name: digest for name, digest in SHA256.items() if name.split(".")[0] == config.dataset}
+        described.update(source="bundled", sha256=files)
+    return {
+        "python": platform.python_version(),
+        "fairopt": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": f"{sys.platform}, {platform.machine()}",
+        "data": described,
+    }
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
