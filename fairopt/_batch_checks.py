@@ -24,12 +24,18 @@ from fairopt._validation import (
 __all__ = [
     "WEIGHT_TOLERANCE",
     "HostViews",
+    "LabelValueError",
     "check_batch",
     "check_batch_values",
     "check_num_groups",
     "host_views",
     "weight_tolerance",
 ]
+
+
+class LabelValueError(ValueError):
+    """Labels outside {0, 1}: a ``ValueError`` of its own class, so that a caller that knows how the batch was read
+    (e.g. :func:`fairopt.validation.collect_stats`, by position) can add a hint without matching the message."""
 
 
 def check_num_groups(num_groups: int) -> None:
@@ -226,7 +232,7 @@ def check_batch_values(
             "attribute with fairopt.Groups"
         )
     if flags[2]:
-        raise ValueError(
+        raise LabelValueError(
             f"labels must be 0 or 1: {describe_bad_values(labels, bad_labels)}; map {{-1, 1}} labels with "
             "(labels > 0), and threshold soft labels before computing rates"
         )

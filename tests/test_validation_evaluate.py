@@ -23,6 +23,7 @@ from sklearn.metrics import log_loss, precision_score, zero_one_loss
 from torch.utils.data import DataLoader, TensorDataset
 
 import fairopt as fo
+from fairopt._batch_checks import LabelValueError
 from fairopt.validation import FairnessReport, Verdict, collect_stats, evaluate
 from tests.validation_data import all_reduce_worker, elementwise_model, linear_model, make_data
 
@@ -327,7 +328,8 @@ def test_a_positional_batch_with_groups_before_labels_gets_a_hint_on_the_order()
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, a, y), batch_size=16)
     for data in ((x, a, y), loader):
-        with pytest.raises(ValueError, match=r"labels must be 0 or 1: .*read by position as \(x, labels, groups"):
+        # a ValueError of its own class (LabelValueError), which the hint is keyed on, not on the message's text
+        with pytest.raises(LabelValueError, match=r"labels must be 0 or 1: .*read by position as \(x, labels, groups"):
             collect_stats(scores, data, 4)
     # named columns or a group id out of range without a positional batch: the message alone
     with pytest.raises(ValueError, match=r"labels must be 0 or 1") as info:

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from fairopt._batch_checks import LabelValueError
 from fairopt._deprecation import renamed_kwargs
 from fairopt._validation import (
     MIN_SCORES_FOR_PROBABILITY_CHECK,
@@ -133,8 +134,7 @@ def _with_order_hint(
     """``error`` with a hint when a positional batch holds its group ids before its labels: then the labels
     read are group ids (the label check fails) and the group ids read are 0/1. Only where swapping the two would
     pass both checks (so not for {-1, 1} labels, nor for a num_groups that is too small)."""
-    text = str(error)
-    if not (unpack is default_unpack and isinstance(batch, Sequence) and text.startswith("labels must be 0 or 1")):
+    if not (unpack is default_unpack and isinstance(batch, Sequence) and isinstance(error, LabelValueError)):
         return error
     if not (isinstance(labels, Tensor) and isinstance(groups, Tensor)) or labels.is_floating_point():
         return error
@@ -142,8 +142,8 @@ def _with_order_hint(
     groups_are_labels = bool(((groups == 0) | (groups == 1)).all())
     if not (labels_are_ids and groups_are_labels):
         return error
-    return ValueError(
-        f"{text}. Batches are read by position as (x, labels, groups[, weights]): if yours hold the groups "
+    return LabelValueError(
+        f"{error}. Batches are read by position as (x, labels, groups[, weights]): if yours hold the groups "
         "before the labels, reorder them, pass dicts ({'x': ..., 'labels': ..., 'groups': ...}) or "
         "unpack=lambda batch: (x, labels, groups, weights_or_None)"
     )
