@@ -123,6 +123,11 @@ def test_generalization_gap_side_by_side(splits):
     text = gap.to_markdown()
     assert "| constraint | entry | train | held-out | test | gap (test - train) |" in text
     assert "illusion of fairness" in text
+    # the overall error rate first, with its own gap: a nearest neighbour has none on its training rows
+    errors = {name: r.overall.rates["error_rate"].value for name, r in gap.reports.items()}
+    assert errors["train"] == 0.0 and errors["test"] > 0.05
+    row = next(line for line in text.splitlines() if line.startswith("| (overall error rate, not a constraint) |"))
+    assert row.split(" | ")[2].startswith("0.000 [0.000, ") and row.endswith(f"| {errors['test']:.3f} |")
     assert GeneralizationGap.from_json(gap.to_json()) == gap
     named = generalization_gap(
         nearest_neighbour(train),

@@ -82,10 +82,21 @@ class GeneralizationGap:
         return nullable_frame(records, floats, index=None)
 
     def to_markdown(self, digits: int = 3) -> str:
-        """Markdown: one row per entry, one column per split (value [interval], verdict), and the gap."""
+        """Markdown: one row per entry, one column per split (value [interval], verdict), and the gap; first a row
+        with the overall error rate (or accuracy, whichever every report has; ``error_rate`` is among the default
+        rates) and its interval per split, so that the constraints' gap reads beside the accuracy's."""
         first, last = self.splits[0], self.splits[-1]
         headers = ["constraint", "entry", *self.splits, f"gap ({last} - {first})"]
         rows = []
+        reports = list(self.reports.values())
+        rate = next((r for r in ("error_rate", "accuracy") if all(r in rep.overall.rates for rep in reports)), None)
+        if rate is not None:
+            estimates = [rep.overall.rates[rate] for rep in reports]
+            values = [e.value for e in estimates]
+            gap = None if values[0] is None or values[-1] is None else values[-1] - values[0]
+            cells = [format_estimate(e.value, e.lower, e.upper, digits) for e in estimates]
+            rows.append([f"(overall {rate.replace('_', ' ')}, not a constraint)", rate, *cells,
+                         format_number(gap, digits)])  # fmt: skip
         # constraints as the reports show them (with group names in place of ids, FairnessReport.to_markdown)
         layout = [(c.shown, e.name) for c in self.reports[first].constraints for e in c.entries]
         for index, (constraint, entry) in enumerate(layout):
@@ -99,7 +110,10 @@ class GeneralizationGap:
             rows.append([constraint, entry, *cells, format_number(gap, digits)])
         level = f"{next(iter(self.reports.values())).options.confidence:.0%}"
         notes = [w for r in self.reports.values() for w in r.warnings]
-        out = ["## Generalization gap", "", f"Constraint values with {level} intervals and verdicts.", ""]
+        intro = f"Constraint values with {level} intervals and verdicts" + (
+            ", after the overall rate." if rate else "."
+        )
+        out = ["## Generalization gap", "", intro, ""]
         out.append(markdown_table(headers, rows))
         if notes:
             out += ["", *(f"- {n}" for n in dict.fromkeys(notes))]
