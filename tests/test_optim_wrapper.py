@@ -97,6 +97,10 @@ def test_a_constraint_that_no_data_can_violate_warns():
                       r"most 1 on any data and its bound is 5") as caught:  # fmt: skip
         fairopt.optim.ConstraintSet(tpr(1) - tpr(0) <= 5, 2)
     assert caught[0].filename == __file__
+    assert "proxy" not in str(caught[0].message)  # the sigmoid's rates are in [0, 1] too
+    # a hinge proxy's rates can exceed 1: the warning says that proxy-reading methods may still push on them
+    with pytest.warns(UserWarning, match=r"can never be violated.*; only the hinge proxy's rates, which can exceed 1"):
+        fairopt.optim.ConstraintSet(tpr(1) - tpr(0) <= 5, 2, proxy="hinge")
     with pytest.warns(UserWarning, match="EqualizedOdds.*can never be violated") as caught:  # through the optimizer
         make_opt(mlp(3).parameters(), [fairopt.EqualizedOdds(1.0)], num_groups=3)
     assert caught[0].filename == __file__

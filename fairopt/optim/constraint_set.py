@@ -153,10 +153,16 @@ class ConstraintSet:
                 continue
             highest = max(hi for _, hi in entry_value_ranges(c.expr, self.num_groups))
             if highest <= c.tolerance:
+                # a proxy whose rates can exceed 1 (hinge, softplus) can exceed the bound: methods that read proxy
+                # values (the penalty, the augmented Lagrangian, dual_value="proxy") still push on it
+                proxy = "" if self.proxy.normalized else (
+                    f"; only the {self.proxy.name} proxy's rates, which can exceed 1, can pass it, so methods that "
+                    "read proxy values (penalty, augmented_lagrangian, dual_value='proxy') may still push on them"
+                )  # fmt: skip
                 warnings.warn(
                     f"constraint {c.name!r} can never be violated: its expression is at most {highest:g} on any data "
                     f"and its bound is {c.tolerance:g}, so it constrains nothing (rates are in [0, 1]: a bound of "
-                    "5 percentage points is 0.05)",
+                    f"5 percentage points is 0.05){proxy}",
                     UserWarning,
                     stacklevel=user_stacklevel(),
                 )
