@@ -54,8 +54,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="comma-separated bounds > 0, each once (e.g. 0.01,0.02,0.05,0.1); required without "
                         "--replay")  # fmt: skip
     p.add_argument("--replay", type=Path, metavar="FILE",
-                   help="run the sweep recorded in FILE (a sweep.json) again with its settings and compare every "
-                        "estimate with the record (only --out, --no-plots and --quiet go with it)")  # fmt: skip
+                   help="run the sweep recorded in FILE (a sweep.json, or its folder) again with its settings and "
+                        "compare every estimate with the record (only --out, --device, --no-plots and --quiet go "
+                        "with it)")  # fmt: skip
     p.add_argument("--bound", type=float, help="the bound to pick a member for (default 0.05)")
     p.add_argument("--penalty-coefficients", type=float_list,
                    help="the penalty baseline's coefficients c, comma-separated (default "
@@ -64,7 +65,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--heldout-duals", action="store_true",
                    help="the λ-players read validation batches (bench method proxy-lagrangian-heldout)")  # fmt: skip
     add_study_options(p, constraints=[k for k in CONSTRAINTS if k != "p_rule"], default_seeds="0")
-    p.add_argument("--model", choices=sorted(MODELS), default="mlp", help="the model (default: mlp)")
+    # default None, applied in _options: an option given is then told from one left out (--replay refuses it)
+    p.add_argument("--model", choices=sorted(MODELS), help="the model (default: mlp)")
     p.add_argument("--out", type=Path, help="output folder (default: fairopt-runs/sweep-<timestamp>)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -89,7 +91,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "dataset": args.dataset or "adult",
         "constraint": constraint,
-        "model": args.model,
+        "model": args.model or "mlp",
         "seeds": tuple(range(args.num_seeds)) if args.num_seeds is not None else (args.seeds or (0,)),
         "bound": default_tolerance(constraint) if args.bound is None else args.bound,
         **options,
@@ -97,7 +99,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # the options that go with --replay (everything else is the recorded settings')
-_REPLAY_OPTIONS = {"replay", "out", "no_plots", "quiet", "command"}
+_REPLAY_OPTIONS = {"replay", "out", "no_plots", "quiet", "device", "command"}
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``fairopt sweep --replay FILE``: 0 when every estimate is the recorded one, 1 otherwise."""
-    from .replay import replay
+    from .replay import prepare, run_prepared
 
     given = [
         a.option_strings[0]
@@ -140,11 +142,18 @@ def _replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if a.dest not in _REPLAY_OPTIONS and a.option_strings and getattr(args, a.dest, a.default) != a.default
     ]
     if given:
-        parser.error(f"--replay reruns the settings recorded in {args.replay}; drop {', '.join(given)} (to change a "
-                     "setting, run a new sweep with the options instead)")  # fmt: skip
+        parser.error(f"--replay reruns the settings recorded in {args.replay}; drop {', '.join(given)} (only --out, "
+                     "--device, --no-plots and --quiet go with it; to change a setting, run a new sweep)")  # fmt: skip
+    try:  # the file and its data are checked before the output folder is made
+        prepared = prepare(args.replay, device=args.device)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    if args.out is not None and (args.out / "sweep.json").resolve() == prepared.source.resolve():
+        parser.error(f"--out {args.out} holds the sweep.json being replayed, which the replay would overwrite; "
+                     "write it to another folder")  # fmt: skip
     out = _out_folder(args, parser, "replay")
     try:
-        replayed = replay(args.replay, log=_log(args))
+        replayed = run_prepared(prepared, log=_log(args))
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     print(replayed.result.to_markdown())
@@ -153,10 +162,10 @@ def _replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _write(replayed.result, out, args)
     members = len(replayed.result.points)
     if replayed.identical:
-        print(f"replay of {args.replay}: identical, every estimate of the {members} members and the pick to the last "
-              "digit")  # fmt: skip
+        print(f"replay of {prepared.source}: identical, every estimate of the {members} member"
+              f"{'' if members == 1 else 's'} and the pick to the last digit")  # fmt: skip
         return 0
-    print(f"replay of {args.replay}: {len(replayed.differences)} difference(s) from the record:")
+    print(f"replay of {prepared.source}: {len(replayed.differences)} difference(s) from the record:")
     for line in replayed.differences:
         print(f"  {line}")
     return 1

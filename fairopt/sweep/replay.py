@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from .frontier import SweepResult
-from .run import file_sha256, sweep
+from .run import file_sha256, machine, sweep
 
-__all__ = ["SweepReplay", "replay"]
+__all__ = ["PreparedReplay", "SweepReplay", "prepare", "replay", "run_prepared"]
 
 _FORMATS = (1, 2)
-_VERSIONS = ("python", "fairopt", "torch", "numpy")
+_VERSIONS = ("python", "fairopt", "torch", "numpy", "platform")
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,14 @@ class SweepReplay:
         return not self.differences
 
 
-def replay(path: str | Path, *, log: Callable[[str], None] | None = None) -> SweepReplay:
+def replay(path: str | Path, *, device: str | None = None, log: Callable[[str], None] | None = None) -> SweepReplay:
     """Run the sweep recorded in ``path`` (a ``sweep.json``) again and compare it with the record.
 
     Args:
         path: a ``sweep.json`` written by ``fairopt sweep`` or :meth:`SweepResult.write
-            <fairopt.sweep.frontier.SweepResult.write>`.
+            <fairopt.sweep.frontier.SweepResult.write>`, or the folder that holds one.
+        device: train on this torch device instead of the recorded one (e.g. ``"cpu"`` for a sweep recorded on a
+            GPU; noted, as results may then differ in the last digits).
         log: optional ``fn(line)`` for progress lines (as :func:`fairopt.sweep`).
 
     Returns:
@@ -63,23 +65,56 @@ def replay(path: str | Path, *, log: Callable[[str], None] | None = None) -> Swe
 
     Raises:
         FileNotFoundError: ``path``, or the csv file the sweep read, does not exist.
-        ValueError: ``path`` is not a sweep.json (not JSON, or no ``format``/``config``/``points``), of an unknown
-            format, recorded on data given in memory (``sweep(data=...)``: no file reproduces it), or the csv file
-            is not the one the sweep read (another SHA-256); settings this version of :func:`fairopt.sweep` does not
-            take; everything :func:`fairopt.sweep` raises.
+        ValueError: ``path`` is not a sweep.json (not JSON, or no ``format``, ``config``, ``bound`` and ``points``),
+            of an unknown format, recorded on data given in memory (``sweep(data=...)``: no file reproduces it); the
+            csv file is not the one the sweep read (another SHA-256), or the config names another file than the
+            provenance; settings this version of :func:`fairopt.sweep` does not take; everything
+            :func:`fairopt.sweep` raises.
     """
+    return run_prepared(prepare(path, device=device), log=log)
+
+
+@dataclass(frozen=True)
+class PreparedReplay:
+    """A sweep.json read and checked, not yet run (:func:`prepare`): what :func:`run_prepared` trains."""
+
+    source: Path
+    recorded: dict[str, Any]
+    config: dict[str, Any]
+    notes: list[str]
+
+
+def prepare(path: str | Path, *, device: str | None = None) -> PreparedReplay:
+    """Read and check ``path`` as :func:`replay` does, before any training (so that a command line can refuse a
+    bad file before it creates its output folder). Raises what :func:`replay` raises before training."""
     source = Path(path)
+    if source.is_dir():
+        source = source / "sweep.json"
     recorded = _read(source)
-    notes = _check_provenance(recorded.get("provenance"), source)
     config = dict(recorded["config"])
-    tolerances = config.pop("tolerances", None)
-    if tolerances is None:
+    if not isinstance(config.get("tolerances"), list):
         raise ValueError(f"{source}: its config has no tolerances; it is not a sweep.json written by fairopt sweep")
+    notes = _check_provenance(recorded.get("provenance"), config, source)
+    if device is not None and device != config.get("device"):
+        notes.append(f"recorded on device {config.get('device')}, replayed on {device}: floating-point results may "
+                     "differ in the last digits")  # fmt: skip
+        config["device"] = device
+    return PreparedReplay(source, recorded, config, notes)
+
+
+def run_prepared(prepared: PreparedReplay, *, log: Callable[[str], None] | None = None) -> SweepReplay:
+    """Train a :func:`prepare` d sweep again and compare it with its record (the rest of :func:`replay`)."""
+    config = dict(prepared.config)
+    tolerances = config.pop("tolerances")
     try:
-        result = sweep(tolerances, bound=recorded["bound"], log=log, **config)
-    except TypeError as err:  # a setting sweep() does not take (e.g. a file written by an older fairopt)
-        raise ValueError(f"{source}: its settings are not this fairopt's sweep() arguments ({err})") from None
-    return SweepReplay(result, _differences(recorded, json.loads(result.to_json())), notes)
+        result = sweep(tolerances, bound=prepared.recorded["bound"], log=log, **config)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        # a setting sweep() does not take (e.g. a file written by another fairopt)
+        raise ValueError(f"{prepared.source}: its settings are not this fairopt's sweep() arguments ({err})") from None
+    new = json.loads(result.to_json())
+    return SweepReplay(result, _differences(prepared.recorded, new), list(prepared.notes))
 
 
 def _read(source: Path) -> dict[str, Any]:
@@ -97,10 +132,20 @@ def _read(source: Path) -> dict[str, Any]:
     return recorded
 
 
-def _check_provenance(provenance: Mapping[str, Any] | None, source: Path) -> list[str]:
+def _check_provenance(provenance: Mapping[str, Any] | None, config: Mapping[str, Any], source: Path) -> list[str]:
     """Refuse data other than the recorded; the notes on what else differs."""
+    dataset = str(config.get("dataset", ""))
+    csv = Path(dataset[4:]) if dataset.startswith("csv:") else None
     if not provenance:
-        return [f"{source} was written before sweeps recorded their data and versions: neither can be checked"]
+        notes = [f"{source} was written before sweeps recorded their data and versions: neither can be checked"]
+        if csv is not None and not csv.is_absolute():
+            if not csv.is_file():
+                raise FileNotFoundError(f"{source}: its csv path {csv} is relative to the directory the sweep ran in "
+                                        "(a file written before sweeps recorded absolute paths); replay it from that "
+                                        "directory")  # fmt: skip
+            notes.append(f"its csv path {csv} is relative to the directory the sweep ran in; read here as "
+                         f"{csv.resolve()}")  # fmt: skip
+        return notes
     from fairopt._version import __version__
 
     data = provenance.get("data", {})
@@ -111,14 +156,17 @@ def _check_provenance(provenance: Mapping[str, Any] | None, source: Path) -> lis
                          "instead")  # fmt: skip
     notes = []
     if kind == "csv":
-        csv = Path(data["path"])
+        if csv is None or str(csv) != data.get("path") or "sha256" not in data:
+            raise ValueError(f"{source}: its config reads {dataset!r} but its provenance describes "
+                             f"{data.get('path')!r}; only a file whose SHA-256 was recorded can be replayed (edit "
+                             "neither: a sweep on another file is a new sweep)")  # fmt: skip
         if not csv.is_file():
             raise FileNotFoundError(f"{source}: the data file it read, {csv}, does not exist; put it back at that path")
         digest = file_sha256(csv)
         if digest != data["sha256"]:
             raise ValueError(f"{source}: {csv} is not the file the sweep read (SHA-256 {data['sha256'][:16]}... "
                              f"recorded, {digest[:16]}... now); a run on other data is a new sweep: run fairopt "
-                             "sweep with the same options instead of --replay")  # fmt: skip
+                             "sweep with the options in its config instead of --replay")  # fmt: skip
     elif kind == "bundled":
         from fairopt.datasets._checksums import SHA256
 
@@ -126,7 +174,7 @@ def _check_provenance(provenance: Mapping[str, Any] | None, source: Path) -> lis
         if now != data.get("sha256"):
             notes.append(f"the bundled {data.get('name')} files differ from the recorded ones (another fairopt)")
     current = {"python": platform.python_version(), "fairopt": __version__, "torch": torch.__version__,
-               "numpy": np.__version__}  # fmt: skip
+               "numpy": np.__version__, "platform": machine()}  # fmt: skip
     for name in _VERSIONS:
         if provenance.get(name) != current[name]:
             notes.append(f"recorded with {name} {provenance.get(name)}, replayed with {current[name]}: floating-point "
@@ -149,8 +197,11 @@ def _differences(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
             out.append(f"{old_point['label']}: {shown}{more}")
     if recorded.get("picked") != new.get("picked"):
         label = [p["label"] for p in old_points]
-        named = [None if i is None else label[i] for i in (recorded.get("picked"), new.get("picked"))]
-        out.append(f"pick: {named[0]} recorded, {named[1]} now")
+
+        def named(index: Any) -> str:
+            return label[index] if isinstance(index, int) and 0 <= index < len(label) else repr(index)
+
+        out.append(f"pick: {named(recorded.get('picked'))} recorded, {named(new.get('picked'))} now")
     return out
 
 

@@ -166,6 +166,7 @@ def sweep(
     given = data is not None
     if data is None:
         data = load_study_data(config, seed=seed_list[0])
+    recorded = provenance(config, data, given=given)  # the data file as loaded, before a long training
     if data.audit is None:
         raise ValueError("the data have no audit split: build it with data.with_audit(0.5)")
     data_warnings = data_notes(config, data)  # e.g. a group with a handful of rows: every gap then swings
@@ -265,7 +266,7 @@ def sweep(
     say(f"sweep: trained in {seconds:.1f} s")
     settings = {**_config_dict(config, tols, weights), "heldout_duals": heldout_duals}
     return SweepResult(points, bound, picked, str(built[0].expr), config=settings, seconds=seconds, notes=notes,
-                       provenance=provenance(config, data, given=given))  # fmt: skip
+                       provenance=recorded)  # fmt: skip
 
 
 def _below_majority_notes(points: Sequence[FrontierPoint], audit: GroupStats, picked: int | None) -> list[str]:
@@ -335,9 +336,14 @@ def provenance(config: StudyConfig, data: TabularDataset, *, given: bool = False
         "fairopt": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "platform": f"{sys.platform}, {platform.machine()}",
+        "platform": machine(),
         "data": described,
     }
+
+
+def machine() -> str:
+    """The operating system and processor, e.g. ``"linux, x86_64"``."""
+    return f"{sys.platform}, {platform.machine()}"
 
 
 def file_sha256(path: str | Path) -> str:
