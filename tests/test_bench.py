@@ -10,12 +10,14 @@ import sys
 import pytest
 import torch
 
+import fairopt
 from fairopt.bench import PRESETS, StudyConfig, run_study
 from fairopt.bench.output import format_table, published_comparison, write_outputs
 from fairopt.bench.peers import expected_stats
 from fairopt.bench.study import load_study_data
 from fairopt.cli import main
 from fairopt.datasets import load_german
+from fairopt.datasets._checksums import SHA256
 from fairopt.rates import compute_rate
 
 TINY = {
@@ -135,7 +137,12 @@ def test_tiny_study_end_to_end(tmp_path):
         "study.json", "study.md", "runs.csv", "constraint_vs_epoch.png", "accuracy_vs_constraint.png"
     }  # fmt: skip
     data = json.loads((tmp_path / "study.json").read_text())
-    assert data["schema_version"] == "1.1" and len(data["runs"]) == 4
+    assert data["schema_version"] == "1.2" and len(data["runs"]) == 4
+    # what the study read besides its settings: the versions and the packaged data files' SHA-256
+    provenance = data["provenance"]
+    assert provenance["torch"] == torch.__version__ and provenance["fairopt"] == fairopt.__version__
+    assert provenance["data"]["source"] == "bundled" and provenance["data"]["rows"] == 1000  # German credit
+    assert provenance["data"]["sha256"] == {"german.data.gz": SHA256["german.data.gz"]}
     assert all(
         (tmp_path / name).stat().st_size > 1000 for name in ("constraint_vs_epoch.png", "accuracy_vs_constraint.png")
     )

@@ -4,6 +4,7 @@ the run-time estimate by hand; held-out dual batches never move batch-norm stati
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -148,6 +149,10 @@ def test_images_csv_folder_with_a_positive_label(image_csv, tmp_path, capsys):
     sizes = study["split_sizes"]
     assert sum(sizes.values()) == 20 and sizes["test"] == 4 and sizes["validation"] + sizes["held-out"] == 4
     assert study["group_names"] == ["sex=female", "sex=male"]
+    # the index file is hashed (the image files it names are not)
+    data = study["provenance"]["data"]
+    assert data["source"] == "images" and data["path"] == str((image_csv / "metadata.csv").resolve())
+    assert data["sha256"] == hashlib.sha256((image_csv / "metadata.csv").read_bytes()).hexdigest()
     summary = study["summary"][0]
     assert summary["test_value"] == pytest.approx(_gap(study["runs"][0]["reports"]["test"], "tpr"))
 

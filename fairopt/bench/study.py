@@ -7,7 +7,7 @@ import platform
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from fairopt.datasets import TabularDataset, load_csv, load_dataset
 from fairopt.datasets._tabular import MIN_ROWS
 
 from .config import PRESETS, StudyConfig
+from .provenance import provenance
 from .runner import DATA_SPLIT, SPLITS, RunResult, run_one
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 
 # 1.1: a "validation" report per run; "held-out" is the audit split. Additive since: "notes" (the data's notes and
 # warnings) and each run's "warnings" (a reader of 1.1 that ignores unknown keys reads them unchanged).
-STUDY_SCHEMA_VERSION = "1.1"
+STUDY_SCHEMA_VERSION = "1.2"  # 1.2: provenance (versions, the data file's SHA-256)
 
 # load(config, seed) -> (the seed's data, the training split's size before the train_size cap).
 Load = Callable[[Any, int], tuple[Any, int]]
@@ -158,7 +159,8 @@ def run_warnings(run: RunResult) -> list[str]:
 @dataclass
 class StudyResult:
     """All runs of a study, with its configuration and the data's description (``notes``: :func:`data_notes` of the
-    first seed's data and the loader's warnings, each once; see :func:`run_study`)."""
+    first seed's data and the loader's warnings, each once; see :func:`run_study`) and ``provenance``: the versions,
+    the machine and the data file's SHA-256 (:func:`fairopt.bench.provenance.provenance`)."""
 
     config: StudyConfig
     runs: list[RunResult]
@@ -169,6 +171,7 @@ class StudyResult:
     started: str
     machine: str
     notes: tuple[str, ...] = ()
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """One row per run (see :func:`summarize` for the per-(model, method) aggregate)."""
@@ -184,6 +187,7 @@ class StudyResult:
             "split_sizes": self.split_sizes,
             "started": self.started,
             "machine": self.machine,
+            "provenance": self.provenance,
             "wall_time_s": self.wall_time,
             "notes": list(self.notes),
             "runs": [
@@ -313,7 +317,8 @@ def run_study(
                     note(line)
         return data_by_seed[seed]
 
-    data_of(config.seeds[0])  # a bad attribute or a missing file fails here, before the progress bar
+    # a bad attribute or a missing file fails here, before the progress bar; the data file is hashed as loaded
+    recorded = provenance(config.dataset, data_of(config.seeds[0]))
     combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
     width = max(10, *(len(m) for m in config.models))  # the per-run lines' model column
     # disable=None: tqdm draws the bar on a terminal only; into a pipe or a log file its carriage returns would
@@ -348,6 +353,7 @@ def run_study(
         started=started,
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         notes=tuple(notes),
+        provenance=recorded,
     )
 
 

@@ -9,17 +9,13 @@ that differ, trains the same members again and compares every recorded estimate 
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from .frontier import SweepResult
-from .run import file_sha256, machine, sweep
+from .run import sweep
 
 __all__ = ["PreparedReplay", "SweepReplay", "prepare", "replay", "run_prepared"]
 
@@ -134,6 +130,8 @@ def _read(source: Path) -> dict[str, Any]:
 
 def _check_provenance(provenance: Mapping[str, Any] | None, config: Mapping[str, Any], source: Path) -> list[str]:
     """Refuse data other than the recorded; the notes on what else differs."""
+    from fairopt.bench.provenance import file_sha256, versions  # the bench loads when a sweep runs
+
     dataset = str(config.get("dataset", ""))
     csv = Path(dataset[4:]) if dataset.startswith("csv:") else None
     if not provenance:
@@ -146,8 +144,6 @@ def _check_provenance(provenance: Mapping[str, Any] | None, config: Mapping[str,
             notes.append(f"its csv path {csv} is relative to the directory the sweep ran in; read here as "
                          f"{csv.resolve()}")  # fmt: skip
         return notes
-    from fairopt._version import __version__
-
     data = provenance.get("data", {})
     kind = data.get("source")
     if kind == "in memory":
@@ -173,8 +169,7 @@ def _check_provenance(provenance: Mapping[str, Any] | None, config: Mapping[str,
         now = {name: SHA256.get(name) for name in data.get("sha256", {})}
         if now != data.get("sha256"):
             notes.append(f"the bundled {data.get('name')} files differ from the recorded ones (another fairopt)")
-    current = {"python": platform.python_version(), "fairopt": __version__, "torch": torch.__version__,
-               "numpy": np.__version__, "platform": machine()}  # fmt: skip
+    current = versions()
     for name in _VERSIONS:
         if provenance.get(name) != current[name]:
             notes.append(f"recorded with {name} {provenance.get(name)}, replayed with {current[name]}: floating-point "

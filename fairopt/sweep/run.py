@@ -11,11 +11,8 @@ penalty coefficient at the strictest tolerance as the baseline, and keeps its la
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
-import platform
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -144,6 +141,7 @@ def sweep(
             an audit split; a model that cannot be vmapped (the message says what to change).
     """
     from fairopt.bench.config import StudyConfig, constraint_key, default_tolerance, make_constraint
+    from fairopt.bench.provenance import provenance
     from fairopt.bench.runner import constant_prediction
     from fairopt.bench.study import data_notes, load_study_data
 
@@ -166,7 +164,7 @@ def sweep(
     given = data is not None
     if data is None:
         data = load_study_data(config, seed=seed_list[0])
-    recorded = provenance(config, data, given=given)  # the data file as loaded, before a long training
+    recorded = provenance(config.dataset, data, given=given)  # the data file as loaded, before a long training
     if data.audit is None:
         raise ValueError("the data have no audit split: build it with data.with_audit(0.5)")
     data_warnings = data_notes(config, data)  # e.g. a group with a handful of rows: every gap then swings
@@ -310,46 +308,3 @@ def _config_dict(config: StudyConfig, tols: tuple[float, ...], weights: tuple[fl
         out.update(csv_target=config.csv_target, csv_positive_label=config.csv_positive_label)
     out.update(tolerances=list(tols), penalty_coefficients=list(weights))
     return out
-
-
-def provenance(config: StudyConfig, data: TabularDataset, *, given: bool = False) -> dict[str, Any]:
-    """What a sweep ran on besides its settings (written to sweep.json as ``provenance``): the versions of Python,
-    fairopt, torch and NumPy, the machine, and the data: ``"data"`` holds ``source`` (``"csv"``, ``"bundled"`` or
-    ``"in memory"`` for ``sweep(data=...)``, which no file can reproduce), the file's path and SHA-256 of its bytes
-    (a csv; for a bundled dataset the SHA-256 of its packaged files, which fairopt checks when it loads them), its
-    rows, the label column and the feature columns the model read. :func:`fairopt.sweep.replay` compares them."""
-    from fairopt._version import __version__
-    from fairopt.datasets._checksums import SHA256
-
-    described: dict[str, Any] = {"name": data.name, "target": data.target, "rows": len(data.frame),
-                                 "feature_names": list(data.feature_names)}  # fmt: skip
-    if given:
-        described["source"] = "in memory"
-    elif config.dataset.startswith("csv:"):
-        path = Path(config.dataset[4:]).resolve()
-        described.update(source="csv", path=str(path), sha256=file_sha256(path))
-    else:
-        files = {name: digest for name, digest in SHA256.items() if name.split(".")[0] == config.dataset}
-        described.update(source="bundled", sha256=files)
-    return {
-        "python": platform.python_version(),
-        "fairopt": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": machine(),
-        "data": described,
-    }
-
-
-def machine() -> str:
-    """The operating system and processor, e.g. ``"linux, x86_64"``."""
-    return f"{sys.platform}, {platform.machine()}"
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
