@@ -359,15 +359,15 @@ def test_celeba_target_with_one_value_is_an_error(tmp_path, celeba_root):
 
 
 def test_two_constrained_steps_on_celeba_batches_under_cpu_autocast(celeba_root):
-    """The whole image path once: files -> decoded, normalized batches -> a small ResNet under bf16 autocast, channels
-    last -> ConstrainedOptimizer (equal opportunity between Male=0 and Male=1) for two steps."""
+    """The whole image path once: files -> decoded, normalized batches -> a small ResNet under bf16 autocast (the
+    CPU's default layout) -> ConstrainedOptimizer (equal opportunity between Male=0 and Male=1) for two steps."""
     import torch.nn.functional as F
 
     import fairopt
     from fairopt.vision import autocast, create_image_model, move_images, prepare_model
 
     data = load_celeba(celeba_root, "Blond_Hair", "Male", image_size=32)
-    model = prepare_model(create_image_model("preact-resnet18-w2", seed=0), channels_last=True)
+    model = prepare_model(create_image_model("preact-resnet18-w2", seed=0))  # channels-first on the CPU
     opt = fairopt.ConstrainedOptimizer(
         torch.optim.Adam(model.parameters(), lr=1e-2),
         [fairopt.EqualOpportunity(0.0)],
