@@ -157,6 +157,18 @@ def test_images_csv_folder_with_a_positive_label(image_csv, tmp_path, capsys):
     assert summary["test_value"] == pytest.approx(_gap(study["runs"][0]["reports"]["test"], "tpr"))
 
 
+def test_a_sensitive_column_with_one_value_is_refused_before_any_run_trains(image_csv, tmp_path, capsys):
+    """It failed at the second method (lagrangian builds its constraint set), after the first had trained."""
+    frame = pd.read_csv(image_csv / "metadata.csv").assign(site="clinic")
+    frame.to_csv(tmp_path / "one_site.csv", index=False)
+    argv = ["bench", "--dataset", f"images:{tmp_path / 'one_site.csv'}", "--image-root", str(image_csv / "images")]
+    argv += ["--target", "diagnosis", "--positive-label", "malignant", "--sensitive", "site", *TINY]
+    argv += ["--methods", "unconstrained,lagrangian", "--out", str(tmp_path / "run"), "--no-plots"]
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and "every row of this data is in one group (site=clinic)" in err
+    assert "choose a --sensitive column with at least two values" in err and "seed 0:" not in out + err  # no run
+
+
 # ------------------------------------------------------------------------------------------------- bad values
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from fairopt.constraints import Constraint, protected_classes
 from fairopt.datasets import TabularDataset, load_csv, load_dataset
 from fairopt.datasets._tabular import MIN_ROWS
+from fairopt.optim import ConstraintSet
 
 from .config import PRESETS, StudyConfig
 from .provenance import provenance
@@ -318,7 +319,9 @@ def run_study(
         return data_by_seed[seed]
 
     # a bad attribute or a missing file fails here, before the progress bar; the data file is hashed as loaded
-    recorded = provenance(config.dataset, data_of(config.seeds[0]))
+    first = data_of(config.seeds[0])
+    recorded = provenance(config.dataset, first)
+    _check_groups(config, first)  # a constraint the groups cannot define fails before any run trains
     combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
     width = max(10, *(len(m) for m in config.models))  # the per-run lines' model column
     # disable=None: tqdm draws the bar on a terminal only; into a pipe or a log file its carriage returns would
@@ -355,6 +358,27 @@ def run_study(
         notes=tuple(notes),
         provenance=recorded,
     )
+
+
+def _check_groups(config: StudyConfig, data: Any) -> None:
+    """Refuse, before training, a constraint that the data's groups cannot define (e.g. a gap over a sensitive
+    attribute with one value in the data: every run would train unconstrained and report nothing).
+
+    Raises:
+        ValueError: one group, or a constraint with no entry the groups define (:class:`ConstraintSet`'s check).
+    """
+    constraint = config.build_constraint(data.group_names)
+    with warnings.catch_warnings():  # this is a check only: the runs build their own constraint sets
+        warnings.simplefilter("ignore")
+        try:
+            ConstraintSet([constraint], data.num_groups)
+        except ValueError as err:
+            if data.num_groups != 1:
+                raise
+            raise ValueError(
+                f"every row of this data is in one group ({data.group_names[0]}): {constraint.name} compares groups, "
+                "so nothing would constrain the model; choose a --sensitive column with at least two values"
+            ) from err
 
 
 def write_json(result: StudyResult, path: Path) -> None:

@@ -3,8 +3,8 @@
 * :func:`create_image_model` / :func:`list_image_models`: one entry point for our width-parameterized
   pre-activation ResNet-18 (``preact-resnet18-w{k}``, for capacity sweeps), any timm model, and torchvision models
   (``torchvision:<name>``); every model returns ``(N,)`` float32 logits; nothing downloads.
-* :func:`prepare_model`, :func:`autocast`, :func:`move_images`: channels-last layout (on CUDA), ``torch.compile``, bfloat16
-  autocast on CUDA and CPU, with :class:`fairopt.ConstrainedOptimizer` unchanged.
+* :func:`prepare_model`, :func:`autocast`, :func:`move_images`: channels-last layout (on CUDA), ``torch.compile``,
+  bfloat16 autocast on CUDA and CPU, with :class:`fairopt.ConstrainedOptimizer` unchanged.
 
 Rare groups in small batches: see :class:`fairopt.samplers.GroupBalancedBatchSampler` (changes what the batches
 hold; ``ImageDataset.loader(split, batch_size, balance="group")``) and the optimizer's ``dual_min_count`` (changes
