@@ -157,6 +157,25 @@ def test_images_csv_folder_with_a_positive_label(image_csv, tmp_path, capsys):
     assert summary["test_value"] == pytest.approx(_gap(study["runs"][0]["reports"]["test"], "tpr"))
 
 
+def test_a_folders_batch_is_sized_to_its_training_split(image_csv, tmp_path, capsys):
+    """A fixed batch of 128 on 360 training images trained 2 steps an epoch and dropped 104 images (drop_last): a
+    folder's default batch is the largest power of two up to an eighth of the split, within [2, 128]."""
+    from fairopt.bench.images import ImageStudyConfig
+
+    auto = ImageStudyConfig(batch_size=None)
+    assert [auto.batch_size_for(n) for n in (10, 12, 16, 360, 449, 1023, 1024, 100_000)] == [2, 2, 2, 32, 32, 64,
+                                                                                              128, 128]  # fmt: skip
+    assert ImageStudyConfig().batch_size_for(360) == 64  # the digits study's own batch
+    out = tmp_path / "run"
+    argv = ["bench", "--dataset", f"images:{image_csv / 'metadata.csv'}", "--image-root", str(image_csv / "images")]
+    argv += ["--target", "diagnosis", "--positive-label", "malignant", "--sensitive", "sex", "--models",
+             "preact-resnet18-w1", "--epochs", "1", "--image-size", "8", "--methods", "unconstrained", "--out",
+             str(out), "--no-plots"]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    assert json.loads((out / "study.json").read_text())["config"]["batch_size"] is None
+
+
 def test_a_sensitive_column_with_one_value_is_refused_before_any_run_trains(image_csv, tmp_path, capsys):
     """It failed at the second method (lagrangian builds its constraint set), after the first had trained."""
     frame = pd.read_csv(image_csv / "metadata.csv").assign(site="clinic")

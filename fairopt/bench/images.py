@@ -115,7 +115,8 @@ class ImageStudyConfig:
     split, the "held-out" report column (never used to train or to choose).
 
     Training: ``models`` are image model names (``preact-resnet18-w{k}``, any timm name, ``torchvision:<name>``);
-    ``epochs`` passes over the training split; ``batch_size`` images per step (at most the training split);
+    ``epochs`` passes over the training split; ``batch_size`` images per step (at most the training split; None:
+    :meth:`batch_size_for` sizes it to the split, as for a user's image folder);
     ``lr``/``dual_lr`` Adam and dual step sizes; ``amp``: ``"bf16"`` autocast of the forward pass (CUDA and CPU),
     ``"fp16"`` (CUDA), ``"none"``; ``workers``: decoding processes for images on disk; ``augment``: random resized
     crops (and flips where the data allows them) on training batches; ``channels_last``: the model's memory layout
@@ -143,7 +144,7 @@ class ImageStudyConfig:
     models: tuple[str, ...] = tuple(f"preact-resnet18-w{k}" for k in (1, 2, 4, 8, 16))
     epochs: int = 60
     seeds: tuple[int, ...] = (0,)
-    batch_size: int = 64
+    batch_size: int | None = 64
     lr: float = 3e-3
     dual_lr: float = 0.02  # the 0.2 of the tabular study collapsed the digits nets to constant predictions
     penalty: float = 1.0
@@ -178,7 +179,11 @@ class ImageStudyConfig:
             self,
             [
                 ("epochs", self.epochs >= 1, ">= 1"),
-                ("batch_size", self.batch_size >= 2, ">= 2 (batch norm needs two images per training batch)"),
+                (
+                    "batch_size",
+                    self.batch_size is None or self.batch_size >= 2,
+                    ">= 2 (batch norm needs two images per training batch), or None to size it to the data",
+                ),
                 ("workers", self.workers >= 0, ">= 0"),
                 (
                     "train_size",
@@ -215,7 +220,12 @@ class ImageStudyConfig:
     # --- the StudyConfig interface the shared runner reads --------------------------------------------------------
 
     def batch_size_for(self, num_train: int) -> int:
-        """``batch_size``, at most the training split's size (so a small split still gets a step)."""
+        """``batch_size``, at most the training split's size (so a small split still gets a step); when None the
+        largest power of two up to ``num_train / 8``, within [2, 128]: at least 8 steps per epoch, and the incomplete
+        last batch that training drops (batch norm) is under an eighth of the split (a batch of 128 on 360 images
+        would train 2 steps an epoch and drop 104 images)."""
+        if self.batch_size is None:
+            return int(min(128, max(2, 2 ** int(np.log2(max(num_train / 8, 2))))))
         return max(2, min(self.batch_size, num_train))
 
     @property
@@ -385,7 +395,7 @@ class StudySplit:
         """The whole split for evaluation, in order, without augmentation."""
         if self.in_memory:
             return self.X, self.y, self.groups
-        size = max(256, self.config.batch_size)
+        size = max(256, self.config.batch_size or 0)
         return self.data.loader(self.name, size, shuffle=False, num_workers=self.config.workers, drop_last=False)
 
     def loader(self, batch_size: int, shuffle: bool = True, seed: int | None = None) -> DataLoader:

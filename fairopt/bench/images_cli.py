@@ -45,7 +45,7 @@ FOLDER_DEFAULTS: dict[str, Any] = {
     "image_size": 128,
     "models": ("preact-resnet18-w8",),
     "epochs": 10,
-    "batch_size": 128,
+    "batch_size": None,  # sized to the training split (ImageStudyConfig.batch_size_for)
 }
 
 
@@ -76,7 +76,9 @@ def add_image_arguments(bench: argparse.ArgumentParser) -> None:
         "image studies",
         "--dataset digits (embedded semi-synthetic coloured digits), celeba:DIR (CelebA's official layout) or "
         "images:CSV (a metadata CSV); --models then takes image models: preact-resnet18-w{k}, any timm name, "
-        "torchvision:<name>. Presets: images (the default image study), mindiff-celeba, oxonfair-celeba (GPU).",
+        "torchvision:<name>. Presets: images (the default image study), mindiff-celeba, oxonfair-celeba (GPU). "
+        "Defaults (the tabular ones above do not apply): digits: 5 widths, 60 epochs, batch 64; celeba:DIR and "
+        "images:CSV: preact-resnet18-w8, 128 px, 10 epochs, batch sized to the training split (2 to 128).",
     )
     group.add_argument("--image-root", help="images:CSV only: the folder the CSV's image paths are relative to")
     group.add_argument("--path-column", help="images:CSV only: the column of image paths (default: path)")
