@@ -231,3 +231,19 @@ def test_from_stats_without_moments_and_loss():
         FairnessReport.from_stats(stats, group_names=["x", "x"])
     with pytest.raises(ValueError, match="num_groups is 2"):
         FairnessReport.from_stats(stats, group_names=["x", "y", "z"])
+
+
+def test_a_constant_classifier_is_named_in_the_reports_warnings():
+    """A model that predicts one label for every row meets demographic parity and equalized odds exactly (every
+    group's selection rate, TPR and FPR are 0, or all 1), and learned nothing: the report must say so."""
+    all_negative = stats_from_cells([[30, 0, 10, 0], [50, 0, 5, 0]])  # tn, fp, fn, tp: no positive prediction
+    report = FairnessReport.from_stats(all_negative, [fo.DemographicParity(0.05)], split="test")
+    assert report.constraints[0].entries[0].value == 0.0  # "met"
+    (warning,) = [w for w in report.warnings if "constant classifier" in w]
+    assert warning.startswith("the model predicts 0 for every row of the test split (a constant classifier)")
+    all_positive = FairnessReport.from_stats(stats_from_cells([[0, 30, 0, 10], [0, 5, 0, 5]]), [])
+    assert any(w.startswith("the model predicts 1 for every row (a constant") for w in all_positive.warnings)
+    one_positive = FairnessReport.from_stats(stats_from_cells([[30, 0, 10, 0], [50, 1, 5, 0]]), [])
+    assert not any("constant classifier" in w for w in one_positive.warnings)
+    empty = FairnessReport.from_stats(stats_from_cells([[0, 0, 0, 0], [0, 0, 0, 0]]), [])
+    assert not any("constant classifier" in w for w in empty.warnings)

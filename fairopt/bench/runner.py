@@ -106,7 +106,8 @@ class RunResult:
             entries of ``expr``, the quantity compared with the tolerance) on each split.
         dual_window: the dual table's last window in batches (:attr:`~fairopt.ConstrainedOptimizer.dual_window`).
         warnings: what the end-of-training check found (:meth:`~fairopt.ConstrainedOptimizer.check`), and a final
-            model that predicts one label for every test row (:func:`constant_prediction`).
+            model less accurate on test than the majority label (:func:`below_majority`); a model that predicts one
+            label for every row is in its reports' warnings.
         selection: how the final model was chosen; support: its number of iterates.
         multipliers: the final multipliers (empty for methods without a dual player).
         wall_time: seconds spent training and selecting (evaluation excluded).
@@ -558,7 +559,8 @@ def evaluate_models(
         tables = partial(final.tables, trained.model, num_groups=data.num_groups, forward=forward)
         reports = split_reports(data, constraint, tables, metadata)
         test = reports["test"].stats
-        problems = [w for w in (constant_prediction(test), below_majority(test)) if w is not None]
+        # (a constant prediction is the reports' own warning, per split: FairnessReport)
+        problems = [w for w in (below_majority(test),) if w is not None]
         results.append(
             RunResult(
                 model=model_name,

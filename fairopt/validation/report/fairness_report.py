@@ -148,6 +148,16 @@ def _table(tensor: torch.Tensor) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(v) for v in row) for row in tensor.detach().cpu().double().tolist())
 
 
+def _constant_label(stats: GroupStats) -> int | None:
+    """The label a model predicts for every row of a non-empty table (no positive, or no negative, hard
+    prediction), else None."""
+    cells = stats.table[:, :4].sum(dim=0).tolist()  # tn, fp, fn, tp over the groups
+    positives, negatives = cells[1] + cells[3], cells[0] + cells[2]
+    if positives + negatives <= 0 or (positives > 0 and negatives > 0):
+        return None
+    return int(positives > 0)
+
+
 def _entry_warnings(results: Sequence[ConstraintResult]) -> list[str]:
     """One warning per undefined entry and per entry that left groups out, so neither passes unnoticed."""
     out = []
@@ -239,6 +249,13 @@ class FairnessReport:
             f"group {n!r} has no examples: its rates are undefined" for n, r in zip(names, rows) if r.count == 0
         ]
         warnings += _entry_warnings(results)
+        if (constant := _constant_label(stats)) is not None:
+            where = f" of the {split} split" if split else ""
+            warnings.append(
+                f"the model predicts {constant} for every row{where} (a constant classifier): parity constraints "
+                "(equal selection rates, TPRs, FPRs) hold trivially for it, and it learned nothing; train longer, "
+                "change the learning rate or loosen the bound"
+            )
         if any("illusion_of_fairness" in e.flags for r in results for e in r.entries):
             warnings.append(
                 "illusion of fairness: some error-based constraints look met only because the model (nearly) "
