@@ -506,6 +506,26 @@ def test_image_csv_grayscale_batches(xray_folder):
     torch.testing.assert_close(X[0], torch.full((1, 12, 10), (10 * first / 255 - 0.449) / 0.226))
 
 
+def test_images_of_different_sizes_without_image_size_say_what_to_pass(tmp_path, xray_folder):
+    """Used as decoded (image_size=None), a 20x16 and a 24x16 image cannot share a batch: torch's own error ("stack
+    expects each tensor to be equal size") named neither the cause nor the option."""
+    import shutil
+
+    root = tmp_path / "xrays"
+    shutil.copytree(xray_folder, root)
+    write_file(str(root / "images/p00/view0.png"), encode_png(torch.zeros((1, 24, 16), dtype=torch.uint8)))
+    data = _load_xrays(root, split_column="Split", channels=1, image_size=None)
+    message = (
+        r"images of different sizes in one (batch|split), \(C, H, W\) = \(1, 20, 16\), \(1, 24, 16\): .*image_size=N"
+    )
+    with pytest.raises(ValueError, match=message):
+        next(iter(data.loader("train", batch_size=len(data.train), shuffle=False)))
+    with pytest.raises(ValueError, match=message):
+        data.tensors("train")
+    x, _, _ = next(iter(_load_xrays(root, split_column="Split", channels=1, image_size=16).loader("train", 4)))
+    assert x.shape == (4, 1, 16, 16)  # resized, they batch
+
+
 def test_image_csv_patient_in_two_splits_is_an_error(xray_folder):
     frame = pd.read_csv(xray_folder / "meta.csv")
     frame.loc[frame.index[frame["Patient"] == "p02"][1], "Split"] = "test"

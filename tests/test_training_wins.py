@@ -276,6 +276,19 @@ def test_check_says_cannot_tell_for_an_entry_above_its_bound_within_noise():
     assert met.check(stats) == []  # a gap of exactly the bound is met
 
 
+def test_check_says_that_a_zero_standard_error_measures_nothing():
+    """Selection rates 10/10 and 0/10: a gap of 1 whose delta-method standard error is 0 (every rate exactly 0 or
+    1), which the message showed as "standard error 0.0000", read as certainty on 20 rows."""
+    groups = torch.tensor([0] * 10 + [1] * 10)
+    predicted = torch.tensor([1] * 10 + [0] * 10, dtype=torch.float64)
+    stats = fairopt.group_stats(2 * predicted - 1, labels=torch.zeros(20), groups=groups, num_groups=2)
+    model = torch.nn.Linear(1, 1)
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.05)], 2)
+    with pytest.warns(UserWarning, match="is violated by 0.9500"):
+        [problem] = opt.check(stats)
+    assert "(standard error 0 by the delta method, whose rates are all exactly 0 or 1 here: no measure of" in problem
+
+
 def test_check_names_groups_without_examples():
     """num_groups=3 for data with 2 groups trained without a word: check() names the empty group."""
     groups = torch.tensor([0] * 10 + [1] * 10)

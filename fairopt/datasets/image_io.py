@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
@@ -27,9 +27,11 @@ __all__ = [
     "IMAGENET_STD",
     "ImageGroupDataset",
     "RowOrigin",
+    "collate_images",
     "decode_image_file",
     "image_loader",
     "image_transform",
+    "stack_images",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -223,6 +225,38 @@ class ImageGroupDataset(Dataset):
         return self.transform(self.image(i)), self.split.y[i], self.split.groups[i]
 
 
+def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of ``(C, H, W)`` images, refusing images of different sizes with what to do about it (images
+    used as decoded, ``image_size=None``, keep their own sizes, which no batch can hold).
+
+    Raises:
+        ValueError: two images of different shapes.
+    """
+    _check_one_size(images, "in one split")
+    return torch.stack(list(images))
+
+
+def collate_images(batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Any:
+    """The default collate of :class:`ImageGroupDataset` items (``(B, C, H, W)``, ``(B,)``, ``(B,)``), after
+    :func:`stack_images`' check: images of different sizes get an error that says what to pass.
+
+    Raises:
+        ValueError: two images of different shapes in the batch.
+    """
+    _check_one_size([item[0] for item in batch], "in one batch")
+    return default_collate(batch)
+
+
+def _check_one_size(images: Sequence[torch.Tensor], where: str) -> None:
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) > 1:
+        shown = ", ".join(str(s) for s in sorted(shapes)[:3]) + (" ..." if len(shapes) > 3 else "")
+        raise ValueError(
+            f"images of different sizes {where}, (C, H, W) = {shown}: with image_size=None every image is "
+            "used as decoded; pass image_size=N or (H, W) to resize them all (fairopt bench: --image-size N)"
+        )
+
+
 def image_loader(
     dataset: Dataset,
     batch_size: int = 128,
@@ -283,6 +317,8 @@ def image_loader(
         kwargs["batch_sampler"] = batch_sampler
     else:
         kwargs.update(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
+    if isinstance(dataset, ImageGroupDataset):  # its items: the error for mixed sizes says what to pass
+        kwargs.setdefault("collate_fn", collate_images)
     return DataLoader(
         dataset,
         num_workers=num_workers,

@@ -27,7 +27,7 @@ from fairopt.groups import Groups
 from fairopt.samplers import GroupBalancedBatchSampler
 
 from ._splits import Split, SplitDataset, check_nonempty, grouped_split
-from .image_io import ImageGroupDataset, ImageSize, RowOrigin, image_loader, image_transform
+from .image_io import ImageGroupDataset, ImageSize, RowOrigin, image_loader, image_transform, stack_images
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
@@ -264,7 +264,7 @@ class ImageDataset(SplitDataset):
             X = transform(part.images)
         else:
             data = ImageGroupDataset(part, transform, channels=self.channels, origin=self.origin)
-            X = torch.stack([data[i][0] for i in range(len(data))]) if len(data) else torch.zeros(0)
+            X = stack_images([data[i][0] for i in range(len(data))]) if len(data) else torch.zeros(0)
         return X, part.y, part.groups
 
     def __repr__(self) -> str:

@@ -1021,9 +1021,14 @@ class ConstrainedOptimizer:
             if not ok:
                 problems.append(f"constraint entry {name} is undefined on these statistics: nothing enforced it")
             elif g > 2 * se and g > 0:
+                # the delta method gives 0 where every rate is exactly 0 or 1 (often a few rows per group)
+                shown = f"standard error {se:.4f}" if se > 0 else (
+                    "standard error 0 by the delta method, whose rates are all exactly 0 or 1 here: no measure of "
+                    "the uncertainty, which on few rows is large"
+                )  # fmt: skip
                 problems.append(
-                    f"constraint entry {name} is violated by {g:.4f} (standard error {se:.4f}) at the end of training; "
-                    "raise dual_lr, train longer or loosen the tolerance"
+                    f"constraint entry {name} is violated by {g:.4f} ({shown}) at the end of training; raise dual_lr, "
+                    "train longer or loosen the tolerance"
                 )
             elif g > 0:  # silence would read as "met"
                 problems.append(
