@@ -157,6 +157,20 @@ def test_images_csv_folder_with_a_positive_label(image_csv, tmp_path, capsys):
     assert summary["test_value"] == pytest.approx(_gap(study["runs"][0]["reports"]["test"], "tpr"))
 
 
+def test_the_width_plot_needs_two_widths(image_csv, tmp_path, capsys):
+    """One width drew seven panels of one point each: no plot against width then."""
+    pytest.importorskip("matplotlib")
+    argv = ["bench", "--dataset", f"images:{image_csv / 'metadata.csv'}", "--image-root", str(image_csv / "images")]
+    argv += ["--target", "diagnosis", "--positive-label", "malignant", "--sensitive", "sex", *TINY]
+    argv += ["--methods", "unconstrained"]
+    for models, drawn in (("preact-resnet18-w1", False), ("preact-resnet18-w1,preact-resnet18-w2", True)):
+        out = tmp_path / models.replace(",", "_")
+        code, _, err = _run([*argv, "--models", models, "--out", str(out)], capsys)
+        assert code == 0, err
+        assert (out / "accuracy_vs_constraint.png").is_file()
+        assert (out / "constraint_vs_width.png").is_file() is drawn
+
+
 def test_a_folders_batch_is_sized_to_its_training_split(image_csv, tmp_path, capsys):
     """A fixed batch of 128 on 360 training images trained 2 steps an epoch and dropped 104 images (drop_last): a
     folder's default batch is the largest power of two up to an eighth of the split, within [2, 128]."""

@@ -353,6 +353,10 @@ def test_bad_arguments_are_refused():
         create_image_model("preact-resnet18-w2", in_chans=0)
     with pytest.raises(ValueError, match="torchvision models take 3-channel images"):
         create_image_model("torchvision:resnet18", in_chans=1)
+    # timm raised a bare "got multiple values for keyword argument 'num_classes'"
+    for name in ("resnet18", "preact-resnet18-w2", "torchvision:resnet18"):
+        with pytest.raises(ValueError, match=r"sets num_classes itself: every model is a binary classifier"):
+            create_image_model(name, num_classes=2)
 
 
 @pytest.mark.parametrize("name", ["preact-resnet18-w2", "test_resnet", "torchvision:mobilenet_v3_small"])

@@ -143,13 +143,15 @@ def format_image_table(result: StudyResult) -> str:
 
 def write_image_outputs(result: StudyResult, out: Path, *, plots: bool = True) -> list[Path]:
     """:func:`~fairopt.bench.output.write_outputs` (``study.json``, ``study.md``, ``runs.csv``, two PNGs), with the
-    width sweep and the published note added to ``study.md`` and, when there is a width sweep and matplotlib,
-    ``constraint_vs_width.png``."""
+    width sweep and the published note added to ``study.md`` and, when there is a width sweep of two widths or more
+    and matplotlib, ``constraint_vs_width.png``."""
     written = write_outputs(result, out, plots=plots)
     extra = [part for part in (width_markdown(result), _note(result) and f"Published: {_note(result)}\n") if part]
     if extra:
         (out / "study.md").write_text(to_markdown(result) + "\n" + "\n".join(extra))
-    if plots and any(p.suffix == ".png" for p in written) and not width_table(result).empty:
+    widths = width_table(result)
+    # a plot against width needs two widths at least (one point per panel says nothing)
+    if plots and any(p.suffix == ".png" for p in written) and not widths.empty and widths["width"].nunique() > 1:
         plot_constraint_vs_width(result, out / "constraint_vs_width.png")
         written.append(out / "constraint_vs_width.png")
     return written

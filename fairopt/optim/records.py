@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from fairopt._deprecation import renamed_attribute, renamed_kwargs
+from fairopt._validation import user_stacklevel
 from fairopt.optim.base import as_margin
 from fairopt.optim.selection import best_distribution, best_iterate, is_feasible
 from fairopt.optim.stochastic import StochasticClassifier
@@ -200,7 +201,7 @@ class IterateRecords:
                 "selection over records with undefined constraint entries (a rate with a zero denominator on the "
                 "selection data): " + "; ".join(problems),
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         return rows, columns
 
@@ -219,7 +220,7 @@ class IterateRecords:
                 "no recorded iterate (or distribution over them) meets the constraints with the recorded margins "
                 "(the held-out data cannot certify any at this sample size); selecting without the margins",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         return with_margin if self.margin_used else values
 

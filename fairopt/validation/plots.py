@@ -343,9 +343,9 @@ def plot_generalization_gap(
     bounds = [e.tolerance for c in first.constraints for e in c.entries]
     ax.hlines(bounds, x - 0.45, x + 0.45, colors="red", linewidth=1.5, label="bound", zorder=3)
     ax.set_xticks(x, [str(e) for e in table["entry"]], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("constraint value")
+    ax.set_ylabel("expression value (g + tolerance)")
     ax.legend(fontsize=8)
-    ax.set_title("Constraint values by split", fontsize=11)
+    ax.set_title("Expression values by split (line: bound)", fontsize=11)
     return _save(fig, path, dpi)
 
 
@@ -441,7 +441,7 @@ def plot_accuracy_vs_constraint(
         ax.scatter([], [], marker=marker, facecolors="none", edgecolors="gray", label=model)
     if bound is not None:
         ax.axvline(bound, color="black", linewidth=0.8, alpha=0.6, label="bound")
-    ax.set_xlabel("test constraint value (bars: intervals)")
+    ax.set_xlabel("test expression value, largest entry (bars: intervals)")
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7, loc="best")
     if title:

@@ -215,8 +215,8 @@ def create_image_model(
     Raises:
         ValueError: an unknown name (the message suggests close names), ``pretrained=True`` without
             ``pretrained_file``, a ``hf-hub:`` name (it would download), ``width`` for a model other than
-            preact-resnet18, ``in_chans`` not an int >= 1, weights that do not fit the model (the message lists the
-            keys).
+            preact-resnet18, ``in_chans`` not an int >= 1, ``num_classes`` or ``in_channels`` among the ``kwargs``
+            (fairopt sets them), weights that do not fit the model (the message lists the keys).
         FileNotFoundError: ``pretrained_file`` or ``checkpoint_path`` is not a file.
     """
     if not isinstance(name, str) or not name:
@@ -238,6 +238,13 @@ def create_image_model(
     if checkpoint_path is not None:
         existing_file(checkpoint_path, "checkpoint_path")
     preact = _PREACT.match(name) is not None
+    fixed = sorted({"num_classes", "in_channels"} & kwargs.keys())
+    if fixed:  # set by fairopt: timm would raise a bare TypeError ("got multiple values for keyword argument")
+        raise ValueError(
+            f"create_image_model sets {' and '.join(fixed)} itself: every model is a binary classifier with one "
+            "output unit, (N,) logits, and the images' channels are in_chans=; drop "
+            f"{' and '.join(f + '=' for f in fixed)}"
+        )
     if width is not None and not preact:
         raise ValueError(
             f"width= applies to preact-resnet18 only, not {name!r}; timm and torchvision models set their width "
