@@ -346,3 +346,22 @@ def test_a_positional_batch_with_groups_before_labels_gets_a_hint_on_the_order()
     with pytest.raises(ValueError, match=r"labels must be 0 or 1") as info:
         collect_stats(scores, (x, a, y), 4, unpack=lambda batch: (batch[0], batch[1], batch[2], None))
     assert "by position" not in str(info.value)
+
+
+def test_eval_mode_keeps_batch_norm_statistics_and_restores_the_mode():
+    """The README's recipe for held-out scores: validation batches must not move the running statistics of the model
+    they judge, and training resumes in training mode (also after an error)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    before = model[1].running_mean.clone()
+    x = torch.randn(16, 3) + 5.0
+    with fo.validation.eval_mode(model), torch.no_grad():
+        assert not model.training
+        model(x)
+    assert model.training and torch.equal(model[1].running_mean, before)
+    with pytest.raises(RuntimeError, match="inside"), fo.validation.eval_mode(model):
+        raise RuntimeError("inside")
+    assert model.training
+    model.eval()
+    with fo.validation.eval_mode(model):
+        pass
+    assert not model.training  # its own mode, not train mode

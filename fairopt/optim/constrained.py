@@ -224,8 +224,9 @@ class ConstrainedOptimizer:
             full validation pass).
         heldout: with ``dual_source="heldout"``: a callable returning a :class:`~fairopt.GroupStats` or a mapping
             of :meth:`observe_heldout` arguments (e.g. the next validation batch's ``scores/labels/groups``),
-            called under ``torch.no_grad`` at each step that takes a dual step, before the primal update (switch
-            the model to eval mode inside it if it has dropout or batch norm).
+            called under ``torch.no_grad`` at each step that takes a dual step, before the primal update (a model
+            with dropout or batch norm: compute the scores inside ``with fairopt.validation.eval_mode(model):``,
+            which restores its mode after).
         dual_min_count: the dual player reads the most recent tables (training batches, or the held-out batches it
             was given) until every group holds at least this many examples of each label, or ``dual_max_window``
             tables (a :class:`~fairopt.RunningGroupStats` in mode ``"count"``): every rate it reads then has a

@@ -42,7 +42,7 @@ from fairopt.validation.estimate.intervals import (
     newcombe_interval,
     wilson_interval,
 )
-from fairopt.validation.measure.evaluate import collect_stats, evaluate, log_loss
+from fairopt.validation.measure.evaluate import collect_stats, eval_mode, evaluate, log_loss
 from fairopt.validation.measure.moments import SecondMoments, second_moments
 from fairopt.validation.report.fairness_report import DEFAULT_RATES, SCHEMA_VERSION, FairnessReport
 from fairopt.validation.report.options import ReportOptions
@@ -71,6 +71,7 @@ __all__ = [
     "clopper_pearson_interval",
     "collect_stats",
     "effective_counts",
+    "eval_mode",
     "evaluate",
     "flag_illusion",
     "generalization_gap",
