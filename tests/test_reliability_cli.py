@@ -213,3 +213,18 @@ def test_cli_flags_a_constant_classifier_the_cap_and_the_reports_warnings(labell
     for split, warning in shown:
         assert any(split in line and warning in line for line in log.splitlines())
     assert "warnings on 1 of 1 run(s)" in captured.out
+
+
+def test_many_small_groups_are_summed_up_in_one_warning(tmp_path: Path):
+    """A numeric sensitive column (an age) makes each of its 60 values a group: 60 lines of "fewer than 30 rows"
+    with no hint at the cause; the first five are named, the rest in one line that says to bin the column."""
+    rng = np.random.default_rng(0)
+    n = 800
+    frame = pd.DataFrame({"x": rng.normal(size=n), "age": rng.integers(20, 80, n), "y": rng.integers(0, 2, n)})
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    config = StudyConfig(dataset=f"csv:{tmp_path / 'people.csv'}", csv_target="y", csv_sensitive=("age",),
+                         models=("logistic",), methods=("unconstrained",), train_size=None)  # fmt: skip
+    notes = data_notes(config, load_study_data(config))
+    assert len(notes) == 6 and all("fewer than 30 rows" in n for n in notes[:5])
+    assert notes[5].startswith("warning: and 55 more of the 60 groups have fewer than 30 rows in some splits (")
+    assert "a numeric --sensitive column (an age, a score) makes every value a group: bin it" in notes[5]

@@ -103,6 +103,9 @@ def _load_noting(
     return loaded
 
 
+_SMALL_SHOWN = 5  # groups with few rows named one per line; the rest in one line
+
+
 def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None = None) -> list[str]:
     """What a user should know about a study's data before reading its numbers, as ``"note: ..."`` and
     ``"warning: ..."`` lines: the training split capped by ``train_size`` (``train_rows``: its size before the cap,
@@ -130,6 +133,8 @@ def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None
         kind, units = "protected class", protected_classes(data.group_names, config.classes)
     else:
         kind, units = "group", {name: (g,) for g, name in enumerate(data.group_names)}
+    small_groups: list[str] = []
+    small_notes: list[str] = []
     for name, ids in units.items():
         rows = {split: int(c[list(ids)].sum()) for split, c in counts.items()}
         if not any(rows.values()):
@@ -137,11 +142,21 @@ def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None
             continue
         small = ", ".join(f"{split} {n}" for split, n in rows.items() if n < MIN_ROWS)
         if small:
-            notes.append(
+            small_groups.append(name)
+            small_notes.append(
                 f"warning: {kind} {name!r} has fewer than {MIN_ROWS} rows in some splits ({small}): its rates' "
                 "intervals there are very wide; merge rare categories or choose other --sensitive attributes"
             )
-    return notes
+    if len(small_notes) > _SMALL_SHOWN:  # e.g. a numeric column made every value a group: one line, not sixty
+        names = small_groups
+        small_notes = [
+            *small_notes[:_SMALL_SHOWN],
+            f"warning: and {len(names) - _SMALL_SHOWN} more of the {len(units)} {kind}s have fewer than {MIN_ROWS} "
+            f"rows in some splits ({', '.join(names[_SMALL_SHOWN : _SMALL_SHOWN + 5])}, ...): a numeric --sensitive "
+            "column (an age, a score) makes every value a group: bin it (a binned column in the CSV, or bins= of "
+            "load_image_csv) or merge rare categories",
+        ]
+    return notes + small_notes
 
 
 def run_warnings(run: RunResult) -> list[str]:
