@@ -34,8 +34,9 @@ __all__ = [
 
 
 class LabelValueError(ValueError):
-    """Labels outside {0, 1}: a ``ValueError`` of its own class, so that a caller that knows how the batch was read
-    (e.g. :func:`fairopt.validation.collect_stats`, by position) can add a hint without matching the message."""
+    """Labels outside {0, 1}: a ``ValueError`` of its own class, so that fairopt code that knows how the batch was read
+    (:func:`fairopt.validation.collect_stats`, by position) can add a hint without matching the message. Internal:
+    users catch ``ValueError``."""
 
 
 def check_num_groups(num_groups: int) -> None:

@@ -524,6 +524,12 @@ def test_images_of_different_sizes_without_image_size_say_what_to_pass(tmp_path,
         data.tensors("train")
     x, _, _ = next(iter(_load_xrays(root, split_column="Split", channels=1, image_size=16).loader("train", 4)))
     assert x.shape == (4, 1, 16, 16)  # resized, they batch
+    # a transform that returns several views is collated as the default collate does (no size check on a list)
+    from fairopt.datasets.image_io import ImageGroupDataset, image_loader
+
+    views = ImageGroupDataset(data.split("train"), lambda image: [image.float(), image.float().flip(-1)], channels=1)
+    (first, flipped), _, _ = next(iter(image_loader(views, 1)))
+    assert first.shape == flipped.shape == (1, 1, 24, 16) or first.shape == flipped.shape == (1, 1, 20, 16)
 
 
 def test_image_csv_patient_in_two_splits_is_an_error(xray_folder):

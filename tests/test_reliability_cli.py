@@ -227,4 +227,6 @@ def test_many_small_groups_are_summed_up_in_one_warning(tmp_path: Path):
     notes = data_notes(config, load_study_data(config))
     assert len(notes) == 6 and all("fewer than 30 rows" in n for n in notes[:5])
     assert notes[5].startswith("warning: and 55 more of the 60 groups have fewer than 30 rows in some splits (")
-    assert "a numeric --sensitive column (an age, a score) makes every value a group: bin it" in notes[5]
+    assert (
+        "age=25, age=26, age=27, age=28, age=29, ...); if a --sensitive column is numeric (an age, a score)" in notes[5]
+    )

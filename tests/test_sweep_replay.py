@@ -249,3 +249,15 @@ def test_the_cli_refuses_settings_beside_replay_and_no_tolerances_without_it(opt
         main(["sweep", "--quiet", "--out", str(tmp_path), *options])
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_data_file_that_changes_during_the_replay_is_refused(recorded, monkeypatch):
+    """The file is hashed before training and again as the sweep loads it: a change in between is refused, not
+    reported as differences."""
+    import fairopt.bench.provenance as provenance
+
+    path, _ = recorded
+    prepared = prepare(path)
+    monkeypatch.setattr(provenance, "file_sha256", lambda _: "0" * 64)  # the bytes the sweep loads are others
+    with pytest.raises(ValueError, match="the data file changed while the replay loaded it"):
+        run_prepared(prepared)

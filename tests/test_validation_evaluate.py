@@ -365,3 +365,8 @@ def test_eval_mode_keeps_batch_norm_statistics_and_restores_the_mode():
     with fo.validation.eval_mode(model):
         pass
     assert not model.training  # its own mode, not train mode
+    model.train()
+    model[1].eval()  # a batch-norm layer frozen on purpose stays frozen (model.train(True) would unfreeze it)
+    with fo.validation.eval_mode(model):
+        pass
+    assert model.training and model[0].training and not model[1].training

@@ -240,7 +240,7 @@ def test_a_constant_classifier_is_named_in_the_reports_warnings():
     report = FairnessReport.from_stats(all_negative, [fo.DemographicParity(0.05)], split="test")
     assert report.constraints[0].entries[0].value == 0.0  # "met"
     (warning,) = [w for w in report.warnings if "constant classifier" in w]
-    assert warning.startswith("the model predicts 0 for every row of the test split (a constant classifier)")
+    assert warning.startswith("the model predicts 0 for every row (a constant classifier)")
     all_positive = FairnessReport.from_stats(stats_from_cells([[0, 30, 0, 10], [0, 5, 0, 5]]), [])
     assert any(w.startswith("the model predicts 1 for every row (a constant") for w in all_positive.warnings)
     one_positive = FairnessReport.from_stats(stats_from_cells([[30, 0, 10, 0], [50, 1, 5, 0]]), [])

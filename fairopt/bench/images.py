@@ -221,9 +221,9 @@ class ImageStudyConfig:
 
     def batch_size_for(self, num_train: int) -> int:
         """``batch_size``, at most the training split's size (so a small split still gets a step); when None the
-        largest power of two up to ``num_train / 8``, within [2, 128]: at least 8 steps per epoch, and the incomplete
-        last batch that training drops (batch norm) is under an eighth of the split (a batch of 128 on 360 images
-        would train 2 steps an epoch and drop 104 images)."""
+        largest power of two up to ``num_train / 8``, within [2, 128]: at least 8 steps per epoch from 16 images
+        on, and the incomplete last batch that training drops (batch norm) is under an eighth of the split (a
+        batch of 128 on 360 images would train 2 steps an epoch and drop 104 images)."""
         if self.batch_size is None:
             return int(min(128, max(2, 2 ** int(np.log2(max(num_train / 8, 2))))))
         return max(2, min(self.batch_size, num_train))

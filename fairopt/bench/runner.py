@@ -549,8 +549,8 @@ def evaluate_models(
 ) -> list[RunResult]:
     """One :class:`RunResult` per final model of ``selection``: its reports on every split
     (:meth:`FinalModel.tables`; a policy's scores from ``forward``), the training's history, multipliers and
-    warnings, and a flag for a constant prediction on test (:func:`constant_prediction`). Each wall time is the
-    training time plus the selection."""
+    warnings, and a model less accurate on test than the majority label (:func:`below_majority`; a constant
+    prediction is among the reports' own warnings). Each wall time is the training time plus the selection."""
     constrained = trained.constrained
     multipliers = [] if constrained is None else [float(v) for v in constrained.multipliers.reshape(-1).tolist()]
     results = []

@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 # 1.1: a "validation" report per run; "held-out" is the audit split. Additive since: "notes" (the data's notes and
-# warnings) and each run's "warnings" (a reader of 1.1 that ignores unknown keys reads them unchanged).
-STUDY_SCHEMA_VERSION = "1.2"  # 1.2: provenance (versions, the data file's SHA-256)
+# warnings), each run's "warnings" and "provenance" (versions, the data file's SHA-256): a reader of 1.1 that ignores
+# unknown keys reads them unchanged. A constant prediction is among its reports' warnings, no longer the run's.
+STUDY_SCHEMA_VERSION = "1.1"
 
 # load(config, seed) -> (the seed's data, the training split's size before the train_size cap).
 Load = Callable[[Any, int], tuple[Any, int]]
@@ -147,14 +148,15 @@ def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None
                 f"warning: {kind} {name!r} has fewer than {MIN_ROWS} rows in some splits ({small}): its rates' "
                 "intervals there are very wide; merge rare categories or choose other --sensitive attributes"
             )
-    if len(small_notes) > _SMALL_SHOWN:  # e.g. a numeric column made every value a group: one line, not sixty
-        names = small_groups
+    if len(small_notes) > 2 * _SMALL_SHOWN:  # e.g. a numeric column made every value a group: one line, not sixty
+        rest = small_groups[_SMALL_SHOWN:]
+        kinds = "protected classes" if kind == "protected class" else "groups"
+        named = ", ".join(rest[:5]) + (", ..." if len(rest) > 5 else "")
         small_notes = [
             *small_notes[:_SMALL_SHOWN],
-            f"warning: and {len(names) - _SMALL_SHOWN} more of the {len(units)} {kind}s have fewer than {MIN_ROWS} "
-            f"rows in some splits ({', '.join(names[_SMALL_SHOWN : _SMALL_SHOWN + 5])}, ...): a numeric --sensitive "
-            "column (an age, a score) makes every value a group: bin it (a binned column in the CSV, or bins= of "
-            "load_image_csv) or merge rare categories",
+            f"warning: and {len(rest)} more of the {len(units)} {kinds} have fewer than {MIN_ROWS} rows in some "
+            f"splits ({named}); if a --sensitive column is numeric (an age, a score), every value of it is a group: "
+            "bin it into a few bands in the data file (load_image_csv also takes bins=), or merge rare categories",
         ]
     return notes + small_notes
 
@@ -335,8 +337,8 @@ def run_study(
 
     # a bad attribute or a missing file fails here, before the progress bar; the data file is hashed as loaded
     first = data_of(config.seeds[0])
-    recorded = provenance(config.dataset, first)
     _check_groups(config, first)  # a constraint the groups cannot define fails before any run trains
+    recorded = provenance(config.dataset, first)
     combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
     width = max(10, *(len(m) for m in config.models))  # the per-run lines' model column
     # disable=None: tqdm draws the bar on a terminal only; into a pipe or a log file its carriage returns would

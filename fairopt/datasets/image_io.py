@@ -243,7 +243,9 @@ def collate_images(batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tenso
     Raises:
         ValueError: two images of different shapes in the batch.
     """
-    _check_one_size([item[0] for item in batch], "in one batch")
+    images = [item[0] for item in batch]
+    if all(isinstance(image, torch.Tensor) for image in images):  # a transform may return views or a dict
+        _check_one_size(images, "in one batch")
     return default_collate(batch)
 
 

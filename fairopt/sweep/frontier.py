@@ -103,7 +103,7 @@ class SweepResult:
             member (:func:`pick_member`) or None. constraint: the constraint's expression (tolerance aside).
         config: the options the sweep ran with, as :func:`fairopt.sweep`'s arguments. seconds: training wall time
             (evaluation excluded). notes: what a reader should know (data caps, a bound no member meets).
-        provenance: the versions, the machine and the data it ran on (:func:`fairopt.sweep.run.provenance`: the
+        provenance: the versions, the machine and the data it ran on (:func:`fairopt.bench.provenance.provenance`: the
             data file's SHA-256 among them), for :func:`fairopt.sweep.replay`.
     """
 

@@ -110,6 +110,11 @@ def run_prepared(prepared: PreparedReplay, *, log: Callable[[str], None] | None 
         # a setting sweep() does not take (e.g. a file written by another fairopt)
         raise ValueError(f"{prepared.source}: its settings are not this fairopt's sweep() arguments ({err})") from None
     new = json.loads(result.to_json())
+    recorded_data = (prepared.recorded.get("provenance") or {}).get("data", {})
+    if "sha256" in recorded_data and new["provenance"]["data"].get("sha256") != recorded_data["sha256"]:
+        # the file was checked before training and hashed again as the sweep loaded it: it changed in between
+        raise ValueError(f"{prepared.source}: the data file changed while the replay loaded it (its SHA-256 is not "
+                         "the recorded one any more); replay again once it is the file the sweep read")  # fmt: skip
     return SweepReplay(result, _differences(prepared.recorded, new), list(prepared.notes))
 
 

@@ -90,11 +90,13 @@ def prepare_model(
         model: e.g. from :func:`~fairopt.vision.create_image_model`; modified in place.
         device: optional target device.
         channels_last: convert 4-d parameters and buffers to ``torch.channels_last``; None (the default): on a CUDA
-            device only. On the CPU, oneDNN's channels-last backward of a 1x1 convolution with stride > 1 and 2 to
-            7 input channels (2 to 15 with AVX-512; the shortcut of a narrow ResNet, e.g. ``preact-resnet18-w4``)
-            writes past its workspace (uxlfoundation/oneDNN#6035): with torch 2.14.1 the process aborts ("double free or
-            corruption"), or the weight gradients are wrong. ``channels_last=True`` on a CPU model with such a layer
-            warns, naming the layers; keep the default there.
+            device only, the model's device after the move (pass ``device="cuda"`` here, or ``channels_last=True``,
+            for a model moved to the GPU later: prepared on the CPU, it stays channels-first). On the CPU, oneDNN's
+            channels-last backward of a 1x1 convolution with stride > 1 and 2 to 7 input channels (2 to 15 with
+            AVX-512; the shortcut of a narrow ResNet, e.g. ``preact-resnet18-w4``) writes past its workspace
+            (uxlfoundation/oneDNN#6035): with torch 2.14.1 the process aborts ("double free or corruption"), or the
+            weight gradients are wrong. ``channels_last=True`` on a CPU model with such a layer warns, naming the
+            layers; keep the default there.
         compile: wrap the model in ``torch.compile`` (the first steps compile, later ones run the compiled graph).
             The returned module's state dict keys gain the prefix ``_orig_mod.``; ``create_image_model``'s
             ``checkpoint_path`` accepts them.

@@ -90,18 +90,21 @@ def _model_device(model: Any) -> torch.device | None:
 
 @contextmanager
 def eval_mode(model: Any) -> Iterator[None]:
-    """``model`` in eval mode inside the block, its own mode restored after (also on an error): a held-out batch must
+    """``model`` in eval mode inside the block, the mode of each of its submodules restored after (also on an error;
+    a layer frozen in eval mode stays frozen): a held-out batch must
     not move the batch-norm running statistics of the model it judges, nor use the batch's own statistics. A callable
     that is not an ``nn.Module`` is left as it is."""
     if not isinstance(model, nn.Module):
         yield
         return
-    was_training = model.training
+    # each submodule's own mode (model.train(True) would also unfreeze a batch-norm layer kept in eval on purpose)
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def _scores(output: Any, n: int) -> Tensor:

@@ -249,12 +249,11 @@ class FairnessReport:
             f"group {n!r} has no examples: its rates are undefined" for n, r in zip(names, rows) if r.count == 0
         ]
         warnings += _entry_warnings(results)
-        if (constant := _constant_label(stats)) is not None:
-            where = f" of the {split} split" if split else ""
+        if (constant := _constant_label(stats)) is not None:  # (no split in the text: readers prefix it, once)
             warnings.append(
-                f"the model predicts {constant} for every row{where} (a constant classifier): parity constraints "
-                "(equal selection rates, TPRs, FPRs) hold trivially for it, and it learned nothing; train longer, "
-                "change the learning rate or loosen the bound"
+                f"the model predicts {constant} for every row (a constant classifier): parity constraints (equal "
+                "selection rates, TPRs, FPRs) hold trivially for it, and it learned nothing; train longer or change "
+                "the learning rate (under a constraint: loosen its bound)"
             )
         if any("illusion_of_fairness" in e.flags for r in results for e in r.entries):
             warnings.append(
