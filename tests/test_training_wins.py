@@ -261,29 +261,32 @@ def test_check_reports_violation_and_unsettled_multipliers():
     assert quiet.check(stats) == []
 
 
+def _parity_check(predicted: list[int], tolerance: float) -> tuple[ConstrainedOptimizer, fairopt.GroupStats]:
+    """An optimizer with DemographicParity(tolerance) over 2 groups of 10 rows, and the table of the 0/1
+    ``predicted`` labels (the first 10 in group 0)."""
+    groups = torch.tensor([0] * 10 + [1] * 10)
+    scores = 2 * torch.tensor(predicted, dtype=torch.float64) - 1
+    stats = fairopt.group_stats(scores, labels=torch.zeros(20), groups=groups, num_groups=2)
+    model = torch.nn.Linear(1, 1)
+    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(tolerance)], 2)
+    return opt, stats
+
+
 def test_check_says_cannot_tell_for_an_entry_above_its_bound_within_noise():
     """Selection rates 6/10 and 5/10: a gap of 0.1 above a bound of 0 with a standard error of
     sqrt(0.6*0.4/10 + 0.5*0.5/10) = 0.221, so 20 rows cannot tell; an empty list read as "met"."""
-    groups = torch.tensor([0] * 10 + [1] * 10)
-    predicted = torch.tensor([1] * 6 + [0] * 4 + [1] * 5 + [0] * 5, dtype=torch.float64)
-    stats = fairopt.group_stats(2 * predicted - 1, labels=torch.zeros(20), groups=groups, num_groups=2)
-    model = torch.nn.Linear(1, 1)
-    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.0)], 2)
+    opt, stats = _parity_check([1] * 6 + [0] * 4 + [1] * 5 + [0] * 5, 0.0)
     with pytest.warns(UserWarning, match="cannot tell whether it is met"):
         [problem] = opt.check(stats)
     assert "is above its bound by 0.1000 at the end of training, within two standard errors (0.2214)" in problem
-    met = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.1)], 2)
+    met, _ = _parity_check([0] * 20, 0.1)
     assert met.check(stats) == []  # a gap of exactly the bound is met
 
 
 def test_check_says_that_a_zero_standard_error_measures_nothing():
     """Selection rates 10/10 and 0/10: a gap of 1 whose delta-method standard error is 0 (every rate exactly 0 or
     1), which the message showed as "standard error 0.0000", read as certainty on 20 rows."""
-    groups = torch.tensor([0] * 10 + [1] * 10)
-    predicted = torch.tensor([1] * 10 + [0] * 10, dtype=torch.float64)
-    stats = fairopt.group_stats(2 * predicted - 1, labels=torch.zeros(20), groups=groups, num_groups=2)
-    model = torch.nn.Linear(1, 1)
-    opt = ConstrainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), [fairopt.DemographicParity(0.05)], 2)
+    opt, stats = _parity_check([1] * 10 + [0] * 10, 0.05)
     with pytest.warns(UserWarning, match="is violated by 0.9500"):
         [problem] = opt.check(stats)
     assert "(standard error 0 by the delta method, whose rates are all exactly 0 or 1 here: no measure of" in problem
