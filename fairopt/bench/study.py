@@ -337,7 +337,7 @@ def run_study(
 
     # a bad attribute or a missing file fails here, before the progress bar; the data file is hashed as loaded
     first = data_of(config.seeds[0])
-    _check_groups(config, first)  # a constraint the groups cannot define fails before any run trains
+    check_groups(config, first)  # groups a study cannot use fail before any run trains
     recorded = provenance(config.dataset, first)
     combos = [(s, m, meth) for s in config.seeds for m in config.models for meth in config.methods]
     width = max(10, *(len(m) for m in config.models))  # the per-run lines' model column
@@ -377,14 +377,22 @@ def run_study(
     )
 
 
-def _check_groups(config: StudyConfig, data: Any) -> None:
-    """Refuse, before training, a constraint that the data's groups cannot define (e.g. a gap over a sensitive
-    attribute with one value in the data: every run would train unconstrained and report nothing).
+def check_groups(config: StudyConfig, data: Any) -> None:
+    """Refuse, before training, groups that a study cannot use: one group only (a gap over a sensitive attribute
+    with one value in the data: every run would train unconstrained and report nothing), more groups than half the
+    training rows (nearly every row its own group, e.g. a numeric --sensitive column: the standard errors of the
+    margins cost O(G^2) each, so the study would stall), or a constraint with no entry the groups define.
 
     Raises:
-        ValueError: one group, or a constraint with no entry the groups define (:class:`ConstraintSet`'s check).
+        ValueError: what is wrong and what to choose instead.
     """
     constraint = config.build_constraint(data.group_names)
+    if data.num_groups > max(2, len(data.train) // 2):
+        raise ValueError(
+            f"{data.num_groups:,} groups for {len(data.train):,} training rows: nearly every row is its own group "
+            f"(e.g. {', '.join(data.group_names[:3])}, ...), which no rate can be estimated on; a numeric --sensitive "
+            "column makes every value a group: bin it into a few bands in the data file, or choose another column"
+        )
     with warnings.catch_warnings():  # this is a check only: the runs build their own constraint sets
         warnings.simplefilter("ignore")
         try:

@@ -143,7 +143,7 @@ def sweep(
     from fairopt.bench.config import StudyConfig, constraint_key, default_tolerance, make_constraint
     from fairopt.bench.provenance import provenance
     from fairopt.bench.runner import constant_prediction
-    from fairopt.bench.study import data_notes, load_study_data
+    from fairopt.bench.study import check_groups, data_notes, load_study_data
 
     tols = check_tolerances(tolerances)
     seed_list = tuple(seeds)
@@ -167,6 +167,7 @@ def sweep(
     recorded = provenance(config.dataset, data, given=given)  # the data file as loaded, before a long training
     if data.audit is None:
         raise ValueError("the data have no audit split: build it with data.with_audit(0.5)")
+    check_groups(config, data)  # one group, or nearly one per row: refused before anything trains
     data_warnings = data_notes(config, data)  # e.g. a group with a handful of rows: every gap then swings
     for line in data_warnings:
         say(f"sweep: {line}")
