@@ -388,6 +388,9 @@ def test_the_cli_exits_2_on_bad_tolerances(tolerances, capsys):
         (["--no-penalty", "--penalty-coefficients", "1"], "pass one of the two"),
         (["--epochs", "0"], "invalid epochs: 0; it must be >= 1"),
         (["--margin-z", "-1"], r"invalid margin_z: -1\.0; it must be >= 0"),
+        (["--dataset", "digits"], r"a sweep trains tabular models .*image studies are fairopt bench's"),
+        (["--dataset", "celeba:faces"], r"a sweep trains tabular models"),
+        (["--dataset", "csv:nofile.csv"], r"--dataset csv:nofile\.csv: no such file"),
     ],
 )
 def test_the_cli_exits_2_on_a_bound_out_of_range_and_contradictory_penalty_options(options, message, capsys, tmp_path):

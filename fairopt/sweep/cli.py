@@ -112,6 +112,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--tolerances is required (e.g. --tolerances 0.02,0.05,0.1), or --replay FILE to rerun a sweep")
     if args.no_penalty and args.penalty_coefficients:
         parser.error("--no-penalty drops the penalty members and --penalty-coefficients sets them: pass one of the two")
+    dataset = args.dataset or ""
+    if dataset == "digits" or dataset.startswith(("celeba:", "images:")):
+        parser.error(f"--dataset {dataset}: a sweep trains tabular models (adult, compas, german or csv:PATH); "
+                     "image studies are fairopt bench's (fairopt bench --dataset ...)")  # fmt: skip
+    if dataset.startswith("csv:") and not Path(dataset[4:]).is_file():
+        parser.error(f"--dataset {dataset}: no such file")
     if args.bound is not None and not 0.0 <= args.bound <= 1.0:  # NaN fails too
         parser.error(f"--bound must be in [0, 1] (the constraint's bound, e.g. a rate gap of 0.05), got {args.bound}")
     coefficients = () if args.no_penalty else (args.penalty_coefficients or DEFAULT_PENALTY_COEFFICIENTS)
