@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_sweep(args, parser.sweep_parser)  # type: ignore[attr-defined]
     bench = parser.bench_parser  # type: ignore[attr-defined]
     from fairopt.bench.images_cli import check_tabular_args, run_image_bench, wants_images
+    from fairopt.bench.options import missing_csv
 
     log = _logger(args.quiet)
     if wants_images(args):  # image studies: options, run and report in fairopt.bench.images_cli
@@ -186,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _config_from_args(args)
     except ValueError as err:
         bench.error(str(err))  # exits with status 2
-    if args.dataset and args.dataset.startswith("csv:") and not Path(args.dataset[4:]).is_file():
-        bench.error(f"--dataset {args.dataset}: no such file")
+    if (missing := missing_csv(args.dataset)) is not None:
+        bench.error(missing)
 
     from fairopt.bench.output import print_and_write
     from fairopt.bench.study import run_study

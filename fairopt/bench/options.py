@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["add_study_options", "csv_list", "float_list", "int_list", "positive_int", "study_options"]
+__all__ = ["add_study_options", "csv_list", "float_list", "int_list", "missing_csv", "positive_int", "study_options"]
+
+
+def missing_csv(dataset: str | None) -> str | None:
+    """The error for a ``--dataset csv:PATH`` whose file does not exist (the bench's and the sweep's), else None."""
+    if dataset is not None and dataset.startswith("csv:") and not Path(dataset[4:]).is_file():
+        return f"--dataset {dataset}: no such file"
+    return None
 
 
 def csv_list(text: str) -> tuple[str, ...]:

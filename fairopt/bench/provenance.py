@@ -58,5 +58,8 @@ def provenance(dataset: str, data: Any, *, given: bool = False) -> dict[str, Any
         from fairopt.datasets._checksums import SHA256
 
         files = {name: digest for name, digest in SHA256.items() if name.split(".")[0] == dataset}
-        described.update(source="bundled", sha256=files) if files else described.update(source=dataset)
+        if files:
+            described.update(source="bundled", sha256=files)
+        else:  # e.g. celeba:DIR or digits: nothing hashed
+            described["source"] = dataset
     return {**versions(), "data": described}

@@ -42,6 +42,7 @@ from fairopt.stats import GroupStats
 from fairopt.validation import FairnessReport, SecondMoments, collect_stats
 from fairopt.validation.measure.batches import default_unpack, iterate_batches, move_to
 from fairopt.validation.measure.evaluate import eval_mode
+from fairopt.validation.report.fairness_report import constant_label
 
 from .config import StudyConfig
 
@@ -406,11 +407,8 @@ def constant_prediction(stats: GroupStats, split: str = "test") -> str | None:
     A constant classifier has equal selection rates, TPRs and FPRs in every group by construction, so parity
     constraints on them look met while it learns nothing: its constraint values must not pass for a fair model.
     """
-    overall = stats.overall()
-    positives, rows = float(overall.pred_pos.sum()), float(overall.count.sum())
-    if rows == 0 or 0 < positives < rows:
+    if (label := constant_label(stats)) is None:
         return None
-    label = 1 if positives > 0 else 0
     return (
         f"the final model predicts {label} for every {split} row (a constant classifier): its parity constraints "
         "are met trivially and it learned nothing; train longer (--epochs), change --lr or loosen --tolerance"
@@ -560,7 +558,8 @@ def evaluate_models(
         reports = split_reports(data, constraint, tables, metadata)
         test = reports["test"].stats
         # (a constant prediction is the reports' own warning, per split: FairnessReport)
-        problems = [w for w in (below_majority(test),) if w is not None]
+        problem = below_majority(test)
+        problems = [] if problem is None else [problem]
         results.append(
             RunResult(
                 model=model_name,

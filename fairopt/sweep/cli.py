@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fairopt.bench.options import add_study_options, float_list, study_options
+from fairopt.bench.options import add_study_options, float_list, missing_csv, study_options
 
 if TYPE_CHECKING:
     from .frontier import SweepResult
@@ -104,6 +104,8 @@ _REPLAY_OPTIONS = {"replay", "out", "no_plots", "quiet", "device", "command"}
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``fairopt sweep`` with parsed ``args``; ``parser.error`` (exit 2) on a bad option."""
+    from fairopt.bench.images import is_image_dataset
+
     from .run import DEFAULT_PENALTY_COEFFICIENTS, sweep
 
     if args.replay is not None:
@@ -112,12 +114,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--tolerances is required (e.g. --tolerances 0.02,0.05,0.1), or --replay FILE to rerun a sweep")
     if args.no_penalty and args.penalty_coefficients:
         parser.error("--no-penalty drops the penalty members and --penalty-coefficients sets them: pass one of the two")
-    dataset = args.dataset or ""
-    if dataset == "digits" or dataset.startswith(("celeba:", "images:")):
-        parser.error(f"--dataset {dataset}: a sweep trains tabular models (adult, compas, german or csv:PATH); "
+    if is_image_dataset(args.dataset):
+        parser.error(f"--dataset {args.dataset}: a sweep trains tabular models (adult, compas, german or csv:PATH); "
                      "image studies are fairopt bench's (fairopt bench --dataset ...)")  # fmt: skip
-    if dataset.startswith("csv:") and not Path(dataset[4:]).is_file():
-        parser.error(f"--dataset {dataset}: no such file")
+    if (missing := missing_csv(args.dataset)) is not None:
+        parser.error(missing)
     if args.bound is not None and not 0.0 <= args.bound <= 1.0:  # NaN fails too
         parser.error(f"--bound must be in [0, 1] (the constraint's bound, e.g. a rate gap of 0.05), got {args.bound}")
     coefficients = () if args.no_penalty else (args.penalty_coefficients or DEFAULT_PENALTY_COEFFICIENTS)

@@ -301,11 +301,10 @@ def _config_dict(config: StudyConfig, tols: tuple[float, ...], weights: tuple[fl
             "batch_size", "margin_z", "dual_min_count", "records_per_run", "device", "validation_fraction",
             "audit_fraction")  # fmt: skip
     out = {k: getattr(config, k) for k in keep}
-    if config.dataset.startswith("csv:"):  # absolute: a rerun from another working directory reads the same file
-        out["dataset"] = f"csv:{Path(config.dataset[4:]).resolve()}"
     (out["model"],) = config.models
     out["sensitive"] = config.sensitive_attributes()
-    if config.dataset.startswith("csv:"):
-        out.update(csv_target=config.csv_target, csv_positive_label=config.csv_positive_label)
+    if config.dataset.startswith("csv:"):  # absolute: a rerun from another working directory reads the same file
+        out.update(dataset=f"csv:{Path(config.dataset[4:]).resolve()}", csv_target=config.csv_target,
+                   csv_positive_label=config.csv_positive_label)  # fmt: skip
     out.update(tolerances=list(tols), penalty_coefficients=list(weights))
     return out

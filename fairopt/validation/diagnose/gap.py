@@ -75,8 +75,7 @@ class GeneralizationGap:
                         f"{split}_verdict": e.verdict.value,
                     }
                 )
-            a, b = record[f"{first}_value"], record[f"{last}_value"]
-            record["gap"] = None if a is None or b is None else b - a
+            record["gap"] = _difference(record[f"{first}_value"], record[f"{last}_value"])
             records.append(record)
         floats = [f"{s}_{k}" for s in self.splits for k in ("value", "lower", "upper", "violation")] + ["gap"]
         return nullable_frame(records, floats, index=None)
@@ -93,10 +92,9 @@ class GeneralizationGap:
         if rate is not None:
             estimates = [rep.overall.rates[rate] for rep in reports]
             values = [e.value for e in estimates]
-            gap = None if values[0] is None or values[-1] is None else values[-1] - values[0]
             cells = [format_estimate(e.value, e.lower, e.upper, digits) for e in estimates]
             rows.append([f"(overall {rate.replace('_', ' ')}, not a constraint)", rate, *cells,
-                         format_number(gap, digits)])  # fmt: skip
+                         format_number(_difference(values[0], values[-1]), digits)])  # fmt: skip
         # constraints as the reports show them (with group names in place of ids, FairnessReport.to_markdown)
         layout = [(c.shown, e.name) for c in self.reports[first].constraints for e in c.entries]
         for index, (constraint, entry) in enumerate(layout):
@@ -106,8 +104,7 @@ class GeneralizationGap:
                 e = _entries(report)[index]
                 cells.append(f"{format_estimate(e.value, e.lower, e.upper, digits)}: {e.verdict.value}")
                 values.append(e.value)
-            gap = None if values[0] is None or values[-1] is None else values[-1] - values[0]
-            rows.append([constraint, entry, *cells, format_number(gap, digits)])
+            rows.append([constraint, entry, *cells, format_number(_difference(values[0], values[-1]), digits)])
         level = f"{next(iter(self.reports.values())).options.confidence:.0%}"
         notes = [w for r in self.reports.values() for w in r.warnings]
         intro = f"Constraint values with {level} intervals and verdicts" + (
@@ -141,6 +138,11 @@ class GeneralizationGap:
     def from_json(cls, source: str | os.PathLike[str]) -> GeneralizationGap:
         """Read from JSON text (a ``str``) or a file (a path-like)."""
         return cls.from_dict(load_json(source))
+
+
+def _difference(first: float | None, last: float | None) -> float | None:
+    """``last - first``, the gap between two splits' values; None when either is undefined."""
+    return None if first is None or last is None else last - first
 
 
 def _entries(report: FairnessReport) -> list[Any]:

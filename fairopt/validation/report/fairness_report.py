@@ -148,9 +148,9 @@ def _table(tensor: torch.Tensor) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(v) for v in row) for row in tensor.detach().cpu().double().tolist())
 
 
-def _constant_label(stats: GroupStats) -> int | None:
-    """The label a model predicts for every row of a non-empty table (no positive, or no negative, hard
-    prediction), else None."""
+def constant_label(stats: GroupStats) -> int | None:
+    """The label a model predicts for every row of a non-empty ``(G, K)`` table (no positive, or no negative, hard
+    prediction; for a randomized classifier's expected table, every candidate predicts it), else None."""
     cells = stats.table[:, :4].sum(dim=0).tolist()  # tn, fp, fn, tp over the groups
     positives, negatives = cells[1] + cells[3], cells[0] + cells[2]
     if positives + negatives <= 0 or (positives > 0 and negatives > 0):
@@ -249,7 +249,7 @@ class FairnessReport:
             f"group {n!r} has no examples: its rates are undefined" for n, r in zip(names, rows) if r.count == 0
         ]
         warnings += _entry_warnings(results)
-        if (constant := _constant_label(stats)) is not None:  # (no split in the text: readers prefix it, once)
+        if (constant := constant_label(stats)) is not None:  # (no split in the text: readers prefix it, once)
             warnings.append(
                 f"the model predicts {constant} for every row (a constant classifier): parity constraints (equal "
                 "selection rates, TPRs, FPRs) hold trivially for it, and it learned nothing; train longer or change "
