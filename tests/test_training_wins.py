@@ -100,6 +100,48 @@ def test_standard_errors_are_binomial_for_a_rate_and_add_for_a_gap():
         ConstraintSet([function], 2).standard_errors(stats)
 
 
+def test_standard_errors_of_a_set_are_those_of_its_constraints():
+    # entries of equal size (1 and 1) once came out as garbage (~24.8): the stacked tables were concatenated along
+    # the stack instead of the entries
+    stats = _cells([[30, 10, 20, 40], [50, 50, 5, 45], [20, 20, 10, 10]])
+    parts = [fairopt.DemographicParity(0.05), fairopt.EqualOpportunity(0.05), fairopt.error_rate.per_group() <= 0.3]
+    alone = [ConstraintSet([c], 3).standard_errors(stats) for c in parts]
+    for chosen in (parts[:2], parts[1:], parts):
+        together = ConstraintSet(chosen, 3).standard_errors(stats)
+        expected = np.concatenate([alone[parts.index(c)] for c in chosen])
+        np.testing.assert_allclose(together, expected, rtol=1e-12)
+    err0 = 30 / 100  # error rate of group 0: (fp + fn) / n
+    np.testing.assert_allclose(alone[2][0], math.sqrt(err0 * (1 - err0) / 100), rtol=1e-12)
+    stack = np.stack([stats.table.numpy()] * 4)  # the NumPy evaluator on a stack of tables: (B, m) entries
+    lin = ConstraintSet(parts, 3)._linearize(stack, gradients=False)
+    assert lin.hard.shape == (4, 5)
+    np.testing.assert_array_equal(lin.hard[2], ConstraintSet(parts, 3).linearize(stats, gradients=False).hard)
+
+
+def test_standard_error_of_an_absolute_gap_at_a_tie_is_that_of_the_difference():
+    # equal TPRs (40/60 and 20/30): |tpr_1 - tpr_0| sits at its kink, where a central difference averages the two
+    # slopes to 0; the derivative of the branch taken gives the variance of the difference
+    stats = _cells([[30, 10, 20, 40], [50, 50, 10, 20]])
+    r = 40 / 60
+    gap = ConstraintSet([abs(fairopt.tpr(1) - fairopt.tpr(0)) <= 0.05], 2).standard_errors(stats)
+    np.testing.assert_allclose(gap, [math.sqrt(r * (1 - r) / 60 + r * (1 - r) / 30)], rtol=1e-12)
+    jacobian, cells, defined = ConstraintSet([fairopt.tpr.per_group() <= 1.0], 2).hard_jacobian(stats)
+    # d(tp/(fn+tp)) = fn/n^2 d tp - tp/n^2 d fn; the negatives' cells do not enter
+    np.testing.assert_allclose(jacobian[0, 0], [0.0, 0.0, -40 / 60**2, 20 / 60**2], rtol=1e-12)
+    np.testing.assert_array_equal(jacobian[0, 1], 0.0)
+    np.testing.assert_allclose(jacobian[1, 1], [0.0, 0.0, -20 / 30**2, 10 / 30**2], rtol=1e-12)
+    assert cells.shape == (2, 4) and defined.all()
+
+
+def test_standard_errors_scale_to_many_groups():
+    # one reverse pass per entry, O(G) each: 5,000 groups (central differences stacked 8G tables of G rows: 14 GB)
+    num_groups = 5000
+    rows = np.tile([[30.0, 10.0, 20.0, 40.0], [50.0, 50.0, 5.0, 45.0]], (num_groups // 2, 1))
+    se = ConstraintSet([fairopt.EqualOpportunity(0.05)], num_groups).standard_errors(_cells(rows.tolist()))
+    tpr0, tpr1 = 40 / 60, 45 / 50
+    np.testing.assert_allclose(se, [math.sqrt(tpr0 * (1 - tpr0) / 60 + tpr1 * (1 - tpr1) / 50)], rtol=1e-12)
+
+
 def test_standard_errors_match_the_bootstrap_against_the_pooled_rate_and_undefined_is_inf():
     gen = torch.Generator().manual_seed(0)
     n = 3000

@@ -121,7 +121,8 @@ class DeviceValues(NamedTuple):
     """An expression's entries at one table (or a stack of tables), as tensors on the table's device.
 
     Attributes:
-        hard: ``(..., k)`` true values (no gradient), in the table's dtype; ``...`` the table's batch dimensions.
+        hard: ``(..., k)`` true values (no gradient, unless :func:`evaluate_device`'s ``hard_gradients``), in the
+            table's dtype; ``...`` the table's batch dimensions.
         proxy_upper: ``(..., k)`` proxy upper bound (a constraint's ``proxy`` value); differentiable w.r.t. the
             table's proxy and loss columns when the table requires grad (or is being differentiated by
             ``torch.func``).
@@ -152,7 +153,9 @@ class DeviceValues(NamedTuple):
         )
 
 
-def evaluate_device(expr: Expr, table: Tensor, *, offset: float | Tensor = 0.0) -> DeviceValues:
+def evaluate_device(
+    expr: Expr, table: Tensor, *, offset: float | Tensor = 0.0, hard_gradients: bool = False
+) -> DeviceValues:
     """Evaluate ``expr`` on a ``(..., G, K)`` table with torch ops on ``table.device`` (no host synchronization).
 
     Same values, defined mask and first derivatives as :func:`fairopt.constraints.evaluation.linearize` (float
@@ -163,9 +166,15 @@ def evaluate_device(expr: Expr, table: Tensor, *, offset: float | Tensor = 0.0) 
     Args:
         expr: a rate expression (:mod:`fairopt.constraints.expressions`).
         table: ``(..., G, K)`` floating tensor (``GroupStats.table``, or a stack of them), ``K = 9``; may require
-            grad. Its hard-count columns (``tn fp fn tp``) always enter detached: the derivative w.r.t. them is 0.
+            grad. Its hard-count columns (``tn fp fn tp``) enter detached (the derivative w.r.t. them is 0) unless
+            ``hard_gradients``.
         offset: subtracted from every defined entry, as :meth:`DeviceValues.shifted` (one op instead of six): a
             number, or a tensor broadcasting against ``(..., k)``, e.g. ``(M, 1)`` per-member tolerances.
+        hard_gradients: keep the hard values' graph through the hard-count columns (``hard`` is then
+            differentiable w.r.t. ``tn fp fn tp``, one-sided at the kinks of ``abs`` and ``max``/``min``: the branch
+            or entry the values chose): the Jacobian of the delta method,
+            :meth:`fairopt.optim.ConstraintSet.hard_jacobian`. Not for a training step (the counts are constants
+            there).
 
     Returns:
         :class:`DeviceValues` of ``(..., k)`` entries, ``k = expr.size(G)``, in ``table.dtype``.
@@ -184,14 +193,14 @@ def evaluate_device(expr: Expr, table: Tensor, *, offset: float | Tensor = 0.0) 
         )
     if not table.is_floating_point():
         raise TypeError(f"table must be floating point (weighted counts), got {table.dtype}; pass table.double()")
-    node = _DeviceEvaluator(table).visit(expr)
+    node = _DeviceEvaluator(table, hard_gradients).visit(expr)
     shape = (*table.shape[:-2], max(node.v.shape[-1], node.d.shape[-1]))
     d = node.d.expand(shape)
     v = node.v.expand(3, *shape)
     if not (isinstance(offset, (int, float)) and offset == 0.0):
         v = v - offset  # broadcasts against (..., k), hence against (3, ..., k)
     v = torch.where(d, v, _scalar(0.0, v))
-    return DeviceValues(v[0].detach(), v[1], v[2], d)
+    return DeviceValues(v[0] if hard_gradients else v[0].detach(), v[1], v[2], d)
 
 
 def _constant(key: tuple[object, ...], build: object) -> Tensor:
@@ -218,12 +227,14 @@ def _size(node: _Node) -> int:
 class _DeviceEvaluator(ExprVisitor[_Node]):
     """One pass over an expression tree on one ``(..., G, K)`` table; each rate computed once per group selection."""
 
-    def __init__(self, table: Tensor) -> None:
+    def __init__(self, table: Tensor, hard_gradients: bool = False) -> None:
         # Derivatives w.r.t. the hard columns are 0 (they are counts), as in the NumPy evaluator: their part of the
         # table enters detached, so autograd differentiates through the proxy and loss columns only. Always, not only
         # when table.requires_grad: under torch.func (grad, vjp, vmap) that flag is False for a tensor being
-        # differentiated.
-        self.table = torch.cat([table[..., _HARD].detach(), table[..., _HARD.stop :]], dim=-1)
+        # differentiated. (hard_gradients: the delta method's Jacobian of the hard values, see evaluate_device.)
+        if not hard_gradients:
+            table = torch.cat([table[..., _HARD].detach(), table[..., _HARD.stop :]], dim=-1)
+        self.table = table
         self.num_groups = table.shape[-2]
         self.batch = tuple(table.shape[:-2])
         self.batch_ones = (1,) * len(self.batch)  # a constant's batch shape
