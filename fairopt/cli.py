@@ -142,17 +142,6 @@ def _config_from_args(args: argparse.Namespace) -> StudyConfig:
     return config.updated(**changes)
 
 
-def _writable(bench: argparse.ArgumentParser, out: Path) -> Path:
-    """``out``, created; exit 2 now (not after the study) if it cannot be written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").touch()
-        (out / ".write-test").unlink()
-    except OSError as err:
-        bench.error(f"--out {out}: cannot write there ({err.strerror or err})")
-    return out
-
-
 def _logger(quiet: bool) -> Callable[[str], None]:
     """Progress lines to stderr through tqdm (so they do not break the bar), or nothing with ``--quiet``."""
 
@@ -177,11 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_sweep(args, parser.sweep_parser)  # type: ignore[attr-defined]
     bench = parser.bench_parser  # type: ignore[attr-defined]
     from fairopt.bench.images_cli import check_tabular_args, run_image_bench, wants_images
-    from fairopt.bench.options import missing_csv
+    from fairopt.bench.options import missing_csv, output_folder
 
     log = _logger(args.quiet)
     if wants_images(args):  # image studies: options, run and report in fairopt.bench.images_cli
-        return run_image_bench(args, bench, partial(_writable, bench), log)
+        return run_image_bench(args, bench, partial(output_folder, bench), log)
     try:
         check_tabular_args(args)
         config = _config_from_args(args)
@@ -189,13 +178,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.error(str(err))  # exits with status 2
     if (missing := missing_csv(args.dataset)) is not None:
         bench.error(missing)
+    default = Path("fairopt-runs") / f"{config.preset or args.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+    with output_folder(bench, args.out or default) as out:
+        return _run_tabular(args, bench, config, out, log)
 
+
+def _run_tabular(
+    args: argparse.Namespace, bench: argparse.ArgumentParser, config: StudyConfig, out: Path, log: Callable[[str], None]
+) -> int:
     from fairopt.bench.output import print_and_write
     from fairopt.bench.study import run_study
 
-    out = _writable(
-        bench, args.out or Path("fairopt-runs") / f"{config.preset or args.preset}-{datetime.now():%Y%m%d-%H%M%S}"
-    )
     if args.peers:
         try:
             import fairlearn  # noqa: F401

@@ -200,6 +200,7 @@ def test_a_sensitive_column_with_one_value_is_refused_before_any_run_trains(imag
     code, out, err = _run(argv, capsys)
     assert code == 2 and "every row of this data is in one group (site=clinic)" in err
     assert "choose a --sensitive column with at least two values" in err and "seed 0:" not in out + err  # no run
+    assert not (tmp_path / "run").exists()  # and no empty output folder
 
 
 # ------------------------------------------------------------------------------------------------- bad values

@@ -252,3 +252,4 @@ def test_nearly_one_group_per_row_is_refused_before_training(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert code == 2
     assert "groups for 240 training rows: nearly every row is its own group" in err and "bin it" in err
+    assert not (tmp_path / "out").exists()  # a failed run leaves no (empty) output folder

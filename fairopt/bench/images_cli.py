@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -192,14 +193,14 @@ def _published_lines(config: ImageStudyConfig) -> list[str]:
 def run_image_bench(
     args: argparse.Namespace,
     bench: argparse.ArgumentParser,
-    out_folder: Callable[[Path], Path],
+    out_folder: Callable[[Path], AbstractContextManager[Path]],
     log: Callable[[str], None],
 ) -> int:
     """Run the image study the command line asks for; ``bench.error`` (exit 2) on a bad option.
 
-    ``out_folder(path)`` checks that the output folder can be written (exit 2 if not), ``log`` prints progress
-    lines (both from the CLI). A GPU preset on a machine without CUDA stops with its time estimate unless
-    ``--device`` was given.
+    ``out_folder(path)``, a context manager, checks that the output folder can be written (exit 2 if not) and
+    removes it again if the study leaves it empty; ``log`` prints progress lines (both from the CLI). A GPU preset
+    on a machine without CUDA stops with its time estimate unless ``--device`` was given.
     """
     preset = IMAGE_PRESETS.get(args.preset, IMAGE_PRESETS["images"])
     needs_gpu = preset.gpu and args.device is None and not torch.cuda.is_available()
@@ -220,15 +221,14 @@ def run_image_bench(
         print(estimate)
     for line in _published_lines(config):
         print(line)
-    out = out_folder(args.out or Path("fairopt-runs") / f"{preset.name}-{datetime.now():%Y%m%d-%H%M%S}")
-
     from .images_study import format_image_table, run_image_study, write_image_outputs
     from .output import print_and_write
 
-    try:
-        result = run_image_study(config, progress=not args.quiet, log=log)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"fairopt bench: error: {err}", file=sys.stderr)
-        return 2
-    print_and_write(result, out, plots=not args.no_plots, table=format_image_table, write=write_image_outputs)
+    with out_folder(args.out or Path("fairopt-runs") / f"{preset.name}-{datetime.now():%Y%m%d-%H%M%S}") as out:
+        try:
+            result = run_image_study(config, progress=not args.quiet, log=log)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"fairopt bench: error: {err}", file=sys.stderr)
+            return 2
+        print_and_write(result, out, plots=not args.no_plots, table=format_image_table, write=write_image_outputs)
     return 0

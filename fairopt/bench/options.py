@@ -9,11 +9,21 @@ circle (the CLI registers the sweep subcommand, the sweep subcommand reads these
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_study_options", "csv_list", "float_list", "int_list", "missing_csv", "positive_int", "study_options"]
+__all__ = [
+    "add_study_options",
+    "csv_list",
+    "float_list",
+    "int_list",
+    "missing_csv",
+    "output_folder",
+    "positive_int",
+    "study_options",
+]
 
 
 def missing_csv(dataset: str | None) -> str | None:
@@ -21,6 +31,25 @@ def missing_csv(dataset: str | None) -> str | None:
     if dataset is not None and dataset.startswith("csv:") and not Path(dataset[4:]).is_file():
         return f"--dataset {dataset}: no such file"
     return None
+
+
+@contextmanager
+def output_folder(parser: argparse.ArgumentParser, out: Path) -> Iterator[Path]:
+    """``out``, created (``--out``, or the command's default); ``parser.error`` (exit 2) now, before any training, if
+    it cannot be written. A folder made here is removed again if the run leaves it empty (an error, Ctrl-C), so a
+    failed run leaves nothing behind."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as err:
+        parser.error(f"--out {out}: cannot write there ({err.strerror or err})")
+    try:
+        yield out
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 def csv_list(text: str) -> tuple[str, ...]:

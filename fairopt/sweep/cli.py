@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fairopt.bench.options import add_study_options, float_list, missing_csv, study_options
+from fairopt.bench.options import add_study_options, float_list, missing_csv, output_folder, study_options
 
 if TYPE_CHECKING:
     from .frontier import SweepResult
@@ -123,19 +123,19 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--bound must be in [0, 1] (the constraint's bound, e.g. a rate gap of 0.05), got {args.bound}")
     coefficients = () if args.no_penalty else (args.penalty_coefficients or DEFAULT_PENALTY_COEFFICIENTS)
     options = _options(args)
-    out = _out_folder(args, parser, "sweep")
-    try:
-        result = sweep(
-            args.tolerances,
-            penalty_coefficients=coefficients,
-            heldout_duals=args.heldout_duals,
-            log=_log(args),
-            **options,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))  # exits with status 2
-    print(result.to_markdown())
-    _write(result, out, args)
+    with output_folder(parser, _out(args, "sweep")) as out:
+        try:
+            result = sweep(
+                args.tolerances,
+                penalty_coefficients=coefficients,
+                heldout_duals=args.heldout_duals,
+                log=_log(args),
+                **options,
+            )
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))  # exits with status 2
+        print(result.to_markdown())
+        _write(result, out, args)
     return 0
 
 
@@ -158,15 +158,15 @@ def _replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.out is not None and (args.out / "sweep.json").resolve() == prepared.source.resolve():
         parser.error(f"--out {args.out} holds the sweep.json being replayed, which the replay would overwrite; "
                      "write it to another folder")  # fmt: skip
-    out = _out_folder(args, parser, "replay")
-    try:
-        replayed = run_prepared(prepared, log=_log(args))
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
-    print(replayed.result.to_markdown())
-    for note in replayed.notes:
-        print(f"note: {note}")
-    _write(replayed.result, out, args)
+    with output_folder(parser, _out(args, "replay")) as out:
+        try:
+            replayed = run_prepared(prepared, log=_log(args))
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
+        print(replayed.result.to_markdown())
+        for note in replayed.notes:
+            print(f"note: {note}")
+        _write(replayed.result, out, args)
     members = len(replayed.result.points)
     if replayed.identical:
         print(f"replay of {prepared.source}: identical, every estimate of the {members} member"
@@ -178,13 +178,9 @@ def _replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 1
 
 
-def _out_folder(args: argparse.Namespace, parser: argparse.ArgumentParser, kind: str) -> Path:
-    out: Path = args.out or Path("fairopt-runs") / f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        parser.error(f"--out {out}: cannot write there ({err.strerror or err})")
-    return out
+def _out(args: argparse.Namespace, kind: str) -> Path:
+    """``--out``, or a new timestamped folder under ``fairopt-runs/``."""
+    return args.out or Path("fairopt-runs") / f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _log(args: argparse.Namespace) -> Callable[[str], None]:
