@@ -9,11 +9,14 @@ shapes, dtypes and devices are free and always run.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
 import sys
 import warnings
 import weakref
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +34,40 @@ def user_stacklevel() -> int:
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def spelling(name: str) -> str:
+    """``name`` without case and separators: ``Blond_hair``, ``blond-hair`` and ``Blond_Hair`` spell the same."""
+    return re.sub(r"[^0-9a-z:]", "", name.lower())
+
+
+def close_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
+    """For an unknown ``name``: the candidates spelled alike up to case and separators, else up to ``n`` of the
+    closest ones, compared so spelled (:func:`difflib.get_close_matches`, cutoff 0.6); maybe none."""
+    key = spelling(name)
+    by_spelling: dict[str, list[str]] = {}
+    for c in candidates:
+        by_spelling.setdefault(spelling(c), []).append(c)
+    if key in by_spelling:
+        return by_spelling[key]
+    close = difflib.get_close_matches(key, list(by_spelling), n=n, cutoff=0.6)  # compared as spelled: case aside
+    return [c for k in close for c in by_spelling[k]][:n]
+
+
+def require_columns(named: Mapping[str, Sequence[str]], available: Sequence[str], source: str) -> None:
+    """Refuse a column named for a role (``{"target": ["income"], ...}``) that is not in ``available``.
+
+    Raises:
+        ValueError: naming the role, the column, the file, a close name if there is one, and the columns there are.
+    """
+    for role, columns in named.items():
+        for column in columns:
+            if column not in available:
+                close = close_names(column, available, n=3)
+                hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+                raise ValueError(
+                    f"{role} column {column!r} not found in {source}; {hint}available columns: {list(available)}"
+                )
 
 
 _OFF = {"0", "false", "no", "off"}

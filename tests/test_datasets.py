@@ -472,8 +472,22 @@ def test_load_csv_missing_column(people_csv: Path):
     assert "available columns" in message and "'race'" in message
     with pytest.raises(ValueError, match="'income' not found in <DataFrame>"):
         load_csv(pd.read_csv(people_csv), target="income", sensitive="sex")
+    with pytest.raises(ValueError, match=r"sensitive column 'Sex' not found in .*; did you mean 'sex'\? available"):
+        load_csv(people_csv, target="label", sensitive="Sex")
+    with pytest.raises(ValueError, match=r"not found in .*; did you mean 'race'\? available"):
+        load_csv(people_csv, target="label", sensitive="rase")
     with pytest.raises(ValueError, match="'salary'"):
         load_csv(people_csv, target="label", sensitive="sex", features=["age", "salary"])
+
+
+def test_close_names_ignore_case_and_separators_then_rank_by_similarity():
+    from fairopt._validation import close_names
+
+    names = ["Blond_Hair", "Black_Hair", "Brown_Hair", "Male", "blond-hair"]
+    assert close_names("blond hair", names) == ["Blond_Hair", "blond-hair"]  # spelled alike: all of them, only them
+    assert close_names("Blond_hare", names, n=1) == ["Blond_Hair"]
+    assert close_names("male", names) == ["Male"]
+    assert close_names("Eyeglasses", names) == []
 
 
 def test_load_csv_non_binary_target(people_csv: Path):

@@ -334,6 +334,9 @@ def test_compiled_model_matches_and_its_checkpoint_loads(tmp_path):
     [
         ("resnet81", "close names: resnet18"),
         ("torchvision:resnet81", "close names: torchvision:resnet18"),
+        ("Resnet_18", "close names: resnet18;"),  # case and separators aside: that one name
+        ("preactresnet18-w1", "close names: preact-resnet18-w1;"),  # any width, though only the paper's are listed
+        ("PreAct_ResNet18", "close names: preact-resnet18;"),
         ("preact-resnet18-w0", "width of 'preact-resnet18-w0' must be an int >= 1"),
         ("hf-hub:timm/resnet18.a1_in1k", "would download"),
         ("foo:bar", "unknown model source"),

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fairopt._validation import require_columns
+
 from ._categories import sorted_categories
 from ._splits import SPLIT_NAMES, check_fractions
 from ._tabular import MIN_ROWS, TabularDataset, build_dataset, normalize_names, select_features
@@ -134,10 +136,7 @@ def load_csv(
         named["features"] = list(features)
     if sensitive_categories is not None:
         named["sensitive_categories"] = list(sensitive_categories)
-    for role, columns in named.items():
-        for column in columns:
-            if column not in raw.columns:
-                raise ValueError(f"{role} column {column!r} not found in {source}; available columns: {available}")
+    require_columns(named, available, source)
     if target in sensitive:
         raise ValueError(f"the target {target!r} cannot be a sensitive attribute")
 

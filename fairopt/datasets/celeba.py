@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fairopt._validation import close_names
 from fairopt.groups import Groups
 
 from ._splits import check_nonempty
@@ -97,9 +98,11 @@ def load_celeba(
     for role, names in (("target", [target]), ("sensitive", list(sensitive))):
         unknown = [n for n in names if n not in known]
         if unknown:
+            close = [c for n in unknown for c in close_names(n, known, n=1)]
+            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
             raise ValueError(
-                f"unknown {role} attribute(s) {unknown} in {attr_origin.source}; the {len(known)} known attributes "
-                f"are: {', '.join(known)}"
+                f"unknown {role} attribute(s) {unknown} in {attr_origin.source}; {hint}the {len(known)} known "
+                f"attributes are: {', '.join(known)}"
             )
     if target in sensitive:
         raise ValueError(f"the target {target!r} cannot also be a sensitive attribute")

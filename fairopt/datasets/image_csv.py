@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fairopt._validation import require_columns
 from fairopt.groups import Groups
 
 from ._categories import sorted_categories
@@ -140,11 +141,7 @@ def load_image_csv(
         raise ValueError(f"bins name column(s) {not_sensitive} that are not sensitive attributes {list(sensitive)}")
     named = {"path_column": [path_column], "target": [target], "sensitive": list(sensitive)}
     named.update({k: [v] for k, v in (("split_column", split_column), ("patient_column", patient_column)) if v})
-    for role, columns in named.items():
-        for column in columns:
-            if column not in frame.columns:
-                available = [str(c) for c in frame.columns]
-                raise ValueError(f"{role} column {column!r} not found in {source}; available columns: {available}")
+    require_columns(named, [str(c) for c in frame.columns], source)
     if target in sensitive:
         raise ValueError(f"the target {target!r} cannot also be a sensitive attribute")
 

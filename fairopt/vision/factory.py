@@ -20,7 +20,6 @@ stays light).
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import os
 import re
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fairopt._validation import close_names, spelling
 from fairopt.vision.preact_resnet import preact_resnet18
 from fairopt.vision.weights import existing_file, load_weights, read_state_dict
 
@@ -103,7 +103,10 @@ def list_image_models(pattern: str = "*", *, sources: Sequence[str] = SOURCES) -
 
 
 def _unknown(name: str, candidates: list[str], where: str) -> ValueError:
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    close = close_names(name, candidates)
+    # every width of our family is accepted but only the paper's are listed: the one asked for, spelled right
+    if (preact := re.fullmatch(r"preactresnet18(?:w(\d+))?", spelling(name))) is not None:
+        close = ["preact-resnet18" + ("" if preact.group(1) is None else f"-w{preact.group(1)}")]
     hint = f"close names: {', '.join(close)}; " if close else ""
     return ValueError(
         f"unknown image model {name!r} ({where}); {hint}fairopt.vision.list_image_models(pattern) lists the names "
