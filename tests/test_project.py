@@ -45,6 +45,13 @@ def test_wrap_optimizer_example_runs():
     assert set(values) == {"train", "held-out", "test"} and all(0.0 <= v <= 1.0 for v in values.values())
 
 
+def test_train_images_example_runs(recwarn):
+    values = _example("train_images").main(["--epochs", "2", "--width", "1"])
+    assert set(values) == {"train", "held-out", "test"} and all(0.0 <= v <= 1.0 for v in values.values())
+    # two epochs on 112 validation images cannot settle the game: check() says so rather than staying silent
+    assert any("at the end of training" in str(w.message) for w in recwarn)
+
+
 def test_custom_constraint_example_runs():
     out = _example("custom_constraint").main(["--epochs", "2"])
     assert -1.0 <= out["max_value"] <= 1.0 and out["multipliers"] >= 0.0
