@@ -136,6 +136,14 @@ def test_group_thresholds_on_an_image_folder(celeba, tmp_path, capsys):
     (run,) = json.loads((out / "study.json").read_text())["runs"]
     assert run["method"] == "thresholds" and run["selection"].startswith("group thresholds on validation")
     assert run["multipliers"] == [] and sum(g["count"] for g in run["reports"]["test"]["groups"]) == 3
+    # the record names what was read: the attribute and partition files' hashes, and the defaults the loader chose
+    data = json.loads((out / "study.json").read_text())["provenance"]["data"]
+    assert data["source"] == "celeba" and data["path"] == str(celeba.resolve())
+    assert data["sha256"] == {
+        name: hashlib.sha256((celeba / name).read_bytes()).hexdigest()
+        for name in ("list_attr_celeba.txt", "list_eval_partition.txt")
+    }
+    assert (data["target"], data["sensitive"], data["rows"]) == ("Blond_Hair", ["Male"], 12)
 
 
 def test_images_csv_folder_with_a_positive_label(image_csv, tmp_path, capsys):

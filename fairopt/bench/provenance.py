@@ -41,19 +41,34 @@ def provenance(dataset: str, data: Any, *, given: bool = False) -> dict[str, Any
     """:func:`versions` and ``"data"``: what ``dataset`` (a ``--dataset`` value) loaded as ``data``.
 
     ``data["source"]`` is ``"csv"`` (with ``path``, absolute, and ``sha256`` of the file's bytes), ``"images"`` (an
-    ``images:CSV`` index: its path and SHA-256; the image files it names are not hashed), ``"bundled"`` (``sha256`` of
-    the packaged files, which fairopt checks when it loads them), ``"in memory"`` (``given``: a dataset passed as an
-    object, which no file reproduces) or the dataset's own name (e.g. ``celeba:DIR``: nothing hashed). A tabular
-    dataset adds its ``name``, ``target``, ``rows`` and ``feature_names`` (the columns the model read)."""
+    ``images:CSV`` index: its path and SHA-256; the image files it names are not hashed), ``"celeba"`` (the folder and
+    the SHA-256 of its attribute and partition files; not of the images), ``"bundled"`` (``sha256`` of the packaged
+    files, which fairopt checks when it loads them), ``"in memory"`` (``given``: a dataset passed as an object, which
+    no file reproduces) or the dataset's own name (``digits``: built from scikit-learn's copy, nothing hashed). A
+    tabular dataset adds its ``name``, ``target``, ``rows`` and ``feature_names`` (the columns the model read); an
+    image dataset its ``name``, ``target``, ``sensitive`` and ``rows`` (as loaded: the loader's defaults filled in)."""
     described: dict[str, Any] = {}
     if hasattr(data, "feature_names") and hasattr(data, "frame"):  # a TabularDataset
         described.update(name=data.name, target=data.target, rows=len(data.frame),
                          feature_names=list(data.feature_names))  # fmt: skip
+    else:  # an ImageDataset, or the image study's wrapper of one: what the loader's defaults chose
+        from fairopt.datasets import ImageDataset
+
+        images = getattr(data, "dataset", data)
+        if isinstance(images, ImageDataset):
+            described.update(name=images.name, target=images.target, sensitive=list(images.sensitive),
+                             rows=len(images.frame))  # fmt: skip
     if given:
         described["source"] = "in memory"
     elif dataset.startswith(("csv:", "images:")):
         path = Path(dataset.partition(":")[2]).resolve()
         described.update(source=dataset.partition(":")[0], path=str(path), sha256=file_sha256(path))
+    elif dataset.startswith("celeba:"):
+        from fairopt.datasets.celeba import index_files
+
+        files = [f.resolve() for f in index_files(dataset.partition(":")[2]) if f.is_file()]
+        described.update(source="celeba", path=str(files[0].parent) if files else dataset.partition(":")[2],
+                         sha256={f.name: file_sha256(f) for f in files})  # fmt: skip
     else:
         from fairopt.datasets._checksums import SHA256
 

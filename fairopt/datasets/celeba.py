@@ -155,6 +155,17 @@ def load_celeba(
     )
 
 
+def index_files(root: str | Path) -> tuple[Path, Path]:
+    """The attribute file and the partition file :func:`load_celeba` reads under ``root`` (the ``.txt`` of each where
+    both forms are there, as the loader), for a record of what was trained on (``study.json`` hashes them). Either
+    may not exist: the loader then raises."""
+    base = _base_folder(Path(root))
+    return tuple(  # type: ignore[return-value]
+        base / f"{stem}.txt" if (base / f"{stem}.txt").is_file() else base / f"{stem}.csv"
+        for stem in ("list_attr_celeba", "list_eval_partition")
+    )
+
+
 def _base_folder(root: Path) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"CelebA root {root} is not a folder; {_LAYOUT}")
