@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from collections.abc import Iterator
 
 import torch
 from torch.nn import functional as F
@@ -34,7 +35,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     constraint = fairopt.EqualizedOdds(tolerance=0.05)
 
     # --- the fairopt part: wrap the optimizer; feed the dual player held-out batches -----------------------------
-    heldout = itertools.cycle(data.loader("validation", batch_size=512, shuffle=True, seed=1))
+    def validation_batches() -> Iterator[tuple[torch.Tensor, ...]]:  # reshuffled each pass
+        for epoch in itertools.count():
+            yield from data.loader("validation", batch_size=512, shuffle=True, seed=1000 + epoch)
+
+    heldout = validation_batches()
 
     def heldout_batch() -> dict[str, torch.Tensor]:
         x, y, a = next(heldout)

@@ -16,7 +16,7 @@ import re
 import sys
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +37,9 @@ def user_stacklevel() -> int:
 
 
 def spelling(name: str) -> str:
-    """``name`` without case and separators: ``Blond_hair``, ``blond-hair`` and ``Blond_Hair`` spell the same."""
-    return re.sub(r"[^0-9a-z:]", "", name.lower())
+    """``name`` without case, whitespace and the separators ``_ - .``: ``Blond_hair``, ``blond-hair`` and
+    ``Blond_Hair`` spell the same (other characters, ``:`` and non-ASCII letters included, are kept)."""
+    return re.sub(r"[\s_.\-]", "", name.casefold())
 
 
 def close_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
@@ -54,20 +55,21 @@ def close_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
     return [c for k in close for c in by_spelling[k]][:n]
 
 
-def require_columns(named: Mapping[str, Sequence[str]], available: Sequence[str], source: str) -> None:
-    """Refuse a column named for a role (``{"target": ["income"], ...}``) that is not in ``available``.
+def require_columns(named: Mapping[str, Sequence[Hashable]], available: Sequence[Hashable], source: str) -> None:
+    """Refuse a column named for a role (``{"target": ["income"], ...}``) that is not among the labels
+    ``available`` (a frame's ``columns``, compared as they are: ``"2"`` is not the integer label ``2``).
 
     Raises:
         ValueError: naming the role, the column, the file, a close name if there is one, and the columns there are.
     """
+    labels = list(available)
     for role, columns in named.items():
         for column in columns:
-            if column not in available:
-                close = close_names(column, available, n=3)
+            if column not in labels:
+                by_text = {str(c): c for c in labels}
+                close = [by_text[c] for c in close_names(str(column), list(by_text), n=3)]
                 hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-                raise ValueError(
-                    f"{role} column {column!r} not found in {source}; {hint}available columns: {list(available)}"
-                )
+                raise ValueError(f"{role} column {column!r} not found in {source}; {hint}available columns: {labels}")
 
 
 _OFF = {"0", "false", "no", "off"}

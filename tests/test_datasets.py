@@ -476,6 +476,8 @@ def test_load_csv_missing_column(people_csv: Path):
         load_csv(people_csv, target="label", sensitive="Sex")
     with pytest.raises(ValueError, match=r"not found in .*; did you mean 'race'\? available"):
         load_csv(people_csv, target="label", sensitive="rase")
+    with pytest.raises(ValueError, match=r"target column '2' not found in <DataFrame>; did you mean 2\? available"):
+        load_csv(pd.read_csv(people_csv).rename(columns={"label": 2}), target="2", sensitive="sex")
     with pytest.raises(ValueError, match="'salary'"):
         load_csv(people_csv, target="label", sensitive="sex", features=["age", "salary"])
 
@@ -488,6 +490,7 @@ def test_close_names_ignore_case_and_separators_then_rank_by_similarity():
     assert close_names("Blond_hare", names, n=1) == ["Blond_Hair"]
     assert close_names("male", names) == ["Male"]
     assert close_names("Eyeglasses", names) == []
+    assert close_names("年齢", ["性别", "年龄"]) == [] and close_names("größe", ["Größe", "Grosse"]) == ["Größe"]
 
 
 def test_load_csv_non_binary_target(people_csv: Path):

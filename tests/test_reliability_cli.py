@@ -7,6 +7,7 @@ files, a capped training split, small groups, constant classifiers and the repor
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -253,3 +254,12 @@ def test_nearly_one_group_per_row_is_refused_before_training(tmp_path: Path, cap
     assert code == 2
     assert "groups for 240 training rows: nearly every row is its own group" in err and "bin it" in err
     assert not (tmp_path / "out").exists()  # a failed run leaves no (empty) output folder
+    (tmp_path / "mine" / "sub").mkdir(parents=True)  # ... but never removes one that was there
+    argv[argv.index("--out") + 1] = str(tmp_path / "mine" / "sub")
+    with contextlib.suppress(SystemExit):
+        main(argv)
+    assert (tmp_path / "mine" / "sub").is_dir()
+    argv[argv.index("--out") + 1] = str(tmp_path / "new" / "deeper" / "out")  # nor leaves the parents it made
+    with contextlib.suppress(SystemExit):
+        main(argv)
+    assert not (tmp_path / "new").exists()

@@ -142,6 +142,57 @@ def test_standard_errors_scale_to_many_groups():
     np.testing.assert_allclose(se, [math.sqrt(tpr0 * (1 - tpr0) / 60 + tpr1 * (1 - tpr1) / 50)], rtol=1e-12)
 
 
+def _central_differences(cs: ConstraintSet, stats: GroupStats, step: float = 1e-5) -> np.ndarray:
+    """``(m, G, 4)`` by central differences on the NumPy evaluator: an independent check of hard_jacobian."""
+    table = stats.table.double().numpy()
+    out = np.zeros((cs.num_constraints, table.shape[0], 4))
+    for g in range(table.shape[0]):
+        for j in range(4):
+            values = []
+            for sign in (1.0, -1.0):
+                shifted = table.copy()
+                shifted[g, j] += sign * step
+                values.append(cs.linearize(GroupStats(torch.from_numpy(shifted)), gradients=False).hard)
+            out[:, g, j] = (values[0] - values[1]) / (2 * step)
+    return out
+
+
+@pytest.mark.parametrize("num_groups", [3, 6])  # 6 pairs (reverse mode) and 30 pairs > 4G = 24 (forward mode)
+def test_hard_jacobian_matches_central_differences_in_both_modes(num_groups):
+    gen = torch.Generator().manual_seed(1)
+    n = 400 * num_groups
+    y = (torch.rand(n, generator=gen) < 0.4).float()
+    a = torch.arange(n) % num_groups
+    s = torch.randn(n, generator=gen) + y + 0.1 * a
+    stats = fairopt.group_stats(s, labels=y, groups=a, num_groups=num_groups)
+    cs = ConstraintSet(
+        [fairopt.pairwise(fairopt.tpr.per_group(), fairopt.tpr.per_group()) <= 0.1, fairopt.DemographicParity(0.1)],
+        num_groups,
+    )
+    jacobian, _, defined = cs.hard_jacobian(stats)
+    assert jacobian.shape == (num_groups * (num_groups - 1) + 1, num_groups, 4) and defined.all()
+    np.testing.assert_allclose(jacobian, _central_differences(cs, stats), rtol=1e-6, atol=1e-9)
+
+
+def test_standard_errors_under_inference_mode_and_of_constants():
+    from fairopt.constraints import device_evaluation
+    from fairopt.constraints.expressions import Const
+
+    stats = _cells([[30, 10, 20, 40], [50, 50, 5, 45]])
+    cs = ConstraintSet([fairopt.EqualizedOdds(0.05)], 2)
+    expected = cs.standard_errors(stats)
+    # the evaluator's cached constants built under inference mode must not be inference tensors
+    device_evaluation._CONSTANTS.clear()
+    device_evaluation._AFFINE.clear()
+    with torch.inference_mode():
+        cs.evaluate_device(stats)
+        np.testing.assert_allclose(cs.standard_errors(stats), expected, rtol=1e-12)
+    np.testing.assert_allclose(cs.standard_errors(stats), expected, rtol=1e-12)
+    with pytest.warns(UserWarning, match="can never be violated"):
+        constant = ConstraintSet([Const(0.1) <= 0.2], 2)
+    np.testing.assert_array_equal(constant.standard_errors(stats), [0.0])
+
+
 def test_standard_errors_match_the_bootstrap_against_the_pooled_rate_and_undefined_is_inf():
     gen = torch.Generator().manual_seed(0)
     n = 3000
@@ -392,6 +443,17 @@ def test_randomized_thresholds_meet_the_constraint_exactly_on_the_fit_data(const
         s, labels=y, groups=a, constraints=type(constraint)(1.0), num_groups=2
     )  # a bound that never binds
     assert loose.error <= policy.error + 1e-12 and loose.error < float(((s > 0).float() != y).float().mean())
+
+
+def test_randomized_thresholds_meet_two_constraints_at_once():
+    # the cuts read hard_jacobian of the whole set: it was garbage for two 1-entry constraints (the LP ran for
+    # minutes and ended infeasible)
+    s, y, a = _scored(2000, seed=5)
+    both = [fairopt.DemographicParity(0.03), fairopt.EqualOpportunity(0.03)]
+    policy = GroupThresholds.fit(s, labels=y, groups=a, constraints=both, num_groups=2)
+    assert policy.feasible
+    value = ConstraintSet(both, 2).evaluate(policy.stats(s, labels=y, groups=a)).hard
+    assert value.shape == (2,) and float(value.max()) <= 1e-7
 
 
 def test_thresholds_beat_or_match_fairlearn_threshold_optimizer():

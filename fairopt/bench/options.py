@@ -36,20 +36,29 @@ def missing_csv(dataset: str | None) -> str | None:
 @contextmanager
 def output_folder(parser: argparse.ArgumentParser, out: Path) -> Iterator[Path]:
     """``out``, created (``--out``, or the command's default); ``parser.error`` (exit 2) now, before any training, if
-    it cannot be written. A folder made here is removed again if the run leaves it empty (an error, Ctrl-C), so a
-    failed run leaves nothing behind."""
-    created = not out.exists()
+    it cannot be written. The folders made here (``out`` and any missing parent, e.g. ``fairopt-runs/``) are removed
+    again if the run leaves them empty (an error, Ctrl-C), so a failed run leaves nothing behind; a folder that
+    existed before is never removed."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / ".write-test").touch()
         (out / ".write-test").unlink()
     except OSError as err:
+        _remove_empty(made)
         parser.error(f"--out {out}: cannot write there ({err.strerror or err})")
     try:
         yield out
     finally:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
 
 
 def csv_list(text: str) -> tuple[str, ...]:

@@ -75,6 +75,6 @@ def provenance(dataset: str, data: Any, *, given: bool = False) -> dict[str, Any
         files = {name: digest for name, digest in SHA256.items() if name.split(".")[0] == dataset}
         if files:
             described.update(source="bundled", sha256=files)
-        else:  # e.g. celeba:DIR or digits: nothing hashed
+        else:  # e.g. digits (built from scikit-learn's copy): nothing hashed
             described["source"] = dataset
     return {**versions(), "data": described}

@@ -5,15 +5,17 @@ evaluator of :mod:`fairopt.constraints.evaluation`, with the same semantics, nod
 :func:`fairopt.rates.compute_rate` defines them; interval arithmetic for the proxy bounds; ``abs``, ``max``/``min``
 and ``maximum``/``minimum`` choose their branch or entry by the *true* values, interval products and quotients by
 the bound values, the first corner at a tie; undefined entries hold 0 with zero derivative; derivatives w.r.t. the
-hard columns are 0). Where the NumPy evaluator branches on values on the host (``if defined.all()``, ``int(argmax)``),
-this one always takes the masked form (``torch.where``, ``gather``), so
+hard columns are 0, except with ``hard_gradients``, the delta method's Jacobian). Where the NumPy evaluator branches
+on values on the host (``if defined.all()``, ``int(argmax)``), this one always takes the masked form
+(``torch.where``, ``gather``), so
 
 * it never reads a tensor on the host: no ``.item()``, ``.tolist()``, ``.cpu()``, ``bool(tensor)``; on a GPU the
   constrained step stays in the device queue (CUDA-graph-able, ``torch.cuda.set_sync_debug_mode("error")`` clean);
 * ``torch.compile(fullgraph=True)`` traces it with no graph break (the tree walk is Python over the expression, a
   constant: it unrolls at trace time);
 * the gradient w.r.t. the table is plain autograd through these ops (first and higher order), and ``torch.func``
-  transforms (``grad``, ``vjp``, ``vmap``) see the same graph: the hard columns enter detached in every case.
+  transforms (``grad``, ``vjp``, ``vmap``) see the same graph: the hard columns enter detached (unless
+  ``hard_gradients``, which only :meth:`~fairopt.optim.ConstraintSet.hard_jacobian` asks for).
 
 It is the library's one torch evaluator: a table may carry leading batch dimensions, ``(..., G, K)``, and every node
 is then one tensor operation over the whole stack. The constrained step evaluates one ``(G, K)`` table
@@ -35,6 +37,7 @@ by default (``evaluator="auto"``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -86,6 +89,16 @@ _CONSTANTS: dict[tuple[object, ...], Tensor] = {}
 _AFFINE: dict[tuple[object, ...], tuple[Tensor, Tensor]] = {}
 
 
+def _normal(build: Callable[[], Tensor]) -> Tensor:
+    """``build()``, outside inference mode: a cached constant made under ``torch.inference_mode()`` would be an
+    inference tensor, which no later autograd pass may save (``ConstraintSet.hard_jacobian`` differentiates
+    through these constants)."""
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return build()
+    return build()
+
+
 def _scalar(value: float, like: Tensor) -> Tensor:
     """A cached 0-dim tensor of ``like``'s dtype and device. ``torch.where(mask, x, _scalar(0.0, x))`` is about
     1.5x faster on the CPU than passing the Python float (which wraps a fresh tensor each call), and this runs at
@@ -93,7 +106,7 @@ def _scalar(value: float, like: Tensor) -> Tensor:
     key = ("scalar", value, like.dtype, like.device)
     out = _CONSTANTS.get(key)
     if out is None:
-        out = _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        out = _CONSTANTS[key] = _normal(lambda: torch.tensor(value, dtype=like.dtype, device=like.device))
     return out
 
 
@@ -102,7 +115,9 @@ def _label_affine(like: Tensor) -> tuple[Tensor, Tensor]:
     key = ("label_affine", like.dtype, like.device)
     out = _AFFINE.get(key)
     if out is None:
-        sign, offset = torch.tensor([[1.0, 1.0, -1.0], [0.0, 0.0, 1.0]], dtype=like.dtype, device=like.device)
+        sign, offset = _normal(
+            lambda: torch.tensor([[1.0, 1.0, -1.0], [0.0, 0.0, 1.0]], dtype=like.dtype, device=like.device)
+        )
         out = _AFFINE[key] = (sign, offset)
     return out
 
@@ -113,7 +128,7 @@ def _swapped(v: Tensor) -> Tensor:
     key = ("swap", v.device)
     index = _CONSTANTS.get(key)
     if index is None:
-        index = _CONSTANTS[key] = torch.tensor(_SWAP, device=v.device)
+        index = _CONSTANTS[key] = _normal(lambda: torch.tensor(_SWAP, device=v.device))
     return v.index_select(0, index)
 
 
@@ -207,7 +222,7 @@ def _constant(key: tuple[object, ...], build: object) -> Tensor:
     """A cached constant tensor (built by ``build()`` on the first call for ``key``)."""
     value = _CONSTANTS.get(key)
     if value is None:
-        value = build()  # type: ignore[operator]
+        value = _normal(build)  # type: ignore[arg-type]
         _CONSTANTS[key] = value
     return value
 

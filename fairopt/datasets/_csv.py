@@ -129,14 +129,13 @@ def load_csv(
     sensitive = normalize_names(sensitive, "sensitive")
     check_fractions(validation_fraction, test_fraction)
 
-    available = [str(c) for c in raw.columns]
     named = {"target": [target], "sensitive": list(sensitive)}
     named["categorical"] = list(categorical)
     if features is not None:
         named["features"] = list(features)
     if sensitive_categories is not None:
         named["sensitive_categories"] = list(sensitive_categories)
-    require_columns(named, available, source)
+    require_columns(named, list(raw.columns), source)
     if target in sensitive:
         raise ValueError(f"the target {target!r} cannot be a sensitive attribute")
 

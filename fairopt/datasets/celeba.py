@@ -17,7 +17,7 @@ from ._tabular import normalize_names
 from .image_io import IMAGENET_MEAN, IMAGENET_STD, ImageSize, RowOrigin
 from .images import ImageDataset, as_size, assemble_images
 
-__all__ = ["CELEBA_PARTITIONS", "load_celeba"]
+__all__ = ["CELEBA_PARTITIONS", "index_files", "load_celeba"]
 
 CELEBA_PARTITIONS: dict[int, str] = {0: "train", 1: "validation", 2: "test"}
 """The official ``list_eval_partition`` codes and the fairopt split each becomes (162,770 / 19,867 / 19,962
@@ -96,10 +96,10 @@ def load_celeba(
     sensitive = normalize_names(sensitive, "sensitive")
     known = [c for c in attrs.columns if c != "image_id"]
     for role, names in (("target", [target]), ("sensitive", list(sensitive))):
-        unknown = [n for n in names if n not in known]
+        unknown = [name for name in names if name not in known]
         if unknown:
-            close = [c for n in unknown for c in close_names(n, known, n=1)]
-            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+            close = {name: close_names(name, known, n=1) for name in unknown}
+            hint = "".join(f"did you mean {c[0]!r} for {name!r}? " for name, c in close.items() if c)
             raise ValueError(
                 f"unknown {role} attribute(s) {unknown} in {attr_origin.source}; {hint}the {len(known)} known "
                 f"attributes are: {', '.join(known)}"
@@ -157,13 +157,20 @@ def load_celeba(
 
 def index_files(root: str | Path) -> tuple[Path, Path]:
     """The attribute file and the partition file :func:`load_celeba` reads under ``root`` (the ``.txt`` of each where
-    both forms are there, as the loader), for a record of what was trained on (``study.json`` hashes them). Either
-    may not exist: the loader then raises."""
+    both forms are there), for a record of what was trained on (``study.json`` hashes them). Either may not exist
+    (the loader then raises).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+    """
     base = _base_folder(Path(root))
-    return tuple(  # type: ignore[return-value]
-        base / f"{stem}.txt" if (base / f"{stem}.txt").is_file() else base / f"{stem}.csv"
-        for stem in ("list_attr_celeba", "list_eval_partition")
-    )
+    return _index_file(base, "list_attr_celeba"), _index_file(base, "list_eval_partition")
+
+
+def _index_file(base: Path, stem: str) -> Path:
+    """``stem.txt`` if it is there, else ``stem.csv`` (which may not exist either)."""
+    txt = base / f"{stem}.txt"
+    return txt if txt.is_file() else base / f"{stem}.csv"
 
 
 def _base_folder(root: Path) -> Path:
@@ -185,8 +192,9 @@ def _image_folder(base: Path) -> Path:
 
 def _read_attributes(base: Path) -> tuple[pd.DataFrame, RowOrigin]:
     """The attribute table (``image_id`` + one int64 -1/1 column per attribute) and where its rows came from."""
-    txt, csv = base / "list_attr_celeba.txt", base / "list_attr_celeba.csv"
-    if txt.is_file():
+    path = _index_file(base, "list_attr_celeba")
+    if path.suffix == ".txt":
+        txt = path
         try:
             with open(txt) as handle:
                 count_line, names_line = handle.readline(), handle.readline()
@@ -203,15 +211,15 @@ def _read_attributes(base: Path) -> tuple[pd.DataFrame, RowOrigin]:
         if len(frame) != count:
             raise ValueError(f"{txt} line 1 announces {count} images but {len(frame)} rows follow")
         origin = RowOrigin(str(txt), 3, "image_id")
-    elif csv.is_file():
-        frame = _read_table(csv)
+    elif path.is_file():
+        frame = _read_table(path)
         if len(frame.columns) < 2 or frame.columns[0] != "image_id":
             raise ValueError(
-                f"{csv} must start with the header image_id,<attribute>,...; got {list(frame.columns)[:3]}"
+                f"{path} must start with the header image_id,<attribute>,...; got {list(frame.columns)[:3]}"
             )
-        origin = RowOrigin(str(csv), 2, "image_id")
+        origin = RowOrigin(str(path), 2, "image_id")
     else:
-        raise FileNotFoundError(f"neither {txt.name} nor {csv.name} found in {base}; {_LAYOUT}")
+        raise FileNotFoundError(f"neither list_attr_celeba.txt nor {path.name} found in {base}; {_LAYOUT}")
     if len(frame) == 0:
         raise ValueError(f"{origin.source} lists no images")
     _check_unique(frame["image_id"], origin)
@@ -233,18 +241,18 @@ def _read_attributes(base: Path) -> tuple[pd.DataFrame, RowOrigin]:
 def _read_partition(base: Path, attrs: pd.DataFrame, attr_origin: RowOrigin) -> tuple[pd.Series, RowOrigin]:
     """The official partition code (0/1/2) of every row of ``attrs``, matched by ``image_id``, and where the codes
     came from."""
-    txt, csv = base / "list_eval_partition.txt", base / "list_eval_partition.csv"
-    if txt.is_file():
-        frame = _read_table(txt, sep=r"\s+", header=None, names=["image_id", "partition"])
-        origin = RowOrigin(str(txt), 1, "partition")
-    elif csv.is_file():
-        frame = _read_table(csv)
+    path = _index_file(base, "list_eval_partition")
+    if path.suffix == ".txt":
+        frame = _read_table(path, sep=r"\s+", header=None, names=["image_id", "partition"])
+        origin = RowOrigin(str(path), 1, "partition")
+    elif path.is_file():
+        frame = _read_table(path)
         missing = [c for c in ("image_id", "partition") if c not in frame.columns]
         if missing:
-            raise ValueError(f"{csv} lacks column(s) {missing}; its header must be image_id,partition")
-        origin = RowOrigin(str(csv), 2, "partition")
+            raise ValueError(f"{path} lacks column(s) {missing}; its header must be image_id,partition")
+        origin = RowOrigin(str(path), 2, "partition")
     else:
-        raise FileNotFoundError(f"neither {txt.name} nor {csv.name} found in {base}; {_LAYOUT}")
+        raise FileNotFoundError(f"neither list_eval_partition.txt nor {path.name} found in {base}; {_LAYOUT}")
     _check_unique(frame["image_id"], origin, "image_id")
     codes = pd.to_numeric(frame["partition"], errors="coerce")
     bad = np.flatnonzero(~codes.isin(list(CELEBA_PARTITIONS)).to_numpy())

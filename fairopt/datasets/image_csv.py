@@ -141,7 +141,7 @@ def load_image_csv(
         raise ValueError(f"bins name column(s) {not_sensitive} that are not sensitive attributes {list(sensitive)}")
     named = {"path_column": [path_column], "target": [target], "sensitive": list(sensitive)}
     named.update({k: [v] for k, v in (("split_column", split_column), ("patient_column", patient_column)) if v})
-    require_columns(named, [str(c) for c in frame.columns], source)
+    require_columns(named, list(frame.columns), source)
     if target in sensitive:
         raise ValueError(f"the target {target!r} cannot also be a sensitive attribute")
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from fairopt._deprecation import renamed_kwargs
 from fairopt._validation import require_tensor, user_stacklevel
@@ -39,6 +40,7 @@ EVALUATORS = ("auto", "numpy", "device")
 
 # Rates that are computed without labels (a selection rate counts predictions only) or from the loss column.
 _CELLS = [COLUMNS.index(c) for c in ("tn", "fp", "fn", "tp")]  # the hard confusion cells
+_JACOBIAN_CHUNK = 256  # entries per batched backward pass of hard_jacobian (bounds its memory)
 _LABEL_FREE_RATES = frozenset({"selection_rate", "mean_loss"})
 
 
@@ -338,10 +340,10 @@ class ConstraintSet:
         parts = [evaluate_device(c.expr, table, offset=c.tolerance) for c in self.constraints]
         if len(parts) == 1:
             return ConstraintValue(parts[0].hard, parts[0].proxy_upper, parts[0].defined)
-        return ConstraintValue(
-            torch.cat([p.hard for p in parts]),
-            torch.cat([p.proxy_upper for p in parts]),
-            torch.cat([p.defined for p in parts]),
+        return ConstraintValue(  # dim -1: the entries (a table may carry batch dimensions)
+            torch.cat([p.hard for p in parts], dim=-1),
+            torch.cat([p.proxy_upper for p in parts], dim=-1),
+            torch.cat([p.defined for p in parts], dim=-1),
         )
 
     def linearize(self, stats: GroupStats, *, gradients: bool = True) -> Linearization:
@@ -385,7 +387,9 @@ class ConstraintSet:
         T_{g,c})^2\, T_{g,c}`. For a rate this is exactly the binomial :math:`r(1-r)/n`; for a gap between two
         groups it is the sum of their variances; a rate pooled over groups (``vs_overall``) is correlated with its
         parts and the Jacobian accounts for it. A max/min takes its active branch (the selection of the largest
-        gap is not corrected for). Weighted tables are read as counts. Undefined entries get ``inf``.
+        gap is not corrected for), the first entry at a tie: ``max_g r_g - min_g r_g`` (the built-in gaps) over
+        tied rates gets 0, where ``|r_1 - r_0|``, the same gap for two groups, gets the standard error of the
+        difference (see :meth:`hard_jacobian`). Weighted tables are read as counts. Undefined entries get ``inf``.
 
         Used to leave a margin against estimation error when choosing or training a model on held-out data
         ("plan to overfit the constraints", Cotter et al., JMLR 20(172), 2019, Section 7.2).
@@ -402,18 +406,22 @@ class ConstraintSet:
         """Derivatives of the hard values w.r.t. every group's confusion cells, by reverse-mode autograd.
 
         The hard values evaluated by :func:`~fairopt.constraints.device_evaluation.evaluate_device` with
-        ``hard_gradients=True`` on the float64 table, differentiated by one backward pass batched over the ``m``
-        entries (each O(G): O(m G) time and memory, where central differences over ``8G`` perturbed tables were
-        O(G^2)). A hard value is a ratio of counts, smooth away from the kinks of ``abs`` and
-        ``max``/``min``; at a kink the derivative is the one of the branch or entry the value takes: at a tie of
+        ``hard_gradients=True`` on the float64 table, differentiated by autograd: in reverse mode (backward passes
+        batched over the ``m`` entries, 256 at a time) when ``m <= 4G``, else in forward mode (one pass per cell, ``4G``
+        of them). Each pass costs what one evaluation does, O(G) for most expressions (O(m) for ``pairwise``), so the
+        whole is O(min(m, 4G) x one evaluation), with memory for one chunk; central differences over ``8G`` perturbed
+        tables, stacked, cost O(G^2) memory. A hard value is a ratio of counts, smooth away from the kinks of ``abs``
+        and ``max``/``min``; at a kink the derivative is the one of the branch or entry the value takes: at a tie of
         ``|r_a - r_b|`` that of ``r_a - r_b`` (a central difference averaged it to 0); ``max`` and ``min`` take the
         first entry at a tie, so ``max_g r_g - min_g r_g`` over tied rates has derivative 0 (as with the central
         difference).
 
+        Works under ``torch.no_grad()`` and ``torch.inference_mode()`` (it differentiates a table of its own).
+
         Returns:
             ``(jacobian, cells, defined)``: ``(m, G, 4)`` float64 ``∂g_i/∂T[g, c]`` for the cells ``tn, fp, fn, tp``;
             the ``(G, 4)`` cells themselves (negative weighted counts clipped to 0); the ``(m,)`` defined mask.
-            Undefined entries have a zero row.
+            Undefined entries, and entries that do not depend on the table (constants), have a zero row.
 
         Raises:
             TypeError: a constraint is a :class:`~fairopt.constraints.FunctionConstraint`. ValueError: another G.
@@ -426,18 +434,41 @@ class ConstraintSet:
             )
         self._check_table(stats)
         table = host_table(stats)
-        # Plain autograd, not torch.func.jacrev: the evaluator caches constants it builds, which must not be built
-        # inside a functorch transform (they would be its wrapped tensors). One backward, batched over the m rows of
-        # the identity (is_grads_batched: vmap over the backward only).
-        leaf = torch.from_numpy(table.copy()).requires_grad_()
-        with torch.enable_grad():  # a caller's no_grad() would leave nothing to differentiate
-            hard = torch.cat([evaluate_device(c.expr, leaf, hard_gradients=True).hard for c in self.constraints])
-            eye = torch.eye(hard.shape[0], dtype=hard.dtype)
-            (jacobian,) = torch.autograd.grad(hard, leaf, eye, is_grads_batched=True, allow_unused=True)
-        if jacobian is None:  # no entry depends on the table (constant expressions)
-            jacobian = torch.zeros((hard.shape[0], *table.shape), dtype=torch.float64)
+        num_groups = table.shape[0]
+        # Plain autograd, not torch.func: the evaluator caches constants it builds, which must not be built inside a
+        # functorch transform (they would be its wrapped tensors).
+        with torch.inference_mode(False), torch.enable_grad():  # a table of its own, whatever the caller's mode
+            cells = torch.from_numpy(table.copy())
+            m = self.num_constraints
+            jacobian = torch.zeros((m, num_groups, 4), dtype=torch.float64)
+            if m <= 4 * num_groups:  # reverse mode: a cotangent per entry
+                leaf = cells.requires_grad_()
+                hard, defined = self._hard_values(leaf)
+                if hard.requires_grad:  # else no entry depends on the table (constant expressions)
+                    eye = torch.eye(m, dtype=hard.dtype)
+                    for lo in range(0, m, _JACOBIAN_CHUNK):
+                        rows = eye[lo : lo + _JACOBIAN_CHUNK]
+                        (grad,) = torch.autograd.grad(hard, leaf, rows, retain_graph=True, is_grads_batched=True)
+                        jacobian[lo : lo + len(rows)] = grad[..., _CELLS]
+            else:  # forward mode: a tangent per cell
+                _, defined = self._hard_values(cells)
+                for g in range(num_groups):
+                    for j, column in enumerate(_CELLS):
+                        tangent = torch.zeros_like(cells)
+                        tangent[g, column] = 1.0
+                        with forward_ad.dual_level():
+                            values, _ = self._hard_values(forward_ad.make_dual(cells, tangent))
+                            derivative = forward_ad.unpack_dual(values).tangent
+                        if derivative is not None:
+                            jacobian[:, g, j] = derivative
         counts = np.maximum(table[:, _CELLS], 0.0)  # (G, 4)
-        return jacobian[..., _CELLS].numpy(), counts, self._linearize(table, gradients=False).defined
+        return jacobian.numpy(), counts, defined.numpy()
+
+    def _hard_values(self, table: Tensor) -> tuple[Tensor, Tensor]:
+        """``(hard, defined)``, ``(m,)`` each, of every entry on a ``(G, K)`` table, differentiable w.r.t. all its
+        columns (:func:`evaluate_device` with ``hard_gradients``)."""
+        parts = [evaluate_device(c.expr, table, hard_gradients=True) for c in self.constraints]
+        return torch.cat([p.hard for p in parts], dim=-1), torch.cat([p.defined for p in parts], dim=-1)
 
     def _check_table(self, stats: GroupStats) -> None:
         if not isinstance(stats, GroupStats):
