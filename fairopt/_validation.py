@@ -154,10 +154,18 @@ def require_number(name: str, value: object, hint: str) -> float:
 
 def require_tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor({name})"
-        )
+        fix = f"convert it with torch.as_tensor({name})"
+        if name == "groups" and _holds_text(value):  # as_tensor cannot read names: encode them as ids
+            fix = "encode the names as int64 ids with fairopt.Groups: groups = fairopt.Groups.fit(names).encode(names)"
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; {fix}")
     return value
+
+
+def _holds_text(value: object) -> bool:
+    """Whether ``value`` (a list, tuple or array) holds strings, which ``torch.as_tensor`` refuses."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "OUS"
+    return isinstance(value, (list, tuple)) and any(isinstance(v, (str, bytes)) for v in value[:1])
 
 
 def require_1d(name: str, value: Tensor, n: int | None, hint: str = "") -> None:
@@ -217,11 +225,16 @@ def ends_in_probabilities(model: object) -> str | None:
     return type(last).__name__ if isinstance(last, probabilities) else None
 
 
-PROBABILITY_HINT = (
-    "fairopt reads scores as logits (a positive prediction is score > threshold, default 0; the proxies and the "
-    "log loss take logits), so with probabilities in [0, 1] nearly every prediction is positive. Remove the final "
-    "sigmoid (train with BCEWithLogitsLoss) or pass model=lambda x: torch.logit(net(x), eps=1e-6)"
-)
+def probability_hint(fix: str) -> str:
+    """Why probabilities are wrong where fairopt reads logits, and ``fix``: what to pass in the caller's terms."""
+    return (
+        "fairopt reads scores as logits (a positive prediction is score > threshold, default 0; the proxies and the "
+        "log loss take logits), so with probabilities in [0, 1] nearly every prediction is positive. Remove the "
+        f"final sigmoid (train with BCEWithLogitsLoss) or {fix}"
+    )
+
+
+PROBABILITY_HINT = probability_hint("pass model=lambda x: torch.logit(net(x), eps=1e-6)")  # collect_stats' terms
 
 
 MIN_SCORES_FOR_PROBABILITY_CHECK = 20

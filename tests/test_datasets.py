@@ -8,6 +8,7 @@ import hashlib
 import io
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -480,6 +481,17 @@ def test_load_csv_missing_column(people_csv: Path):
         load_csv(pd.read_csv(people_csv).rename(columns={"label": 2}), target="2", sensitive="sex")
     with pytest.raises(ValueError, match="'salary'"):
         load_csv(people_csv, target="label", sensitive="sex", features=["age", "salary"])
+
+
+def test_a_numeric_sensitive_column_with_many_values_warns_and_a_code_does_not():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=600), "age": rng.integers(18, 90, 600), "y": rng.integers(0, 2, 600)})
+    frame["code"] = rng.integers(1, 6, 600)  # a numeric code with 5 values: a category, no warning
+    with pytest.warns(UserWarning, match=r"'age' is numeric with 72 distinct values.*pd\.cut\(frame\['age'\]"):
+        assert load_csv(frame, target="y", sensitive="age").num_groups == 72
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_csv(frame, target="y", sensitive="code").num_groups == 5
 
 
 def test_close_names_ignore_case_and_separators_then_rank_by_similarity():

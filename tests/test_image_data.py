@@ -434,6 +434,14 @@ def _load_xrays(root: Path, **kwargs):
     return load_image_csv(csv, root, **options)
 
 
+def test_a_numeric_sensitive_column_without_bins_warns(xray_folder):
+    frame = pd.read_csv(xray_folder / "meta.csv")
+    frame["Age"] = 20 + np.arange(len(frame))  # 24 distinct ages: one group each unless binned
+    with pytest.warns(UserWarning, match=r"'Age' is numeric with 24 distinct values.*pass bins=\{'Age': \["):
+        data = _load_xrays(xray_folder, csv=frame, sensitive="Age", bins=None)
+    assert data.num_groups == 24
+
+
 def test_image_csv_split_column_groups_and_age_bands(xray_folder):
     data = _load_xrays(xray_folder, split_column="Split", patient_column="Patient", image_size=16)
     frame = pd.read_csv(xray_folder / "meta.csv")

@@ -452,13 +452,36 @@ def test_the_optimizer_warns_once_when_the_first_scores_look_like_probabilities(
         out = model(x)
         with pytest.raises(TypeError, match="groups must hold integer group ids"):
             opt.step(loss=out.mean(), scores=out, groups=a.float(), labels=y)
-    with pytest.warns(UserWarning, match="the scores come out of a sigmoid"):
+    # the fix in step()'s own terms (step takes scores, not a model=)
+    with pytest.warns(UserWarning, match=r"the scores come out of a sigmoid.*pass scores=torch\.logit\(p, eps=1e-6\)"):
         out = model(x)
         opt.step(loss=out.mean(), scores=out, groups=a, labels=y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once only
         out = model(x)
         opt.step(loss=out.mean(), scores=out, groups=a, labels=y)
+
+
+def test_the_optimizer_refuses_a_heldout_that_is_not_callable_and_an_unknown_dual_source():
+    x, y, a = _tabular()
+    model = nn.Linear(3, 1)
+
+    def build(**options):
+        return fairopt.ConstrainedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), [fairopt.DemographicParity(0.1)], 2, **options
+        )
+
+    batch = {"scores": model(x).squeeze(-1), "labels": y, "groups": a}
+    with pytest.raises(TypeError, match=r"heldout must be a callable .* got dict; wrap it: heldout=lambda: \{"):
+        build(dual_source="heldout", heldout=batch)
+    with pytest.raises(ValueError, match=r"dual_source must be one of \('train', 'heldout'\), got 'validation'"):
+        build(dual_source="validation", heldout=lambda: batch)
+    opt = build()
+    with pytest.raises(TypeError, match=r"groups must be a torch.Tensor, got list; encode the names .*fairopt.Groups"):
+        out = model(x).squeeze(-1)
+        opt.step(loss=out.mean(), scores=out, labels=y, groups=["F", "M"] * (len(y) // 2))
+    with pytest.raises(TypeError, match=r"labels must be a torch.Tensor, got list; convert it with torch.as_tensor"):
+        opt.step(loss=out.mean(), scores=out, labels=y.tolist(), groups=a)
 
 
 def test_report_mean_loss_intervals_stay_non_negative():

@@ -15,7 +15,7 @@ import pandas as pd
 
 from fairopt._validation import require_columns
 
-from ._categories import sorted_categories
+from ._categories import sorted_categories, warn_numeric_groups
 from ._splits import SPLIT_NAMES, check_fractions
 from ._tabular import MIN_ROWS, TabularDataset, build_dataset, normalize_names, select_features
 
@@ -166,6 +166,10 @@ def load_csv(
             categories[attribute] = tuple(raw[attribute].cat.categories)
         else:
             categories[attribute] = sorted_categories(raw[attribute])
+            warn_numeric_groups(
+                raw[attribute], attribute, categories[attribute],
+                f"bin it first, e.g. frame[{attribute!r}] = pd.cut(frame[{attribute!r}], [0, 40, 60, 120]) for bands",
+            )  # fmt: skip
     if all(len(c) == 1 for c in categories.values()):
         only = ", ".join(f"{a!r} is always {c[0]!r}" for a, c in categories.items())
         raise ValueError(

@@ -15,7 +15,7 @@ import pandas as pd
 from fairopt._validation import require_columns
 from fairopt.groups import Groups
 
-from ._categories import sorted_categories
+from ._categories import sorted_categories, warn_numeric_groups
 from ._csv import positive_values
 from ._splits import check_fractions, check_nonempty, grouped_split, stratified_split
 from ._tabular import normalize_names
@@ -298,6 +298,8 @@ def _categorical(
             "make missing a group of its own, e.g. frame[column].fillna('missing')"
         )
     categories = list(given) if given is not None else list(sorted_categories(column))
+    if given is None:
+        warn_numeric_groups(column, attribute, categories, f"pass bins={{{attribute!r}: [0, 40, 60, 120]}} for bands")
     outside = np.flatnonzero(~column.isin(categories).to_numpy())
     if len(outside):
         row = int(outside[0])

@@ -51,14 +51,14 @@ from torch import Tensor, nn
 
 from fairopt._step_count import StepCount
 from fairopt._tensors import detached
-from fairopt._validation import PROBABILITY_HINT, probability_op, user_stacklevel, validate_args_enabled
+from fairopt._validation import probability_hint, probability_op, user_stacklevel, validate_args_enabled
 from fairopt.constraints import Constraint, ConstraintValue
 from fairopt.constraints.evaluation import Linearization, attach, host_table, value_tensors
 from fairopt.constraints.expressions import upgrade_pooled_names
 from fairopt.optim.base import as_margin, check_positive, load_plain_optimizer_state, plain_optimizer_state
 from fairopt.optim.constraint_set import ConstraintSet, require_batch_tensor
 from fairopt.optim.distributed import StatsReducer, accumulated_step
-from fairopt.optim.dual_stats import DualStatistics
+from fairopt.optim.dual_stats import DUAL_SOURCES, DualStatistics
 from fairopt.optim.lagrangian import LagrangianPlayer
 from fairopt.optim.methods import LEGACY_OPTIONS, METHODS, Method, method_from_legacy, resolve_method
 from fairopt.optim.proxy_lagrangian import ProxyLagrangianPlayer
@@ -75,6 +75,7 @@ DUAL_VALUES = ("hard", "proxy")
 _STATE_FORMAT = 2
 _STATE_FORMATS = (1, 2)  # format 1 (before the entries were stored) still loads: constraints are matched by name
 _TRACE_LENGTH = 200  # dual steps kept for check()'s settling test
+_STEP_PROBABILITY_HINT = probability_hint("pass scores=torch.logit(p, eps=1e-6), p the probabilities")
 
 HeldoutFn = Callable[[], "GroupStats | Mapping[str, Tensor]"]
 
@@ -351,9 +352,16 @@ class ConstrainedOptimizer:
         for name, given, allowed in (
             ("dual_update", dual_update, DUAL_UPDATES),
             ("dual_value", dual_value, DUAL_VALUES),
+            ("dual_source", dual_source, DUAL_SOURCES),  # before the heldout= checks, which name its values
         ):
             if given not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {given!r}")
+        if heldout is not None and not callable(heldout):
+            raise TypeError(
+                f"heldout must be a callable that returns one held-out batch each time it is called, got "
+                f"{type(heldout).__name__}; wrap it: heldout=lambda: {{'scores': model(x_val).squeeze(-1), "
+                "'labels': y_val, 'groups': a_val}"
+            )
         if not spec.supports_heldout_duals:
             if heldout is not None:
                 held = tuple(name for name in METHODS if resolve_method(name).supports_heldout_duals)
@@ -615,7 +623,8 @@ class ConstrainedOptimizer:
             self._scores_checked = True
             if (op := probability_op(scores)) is not None:
                 warnings.warn(
-                    f"the scores come out of a {op}: they look like probabilities. {PROBABILITY_HINT}", stacklevel=2
+                    f"the scores come out of a {op}: they look like probabilities. {_STEP_PROBABILITY_HINT}",
+                    stacklevel=2,
                 )
         terms = measured if isinstance(measured, ExampleTerms) else None
         stats = measured if terms is None else terms.stats
