@@ -380,8 +380,9 @@ def run_study(
 def check_groups(config: StudyConfig, data: Any) -> None:
     """Refuse, before training, groups that a study cannot use: one group only (a gap over a sensitive attribute
     with one value in the data: every run would train unconstrained and report nothing), more groups than half the
-    training rows (nearly every row its own group, e.g. a numeric --sensitive column: the standard errors of the
-    margins cost O(G^2) each, so the study would stall), or a constraint with no entry the groups define.
+    training rows (nearly every row its own group, e.g. a numeric --sensitive column: no group's rate can be
+    estimated, and the per-group reports and margins would cost minutes for nothing), or a constraint with no entry
+    the groups define.
 
     Raises:
         ValueError: what is wrong and what to choose instead.

@@ -336,8 +336,12 @@ class ConstraintSet:
         self._check_table(stats)
         return self._evaluate_device(stats.table.to(self.dtype))
 
-    def _evaluate_device(self, table: Tensor) -> ConstraintValue:
-        parts = [evaluate_device(c.expr, table, offset=c.tolerance) for c in self.constraints]
+    def _evaluate_device(self, table: Tensor, *, hard_gradients: bool = False) -> ConstraintValue:
+        """All m entries with the device evaluator; ``hard_gradients``: the hard values differentiable w.r.t. the
+        hard columns too (:meth:`hard_jacobian`)."""
+        parts = [
+            evaluate_device(c.expr, table, offset=c.tolerance, hard_gradients=hard_gradients) for c in self.constraints
+        ]
         if len(parts) == 1:
             return ConstraintValue(parts[0].hard, parts[0].proxy_upper, parts[0].defined)
         return ConstraintValue(  # dim -1: the entries (a table may carry batch dimensions)
@@ -403,12 +407,12 @@ class ConstraintSet:
         return np.where(defined, np.sqrt(variance), np.inf)
 
     def hard_jacobian(self, stats: GroupStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Derivatives of the hard values w.r.t. every group's confusion cells, by reverse-mode autograd.
+        """Derivatives of the hard values w.r.t. every group's confusion cells, by autograd.
 
         The hard values evaluated by :func:`~fairopt.constraints.device_evaluation.evaluate_device` with
-        ``hard_gradients=True`` on the float64 table, differentiated by autograd: in reverse mode (backward passes
-        batched over the ``m`` entries, 256 at a time) when ``m <= 4G``, else in forward mode (one pass per cell, ``4G``
-        of them). Each pass costs what one evaluation does, O(G) for most expressions (O(m) for ``pairwise``), so the
+        ``hard_gradients=True`` on the float64 table, differentiated in reverse mode (backward passes batched over
+        the ``m`` entries, 256 at a time) when ``m <= 4G``, else in forward mode (one pass per cell, ``4G`` of them).
+        Each pass costs what one evaluation does, O(G) for most expressions (O(m) for ``pairwise``), so the
         whole is O(min(m, 4G) x one evaluation), with memory for one chunk; central differences over ``8G`` perturbed
         tables, stacked, cost O(G^2) memory. A hard value is a ratio of counts, smooth away from the kinks of ``abs``
         and ``max``/``min``; at a kink the derivative is the one of the branch or entry the value takes: at a tie of
@@ -443,32 +447,28 @@ class ConstraintSet:
             jacobian = torch.zeros((m, num_groups, 4), dtype=torch.float64)
             if m <= 4 * num_groups:  # reverse mode: a cotangent per entry
                 leaf = cells.requires_grad_()
-                hard, defined = self._hard_values(leaf)
+                value = self._evaluate_device(leaf, hard_gradients=True)
+                hard, defined = value.hard, value.defined
                 if hard.requires_grad:  # else no entry depends on the table (constant expressions)
-                    eye = torch.eye(m, dtype=hard.dtype)
                     for lo in range(0, m, _JACOBIAN_CHUNK):
-                        rows = eye[lo : lo + _JACOBIAN_CHUNK]
+                        k = min(_JACOBIAN_CHUNK, m - lo)
+                        rows = torch.zeros((k, m), dtype=hard.dtype)  # rows lo..lo+k of the identity, no (m, m) eye
+                        rows[torch.arange(k), torch.arange(lo, lo + k)] = 1.0
                         (grad,) = torch.autograd.grad(hard, leaf, rows, retain_graph=True, is_grads_batched=True)
-                        jacobian[lo : lo + len(rows)] = grad[..., _CELLS]
+                        jacobian[lo : lo + k] = grad[..., _CELLS]
             else:  # forward mode: a tangent per cell
-                _, defined = self._hard_values(cells)
+                defined = self._evaluate_device(cells, hard_gradients=True).defined
                 for g in range(num_groups):
                     for j, column in enumerate(_CELLS):
                         tangent = torch.zeros_like(cells)
                         tangent[g, column] = 1.0
                         with forward_ad.dual_level():
-                            values, _ = self._hard_values(forward_ad.make_dual(cells, tangent))
-                            derivative = forward_ad.unpack_dual(values).tangent
+                            dual = self._evaluate_device(forward_ad.make_dual(cells, tangent), hard_gradients=True)
+                            derivative = forward_ad.unpack_dual(dual.hard).tangent
                         if derivative is not None:
                             jacobian[:, g, j] = derivative
         counts = np.maximum(table[:, _CELLS], 0.0)  # (G, 4)
         return jacobian.numpy(), counts, defined.numpy()
-
-    def _hard_values(self, table: Tensor) -> tuple[Tensor, Tensor]:
-        """``(hard, defined)``, ``(m,)`` each, of every entry on a ``(G, K)`` table, differentiable w.r.t. all its
-        columns (:func:`evaluate_device` with ``hard_gradients``)."""
-        parts = [evaluate_device(c.expr, table, hard_gradients=True) for c in self.constraints]
-        return torch.cat([p.hard for p in parts], dim=-1), torch.cat([p.defined for p in parts], dim=-1)
 
     def _check_table(self, stats: GroupStats) -> None:
         if not isinstance(stats, GroupStats):
