@@ -413,8 +413,12 @@ def test_load_dataset_dispatch_and_unknown_names():
         load_adult(features=["age", "sex"])
     with pytest.raises(ValueError, match="more than once"):
         load_adult(sensitive=("sex", "sex"))
-    with pytest.raises(ValueError, match="unknown split"):
-        load_german().split("dev")
+    with pytest.raises(ValueError, match=r"unknown split 'dev'; did you mean 'validation'\? valid choices"):
+        load_german().split("dev")  # a split column's alias: the one name of the split it means
+    with pytest.raises(ValueError, match=r"unknown split 'Valid'; did you mean 'validation'\?"):
+        load_german().loader("Valid")
+    with pytest.raises(ValueError, match=r"unknown split 'holdout'; valid choices"):
+        load_german().split("holdout")
     with pytest.raises(ValueError, match="test_fraction"):
         load_german(test_fraction=1.0)
 

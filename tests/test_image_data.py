@@ -466,8 +466,11 @@ def test_image_csv_positive_label_and_dataframe_input(xray_folder):
     rows = np.concatenate([p.index for p in data.splits()])
     assert y.tolist() == (frame["Finding"].to_numpy()[rows] == "yes").astype(float).tolist()
     assert data.name == "dataframe" and data.origin.source == "<DataFrame>"
-    with pytest.raises(ValueError, match="positive_label 'maybe' does not occur in target column 'Finding'"):
+    with pytest.raises(ValueError, match="positive_label 'maybe' does not occur in target column 'Finding'") as error:
         _load_xrays(xray_folder, target="Finding", positive_label="maybe")
+    assert "did you mean" not in str(error.value)  # nothing spelled alike: the values found are the hint
+    with pytest.raises(ValueError, match=r"'Yes' does not occur in .*; did you mean 'yes' for 'Yes'\? values found"):
+        _load_xrays(xray_folder, target="Finding", positive_label="Yes")
 
 
 def test_image_csv_seeded_patient_split_never_divides_a_patient(xray_folder):

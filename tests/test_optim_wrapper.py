@@ -189,6 +189,10 @@ def test_detached_scores_are_refused_they_would_train_unconstrained():
     with pytest.raises(ValueError, match=r"scores carry no autograd graph .*not \.detach\(\)"):
         opt.step(loss=loss, scores=scores.detach(), labels=y, groups=a)
     assert opt.num_steps == 0 and opt.multipliers.sum() == 0
+    # bool predictions have no graph either, but the fault is the dtype: said as such, not "detached"
+    with pytest.raises(TypeError, match=r"scores must be floating point logits, got torch.bool: pass the model's"):
+        opt.step(loss=loss, scores=scores > 0, labels=y, groups=a)
+    assert opt.num_steps == 0 and opt.multipliers.sum() == 0
     opt.step(loss=loss, scores=scores, labels=y, groups=a)  # the same batch, corrected
     assert opt.num_steps == 1
 

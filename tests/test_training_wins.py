@@ -133,6 +133,27 @@ def test_standard_error_of_an_absolute_gap_at_a_tie_is_that_of_the_difference():
     assert cells.shape == (2, 4) and defined.all()
 
 
+def test_standard_error_of_a_gap_over_tied_rates_is_that_of_a_difference():
+    # equal TPRs (40/60, 20/30, and 30/45 for a third group): max takes the first entry and min the last, so the gap
+    # differentiates as tpr_0 - tpr_last; a first entry for both gave tpr_0 - tpr_0, a standard error of 0
+    r = 40 / 60
+    two = _cells([[30, 10, 20, 40], [50, 50, 10, 20]])
+    per_group = fairopt.tpr.per_group()
+    for constraint in (fairopt.EqualOpportunity(0.05), per_group.max() - per_group.min() <= 0.05):
+        se = ConstraintSet([constraint], 2).standard_errors(two)
+        np.testing.assert_allclose(se, [math.sqrt(r * (1 - r) / 60 + r * (1 - r) / 30)], rtol=1e-12)
+    three = _cells([[30, 10, 20, 40], [50, 50, 10, 20], [10, 10, 15, 30]])
+    se = ConstraintSet([fairopt.EqualOpportunity(0.05)], 3).standard_errors(three)
+    np.testing.assert_allclose(se, [math.sqrt(r * (1 - r) / 60 + r * (1 - r) / 45)], rtol=1e-12)
+    # the values themselves are the training evaluators' (a tie is a gap of 0 either way)
+    np.testing.assert_array_equal(ConstraintSet([fairopt.EqualOpportunity(0.05)], 3).evaluate(three).hard, [-0.05])
+    # away from a tie nothing changes: the largest and the smallest rate, one entry each
+    apart = _cells([[30, 10, 20, 40], [50, 50, 5, 45], [10, 10, 15, 30]])
+    tpr1, tpr2 = 45 / 50, 30 / 45
+    se = ConstraintSet([fairopt.EqualOpportunity(0.05)], 3).standard_errors(apart)
+    np.testing.assert_allclose(se, [math.sqrt(tpr1 * (1 - tpr1) / 50 + tpr2 * (1 - tpr2) / 45)], rtol=1e-12)
+
+
 def test_standard_errors_scale_to_many_groups():
     # one reverse pass per entry, O(G) each: 5,000 groups (central differences stacked 8G tables of G rows: 14 GB)
     num_groups = 5000

@@ -261,8 +261,14 @@ def test_errors_are_clear(data, model):
         evaluate(model, data.tensors())
     with pytest.raises(ValueError, match="refers to group 7"):
         evaluate(model, data.tensors(), [fo.tpr(7) - fo.tpr(0) <= 0.1], num_groups=G)
-    with pytest.raises(ValueError, match=r"expected \(3000,\) logits"):
+    with pytest.raises(ValueError, match=r"expected \(3000,\) logits") as error:
         evaluate(lambda x: torch.zeros(len(x), 2), data.tensors(), num_groups=G, batch_size=10_000)
+    # the hint for a two-logit head is one forward pass, and what it says it is
+    hint = str(error.value).split("model=")[1].split(" (")[0]
+    net = torch.nn.Linear(3, 2)
+    x = torch.randn(7, 3)
+    two = eval(hint, {"net": net})  # our own message, a lambda
+    torch.testing.assert_close(two(x), net(x)[:, 1] - net(x)[:, 0])
     with pytest.raises(ValueError, match="cannot read a batch"):
         evaluate(model, [(data.x, data.y)], num_groups=G)
     with pytest.raises(ValueError, match="groups must be ids"):

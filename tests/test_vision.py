@@ -387,6 +387,9 @@ def test_timm_pretrained_weights_from_a_local_file(tmp_path, no_network):
     stem = gray.net.state_dict()["conv1.0.weight"]  # timm adapts the RGB stem to one channel by summing its filters
     assert stem.shape[1] == 1 and torch.allclose(stem, saved["conv1.0.weight"].sum(dim=1, keepdim=True))
     assert gray(torch.randn(2, 1, 32, 32)).shape == (2,)
+    # RGB images into the one-channel model: what to change, not the stem's weight-shape error
+    with pytest.raises(ValueError, match=r"shape \(N, 1, H, W\), got \(2, 3, 32, 32\); .*in_chans=3"):
+        gray(torch.randn(2, 3, 32, 32))
     other = tmp_path / "other.pth"
     torch.save(timm.create_model("test_efficientnet").state_dict(), other)
     with pytest.raises(

@@ -187,7 +187,8 @@ def evaluate_device(
             number, or a tensor broadcasting against ``(..., k)``, e.g. ``(M, 1)`` per-member tolerances.
         hard_gradients: keep the hard values' graph through the hard-count columns (``hard`` is then
             differentiable w.r.t. ``tn fp fn tp``, one-sided at the kinks of ``abs`` and ``max``/``min``: the branch
-            or entry the values chose): the Jacobian of the delta method,
+            or entry the values chose; at a tie ``min`` takes the last entry, ``max`` the first): the Jacobian of the
+            delta method,
             :meth:`fairopt.optim.ConstraintSet.hard_jacobian`. Not for a training step (the counts are constants
             there).
 
@@ -250,6 +251,7 @@ class _DeviceEvaluator(ExprVisitor[_Node]):
         if not hard_gradients:
             table = torch.cat([table[..., _HARD].detach(), table[..., _HARD.stop :]], dim=-1)
         self.table = table
+        self.hard_gradients = hard_gradients
         self.num_groups = table.shape[-2]
         self.batch = tuple(table.shape[:-2])
         self.batch_ones = (1,) * len(self.batch)  # a constant's batch shape
@@ -357,7 +359,15 @@ class _DeviceEvaluator(ExprVisitor[_Node]):
         d = a.d.expand(shape)
         v = a.v.expand(3, *shape)
         masked = torch.where(d, v[0], _scalar(-math.inf if expr.how == "max" else math.inf, v))
-        index = masked.argmax(-1, keepdim=True) if expr.how == "max" else masked.argmin(-1, keepdim=True)
+        if expr.how == "max":
+            index = masked.argmax(-1, keepdim=True)
+        elif self.hard_gradients:
+            # The delta method's derivative (hard_jacobian): min takes the *last* entry at a tie, max the first, so
+            # that max_g r_g - min_g r_g over tied rates differentiates as the difference of two of them (the
+            # standard error of a gap at a tie), not as r_0 - r_0 = 0. The same values either way.
+            index = masked.shape[-1] - 1 - masked.flip(-1).argmin(-1, keepdim=True)
+        else:
+            index = masked.argmin(-1, keepdim=True)
         enough = d.sum(-1, keepdim=True) >= expr.needed()
         return _Node(v.gather(-1, index.expand(3, *index.shape)), enough)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fairopt._validation import require_columns
+from fairopt._validation import close_names, require_columns
 
 from ._categories import sorted_categories, warn_numeric_groups
 from ._splits import SPLIT_NAMES, check_fractions
@@ -244,9 +244,13 @@ def positive_values(positive_label: Any, values: Sequence[Hashable], where: str)
     absent = [p for p, match in zip(given, positives) if match is None]
     if absent:
         shown = list(values[:20]) + (["..."] if len(values) > 20 else [])
+        # a value spelled alike up to case and separators ("yes" for "Yes", ">50k" for ">50K"): named first
+        texts = {str(v): v for v in values}
+        close = {p: close_names(str(p), list(texts), n=1) for p in absent}
+        hint = "".join(f"did you mean {texts[c[0]]!r} for {p!r}? " for p, c in close.items() if c)
         raise ValueError(
-            f"positive_label {absent if len(given) > 1 else absent[0]!r} does not occur in {where}; values found: "
-            f"{shown}"
+            f"positive_label {absent if len(given) > 1 else absent[0]!r} does not occur in {where}; {hint}values "
+            f"found: {shown}"
         )
     return positives
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "SPLIT_ALIASES",
     "SPLIT_NAMES",
     "Split",
     "SplitDataset",
@@ -26,6 +27,19 @@ __all__ = [
 ]
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
+
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "validate": "validation",  # MIMIC-CXR's mimic-cxr-2.0.0-split.csv
+    "dev": "validation",
+    "test": "test",
+    "audit": "audit",
+}
+"""Values of a split column (compared after ``str(value).strip().lower()``) and the split each names."""
 
 
 # ------------------------------------------------------------------------------------------- splitting
@@ -173,7 +187,10 @@ class SplitDataset:
                 raise ValueError("this dataset has no audit split; make one with dataset.with_audit(fraction)")
             return self.audit
         if name not in SPLIT_NAMES:
-            raise ValueError(f"unknown split {name!r}; valid choices: {', '.join(SPLIT_NAMES)}, audit")
+            # "valid", "val", "Test": what a split column may hold names a split here by its one name
+            meant = SPLIT_ALIASES.get(name.strip().lower()) if isinstance(name, str) else None
+            hint = f"did you mean {meant!r}? " if meant is not None else ""
+            raise ValueError(f"unknown split {name!r}; {hint}valid choices: {', '.join(SPLIT_NAMES)}, audit")
         return getattr(self, name)
 
     def splits(self) -> Iterator[Any]:

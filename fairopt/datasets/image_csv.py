@@ -17,25 +17,12 @@ from fairopt.groups import Groups
 
 from ._categories import sorted_categories, warn_numeric_groups
 from ._csv import positive_values
-from ._splits import check_fractions, check_nonempty, grouped_split, stratified_split
+from ._splits import SPLIT_ALIASES, check_fractions, check_nonempty, grouped_split, stratified_split
 from ._tabular import normalize_names
 from .image_io import IMAGENET_MEAN, IMAGENET_STD, ImageSize, RowOrigin
 from .images import ImageDataset, assemble_images
 
 __all__ = ["SPLIT_ALIASES", "load_image_csv"]
-
-SPLIT_ALIASES: dict[str, str] = {
-    "train": "train",
-    "training": "train",
-    "validation": "validation",
-    "valid": "validation",
-    "val": "validation",
-    "validate": "validation",  # MIMIC-CXR's mimic-cxr-2.0.0-split.csv
-    "dev": "validation",
-    "test": "test",
-    "audit": "audit",
-}
-"""Values of a split column (compared after ``str(value).strip().lower()``) and the split each names."""
 
 
 def load_image_csv(

@@ -573,13 +573,13 @@ class ConstrainedOptimizer:
             :class:`StepResult`.
 
         Raises:
-            TypeError: ``loss`` is not a tensor; an argument passed by position. ValueError: ``loss`` is not a
-                scalar, does not require grad, or is NaN/inf (when validation is on); ``scores`` carry no autograd
-                graph (detached: the constraints could not reach the model); a tensor a constraint needs is
-                missing; scores of another shape than ``(N,)`` or ``(N, 1)``; invalid scores, labels or group ids
-                (see :func:`fairopt.group_stats`); invalid ``heldout()`` batches. A step that raises before its
-                backward is done leaves the optimizer as it was (with ``dual_update="alternating"``, a failed backward
-                leaves the dual step it took before).
+            TypeError: ``loss`` is not a tensor; ``scores`` are not floating point (e.g. bool predictions); an
+                argument passed by position. ValueError: ``loss`` is not a scalar, does not require grad, or is
+                NaN/inf (when validation is on); ``scores`` carry no autograd graph (detached: the constraints
+                could not reach the model); a tensor a constraint needs is missing; scores of another shape than
+                ``(N,)`` or ``(N, 1)``; invalid scores, labels or group ids (see :func:`fairopt.group_stats`); invalid
+                ``heldout()`` batches. A step that raises before its backward is done leaves the optimizer as it was
+                (with ``dual_update="alternating"``, a failed backward leaves the dual step it took before).
             RuntimeError: ``dual_source="heldout"`` without ``heldout=``, and this is the second scheduled dual step
                 with no held-out statistics ever given (:meth:`observe_heldout` / :meth:`update_duals`): the
                 multipliers would stay at their initial values, i.e. training would be unconstrained. One such step
@@ -587,6 +587,11 @@ class ConstrainedOptimizer:
         """
         self._check_loss(loss)
         require_batch_tensor("scores", scores)  # before scores.device is read below (measure checks it too)
+        if not scores.is_floating_point():  # before the graph check: bool predictions have no graph either
+            raise TypeError(
+                f"scores must be floating point logits, got {scores.dtype}: pass the model's output itself "
+                "(scores=model(x).squeeze(-1)), not predictions thresholded or rounded from it"
+            )
         if not scores.requires_grad:  # the constraints' gradient could not reach the model: training unconstrained
             raise ValueError(
                 "scores carry no autograd graph (detached, or computed under torch.no_grad()): the constraints' "

@@ -391,9 +391,10 @@ class ConstraintSet:
         T_{g,c})^2\, T_{g,c}`. For a rate this is exactly the binomial :math:`r(1-r)/n`; for a gap between two
         groups it is the sum of their variances; a rate pooled over groups (``vs_overall``) is correlated with its
         parts and the Jacobian accounts for it. A max/min takes its active branch (the selection of the largest
-        gap is not corrected for), the first entry at a tie: ``max_g r_g - min_g r_g`` (the built-in gaps) over
-        tied rates gets 0, where ``|r_1 - r_0|``, the same gap for two groups, gets the standard error of the
-        difference (see :meth:`hard_jacobian`). Weighted tables are read as counts. Undefined entries get ``inf``.
+        gap is not corrected for); at a tie ``max`` takes the first entry and ``min`` the last, so ``max_g r_g -
+        min_g r_g`` (the built-in gaps) over tied rates gets the standard error of the difference of two of them,
+        as ``|r_1 - r_0|`` does for two groups (see :meth:`hard_jacobian`). Weighted tables are read as counts.
+        Undefined entries get ``inf``.
 
         Used to leave a margin against estimation error when choosing or training a model on held-out data
         ("plan to overfit the constraints", Cotter et al., JMLR 20(172), 2019, Section 7.2).
@@ -416,9 +417,10 @@ class ConstraintSet:
         whole is O(min(m, 4G) x one evaluation), with memory for one chunk; central differences over ``8G`` perturbed
         tables, stacked, cost O(G^2) memory. A hard value is a ratio of counts, smooth away from the kinks of ``abs``
         and ``max``/``min``; at a kink the derivative is the one of the branch or entry the value takes: at a tie of
-        ``|r_a - r_b|`` that of ``r_a - r_b`` (a central difference averaged it to 0); ``max`` and ``min`` take the
-        first entry at a tie, so ``max_g r_g - min_g r_g`` over tied rates has derivative 0 (as with the central
-        difference).
+        ``|r_a - r_b|`` that of ``r_a - r_b`` (a central difference averaged it to 0); at a tie ``max`` takes the
+        first entry and ``min`` the last, so ``max_g r_g - min_g r_g`` over tied rates differentiates as ``r_first -
+        r_last`` (a central difference gives 0 there, a first entry for both would too: a standard error of 0 for a
+        gap that new data would show).
 
         Works under ``torch.no_grad()`` and ``torch.inference_mode()`` (it differentiates a table of its own).
 

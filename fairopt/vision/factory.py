@@ -49,16 +49,28 @@ class BinaryLogits(nn.Module):
     """Wrap a network with one output unit so it returns ``(N,)`` float32 logits (timm and torchvision give
     ``(N, 1)``, in the autocast dtype).
 
+    Args:
+        net: the network. in_chans: the image channels it was built for (:func:`create_image_model` passes them),
+            checked at every call, so that images of another channel count (grayscale X-rays into an RGB model) are
+            refused with what to change instead of the first convolution's weight-shape error; None: unchecked.
+
     Attributes:
         net: the wrapped network (e.g. for ``timm.data.resolve_model_data_config(model.net)``, or to freeze a
             backbone). Its state dict keys carry the prefix ``net.``.
     """
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, in_chans: int | None = None) -> None:
         super().__init__()
         self.net = net
+        self.in_chans = in_chans
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.in_chans is not None and (x.dim() != 4 or x.shape[1] != self.in_chans):
+            raise ValueError(
+                f"expected images of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}; build the model with "
+                f"in_chans={x.shape[1] if x.dim() == 4 else '...'} (create_image_model(..., in_chans=)) for images "
+                "of other channels, e.g. the dataset's .channels"
+            )
         out = self.net(x)
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] != 1:
             what = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -259,13 +271,13 @@ def create_image_model(
         if preact:
             model = _build_fairopt(name, width, in_chans, kwargs)
         elif name.startswith(_TORCHVISION):
-            model = BinaryLogits(_build_torchvision(name, in_chans, file, kwargs))
+            model = BinaryLogits(_build_torchvision(name, in_chans, file, kwargs), in_chans)
         elif ":" in name:
             raise ValueError(
                 f"unknown model source in {name!r}; use a timm name, torchvision:<name> or preact-resnet18-w{{k}}"
             )
         else:
-            model = BinaryLogits(_build_timm(name, in_chans, file, kwargs))
+            model = BinaryLogits(_build_timm(name, in_chans, file, kwargs), in_chans)
     if preact and file is not None:
         load_weights(model, read_state_dict(file, what="pretrained_file"), source=f"pretrained_file {str(file)!r}")
     if checkpoint_path is not None:

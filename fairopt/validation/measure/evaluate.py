@@ -119,7 +119,7 @@ def _scores(output: Any, n: int) -> Tensor:
         raise ValueError(
             f"the model returned shape {tuple(output.shape)}, expected ({n},) logits for {n} examples "
             "(a positive prediction is score > threshold); for two-class outputs pass "
-            "model=lambda x: net(x)[:, 1] - net(x)[:, 0]"
+            "model=lambda x: net(x).diff(dim=1).squeeze(1) (logit 1 - logit 0, one forward pass)"
         )
     return output.detach()
 
