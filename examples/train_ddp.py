@@ -10,8 +10,9 @@ every rank evaluates the constraint, its gradient and the dual step on the globa
 on every rank, and the run equals one process training on the same global batches. ``--check`` replays those global
 batches in one process (rank 0) and asserts that parameters, multipliers and the held-out table agree to 1e-6 (it
 trains in float64 so that no hard prediction can flip on a rounding difference between the two runs). The held-out
-table is computed by ``collect_stats(..., all_reduce=True)``, which counts a ``DistributedSampler``'s padding rows
-once; ``--heldout-duals`` moves the multipliers from it once per epoch (Cotter et al., ICML 2019). A checkpoint is
+table (of the validation split) is computed by ``collect_stats(..., all_reduce=True)``, which counts a
+``DistributedSampler``'s padding rows once; ``--heldout-duals`` moves the multipliers from it once per epoch (Cotter
+et al., ICML 2019), and its figures are then no estimate for new data (the script says which). A checkpoint is
 saved by rank 0 and loaded by every rank, into a run of the same precision (to ``--check`` a resumed run, save the
 checkpoint with ``--float64``); a resumed run equals the uninterrupted one.
 
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dual-lr", type=float, default=0.5)
     parser.add_argument("--method", default="lagrangian", help="lagrangian, proxy_lagrangian, augmented_lagrangian")
     parser.add_argument("--tolerance", type=float, default=0.05, help="equalized-odds tolerance")
-    parser.add_argument("--heldout-duals", action="store_true", help="update the multipliers on held-out data")
+    parser.add_argument("--heldout-duals", action="store_true", help="update the multipliers on the validation split")
     parser.add_argument("--synthetic", type=int, default=0, help="N rows of a seeded toy problem instead of Adult")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true", help="replay the global batches in one process and compare")
@@ -156,6 +157,7 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
     # drop_last=False: collect_stats counts the sampler's padding rows once
     heldout = DataLoader(heldout_set, batch_size=1024, sampler=sampler(heldout_set, rank, world, seed=0, shuffle=False))
     per_epoch = steps_per_epoch(train_set, world, args.batch_size)
+    check_stop_after(args, start, per_epoch * args.epochs)  # on every rank, before any collective
     step = start
     for epoch in range(start // per_epoch, args.epochs):
         train_sampler.set_epoch(epoch)
@@ -176,6 +178,16 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
             dist.barrier()  # no rank goes on (or loads) before the checkpoint is written
             break
     return summary(model, opt, heldout, num_groups, step)
+
+
+def check_stop_after(args: argparse.Namespace, start: int, total: int) -> None:
+    """Refuse a ``--stop-after`` the run never reaches (it would train to the end and save no checkpoint)."""
+    if args.stop_after is not None and not start < args.stop_after <= total:
+        done = f", and the checkpoint resumed is at step {start}" if start else ""
+        raise SystemExit(
+            f"--stop-after {args.stop_after} is never reached: this run takes steps {start + 1} to {total} "
+            f"({args.epochs} epoch{'s' if args.epochs != 1 else ''}{done}); pass a step in that range, or more --epochs"
+        )
 
 
 def summary(model: nn.Module, opt: ConstrainedOptimizer, heldout: Any, num_groups: int, step: int) -> dict[str, Any]:
@@ -199,6 +211,7 @@ def replay(args: argparse.Namespace, world: int) -> dict[str, Any]:
     samplers = [sampler(train_set, r, world, seed=args.seed, shuffle=True) for r in range(world)]
     loaders = [DataLoader(train_set, batch_size=args.batch_size, sampler=s) for s in samplers]
     heldout = DataLoader(heldout_set, batch_size=1024)
+    check_stop_after(args, 0, len(loaders[0]) * args.epochs)
     step = 0
     for epoch in range(args.epochs):
         for s in samplers:
@@ -224,6 +237,11 @@ def compare(ddp: dict[str, Any], single: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def named(values: Tensor, spec: str = "+.4f") -> str:
+    """The two equalized-odds entries (the TPR gap, then the FPR gap), each with its name."""
+    return ", ".join(f"{n} {v:{spec}}" for n, v in zip(fairopt.EqualizedOdds().entry_names(2), values.tolist()))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -235,10 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = train(args, rank, world, device)
         if rank == 0:
-            gaps = ", ".join(f"{v:+.4f}" for v in result["value"].tolist())
-            print(f"{world} ranks, {result['step']} steps; multipliers {result['multipliers'].tolist()}")
+            print(f"{world} ranks, {result['step']} steps; multipliers: {named(result['multipliers'], '.4f')}")
             verdict = "met" if max(result["value"].tolist()) <= 0 else "not met on these rows (an entry is > 0)"
-            print(f"held-out equalized-odds entries minus tolerance (every row once): {gaps}: {verdict}")
+            # the validation split: an estimate for new data only while no dual step has read it
+            role = (
+                "they moved the multipliers, so this is no estimate for new data: evaluate on a test split"
+                if args.heldout_duals
+                else "not used in training"
+            )
+            print(f"validation rows ({role}), every row once; entry - tolerance: {named(result['value'])}: {verdict}")
             if args.check:
                 differences = compare(result, replay(args, world))
                 print(

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import fairopt as fo
 from fairopt.constraints import Constraint, FunctionConstraint, concat, maximum, minimum, pairwise
+from fairopt.optim import ConstraintSet
 from fairopt.stats import group_stats
 
 from .test_rates import _random_data
@@ -198,6 +199,23 @@ def test_expression_algebra_by_hand():
     c = concat(fo.tpr(0), 2 * fo.fpr(1) + 0.5) <= 1.0
     assert _hard(c) == [-0.5, -0.5]
     assert pairwise(fo.tpr.per_group()).size(3) == 6
+
+
+def test_a_chained_comparison_and_swapped_arguments_are_refused():
+    # `lo <= expr <= hi` is `(lo <= expr) and (expr <= hi)`: a truthy constraint would lose the lower bound silently
+    gap = fo.fnr(1) - fo.fnr(0)
+    with pytest.raises(TypeError, match=r"no truth value .*chained comparison .*\[expr >= lo, expr <= hi\]"):
+        0.0 <= gap <= 0.1  # noqa: B015 (the comparison is the test)
+    with pytest.raises(TypeError, match="no truth value"):
+        bool(fo.EqualizedOdds(0.05))
+    both = [gap >= 0.0, gap <= 0.1]  # what the message says to write: two constraints, both kept
+    assert [c.tolerance for c in both] == [0.0, 0.1] and len(ConstraintSet(both, 2)) == 2
+    with pytest.raises(TypeError, match=r"got the int 2, and num_groups got list: the two are swapped"):
+        ConstraintSet(2, [fo.EqualizedOdds(0.05)])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"got the int 2, and num_groups got EqualizedOdds: the two are swapped"):
+        ConstraintSet(2, fo.EqualizedOdds(0.05))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a fairopt constraint or a list of them, got str"):
+        ConstraintSet("equalized_odds", 2)  # type: ignore[arg-type]
 
 
 def test_group_out_of_range_is_reported():

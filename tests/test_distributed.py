@@ -197,6 +197,19 @@ def test_ddp_heldout_table_counts_every_row_once(ranks):
         torch.testing.assert_close(table.label_pos, torch.bincount(a, weights=y, minlength=2), rtol=0, atol=0)
 
 
+def test_a_stop_after_the_run_never_reaches_is_refused():
+    """--stop-after past the last step trained to the end and saved no checkpoint, silently (a later --resume then
+    failed with FileNotFoundError); now refused up front, as is one at or before a resumed checkpoint's step."""
+    example = _example()
+    args = example.parse_args([*ARGS, "--stop-after", "500"])
+    with pytest.raises(SystemExit, match=r"--stop-after 500 is never reached: this run takes steps 1 to 8 \(2 epochs"):
+        example.check_stop_after(args, 0, 8)
+    with pytest.raises(SystemExit, match=r"steps 4 to 8 \(2 epochs, and the checkpoint resumed is at step 3\)"):
+        example.check_stop_after(example.parse_args([*ARGS, "--stop-after", "3"]), 3, 8)
+    example.check_stop_after(example.parse_args([*ARGS, "--stop-after", "8"]), 3, 8)  # the last step: saved
+    example.check_stop_after(example.parse_args(ARGS), 0, 8)  # no --stop-after
+
+
 def test_a_checkpoint_of_another_precision_is_refused(ranks):
     """--check and --float64 train in float64: a float32 checkpoint loaded there silently was another run (and
     --check failed with a bare assertion); the dtypes must match."""

@@ -191,6 +191,8 @@ def test_undefined_rate_gives_cannot_tell_with_reason(model):
     assert "true_positive_rate[1]" in entry.reason and "zero denominator" in entry.reason
     assert report.groups[1].rates["true_positive_rate"].value is None
     assert report.groups[1].rates["false_positive_rate"].value is not None
+    notes = report.to_markdown().split("### Notes")[1]
+    assert notes.count(entry.reason) == 1  # once, among the warnings (it was listed a second time as an entry note)
 
 
 def test_module_mode_is_restored_and_no_grad(data):

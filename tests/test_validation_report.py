@@ -247,3 +247,19 @@ def test_a_constant_classifier_is_named_in_the_reports_warnings():
     assert not any("constant classifier" in w for w in one_positive.warnings)
     empty = FairnessReport.from_stats(stats_from_cells([[0, 0, 0, 0], [0, 0, 0, 0]]), [])
     assert not any("constant classifier" in w for w in empty.warnings)
+
+
+def test_a_nearly_constant_classifier_is_named_in_the_reports_warnings():
+    # 1 positive prediction in 96 rows where 15 are positive (< a tenth of 15.6%): every TPR is 0 or nearly, so an
+    # equalized-odds gap looks met; a positive share a tenth of the base rate or more is a model's own choice
+    rare = FairnessReport.from_stats(stats_from_cells([[30, 0, 10, 0], [50, 1, 5, 0]]), [fo.EqualizedOdds(0.05)])
+    (warning,) = [w for w in rare.warnings if "nearly constant" in w]
+    assert warning.startswith("the model predicts 1 for 1.0% of the rows, where 15.6% have label 1 (nearly constant)")
+    few_negatives = stats_from_cells([[1, 40, 0, 50], [0, 30, 0, 20]])  # 1 negative prediction; 71 negatives
+    (warning,) = [w for w in FairnessReport.from_stats(few_negatives, []).warnings if "nearly constant" in w]
+    assert warning.startswith("the model predicts 0 for 0.7% of the rows, where 50.4% have label 0")
+    # a rare label predicted about as often as it occurs (fraud-like base rates) is not flagged
+    rare_label = stats_from_cells([[970, 5, 10, 15], [980, 3, 5, 12]])  # 35 positive predictions, 42 positives
+    assert not any("nearly constant" in w for w in FairnessReport.from_stats(rare_label, []).warnings)
+    constant = FairnessReport.from_stats(stats_from_cells([[30, 0, 10, 0], [50, 0, 5, 0]]), [])
+    assert not any("nearly constant" in w for w in constant.warnings)  # said once, as a constant classifier

@@ -103,6 +103,15 @@ class Constraint:
         shown = f"{right:g}" if isinstance(right, float) else right.render(group_names)
         return f"{left.render(group_names)} {op} {shown}"
 
+    def __bool__(self) -> bool:
+        # Python runs `lo <= expr <= hi` as `(lo <= expr) and (expr <= hi)`: with a truthy constraint the `and`
+        # returns the second one alone, and the lower bound is lost without a word. Refused, as a tensor's is.
+        raise TypeError(
+            f"a constraint has no truth value ({self.name}): a chained comparison `lo <= expr <= hi` would keep only "
+            "its last part; write the two bounds as two constraints, [expr >= lo, expr <= hi], and test an optional "
+            "constraint with `is not None`"
+        )
+
     expression_based: ClassVar[bool] = True
     """Whether the constraint's values are its expression's (so :meth:`linearize`, the interval forms and the rate
     list read the expression), or come from its own :meth:`evaluate` (:class:`FunctionConstraint`: False). A subclass

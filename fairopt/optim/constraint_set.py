@@ -15,7 +15,7 @@ computes identical values.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,6 +105,17 @@ class ConstraintSet:
         backend: str = "auto",
         evaluator: str = "auto",
     ) -> None:
+        if isinstance(constraints, int) and isinstance(num_groups, (Constraint, Sequence)):  # (..., 2, [EO(0.05)])
+            raise TypeError(
+                f"constraints must be a fairopt constraint or a list of them, got the int {constraints!r}, and "
+                f"num_groups got {type(num_groups).__name__}: the two are swapped; pass the constraints first, then "
+                "the number of groups (e.g. ConstrainedOptimizer(optimizer, [fairopt.EqualizedOdds(0.05)], 2))"
+            )
+        if not isinstance(constraints, (Constraint, Iterable)) or isinstance(constraints, (str, bytes)):
+            raise TypeError(
+                f"constraints must be a fairopt constraint or a list of them, got {type(constraints).__name__}; build "
+                "one with e.g. fairopt.DemographicParity(0.05) or fairopt.tpr(1) - fairopt.tpr(0) <= 0.05"
+            )
         items = (constraints,) if isinstance(constraints, Constraint) else tuple(constraints)
         if not items:
             raise ValueError("constraints is empty; pass at least one fairopt constraint, e.g. fairopt.EqualizedOdds()")

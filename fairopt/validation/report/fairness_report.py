@@ -158,6 +158,24 @@ def constant_label(stats: GroupStats) -> int | None:
     return int(positives > 0)
 
 
+RARE_PREDICTION = 0.1
+"""A label is predicted *rarely* when the share of rows predicted so is below this fraction of the share of rows that
+have it (e.g. 0.9% positive predictions where 24% of the rows are positive): nearly a constant classifier."""
+
+
+def rare_prediction(stats: GroupStats) -> tuple[int, float, float] | None:
+    """``(label, share predicted, share with the label)`` when a non-constant model predicts ``label`` for less than
+    :data:`RARE_PREDICTION` times the share of rows that have it, over all groups of ``stats``; else None."""
+    tn, fp, fn, tp = stats.table[:, :4].sum(dim=0).tolist()
+    total = tn + fp + fn + tp
+    if total <= 0 or constant_label(stats) is not None:
+        return None
+    for label, predicted, actual in ((1, fp + tp, fn + tp), (0, tn + fn, tn + fp)):
+        if predicted < RARE_PREDICTION * actual:
+            return label, predicted / total, actual / total
+    return None
+
+
 def _entry_warnings(results: Sequence[ConstraintResult]) -> list[str]:
     """One warning per undefined entry and per entry that left groups out, so neither passes unnoticed."""
     out = []
@@ -254,6 +272,14 @@ class FairnessReport:
                 f"the model predicts {constant} for every row (a constant classifier): parity constraints (equal "
                 "selection rates, TPRs, FPRs) hold trivially for it, and it learned nothing; train longer or change "
                 "the learning rate (under a constraint: loosen its bound)"
+            )
+        elif (rare := rare_prediction(stats)) is not None:
+            label, predicted, actual = rare
+            warnings.append(
+                f"the model predicts {label} for {predicted:.1%} of the rows, where {actual:.1%} have label {label} "
+                "(nearly constant): parity constraints hold nearly trivially for it (e.g. TPRs near 0 "
+                "in every group are nearly equal); compare its accuracy with predicting one label for everyone, "
+                "and loosen the bound or the margin if training pushed it there"
             )
         illusions = [e.name for r in results for e in r.entries if "illusion_of_fairness" in e.flags]
         if illusions:  # named here: a reader that prints the warnings alone (not the entries) still sees which
@@ -356,7 +382,8 @@ class FairnessReport:
         """A readable Markdown summary: the group table, the constraint table, and notes."""
         level = f"{self.options.confidence:.0%}"
         title = f"## Fairness report{f' ({self.split})' if self.split else ''}"
-        out = [title, "", f"Rates with {level} {self.options.method} intervals; counts are weighted.", ""]
+        counts = "counts are example counts (weighted where weights were given)"
+        out = [title, "", f"Rates with {level} {self.options.method} intervals; {counts}.", ""]
         headers = ["group", "count", *(RATE_LABELS.get(r, r) for r in self.rates)]
         rows = [
             [row.name, f"{row.count:g}", *(format_estimate(*_triple(row.rates[r]), digits) for r in self.rates)]
@@ -379,11 +406,11 @@ class FairnessReport:
             ]
             headers = ["constraint", "entry", f"value [{level} CI]", "bound", "violation", "verdict", "interval"]
             out += ["### Constraints", "", markdown_table(headers, c_rows), ""]
-        notes = list(self.warnings) + [
+        notes = list(self.warnings) + [  # (an undefined entry is one of the warnings already)
             f"{e.name}: {e.reason}"
             for c in self.constraints
             for e in c.entries
-            if e.flags or not e.defined or e.lower is None
+            if e.defined and (e.flags or e.lower is None)
         ]
         if notes:
             out += ["### Notes", "", *(f"- {n}" for n in notes), ""]
