@@ -157,7 +157,7 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
     # drop_last=False: collect_stats counts the sampler's padding rows once
     heldout = DataLoader(heldout_set, batch_size=1024, sampler=sampler(heldout_set, rank, world, seed=0, shuffle=False))
     per_epoch = steps_per_epoch(train_set, world, args.batch_size)
-    check_stop_after(args, start, per_epoch * args.epochs)  # on every rank, before any collective
+    check_stop_after(args, start, per_epoch * args.epochs)  # on every rank alike (the same start and total)
     step = start
     for epoch in range(start // per_epoch, args.epochs):
         train_sampler.set_epoch(epoch)

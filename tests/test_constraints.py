@@ -214,6 +214,16 @@ def test_a_chained_comparison_and_swapped_arguments_are_refused():
         ConstraintSet(2, [fo.EqualizedOdds(0.05)])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"got the int 2, and num_groups got EqualizedOdds: the two are swapped"):
         ConstraintSet(2, fo.EqualizedOdds(0.05))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"got the int 2, and num_groups got list: the two are swapped"):
+        ConstraintSet(np.int64(2), [fo.EqualizedOdds(0.05)])  # type: ignore[arg-type]  # e.g. groups.max() + 1
+
+    class Indexed:  # a sequence by __getitem__ alone, as tuple() reads it
+        def __getitem__(self, i: int) -> Constraint:
+            if i:
+                raise IndexError
+            return fo.EqualizedOdds(0.05)
+
+    assert len(ConstraintSet(Indexed(), 2)) == 2 and len(ConstraintSet(iter([gap <= 0.1]), 2)) == 1
     with pytest.raises(TypeError, match="a fairopt constraint or a list of them, got str"):
         ConstraintSet("equalized_odds", 2)  # type: ignore[arg-type]
 

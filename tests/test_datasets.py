@@ -543,3 +543,19 @@ def test_subsample_train_is_seeded_and_leaves_other_splits():
     assert torch.equal(small.train.X[0], data.train.X[row])
     with pytest.raises(ValueError, match="size must be in"):
         data.subsample_train(10_000)
+
+
+def test_a_positive_label_hint_names_only_the_same_spelling():
+    # case, whitespace, "_" and "." only: a fuzzy match or a sign could name the other class, and a user who followed
+    # it would train on flipped labels without an error
+    from fairopt.datasets._csv import positive_values
+
+    with pytest.raises(ValueError, match=r"did you mean 'yes' for 'Yes '\? values found: \['no', 'yes'\]"):
+        positive_values("Yes ", ["no", "yes"], "target column 'y'")
+    with pytest.raises(ValueError, match=r"did you mean '>50K' for '>50K\.'\?"):
+        positive_values(">50K.", ["<=50K", ">50K"], "target column 'income'")
+    for given, values in (("abnormal", ["normal", "Abnormality"]), ("unhealthy", ["healthy", "ill"]), (1, [-1, 0])):
+        with pytest.raises(ValueError, match="does not occur") as error:
+            positive_values(given, values, "target column 'y'")
+        assert "did you mean" not in str(error.value)
+    assert positive_values("yes", ["no", "yes"], "target column 'y'") == ["yes"]

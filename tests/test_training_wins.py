@@ -12,6 +12,7 @@ import torch
 
 import fairopt
 import fairopt.datasets
+from fairopt.constraints.device_evaluation import evaluate_device
 from fairopt.constraints.expressions import value_range
 from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords
 from fairopt.postprocessing import GroupThresholds, expected_stats
@@ -145,8 +146,15 @@ def test_standard_error_of_a_gap_over_tied_rates_is_that_of_a_difference():
     three = _cells([[30, 10, 20, 40], [50, 50, 10, 20], [10, 10, 15, 30]])
     se = ConstraintSet([fairopt.EqualOpportunity(0.05)], 3).standard_errors(three)
     np.testing.assert_allclose(se, [math.sqrt(r * (1 - r) / 60 + r * (1 - r) / 45)], rtol=1e-12)
-    # the values themselves are the training evaluators' (a tie is a gap of 0 either way)
+    # the values themselves are the training evaluators' (a tie is a gap of 0 either way), proxy bounds included:
+    # only the hard value's entry changes at a tie, and with proxies that differ from the counts they would differ
     np.testing.assert_array_equal(ConstraintSet([fairopt.EqualOpportunity(0.05)], 3).evaluate(three).hard, [-0.05])
+    table = three.table.clone()
+    table[:, 4:8] += torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    for expr in (per_group.min(), per_group.max(), fairopt.EqualOpportunity(0.05).expr):
+        plain, jacobian_mode = evaluate_device(expr, table), evaluate_device(expr, table, hard_gradients=True)
+        for field in ("hard", "proxy_upper", "proxy_lower", "defined"):
+            torch.testing.assert_close(getattr(jacobian_mode, field).detach(), getattr(plain, field), rtol=0, atol=0)
     # away from a tie nothing changes: the largest and the smallest rate, one entry each
     apart = _cells([[30, 10, 20, 40], [50, 50, 5, 45], [10, 10, 15, 30]])
     tpr1, tpr2 = 45 / 50, 30 / 45

@@ -258,8 +258,23 @@ def test_a_nearly_constant_classifier_is_named_in_the_reports_warnings():
     few_negatives = stats_from_cells([[1, 40, 0, 50], [0, 30, 0, 20]])  # 1 negative prediction; 71 negatives
     (warning,) = [w for w in FairnessReport.from_stats(few_negatives, []).warnings if "nearly constant" in w]
     assert warning.startswith("the model predicts 0 for 0.7% of the rows, where 50.4% have label 0")
+    assert "TPRs and FPRs near 1 in every group" in warning  # (near 0 when 1 is the rare prediction)
     # a rare label predicted about as often as it occurs (fraud-like base rates) is not flagged
     rare_label = stats_from_cells([[970, 5, 10, 15], [980, 3, 5, 12]])  # 35 positive predictions, 42 positives
     assert not any("nearly constant" in w for w in FairnessReport.from_stats(rare_label, []).warnings)
     constant = FairnessReport.from_stats(stats_from_cells([[30, 0, 10, 0], [50, 0, 5, 0]]), [])
     assert not any("nearly constant" in w for w in constant.warnings)  # said once, as a constant classifier
+
+
+def test_an_undefined_entry_is_noted_once_in_reports_of_either_schema():
+    stats = stats_from_cells([[30, 10, 0, 0], [50, 1, 5, 3]])  # no positive label in group 0: its TPR is undefined
+    report = FairnessReport.from_stats(stats, [fo.tpr(1) - fo.tpr(0) <= 0.05])
+    (entry,) = report.constraints[0].entries
+    assert not entry.defined
+    notes = report.to_markdown().split("### Notes")[1]
+    assert notes.count(entry.reason) == 1  # among the warnings (schema 2)
+    # a schema-1 report has no such warning: the entry's own note is then the only one
+    old = report.to_dict()
+    old["schema_version"], old["warnings"] = 1, []
+    notes = FairnessReport.from_dict(old).to_markdown().split("### Notes")[1]
+    assert notes.count(entry.reason) == 1 and f"{entry.name}: {entry.reason}" in notes

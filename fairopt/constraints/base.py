@@ -106,9 +106,10 @@ class Constraint:
     def __bool__(self) -> bool:
         # Python runs `lo <= expr <= hi` as `(lo <= expr) and (expr <= hi)`: with a truthy constraint the `and`
         # returns the second one alone, and the lower bound is lost without a word. Refused, as a tensor's is.
+        name = getattr(self, "name", type(self).__name__)  # (a subclass need not call __init__)
         raise TypeError(
-            f"a constraint has no truth value ({self.name}): a chained comparison `lo <= expr <= hi` would keep only "
-            "its last part; write the two bounds as two constraints, [expr >= lo, expr <= hi], and test an optional "
+            f"a constraint has no truth value ({name}): a chained comparison `lo <= expr <= hi` would keep only its "
+            "last part; write the two bounds as two constraints, [expr >= lo, expr <= hi], and test an optional "
             "constraint with `is not None`"
         )
 

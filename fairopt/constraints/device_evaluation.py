@@ -359,17 +359,17 @@ class _DeviceEvaluator(ExprVisitor[_Node]):
         d = a.d.expand(shape)
         v = a.v.expand(3, *shape)
         masked = torch.where(d, v[0], _scalar(-math.inf if expr.how == "max" else math.inf, v))
-        if expr.how == "max":
-            index = masked.argmax(-1, keepdim=True)
-        elif self.hard_gradients:
-            # The delta method's derivative (hard_jacobian): min takes the *last* entry at a tie, max the first, so
-            # that max_g r_g - min_g r_g over tied rates differentiates as the difference of two of them (the
-            # standard error of a gap at a tie), not as r_0 - r_0 = 0. The same values either way.
-            index = masked.shape[-1] - 1 - masked.flip(-1).argmin(-1, keepdim=True)
-        else:
-            index = masked.argmin(-1, keepdim=True)
+        index = masked.argmax(-1, keepdim=True) if expr.how == "max" else masked.argmin(-1, keepdim=True)
         enough = d.sum(-1, keepdim=True) >= expr.needed()
-        return _Node(v.gather(-1, index.expand(3, *index.shape)), enough)
+        picked = v.gather(-1, index.expand(3, *index.shape))
+        if self.hard_gradients and expr.how == "min":
+            # The delta method's derivative (hard_jacobian): the hard value of a min comes from the *last* entry at a
+            # tie (max takes the first), so that max_g r_g - min_g r_g over tied rates differentiates as the
+            # difference of two of them (the standard error of a gap at a tie), not as r_0 - r_0 = 0. The same hard
+            # value either way; the proxy bounds keep the first entry's, as in every other mode.
+            last = masked.shape[-1] - 1 - masked.flip(-1).argmin(-1, keepdim=True)
+            picked = torch.cat([v[0].gather(-1, last).unsqueeze(0), picked[1:]])
+        return _Node(picked, enough)
 
     def visit_guard(self, expr: Guard) -> _Node:
         a, ref = self.visit(expr.a), self.visit(expr.reference)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import warnings
 from collections.abc import Collection, Hashable, Mapping, Sequence
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fairopt._validation import close_names, require_columns
+from fairopt._validation import require_columns
 
 from ._categories import sorted_categories, warn_numeric_groups
 from ._splits import SPLIT_NAMES, check_fractions
@@ -228,6 +229,11 @@ def _match_label(value: Any, values: Sequence[Hashable]) -> Hashable | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def _label_spelling(value: Any) -> str:
+    """A label value as text without case, whitespace, ``_`` and ``.`` (``-`` stays: ``-1`` is not ``1``)."""
+    return re.sub(r"[\s_.]", "", str(value).casefold())
+
+
 def positive_values(positive_label: Any, values: Sequence[Hashable], where: str) -> list[Hashable]:
     """The values of a target column (``values``, its distinct values) that ``positive_label`` names: one value or
     a collection of them, each matched by :func:`_match_label`. Shared by the tabular and the image loaders.
@@ -244,10 +250,11 @@ def positive_values(positive_label: Any, values: Sequence[Hashable], where: str)
     absent = [p for p, match in zip(given, positives) if match is None]
     if absent:
         shown = list(values[:20]) + (["..."] if len(values) > 20 else [])
-        # a value spelled alike up to case and separators ("yes" for "Yes", ">50k" for ">50K"): named first
-        texts = {str(v): v for v in values}
-        close = {p: close_names(str(p), list(texts), n=1) for p in absent}
-        hint = "".join(f"did you mean {texts[c[0]]!r} for {p!r}? " for p, c in close.items() if c)
+        # a value spelled alike up to case, whitespace, "_" and "." only ("yes" for "Yes", ">50k" for ">50K."): never
+        # a fuzzy match or a sign, which could name the other class ("normal" for "abnormal", -1 for 1)
+        spelled = {_label_spelling(v): v for v in values}
+        close = {p: spelled.get(_label_spelling(p)) for p in absent}
+        hint = "".join(f"did you mean {c!r} for {p!r}? " for p, c in close.items() if c is not None)
         raise ValueError(
             f"positive_label {absent if len(given) > 1 else absent[0]!r} does not occur in {where}; {hint}values "
             f"found: {shown}"

@@ -14,8 +14,9 @@ computes identical values.
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,13 +106,23 @@ class ConstraintSet:
         backend: str = "auto",
         evaluator: str = "auto",
     ) -> None:
-        if isinstance(constraints, int) and isinstance(num_groups, (Constraint, Sequence)):  # (..., 2, [EO(0.05)])
+        swapped = isinstance(num_groups, Constraint) or (
+            isinstance(num_groups, Sequence) and not isinstance(num_groups, (str, bytes))
+        )
+        if isinstance(constraints, numbers.Integral) and swapped:  # (..., 2, [EO(0.05)])
             raise TypeError(
-                f"constraints must be a fairopt constraint or a list of them, got the int {constraints!r}, and "
+                f"constraints must be a fairopt constraint or a list of them, got the int {int(constraints)}, and "
                 f"num_groups got {type(num_groups).__name__}: the two are swapped; pass the constraints first, then "
                 "the number of groups (e.g. ConstrainedOptimizer(optimizer, [fairopt.EqualizedOdds(0.05)], 2))"
             )
-        if not isinstance(constraints, (Constraint, Iterable)) or isinstance(constraints, (str, bytes)):
+        readable = True
+        if not isinstance(constraints, Constraint):
+            try:  # anything tuple() reads (a sequence with __getitem__ only too), but not a string's characters
+                iter(constraints)
+                readable = not isinstance(constraints, (str, bytes))
+            except TypeError:
+                readable = False
+        if not readable:
             raise TypeError(
                 f"constraints must be a fairopt constraint or a list of them, got {type(constraints).__name__}; build "
                 "one with e.g. fairopt.DemographicParity(0.05) or fairopt.tpr(1) - fairopt.tpr(0) <= 0.05"

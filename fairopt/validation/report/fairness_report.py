@@ -277,7 +277,7 @@ class FairnessReport:
             label, predicted, actual = rare
             warnings.append(
                 f"the model predicts {label} for {predicted:.1%} of the rows, where {actual:.1%} have label {label} "
-                "(nearly constant): parity constraints hold nearly trivially for it (e.g. TPRs near 0 "
+                f"(nearly constant): parity constraints hold nearly trivially for it (TPRs and FPRs near {1 - label} "
                 "in every group are nearly equal); compare its accuracy with predicting one label for everyone, "
                 "and loosen the bound or the margin if training pushed it there"
             )
@@ -406,11 +406,12 @@ class FairnessReport:
             ]
             headers = ["constraint", "entry", f"value [{level} CI]", "bound", "violation", "verdict", "interval"]
             out += ["### Constraints", "", markdown_table(headers, c_rows), ""]
-        notes = list(self.warnings) + [  # (an undefined entry is one of the warnings already)
+        said = " ".join(self.warnings)  # an undefined entry is among the warnings (reports of schema 2 on): once
+        notes = list(self.warnings) + [
             f"{e.name}: {e.reason}"
             for c in self.constraints
             for e in c.entries
-            if e.defined and (e.flags or e.lower is None)
+            if ((e.flags or e.lower is None) if e.defined else e.reason not in said)
         ]
         if notes:
             out += ["### Notes", "", *(f"- {n}" for n in notes), ""]
