@@ -126,6 +126,8 @@ def test_generalization_gap_side_by_side(splits):
     assert first["train_verdict"] == "cannot tell"  # the illusion flag on the training split
     text = gap.to_markdown()
     assert "| constraint | entry | train | held-out | test | gap (test - train) |" in text
+    # what the cells are, in the glossary's terms: expression values (g + tolerance), not constraint values g
+    assert "Expression values with 95% intervals and verdicts (each against its constraint's bound)" in text
     assert "illusion of fairness" in text
     # the overall error rate first, with its own gap: a nearest neighbour has none on its training rows
     errors = {name: r.overall.rates["error_rate"].value for name, r in gap.reports.items()}

@@ -67,6 +67,10 @@ def test_violation_history_png(tmp_path, splits):
     fig = plot_constraint_history(monitor, path=tmp_path / "history.png")
     _assert_png(tmp_path / "history.png")
     assert len(fig.axes) == 2 and {line.get_label() for line in fig.axes[0].lines} >= {"train", "held-out", "test"}
+    # a long constraint name is wrapped, never clipped: every word of the title is there, no line over 70 characters
+    title = fig.axes[0].get_title()
+    assert title.replace("\n", " ").endswith("(g = value - 0.02; <= 0 satisfied)") and "\n" in title
+    assert max(map(len, title.split("\n"))) <= 70
     plot_constraint_history(monitor.history(), constraints=[monitor.constraints[1].name], path=tmp_path / "one.png")
     _assert_png(tmp_path / "one.png")
     with pytest.raises(ValueError, match="no history"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -291,7 +292,8 @@ def plot_constraint_history(
         margin = _margin_line(name, rows, margins)
         if margin is not None:
             ax.plot(margin.index.to_numpy(), -margin.to_numpy(), ":", color="black", linewidth=1.2, label="-margin")
-        ax.set_title(f"{name} (g = value - {tolerance:g}; <= 0 satisfied)", fontsize=10)
+        # wrapped: a constraint's name can be longer than the axes are wide (matplotlib clips a title)
+        ax.set_title("\n".join(textwrap.wrap(f"{name} (g = value - {tolerance:g}; <= 0 satisfied)", 70)), fontsize=10)
         ax.set_ylabel("largest g")
         ax.legend(fontsize=8, loc="best")
     axes[-1].set_xlabel("training step")

@@ -107,7 +107,8 @@ class GeneralizationGap:
             rows.append([constraint, entry, *cells, format_number(_difference(values[0], values[-1]), digits)])
         level = f"{next(iter(self.reports.values())).options.confidence:.0%}"
         notes = [w for r in self.reports.values() for w in r.warnings]
-        intro = f"Constraint values with {level} intervals and verdicts" + (
+        # expression values (g + tolerance, see the glossary), not constraint values g: each is read against its bound
+        intro = f"Expression values with {level} intervals and verdicts (each against its constraint's bound)" + (
             ", after the overall rate." if rate else "."
         )
         out = ["## Generalization gap", "", intro, ""]
