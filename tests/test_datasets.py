@@ -559,3 +559,30 @@ def test_a_positive_label_hint_names_only_the_same_spelling():
             positive_values(given, values, "target column 'y'")
         assert "did you mean" not in str(error.value)
     assert positive_values("yes", ["no", "yes"], "target column 'y'") == ["yes"]
+
+
+def test_an_identifier_like_feature_column_warns():
+    # an ID column read as a categorical feature became one one-hot feature per row: a model memorized its training
+    # rows (a trial's MLP reached training accuracy 1.000) and nothing said why
+    from fairopt.datasets import load_csv
+
+    rng = np.random.default_rng(0)
+    n = 200
+    frame = pd.DataFrame(
+        {
+            "applicant_id": [f"A{i:04d}" for i in range(n)],
+            "city": rng.choice(["north", "south", "east"], n),
+            "x": rng.normal(size=n),
+            "g": rng.choice(["f", "m"], n),
+            "y": rng.integers(0, 2, n),
+        }
+    )
+    with pytest.warns(UserWarning, match=r"'applicant_id' of <DataFrame> has 200 distinct values in 200 rows") as seen:
+        load_csv(frame, target="y", sensitive="g")
+    assert all("'city'" not in str(w.message) for w in seen)  # 3 values in 200 rows: a category
+    assert "load_csv(features=[...])" in str(seen[0].message)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        load_csv(frame, target="y", sensitive="g", features=["city", "x"])  # left out: no warning
+        load_csv(frame.iloc[:15], target="y", sensitive="g", validation_fraction=0.3, test_fraction=0.3)  # too few
+    assert not [w for w in seen if "distinct values" in str(w.message)]

@@ -84,9 +84,12 @@ def test_positive_label_flag_reaches_the_csv_loader(labelled_csv: Path):
 
 
 def test_a_non_binary_target_error_names_the_cli_flag(labelled_csv: Path):
-    with pytest.raises(ValueError, match="--positive-label yes") as info:
+    with pytest.raises(ValueError, match="--positive-label VALUE") as info:
         load_csv(labelled_csv, target="approved", sensitive="s")
     assert "positive_label=" in str(info.value)
+    # no value is picked for the user (one picked by sort order could be the other class: 'denied' before 'yes'); the
+    # values found are listed to choose from
+    assert "positive_label='" not in str(info.value) and "'yes'" in str(info.value)
 
 
 def test_csv_only_options_are_refused_for_bundled_datasets(capsys, no_study):
@@ -108,6 +111,11 @@ def test_num_seeds_counts_and_seeds_numbers(capsys, no_study):
     err = _exits_2(["bench", "--seeds", "1", "--num-seeds", "2"], capsys)
     assert "not allowed with" in err
     assert "positive integer" in _exits_2(["bench", "--num-seeds", "0"], capsys)
+    # a seed twice is one run twice, reported as a spread of 0 over "2 seeds": refused, as the sweep refuses it
+    err = _exits_2(["bench", "--dataset", "loans.csv"], capsys)  # a file without its kind
+    assert "unknown dataset 'loans.csv'; did you mean csv:loans.csv? choose from" in err
+    err = _exits_2(["bench", "--seeds", "0,0"], capsys)
+    assert "invalid seeds: (0, 0); it must be one or more distinct integers" in err
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -188,8 +188,10 @@ def check_options(config: Any, checks: Sequence[tuple[str, bool, str]]) -> torch
         ("records_per_run", config.records_per_run >= 1, ">= 1"),
         (
             "seeds",
-            len(config.seeds) >= 1 and all(isinstance(x, int) and x >= 0 for x in config.seeds),
-            "one or more integers >= 0",
+            len(config.seeds) >= 1
+            and all(isinstance(x, int) and x >= 0 for x in config.seeds)
+            and len(set(config.seeds)) == len(config.seeds),  # a seed twice is one run twice: a spread of 0
+            "one or more distinct integers >= 0",
         ),
         ("methods", len(config.methods) >= 1, "one or more method names"),
         ("models", len(config.models) >= 1, "one or more model names"),
@@ -276,7 +278,9 @@ class StudyConfig:
             if m not in MODELS:
                 raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
         if not (self.dataset in DATASETS or self.dataset.startswith("csv:")):
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)} or csv:PATH")
+            # a file's path without its kind: named with the prefix it needs
+            hint = f"did you mean csv:{self.dataset}? " if self.dataset.lower().endswith((".csv", ".csv.gz")) else ""
+            raise ValueError(f"unknown dataset {self.dataset!r}; {hint}choose from {', '.join(DATASETS)} or csv:PATH")
         self._check_data_options()
         make_constraint(self.constraint, self.tolerance)
         check_options(

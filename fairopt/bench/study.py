@@ -156,7 +156,8 @@ def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None
             *small_notes[:_SMALL_SHOWN],
             f"warning: and {len(rest)} more of the {len(units)} {kinds} have fewer than {MIN_ROWS} rows in some "
             f"splits ({named}); if a --sensitive column is numeric (an age, a score), every value of it is a group: "
-            "bin it into a few bands in the data file (load_image_csv also takes bins=), or merge rare categories",
+            "bin it into a few bands in the data file (e.g. pandas.cut; an image csv also takes load_image_csv's "
+            "bins=), or merge rare categories",
         ]
     return notes + small_notes
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 import warnings
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fairopt._validation import require_columns
+from fairopt._validation import require_columns, user_stacklevel
 
 from ._categories import sorted_categories, warn_numeric_groups
 from ._splits import SPLIT_NAMES, check_fractions
@@ -159,6 +158,7 @@ def load_csv(
         and not pd.api.types.is_bool_dtype(raw[c])
     )
 
+    _warn_identifier_features(raw, [c for c in columns if c not in numeric and c not in sensitive], source)
     categories: dict[str, tuple[Hashable, ...]] = {}
     for attribute in sensitive:
         if sensitive_categories is not None and attribute in sensitive_categories:
@@ -195,6 +195,32 @@ def load_csv(
     shares = (1.0 - validation_fraction - test_fraction, validation_fraction, test_fraction)
     _warn_small_splits(source, {p.name: len(p) for p in data.splits()}, dict(zip(SPLIT_NAMES, shares)))
     return data
+
+
+IDENTIFIER_SHARE = 0.5
+"""A categorical feature column with more distinct values than this share of the rows (and at least 20 rows) looks
+like an identifier: one-hot encoded, it gives nearly one feature per row."""
+
+
+def _warn_identifier_features(raw: pd.DataFrame, categorical: Sequence[Hashable], source: str) -> None:
+    """Warn about categorical feature columns that look like identifiers (an ID, a name, a free-text or a date
+    column): one-hot encoded, each becomes about one feature per row, which lets a model memorize its training rows
+    (training accuracy up, test accuracy not) while nothing else says why."""
+    rows = len(raw)
+    if rows < 20:
+        return
+    for column in categorical:
+        distinct = int(raw[column].nunique(dropna=True))
+        if distinct > IDENTIFIER_SHARE * rows:
+            warnings.warn(
+                f"the feature column {column!r} of {source} has {distinct:,} distinct values in {rows:,} rows (an "
+                f"identifier, a name, a free text or a date?): one-hot encoded it becomes {distinct:,} features, "
+                "nearly one per row, which lets a model memorize its training rows (training accuracy up, test "
+                "accuracy not); leave it out with load_csv(features=[...]), or drop the column from the file "
+                "(fairopt bench reads every column but the target as a feature)",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
 
 
 def _warn_small_splits(source: str, sizes: Mapping[str, int], fractions: Mapping[str, float]) -> None:
@@ -281,8 +307,9 @@ def _binary_labels(column: pd.Series, target: str, positive_label: Any, source: 
             raise ValueError(
                 f"target column {target!r} in {source} is not binary 0/1: found "
                 f"{len(values)} distinct values {shown}; pass positive_label= the "
-                "value (or collection of values) that means y = 1, e.g. "
-                f"positive_label={values[-1]!r} (fairopt bench: --positive-label {shlex.quote(str(values[-1]))})"
+                "value (or collection of values) that means y = 1, the outcome the rates count (a TPR is the share "
+                "of y = 1 rows predicted 1; usually the favourable one): one of the values found, chosen by you "
+                "(fairopt bench: --positive-label VALUE)"
             )
         labels = column.astype(np.int64).to_numpy()
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shlex
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -234,8 +233,9 @@ def _labels(column: pd.Series, target: str, positive_label: Any, origin: RowOrig
             row = int(bad[0])
             raise ValueError(
                 f"{origin.describe(row, target)} holds {_at(column, row)!r}: the target is not binary 0/1 (values "
-                f"found: {shown}); pass positive_label= the value (or values) meaning y = 1, e.g. "
-                f"positive_label={values[-1]!r} (fairopt bench: --positive-label {shlex.quote(str(values[-1]))})"
+                f"found: {shown}); pass positive_label= the value (or values) meaning y = 1, the outcome the rates "
+                "count (e.g. the finding): one of the values found, chosen by you (fairopt bench: --positive-label "
+                "VALUE)"
             )
         labels = column.to_numpy().astype(np.int64)
     else:
