@@ -271,3 +271,18 @@ def test_nearly_one_group_per_row_is_refused_before_training(tmp_path: Path, cap
     with contextlib.suppress(SystemExit):
         main(argv)
     assert not (tmp_path / "new").exists()
+    # a folder holding an earlier run's output is refused, untouched: with --no-plots the new tables would have sat
+    # beside the earlier run's plots, one folder describing two runs
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    for name in ("study.json" if command == "bench" else "sweep.json", "accuracy_vs_constraint.png"):
+        (earlier / name).write_text("earlier run")
+    argv[argv.index("--out") + 1] = str(earlier)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"--out {earlier} holds an earlier run" in capsys.readouterr().err
+    assert sorted(p.name for p in earlier.iterdir()) == [
+        "accuracy_vs_constraint.png",
+        "study.json" if command == "bench" else "sweep.json",
+    ]

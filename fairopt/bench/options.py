@@ -38,7 +38,15 @@ def output_folder(parser: argparse.ArgumentParser, out: Path) -> Iterator[Path]:
     """``out``, created (``--out``, or the command's default); ``parser.error`` (exit 2) now, before any training, if
     it cannot be written. The folders made here (``out`` and any missing parent, e.g. ``fairopt-runs/``) are removed
     again if the run leaves them empty (an error, Ctrl-C), so a failed run leaves nothing behind; a folder that
-    existed before is never removed."""
+    existed before is never removed. A folder that holds an earlier run's ``study.json`` or ``sweep.json`` is refused:
+    this run's tables would replace its tables while plots this run does not write (``--no-plots``) stayed beside
+    them, one folder describing two runs."""
+    earlier = [name for name in EARLIER_RUN_FILES if (out / name).is_file()]
+    if earlier:
+        parser.error(
+            f"--out {out} holds an earlier run ({', '.join(earlier)}): its files would mix with this run's; pass a "
+            "new folder (without --out every run gets its own), or remove that one first"
+        )
     made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +59,10 @@ def output_folder(parser: argparse.ArgumentParser, out: Path) -> Iterator[Path]:
         yield out
     finally:
         _remove_empty(made)
+
+
+EARLIER_RUN_FILES = ("study.json", "sweep.json")
+"""The files that mark a folder as an earlier run's output (``fairopt bench`` and ``fairopt sweep`` write one each)."""
 
 
 def _remove_empty(folders: list[Path]) -> None:
