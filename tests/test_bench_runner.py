@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import fairopt as fo
 from fairopt import group_stats
 from fairopt.bench import StudyConfig
 from fairopt.bench.config import class_constraint
 from fairopt.bench.runner import (
+    MARGIN_HINT,
     FinalModel,
+    _check,
     _scores,
     evaluate_models,
     plain_forward,
@@ -209,3 +212,17 @@ def test_below_majority_compares_with_predicting_the_majority_label_for_everyone
     assert below_majority(table([1, 1, 1, 1, 1, 1, 0, 0, 0, 1])) is None  # 8 of 10 right: above the baseline
     assert below_majority(table([1] * 10)) is None  # constant: constant_prediction's warning, not this one
     assert below_majority(table([1, 1, 1, 1, 1, 1, 1, 0, 0, 0])) is None  # perfect
+
+
+def test_an_unreachable_margin_warning_names_the_cli_option(data):
+    # the library's advice (np.minimum in Python) and, on the command line, the option that sets the margin
+    model = _model(data)
+    opt = fo.ConstrainedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), [fo.EqualizedOdds(0.05)], data.num_groups
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        opt.margin = 0.2  # above the tolerance: a max - min gap cannot reach -0.2
+    (found,) = [w for w in _check(opt, model, data, "proxy-lagrangian") if w.startswith("margin too large")]
+    assert "np.minimum(margin" in found and found.endswith(f"(fairopt bench: {MARGIN_HINT})")
+    assert "--margin-z 1" in MARGIN_HINT

@@ -397,7 +397,12 @@ def _check(
         return ()
     split = data.validation if method in HELDOUT_METHODS else data.train
     stats = split_stats(model, split, data.num_groups)
-    return tuple(constrained.check(stats, group_names=data.group_names, warn=False))
+    found = constrained.check(stats, group_names=data.group_names, warn=False)
+    # the library's advice is in Python terms; on the command line the margin's multiple is --margin-z
+    return tuple(f"{w} (fairopt bench: {MARGIN_HINT})" if w.startswith("margin too large") else w for w in found)
+
+
+MARGIN_HINT = "--margin-z sets the multiple of the standard error, e.g. --margin-z 1, or --margin-z 0 for none"
 
 
 def constant_prediction(stats: GroupStats, split: str = "test") -> str | None:
