@@ -114,6 +114,8 @@ def test_num_seeds_counts_and_seeds_numbers(capsys, no_study):
     # a seed twice is one run twice, reported as a spread of 0 over "2 seeds": refused, as the sweep refuses it
     err = _exits_2(["bench", "--dataset", "loans.csv"], capsys)  # a file without its kind
     assert "unknown dataset 'loans.csv'; did you mean csv:loans.csv? choose from" in err
+    err = _exits_2(["sweep", "--tolerances", "0.05", "--models", "mlp"], capsys)  # bench's plural, in a sweep
+    assert "fairopt sweep: error: argument --models: a sweep trains one model: use --model mlp" in err
     err = _exits_2(["bench", "--seeds", "0,0"], capsys)
     assert "invalid seeds: (0, 0); it must be one or more distinct integers" in err
     with pytest.raises(SystemExit):

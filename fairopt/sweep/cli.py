@@ -30,6 +30,12 @@ def _tolerances(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _one_model(text: str) -> str:
+    raise argparse.ArgumentTypeError(
+        f"a sweep trains one model: use --model {text.split(',')[0].strip() or 'NAME'} (fairopt bench takes --models)"
+    )
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``sweep`` subcommand to ``sub`` (the ``add_subparsers`` object of the ``fairopt`` parser)."""
     from fairopt.bench.config import CONSTRAINTS
@@ -67,6 +73,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_study_options(p, constraints=[k for k in CONSTRAINTS if k != "p_rule"], default_seeds="0")
     # default None, applied in _options: an option given is then told from one left out (--replay refuses it)
     p.add_argument("--model", choices=sorted(MODELS), help="the model (default: mlp)")
+    # fairopt bench's plural, said as such rather than "unrecognized arguments" from the top-level parser
+    p.add_argument("--models", type=_one_model, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="output folder (default: fairopt-runs/sweep-<timestamp>)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
