@@ -8,6 +8,7 @@ files, a capped training split, small groups, constant classifiers and the repor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from fairopt.bench import StudyConfig
+from fairopt.bench.config import PRESETS
 from fairopt.bench.runner import RunResult, constant_prediction
 from fairopt.bench.study import data_notes, load_study_data, run_warnings
 from fairopt.cli import _config_from_args, build_parser, main
@@ -174,6 +176,22 @@ def test_small_groups_are_named_with_their_split_and_rows():
     # with protected classes the classes are checked, not the intersectional groups they pool
     classes = config.updated(sensitive=("sex", "race"), classes=(("race", "Caucasian"), ("sex", "Female")))
     assert data_notes(classes, load_study_data(classes)) == []
+
+
+def test_a_papers_preset_on_other_data_and_a_tiny_p_rule_are_noted():
+    # a paper's preset keeps its constraint, methods and splits on another dataset, where its published numbers do
+    # not apply; a p_rule tolerance of 0.05 is a 5%-rule (a gap's unit given to a ratio), met by nearly any model
+    preset = dataclasses.replace(PRESETS["cotter2019-adult"], dataset="german", sensitive=("sex",), classes=())
+    data = load_study_data(preset)
+    (note,) = [n for n in data_notes(preset, data) if "preset" in n]
+    assert note.startswith("note: the 'cotter2019-adult' preset was made for adult; on german it still sets")
+    assert "(p_rule, tolerance 0.8)" in note and "published numbers do not apply" in note
+    assert not [n for n in data_notes(dataclasses.replace(preset, dataset="adult"), data) if "preset" in n]
+    tiny = StudyConfig(dataset="german", constraint="p_rule", tolerance=0.05)
+    (note,) = [n for n in data_notes(tiny, data) if "p_rule" in n]
+    assert "0.05 asks every group's selection rate to be at least 5% of the largest" in note
+    assert not [n for n in data_notes(tiny.updated(tolerance=0.8), data) if "p_rule" in n]
+    assert not [n for n in data_notes(StudyConfig(dataset="german"), data) if "preset" in n]  # the default preset
 
 
 # -------------------------------------------------------------------------------------------- run warnings

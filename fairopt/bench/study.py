@@ -22,7 +22,7 @@ from fairopt.datasets import TabularDataset, load_csv, load_dataset
 from fairopt.datasets._tabular import MIN_ROWS
 from fairopt.optim import ConstraintSet
 
-from .config import PRESETS, StudyConfig
+from .config import PRESETS, StudyConfig, constraint_key
 from .provenance import provenance
 from .runner import DATA_SPLIT, SPLITS, RunResult, run_one
 
@@ -117,11 +117,24 @@ def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None
         ValueError: a protected class of ``config.classes`` that matches no group.
     """
     notes: list[str] = []
+    preset_config = PRESETS.get(config.preset or "")
+    # a paper's preset (it has published numbers) applied to other data
+    if preset_config is not None and preset_config.published and config.dataset != preset_config.dataset:
+        notes.append(
+            f"note: the {config.preset!r} preset was made for {preset_config.dataset}; on {config.dataset} it still "
+            f"sets the constraint ({config.constraint}, tolerance {config.tolerance:g}), the methods, the model and "
+            f"the split fractions (validation {config.validation_fraction:g}): its published numbers do not apply"
+        )
+    if constraint_key(config.constraint) == "p_rule" and config.tolerance < 0.5:
+        notes.append(
+            f"note: p_rule's tolerance is the ratio p: {config.tolerance:g} asks every group's selection rate to be "
+            f"at least {config.tolerance:.0%} of the largest one, which nearly any model meets (the four-fifths rule "
+            "is --tolerance 0.8; a gap such as 0.05 is the other constraints' unit)"
+        )
     if train_rows is not None and len(data.train) < train_rows:
-        preset = PRESETS.get(config.preset or "")
         from_preset = (
             f" (the {config.preset!r} preset's cap)"
-            if preset is not None and preset.train_size == config.train_size
+            if preset_config is not None and preset_config.train_size == config.train_size
             else ""
         )
         notes.append(
