@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from fairopt._validation import close_names, spelling
-from fairopt.vision.preact_resnet import preact_resnet18
+from fairopt.vision.preact_resnet import check_image_channels, preact_resnet18
 from fairopt.vision.weights import existing_file, load_weights, read_state_dict
 
 __all__ = ["PAPER_WIDTHS", "SOURCES", "BinaryLogits", "create_image_model", "list_image_models"]
@@ -65,12 +65,8 @@ class BinaryLogits(nn.Module):
         self.in_chans = in_chans
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.in_chans is not None and (x.dim() != 4 or x.shape[1] != self.in_chans):
-            raise ValueError(
-                f"expected images of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}; build the model with "
-                f"in_chans={x.shape[1] if x.dim() == 4 else '...'} (create_image_model(..., in_chans=)) for images "
-                "of other channels, e.g. the dataset's .channels"
-            )
+        if self.in_chans is not None:
+            check_image_channels(x, self.in_chans)
         out = self.net(x)
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] != 1:
             what = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__

@@ -36,6 +36,18 @@ NORMS = ("batch", "group", "none")
 STEMS = ("cifar", "imagenet")
 
 
+def check_image_channels(x: Tensor, in_chans: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(N, in_chans, H, W)``, naming the ``in_chans=`` that would fit: images of
+    another channel count (grayscale X-rays into an RGB model) would otherwise fail in the first convolution with a
+    weight-shape error that names neither."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected images of shape (N, {in_chans}, H, W), got {tuple(x.shape)}; build the model with "
+            f"in_chans={x.shape[1] if x.dim() == 4 else '...'} (create_image_model(..., in_chans=)) for images of "
+            "other channels, e.g. the dataset's .channels"
+        )
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
@@ -152,11 +164,7 @@ class PreActResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected images of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}; build the model with "
-                f"in_chans={x.shape[1] if x.dim() == 4 else '...'} for other channel counts"
-            )
+        check_image_channels(x, self.in_chans)
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
         if self.final_norm:
             out = F.relu(self.norm(out))

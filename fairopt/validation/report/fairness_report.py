@@ -45,7 +45,7 @@ import torch
 from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
 from fairopt.stats import COLUMNS, GroupStats
-from fairopt.validation.diagnose.illusion import flag_illusion
+from fairopt.validation.diagnose.illusion import ILLUSION_FLAG, flag_illusion
 from fairopt.validation.estimate.assess import assess_constraint, nonnegative_losses
 from fairopt.validation.estimate.estimates import rate_estimates
 from fairopt.validation.measure.moments import MOMENT_COLUMNS, SecondMoments
@@ -168,10 +168,9 @@ def rare_prediction(stats: GroupStats) -> tuple[int, float, float] | None:
     :data:`RARE_PREDICTION` times the share of rows that have it, over all groups of ``stats``; else None."""
     tn, fp, fn, tp = stats.table[:, :4].sum(dim=0).tolist()
     total = tn + fp + fn + tp
-    if total <= 0 or constant_label(stats) is not None:
-        return None
     for label, predicted, actual in ((1, fp + tp, fn + tp), (0, tn + fn, tn + fp)):
-        if predicted < RARE_PREDICTION * actual:
+        # predicted > 0: a label never predicted is a constant classifier (constant_label), not a rare prediction
+        if 0 < predicted < RARE_PREDICTION * actual:
             return label, predicted / total, actual / total
     return None
 
@@ -281,7 +280,7 @@ class FairnessReport:
                 "in every group are nearly equal); compare its accuracy with predicting one label for everyone, "
                 "and loosen the bound or the margin if training pushed it there"
             )
-        illusions = [e.name for r in results for e in r.entries if "illusion_of_fairness" in e.flags]
+        illusions = [e.name for r in results for e in r.entries if ILLUSION_FLAG in e.flags]
         if illusions:  # named here: a reader that prints the warnings alone (not the entries) still sees which
             warnings.append(
                 f"illusion of fairness on {', '.join(illusions)}: they look met only because the model (nearly) "
