@@ -367,7 +367,8 @@ def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
     """The built-in parity constraints (ranges of per-group label-conditioned rates) take a path without a node per
     operator: on Python floats for a few groups (``_linearize_small``), in NumPy otherwise (``_linearize_ranges``).
     Each must give the walk's values, mask and gradients exactly, on tables with absent groups, a single group,
-    weighted (non-integer) cells, ties and denominators below float64's normal range (where the float path declines)."""
+    weighted (non-integer) cells, ties, denominators below float64's normal range (where the float path declines),
+    signed zeros and non-finite cells."""
     from fairopt.constraints.evaluation import (
         _linearize_ranges,
         _linearize_small,
@@ -391,6 +392,8 @@ def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
             table[rng.integers(0, num_groups)] = 0.0  # an absent group
         if trial % 11 == 0:
             table[:, :4] *= 1e-310  # subnormal denominators: 1 / den overflows
+        if trial % 13 == 0:  # a signed zero, or a NaN or inf in any cell (the walk's product spreads it along its row)
+            table[rng.integers(0, num_groups), rng.integers(0, 9)] = (-0.0, np.nan, np.inf)[trial % 3]
         for offset in (0.0, 0.05):
             with np.errstate(all="ignore"):
                 walk = _linearize_walk(expr, table, True, offset)
@@ -407,17 +410,41 @@ def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
                     for got, want in zip(lin[:4], walk[:4]):
                         assert got.dtype == want.dtype and got.shape == want.shape
                         np.testing.assert_array_equal(got, want)
+                        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))  # == ignores a zero's sign
                     for cu, cl in ((c_upper, None), (c_upper, c_lower), (None, c_lower)):
                         np.testing.assert_array_equal(lin.vjp(cu, cl), walk.vjp(cu, cl))
                 nograd = [linearize(expr, table, gradients=False, offset=offset)]
-                nograd.append(_linearize_small(ranges, table, False, offset))
+                small = _linearize_small(ranges, table, False, offset)
+                # without gradients only a non-finite cell is declined (subnormal denominators are fine)
+                assert (small is None) == (not np.isfinite(table).all())
+                nograd.append(small or nograd[0])
             for lin in nograd:
-                assert lin is not None and lin.vjp is None  # without gradients, subnormal denominators are fine
+                assert lin.vjp is None
                 for got, want in zip(lin[:4], walk[:4]):
                     np.testing.assert_array_equal(got, want)
             checked_undefined += int(not walk.defined.all())
     assert checked_small > 400 and declined > 0
     assert checked_undefined > 0  # the undefined cases were met
+
+
+def test_mixed_rows_are_the_mixer_product_or_declined() -> None:
+    """``_mixed_rows`` (the mixer product of a few rows on Python floats) gives the product's sums and their zeros'
+    signs for columns of one or two cells, and for four cells only where they are integers: a weighted four-cell sum
+    depends on the order a GEMM adds in, so it is declined."""
+    from fairopt.constraints.evaluation import _MIXED_COLUMNS, _MIXERS, _mixed_rows
+
+    assert max(len(cells) for columns in _MIXED_COLUMNS.values() for cells in columns) == 4
+    rows = [[-0.0, -0.0, 3.0, -0.0, -0.0, 0.25, -0.0, 1.5, 7.0], [1.0, 2.0, 0.0, 4.0, 0.5, 0.75, 0.0, 2.5, -0.0]]
+    for rate in _MIXED_COLUMNS:
+        got = np.array(_mixed_rows(rows, rate))
+        want = (np.array(rows) @ _MIXERS[rate])[:, :4]
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    assert _mixed_rows(rows, "true_positive_rate")[0][1] == 0.0  # -0.0 tp: +0.0, as the product
+    assert not np.signbit(_mixed_rows(rows, "true_positive_rate")[0][1])
+    weighted = [[0.5, 1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
+    assert _mixed_rows(weighted, "selection_rate") is None  # tn + fp + fn + tp, one of them weighted
+    assert _mixed_rows(weighted, "true_positive_rate") == [(5.0, 3.0, 0.0, 0.0)]
 
 
 def test_range_fast_path_is_only_taken_for_ranges_of_per_group_label_rates() -> None:
