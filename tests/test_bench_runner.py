@@ -226,3 +226,34 @@ def test_an_unreachable_margin_warning_names_the_cli_option(data):
     (found,) = [w for w in _check(opt, model, data, "proxy-lagrangian") if w.startswith("margin too large")]
     assert "np.minimum(margin" in found and found.endswith(f"(fairopt bench: {MARGIN_HINT})")
     assert "--margin-z 1" in MARGIN_HINT
+
+
+def test_a_final_model_chosen_without_its_margin_says_so(data):
+    """Where no candidate meets the bound with its margin (here 100 standard errors), the final model is chosen, or
+    the thresholds fitted, without it: the run's warnings say so (study.md and the log show them), not only the
+    selection text in runs.csv; without a margin asked there is nothing to say."""
+    constraint = TINY.build_constraint(data.group_names)
+    unreachable = TINY.updated(margin_z=100.0)
+    trained = train_model(unreachable, data, constraint, "logistic", "unconstrained", 0)
+    thresholds = select_models(unreachable, data, constraint, trained, "thresholds")
+    (final,) = thresholds.finals.values()
+    assert "(margin not met)" in final.selection
+    (warning,) = final.warnings
+    assert warning.startswith(
+        "no group thresholds meet the bound with its margin on validation: the final model was fitted without it"
+    )
+    assert warning.endswith("more validation rows, or a smaller --margin-z, let a margin be met")
+    (run,) = evaluate_models(data, constraint, trained, thresholds, "logistic", 0)
+    assert warning in run.warnings
+    no_margin = TINY.updated(margin_z=0.0)
+    (plain,) = select_models(no_margin, data, constraint, trained, "thresholds").finals.values()
+    assert plain.warnings == () and "margin" not in plain.selection
+
+    trained = train_model(unreachable, data, constraint, "logistic", "proxy-lagrangian", 0)
+    finals = select_models(unreachable, data, constraint, trained, "proxy-lagrangian").finals
+    assert list(finals) == ["proxy-lagrangian", "proxy-lagrangian (best iterate)"]
+    for final in finals.values():
+        assert "(margin not met)" in final.selection
+        (warning,) = final.warnings
+        assert warning.startswith("no recorded iterate meets the bound with its margin on train: the final model was")
+        assert "more training rows (--train-size)" in warning

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +24,7 @@ from fairopt.bench.config import PRESETS
 from fairopt.bench.runner import RunResult, constant_prediction
 from fairopt.bench.study import data_notes, load_study_data, run_warnings
 from fairopt.cli import _config_from_args, build_parser, main
-from fairopt.datasets import load_csv
+from fairopt.datasets import SmallSplitWarning, load_csv
 from fairopt.stats import COLUMNS, GroupStats
 
 
@@ -153,6 +154,24 @@ def test_a_tiny_csv_warns_with_the_rows_it_needs():
         load_csv(frame, target="y", sensitive="s")
     with pytest.warns(UserWarning, match="at least 150 rows"):
         load_csv(frame, target="y", sensitive="s")
+
+
+def test_a_tiny_csv_study_names_its_own_splits(tmp_path: Path):
+    """The bench carves its held-out (audit) split out of load_csv's validation split: its note names the study's
+    splits (validation 5, held-out 5, not load_csv's validation 10), and load_csv's own warning is not passed on."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=50), "s": ["a", "b"] * 25, "y": [0, 1] * 25})
+    frame.to_csv(tmp_path / "tiny.csv", index=False)
+    with pytest.warns(SmallSplitWarning, match=r"\(validation 10, test 10\)"):
+        load_csv(frame, target="y", sensitive="s")
+    config = StudyConfig(dataset=f"csv:{tmp_path / 'tiny.csv'}", csv_target="y", csv_sensitive=("s",),
+                         models=("logistic",), methods=("unconstrained",))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallSplitWarning)
+        data = load_study_data(config)
+    (note,) = [n for n in data_notes(config, data, len(data.train)) if n.startswith("warning: some splits")]
+    assert note.startswith("warning: some splits have fewer than 30 rows (validation 5, held-out 5, test 10): ")
+    assert note.endswith("about 6 times as many data rows give every split 30")
 
 
 def test_an_empty_or_header_only_csv_says_so(tmp_path: Path):

@@ -332,13 +332,15 @@ def train_model(
 class FinalModel:
     """A chosen final model: candidate ``states`` mixed with ``probabilities`` (no states: the model as it stands
     after selection), the indices of the records it uses, how it was chosen, and for a post-processing method the
-    group thresholds applied to the model's scores (``policy``)."""
+    group thresholds applied to the model's scores (``policy``), and what the run's report must say about the choice
+    (``warnings``: it was made without the margin that no candidate met)."""
 
     states: list[dict[str, Tensor]]
     probabilities: Tensor
     support: list[int]
     selection: str
     policy: GroupThresholds | None = None
+    warnings: tuple[str, ...] = ()
 
     def tables(
         self, model: nn.Module, split: DatasetSplit, num_groups: int, forward: Forward = plain_forward
@@ -373,6 +375,11 @@ def select_final(model: nn.Module, constrained: ConstrainedOptimizer | None, met
     def note() -> str:
         return " with margin" if records.margin_used else (" (margin not met)" if records.margins().any() else "")
 
+    def fallback() -> tuple[str, ...]:
+        if records.margin_used or not records.margins().any():
+            return ()
+        return (margin_not_met("no recorded iterate meets the bound with its margin", "chosen", source),)
+
     out = {}
     with warnings.catch_warnings():  # reported in the selection text instead
         warnings.simplefilter("ignore", UserWarning)
@@ -382,12 +389,23 @@ def select_final(model: nn.Module, constrained: ConstrainedOptimizer | None, met
             text = f"shrinking LP on {source}{note()} ({len(support)} of {len(records)} iterates)"
             states = [records[i].state for i in support]
             chosen = probabilities[support] / probabilities[support].sum()
-            out[method] = FinalModel(states, chosen, support, text)  # type: ignore[arg-type]
+            out[method] = FinalModel(states, chosen, support, text, warnings=fallback())  # type: ignore[arg-type]
             method = f"{method} (best iterate)"
         best = records.best_index(rank_objectives=False)
     text = f"best iterate on {source}{note()} (step {records[best].step} of {constrained.num_steps})"  # type: ignore[union-attr]
-    out[method] = FinalModel([records[best].state], torch.ones(1), [best], text)  # type: ignore[list-item]
+    out[method] = FinalModel([records[best].state], torch.ones(1), [best], text, warnings=fallback())  # type: ignore[list-item]
     return out
+
+
+def margin_not_met(why: str, done: str, split: str) -> str:
+    """The warning of a final model chosen (``done``: "chosen", "fitted") on ``split`` ("train", "validation")
+    without the margin that ``why`` says no candidate met there."""
+    rows = "training rows (--train-size)" if split == "train" else f"{split} rows"
+    return (
+        f"{why} on {split}: the final model was {done} without it, so the bound has no room for estimation error on "
+        f"new data (its held-out and test values may exceed it); more {rows}, or a smaller --margin-z, let a margin "
+        "be met"
+    )
 
 
 def _check(
@@ -473,10 +491,10 @@ def fit_thresholds(
     data: TabularDataset,
     constraint: Constraint,
     forward: Forward = plain_forward,
-) -> tuple[GroupThresholds, str]:
+) -> tuple[GroupThresholds, str, tuple[str, ...]]:
     """Randomized group thresholds for ``model`` fitted on the validation split's scores (from ``forward``, streamed:
     :func:`_scores`) with ``margin_z`` standard errors of margin (without it, and saying so, when no policy meets
-    it). Returns the policy and a description."""
+    it). Returns the policy, a description and the warnings for the run's report (the margin not met)."""
     v = data.validation
     scores = _scores(model, v, forward)
     margin = _margin(config, ConstraintSet([constraint], data.num_groups), split_stats(model, v, data.num_groups))
@@ -484,11 +502,12 @@ def fit_thresholds(
         GroupThresholds.fit, scores, labels=v.y, groups=v.groups, constraints=constraint, num_groups=data.num_groups
     )
     policy = fit(margin=margin)
-    note = " with margin"
+    note, problems = ("" if margin is None else " with margin"), ()  # --margin-z 0: none asked
     if not policy.feasible and margin is not None:
         policy, note = fit(), " (margin not met)"
+        problems = (margin_not_met("no group thresholds meet the bound with its margin", "fitted", "validation"),)
     kind = "randomized" if policy.randomized else "deterministic"
-    return policy, f"group thresholds on validation{note} ({kind}, Hardt et al. 2016)"
+    return policy, f"group thresholds on validation{note} ({kind}, Hardt et al. 2016)", problems
 
 
 @dataclass(frozen=True)
@@ -518,9 +537,10 @@ def select_models(
         base = finals.get(f"{trained_as} (best iterate)", finals[trained_as])
         if base.states:
             trained.model.load_state_dict(base.states[0])
-        policy, text = fit_thresholds(config, trained.model, data, constraint, forward)
+        policy, text, problems = fit_thresholds(config, trained.model, data, constraint, forward)
         prefix = "" if trained_as == "unconstrained" else f"{base.selection}, then "
-        finals = {method: FinalModel([], torch.ones(1), [0], prefix + text, policy)}
+        # the base model's own fallback is not this model's: the thresholds are fitted again, with the margin
+        finals = {method: FinalModel([], torch.ones(1), [0], prefix + text, policy, problems)}
     return Selection(finals, time.perf_counter() - t0)
 
 
@@ -577,7 +597,7 @@ def evaluate_models(
                 multipliers=multipliers,
                 wall_time=trained.seconds + selection.seconds,
                 dual_window=None if constrained is None else constrained.dual_window,
-                warnings=(*trained.warnings, *problems),
+                warnings=(*trained.warnings, *final.warnings, *problems),
             )
         )
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 import warnings
@@ -18,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fairopt.constraints import Constraint, protected_classes
-from fairopt.datasets import TabularDataset, load_csv, load_dataset
+from fairopt.datasets import SmallSplitWarning, TabularDataset, load_csv, load_dataset
 from fairopt.datasets._tabular import MIN_ROWS
 from fairopt.optim import ConstraintSet
 
@@ -68,13 +69,15 @@ def _load_study_data(config: StudyConfig, seed: int) -> tuple[TabularDataset, in
     """:func:`load_study_data` and the number of training rows before the ``train_size`` cap."""
     common = {"validation_fraction": config.validation_fraction, "seed": seed}
     if config.dataset.startswith("csv:"):
-        data = load_csv(
-            config.dataset[4:],
-            target=str(config.csv_target),
-            sensitive=list(config.sensitive_attributes()),
-            positive_label=config.positive_label(),
-            **common,
-        )
+        with warnings.catch_warnings():  # about load_csv's splits: data_notes names the study's (audit split carved)
+            warnings.simplefilter("ignore", SmallSplitWarning)
+            data = load_csv(
+                config.dataset[4:],
+                target=str(config.csv_target),
+                sensitive=list(config.sensitive_attributes()),
+                positive_label=config.positive_label(),
+                **common,
+            )
     else:
         data = load_dataset(config.dataset, sensitive=config.sensitive_attributes(), **common)
     train_rows = len(data.train)
@@ -143,6 +146,15 @@ def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None
         )
     by_split = data.group_counts()
     counts = {name: by_split[DATA_SPLIT[name]] for name in SPLITS}
+    capped = train_rows is not None and len(data.train) < train_rows  # a small capped split: the note above
+    sizes = {split: int(c.sum()) for split, c in counts.items() if not (capped and split == "train")}
+    if small_splits := {split: n for split, n in sizes.items() if n < MIN_ROWS}:
+        shown = ", ".join(f"{split} {n}" for split, n in small_splits.items())
+        factor = math.ceil(MIN_ROWS / max(1, min(small_splits.values())))  # these splits grow with the file
+        notes.append(
+            f"warning: some splits have fewer than {MIN_ROWS} rows ({shown}): rates measured on them have very wide "
+            f"intervals; about {factor} times as many data rows give every split {MIN_ROWS}"
+        )
     if config.classes:
         kind, units = "protected class", protected_classes(data.group_names, config.classes)
     else:

@@ -58,7 +58,7 @@ Example
 """
 
 from ._builtin import DATASETS, load_adult, load_compas, load_dataset, load_german
-from ._csv import load_csv
+from ._csv import SmallSplitWarning, load_csv
 from ._resources import ChecksumError
 from ._tabular import DatasetSplit, TabularDataset, TabularPreprocessor
 from .celeba import load_celeba
@@ -74,6 +74,7 @@ __all__ = [
     "ImageDataset",
     "ImageGroupDataset",
     "ImageSplit",
+    "SmallSplitWarning",
     "TabularDataset",
     "TabularPreprocessor",
     "image_loader",

@@ -107,10 +107,10 @@ def load_csv(
 
     Warns
     -----
-    UserWarning
-        A split with a non-zero fraction gets fewer than 30 rows
-        (``MIN_ROWS``): its rates' intervals are very wide. The message says
-        how many rows the file would need at these fractions.
+    SmallSplitWarning
+        (a ``UserWarning``) A split with a non-zero fraction gets fewer than
+        30 rows (``MIN_ROWS``): its rates' intervals are very wide. The
+        message says how many rows the file would need at these fractions.
     """
     if isinstance(path_or_dataframe, pd.DataFrame):
         source = "<DataFrame>"
@@ -223,8 +223,14 @@ def _warn_identifier_features(raw: pd.DataFrame, categorical: Sequence[Hashable]
             )
 
 
+class SmallSplitWarning(UserWarning):
+    """A split of :func:`load_csv` gets fewer than ``MIN_ROWS`` (30) rows: rates measured on it have very wide
+    intervals. Its own category, so that code which splits the data further (``fairopt bench`` carves its audit
+    split out of the validation split) can report its own splits instead."""
+
+
 def _warn_small_splits(source: str, sizes: Mapping[str, int], fractions: Mapping[str, float]) -> None:
-    """Warn (``UserWarning``) when a split with a non-zero fraction gets fewer than :data:`MIN_ROWS` rows."""
+    """Warn (:class:`SmallSplitWarning`) when a split with a non-zero fraction gets fewer than ``MIN_ROWS`` rows."""
     small = {name: n for name, n in sizes.items() if fractions[name] > 0 and n < MIN_ROWS}
     if not small:
         return
@@ -233,7 +239,7 @@ def _warn_small_splits(source: str, sizes: Mapping[str, int], fractions: Mapping
     warnings.warn(
         f"{source} has {sum(sizes.values())} data rows, so some splits have fewer than {MIN_ROWS} rows ({shown}): "
         f"rates measured on them have very wide intervals; at these fractions use at least {needed} rows",
-        UserWarning,
+        SmallSplitWarning,
         stacklevel=3,
     )
 
