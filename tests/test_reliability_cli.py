@@ -325,3 +325,21 @@ def test_nearly_one_group_per_row_is_refused_before_training(tmp_path: Path, cap
         "accuracy_vs_constraint.png",
         "study.json" if command == "bench" else "sweep.json",
     ]
+
+
+def test_one_positive_label_of_three_values_warns_with_the_merged_ones():
+    """positive_label names one value of a three-valued target: the other two both become y = 0, which the user may
+    not have meant (a 'pending' decision counted as a denial); naming every positive value, or a binary target, is
+    quiet."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "s": ["a", "b"] * 150,
+                          "status": ["approved", "denied", "pending"] * 100})  # fmt: skip
+    with pytest.warns(UserWarning, match=r"target column 'status' in <DataFrame> has 3 distinct values: positive_"):
+        data = load_csv(frame, target="status", sensitive="s", positive_label="approved")
+    assert sorted(np.concatenate([split.y for split in data.splits()]).tolist()).count(1) == 100
+    with pytest.warns(UserWarning, match=r"y = 0 for the 2 others together \('denied', 'pending'\)"):
+        load_csv(frame, target="status", sensitive="s", positive_label="approved")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_csv(frame, target="status", sensitive="s", positive_label=["approved", "pending"])
+        load_csv(frame[frame.status != "pending"], target="status", sensitive="s", positive_label="approved")

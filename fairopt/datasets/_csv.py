@@ -107,6 +107,9 @@ def load_csv(
 
     Warns
     -----
+    UserWarning
+        ``positive_label`` names one value of a target with three or more:
+        the others all become ``y = 0`` (the message names them).
     SmallSplitWarning
         (a ``UserWarning``) A split with a non-zero fraction gets fewer than
         30 rows (``MIN_ROWS``): its rates' intervals are very wide. The
@@ -270,6 +273,9 @@ def positive_values(positive_label: Any, values: Sequence[Hashable], where: str)
     """The values of a target column (``values``, its distinct values) that ``positive_label`` names: one value or
     a collection of them, each matched by :func:`_match_label`. Shared by the tabular and the image loaders.
 
+    Warns:
+        UserWarning: one value named among three or more: the others all become ``y = 0`` (the message names them).
+
     Raises:
         ValueError: a named value does not occur; ``where`` (e.g. ``"target column 'y' in data.csv"``) says where it
             was looked for, and the message lists the values found.
@@ -290,6 +296,17 @@ def positive_values(positive_label: Any, values: Sequence[Hashable], where: str)
         raise ValueError(
             f"positive_label {absent if len(given) > 1 else absent[0]!r} does not occur in {where}; {hint}values "
             f"found: {shown}"
+        )
+    negatives = [v for v in values if v not in positives]
+    if len(positives) == 1 and len(negatives) > 1:  # one value named: the others merged, perhaps unawares
+        shown = ", ".join(map(repr, negatives[:5])) + (", ..." if len(negatives) > 5 else "")
+        warnings.warn(
+            f"{where} has {len(values)} distinct values: positive_label "
+            f"{positives[0]!r} makes y = 1 for it and y = 0 for the {len(negatives)} others together ({shown}); "
+            "if another value also means y = 1, pass them all (positive_label=[...]; fairopt bench: repeat "
+            "--positive-label), and drop the rows of a value that is neither (e.g. 'pending') from the file",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
     return positives
 
