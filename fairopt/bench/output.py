@@ -60,7 +60,7 @@ def _rows(result: StudyResult) -> tuple[list[str], list[list[str]]]:
         "method",
         "train acc",
         "test acc",
-        ("acc by group (" + " / ".join(short) + ")") if by_group else "worst-group test acc",
+        ("test acc by group (" + " / ".join(short) + ")") if by_group else "worst-group test acc",
         "train",
         "validation",
         "held-out",
