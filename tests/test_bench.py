@@ -14,7 +14,7 @@ import fairopt
 from fairopt.bench import PRESETS, StudyConfig, run_study
 from fairopt.bench.output import format_table, published_comparison, write_outputs
 from fairopt.bench.peers import expected_stats
-from fairopt.bench.study import load_study_data
+from fairopt.bench.study import load_study_data, run_warnings
 from fairopt.cli import main
 from fairopt.datasets import load_german
 from fairopt.datasets._checksums import SHA256
@@ -261,3 +261,16 @@ def test_bench_and_sweep_parse_their_shared_options_alike(capsys):
     with pytest.raises(SystemExit) as exit_info:  # the sweep offers every constraint but the p%-rule
         parser.parse_args(["sweep", "--tolerances", "0.05", "--constraint", "p_rule"])
     assert exit_info.value.code == 2 and "invalid choice: 'p_rule'" in capsys.readouterr().err
+
+
+def test_a_trainings_warnings_are_logged_once_for_its_final_models():
+    """proxy-lagrangian gives two final models of one training (the distribution and its best iterate): the log
+    shows the training's warnings once and says how many the second shares; the study keeps every run's own."""
+    lines: list[str] = []
+    config = StudyConfig(**{**TINY, "methods": ("proxy-lagrangian",), "margin_z": 100.0})  # no iterate meets it
+    result = run_study(config, progress=False, log=lines.append)
+    first, best = (run_warnings(run) for run in result.runs)
+    assert first and first == best and result.runs[1].method == "proxy-lagrangian (best iterate)"
+    warned = [line for line in lines if line.startswith("    warning: ")]
+    assert warned == [f"    warning: {w}" for w in first]
+    assert lines[-1] == f"    ({len(first)} warning(s) as above: the same training)"

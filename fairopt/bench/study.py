@@ -374,6 +374,7 @@ def run_study(
         data = data_of(seed)
         constraint: Constraint = config.build_constraint(data.group_names)
         bar.set_postfix_str(f"{model} / {method} / seed {seed}")
+        logged: set[str] = set()  # this training's warnings logged so far (its final models share them)
         for result in run(config, data, constraint, model, method, seed):
             runs.append(result)
             if log is not None:
@@ -384,8 +385,13 @@ def run_study(
                     f"  {model:<{width}} {result.method:<38} seed {seed}: test expression value {shown} "
                     f"({result.wall_time:.1f} s{window})"
                 )
-                for problem in run_warnings(result):
-                    log(f"    warning: {problem}")
+                problems = run_warnings(result)
+                for problem in problems:
+                    if problem not in logged:
+                        log(f"    warning: {problem}")
+                if repeated := sum(problem in logged for problem in problems):  # study.md lists each run's all
+                    log(f"    ({repeated} warning(s) as above: the same training)")
+                logged.update(problems)
         bar.update(1)
     bar.close()
     first = data_by_seed[config.seeds[0]]
