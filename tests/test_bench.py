@@ -273,4 +273,4 @@ def test_a_trainings_warnings_are_logged_once_for_its_final_models():
     assert first and first == best and result.runs[1].method == "proxy-lagrangian (best iterate)"
     warned = [line for line in lines if line.startswith("    warning: ")]
     assert warned == [f"    warning: {w}" for w in first]
-    assert lines[-1] == f"    ({len(first)} warning(s) as above: the same training)"
+    assert lines[-1] == f"    ({len(first)} warning(s) as above)"

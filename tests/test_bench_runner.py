@@ -256,4 +256,4 @@ def test_a_final_model_chosen_without_its_margin_says_so(data):
         assert "(margin not met)" in final.selection
         (warning,) = final.warnings
         assert warning.startswith("no recorded iterate meets the bound with its margin on train: the final model was")
-        assert "more training rows (--train-size)" in warning
+        assert "more training rows (a larger --train-size, where it caps them)" in warning

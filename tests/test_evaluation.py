@@ -444,6 +444,12 @@ def test_mixed_rows_are_the_mixer_product_or_declined() -> None:
     assert not np.signbit(_mixed_rows(rows, "true_positive_rate")[0][1])
     weighted = [[0.5, 1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
     assert _mixed_rows(weighted, "selection_rate") is None  # tn + fp + fn + tp, one of them weighted
+    # four integer cells whose sum could depend on the order: mixed signs (2**60 + 1 rounds away), or a sum at 2**53
+    for cells in ([2.0**60, 1.0, -(2.0**60), 0.0], [-(2.0**53), -1.0, -1.0, 0.0], [2.0**53 - 1, 2.0, 0.0, 0.0]):
+        assert _mixed_rows([[*cells, 0.0, 0.0, 0.0, 0.0, 0.0]], "selection_rate") is None
+    assert _mixed_rows([[2.0**52, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], "selection_rate") == [
+        (2.0**52 + 4.0, 3.0, 0.0, 0.0)
+    ]
     assert _mixed_rows(weighted, "true_positive_rate") == [(5.0, 3.0, 0.0, 0.0)]
 
 

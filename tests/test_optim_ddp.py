@@ -14,43 +14,51 @@ METHODS = ("lagrangian", "proxy_lagrangian")
 STEPS = 4
 
 
-def _worker(rank: int, world: int, store: str, out: str) -> None:
-    import torch.distributed as dist
+def _train(rank: int) -> dict[str, dict[str, torch.Tensor]]:
     from torch.nn.parallel import DistributedDataParallel
+
+    x, y, a = tabular(256, seed=0)
+    rows = slice(rank * 128, (rank + 1) * 128)  # each rank sees its own half
+    results = {}
+    for method in METHODS:
+        model = DistributedDataParallel(mlp(x.shape[1], seed=0))
+        opt = ConstrainedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            [fairopt.EqualizedOdds(0.0)],
+            2,
+            method=method,
+            dual_lr=0.5,
+            sync=GroupStats.all_reduce,
+        )
+        first = None
+        for _ in range(STEPS):
+            scores = model(x[rows]).squeeze(-1)
+            opt.zero_grad()
+            result = opt.step(
+                loss=F.binary_cross_entropy_with_logits(scores, y[rows]),
+                scores=scores,
+                labels=y[rows],
+                groups=a[rows],
+            )
+            first = result.dual_value.hard if first is None else first
+        results[method] = {"multipliers": opt.multipliers, "first_dual_value": first}
+    return results
+
+
+def _worker(rank: int, world: int, store: str, out: str) -> None:
+    import gc
+
+    import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        x, y, a = tabular(256, seed=0)
-        rows = slice(rank * 128, (rank + 1) * 128)  # each rank sees its own half
-        results = {}
-        for method in METHODS:
-            model = DistributedDataParallel(mlp(x.shape[1], seed=0))
-            opt = ConstrainedOptimizer(
-                torch.optim.SGD(model.parameters(), lr=0.1),
-                [fairopt.EqualizedOdds(0.0)],
-                2,
-                method=method,
-                dual_lr=0.5,
-                sync=GroupStats.all_reduce,
-            )
-            first = None
-            for _ in range(STEPS):
-                scores = model(x[rows]).squeeze(-1)
-                opt.zero_grad()
-                result = opt.step(
-                    loss=F.binary_cross_entropy_with_logits(scores, y[rows]),
-                    scores=scores,
-                    labels=y[rows],
-                    groups=a[rows],
-                )
-                first = result.dual_value.hard if first is None else first
-            results[method] = {"multipliers": opt.multipliers, "first_dual_value": first}
-        torch.save(results, f"{out}/rank{rank}.pt")
+        torch.save(_train(rank), f"{out}/rank{rank}.pt")  # the DDP models are garbage once _train returns
         # both ranks finish before gloo tears down (a rank exiting early aborts the other at exit); only on
         # success, so that a failing rank cannot leave the other waiting in the barrier
         dist.barrier()
     finally:
+        gc.collect()  # as examples/train_ddp.py's release_process_group: no DDP reducer left to the exit
         dist.destroy_process_group()
 
 

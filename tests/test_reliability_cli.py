@@ -172,6 +172,13 @@ def test_a_tiny_csv_study_names_its_own_splits(tmp_path: Path):
     (note,) = [n for n in data_notes(config, data, len(data.train)) if n.startswith("warning: some splits")]
     assert note.startswith("warning: some splits have fewer than 30 rows (validation 5, held-out 5, test 10): ")
     assert note.endswith("about 6 times as many data rows give every split 30")
+    # a training split at its cap grows with --train-size, not the file: left to the cap's own note (the sweep
+    # passes no train_rows)
+    capped = config.updated(train_size=10)
+    data = load_study_data(capped)
+    for train_rows in (30, None):
+        (note,) = [n for n in data_notes(capped, data, train_rows) if n.startswith("warning: some splits")]
+        assert note.startswith("warning: some splits have fewer than 30 rows (validation 10, held-out 5, test 10): ")
 
 
 def test_an_empty_or_header_only_csv_says_so(tmp_path: Path):
@@ -329,8 +336,8 @@ def test_nearly_one_group_per_row_is_refused_before_training(tmp_path: Path, cap
 
 def test_one_positive_label_of_three_values_warns_with_the_merged_ones():
     """positive_label names one value of a three-valued target: the other two both become y = 0, which the user may
-    not have meant (a 'pending' decision counted as a denial); naming every positive value, or a binary target, is
-    quiet."""
+    not have meant (a 'pending' decision counted as a denial); a list (of every positive value, or of the one meant),
+    or a binary target, is quiet."""
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.normal(size=300), "s": ["a", "b"] * 150,
                           "status": ["approved", "denied", "pending"] * 100})  # fmt: skip
@@ -342,4 +349,5 @@ def test_one_positive_label_of_three_values_warns_with_the_merged_ones():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_csv(frame, target="status", sensitive="s", positive_label=["approved", "pending"])
+        load_csv(frame, target="status", sensitive="s", positive_label=["approved"])  # a list: meant as it is
         load_csv(frame[frame.status != "pending"], target="status", sensitive="s", positive_label="approved")

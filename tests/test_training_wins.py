@@ -341,7 +341,7 @@ def test_selection_honours_the_margin_and_falls_back_with_a_warning():
     records = IterateRecords(keep_states=False)
     records.record(1, 0.10, torch.tensor([-0.01]), margin=0.02)  # feasible, not with its margin
     records.record(2, 0.20, torch.tensor([-0.05]), margin=0.02)  # feasible with its margin
-    assert records.best_index(rank_objectives=False) == 1 and records.margin_used
+    assert records.best_index(rank_objectives=False) == 1 and records.margin_used and not records.margin_missed
     # the LP mixes them: 0.75 * (-0.01 + 0.02) + 0.25 * (-0.05 + 0.02) = 0, at a lower objective than iterate 2
     np.testing.assert_allclose(records.best_distribution(), [0.75, 0.25], atol=1e-9)
     tight = IterateRecords(keep_states=False)
@@ -349,7 +349,10 @@ def test_selection_honours_the_margin_and_falls_back_with_a_warning():
     tight.record(2, 0.20, torch.tensor([0.03]), margin=0.5)
     with pytest.warns(UserWarning, match="cannot certify"):
         assert tight.best_index(rank_objectives=False) == 0
-    assert not tight.margin_used
+    assert not tight.margin_used and tight.margin_missed
+    plain = IterateRecords(keep_states=False)  # no margin asked: none used, none missed
+    plain.record(1, 0.10, torch.tensor([0.01]))
+    assert plain.best_index() == 0 and not plain.margin_used and not plain.margin_missed
     with pytest.raises(ValueError, match="margin"):
         tight.record(3, 0.1, torch.tensor([0.0]), margin=-1.0)
     with pytest.raises(ValueError, match="1 entries"):

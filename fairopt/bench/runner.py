@@ -373,10 +373,10 @@ def select_final(model: nn.Module, constrained: ConstrainedOptimizer | None, met
     source = "validation" if method in HELDOUT_METHODS else "train"
 
     def note() -> str:
-        return " with margin" if records.margin_used else (" (margin not met)" if records.margins().any() else "")
+        return " with margin" if records.margin_used else (" (margin not met)" if records.margin_missed else "")
 
     def fallback() -> tuple[str, ...]:
-        if records.margin_used or not records.margins().any():
+        if not records.margin_missed:
             return ()
         return (margin_not_met("no recorded iterate meets the bound with its margin", "chosen", source),)
 
@@ -400,7 +400,7 @@ def select_final(model: nn.Module, constrained: ConstrainedOptimizer | None, met
 def margin_not_met(why: str, done: str, split: str) -> str:
     """The warning of a final model chosen (``done``: "chosen", "fitted") on ``split`` ("train", "validation")
     without the margin that ``why`` says no candidate met there."""
-    rows = "training rows (--train-size)" if split == "train" else f"{split} rows"
+    rows = "training rows (a larger --train-size, where it caps them)" if split == "train" else f"{split} rows"
     return (
         f"{why} on {split}: the final model was {done} without it, so the bound has no room for estimation error on "
         f"new data (its held-out and test values may exceed it); more {rows}, or a smaller --margin-z, let a margin "

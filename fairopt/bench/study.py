@@ -55,7 +55,8 @@ def load_study_data(config: StudyConfig, seed: int = 0) -> TabularDataset:
     """Load the configured dataset (embedded, or ``csv:PATH``) with the study's splits, capped at ``train_size``,
     and an audit split of ``audit_fraction`` times the validation split's size: from the training rows the cap
     leaves out when there are enough (the validation split then stays whole), else moved out of the validation split
-    (:meth:`TabularDataset.with_audit`).
+    (:meth:`TabularDataset.with_audit`). ``load_csv``'s :class:`~fairopt.datasets.SmallSplitWarning` is left out:
+    it describes the splits before the audit split is carved; :func:`data_notes` describes the study's.
 
     Raises:
         ValueError: from the loader (:func:`~fairopt.datasets.load_csv`, :func:`~fairopt.datasets.load_dataset`),
@@ -114,7 +115,9 @@ def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None
     """What a user should know about a study's data before reading its numbers, as ``"note: ..."`` and
     ``"warning: ..."`` lines: the training split capped by ``train_size`` (``train_rows``: its size before the cap,
     None: unknown), and each group (each protected class, when ``config.classes`` is set) with fewer than
-    ``MIN_ROWS`` (30) rows in some split, naming the splits and their row counts.
+    ``MIN_ROWS`` (30) rows in some split, naming the splits and their row counts; and the study's splits with
+    fewer than ``MIN_ROWS`` rows (the held-out split included: :func:`load_study_data` leaves out
+    :func:`~fairopt.datasets.load_csv`'s own warning about its splits, before the audit split is carved).
 
     Raises:
         ValueError: a protected class of ``config.classes`` that matches no group.
@@ -146,7 +149,13 @@ def data_notes(config: StudyConfig, data: TabularDataset, train_rows: int | None
         )
     by_split = data.group_counts()
     counts = {name: by_split[DATA_SPLIT[name]] for name in SPLITS}
-    capped = train_rows is not None and len(data.train) < train_rows  # a small capped split: the note above
+    # a training split at its cap grows with --train-size, not with the file (train_rows None: the cap is binding
+    # when the split is as large as it)
+    capped = (
+        len(data.train) < train_rows
+        if train_rows is not None
+        else config.train_size is not None and len(data.train) >= config.train_size
+    )
     sizes = {split: int(c.sum()) for split, c in counts.items() if not (capped and split == "train")}
     if small_splits := {split: n for split, n in sizes.items() if n < MIN_ROWS}:
         shown = ", ".join(f"{split} {n}" for split, n in small_splits.items())
@@ -390,7 +399,7 @@ def run_study(
                     if problem not in logged:
                         log(f"    warning: {problem}")
                 if repeated := sum(problem in logged for problem in problems):  # study.md lists each run's all
-                    log(f"    ({repeated} warning(s) as above: the same training)")
+                    log(f"    ({repeated} warning(s) as above)")
                 logged.update(problems)
         bar.update(1)
     bar.close()

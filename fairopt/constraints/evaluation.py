@@ -346,8 +346,8 @@ def _mixed_rows(rows: list[list[float]], rate: str) -> list[tuple[float, ...]] |
     """The first four columns of ``table @ _MIXERS[rate]`` for the rows of a finite table (``table.tolist()``), on
     Python floats: each is a sum of cells, the same number as the product's whatever order a GEMM sums in, where
     that order cannot matter: one or two cells (``a + b`` is commutative; a zero product adds a signed zero, which
-    changes no sum but a zero one), or more that are all integers (a sum of integer-valued float64s below 2**53 is
-    exact). None otherwise
+    changes no sum but a zero one), or more that are all nonnegative integers summing below 2**53 (every partial sum
+    is then an exact float64, in any order, compensated or not). None otherwise
     (a weighted denominator of four cells, e.g. a selection rate's): the caller takes the product itself. A GEMM
     call costs ~6 µs inside a training step (cold caches), the sums ~1 µs for a few groups."""
     out = []
@@ -358,14 +358,15 @@ def _mixed_rows(rows: list[list[float]], rate: str) -> list[tuple[float, ...]] |
                 sums.append((row[cells[0]] if len(cells) == 1 else row[cells[0]] + row[cells[1]]) + 0.0)
                 continue
             terms = [row[c] for c in cells]
-            if not all(t.is_integer() for t in terms) or (total := sum(terms)) >= _EXACT_INTEGERS:
+            # nonnegative: every partial sum is then at most the total (mixed signs can round on the way)
+            if not all(t >= 0.0 and t.is_integer() for t in terms) or (total := sum(terms)) >= _EXACT_INTEGERS:
                 return None
             sums.append(total)
         out.append(tuple(sums))
     return out
 
 
-_EXACT_INTEGERS = 2.0**53  # every integer below it is a float64, so sums of such integers below it are exact
+_EXACT_INTEGERS = 2.0**53  # every integer below it is a float64, so sums of such nonnegative integers are exact
 
 
 def _linearize_small(
@@ -375,8 +376,10 @@ def _linearize_small(
     numbers (the same mixer products, divisions and differences; the first entry at a tie of a max/min), so the same
     values and gradients (``tests/test_evaluation.py`` compares them with the walk's on random tables), in a few µs
     instead of a dozen NumPy calls per rate. None where it would not be the same, and the caller takes the NumPy
-    path: a non-finite rate (``argmax`` has its own rules for NaN), or with ``gradients`` a defined denominator below
-    float64's normal range (``1 / den`` overflows, and the NumPy path spreads the NaN it makes to other rows)."""
+    path: a non-finite cell (the product spreads it along its row), a non-finite rate (``argmax`` has its own rules
+    for NaN), or with ``gradients`` a defined denominator below float64's normal range (``1 / den`` overflows, and
+    the NumPy path spreads the NaN it makes to other rows). The sums are :func:`_mixed_rows`' where it can give
+    them, else the product's."""
     k = len(ranges)
     rows = table.tolist()
     for row in rows:  # a NaN or inf anywhere in a row spreads through the walk's product to all its sums

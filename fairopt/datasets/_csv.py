@@ -108,8 +108,9 @@ def load_csv(
     Warns
     -----
     UserWarning
-        ``positive_label`` names one value of a target with three or more:
-        the others all become ``y = 0`` (the message names them).
+        ``positive_label`` is one value (not a collection) of a target with
+        three or more: the others all become ``y = 0`` (the message names
+        them). ``positive_label=[value]`` means the same without it.
     SmallSplitWarning
         (a ``UserWarning``) A split with a non-zero fraction gets fewer than
         30 rows (``MIN_ROWS``): its rates' intervals are very wide. The
@@ -274,16 +275,15 @@ def positive_values(positive_label: Any, values: Sequence[Hashable], where: str)
     a collection of them, each matched by :func:`_match_label`. Shared by the tabular and the image loaders.
 
     Warns:
-        UserWarning: one value named among three or more: the others all become ``y = 0`` (the message names them).
+        UserWarning: one value (not a collection) named among three or more: the others all become ``y = 0`` (the
+            message names them). A one-element list names the same value without the warning.
 
     Raises:
         ValueError: a named value does not occur; ``where`` (e.g. ``"target column 'y' in data.csv"``) says where it
             was looked for, and the message lists the values found.
     """
-    if isinstance(positive_label, Collection) and not isinstance(positive_label, (str, bytes)):
-        given = list(positive_label)
-    else:
-        given = [positive_label]
+    one = not (isinstance(positive_label, Collection) and not isinstance(positive_label, (str, bytes)))
+    given = [positive_label] if one else list(positive_label)
     positives = [_match_label(p, values) for p in given]
     absent = [p for p, match in zip(given, positives) if match is None]
     if absent:
@@ -298,13 +298,14 @@ def positive_values(positive_label: Any, values: Sequence[Hashable], where: str)
             f"found: {shown}"
         )
     negatives = [v for v in values if v not in positives]
-    if len(positives) == 1 and len(negatives) > 1:  # one value named: the others merged, perhaps unawares
+    if one and len(negatives) > 1:  # one value named: the others merged, perhaps unawares (a list: on purpose)
         shown = ", ".join(map(repr, negatives[:5])) + (", ..." if len(negatives) > 5 else "")
         warnings.warn(
             f"{where} has {len(values)} distinct values: positive_label "
             f"{positives[0]!r} makes y = 1 for it and y = 0 for the {len(negatives)} others together ({shown}); "
             "if another value also means y = 1, pass them all (positive_label=[...]; fairopt bench: repeat "
-            "--positive-label), and drop the rows of a value that is neither (e.g. 'pending') from the file",
+            "--positive-label), drop the rows of a value that is neither (e.g. 'pending') from the file, or, if "
+            f"this is what you meant, pass it as a list (positive_label=[{positives[0]!r}]) to say so",
             UserWarning,
             stacklevel=user_stacklevel(),
         )

@@ -99,6 +99,10 @@ def load_image_csv(
     Returns:
         An :class:`ImageDataset` whose ``frame`` is the table (index reset).
 
+    Warns:
+        UserWarning: ``positive_label`` is one value (not a collection) of a target with three or more: the others
+            all become ``y = 0`` (the message names them); ``positive_label=[value]`` means the same without it.
+
     Raises:
         FileNotFoundError: an image file is missing (naming it, the CSV line and the path column), or the CSV.
         ValueError: a named column is missing (the available ones are listed); the target has missing values or

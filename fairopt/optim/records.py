@@ -82,6 +82,8 @@ class IterateRecords:
         self.keep_states = bool(keep_states)
         self.records: list[IterateRecord] = []
         self.margin_used = False  # whether the last selection could honour the margins
+        # whether the last selection had margins on its candidates' entries and none could be met (it chose without)
+        self.margin_missed = False
 
     def __len__(self) -> int:
         return len(self.records)
@@ -210,11 +212,12 @@ class IterateRecords:
     ) -> np.ndarray:
         """``values + margin`` of the candidates' entries when some candidate is feasible with the margins, else
         the plain values (the data cannot certify any candidate with its margin: say so, choose as without one).
-        Sets :attr:`margin_used`."""
+        Sets :attr:`margin_used` and :attr:`margin_missed`."""
         values = self.values()[np.ix_(rows, columns)]
         margins = self.margins()[np.ix_(rows, columns)]
         with_margin = values + margins
         self.margin_used = bool(margins.any()) and feasible(with_margin)
+        self.margin_missed = bool(margins.any()) and not self.margin_used
         if margins.any() and not self.margin_used:
             warnings.warn(
                 "no recorded iterate (or distribution over them) meets the constraints with the recorded margins "

@@ -224,7 +224,7 @@ def sweep(
                 continue
             best = records.best_index(rank_objectives=False)
             states.append(records[best].state)
-            note = " with margin" if records.margin_used else " (margin not met)"
+            note = " with margin" if records.margin_used else " (margin not met)" if records.margin_missed else ""
             selections.append(f"best iterate on validation{note} (step {records[best].step} of {total})")
     multipliers = trainer.multipliers.cpu().tolist()
     trainer.model.load_member_states(states)  # type: ignore[arg-type]
