@@ -28,6 +28,7 @@ descent from the randomized solution's most likely thresholds: not convex, not g
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,12 +37,21 @@ import torch
 from scipy.optimize import linprog
 from torch import Tensor
 
+from fairopt._batch_checks import check_batch
+from fairopt._validation import require_tensor, user_stacklevel
 from fairopt.constraints import Constraint
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.stochastic import expected_tables
 from fairopt.stats import COLUMNS, GroupStats, group_stats
 
-__all__ = ["GroupThresholds", "expected_stats"]
+__all__ = ["GroupThresholds", "InfeasibleFitWarning", "expected_stats"]
+
+
+class InfeasibleFitWarning(UserWarning):
+    """:meth:`GroupThresholds.fit` found no policy that meets the constraints (with the margin) on the data it was
+    fitted on: the policy it returns does not meet them (:attr:`GroupThresholds.feasible` is False). Its own
+    category, so that code which handles the case itself (e.g. fits again without the margin) can leave it out."""
+
 
 _FEASIBLE = 1e-7  # constraint units (rate units: 1e-5 percentage points): what counts as met after the cuts
 _CELLS = [COLUMNS.index(c) for c in ("tn", "fp", "fn", "tp")]
@@ -155,22 +165,31 @@ class GroupThresholds:
             infeasible or ran out of ``max_cuts`` rounds (the policy returned is then the last LP solution, which
             meets the cuts found before it, not the constraints), or the deterministic search found none.
 
+        Warns:
+            InfeasibleFitWarning: no policy met the constraints with the margin (:attr:`feasible` False), naming
+                the entries, and those whose margin no policy can meet on any data (for a gap ``max - min``, a
+                margin above the tolerance).
+
         Raises:
-            ValueError: mismatched shapes, labels not 0/1, a group id out of range, a negative margin.
+            TypeError: an input that is not a tensor, non-floating scores, non-integer groups (as
+                :func:`fairopt.group_stats`). ValueError: mismatched shapes, labels not 0/1, a group id out of range,
+                non-finite scores, a margin that is negative, not finite or of another shape than one number or
+                ``(m,)``.
         """
-        s = scores.detach().double().cpu().reshape(-1).numpy()
-        y = labels.detach().cpu().reshape(-1).numpy()
-        a = groups.detach().cpu().reshape(-1).numpy()
-        if not (s.shape == y.shape == a.shape):
-            raise ValueError(
-                f"scores, labels and groups must have the same length, got {s.shape}, {y.shape}, {a.shape}"
-            )
-        if not np.isin(y, (0, 1)).all():
-            raise ValueError("labels must be 0 or 1")
-        if a.size and (a.min() < 0 or a.max() >= num_groups):
-            raise ValueError(f"group ids must be in [0, {num_groups}), got ids from {a.min()} to {a.max()}")
+        # (N, 1) columns read as (N,), then group_stats' own checks (types, shapes, values) with its messages
+        scores, labels, groups = (t.reshape(-1) if isinstance(t, Tensor) else t for t in (scores, labels, groups))
+        scores, labels, groups, _, _ = check_batch(scores, labels, groups, num_groups, None, None, True)
+        s = scores.detach().double().cpu().numpy()
+        y = labels.detach().cpu().numpy()
+        a = groups.detach().cpu().numpy()
         cs = ConstraintSet(constraints, num_groups)
-        shift = np.zeros(cs.num_constraints) if margin is None else np.broadcast_to(margin, (cs.num_constraints,))
+        try:
+            shift = np.zeros(cs.num_constraints) if margin is None else np.broadcast_to(margin, (cs.num_constraints,))
+        except ValueError:
+            raise ValueError(
+                f"margin must be one number or {cs.num_constraints} (one per constraint entry: "
+                f"{', '.join(cs.entry_names())}), got shape {np.shape(margin)}"
+            ) from None
         if not (np.isfinite(shift).all() and (shift >= 0).all()):
             raise ValueError(f"margin must be finite and >= 0, got {np.asarray(margin).tolist()}")
         cand = _candidates(s, y.astype(np.int64), a, num_groups, max_candidates)
@@ -193,11 +212,23 @@ class GroupThresholds:
             keep = np.flatnonzero(qg > 0)
             thresholds[g, : keep.size], probabilities[g, : keep.size] = t[keep], qg[keep] / qg[keep].sum()
         values = np.where(np.isfinite(values), values - shift, np.nan)  # NaN: undefined on these data
+        if not feasible:
+            _warn_infeasible(cs, values, shift)
         return cls(thresholds, probabilities, feasible=feasible, values=values, error=error)
 
     # prediction ---------------------------------------------------------------------------------------------
     def positive_probability(self, scores: Tensor, groups: Tensor) -> Tensor:
-        """``(N,)`` float64 probability that each example is predicted positive (exact; 0/1 when deterministic)."""
+        """``(N,)`` float64 probability that each example is predicted positive (exact; 0/1 when deterministic).
+
+        Raises:
+            TypeError: ``scores`` or ``groups`` not a tensor, non-floating scores, non-integer groups.
+            ValueError: other shapes than ``(N,)`` (or ``(N, 1)``), a group id outside ``[0, G)``.
+        """
+        scores, groups = (t.reshape(-1) if isinstance(t, Tensor) else t for t in (scores, groups))
+        # group_stats' checks of scores and groups (labels: zeros of their shape, which pass)
+        check_batch(
+            scores, torch.zeros_like(require_tensor("groups", groups)), groups, self.num_groups, None, None, True
+        )
         thresholds = torch.as_tensor(self.thresholds, device=scores.device)
         probabilities = torch.as_tensor(self.probabilities, device=scores.device)
         above = scores.detach().double().reshape(-1, 1) > thresholds[groups]
@@ -290,3 +321,28 @@ def _deterministic(cand: _Candidates, q: list[np.ndarray], n: int, evaluate) -> 
             break
     out = [np.eye(c.shape[0])[k] for c, k in zip(cand.cells, choice)]
     return out, best[0] <= _FEASIBLE
+
+
+def _warn_infeasible(cs: ConstraintSet, values: np.ndarray, shift: np.ndarray) -> None:
+    """The :class:`InfeasibleFitWarning` of a fit whose policy misses the constraints: its values with the margin,
+    and the entries whose margin no policy meets on any data (:meth:`ConstraintSet.unreachable_margins`)."""
+    names = cs.entry_names()
+    missed = [i for i, v in enumerate((values + shift).tolist()) if v > 0]  # NaN (undefined): not > 0
+    shown = "; ".join(f"{names[i]}: {values[i]:+.4f} with margin {shift[i]:.3g}" for i in missed[:5])
+    unreachable = cs.unreachable_margins(shift)
+    why = (
+        f"; the margin of {len(unreachable)} entr{'y' if len(unreachable) == 1 else 'ies'} is out of reach on any "
+        "data (g = expr - tolerance is never below "
+        + ", ".join(f"{cs.lowest_values()[i]:.3g} for {names[i]}" for i in unreachable[:5].tolist())
+        + "): the data it was estimated on is too small to certify this tolerance; use a smaller multiple of the "
+        "standard error, or cap it (np.minimum(margin, 0.5 * tolerance))"
+        if unreachable.size
+        else ""
+    )
+    warnings.warn(
+        f"no policy meets the constraints with the margin on these data ({shown or 'an entry undefined'}){why}. "
+        "The policy returned does not meet them (feasible=False); fit without a margin, or on more rows, and check "
+        "the result on held-out data",
+        InfeasibleFitWarning,
+        stacklevel=user_stacklevel(),
+    )

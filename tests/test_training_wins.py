@@ -15,7 +15,7 @@ import fairopt.datasets
 from fairopt.constraints.device_evaluation import evaluate_device
 from fairopt.constraints.expressions import value_range
 from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords
-from fairopt.postprocessing import GroupThresholds, expected_stats
+from fairopt.postprocessing import GroupThresholds, InfeasibleFitWarning, expected_stats
 from fairopt.stats import GroupStats, RunningGroupStats
 
 from .optim_data import mlp, tabular, train_step
@@ -538,14 +538,25 @@ def test_deterministic_thresholds_are_one_per_group_and_margin_tightens():
         s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2, margin=0.03
     )
     assert float(tight.values.max()) <= -0.03 + 1e-7
-    impossible = GroupThresholds.fit(
-        s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2, margin=0.2
-    )
+    with pytest.warns(InfeasibleFitWarning) as caught:  # 0.2 > 0.05: a gap cannot reach -0.2
+        impossible = GroupThresholds.fit(
+            s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2, margin=0.2
+        )
     assert not impossible.feasible
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith("no policy meets the constraints with the margin on these data (DemographicParity")
+    assert "the margin of 1 entry is out of reach on any data (g = expr - tolerance is never below -0.05 for" in message
+    with pytest.raises(ValueError, match=r"margin must be one number or 1 \(one per constraint entry: Demog"):
+        GroupThresholds.fit(s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2,
+                            margin=[0.01, 0.02])  # fmt: skip
+    with pytest.raises(TypeError, match=r"scores must be a torch.Tensor, got ndarray; convert it"):
+        GroupThresholds.fit(s.numpy(), labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2)
+    with pytest.raises(ValueError, match=r"groups must be ids in \[0, 2\)"):
+        policy.positive_probability(s, a + 1)
     # the last cut round's solution is checked too: one round suffices for a single linear gap here
     one_round = GroupThresholds.fit(
         s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2, max_cuts=1
     )
     assert one_round.feasible
-    with pytest.raises(ValueError, match="group ids"):
+    with pytest.raises(ValueError, match=r"groups must be ids in \[0, 2\)"):
         GroupThresholds.fit(s, labels=y, groups=a + 1, constraints=fairopt.DemographicParity(0.05), num_groups=2)

@@ -58,6 +58,28 @@ def _flagged(report):
     return {c.kind: [ILLUSION_FLAG in e.flags for e in c.entries] for c in report.constraints}
 
 
+def test_the_training_split_by_its_spellings_and_a_misspelt_role_warns(splits):
+    """ "training" or " Train " is the training split (the illusion check runs); a name spelled like a role it is
+    not ("trian", "tset") warns with the role, since a misspelt "train" turns the check off; other names are the
+    caller's own and quiet."""
+    import warnings
+
+    train = splits["train"]
+    model = nearest_neighbour(train)
+    for split in ("training", " Train "):
+        report = evaluate(model, train.tensors(), CONSTRAINTS, num_groups=G, split=split)
+        assert any(ILLUSION_FLAG in e.flags for c in report.constraints for e in c.entries)
+    with pytest.warns(UserWarning, match=r"split 'trian' is none of the roles .*did you mean 'train'\? \(only"):
+        report = evaluate(model, train.tensors(), CONSTRAINTS, num_groups=G, split="trian")
+    assert not any(ILLUSION_FLAG in e.flags for c in report.constraints for e in c.entries)
+    with pytest.warns(UserWarning, match="did you mean 'test'"):
+        evaluate(model, train.tensors(), CONSTRAINTS, num_groups=G, split="tset")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for split in ("dev-2", "held-out", "valid", None):
+            fo.FairnessReport.from_stats(report.stats, CONSTRAINTS, split=split)
+
+
 def test_illusion_flag_fires_on_a_memorizing_model(splits):
     train = splits["train"]
     report = evaluate(nearest_neighbour(train), train.tensors(), CONSTRAINTS, num_groups=G, split="train")

@@ -37,7 +37,7 @@ from fairopt.constraints import Constraint
 from fairopt.datasets import DatasetSplit, TabularDataset
 from fairopt.models import create_model
 from fairopt.optim import ConstrainedOptimizer, ConstraintSet, IterateRecords, Penalty, StochasticClassifier
-from fairopt.postprocessing import GroupThresholds
+from fairopt.postprocessing import GroupThresholds, InfeasibleFitWarning
 from fairopt.stats import GroupStats
 from fairopt.validation import FairnessReport, SecondMoments, collect_stats
 from fairopt.validation.measure.batches import default_unpack, iterate_batches, move_to
@@ -501,7 +501,9 @@ def fit_thresholds(
     fit = partial(
         GroupThresholds.fit, scores, labels=v.y, groups=v.groups, constraints=constraint, num_groups=data.num_groups
     )
-    policy = fit(margin=margin)
+    with warnings.catch_warnings():  # a margin not met is handled below: fitted again without, and reported
+        warnings.simplefilter("ignore", InfeasibleFitWarning)
+        policy = fit(margin=margin)
     note, problems = ("" if margin is None else " with margin"), ()  # --margin-z 0: none asked
     if not policy.feasible and margin is not None:
         policy, note = fit(), " (margin not met)"

@@ -494,12 +494,10 @@ class ConstrainedOptimizer:
         # proxy dual reads the proxy gap there); a method without a dual player (the penalty) reads no margin
         if margin is None or self.dual_value == "proxy" or not self.method_spec.has_dual_player:
             return None
-        lowest = self.constraint_set.lowest_values()
-        # (a margin equal to the room up to rounding, e.g. 0.2 for 0.8 - tpr >= -0.19999999999999996, is reachable)
-        beyond = (-margin < lowest) & ~np.isclose(-margin, lowest, rtol=1e-9, atol=1e-12)
-        unreachable = np.flatnonzero((margin > 0.0) & beyond)
+        unreachable = self.constraint_set.unreachable_margins(margin)
         if unreachable.size == 0:
             return None
+        lowest = self.constraint_set.lowest_values()
         names = self.constraint_set.entry_names()
         shown = "; ".join(
             f"{names[i]}: margin {margin[i]:.3g}, but g = expr - tolerance is never below {lowest[i]:.3g}"

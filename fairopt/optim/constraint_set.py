@@ -239,6 +239,15 @@ class ConstraintSet:
                 lowest += [-np.inf] * (part.stop - part.start)
         return np.array(lowest, dtype=np.float64)
 
+    def unreachable_margins(self, margin: np.ndarray) -> np.ndarray:
+        """Indices of the entries whose target ``g <= -margin`` (``margin``: ``(m,)`` float64) no model or policy can
+        meet on any data: ``-margin`` below :meth:`lowest_values` (for a gap ``max - min``, a margin above the
+        tolerance), beyond rounding (a margin equal to the room, e.g. 0.2 for ``0.8 - tpr >= -0.19999999999999996``,
+        is reachable)."""
+        lowest = self.lowest_values()
+        beyond = (-margin < lowest) & ~np.isclose(-margin, lowest, rtol=1e-9, atol=1e-12)
+        return np.flatnonzero((margin > 0.0) & beyond)
+
     def entry_names(self, group_names: Sequence[str] | None = None) -> list[str]:
         """One readable name per entry, ``"<constraint name>: <entry>"`` (group ids are used when no names)."""
         names = self.num_groups if group_names is None else list(group_names)

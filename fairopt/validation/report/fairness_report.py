@@ -45,7 +45,7 @@ import torch
 from fairopt.constraints.base import Constraint
 from fairopt.groups import Groups
 from fairopt.stats import COLUMNS, GroupStats
-from fairopt.validation.diagnose.illusion import ILLUSION_FLAG, flag_illusion
+from fairopt.validation.diagnose.illusion import ILLUSION_FLAG, flag_illusion, is_training_split
 from fairopt.validation.estimate.assess import assess_constraint, nonnegative_losses
 from fairopt.validation.estimate.estimates import rate_estimates
 from fairopt.validation.measure.moments import MOMENT_COLUMNS, SecondMoments
@@ -236,8 +236,9 @@ class FairnessReport:
             stats: the table. moments: its :class:`SecondMoments` (from :func:`~fairopt.validation.collect_stats`);
                 ``None`` treats the counts as unweighted and gives no mean-loss intervals.
             constraints: one constraint or several. group_names: G names or a ``Groups`` (default ``"0"``...).
-            split: the dataset's role; ``"train"`` turns on the illusion-of-fairness check
-                (:mod:`fairopt.validation.diagnose.illusion`).
+            split: the dataset's role; ``"train"`` (or ``"training"``) turns on the illusion-of-fairness check
+                (:mod:`fairopt.validation.diagnose.illusion`); a name spelled like another role (``"tset"``) warns
+                (:func:`~fairopt.validation.diagnose.illusion.is_training_split`).
             options: :class:`ReportOptions`. rates: rates of the group table (default :data:`DEFAULT_RATES`,
                 without ``mean_loss`` when the table's loss column is all zero, i.e. no loss was recorded).
             metadata: JSON-serializable extras stored in the report.
@@ -255,9 +256,10 @@ class FairnessReport:
             no_loss = not bool(stats.column("loss").abs().sum() > 0)
             rates = tuple(r for r in DEFAULT_RATES if not (r == "mean_loss" and no_loss))
         results = []
+        training = is_training_split(split)
         for c in constraints:
             result = assess_constraint(c, stats, moments=moments, group_names=names, options=options)
-            if split == "train":
+            if training:
                 result = flag_illusion(result, c, stats, names, options.max_train_error)
             results.append(result)
         rows = _rows(names, stats, moments, rates, options)
