@@ -415,8 +415,9 @@ def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
                         np.testing.assert_array_equal(lin.vjp(cu, cl), walk.vjp(cu, cl))
                 nograd = [linearize(expr, table, gradients=False, offset=offset)]
                 small = _linearize_small(ranges, table, False, offset)
-                # without gradients only a non-finite cell is declined (subnormal denominators are fine)
-                assert (small is None) == (not np.isfinite(table).all())
+                # without gradients only a table with a non-finite cell may be declined (subnormal denominators
+                # are fine)
+                assert small is not None or not np.isfinite(table).all()
                 nograd.append(small or nograd[0])
             for lin in nograd:
                 assert lin.vjp is None
@@ -425,32 +426,6 @@ def test_range_fast_path_matches_the_walk_bit_for_bit(case: int) -> None:
             checked_undefined += int(not walk.defined.all())
     assert checked_small > 400 and declined > 0
     assert checked_undefined > 0  # the undefined cases were met
-
-
-def test_mixed_rows_are_the_mixer_product_or_declined() -> None:
-    """``_mixed_rows`` (the mixer product of a few rows on Python floats) gives the product's sums and their zeros'
-    signs for columns of one or two cells, and for four cells only where they are integers: a weighted four-cell sum
-    depends on the order a GEMM adds in, so it is declined."""
-    from fairopt.constraints.evaluation import _MIXED_COLUMNS, _MIXERS, _mixed_rows
-
-    assert max(len(cells) for columns in _MIXED_COLUMNS.values() for cells in columns) == 4
-    rows = [[-0.0, -0.0, 3.0, -0.0, -0.0, 0.25, -0.0, 1.5, 7.0], [1.0, 2.0, 0.0, 4.0, 0.5, 0.75, 0.0, 2.5, -0.0]]
-    for rate in _MIXED_COLUMNS:
-        got = np.array(_mixed_rows(rows, rate))
-        want = (np.array(rows) @ _MIXERS[rate])[:, :4]
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
-    assert _mixed_rows(rows, "true_positive_rate")[0][1] == 0.0  # -0.0 tp: +0.0, as the product
-    assert not np.signbit(_mixed_rows(rows, "true_positive_rate")[0][1])
-    weighted = [[0.5, 1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
-    assert _mixed_rows(weighted, "selection_rate") is None  # tn + fp + fn + tp, one of them weighted
-    # four integer cells whose sum could depend on the order: mixed signs (2**60 + 1 rounds away), or a sum at 2**53
-    for cells in ([2.0**60, 1.0, -(2.0**60), 0.0], [-(2.0**53), -1.0, -1.0, 0.0], [2.0**53 - 1, 2.0, 0.0, 0.0]):
-        assert _mixed_rows([[*cells, 0.0, 0.0, 0.0, 0.0, 0.0]], "selection_rate") is None
-    assert _mixed_rows([[2.0**52, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], "selection_rate") == [
-        (2.0**52 + 4.0, 3.0, 0.0, 0.0)
-    ]
-    assert _mixed_rows(weighted, "true_positive_rate") == [(5.0, 3.0, 0.0, 0.0)]
 
 
 def test_range_fast_path_is_only_taken_for_ranges_of_per_group_label_rates() -> None:

@@ -332,43 +332,6 @@ _RANGE_COLUMNS = {
 }
 
 
-# Per label-conditioned rate, the table columns that each of the first four columns of its mixer adds up (den, hard
-# numerator, proxy numerator, complementary proxy; every mixer entry is 0 or 1).
-_MIXED_COLUMNS = {
-    name: tuple(tuple(np.flatnonzero(m[:, c]).tolist()) for c in range(4))
-    for name, m in _MIXERS.items()
-    if _KINDS[name] == "label"
-}
-assert all(set(np.unique(m).tolist()) <= {0.0, 1.0} for m in _MIXERS.values())
-
-
-def _mixed_rows(rows: list[list[float]], rate: str) -> list[tuple[float, ...]] | None:
-    """The first four columns of ``table @ _MIXERS[rate]`` for the rows of a finite table (``table.tolist()``), on
-    Python floats: each is a sum of cells, the same number as the product's whatever order a GEMM sums in, where
-    that order cannot matter: one or two cells (``a + b`` is commutative; a zero product adds a signed zero, which
-    changes no sum but a zero one), or more that are all nonnegative integers summing below 2**53 (every partial sum
-    is then an exact float64, in any order, compensated or not). None otherwise
-    (a weighted denominator of four cells, e.g. a selection rate's): the caller takes the product itself. A GEMM
-    call costs ~6 µs inside a training step (cold caches), the sums ~1 µs for a few groups."""
-    out = []
-    for row in rows:
-        sums = []
-        for cells in _MIXED_COLUMNS[rate]:
-            if len(cells) <= 2:  # + 0.0: a -0.0 sum is +0.0 in the product (its accumulator starts at +0.0)
-                sums.append((row[cells[0]] if len(cells) == 1 else row[cells[0]] + row[cells[1]]) + 0.0)
-                continue
-            terms = [row[c] for c in cells]
-            # nonnegative: every partial sum is then at most the total (mixed signs can round on the way)
-            if not all(t >= 0.0 and t.is_integer() for t in terms) or (total := sum(terms)) >= _EXACT_INTEGERS:
-                return None
-            sums.append(total)
-        out.append(tuple(sums))
-    return out
-
-
-_EXACT_INTEGERS = 2.0**53  # every integer below it is a float64, so sums of such nonnegative integers are exact
-
-
 def _linearize_small(
     ranges: tuple[_RateRange, ...], table: np.ndarray, gradients: bool, offset: float
 ) -> Linearization | None:
@@ -376,30 +339,22 @@ def _linearize_small(
     numbers (the same mixer products, divisions and differences; the first entry at a tie of a max/min), so the same
     values and gradients (``tests/test_evaluation.py`` compares them with the walk's on random tables), in a few µs
     instead of a dozen NumPy calls per rate. None where it would not be the same, and the caller takes the NumPy
-    path: a non-finite cell (the product spreads it along its row), a non-finite rate (``argmax`` has its own rules
-    for NaN), or with ``gradients`` a defined denominator below float64's normal range (``1 / den`` overflows, and
-    the NumPy path spreads the NaN it makes to other rows). The sums are :func:`_mixed_rows`' where it can give
-    them, else the product's."""
+    path: a non-finite rate (``argmax`` has its own rules for NaN), or with ``gradients`` a defined denominator below
+    float64's normal range (``1 / den`` overflows, and the NumPy path spreads the NaN it makes to other rows)."""
     k = len(ranges)
-    rows = table.tolist()
-    for row in rows:  # a NaN or inf anywhere in a row spreads through the walk's product to all its sums
-        total = sum(row)
-        if total - total != 0.0:  # (or finite cells whose sum overflows: declined too, harmlessly)
-            return None
     values = np.zeros((3, k))
     hard, upper, lower = values
     defined = np.zeros(k, dtype=bool)
     picks = []  # per defined entry: (entry index, its rate, row i, 1 / den_i, row j, 1 / den_j)
     for r, entry in enumerate(ranges):
-        sums = _mixed_rows(rows, entry.rate)
-        if sums is None:  # the walk's product (the same call on the same shapes: a GEMM's order of summation
-            sums = (table @ _MIXERS[entry.rate]).tolist()  # depends on them)
+        # the walk's product (the same call on the same shapes: a GEMM's order of summation depends on them)
+        sums = (table @ _MIXERS[entry.rate]).tolist()
         rates: list[tuple[float, float, float, float] | None] = []  # per group: hard, upper, lower, 1 / den
         count = 0
         # the rows of the max and the min of the defined rates: the first at a tie, as argmax/argmin
         top = bottom = 0
         high = low = 0.0
-        for g, (den, num, proxy, complement, *_) in enumerate(sums):
+        for g, (den, num, proxy, complement, _) in enumerate(sums):
             if den > 0.0:
                 if gradients and den < _NORMAL:
                     return None
