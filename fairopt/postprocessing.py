@@ -31,6 +31,7 @@ import itertools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,7 +178,10 @@ class GroupThresholds:
                 ``(m,)``.
         """
         # (N, 1) columns read as (N,), then group_stats' own checks (types, shapes, values) with its messages
-        scores, labels, groups = (t.reshape(-1) if isinstance(t, Tensor) else t for t in (scores, labels, groups))
+        # (N, 1) columns read as (N,); labels and groups on the scores' device (all are read on the host below);
+        # then group_stats' own checks (types, shapes, values) with its messages
+        scores, labels, groups = (_column(t) for t in (scores, labels, groups))
+        labels, groups = (_on_device_of(scores, t) for t in (labels, groups))
         scores, labels, groups, _, _ = check_batch(scores, labels, groups, num_groups, None, None, True)
         s = scores.detach().double().cpu().numpy()
         y = labels.detach().cpu().numpy()
@@ -213,7 +217,7 @@ class GroupThresholds:
             thresholds[g, : keep.size], probabilities[g, : keep.size] = t[keep], qg[keep] / qg[keep].sum()
         values = np.where(np.isfinite(values), values - shift, np.nan)  # NaN: undefined on these data
         if not feasible:
-            _warn_infeasible(cs, values, shift)
+            _warn_infeasible(cs, values, shift, margin is not None)
         return cls(thresholds, probabilities, feasible=feasible, values=values, error=error)
 
     # prediction ---------------------------------------------------------------------------------------------
@@ -224,11 +228,10 @@ class GroupThresholds:
             TypeError: ``scores`` or ``groups`` not a tensor, non-floating scores, non-integer groups.
             ValueError: other shapes than ``(N,)`` (or ``(N, 1)``), a group id outside ``[0, G)``.
         """
-        scores, groups = (t.reshape(-1) if isinstance(t, Tensor) else t for t in (scores, groups))
-        # group_stats' checks of scores and groups (labels: zeros of their shape, which pass)
-        check_batch(
-            scores, torch.zeros_like(require_tensor("groups", groups)), groups, self.num_groups, None, None, True
-        )
+        scores, groups = _column(scores), _on_device_of(scores, _column(groups))
+        # group_stats' checks of scores and groups (labels: zeros of the scores' shape and device, which pass)
+        scores = require_tensor("scores", scores)
+        check_batch(scores, torch.zeros_like(scores, dtype=torch.int64), groups, self.num_groups, None, None, True)
         thresholds = torch.as_tensor(self.thresholds, device=scores.device)
         probabilities = torch.as_tensor(self.probabilities, device=scores.device)
         above = scores.detach().double().reshape(-1, 1) > thresholds[groups]
@@ -240,7 +243,10 @@ class GroupThresholds:
         return torch.bernoulli(p, generator=generator).bool() if self.randomized else p > 0.5
 
     def stats(self, scores: Tensor, *, labels: Tensor, groups: Tensor) -> GroupStats:
-        """The policy's exact expected :class:`~fairopt.GroupStats` table on ``(scores, labels, groups)``."""
+        """The policy's exact expected :class:`~fairopt.GroupStats` table on ``(scores, labels, groups)`` (each
+        ``(N,)`` or ``(N, 1)``; checks and errors as :meth:`positive_probability` and :func:`fairopt.group_stats`)."""
+        scores, labels, groups = (_column(t) for t in (scores, labels, groups))
+        labels, groups = (_on_device_of(scores, t) for t in (labels, groups))
         return expected_stats(
             self.positive_probability(scores, groups), labels=labels, groups=groups, num_groups=self.num_groups
         )
@@ -323,26 +329,47 @@ def _deterministic(cand: _Candidates, q: list[np.ndarray], n: int, evaluate) -> 
     return out, best[0] <= _FEASIBLE
 
 
-def _warn_infeasible(cs: ConstraintSet, values: np.ndarray, shift: np.ndarray) -> None:
-    """The :class:`InfeasibleFitWarning` of a fit whose policy misses the constraints: its values with the margin,
-    and the entries whose margin no policy meets on any data (:meth:`ConstraintSet.unreachable_margins`)."""
+def _column(t: Any) -> Any:
+    """An ``(N, 1)`` tensor as ``(N,)``; anything else as it is (the checks refuse other shapes)."""
+    return t[:, 0] if isinstance(t, Tensor) and t.dim() == 2 and t.shape[1] == 1 else t
+
+
+def _on_device_of(scores: Any, t: Any) -> Any:
+    """``t`` on the device of ``scores`` when both are tensors: labels and groups often stay on the CPU while the
+    scores come from a model on a GPU, and the policy reads them all on the host anyway."""
+    if isinstance(scores, Tensor) and isinstance(t, Tensor) and t.device != scores.device:
+        return t.to(scores.device)
+    return t
+
+
+def _warn_infeasible(cs: ConstraintSet, values: np.ndarray, shift: np.ndarray, with_margin: bool) -> None:
+    """The :class:`InfeasibleFitWarning` of a fit whose policy misses the constraints (``with_margin``: a margin
+    was asked): each entry missed, its value and what it needed, and the entries whose margin no policy meets on any
+    data (:meth:`ConstraintSet.unreachable_margins`)."""
     names = cs.entry_names()
-    missed = [i for i, v in enumerate((values + shift).tolist()) if v > 0]  # NaN (undefined): not > 0
-    shown = "; ".join(f"{names[i]}: {values[i]:+.4f} with margin {shift[i]:.3g}" for i in missed[:5])
+    missed = [i for i, v in enumerate((values + shift).tolist()) if v > _FEASIBLE]  # NaN (undefined): not missed
+    shown = "; ".join(f"{names[i]}: value {values[i]:+.4f}, needs <= {-shift[i]:+.4g}" for i in missed[:5])
     unreachable = cs.unreachable_margins(shift)
-    why = (
-        f"; the margin of {len(unreachable)} entr{'y' if len(unreachable) == 1 else 'ies'} is out of reach on any "
-        "data (g = expr - tolerance is never below "
-        + ", ".join(f"{cs.lowest_values()[i]:.3g} for {names[i]}" for i in unreachable[:5].tolist())
-        + "): the data it was estimated on is too small to certify this tolerance; use a smaller multiple of the "
-        "standard error, or cap it (np.minimum(margin, 0.5 * tolerance))"
-        if unreachable.size
-        else ""
+    if unreachable.size:
+        lowest = cs.lowest_values()
+        why = (
+            f"; the margin of {len(unreachable)} entr{'y' if len(unreachable) == 1 else 'ies'} is out of reach on "
+            "any data (g = expr - tolerance is never below "
+            + ", ".join(f"{lowest[i]:.3g} for {names[i]}" for i in unreachable[:5].tolist())
+            + "): the data it was estimated on is too small to certify this tolerance; use a smaller multiple of the "
+            "standard error, or cap it (np.minimum(margin, 0.5 * tolerance))"
+        )
+    else:
+        why = ""
+    fix = (
+        "fit without a margin, or on more rows"
+        if with_margin
+        else "raise max_cuts, or fit with randomized=True (the deterministic search is not exhaustive)"
     )
     warnings.warn(
-        f"no policy meets the constraints with the margin on these data ({shown or 'an entry undefined'}){why}. "
-        "The policy returned does not meet them (feasible=False); fit without a margin, or on more rows, and check "
-        "the result on held-out data",
+        f"no policy found that meets the constraints{' with the margin' if with_margin else ''} on these data "
+        f"({shown or 'the search stopped before one was found'}){why}. The policy returned does not meet them "
+        f"(feasible=False): {fix}, and check the result on test data",
         InfeasibleFitWarning,
         stacklevel=user_stacklevel(),
     )

@@ -126,9 +126,9 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    example, cpu = _example(), torch.device("cpu")  # before the try: its finally uses the example's teardown
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        example, cpu = _example(), torch.device("cpu")
         checkpoint = ["--checkpoint", f"{out}/run.pt"]
         results = {
             "full": example.train(example.parse_args([*ARGS, "--heldout-duals"]), rank, world, cpu),

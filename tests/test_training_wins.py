@@ -544,7 +544,18 @@ def test_deterministic_thresholds_are_one_per_group_and_margin_tightens():
         )
     assert not impossible.feasible
     (message,) = [str(w.message) for w in caught]
-    assert message.startswith("no policy meets the constraints with the margin on these data (DemographicParity")
+    assert message.startswith("no policy found that meets the constraints with the margin on these data (Demographic")
+    assert ", needs <= -0.2)" in message and message.endswith("fit without a margin, or on more rows, and check the "
+                                                              "result on test data")  # fmt: skip
+    # (N, 1) columns read as (N,); a length mismatch is named by the argument that has it
+    column = GroupThresholds.fit(s[:, None], labels=y[:, None], groups=a[:, None],
+                                 constraints=fairopt.DemographicParity(0.05), num_groups=2)  # fmt: skip
+    flat = GroupThresholds.fit(s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2)
+    assert torch.equal(column.positive_probability(s[:, None], a[:, None]), flat.positive_probability(s, a))
+    with pytest.raises(ValueError, match=r"groups has \d+ entries but scores has"):
+        policy.positive_probability(s, a[1:])
+    with pytest.raises(ValueError, match=r"scores must have shape \(N,\)"):
+        policy.positive_probability(s.reshape(1, -1), a)
     assert "the margin of 1 entry is out of reach on any data (g = expr - tolerance is never below -0.05 for" in message
     with pytest.raises(ValueError, match=r"margin must be one number or 1 \(one per constraint entry: Demog"):
         GroupThresholds.fit(s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2,

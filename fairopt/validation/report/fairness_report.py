@@ -237,8 +237,8 @@ class FairnessReport:
                 ``None`` treats the counts as unweighted and gives no mean-loss intervals.
             constraints: one constraint or several. group_names: G names or a ``Groups`` (default ``"0"``...).
             split: the dataset's role; ``"train"`` (or ``"training"``) turns on the illusion-of-fairness check
-                (:mod:`fairopt.validation.diagnose.illusion`); a name spelled like another role (``"tset"``) warns
-                (:func:`~fairopt.validation.diagnose.illusion.is_training_split`).
+                (:mod:`fairopt.validation.diagnose.illusion`); a name spelled nearly like ``"train"`` (``"trian"``)
+                warns (:func:`~fairopt.validation.diagnose.illusion.is_training_split`).
             options: :class:`ReportOptions`. rates: rates of the group table (default :data:`DEFAULT_RATES`,
                 without ``mean_loss`` when the table's loss column is all zero, i.e. no loss was recorded).
             metadata: JSON-serializable extras stored in the report.
