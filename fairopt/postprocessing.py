@@ -39,7 +39,7 @@ from scipy.optimize import linprog
 from torch import Tensor
 
 from fairopt._batch_checks import check_batch
-from fairopt._validation import require_tensor, user_stacklevel
+from fairopt._validation import MIN_SCORES_FOR_PROBABILITY_CHECK, require_tensor, user_stacklevel
 from fairopt.constraints import Constraint
 from fairopt.optim.constraint_set import ConstraintSet
 from fairopt.optim.stochastic import expected_tables
@@ -120,6 +120,9 @@ class GroupThresholds:
         values: ``(m,)`` the constraint values there (hard, expected for a randomized policy; NaN marks an entry
             that is undefined on those data, e.g. a group without positives for a TPR gap).
         error: the expected error rate there.
+        score_kind: what the fit's scores looked like, ``"logits"`` or ``"probabilities"`` (None: too few, or a
+            narrow band in [0, 1]); :meth:`positive_probability` warns (``UserWarning``) on scores of the other
+            kind, whose thresholds these are not.
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class GroupThresholds:
         self.thresholds, self.probabilities = thresholds, probabilities
         self.randomized = bool(((probabilities > 0).sum(axis=1) > 1).any())
         self.feasible, self.values, self.error = feasible, values, error
+        self.score_kind: str | None = None  # set by fit
 
     @property
     def num_groups(self) -> int:
@@ -218,7 +222,9 @@ class GroupThresholds:
         values = np.where(np.isfinite(values), values - shift, np.nan)  # NaN: undefined on these data
         if not feasible:
             _warn_infeasible(cs, values, shift, margin is not None)
-        return cls(thresholds, probabilities, feasible=feasible, values=values, error=error)
+        policy = cls(thresholds, probabilities, feasible=feasible, values=values, error=error)
+        policy.score_kind = _score_kind(s)
+        return policy
 
     # prediction ---------------------------------------------------------------------------------------------
     def positive_probability(self, scores: Tensor, groups: Tensor) -> Tensor:
@@ -232,6 +238,16 @@ class GroupThresholds:
         # group_stats' checks of scores and groups (labels: zeros of the scores' shape and device, which pass)
         scores = require_tensor("scores", scores)
         check_batch(scores, torch.zeros_like(scores, dtype=torch.int64), groups, self.num_groups, None, None, True)
+        fitted = getattr(self, "score_kind", None)  # (a policy pickled before it existed: unknown)
+        kind = None if fitted is None else _score_kind(scores.detach().double().cpu().numpy())
+        if kind is not None and kind != fitted:
+            warnings.warn(
+                f"the thresholds were fitted on {fitted}, these scores look like {kind}: each kind needs its own "
+                "thresholds (a logit of 0.4 is a probability of 0.6), so the predictions would be wrong; pass the "
+                "same kind of scores to fit and to positive_probability / predict / stats",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
         thresholds = torch.as_tensor(self.thresholds, device=scores.device)
         probabilities = torch.as_tensor(self.probabilities, device=scores.device)
         above = scores.detach().double().reshape(-1, 1) > thresholds[groups]
@@ -327,6 +343,18 @@ def _deterministic(cand: _Candidates, q: list[np.ndarray], n: int, evaluate) -> 
             break
     out = [np.eye(c.shape[0])[k] for c, k in zip(cand.cells, choice)]
     return out, best[0] <= _FEASIBLE
+
+
+def _score_kind(scores: np.ndarray) -> str | None:
+    """``"probabilities"`` for scores that all lie in [0, 1] spread over half of it, ``"logits"`` for scores outside
+    [0, 1], None when too few to tell (fewer than ``MIN_SCORES_FOR_PROBABILITY_CHECK``) or a narrow band inside
+    [0, 1] (near-constant logits sit there too): the rule of :func:`fairopt.validation.collect_stats`' check."""
+    if scores.size < MIN_SCORES_FOR_PROBABILITY_CHECK:
+        return None
+    low, high = float(scores.min()), float(scores.max())
+    if low < 0.0 or high > 1.0:
+        return "logits"
+    return "probabilities" if high - low >= 0.5 else None
 
 
 def _column(t: Any) -> Any:

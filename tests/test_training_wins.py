@@ -556,6 +556,19 @@ def test_deterministic_thresholds_are_one_per_group_and_margin_tightens():
         policy.positive_probability(s, a[1:])
     with pytest.raises(ValueError, match=r"scores must have shape \(N,\)"):
         policy.positive_probability(s.reshape(1, -1), a)
+    # fitted on logits, asked about probabilities (or the reverse): each kind needs its own thresholds
+    assert flat.score_kind == "logits"
+    with pytest.warns(UserWarning, match="fitted on logits, these scores look like probabilities"):
+        flat.positive_probability(torch.sigmoid(s), a)
+    on_probabilities = GroupThresholds.fit(torch.sigmoid(s), labels=y, groups=a,
+                                           constraints=fairopt.DemographicParity(0.05), num_groups=2)  # fmt: skip
+    assert on_probabilities.score_kind == "probabilities"
+    with pytest.warns(UserWarning, match="fitted on probabilities, these scores look like logits"):
+        on_probabilities.predict(s, a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        on_probabilities.stats(torch.sigmoid(s), labels=y, groups=a)
+        flat.positive_probability(s[:10], a[:10])  # too few to tell
     assert "the margin of 1 entry is out of reach on any data (g = expr - tolerance is never below -0.05 for" in message
     with pytest.raises(ValueError, match=r"margin must be one number or 1 \(one per constraint entry: Demog"):
         GroupThresholds.fit(s, labels=y, groups=a, constraints=fairopt.DemographicParity(0.05), num_groups=2,
