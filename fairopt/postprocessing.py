@@ -181,7 +181,6 @@ class GroupThresholds:
                 non-finite scores, a margin that is negative, not finite or of another shape than one number or
                 ``(m,)``.
         """
-        # (N, 1) columns read as (N,), then group_stats' own checks (types, shapes, values) with its messages
         # (N, 1) columns read as (N,); labels and groups on the scores' device (all are read on the host below);
         # then group_stats' own checks (types, shapes, values) with its messages
         scores, labels, groups = (_column(t) for t in (scores, labels, groups))
@@ -238,8 +237,9 @@ class GroupThresholds:
         # group_stats' checks of scores and groups (labels: zeros of the scores' shape and device, which pass)
         scores = require_tensor("scores", scores)
         check_batch(scores, torch.zeros_like(scores, dtype=torch.int64), groups, self.num_groups, None, None, True)
+        values = scores.detach().double()
         fitted = getattr(self, "score_kind", None)  # (a policy pickled before it existed: unknown)
-        kind = None if fitted is None else _score_kind(scores.detach().double().cpu().numpy())
+        kind = None if fitted is None else _score_kind(values.cpu().numpy())
         if kind is not None and kind != fitted:
             warnings.warn(
                 f"the thresholds were fitted on {fitted}, these scores look like {kind}: each kind needs its own "
@@ -250,7 +250,7 @@ class GroupThresholds:
             )
         thresholds = torch.as_tensor(self.thresholds, device=scores.device)
         probabilities = torch.as_tensor(self.probabilities, device=scores.device)
-        above = scores.detach().double().reshape(-1, 1) > thresholds[groups]
+        above = values.reshape(-1, 1) > thresholds[groups]
         return (probabilities[groups] * above).sum(dim=1)
 
     def predict(self, scores: Tensor, groups: Tensor, *, generator: torch.Generator | None = None) -> Tensor:

@@ -218,7 +218,7 @@ class IterateRecords:
         with_margin = values + margins
         self.margin_used = bool(margins.any()) and feasible(with_margin)
         self.margin_missed = bool(margins.any()) and not self.margin_used
-        if margins.any() and not self.margin_used:
+        if self.margin_missed:
             warnings.warn(
                 "no recorded iterate (or distribution over them) meets the constraints with the recorded margins "
                 "(the held-out data cannot certify any at this sample size); selecting without the margins",

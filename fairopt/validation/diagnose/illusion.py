@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 
-from fairopt._validation import user_stacklevel
+from fairopt._validation import spelling, user_stacklevel
 from fairopt.constraints.base import Constraint
 from fairopt.rates import RATES, compute_rate
 from fairopt.stats import GroupStats
@@ -31,12 +31,13 @@ __all__ = ["ERROR_BASED_RATES", "ILLUSION_FLAG", "flag_illusion", "is_training_s
 
 def is_training_split(split: str | None) -> bool:
     """Whether a report's ``split`` is the training split, which gets the illusion-of-fairness check: ``"train"``
-    or ``"training"``, whatever the case, spaces, ``-``, ``_`` or ``.``. Any other name is the caller's own
-    (``"calibration"``, ``"holdout"``, ``"dev-2"``), but one spelled nearly like ``"train"`` (``"trian"``,
-    ``"trainig"``) warns (``UserWarning``): a misspelt ``"train"`` would turn the check off without a word."""
+    or ``"training"``, whatever the case, whitespace, ``-``, ``_`` or ``.`` (:func:`fairopt._validation.spelling`).
+    Any other name is the caller's own (``"calibration"``, ``"holdout"``, ``"dev-2"``), but one spelled nearly like
+    ``"train"`` (``"trian"``, ``"trainig"``) warns (``UserWarning``): a misspelt ``"train"`` would turn the check off
+    without a word."""
     if split is None:
         return False
-    key = "".join(ch for ch in split.lower() if ch not in " -_.")
+    key = spelling(split)
     if key in ("train", "training"):
         return True
     if difflib.get_close_matches(key, ("train", "training"), n=1, cutoff=0.75):
